@@ -1,0 +1,40 @@
+"""willow: serve feature-heavy ML inference pipelines faster, within a proven accuracy target.
+
+Decorate an inference function with :func:`optimize`, call ``.calibrate(...)`` on it with
+calibration data, and it serves a cascade (a cheap approximate model on the most valuable cheap
+features, the full pipeline only for rows it is unsure about) whose agreement with the original
+is proven on held-out rows.
+"""
+
+from willow._version import __version__
+from willow.api import OptimizedPipeline, load, optimize
+from willow.cascades.plan import CandidateResult, CascadePlan
+from willow.compiler.graph import PipelineGraph
+from willow.compiler.profiling import CostProfile
+from willow.errors import (
+    CalibrationError,
+    ModelChangedWarning,
+    NotCalibratedError,
+    PlanMismatchError,
+    UnsupportedPipelineError,
+    UnsupportedPipelineWarning,
+    WillowError,
+)
+
+__all__ = [
+    "__version__",
+    "optimize",
+    "load",
+    "OptimizedPipeline",
+    "PipelineGraph",
+    "CostProfile",
+    "CascadePlan",
+    "CandidateResult",
+    "WillowError",
+    "UnsupportedPipelineError",
+    "UnsupportedPipelineWarning",
+    "NotCalibratedError",
+    "CalibrationError",
+    "PlanMismatchError",
+    "ModelChangedWarning",
+]

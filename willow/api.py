@@ -1,0 +1,381 @@
+"""The public surface: ``@willow.optimize``, :class:`OptimizedPipeline` and :func:`load`.
+
+The decorator only validates options and builds an :class:`OptimizedPipeline`; tracing,
+calibration and code generation live in :mod:`willow.compiler` and :mod:`willow.cascades`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from willow._version import __version__
+from willow.cascades.approximate import ApproximateModel
+from willow.cascades.calibration import CascadeOptions, build_cascade, calibrate_cascade
+from willow.cascades.outputs import OutputSpec
+from willow.cascades.plan import CascadePlan
+from willow.cascades.runtime import ModelGuard
+from willow.cascades.selection import DEFAULT_BUDGETS
+from willow.compiler.codegen import layout_cascade
+from willow.compiler.execution import bind_arguments
+from willow.compiler.graph import PipelineGraph
+from willow.compiler.profiling import CostProfile
+from willow.compiler.tracing import source_fingerprint, trace_pipeline
+from willow.errors import (
+    NotCalibratedError,
+    PlanMismatchError,
+    UnsupportedPipelineError,
+    UnsupportedPipelineWarning,
+)
+
+__all__ = ["optimize", "OptimizedPipeline", "load"]
+
+_FORMAT = "willow-plan/1"
+_FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_")
+
+
+def _check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.") from None
+    ok = 0.0 < number <= 1.0 if upper_inclusive else 0.0 < number < 1.0
+    if not ok:
+        bounds = "(0, 1]" if upper_inclusive else "(0, 1)"
+        raise ValueError(f"{name} must be in {bounds}, got {value!r}.")
+    return number
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+class OptimizedPipeline:
+    """An inference function that willow serves faster once calibrated.
+
+    Until :meth:`calibrate` is called it runs the original function unchanged. Calibration traces
+    how the function builds its features, measures what each feature group costs and how much it
+    matters, and, when a cascade can be proven to agree with the original on at least
+    ``accuracy_target`` of rows (a one-sided Clopper-Pearson bound at ``confidence`` on held-out
+    rows), serves a generated cascaded function instead. :meth:`explain` shows the plan and the
+    generated source.
+
+    Fitted attributes (after :meth:`calibrate`): ``plan_`` (:class:`~willow.CascadePlan`),
+    ``costs_`` (:class:`~willow.CostProfile`), ``approximate_model_`` (the fitted approximate
+    estimator, or ``None``) and ``generated_source_`` (the cascaded function's source, or ``None``).
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        accuracy_target: float = 0.99,
+        confidence: float = 0.95,
+        approximate_model: Any = None,
+        split: tuple[float, float, float] = (0.5, 0.25, 0.25),
+        random_state: int | None = 0,
+        strict: bool = True,
+        row_args: tuple[str, ...] | list[str] | None = None,
+        cost_repeats: int = 5,
+        importance_repeats: int = 3,
+        exhaustive_max_groups: int = 4,
+        max_candidates: int = 16,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
+        if isinstance(fn, OptimizedPipeline):
+            fn = fn.__wrapped__
+        functools.update_wrapper(self, fn)
+        self.accuracy_target = _check_fraction("accuracy_target", accuracy_target, upper_inclusive=True)
+        self.confidence = _check_fraction("confidence", confidence, upper_inclusive=False)
+        if approximate_model is not None and not hasattr(approximate_model, "fit"):
+            raise TypeError(
+                "approximate_model must be an unfitted scikit-learn-style estimator with fit(), got "
+                f"{type(approximate_model).__name__}."
+            )
+        self.approximate_model = approximate_model
+        self.split = tuple(split)
+        self.random_state = random_state
+        self.strict = bool(strict)
+        self.row_args = tuple(row_args) if row_args is not None else None
+        self.cost_repeats = _check_count("cost_repeats", cost_repeats, 1)
+        self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
+        self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
+        self.max_candidates = _check_count("max_candidates", max_candidates, 1)
+        self._serving: Callable | None = None
+        self._unsupported: str | None = None
+        self.graph_: PipelineGraph | None = None
+        try:
+            self.graph_ = trace_pipeline(fn, self.row_args)
+        except UnsupportedPipelineError as exc:
+            self._fall_back(exc)
+
+    # ------------------------------------------------------------------ sklearn-style plumbing
+
+    def get_params(self) -> dict[str, Any]:
+        """The options this pipeline was built with (as passed to ``willow.optimize``)."""
+        return {
+            "accuracy_target": self.accuracy_target,
+            "confidence": self.confidence,
+            "approximate_model": self.approximate_model,
+            "split": self.split,
+            "random_state": self.random_state,
+            "strict": self.strict,
+            "row_args": self.row_args,
+            "cost_repeats": self.cost_repeats,
+            "importance_repeats": self.importance_repeats,
+            "exhaustive_max_groups": self.exhaustive_max_groups,
+            "max_candidates": self.max_candidates,
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FITTED:
+            raise NotCalibratedError(
+                f"This OptimizedPipeline ({self.__dict__.get('__name__', '?')}) is not calibrated "
+                f"yet, so it has no {name}. Call .calibrate(<the function's arguments>, y=...) first."
+            )
+        raise AttributeError(f"{type(self).__name__!s} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        state = "not calibrated"
+        if "plan_" in self.__dict__:
+            state = "cascade" if self.plan_.cascade else "no cascade"
+        return f"<OptimizedPipeline {self.__qualname__} ({state})>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else types.MethodType(self, obj)
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether :meth:`calibrate` has run (successfully) on this pipeline."""
+        return "plan_" in self.__dict__
+
+    def _fall_back(self, exc: UnsupportedPipelineError) -> None:
+        if self.strict:
+            raise exc
+        self._unsupported = str(exc)
+        warnings.warn(
+            f"willow runs {self.__qualname__} unoptimized: {exc}", UnsupportedPipelineWarning, stacklevel=3
+        )
+
+    # ------------------------------------------------------------------ serving
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        serving = self._serving
+        if serving is None:
+            return self.__wrapped__(*args, **kwargs)
+        return serving(*args, **kwargs)
+
+    # ------------------------------------------------------------------ calibration
+
+    def _options(self) -> CascadeOptions:
+        return CascadeOptions(
+            accuracy_target=self.accuracy_target,
+            confidence=self.confidence,
+            approximate_model=self.approximate_model,
+            split=self.split,  # type: ignore[arg-type]
+            random_state=self.random_state,
+            cost_repeats=self.cost_repeats,
+            importance_repeats=self.importance_repeats,
+            exhaustive_max_groups=self.exhaustive_max_groups,
+            max_candidates=self.max_candidates,
+            budgets=DEFAULT_BUDGETS,
+        )
+
+    def calibrate(self, *args: Any, y: Any = None, **kwargs: Any) -> OptimizedPipeline:
+        """Plan and prove a cascade on calibration data; return ``self``.
+
+        Call it with the same arguments as the function itself, holding calibration rows (the
+        more rows, the tighter the proof: the error message says how many are needed), and
+        optionally ``y``, one label per row. Without ``y`` the approximate model learns the full
+        model's own predictions, so no labelled data is needed.
+        """
+        if self.graph_ is None:
+            warnings.warn(
+                f"calibrate() does nothing: {self._unsupported}", UnsupportedPipelineWarning, stacklevel=2
+            )
+            return self
+        arguments = bind_arguments(self.__wrapped__, args, kwargs)
+        try:
+            result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())
+        except UnsupportedPipelineError as exc:
+            self._fall_back(exc)
+            return self
+        self._install(result.plan, result.costs, result.approximate, result.output, result.model_fingerprint,
+                      result.function, result.source)
+        return self
+
+    def _install(
+        self,
+        plan: CascadePlan,
+        costs: CostProfile,
+        approximate: ApproximateModel | None,
+        output: OutputSpec,
+        fingerprint: str,
+        function: Callable | None,
+        source: str | None,
+    ) -> None:
+        self.plan_ = plan
+        self.costs_ = costs
+        self.approximate_model_ = approximate.estimator_ if approximate is not None else None
+        self.generated_source_ = source
+        self._approximate = approximate
+        self._output = output
+        self._fingerprint = fingerprint
+        self._serving = function if plan.cascade else None
+
+    # ------------------------------------------------------------------ reporting
+
+    def explain(self) -> str:
+        """The traced graph, the measured costs, the plan and the generated source, as text."""
+        lines = [f"willow {__version__}: {self.__qualname__}"]
+        if self._unsupported:
+            lines.append(f"Runs unoptimized: {self._unsupported}")
+            return "\n".join(lines)
+        assert self.graph_ is not None
+        lines += ["", self.graph_.describe()]
+        if not self.is_calibrated:
+            lines += ["", "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original."]
+            return "\n".join(lines)
+        lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
+        if self.generated_source_:
+            lines += ["Generated source (this is what runs):", "", self.generated_source_]
+        else:
+            lines.append("No generated source: calls run the original function unchanged.")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the calibrated plan to ``path`` (reload it with :func:`willow.load`).
+
+        The file holds the plan, the cost profile and the fitted approximate model, not the full
+        model: pass that at call time as before. It is a pickle; load only files you trust.
+        """
+        if not self.is_calibrated:
+            raise NotCalibratedError(
+                f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
+            )
+        assert self.graph_ is not None
+        state = {
+            "format": _FORMAT,
+            "willow_version": __version__,
+            "function": self.__qualname__,
+            "source_fingerprint": source_fingerprint(self.graph_.source),
+            "params": self.get_params(),
+            "plan": self.plan_,
+            "costs": self.costs_,
+            "approximate": self._approximate,
+            "output": self._output,
+            "model_fingerprint": self._fingerprint,
+        }
+        with open(path, "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def optimize(
+    fn: Callable | None = None,
+    /,
+    *,
+    accuracy_target: float = 0.99,
+    confidence: float = 0.95,
+    approximate_model: Any = None,
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25),
+    random_state: int | None = 0,
+    strict: bool = True,
+    row_args: tuple[str, ...] | list[str] | None = None,
+    cost_repeats: int = 5,
+    importance_repeats: int = 3,
+    exhaustive_max_groups: int = 4,
+    max_candidates: int = 16,
+) -> Any:
+    """Decorate an inference function so willow can serve it faster.
+
+    Use as ``@willow.optimize`` or ``@willow.optimize(accuracy_target=0.99, ...)``.
+
+    Parameters
+    ----------
+    accuracy_target : minimum fraction of rows on which the optimized pipeline must return the
+        same prediction as the original (for ``predict_proba``: the same most likely class).
+    confidence : level of the one-sided Clopper-Pearson lower bound that must reach the target on
+        held-out calibration rows.
+    approximate_model : unfitted estimator for the cascade's cheap model; default
+        ``sklearn.base.clone`` of the pipeline's own model.
+    split : fractions of calibration rows for (train, tune, holdout).
+    random_state : seed of the split, the permutations and nothing else.
+    strict : raise :class:`~willow.UnsupportedPipelineError` on a function willow cannot analyse
+        (default), or, with ``False``, warn and run it unoptimized.
+    row_args : names of the parameters holding one entry per row (default: those the features
+        read, other than the model).
+    cost_repeats, importance_repeats : timed runs per statement, shuffles per group.
+    exhaustive_max_groups : up to this many groups every subset is a candidate; above it the
+        candidates come from a knapsack over cost budgets.
+    max_candidates : most candidate subsets fitted during calibration.
+    """
+    options = dict(
+        accuracy_target=accuracy_target,
+        confidence=confidence,
+        approximate_model=approximate_model,
+        split=split,
+        random_state=random_state,
+        strict=strict,
+        row_args=row_args,
+        cost_repeats=cost_repeats,
+        importance_repeats=importance_repeats,
+        exhaustive_max_groups=exhaustive_max_groups,
+        max_candidates=max_candidates,
+    )
+    if fn is None:
+        return lambda f: OptimizedPipeline(f, **options)
+    return OptimizedPipeline(fn, **options)
+
+
+def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
+    """Reload a plan saved by :meth:`OptimizedPipeline.save` for the function ``fn``.
+
+    ``fn`` is the original function (or an ``OptimizedPipeline`` wrapping it). Raises
+    :class:`~willow.PlanMismatchError` when the file was written by another willow version or for
+    a function whose source differs from ``fn``'s.
+    """
+    with open(path, "rb") as fh:
+        state = pickle.load(fh)
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise PlanMismatchError(f"{os.fspath(path)!r} is not a willow plan file (expected format {_FORMAT}).")
+    if state["willow_version"] != __version__:
+        raise PlanMismatchError(
+            f"{os.fspath(path)!r} was saved by willow {state['willow_version']}, but this is willow "
+            f"{__version__}. Recalibrate the pipeline with this version and save it again."
+        )
+    original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
+    params = dict(state["params"])
+    pipeline = OptimizedPipeline(original, **params)
+    graph = pipeline.graph_
+    if graph is None or source_fingerprint(graph.source) != state["source_fingerprint"]:
+        raise PlanMismatchError(
+            f"{os.fspath(path)!r} holds a plan for {state['function']} as it was when saved, but the "
+            f"source of {getattr(original, '__qualname__', original)} differs from it. Recalibrate "
+            "the edited function and save it again."
+        )
+    plan: CascadePlan = state["plan"]
+    function = source = None
+    if plan.cascade:
+        layout = layout_cascade(graph, plan.selected)
+        function, source = build_cascade(
+            graph,
+            original,
+            layout,
+            plan.threshold,
+            state["approximate"],
+            state["output"],
+            ModelGuard(state["model_fingerprint"]),
+        )
+    pipeline._install(plan, state["costs"], state["approximate"], state["output"], state["model_fingerprint"],
+                      function, source)
+    return pipeline

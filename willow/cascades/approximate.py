@@ -1,0 +1,82 @@
+"""The cascade's approximate model: a cheap classifier on the selected feature groups.
+
+By default it is ``sklearn.base.clone`` of the user's model, fitted on the selected groups only;
+``approximate_model=`` replaces it. It is trained on labels when the user gives ``y`` and on the
+full model's own predictions otherwise (distillation). Its *confidence* in a row is the largest
+class probability (or, for models without ``predict_proba``, the decision-function margin).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from willow.cascades.outputs import OutputSpec
+
+__all__ = ["ApproximateModel", "fit_approximate_model"]
+
+
+class ApproximateModel:
+    """A fitted approximate estimator plus the mapping of its classes onto the full model's.
+
+    ``predict_with_confidence`` returns rows in the original pipeline's output format (labels in
+    its dtype, or probabilities in the full model's class order) and a confidence per row.
+    """
+
+    def __init__(self, estimator: Any, output: OutputSpec) -> None:
+        self.estimator_ = estimator
+        self.output_ = output
+        self.classes_ = np.asarray(estimator.classes_)
+        self._has_proba = hasattr(estimator, "predict_proba")
+        self._column_map: np.ndarray | None = None
+        if output.method == "predict_proba":
+            assert output.classes is not None
+            position = {c: i for i, c in enumerate(output.classes.tolist())}
+            missing = [c for c in self.classes_.tolist() if c not in position]
+            if missing:
+                raise ValueError(
+                    f"The approximate model predicts classes {missing} that the full model does "
+                    f"not have (full model classes: {output.classes.tolist()})."
+                )
+            self._column_map = np.array([position[c] for c in self.classes_.tolist()], dtype=np.intp)
+            if not self._has_proba:
+                raise ValueError(
+                    "The pipeline returns predict_proba(), but the approximate model "
+                    f"{type(estimator).__name__} has no predict_proba(); pass an "
+                    "approximate_model= that does."
+                )
+
+    def predict_with_confidence(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate output rows (in the original's format) and a confidence per row."""
+        if self._has_proba:
+            proba = np.asarray(self.estimator_.predict_proba(X))
+            best = np.argmax(proba, axis=1)
+            confidence = proba[np.arange(len(proba)), best]
+            if self._column_map is not None:
+                assert self.output_.n_columns is not None
+                rows = np.zeros((len(proba), self.output_.n_columns), dtype=self.output_.dtype)
+                rows[:, self._column_map] = proba
+                return rows, confidence
+            labels = self.classes_[best]
+        else:
+            decision = np.asarray(self.estimator_.decision_function(X))
+            if decision.ndim == 1:
+                labels = self.classes_[(decision > 0).astype(np.intp)]
+                confidence = np.abs(decision)
+            else:
+                top2 = np.sort(decision, axis=1)[:, -2:]
+                labels = self.classes_[np.argmax(decision, axis=1)]
+                confidence = top2[:, 1] - top2[:, 0]
+        return labels.astype(self.output_.dtype, copy=False), confidence
+
+    def __repr__(self) -> str:
+        return f"ApproximateModel({self.estimator_!r})"
+
+
+def fit_approximate_model(template: Any, X: Any, labels: np.ndarray, output: OutputSpec) -> ApproximateModel:
+    """Clone ``template`` (never mutating the user's object), fit it on ``X``, ``labels``."""
+    estimator = clone(template)
+    estimator.fit(X, labels)
+    return ApproximateModel(estimator, output)

@@ -1,0 +1,106 @@
+"""The result of cascade planning: :class:`CascadePlan` and the candidates it was chosen from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["CandidateResult", "CascadePlan"]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate subset of groups, as fitted and tuned on the tune split."""
+
+    groups: tuple[str, ...]
+    expected_seconds_per_row: float
+    expected_speedup: float
+    threshold: float
+    confident_fraction: float
+    tune_agreement: float
+    tune_lower_bound: float
+    approximate_seconds_per_row: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """A calibrated cascade: which groups the approximate model reads, its threshold, its cost and
+    its proven agreement with the original pipeline.
+
+    ``cascade`` is False when no candidate met the target (or none was cheaper than the
+    original); ``reason`` then says why and the pipeline runs unchanged. Costs are seconds per row.
+    ``agreement`` and ``lower_bound`` are measured on the holdout split, which played no part in
+    choosing the plan: the one-sided Clopper-Pearson bound at ``confidence``.
+    """
+
+    cascade: bool
+    reason: str
+    method: str
+    groups: tuple[str, ...]
+    group_seconds_per_row: dict[str, float]
+    importances: dict[str, float]
+    selected: tuple[str, ...]
+    threshold: float
+    original_seconds_per_row: float
+    expected_seconds_per_row: float
+    expected_speedup: float
+    confident_fraction: float
+    agreement: float
+    lower_bound: float
+    accuracy_target: float
+    confidence: float
+    train_rows: int
+    tune_rows: int
+    holdout_rows: int
+    approximate_model: str
+    trained_on: str
+    candidates: tuple[CandidateResult, ...] = field(default_factory=tuple)
+
+    def table(self) -> str:
+        """The plan as readable text: groups, costs, importances, the choice and its guarantee."""
+        lines = []
+        if self.cascade:
+            lines.append(
+                f"Cascade: approximate model on {', '.join(self.selected)}; rows with confidence "
+                f">= {self.threshold:.6g} are answered by it, the rest run the full pipeline."
+            )
+        else:
+            lines.append(f"No cascade: {self.reason}")
+        if self.groups:
+            lines.append("")
+            lines.append(f"  {'group':<28} {'us/row':>10} {'importance':>11}  selected")
+            for g in self.groups:
+                mark = "yes" if g in self.selected else ""
+                imp = self.importances.get(g, float("nan"))
+                lines.append(f"  {g:<28} {self.group_seconds_per_row[g] * 1e6:>10.2f} {imp:>11.4f}  {mark}")
+        lines.append("")
+        lines.append(f"  original cost            {self.original_seconds_per_row * 1e6:10.2f} us/row")
+        if self.cascade:
+            lines.append(f"  expected cascade cost    {self.expected_seconds_per_row * 1e6:10.2f} us/row")
+            lines.append(f"  expected speedup         {self.expected_speedup:10.2f}x")
+            lines.append(f"  answered approximately   {self.confident_fraction:10.2%} of holdout rows")
+        if self.holdout_rows:
+            lines.append(
+                f"  agreement with original  {self.agreement:.4f} on {self.holdout_rows} holdout rows; "
+                f"lower {self.confidence:.0%} bound {self.lower_bound:.4f} "
+                f"(target {self.accuracy_target})"
+            )
+        lines.append(
+            f"  approximate model        {self.approximate_model}, trained on {self.trained_on} "
+            f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
+        )
+        if self.candidates:
+            lines.append("")
+            lines.append("  candidates (tune split):")
+            lines.append(
+                f"    {'groups':<36} {'threshold':>10} {'confident':>9} {'bound':>7} {'us/row':>9} {'speedup':>8}"
+            )
+            for c in self.candidates:
+                name = "+".join(c.groups)
+                name = name if len(name) <= 36 else name[:33] + "..."
+                lines.append(
+                    f"    {name:<36} {c.threshold:>10.4g} {c.confident_fraction:>9.2%} "
+                    f"{c.tune_lower_bound:>7.4f} {c.expected_seconds_per_row * 1e6:>9.2f} "
+                    f"{c.expected_speedup:>7.2f}x{('  ' + c.note) if c.note else ''}"
+                )
+        return "\n".join(lines)

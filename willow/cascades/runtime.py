@@ -1,0 +1,123 @@
+"""The helpers a generated cascade calls as ``_willow.<name>(...)`` while serving.
+
+One :class:`CascadeRuntime` belongs to one calibrated plan. It holds the approximate model, the
+description of the original output and the fingerprint of the model the plan was calibrated
+with; it keeps no per-call state, so a cascade can serve several threads at once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import joblib
+import numpy as np
+
+from willow.cascades.approximate import ApproximateModel
+from willow.cascades.outputs import OutputSpec
+from willow.errors import ModelChangedWarning, WillowError
+from willow.rows import n_rows
+from willow.rows import take_rows as _take_rows
+
+__all__ = ["CascadeRuntime", "ModelGuard", "model_fingerprint"]
+
+
+def model_fingerprint(model: Any) -> str:
+    """A content hash of a fitted model (its parameters and learned state)."""
+    return joblib.hash(model)
+
+
+class ModelGuard:
+    """Checks that the model passed at call time is the one a plan was calibrated with.
+
+    The first call with a new model object hashes it; later calls with the same object are an
+    identity check. A model refitted in place keeps its identity: call ``calibrate`` again after
+    refitting.
+    """
+
+    def __init__(self, fingerprint: str, model: Any | None = None) -> None:
+        self.fingerprint = fingerprint
+        self._verified = model
+
+    def __call__(self, model: Any) -> bool:
+        if model is self._verified:
+            return True
+        if model_fingerprint(model) == self.fingerprint:
+            self._verified = model
+            return True
+        warnings.warn(
+            f"The model passed to this pipeline ({type(model).__name__}) is not the one it was "
+            "calibrated with, so the cascade's approximate model and threshold do not apply to it; "
+            "running the original function instead. Call calibrate() with this model to cascade it.",
+            ModelChangedWarning,
+            stacklevel=4,
+        )
+        return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "_verified": None}
+
+
+class CascadeRuntime:
+    """Serving-time helpers of one calibrated cascade."""
+
+    def __init__(
+        self,
+        approximate: ApproximateModel,
+        output: OutputSpec,
+        original: Callable,
+        guard: ModelGuard,
+    ) -> None:
+        self.approximate_model = approximate
+        self.output = output
+        self.original = original
+        self.same_model = guard
+
+    @staticmethod
+    def count_rows(**inputs: Any) -> int:
+        """The batch's row count; every row input must have the same number of rows."""
+        counts = {name: n_rows(value) for name, value in inputs.items()}
+        distinct = set(counts.values())
+        if len(distinct) > 1:
+            found = ", ".join(f"{name}: {count}" for name, count in counts.items())
+            raise ValueError(
+                f"Found row inputs with inconsistent numbers of rows ({found}); every row input "
+                "must describe the same rows."
+            )
+        return distinct.pop()
+
+    def empty_output(self) -> np.ndarray:
+        """What the pipeline returns for a batch of zero rows."""
+        return self.output.empty()
+
+    def approximate(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The approximate model's output rows and confidence on every row."""
+        return self.approximate_model.predict_with_confidence(features)
+
+    @staticmethod
+    def rows_below(confidence: np.ndarray, threshold: float) -> np.ndarray:
+        """Positions of the rows the approximate model is not confident about."""
+        return np.flatnonzero(~(confidence >= threshold))
+
+    @staticmethod
+    def take_rows(values: Any, rows: np.ndarray, expected_rows: int) -> Any:
+        """``rows`` of ``values``, after checking ``values`` has one entry per batch row."""
+        found = n_rows(values)
+        if found != expected_rows:
+            raise WillowError(
+                f"A value the cascade narrows to its uncertain rows has {found} rows, but the batch "
+                f"has {expected_rows}; this pipeline does not compute its features row by row. "
+                "Pass strict=False or call the original function."
+            )
+        return _take_rows(values, rows)
+
+    @staticmethod
+    def merge(approx_output: np.ndarray, uncertain: np.ndarray, full_output: Any) -> np.ndarray:
+        """The approximate rows with the uncertain ones replaced by the full pipeline's output."""
+        full_output = np.asarray(full_output)
+        merged = approx_output
+        if merged.dtype != full_output.dtype:
+            merged = merged.astype(full_output.dtype)
+        merged[uncertain] = full_output
+        return merged

@@ -1,0 +1,319 @@
+"""Code generation: the cascaded function, built as a Python AST and rendered with astor.
+
+The generated function has the original's signature and runs the original statements, reordered
+into sections: statements every row needs, the selected (cheap) feature groups, the approximate
+model and threshold, then, for the uncertain rows only, the remaining groups, the stacking step
+and the full model. The rendered source is exactly what is compiled and run, and what
+``OptimizedPipeline.explain()`` shows.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import linecache
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import astor
+
+from willow.compiler.graph import PipelineGraph
+from willow.compiler.tracing import unwrap_stack_call
+from willow.errors import UnsupportedPipelineError
+
+__all__ = ["CascadeLayout", "layout_cascade", "stack_expression", "build_cascade_source", "materialize"]
+
+RUNTIME = "_willow"
+
+
+@dataclass(frozen=True)
+class CascadeLayout:
+    """Which statements run where in a cascade over ``selected`` groups.
+
+    ``row_subsets`` are the row-aligned names (parameters or earlier results) that the uncertain
+    section reads and must therefore narrow to the uncertain rows.
+    """
+
+    selected: tuple[str, ...]
+    every_row: tuple[int, ...]
+    selected_features: tuple[int, ...]
+    remaining_features: tuple[int, ...]
+    full_model: tuple[int, ...]
+    row_subsets: tuple[str, ...]
+
+
+def _names_read(node: ast.AST) -> set[str]:
+    from willow.compiler.tracing import _reads_of
+
+    return _reads_of(node)
+
+
+def layout_cascade(graph: PipelineGraph, selected: Sequence[str]) -> CascadeLayout:
+    """Split ``graph``'s statements into cascade sections for the ``selected`` groups.
+
+    Raises :class:`UnsupportedPipelineError` when the reordering would change which definition
+    some statement reads (a name reassigned between sections).
+    """
+    assert graph.stack is not None
+    chosen = set(selected)
+    unknown = chosen - set(graph.group_names)
+    if unknown:
+        raise ValueError(f"Unknown feature groups {sorted(unknown)}; groups are {list(graph.group_names)}.")
+    selected_slice: set[int] = set()
+    other_slice: set[int] = set()
+    for g in graph.groups:
+        (selected_slice if g.name in chosen else other_slice).update(g.slice)
+    remaining = other_slice - selected_slice
+    full_model = {graph.stack.statement, *graph.tail}
+    placed = selected_slice | remaining | full_model
+    every_row = [st.index for st in graph.statements if st.index not in placed]
+    sections = (
+        tuple(every_row),
+        tuple(sorted(selected_slice)),
+        tuple(sorted(remaining)),
+        tuple(sorted(full_model)),
+    )
+    # Each statement must still see the same definitions after reordering.
+    order = [i for section in sections for i in section]
+    last_def: dict[str, int] = {}
+    for i in order:
+        st = graph.statements[i]
+        for name, original in st.reads.items():
+            if last_def.get(name) != original:
+                seen = last_def.get(name)
+                other = graph.statements[seen if seen is not None else original]  # type: ignore[index]
+                raise UnsupportedPipelineError(
+                    f"{graph.filename}:{st.lineno}: `{st.source.splitlines()[0]}` reads `{name}`, "
+                    f"which line {other.lineno} also assigns; cascading reorders statements and "
+                    "would change which value it sees. Give the new value a new name, or pass "
+                    "strict=False to willow.optimize to run this function unoptimized."
+                )
+        for name in st.defines:
+            last_def[name] = i
+    # Row-aligned names computed before the uncertain section and read inside it.
+    before = set(sections[0]) | set(sections[1])
+    late = set(sections[2]) | set(sections[3])
+    subsets: list[str] = []
+    reads: list[tuple[str, int | None]] = []
+    for i in sorted(late):
+        reads.extend(graph.statements[i].reads.items())
+    model_reads = _names_read(graph.model_call.node)
+    final_defs = {name: None for name in model_reads}
+    for st in graph.statements:
+        for name in st.defines:
+            if name in final_defs:
+                final_defs[name] = st.index
+    reads.extend(final_defs.items())
+    for name, definition in reads:
+        row_aligned = (definition is None and name in graph.row_parameters) or (
+            definition in before and definition in graph.row_dependent
+        )
+        if row_aligned and name not in subsets:
+            subsets.append(name)
+    return CascadeLayout(
+        selected=tuple(g for g in graph.group_names if g in chosen),
+        every_row=sections[0],
+        selected_features=sections[1],
+        remaining_features=sections[2],
+        full_model=sections[3],
+        row_subsets=tuple(subsets),
+    )
+
+
+def stack_expression(graph: PipelineGraph, groups: Sequence[str]) -> ast.expr:
+    """The original stacking expression (with its ``.tocsr()``-style suffixes) over ``groups``."""
+    assert graph.stack is not None
+    value = copy.deepcopy(graph.statements[graph.stack.statement].node.value)  # type: ignore[attr-defined]
+    call = unwrap_stack_call(value)
+    assert call is not None
+    seq = call.args[0]
+    assert isinstance(seq, (ast.List, ast.Tuple))
+    seq.elts = [ast.copy_location(ast.Name(id=graph.group(g).variable, ctx=ast.Load()), seq) for g in groups]
+    return value
+
+
+def _name(id_: str, store: bool = False) -> ast.Name:
+    return ast.Name(id=id_, ctx=ast.Store() if store else ast.Load())
+
+
+def _runtime_call(method: str, *args: ast.expr, **kwargs: ast.expr) -> ast.Call:
+    return ast.Call(
+        func=ast.Attribute(value=_name(RUNTIME), attr=method, ctx=ast.Load()),
+        args=list(args),
+        keywords=[ast.keyword(arg=k, value=v) for k, v in kwargs.items()],
+    )
+
+
+def _assign(target: str | Sequence[str], value: ast.expr) -> ast.Assign:
+    if isinstance(target, str):
+        node: ast.expr = _name(target, store=True)
+    else:
+        node = ast.Tuple(elts=[_name(t, store=True) for t in target], ctx=ast.Store())
+    return ast.Assign(targets=[node], value=value)
+
+
+def _forward_call(func_def: ast.FunctionDef) -> ast.Call:
+    """``_willow.original(<every parameter, passed the way it was declared>)``."""
+    a = func_def.args
+    args: list[ast.expr] = [_name(p.arg) for p in a.posonlyargs + a.args]
+    if a.vararg:
+        args.append(ast.Starred(value=_name(a.vararg.arg), ctx=ast.Load()))
+    keywords = [ast.keyword(arg=p.arg, value=_name(p.arg)) for p in a.kwonlyargs]
+    if a.kwarg:
+        keywords.append(ast.keyword(arg=None, value=_name(a.kwarg.arg)))
+    call = _runtime_call("original", *args)
+    call.keywords = keywords
+    return call
+
+
+def _unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]:
+    taken = {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
+    taken |= set(graph.parameters)
+    taken.add(RUNTIME)
+    chosen = {}
+    for name in wanted:
+        candidate, k = name, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        taken.add(candidate)
+        chosen[name] = candidate
+    return chosen
+
+
+def build_cascade_source(graph: PipelineGraph, layout: CascadeLayout, threshold: float) -> ast.FunctionDef:
+    """The cascaded function as an AST with the original's name and signature."""
+    original_def = ast.parse(graph.source).body[0]
+    assert isinstance(original_def, ast.FunctionDef)
+    local = _unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
+    body: list[ast.stmt] = []
+
+    model_expr = copy.deepcopy(graph.model_call.model)
+    model_names = _names_read(model_expr)
+    body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
+    guard = ast.If(
+        test=ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_model", model_expr)),
+        body=[ast.Return(value=_forward_call(original_def))],
+        orelse=[],
+    )
+    guard_late = bool(model_names & body_defined)
+    if not guard_late:
+        body.append(guard)
+    body.append(
+        _assign(local["n_rows"], _runtime_call("count_rows", **{p: _name(p) for p in graph.row_parameters}))
+    )
+    body.append(
+        ast.If(
+            test=ast.Compare(left=_name(local["n_rows"]), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
+            body=[ast.Return(value=_runtime_call("empty_output"))],
+            orelse=[],
+        )
+    )
+    for i in layout.every_row:
+        body.append(copy.deepcopy(graph.statements[i].node))
+    if guard_late:
+        body.append(guard)
+    for i in layout.selected_features:
+        body.append(copy.deepcopy(graph.statements[i].node))
+    body.append(_assign(local["approx_features"], stack_expression(graph, layout.selected)))
+    body.append(
+        _assign(
+            [local["approx_output"], local["confidence"]],
+            _runtime_call("approximate", _name(local["approx_features"])),
+        )
+    )
+    body.append(
+        _assign(
+            local["uncertain"],
+            _runtime_call("rows_below", _name(local["confidence"]), ast.Constant(float(threshold))),
+        )
+    )
+    body.append(
+        ast.If(
+            test=ast.Compare(
+                left=ast.Call(func=_name("len"), args=[_name(local["uncertain"])], keywords=[]),
+                ops=[ast.Eq()],
+                comparators=[ast.Constant(0)],
+            ),
+            body=[ast.Return(value=_name(local["approx_output"]))],
+            orelse=[],
+        )
+    )
+    for name in layout.row_subsets:
+        body.append(
+            _assign(name, _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])))
+        )
+    for i in layout.remaining_features + layout.full_model:
+        body.append(copy.deepcopy(graph.statements[i].node))
+    full_call = copy.deepcopy(graph.model_call.node.value)
+    assert full_call is not None
+    body.append(
+        ast.Return(
+            value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call)
+        )
+    )
+    func = ast.FunctionDef(
+        name=original_def.name,
+        args=original_def.args,
+        body=body,
+        decorator_list=[],
+        returns=original_def.returns,
+        type_comment=None,
+        type_params=[],
+    )
+    ast.fix_missing_locations(func)
+    return func
+
+
+def render(func: ast.FunctionDef) -> str:
+    """Readable Python source of a generated function (what explain() shows)."""
+    return astor.to_source(func)
+
+
+def materialize(func: ast.FunctionDef, original: Callable, runtime: Any, label: str) -> tuple[Callable, str]:
+    """Compile the rendered source of ``func`` into a function bound to ``original``'s globals,
+    closure cells and defaults, with ``runtime`` as ``_willow``. Returns it and its source."""
+    source = render(func)
+    freevars = list(original.__code__.co_freevars)
+    factory = ast.FunctionDef(
+        name="__willow_factory__",
+        args=ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(arg=n) for n in [RUNTIME, *freevars]],
+            vararg=None,
+            kwonlyargs=[],
+            kw_defaults=[],
+            kwarg=None,
+            defaults=[],
+        ),
+        body=[ast.parse(source).body[0], ast.Return(value=_name(func.name))],
+        decorator_list=[],
+        returns=None,
+        type_comment=None,
+        type_params=[],
+    )
+    module = ast.Module(body=[factory], type_ignores=[])
+    ast.fix_missing_locations(module)
+    factory_source = astor.to_source(module)
+    filename = f"<willow cascade of {label}>"
+    linecache.cache[filename] = (len(factory_source), None, factory_source.splitlines(True), filename)
+    namespace: dict[str, Any] = {}
+    exec(compile(factory_source, filename, "exec"), namespace)
+    inner = next(
+        c
+        for c in namespace["__willow_factory__"].__code__.co_consts
+        if isinstance(c, types.CodeType) and c.co_name == func.name
+    )
+    cells = []
+    for name in inner.co_freevars:
+        if name == RUNTIME:
+            cells.append(types.CellType(runtime))
+        else:
+            cells.append(original.__closure__[freevars.index(name)])  # type: ignore[index]
+    compiled = types.FunctionType(inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells))
+    compiled.__kwdefaults__ = original.__kwdefaults__
+    compiled.__qualname__ = original.__qualname__
+    compiled.__doc__ = original.__doc__
+    return compiled, source

@@ -1,0 +1,40 @@
+"""willow's exception hierarchy.
+
+Every error willow raises on purpose derives from :class:`WillowError` and from the builtin that
+matches its meaning, so ``except TypeError`` / ``except ValueError`` keep working for callers who do
+not know willow. Messages say what was expected, what was found and what to do.
+"""
+
+from __future__ import annotations
+
+
+class WillowError(Exception):
+    """Base class of all errors raised by willow."""
+
+
+class UnsupportedPipelineError(WillowError, TypeError):
+    """The decorated function has a shape willow cannot analyse or cascade.
+
+    Raised at decoration or calibration time. The message names the line and the reason, and the
+    fallback: ``willow.optimize(..., strict=False)`` runs the function unoptimized with a warning.
+    """
+
+
+class NotCalibratedError(WillowError, AttributeError):
+    """A fitted attribute (``plan_``, ``costs_``...) was read before ``calibrate`` was called."""
+
+
+class CalibrationError(WillowError, ValueError):
+    """Calibration data or options cannot produce a plan (too few rows, bad labels...)."""
+
+
+class PlanMismatchError(WillowError, ValueError):
+    """A saved plan does not belong to this function or to this willow version."""
+
+
+class UnsupportedPipelineWarning(UserWarning):
+    """``strict=False`` fell back to running the original function unoptimized."""
+
+
+class ModelChangedWarning(UserWarning):
+    """The model passed at call time is not the one the plan was calibrated with."""
