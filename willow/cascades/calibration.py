@@ -58,6 +58,7 @@ class CascadeOptions:
     exhaustive_max_groups: int = 4
     max_candidates: int = 16
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    pass_probability: float = 0.8
 
 
 @dataclass
@@ -278,7 +279,9 @@ def calibrate_cascade(
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
         agrees = output.labels(rows) == tune_reference
-        choice = tune_threshold(confidence, agrees, options.accuracy_target, options.confidence)
+        choice = tune_threshold(
+            confidence, agrees, options.accuracy_target, options.confidence, len(split.holdout), options.pass_probability
+        )
         approx_seconds = _median_seconds(
             lambda: approx.predict_with_confidence(eval(expression, ns_tune))
         ) / n_tune
