@@ -1,0 +1,66 @@
+"""Load generated kernel source as a real module, so Numba can cache what it compiles on disk.
+
+``numba.njit(cache=True)`` only caches functions that live in a file. Generated kernels are
+therefore rendered (with astor) to a ``.py`` file named after the hash of its source, inside
+willow's kernel cache directory, and imported from there. A second process that generates the
+same source finds the same file (left untouched, so Numba's cache index stays valid) and loads
+the compiled machine code instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import astor
+
+__all__ = ["kernel_cache_dir", "render_module", "load_generated_module"]
+
+
+def kernel_cache_dir() -> Path:
+    """Where generated kernel modules live: ``$WILLOW_CACHE_DIR/kernels`` or ``~/.cache/willow/kernels``."""
+    root = os.environ.get("WILLOW_CACHE_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "willow"
+    path = base / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def render_module(module: ast.Module) -> str:
+    """Readable source of a generated module."""
+    return astor.to_source(ast.fix_missing_locations(module))
+
+
+def load_generated_module(source: str, name_hint: str) -> ModuleType:
+    """Import ``source`` as a module stored in the kernel cache (written once, atomically).
+
+    ``name_hint`` becomes part of the file name so cached kernels are recognisable on disk.
+    """
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:20]
+    safe_hint = "".join(c if c.isalnum() else "_" for c in name_hint)[:40]
+    module_name = f"willow_kernel_{safe_hint}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    directory = kernel_cache_dir()
+    path = directory / f"{module_name}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
