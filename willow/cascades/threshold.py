@@ -6,9 +6,10 @@ original only on confident rows where the approximate model is wrong. The tuner 
 threshold (most rows answered cheaply) that satisfies two conditions on the tune split:
 
 * the Clopper-Pearson lower bound of its agreement reaches the target, and
-* the plan is likely to pass the independent holdout proof: with the disagreement rate estimated
-  from the tune split (Laplace-smoothed, so zero observed errors are not taken as zero risk), the
-  probability that the holdout's lower bound also reaches the target is at least
+* the plan is likely to pass the independent holdout proof: taking the disagreement rate as the
+  upper ``rate_level`` Clopper-Pearson bound of what the tune split shows (choosing the threshold
+  on the tune split makes its own error rate look optimistic, and zero observed errors are not
+  zero risk), the probability that the holdout's lower bound also reaches the target is at least
   ``pass_probability``. Tuning right up to the bound would make the holdout proof a coin flip.
 """
 
@@ -52,6 +53,7 @@ def tune_threshold(
     level: float,
     holdout_rows: int | None = None,
     pass_probability: float = 0.8,
+    rate_level: float = 0.9,
 ) -> ThresholdChoice:
     """Lowest threshold whose cascade agreement bound reaches ``accuracy_target``.
 
@@ -75,7 +77,7 @@ def tune_threshold(
     feasible = valid & (bounds >= accuracy_target)
     if holdout_rows is not None:
         allowed = allowed_disagreements(holdout_rows, accuracy_target, level)
-        rate = (disagreements + 1.0) / (n + 2.0)
+        rate = 1.0 - clopper_pearson_lower(n - disagreements, n, rate_level)
         passes = binom.cdf(allowed, holdout_rows, rate) if allowed >= 0 else np.zeros(n)
         feasible &= passes >= pass_probability
     if not feasible.any():

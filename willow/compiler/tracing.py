@@ -318,6 +318,8 @@ def _hoist(expr: ast.expr, name: str, lineno: int) -> ast.Assign:
     node = ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=expr)
     node.lineno = lineno
     node.col_offset = 0
+    node.end_lineno = max(lineno, getattr(expr, "end_lineno", None) or lineno)
+    node.end_col_offset = getattr(expr, "end_col_offset", None) or 0
     ast.fix_missing_locations(node)
     node._willow_hoisted = True  # type: ignore[attr-defined]
     return node
@@ -402,7 +404,7 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
     if not isinstance(call.args[0], ast.Name):
         feature_name = _unique("X", taken)
         body.append(_hoist(call.args[0], feature_name, ret.lineno))
-        call.args[0] = ast.Name(id=feature_name, ctx=ast.Load())
+        call.args[0] = ast.copy_location(ast.Name(id=feature_name, ctx=ast.Load()), call.args[0])
     feature_variable = call.args[0].id
     model_expr = call.func.value
 
@@ -433,7 +435,7 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
             if not isinstance(elt, ast.Name):
                 name = _group_hint(elt, taken)
                 hoisted.append(_hoist(elt, name, stack_node.lineno))
-                seq.elts[i] = ast.Name(id=name, ctx=ast.Load())
+                seq.elts[i] = ast.copy_location(ast.Name(id=name, ctx=ast.Load()), elt)
         if hoisted:
             body = body[:stack_index] + hoisted + body[stack_index:]
             statements = _build_statements(body, parameters)

@@ -1,0 +1,52 @@
+"""Shared fixtures: small deterministic datasets, real-data paths and an isolated kernel cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA_DIR = Path(os.environ.get("WILLOW_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kernel_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated kernels go to one temporary cache per test session, never to the user's home."""
+    cache = tmp_path_factory.getbasetemp() / "willow-cache"
+    monkeypatch.setenv("WILLOW_CACHE_DIR", str(cache))
+
+
+def data_file(name: str) -> Path:
+    """Path of a shared real dataset; skips the test when the shared data is not there."""
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.skip(f"real dataset {path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sms():
+    """The SMS spam collection as (texts as an object array, labels)."""
+    import pandas as pd
+
+    frame = pd.read_csv(data_file("sms_spam.tsv"), sep="\t")
+    return frame["SMS"].astype(str).to_numpy(dtype=object), frame["Label"].to_numpy(dtype=object)
+
+
+def make_tabular(n: int, seed: int = 0, n_classes: int = 2):
+    """Rows with an informative cheap block and a weaker wide block, plus labels.
+
+    ``cheap`` (2 columns) decides most labels; ``extra`` (6 columns) refines the rest.
+    """
+    rng = np.random.default_rng(seed)
+    cheap = rng.normal(size=(n, 2))
+    extra = rng.normal(size=(n, 6))
+    score = 3.0 * cheap[:, 0] + 1.5 * cheap[:, 1] + 0.3 * extra[:, 0] - 0.2 * extra[:, 1]
+    if n_classes == 2:
+        y = (score > 0).astype(np.int64)
+    else:
+        edges = np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]) if n else []
+        y = np.searchsorted(edges, score).astype(np.int64)
+    return cheap, extra, y

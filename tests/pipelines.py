@@ -1,0 +1,66 @@
+"""Decorated-pipeline builders shared by the tests.
+
+Pipelines are defined at module level in a real file (willow traces source code), reading their
+fitted transformers from module globals that the tests set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def slow_features(values):
+    """A deliberately costly per-row feature group (a Python loop), so cascades pay off."""
+    matrix = np.asarray(values, dtype=float)
+    rows = []
+    for row in matrix:
+        acc = 0.0
+        for _ in range(20):
+            acc = acc * 0.5 + float(np.tanh(row).sum())
+        rows.append(np.concatenate([row, [acc]]))
+    return np.array(rows).reshape(len(matrix), matrix.shape[1] + 1)
+
+
+def numpy_pipeline(model, cheap, extra):
+    a = cheap * 1.0
+    b = slow_features(extra)
+    X = np.hstack([a, b])
+    return model.predict(X)
+
+
+def numpy_proba_pipeline(model, cheap, extra):
+    a = cheap * 1.0
+    b = slow_features(extra)
+    X = np.column_stack([a, b])
+    return model.predict_proba(X)
+
+
+def concatenate_pipeline(model, cheap, extra):
+    return model.predict(np.concatenate([cheap + 0.0, slow_features(extra)], axis=1))
+
+
+def frame_pipeline(model, frame):
+    cheap = frame[["c0", "c1"]]
+    slow = pd.DataFrame(slow_features(frame[[f"e{i}" for i in range(6)]]), index=frame.index).add_prefix("s")
+    X = pd.concat([cheap, slow], axis=1)
+    return model.predict(X.to_numpy())
+
+
+def sparse_pipeline(model, cheap, extra):
+    a = sp.csr_matrix(cheap)
+    b = sp.csr_matrix(slow_features(extra))
+    X = sp.hstack([a, b]).tocsr()
+    return model.predict(X)
+
+
+def text_pipeline(model, comments):
+    words = WORDS.transform(comments)
+    chars = CHARS.transform(comments)
+    X = sp.hstack([words, chars]).tocsr()
+    return model.predict(X)
+
+
+WORDS = None
+CHARS = None
