@@ -78,10 +78,14 @@ def main() -> None:
     t_optimized = median_seconds(lambda: classify(model, batch), args.repeats)
     print()
     print(f"test batch: {len(batch)} unseen rows")
-    print(f"original  {t_original * 1e3:8.2f} ms   cascade {t_optimized * 1e3:8.2f} ms   "
-          f"speedup {t_original / t_optimized:.2f}x (median of {args.repeats})")
-    print(f"agreement with the original on the test batch: {agreement:.4f}; "
-          f"calibration holdout: {classify.plan_.agreement:.4f}, lower 95% bound {classify.plan_.lower_bound:.4f}")
+    print(
+        f"original  {t_original * 1e3:8.2f} ms   cascade {t_optimized * 1e3:8.2f} ms   "
+        f"speedup {t_original / t_optimized:.2f}x (median of {args.repeats})"
+    )
+    print(
+        f"agreement with the original on the test batch: {agreement:.4f}; "
+        f"calibration holdout: {classify.plan_.agreement:.4f}, lower 95% bound {classify.plan_.lower_bound:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pipelines
 import pytest
 from conftest import make_tabular
 from equivalence import assert_cascade_equivalent
@@ -17,7 +18,6 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
-import pipelines
 import willow
 
 N_TRAIN, N_CALIBRATE, N_TEST = 800, 2400, 400
@@ -126,7 +126,9 @@ def test_user_supplied_approximate_model_is_cloned_not_mutated():
     (tc, te, ty), (cc, ce, cy), (xc, xe, xy) = split_data(seed=5)
     model = fit_full_model(lgb.LGBMClassifier(n_estimators=30, verbose=-1), tc, te, ty)
     approx = LogisticRegression()
-    pipeline = willow.optimize(pipelines.numpy_pipeline, approximate_model=approx, **OPTIONS).calibrate(model, cc, ce)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, approximate_model=approx, **OPTIONS).calibrate(
+        model, cc, ce
+    )
     assert not hasattr(approx, "coef_")
     assert isinstance(pipeline.approximate_model_, LogisticRegression)
     assert pipeline.plan_.approximate_model == "LogisticRegression"

@@ -17,7 +17,9 @@ from willow.cascades.threshold import allowed_disagreements, tune_threshold
 from willow.errors import CalibrationError
 
 
-@pytest.mark.parametrize(("k", "n", "level"), [(99, 100, 0.95), (1, 10, 0.9), (500, 500, 0.95), (0, 7, 0.95), (37, 50, 0.99)])
+@pytest.mark.parametrize(
+    ("k", "n", "level"), [(99, 100, 0.95), (1, 10, 0.9), (500, 500, 0.95), (0, 7, 0.95), (37, 50, 0.99)]
+)
 def test_clopper_pearson_matches_scipy(k, n, level):
     expected = binomtest(k, n).proportion_ci(confidence_level=1 - 2 * (1 - level), method="exact").low
     assert float(clopper_pearson_lower(k, n, level)) == pytest.approx(expected, abs=1e-9)
@@ -33,7 +35,9 @@ def test_min_rows_for_target():
 def test_split_is_seeded_disjoint_and_explains_small_data():
     a = split_rows(1000, (0.5, 0.25, 0.25), 0.9, 0.9, random_state=3)
     b = split_rows(1000, (0.5, 0.25, 0.25), 0.9, 0.9, random_state=3)
-    assert all(np.array_equal(x, y) for x, y in zip((a.train, a.tune, a.holdout), (b.train, b.tune, b.holdout)))
+    assert all(
+        np.array_equal(x, y) for x, y in zip((a.train, a.tune, a.holdout), (b.train, b.tune, b.holdout))
+    )
     together = np.concatenate([a.train, a.tune, a.holdout])
     assert sorted(together.tolist()) == list(range(1000))
     with pytest.raises(CalibrationError, match=r"at least \d+ rows"):
@@ -91,8 +95,12 @@ def test_knapsack_is_optimal_within_rounding(items, fraction):
     slack = budget / 10_000 * len(items)
     assert sum(costs[i] for i in chosen) <= budget + slack
     best = max(
-        (sum(values[i] for i in s) for r in range(len(items) + 1) for s in itertools.combinations(range(len(items)), r)
-         if sum(costs[i] for i in s) <= budget - slack),
+        (
+            sum(values[i] for i in s)
+            for r in range(len(items) + 1)
+            for s in itertools.combinations(range(len(items)), r)
+            if sum(costs[i] for i in s) <= budget - slack
+        ),
         default=0.0,
     )
     assert sum(values[i] for i in chosen) >= best - 1e-9
@@ -107,7 +115,9 @@ def test_knapsack_is_optimal_within_rounding(items, fraction):
 def test_candidate_subsets_are_proper_unique_and_ordered(n, seed, exhaustive):
     rng = np.random.default_rng(seed)
     names = [f"g{i}" for i in range(n)]
-    subsets = candidate_subsets(names, rng.random(n) + 0.01, rng.random(n), exhaustive_max_groups=exhaustive, max_candidates=20)
+    subsets = candidate_subsets(
+        names, rng.random(n) + 0.01, rng.random(n), exhaustive_max_groups=exhaustive, max_candidates=20
+    )
     assert subsets and len(subsets) == len(set(subsets)) <= 20
     for subset in subsets:
         assert 0 < len(subset) < n

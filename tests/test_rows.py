@@ -67,7 +67,10 @@ def test_permute_rows_keeps_labels_and_moves_values(name, obj):
         # the shuffle survives realignment on the index
         other = pd.DataFrame({"z": np.arange(6)}, index=obj.index)
         joined = pd.concat([permuted, other], axis=1)
-        np.testing.assert_array_equal(joined.iloc[:, 0].to_numpy(), dense_rows(obj)[perm][:, 0] if dense_rows(obj).ndim == 2 else dense_rows(obj)[perm])
+        np.testing.assert_array_equal(
+            joined.iloc[:, 0].to_numpy(),
+            dense_rows(obj)[perm][:, 0] if dense_rows(obj).ndim == 2 else dense_rows(obj)[perm],
+        )
 
 
 @pytest.mark.parametrize("bad", [3, 2.5, {"a": 1}, np.float64(1.0), np.array(1.0)])

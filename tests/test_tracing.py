@@ -144,9 +144,8 @@ def test_unsupported_shapes_name_the_line_and_the_fallback(fn, line_text, reason
     message = str(info.value)
     assert reason in message
     assert "strict=False" in message
-    lineno = next(
-        i for i, line in enumerate(open(__file__, encoding="utf-8"), start=1) if line_text in line
-    )
+    with open(__file__, encoding="utf-8") as source:
+        lineno = next(i for i, line in enumerate(source, start=1) if line_text in line)
     assert f"{__file__}:{lineno}" in message
 
 

@@ -208,8 +208,15 @@ class OptimizedPipeline:
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
-        self._install(result.plan, result.costs, result.approximate, result.output, result.model_fingerprint,
-                      result.function, result.source)
+        self._install(
+            result.plan,
+            result.costs,
+            result.approximate,
+            result.output,
+            result.model_fingerprint,
+            result.function,
+            result.source,
+        )
         return self
 
     def _install(
@@ -376,6 +383,13 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             state["output"],
             ModelGuard(state["model_fingerprint"]),
         )
-    pipeline._install(plan, state["costs"], state["approximate"], state["output"], state["model_fingerprint"],
-                      function, source)
+    pipeline._install(
+        plan,
+        state["costs"],
+        state["approximate"],
+        state["output"],
+        state["model_fingerprint"],
+        function,
+        source,
+    )
     return pipeline

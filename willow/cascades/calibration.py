@@ -34,14 +34,27 @@ from willow.cascades.runtime import CascadeRuntime, ModelGuard, model_fingerprin
 from willow.cascades.selection import DEFAULT_BUDGETS, candidate_subsets
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
-from willow.compiler.codegen import CascadeLayout, build_cascade_source, layout_cascade, materialize, stack_expression
+from willow.compiler.codegen import (
+    CascadeLayout,
+    build_cascade_source,
+    layout_cascade,
+    materialize,
+    stack_expression,
+)
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, profile_costs
-from willow.errors import CalibrationError, UnsupportedPipelineError
+from willow.errors import UnsupportedPipelineError
 from willow.rows import n_rows, take_rows
 
-__all__ = ["CascadeOptions", "CalibrationResult", "calibrate_cascade", "build_cascade", "call_with", "count_row_inputs"]
+__all__ = [
+    "CascadeOptions",
+    "CalibrationResult",
+    "calibrate_cascade",
+    "build_cascade",
+    "call_with",
+    "count_row_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,6 @@ class CalibrationResult:
     layout: CascadeLayout | None = None
     function: Callable | None = None
     source: str | None = None
-
 
 
 def _stacking_functions() -> dict[int, str]:
@@ -273,18 +285,37 @@ def calibrate_cascade(
             approx = fit_approximate_model(template, eval(expression, ns_train), train_labels, output)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
             results.append(
-                CandidateResult(subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0,
-                                note=f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160])
+                CandidateResult(
+                    subset,
+                    float("inf"),
+                    0.0,
+                    float("inf"),
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    note=f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160],
+                )
             )
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
         agrees = output.labels(rows) == tune_reference
         choice = tune_threshold(
-            confidence, agrees, options.accuracy_target, options.confidence, len(split.holdout), options.pass_probability
+            confidence,
+            agrees,
+            options.accuracy_target,
+            options.confidence,
+            len(split.holdout),
+            options.pass_probability,
         )
-        approx_seconds = _median_seconds(
-            lambda: approx.predict_with_confidence(eval(expression, ns_tune))
-        ) / n_tune
+        approx_seconds = (
+            _median_seconds(
+                lambda approx=approx, expression=expression: approx.predict_with_confidence(
+                    eval(expression, ns_tune)
+                )
+            )
+            / n_tune
+        )
         expected = (
             costs.kept_seconds_per_row
             + costs.features_cost(subset)
@@ -321,7 +352,9 @@ def calibrate_cascade(
             f"{costs.total_seconds_per_row * 1e6:.2f} us/row)."
         )
     approx, layout = fitted[best.groups]
-    function, source = build_cascade(graph, fn, layout, best.threshold, approx, output, ModelGuard(fingerprint, model))
+    function, source = build_cascade(
+        graph, fn, layout, best.threshold, approx, output, ModelGuard(fingerprint, model)
+    )
 
     # Holdout: run the real generated cascade and the real original on rows nothing else saw.
     holdout_arguments = arguments_for(split.holdout)

@@ -24,7 +24,9 @@ __all__ = ["permutation_importance"]
 
 def _output_change(spec: OutputSpec, output: np.ndarray, baseline: np.ndarray) -> float:
     if spec.method == "predict_proba":
-        return float(np.mean(0.5 * np.abs(np.asarray(output, float) - np.asarray(baseline, float)).sum(axis=1)))
+        return float(
+            np.mean(0.5 * np.abs(np.asarray(output, float) - np.asarray(baseline, float)).sum(axis=1))
+        )
     return float(np.mean(output != baseline))
 
 

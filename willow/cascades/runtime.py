@@ -7,6 +7,7 @@ with; it keeps no per-call state, so a cascade can serve several threads at once
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +25,13 @@ __all__ = ["CascadeRuntime", "ModelGuard", "model_fingerprint"]
 
 
 def model_fingerprint(model: Any) -> str:
-    """A content hash of a fitted model (its parameters and learned state)."""
-    return joblib.hash(model)
+    """A content hash of a fitted model (its parameters and learned state).
+
+    The model goes through a pickle round trip first, so that equal models hash equally whatever
+    the memory layout of their arrays (a model loaded from disk has C-ordered copies of arrays
+    that the freshly fitted one may hold as views).
+    """
+    return joblib.hash(pickle.loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)))
 
 
 class ModelGuard:

@@ -17,7 +17,9 @@ __all__ = ["candidate_subsets", "knapsack"]
 DEFAULT_BUDGETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
 
 
-def knapsack(costs: Sequence[float], values: Sequence[float], budget: float, resolution: int = 1000) -> tuple[int, ...]:
+def knapsack(
+    costs: Sequence[float], values: Sequence[float], budget: float, resolution: int = 1000
+) -> tuple[int, ...]:
     """Indices of the items with the largest total value whose total cost is at most ``budget``.
 
     Costs are rounded to the nearest multiple of ``budget / resolution`` (budgets are a search

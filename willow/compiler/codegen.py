@@ -243,7 +243,10 @@ def build_cascade_source(graph: PipelineGraph, layout: CascadeLayout, threshold:
     )
     for name in layout.row_subsets:
         body.append(
-            _assign(name, _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])))
+            _assign(
+                name,
+                _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])),
+            )
         )
     for i in layout.remaining_features + layout.full_model:
         body.append(copy.deepcopy(graph.statements[i].node))
@@ -312,7 +315,9 @@ def materialize(func: ast.FunctionDef, original: Callable, runtime: Any, label: 
             cells.append(types.CellType(runtime))
         else:
             cells.append(original.__closure__[freevars.index(name)])  # type: ignore[index]
-    compiled = types.FunctionType(inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells))
+    compiled = types.FunctionType(
+        inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells)
+    )
     compiled.__kwdefaults__ = original.__kwdefaults__
     compiled.__qualname__ = original.__qualname__
     compiled.__doc__ = original.__doc__

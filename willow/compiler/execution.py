@@ -88,7 +88,9 @@ class StatementRunner:
         ns = self.run(self.namespace(arguments))
         return ns, self.model_output(ns)
 
-    def time_statements(self, arguments: dict[str, Any], repeats: int, warmup: int = 1) -> tuple[StatementTimes, dict[str, Any], Any]:
+    def time_statements(
+        self, arguments: dict[str, Any], repeats: int, warmup: int = 1
+    ) -> tuple[StatementTimes, dict[str, Any], Any]:
         """Time every statement and the model call: ``warmup`` untimed runs, then the median of
         ``repeats`` timed runs. Returns the times and the last run's namespace and output."""
         samples: dict[int, list[float]] = {st.index: [] for st in self.graph.statements}

@@ -134,7 +134,5 @@ class PipelineGraph:
             else:
                 role = "kept"
             lines.append(f"  line {st.lineno:>4}  [{role}]  {st.source.splitlines()[0]}")
-        lines.append(
-            f"  line {self.model_call.lineno:>4}  [model]  {ast.unparse(self.model_call.node)}"
-        )
+        lines.append(f"  line {self.model_call.lineno:>4}  [model]  {ast.unparse(self.model_call.node)}")
         return "\n".join(lines)

@@ -92,7 +92,9 @@ class CostProfile:
             text = s.source.splitlines()[0]
             text = text if len(text) <= 60 else text[:57] + "..."
             groups = ",".join(sorted(s.groups)) or "-"
-            lines.append(f"  {s.lineno:>5}  {s.seconds_per_row * 1e6:>10.2f}  {s.role:<7} {groups:<24} {text}")
+            lines.append(
+                f"  {s.lineno:>5}  {s.seconds_per_row * 1e6:>10.2f}  {s.role:<7} {groups:<24} {text}"
+            )
         lines.append(f"  {'':>5}  {self.model_seconds_per_row * 1e6:>10.2f}  model")
         lines.append(f"  {'':>5}  {self.total_seconds_per_row * 1e6:>10.2f}  total")
         return "\n".join(lines)
@@ -140,9 +142,7 @@ def profile_costs(
     for g in graph.groups:
         own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({g.name}))
         shared = sum(
-            s.seconds_per_row / len(s.groups)
-            for s in statements
-            if len(s.groups) > 1 and g.name in s.groups
+            s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups
         )
         groups.append(GroupCost(g.name, own, shared))
     profile = CostProfile(

@@ -354,9 +354,13 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
     taken = _all_names(func)
 
     body = list(func.body)
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        if isinstance(body[0].value.value, str):
-            body = body[1:]  # the docstring
+    first = body[0] if body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        body = body[1:]  # the docstring
     for node in body:
         if isinstance(node, (ast.Global, ast.Nonlocal)):
             raise _fail(
@@ -411,9 +415,12 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
     statements = _build_statements(body, parameters)
     feature_def = _reaching(statements, feature_variable, len(statements))
     model_parameter = None
-    if isinstance(model_expr, ast.Name) and model_expr.id in parameters:
-        if _reaching(statements, model_expr.id, len(statements)) is None:
-            model_parameter = model_expr.id
+    if (
+        isinstance(model_expr, ast.Name)
+        and model_expr.id in parameters
+        and _reaching(statements, model_expr.id, len(statements)) is None
+    ):
+        model_parameter = model_expr.id
 
     # Find the stacking statement on the chain that feeds the model, and hoist inline groups.
     stack_index, tail = _find_stack(statements, feature_def, model_parameter, parameters)
@@ -457,8 +464,7 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
     for name in row_parameters:
         if name in varargs:
             raise _fail(
-                f"the features read `*{name}`/`**{name}`; willow needs each row input as a named "
-                "parameter.",
+                f"the features read `*{name}`/`**{name}`; willow needs each row input as a named parameter.",
                 filename,
                 func.lineno,
             )
@@ -476,7 +482,13 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
             )
 
     if stack_index is None:
-        group_vars = [(feature_variable, feature_def, statements[feature_def].lineno if feature_def is not None else ret.lineno)]
+        group_vars = [
+            (
+                feature_variable,
+                feature_def,
+                statements[feature_def].lineno if feature_def is not None else ret.lineno,
+            )
+        ]
         stack = None
     else:
         stack_st = statements[stack_index]
@@ -532,8 +544,7 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
     notes = []
     if len(groups) == 1:
         notes.append(
-            "The model reads a single feature group, so there is no cheaper subset of features "
-            "for a cascade."
+            "The model reads a single feature group, so there is no cheaper subset of features for a cascade."
         )
     return PipelineGraph(
         function_name=func.name,
@@ -561,9 +572,9 @@ def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> Pip
 
 def _inside_nested_def(root: ast.AST, target: ast.AST) -> bool:
     for sub in ast.walk(root):
-        if sub is not root and isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            if any(n is target for n in ast.walk(sub)):
-                return True
+        nested = sub is not root and isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        if nested and any(n is target for n in ast.walk(sub)):
+            return True
     return False
 
 
@@ -598,15 +609,19 @@ def _find_stack(
     if feature_def is None:
         return None, []
     slice_all = _backward_slice(statements, {feature_def})
-    row_dependent = _row_dependent(statements, _row_parameters(statements, slice_all, model_parameter, parameters))
+    row_dependent = _row_dependent(
+        statements, _row_parameters(statements, slice_all, model_parameter, parameters)
+    )
     tail: list[int] = []
     current: int | None = feature_def
     while current is not None:
         st = statements[current]
         node = st.node
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if unwrap_stack_call(node.value) is not None:
-                return current, sorted(tail)
+        single_target = (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        )
+        if single_target and unwrap_stack_call(node.value) is not None:  # type: ignore[attr-defined]
+            return current, sorted(tail)
         if st.compound:
             break
         row_inputs = [d for d in st.reads.values() if d is not None and d in row_dependent]
