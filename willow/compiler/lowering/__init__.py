@@ -1,0 +1,25 @@
+"""Lowerings: fitted operators compiled to generated Numba kernels.
+
+``LOWERINGS`` maps an operator type to the function that compiles one of its methods; it is an
+explicit dict (no registration by import side effects) so the supported list is readable here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerable, lower_with
+from willow.compiler.lowering.linear import LINEAR_LOWERINGS
+from willow.compiler.lowering.text import TEXT_LOWERINGS
+
+__all__ = ["NotLowerable", "CompiledOperator", "LOWERINGS", "lower"]
+
+LOWERINGS: dict[type, Lowering] = {
+    **TEXT_LOWERINGS,
+    **LINEAR_LOWERINGS,
+}
+
+
+def lower(obj: Any, method: str) -> CompiledOperator:
+    """Compile ``obj.method`` (e.g. ``lower(tfidf, "transform")``) or raise :class:`NotLowerable`."""
+    return lower_with(LOWERINGS, obj, method)

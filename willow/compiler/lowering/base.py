@@ -1,0 +1,57 @@
+"""The lowering contract: what a lowering returns and how an unsupported option is reported.
+
+A *lowering* turns one fitted operator method (``TfidfVectorizer.transform``,
+``LogisticRegression.predict_proba``...) into a :class:`CompiledOperator`: a callable that gives
+the same result as the original method on the same inputs, computed by a generated Numba kernel
+whose source is kept on the object so ``explain()`` can show it. A lowering only reads fitted
+attributes; when an option cannot be reproduced exactly it raises :class:`NotLowerable` saying
+which option and why, and the caller keeps running the original method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from willow.errors import WillowError
+
+__all__ = ["NotLowerable", "CompiledOperator", "Lowering", "lower_with"]
+
+
+class NotLowerable(WillowError, TypeError):
+    """An object, method or option cannot be compiled exactly; the message gives the reason."""
+
+
+@dataclass(frozen=True)
+class CompiledOperator:
+    """A compiled stand-in for one operator method.
+
+    ``name`` says what it replaces (``"TfidfVectorizer.transform"``), ``source`` is the generated
+    kernel module exactly as compiled, and calling the object runs it.
+    """
+
+    name: str
+    source: str
+    function: Callable[..., Any] = field(repr=False)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.function(*inputs)
+
+
+Lowering = Callable[[Any, str], CompiledOperator]
+
+
+def lower_with(registry: Mapping[type, Lowering], obj: Any, method: str) -> CompiledOperator:
+    """Lower ``obj.method`` with the lowering registered for ``type(obj)`` (exact type, no subclasses).
+
+    Subclasses are refused because they may override the very method being replaced.
+    """
+    lowering = registry.get(type(obj))
+    if lowering is None:
+        supported = ", ".join(sorted(t.__name__ for t in registry))
+        raise NotLowerable(
+            f"No lowering for {type(obj).__name__}.{method}: willow compiles only {supported}; "
+            "the original method keeps running."
+        )
+    return lowering(obj, method)

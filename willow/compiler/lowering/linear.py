@@ -1,0 +1,176 @@
+"""Lowering scikit-learn linear models' ``predict`` / ``predict_proba`` / ``decision_function``.
+
+A linear model is ``scores = X @ coef_.T + intercept_`` followed by a *head* that turns scores into
+the method's result: labels (``score > 0`` with one output, else argmax), sigmoid probabilities
+(binary logistic), softmax (multinomial logistic) or normalised one-vs-rest sigmoids
+(``SGDClassifier(loss="log_loss")``). :func:`linear_spec` reads a fitted model into a
+:class:`LinearSpec` (shared with :mod:`willow.compiler.lowering.fused`); :func:`lower_linear_model`
+compiles one method for dense ``ndarray`` and ``scipy.sparse`` CSR rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+)
+from sklearn.svm import LinearSVC
+
+from willow.compiler.lowering import linear_templates
+from willow.compiler.lowering.astgen import compile_module, kernel_module, specialize
+from willow.compiler.lowering.base import CompiledOperator, NotLowerable
+
+__all__ = ["LinearSpec", "linear_spec", "finish_output", "lower_linear_model", "LINEAR_LOWERINGS"]
+
+CLASSIFIERS = (LogisticRegression, LinearSVC, SGDClassifier, RidgeClassifier)
+REGRESSORS = (LinearRegression, Ridge, Lasso, ElasticNet)
+
+
+@dataclass(frozen=True, eq=False)
+class LinearSpec:
+    """A fitted linear model's method as scores plus a head.
+
+    ``head`` names a template in :mod:`linear_templates`; ``output`` says how the head's result
+    becomes the method's: ``"labels"`` (index into ``classes``), ``"ravel1"`` (one column
+    becomes 1-D, as sklearn's ``decision_function``), ``"ravel"`` (regression with 1-D ``coef_``)
+    or ``"as_is"``.
+    """
+
+    model_name: str
+    method: str
+    coef_t: np.ndarray = field(repr=False)
+    intercept: np.ndarray = field(repr=False)
+    classes: np.ndarray | None = field(repr=False)
+    head: str
+    output: str
+
+    @property
+    def n_features(self) -> int:
+        return self.coef_t.shape[0]
+
+
+def _refuse(model: Any, method: str, reason: str) -> NotLowerable:
+    return NotLowerable(f"{type(model).__name__}.{method} cannot be compiled: {reason}.")
+
+
+def linear_spec(model: Any, method: str) -> LinearSpec:
+    """Read ``model.method`` into a :class:`LinearSpec`, or raise :class:`NotLowerable`."""
+    model_name = type(model).__name__
+    if type(model) not in CLASSIFIERS + REGRESSORS:
+        raise NotLowerable(f"{model_name} is not a supported linear model.")
+    if not hasattr(model, "coef_"):
+        raise NotLowerable(f"This {model_name} instance is not fitted yet: call 'fit' before compiling it.")
+    coef = np.asarray(model.coef_, dtype=np.float64)
+    if sp.issparse(model.coef_):
+        raise _refuse(model, method, "sparsified coef_ (call densify())")
+    n_outputs = 1 if coef.ndim == 1 else coef.shape[0]
+    coef_t = np.ascontiguousarray(coef.reshape(n_outputs, -1).T)
+    intercept = np.broadcast_to(np.asarray(model.intercept_, dtype=np.float64), (n_outputs,)).copy()
+
+    if type(model) in REGRESSORS:
+        if method != "predict":
+            raise _refuse(model, method, "a regressor only has predict")
+        output = "ravel" if coef.ndim == 1 else "as_is"
+        return LinearSpec(model_name, method, coef_t, intercept, None, "identity", output)
+
+    classes = np.asarray(model.classes_)
+    if isinstance(model, RidgeClassifier) and model._label_binarizer.y_type_.startswith("multilabel"):
+        raise _refuse(model, method, "multilabel RidgeClassifier")
+    if method == "decision_function":
+        return LinearSpec(model_name, method, coef_t, intercept, classes, "identity", "ravel1")
+    if method == "predict":
+        return LinearSpec(model_name, method, coef_t, intercept, classes, "label_indices", "labels")
+    if method != "predict_proba":
+        raise _refuse(model, method, "only predict, predict_proba and decision_function are compiled")
+    if isinstance(model, LogisticRegression):
+        head = "binary_proba" if classes.size <= 2 else "softmax_proba"
+    elif isinstance(model, SGDClassifier) and model.loss == "log_loss":
+        head = "binary_proba" if classes.size <= 2 else "ovr_proba"
+    elif isinstance(model, SGDClassifier):
+        raise _refuse(
+            model, method, f"probabilities for loss={model.loss!r} are not compiled (only 'log_loss')"
+        )
+    else:
+        raise _refuse(model, method, f"{model_name} has no predict_proba")
+    return LinearSpec(model_name, method, coef_t, intercept, classes, head, "as_is")
+
+
+def finish_output(spec: LinearSpec, result: np.ndarray) -> np.ndarray:
+    """Turn the head's array into exactly what sklearn's method returns (labels, 1-D shapes)."""
+    if spec.output == "labels":
+        return spec.classes.take(result)
+    if spec.output == "ravel" or (spec.output == "ravel1" and result.shape[1] == 1):
+        return result.reshape(-1)
+    return result
+
+
+def _dense_rows(X: Any) -> np.ndarray:
+    if hasattr(X, "to_numpy"):
+        X = X.to_numpy()
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected 2D array, got {X.ndim}D array instead. Reshape your data either using "
+            "array.reshape(-1, 1) if your data has a single feature or array.reshape(1, -1) if it "
+            "contains a single sample."
+        )
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def lower_linear_model(model: Any, method: str) -> CompiledOperator:
+    """Compile ``model.method`` for dense arrays and sparse CSR rows."""
+    spec = linear_spec(model, method)
+    functions = [
+        (specialize(linear_templates.dense_scores, "dense_scores", {}), True),
+        (specialize(linear_templates.csr_scores, "csr_scores", {}), True),
+        (specialize(getattr(linear_templates, spec.head), spec.head, {}), False),
+    ]
+    # The source depends only on the head, so every linear model sharing a head shares one
+    # compiled (and cached) module; coefficients are arguments.
+    module_ast = kernel_module(
+        f"Generated by willow: linear model scores (dense and CSR rows) and the {spec.head} head.",
+        [],
+        functions,
+    )
+    module, source = compile_module(module_ast, f"linear_{spec.head}")
+    dense_scores, csr_scores = module.dense_scores, module.csr_scores
+    head: Callable[[np.ndarray], np.ndarray] = getattr(module, spec.head)
+    coef_t, intercept, n_features = spec.coef_t, spec.intercept, spec.n_features
+
+    def run(X: Any) -> np.ndarray:
+        if sp.issparse(X):
+            X = X.tocsr()
+            width = X.shape[1]
+        else:
+            X = _dense_rows(X)
+            width = X.shape[1]
+        if width != n_features:
+            raise ValueError(
+                f"X has {width} features, but {spec.model_name} is expecting {n_features} features as input."
+            )
+        if X.shape[0] == 0:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required by "
+                f"{spec.model_name}."
+            )
+        if sp.issparse(X):
+            scores = csr_scores(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
+        else:
+            scores = dense_scores(X, coef_t, intercept)
+        return finish_output(spec, head(scores))
+
+    return CompiledOperator(name=f"{spec.model_name}.{method}", source=source, function=run)
+
+
+LINEAR_LOWERINGS = {model_type: lower_linear_model for model_type in CLASSIFIERS + REGRESSORS}

@@ -1,0 +1,247 @@
+"""Lowering scikit-learn text vectorizers (``CountVectorizer``, ``TfidfVectorizer``,
+``HashingVectorizer``) ``.transform`` to generated Numba kernels.
+
+Python keeps the two steps whose Unicode semantics are easiest to get wrong: sklearn's own
+preprocessor (``str.lower`` and accent stripping) runs on each document, then the batch becomes one
+code point buffer (:func:`text_runtime.encode_documents`). Tokenising, n-gram cutting, vocabulary
+lookup or feature hashing, counting, tf-idf weighting and normalisation run in the kernel, which
+returns the CSR arrays sklearn would build: same shape, dtypes, sorted indices and values.
+
+:func:`text_spec` reads a fitted vectorizer into a :class:`TextSpec` (raising
+:class:`NotLowerable` for options that cannot be reproduced exactly); :func:`lower_text_vectorizer`
+compiles ``transform``. :mod:`willow.compiler.lowering.fused` reuses the spec.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import sklearn
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
+
+from willow.compiler.lowering import text_templates
+from willow.compiler.lowering.astgen import compile_module, kernel_module, specialize
+from willow.compiler.lowering.base import CompiledOperator, NotLowerable
+from willow.compiler.lowering.text_runtime import (
+    build_term_table,
+    char_class_table,
+    empty_term_table,
+    encode_documents,
+)
+
+__all__ = ["TextSpec", "text_spec", "prepare_documents", "lower_text_vectorizer", "TEXT_LOWERINGS"]
+
+RUNTIME_MODULE = "willow.compiler.lowering.text_runtime"
+RUNTIME_NAMES = ("word_spans", "char_spans", "char_wb_spans", "lookup_spans", "hash_spans")
+
+# Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
+_RUN_PATTERNS = {
+    r"(?u)\b\w\w+\b": 2,
+    r"\b\w\w+\b": 2,
+    r"(?u)\b\w+\b": 1,
+    r"\b\w+\b": 1,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class TextSpec:
+    """Everything a kernel needs from one fitted vectorizer.
+
+    ``options`` are the compile-time constants of the templates; ``vocabulary``/``stop_words`` are
+    term hash tables (see :mod:`text_runtime`); ``idf`` is empty unless ``USE_IDF``.
+    """
+
+    kind: str
+    options: dict[str, Any]
+    n_features: int
+    dtype: np.dtype
+    preprocess_key: tuple[bool, str | None]
+    preprocess: Callable[[str], str] = field(repr=False)
+    decode: Callable[[Any], Any] = field(repr=False)
+    vocabulary: tuple[np.ndarray, ...] = field(repr=False)
+    stop_words: tuple[np.ndarray, ...] = field(repr=False)
+    idf: np.ndarray = field(repr=False)
+
+
+def _refuse(vectorizer: Any, reason: str) -> NotLowerable:
+    return NotLowerable(f"{type(vectorizer).__name__} cannot be compiled exactly: {reason}.")
+
+
+def text_spec(vectorizer: Any) -> TextSpec:
+    """Read a fitted vectorizer into a :class:`TextSpec`, or raise :class:`NotLowerable`."""
+    v = vectorizer
+    kind = {CountVectorizer: "count", TfidfVectorizer: "tfidf", HashingVectorizer: "hashing"}.get(type(v))
+    if kind is None:
+        raise NotLowerable(
+            f"{type(v).__name__} is not a CountVectorizer, TfidfVectorizer or HashingVectorizer."
+        )
+    if v.input != "content":
+        raise _refuse(v, f"input={v.input!r} reads files; only input='content' is supported")
+    if callable(v.analyzer):
+        raise _refuse(v, "a custom analyzer callable is opaque Python code")
+    if v.analyzer not in ("word", "char", "char_wb"):
+        raise _refuse(v, f"unknown analyzer {v.analyzer!r}")
+    if v.preprocessor is not None:
+        raise _refuse(v, "a custom preprocessor callable is opaque Python code")
+    if callable(v.strip_accents):
+        raise _refuse(v, "a custom strip_accents callable is opaque Python code")
+    if v.strip_accents not in (None, "ascii", "unicode"):
+        raise _refuse(v, f"unknown strip_accents {v.strip_accents!r}")
+    min_n, max_n = v.ngram_range
+    if not (1 <= min_n <= max_n):
+        raise _refuse(v, f"invalid ngram_range {v.ngram_range!r}")
+    min_token_length = 0
+    stop_words = empty_term_table()
+    if v.analyzer == "word":
+        if v.tokenizer is not None:
+            raise _refuse(v, "a custom tokenizer callable is opaque Python code")
+        pattern = v.token_pattern
+        if pattern not in _RUN_PATTERNS:
+            raise _refuse(
+                v,
+                f"token_pattern {pattern!r} is not one of the compiled patterns {sorted(_RUN_PATTERNS)} "
+                "(runs of word characters)",
+            )
+        if re.compile(pattern).flags & re.ASCII:
+            raise _refuse(v, "ASCII-only token patterns are not compiled")
+        min_token_length = _RUN_PATTERNS[pattern]
+        stops = v.get_stop_words()
+        if stops:
+            stop_words = build_term_table(sorted(stops), np.zeros(len(stops), dtype=np.int64))
+
+    if kind == "hashing":
+        n_features = int(v.n_features)
+        vocabulary = empty_term_table()
+        idf = np.zeros(0)
+        options = dict(HASHING=True, N_FEATURES=n_features, ALTERNATE_SIGN=bool(v.alternate_sign))
+        options.update(BINARY=bool(v.binary), SUBLINEAR_TF=False, USE_IDF=False, NORM=v.norm)
+    else:
+        if not hasattr(v, "vocabulary_"):
+            raise NotLowerable(
+                f"This {type(v).__name__} instance is not fitted yet: call 'fit' before compiling it."
+            )
+        terms = list(v.vocabulary_)
+        n_features = len(terms)
+        vocabulary = build_term_table(terms, np.fromiter(v.vocabulary_.values(), np.int64, n_features))
+        options = dict(HASHING=False, N_FEATURES=n_features, ALTERNATE_SIGN=False, BINARY=bool(v.binary))
+        if kind == "tfidf":
+            if np.dtype(v.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise _refuse(v, f"dtype {np.dtype(v.dtype)} is converted by sklearn with a warning")
+            use_idf = bool(v.use_idf)
+            if use_idf and not hasattr(v._tfidf, "idf_"):
+                raise NotLowerable("This TfidfVectorizer instance is not fitted yet: call 'fit' first.")
+            idf = np.asarray(v.idf_, dtype=np.float64) if use_idf else np.zeros(0)
+            options.update(SUBLINEAR_TF=bool(v.sublinear_tf), USE_IDF=use_idf, NORM=v.norm)
+        else:
+            idf = np.zeros(0)
+            options.update(SUBLINEAR_TF=False, USE_IDF=False, NORM=None)
+    if options["NORM"] not in (None, "l1", "l2"):
+        raise _refuse(v, f"unknown norm {options['NORM']!r}")
+    options.update(ANALYZER=v.analyzer, MIN_N=int(min_n), MAX_N=int(max_n), MIN_TOKEN_LENGTH=min_token_length)
+    return TextSpec(
+        kind=kind,
+        options=options,
+        n_features=n_features,
+        dtype=np.dtype(v.dtype),
+        preprocess_key=(bool(v.lowercase), v.strip_accents),
+        preprocess=v.build_preprocessor(),
+        decode=v.decode,
+        vocabulary=vocabulary,
+        stop_words=stop_words,
+        idf=idf,
+    )
+
+
+def as_document_list(raw_documents: Any) -> list:
+    """The documents of a list / tuple / numpy array / pandas Series as a list (sklearn's check first)."""
+    if isinstance(raw_documents, str):
+        raise ValueError("Iterable over raw text documents expected, string object received.")
+    if hasattr(raw_documents, "tolist") and not isinstance(raw_documents, list):
+        documents = raw_documents.tolist()
+        return documents if isinstance(documents, list) else [documents]
+    return list(raw_documents)
+
+
+def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Run sklearn's decode + preprocessor on each document and encode the batch as code points.
+
+    An all-ASCII batch of ``str`` is lowercased in one call (accent stripping and ``str.lower`` are
+    per character and the identity on non-letters for ASCII), anything else document by document.
+    """
+    try:
+        joined = "".join(documents)
+    except TypeError:
+        joined = None
+    if joined is not None and joined.isascii():
+        lowered = joined.lower() if spec.preprocess_key[0] else joined
+        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+        if documents:
+            np.cumsum(np.fromiter(map(len, documents), np.int64, len(documents)), out=offsets[1:])
+        code_points = np.frombuffer(lowered.encode("ascii"), dtype=np.uint8).astype(np.uint32)
+        return code_points, offsets
+    preprocess, decode = spec.preprocess, spec.decode
+    return encode_documents([preprocess(decode(d)) for d in documents])
+
+
+def _kernel_arguments(spec: TextSpec) -> tuple[Any, ...]:
+    return (char_class_table(), spec.vocabulary, spec.stop_words, spec.idf)
+
+
+def _sparse_result(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int], dtype
+):
+    """The CSR container sklearn would return (its ``sparse_interface`` config decides which class)."""
+    index_dtype = np.int32 if indptr[-1] <= np.iinfo(np.int32).max else np.int64
+    container = sp.csr_array if sklearn.get_config().get("sparse_interface") == "sparray" else sp.csr_matrix
+    matrix = container(
+        (values.astype(dtype, copy=False), indices.astype(index_dtype), indptr.astype(index_dtype)),
+        shape=shape,
+        copy=False,
+    )
+    matrix.has_sorted_indices = True
+    return matrix
+
+
+def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
+    """Compile ``vectorizer.transform``; the result takes the same documents and returns the same CSR."""
+    if method != "transform":
+        raise NotLowerable(f"Only {type(vectorizer).__name__}.transform is compiled, not {method!r}.")
+    spec = text_spec(vectorizer)
+    function = specialize(text_templates.transform_rows, "transform_rows", spec.options)
+    module_ast = kernel_module(
+        f"Generated by willow: {type(vectorizer).__name__}.transform "
+        f"(analyzer={spec.options['ANALYZER']!r}, ngram_range=({spec.options['MIN_N']}, {spec.options['MAX_N']})).",
+        [(RUNTIME_MODULE, RUNTIME_NAMES)],
+        [(function, False)],
+    )
+    module, source = compile_module(module_ast, f"{type(vectorizer).__name__}_transform")
+    kernel = module.transform_rows
+    arguments = _kernel_arguments(spec)
+    n_features = spec.n_features
+
+    def transform(raw_documents: Iterable[Any]):
+        documents = as_document_list(raw_documents)
+        if not documents and spec.kind == "hashing":
+            raise ValueError("Cannot vectorize empty sequence.")
+        if not documents and spec.kind == "tfidf":
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape=(0, {n_features})) while a minimum of 1 is "
+                "required by TfidfTransformer."
+            )
+        code_points, offsets = prepare_documents(documents, spec)
+        indptr, indices, values = kernel(code_points, offsets, *arguments)
+        return _sparse_result(indptr, indices, values, (len(documents), n_features), spec.dtype)
+
+    return CompiledOperator(name=f"{type(vectorizer).__name__}.transform", source=source, function=transform)
+
+
+TEXT_LOWERINGS = {
+    CountVectorizer: lower_text_vectorizer,
+    TfidfVectorizer: lower_text_vectorizer,
+    HashingVectorizer: lower_text_vectorizer,
+}

@@ -1,0 +1,384 @@
+"""Fixed Numba helpers the generated text kernels call: tokenising, hashing, vocabulary lookup.
+
+Documents reach the kernels as one buffer of Unicode code points (``uint32``) plus row offsets,
+after sklearn's own preprocessor (``str.lower``, accent stripping) ran on each document in Python,
+so case mapping is exactly Python's. Character classes follow ``re`` semantics for ``str``
+patterns: ``\\w`` is ``str.isalnum() or "_"`` and ``\\s`` is ``str.isspace()`` (checked for every
+code point at import of the tables), held in one ``uint8`` table indexed by code point.
+
+Every analyzer writes the text its n-grams are cut from into a small per-row buffer and returns
+n-grams as ``(start, end)`` spans of it, so the vocabulary lookup and the feature hashing work on
+one representation:
+
+- ``word``: the kept tokens joined by single spaces (a word n-gram is then one contiguous span,
+  exactly sklearn's ``" ".join(tokens[i:i + n])``);
+- ``char``: the document with runs of two or more whitespace characters replaced by one space;
+- ``char_wb``: each whitespace-separated word padded with a space on both sides.
+
+The vocabulary is an open-addressing hash table keyed by the 64-bit FNV-1a hash of an n-gram's
+code points; a hit is confirmed by comparing the code points with the stored term, so lookups are
+exact whatever the hash does. Feature hashing reproduces ``sklearn.utils.murmurhash3_32`` (seed 0,
+signed) on the UTF-8 bytes of the n-gram.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import numba
+import numpy as np
+
+__all__ = [
+    "WORD",
+    "SPACE",
+    "char_class_table",
+    "encode_documents",
+    "build_term_table",
+    "empty_term_table",
+    "word_spans",
+    "char_spans",
+    "char_wb_spans",
+    "lookup_spans",
+    "hash_spans",
+]
+
+WORD = 1  # bit set in the class table for characters matched by re's \w
+SPACE = 2  # bit set for characters matched by re's \s (== str.isspace)
+MAX_CODE_POINT = 0x110000
+
+FNV_OFFSET = np.uint64(14695981039346656037)
+FNV_PRIME = np.uint64(1099511628211)
+MASK32 = np.uint64(0xFFFFFFFF)
+MURMUR_C1 = np.uint64(0xCC9E2D51)
+MURMUR_C2 = np.uint64(0x1B873593)
+MURMUR_N = np.uint64(0xE6546B64)
+MURMUR_F1 = np.uint64(0x85EBCA6B)
+MURMUR_F2 = np.uint64(0xC2B2AE35)
+
+
+@functools.cache
+def char_class_table() -> np.ndarray:
+    """``uint8[0x110000]``: WORD | SPACE bits per code point, computed once per process."""
+    chars = map(chr, range(MAX_CODE_POINT))
+    word = np.fromiter((c.isalnum() for c in chars), dtype=np.uint8, count=MAX_CODE_POINT)
+    word[ord("_")] = 1
+    table = word * np.uint8(WORD)
+    table[_space_code_points()] |= np.uint8(SPACE)
+    table.setflags(write=False)
+    return table
+
+
+def _space_code_points() -> list[int]:
+    # str.isspace is true only below U+3001; scanning that range is enough and cheap.
+    return [c for c in range(0x3001) if chr(c).isspace()]
+
+
+def encode_documents(documents: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One ``uint32`` code point buffer for all documents plus ``int64`` row offsets (n + 1)."""
+    n = len(documents)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32), offsets
+    np.cumsum(np.fromiter(map(len, documents), dtype=np.int64, count=n), out=offsets[1:])
+    joined = "".join(documents)
+    code_points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return code_points, offsets
+
+
+def build_term_table(terms: Iterable[str], features: Sequence[int] | np.ndarray) -> tuple[np.ndarray, ...]:
+    """Hash table ``(slots, hashes, offsets, code_points, features)`` for exact term lookup."""
+    terms = list(terms)
+    code_points, offsets = encode_documents(terms)
+    return _fill_table(code_points, offsets, np.asarray(features, dtype=np.int64))
+
+
+def empty_term_table() -> tuple[np.ndarray, ...]:
+    """A table that contains nothing (no stop words)."""
+    return build_term_table([], [])
+
+
+@numba.njit(cache=True, nogil=True)
+def _fnv(buf, start, end):
+    h = FNV_OFFSET
+    for k in range(start, end):
+        h = (h ^ np.uint64(buf[k])) * FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True)
+def _fill_table(code_points, offsets, features):
+    n_terms = offsets.shape[0] - 1
+    size = 1
+    while size < 2 * n_terms:
+        size *= 2
+    slots = np.full(size, -1, dtype=np.int64)
+    hashes = np.empty(n_terms, dtype=np.uint64)
+    mask = np.uint64(size - 1)
+    for t in range(n_terms):
+        h = _fnv(code_points, offsets[t], offsets[t + 1])
+        hashes[t] = h
+        i = np.int64(h & mask)
+        while slots[i] >= 0:
+            i = (i + 1) & (size - 1)
+        slots[i] = t
+    return slots, hashes, offsets, code_points, features
+
+
+@numba.njit(cache=True, nogil=True)
+def lookup_term(table, buf, start, end):
+    """Feature of the term equal to ``buf[start:end]``, or -1."""
+    slots, hashes, offsets, code_points, features = table
+    size = slots.shape[0]
+    if hashes.shape[0] == 0:
+        return -1
+    h = _fnv(buf, start, end)
+    i = np.int64(h & np.uint64(size - 1))
+    length = end - start
+    while True:
+        t = slots[i]
+        if t < 0:
+            return -1
+        if hashes[t] == h and offsets[t + 1] - offsets[t] == length:
+            base = offsets[t]
+            same = True
+            for k in range(length):
+                if code_points[base + k] != buf[start + k]:
+                    same = False
+                    break
+            if same:
+                return features[t]
+        i = (i + 1) & (size - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def word_spans(code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n):
+    """Word n-grams of one document: the tokens of ``(?u)\\b\\w{min_token_length,}\\b`` minus
+    stop words, joined by single spaces into ``buf``; returns ``(buf, span_starts, span_ends)``."""
+    length = end - start
+    buf = np.empty(length + 1, dtype=np.uint32)
+    token_starts = np.empty(length // max(min_token_length, 1) + 1, dtype=np.int64)
+    token_ends = np.empty_like(token_starts)
+    n_tokens = 0
+    used = 0
+    check_stops = stop_table[1].shape[0] > 0
+    k = start
+    while k < end:
+        if char_class[code_points[k]] & 1 == 0:
+            k += 1
+            continue
+        run_start = k
+        while k < end and char_class[code_points[k]] & 1 != 0:
+            k += 1
+        if k - run_start < min_token_length:
+            continue
+        if check_stops and lookup_term(stop_table, code_points, run_start, k) >= 0:
+            continue
+        if n_tokens > 0:
+            buf[used] = 32
+            used += 1
+        token_starts[n_tokens] = used
+        for q in range(run_start, k):
+            buf[used] = code_points[q]
+            used += 1
+        token_ends[n_tokens] = used
+        n_tokens += 1
+    n_sizes = max_n - min_n + 1
+    span_starts = np.empty(n_tokens * n_sizes, dtype=np.int64)
+    span_ends = np.empty(n_tokens * n_sizes, dtype=np.int64)
+    n_spans = 0
+    for n in range(min_n, max_n + 1):
+        for i in range(n_tokens - n + 1):
+            span_starts[n_spans] = token_starts[i]
+            span_ends[n_spans] = token_ends[i + n - 1]
+            n_spans += 1
+    return buf, span_starts[:n_spans], span_ends[:n_spans]
+
+
+@numba.njit(cache=True, nogil=True)
+def char_spans(code_points, start, end, char_class, min_n, max_n):
+    """Character n-grams of one document after sklearn's ``\\s\\s+ -> " "`` normalisation."""
+    buf = np.empty(end - start, dtype=np.uint32)
+    used = 0
+    k = start
+    while k < end:
+        c = code_points[k]
+        if char_class[c] & 2 != 0:
+            run_start = k
+            while k < end and char_class[code_points[k]] & 2 != 0:
+                k += 1
+            if k - run_start >= 2:
+                buf[used] = 32
+            else:
+                buf[used] = c
+            used += 1
+        else:
+            buf[used] = c
+            used += 1
+            k += 1
+    n_sizes = max_n - min_n + 1
+    span_starts = np.empty(used * n_sizes, dtype=np.int64)
+    span_ends = np.empty(used * n_sizes, dtype=np.int64)
+    n_spans = 0
+    low = min_n
+    if min_n == 1:
+        for i in range(used):
+            span_starts[n_spans] = i
+            span_ends[n_spans] = i + 1
+            n_spans += 1
+        low = 2
+    for n in range(low, min(max_n + 1, used + 1)):
+        for i in range(used - n + 1):
+            span_starts[n_spans] = i
+            span_ends[n_spans] = i + n
+            n_spans += 1
+    return buf[:used], span_starts[:n_spans], span_ends[:n_spans]
+
+
+@numba.njit(cache=True, nogil=True)
+def char_wb_spans(code_points, start, end, char_class, min_n, max_n):
+    """sklearn's ``_char_wb_ngrams``: n-grams inside each space-padded whitespace-separated word."""
+    length = end - start
+    buf = np.empty(3 * length + 2, dtype=np.uint32)
+    n_sizes = max_n - min_n + 1
+    span_starts = np.empty((3 * length + 2) * n_sizes, dtype=np.int64)
+    span_ends = np.empty_like(span_starts)
+    used = 0
+    n_spans = 0
+    k = start
+    while k < end:
+        if char_class[code_points[k]] & 2 != 0:
+            k += 1
+            continue
+        base = used
+        buf[used] = 32
+        used += 1
+        while k < end and char_class[code_points[k]] & 2 == 0:
+            buf[used] = code_points[k]
+            used += 1
+            k += 1
+        buf[used] = 32
+        used += 1
+        w_len = used - base
+        for n in range(min_n, max_n + 1):
+            offset = 0
+            span_starts[n_spans] = base
+            span_ends[n_spans] = base + min(n, w_len)
+            n_spans += 1
+            while offset + n < w_len:
+                offset += 1
+                span_starts[n_spans] = base + offset
+                span_ends[n_spans] = base + offset + n
+                n_spans += 1
+            if offset == 0:
+                break
+    return buf[:used], span_starts[:n_spans], span_ends[:n_spans]
+
+
+@numba.njit(cache=True, nogil=True)
+def lookup_spans(table, buf, span_starts, span_ends):
+    """Vocabulary feature of every span that is a known term (unknown spans are dropped)."""
+    features = np.empty(span_starts.shape[0], dtype=np.int64)
+    n = 0
+    for i in range(span_starts.shape[0]):
+        f = lookup_term(table, buf, span_starts[i], span_ends[i])
+        if f >= 0:
+            features[n] = f
+            n += 1
+    return features[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _rotl32(x, r):
+    return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & MASK32
+
+
+@numba.njit(cache=True, nogil=True)
+def _murmur3_32(data, length):
+    """MurmurHash3_x86_32 with seed 0 of ``data[:length]`` (bytes), as a signed 32-bit int."""
+    h1 = np.uint64(0)
+    n_blocks = length // 4
+    for b in range(n_blocks):
+        i = 4 * b
+        k1 = (
+            np.uint64(data[i])
+            | (np.uint64(data[i + 1]) << np.uint64(8))
+            | (np.uint64(data[i + 2]) << np.uint64(16))
+            | (np.uint64(data[i + 3]) << np.uint64(24))
+        )
+        k1 = (k1 * MURMUR_C1) & MASK32
+        k1 = _rotl32(k1, 15)
+        k1 = (k1 * MURMUR_C2) & MASK32
+        h1 ^= k1
+        h1 = _rotl32(h1, 13)
+        h1 = (h1 * np.uint64(5) + MURMUR_N) & MASK32
+    tail = 4 * n_blocks
+    remainder = length & 3
+    k1 = np.uint64(0)
+    if remainder >= 3:
+        k1 ^= np.uint64(data[tail + 2]) << np.uint64(16)
+    if remainder >= 2:
+        k1 ^= np.uint64(data[tail + 1]) << np.uint64(8)
+    if remainder >= 1:
+        k1 ^= np.uint64(data[tail])
+        k1 = (k1 * MURMUR_C1) & MASK32
+        k1 = _rotl32(k1, 15)
+        k1 = (k1 * MURMUR_C2) & MASK32
+        h1 ^= k1
+    h1 ^= np.uint64(length)
+    h1 ^= h1 >> np.uint64(16)
+    h1 = (h1 * MURMUR_F1) & MASK32
+    h1 ^= h1 >> np.uint64(13)
+    h1 = (h1 * MURMUR_F2) & MASK32
+    h1 ^= h1 >> np.uint64(16)
+    signed = np.int64(h1)
+    if signed >= 2147483648:
+        signed -= 4294967296
+    return signed
+
+
+@numba.njit(cache=True, nogil=True)
+def _utf8(buf, start, end, out):
+    n = 0
+    for k in range(start, end):
+        c = buf[k]
+        if c < 0x80:
+            out[n] = c
+            n += 1
+        elif c < 0x800:
+            out[n] = 0xC0 | (c >> 6)
+            out[n + 1] = 0x80 | (c & 0x3F)
+            n += 2
+        elif c < 0x10000:
+            out[n] = 0xE0 | (c >> 12)
+            out[n + 1] = 0x80 | ((c >> 6) & 0x3F)
+            out[n + 2] = 0x80 | (c & 0x3F)
+            n += 3
+        else:
+            out[n] = 0xF0 | (c >> 18)
+            out[n + 1] = 0x80 | ((c >> 12) & 0x3F)
+            out[n + 2] = 0x80 | ((c >> 6) & 0x3F)
+            out[n + 3] = 0x80 | (c & 0x3F)
+            n += 4
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def hash_spans(buf, span_starts, span_ends, n_features, alternate_sign):
+    """sklearn ``FeatureHasher`` columns and signs (+1 / -1) of every span."""
+    n = span_starts.shape[0]
+    columns = np.empty(n, dtype=np.int64)
+    signs = np.empty(n, dtype=np.float64)
+    longest = 0
+    for i in range(n):
+        longest = max(longest, span_ends[i] - span_starts[i])
+    scratch = np.empty(4 * longest, dtype=np.uint8)
+    for i in range(n):
+        n_bytes = _utf8(buf, span_starts[i], span_ends[i], scratch)
+        h = _murmur3_32(scratch, n_bytes)
+        if h == -2147483648:
+            columns[i] = (2147483647 - (n_features - 1)) % n_features
+        else:
+            columns[i] = abs(h) % n_features
+        signs[i] = -1.0 if (alternate_sign and h < 0) else 1.0
+    return columns, signs
