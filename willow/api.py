@@ -22,6 +22,7 @@ from willow.cascades.plan import CascadePlan
 from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS
 from willow.compiler.codegen import layout_cascade
+from willow.compiler.compile_pass import CompilationResult, apply_compilation
 from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
@@ -87,6 +88,8 @@ class OptimizedPipeline:
         importance_repeats: int = 3,
         exhaustive_max_groups: int = 4,
         max_candidates: int = 16,
+        compile: bool = True,
+        cascade: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -109,6 +112,9 @@ class OptimizedPipeline:
         self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
         self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
         self.max_candidates = _check_count("max_candidates", max_candidates, 1)
+        self.compile = bool(compile)
+        self.cascade = bool(cascade)
+        self._compilation: CompilationResult | None = None
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         self.graph_: PipelineGraph | None = None
@@ -133,6 +139,8 @@ class OptimizedPipeline:
             "importance_repeats": self.importance_repeats,
             "exhaustive_max_groups": self.exhaustive_max_groups,
             "max_candidates": self.max_candidates,
+            "compile": self.compile,
+            "cascade": self.cascade,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -187,6 +195,8 @@ class OptimizedPipeline:
             exhaustive_max_groups=self.exhaustive_max_groups,
             max_candidates=self.max_candidates,
             budgets=DEFAULT_BUDGETS,
+            compile=self.compile,
+            cascade=self.cascade,
         )
 
     def calibrate(self, *args: Any, y: Any = None, **kwargs: Any) -> OptimizedPipeline:
@@ -216,6 +226,7 @@ class OptimizedPipeline:
             result.model_fingerprint,
             result.function,
             result.source,
+            result.compilation,
         )
         return self
 
@@ -228,6 +239,7 @@ class OptimizedPipeline:
         fingerprint: str,
         function: Callable | None,
         source: str | None,
+        compilation: CompilationResult | None = None,
     ) -> None:
         self.plan_ = plan
         self.costs_ = costs
@@ -236,7 +248,8 @@ class OptimizedPipeline:
         self._approximate = approximate
         self._output = output
         self._fingerprint = fingerprint
-        self._serving = function if plan.cascade else None
+        self._compilation = compilation
+        self._serving = function
 
     # ------------------------------------------------------------------ reporting
 
@@ -256,6 +269,15 @@ class OptimizedPipeline:
             lines += ["Generated source (this is what runs):", "", self.generated_source_]
         else:
             lines.append("No generated source: calls run the original function unchanged.")
+        if self._compilation is not None:
+            lines += ["", self._compilation.report()]
+        if self._approximate is not None and self._approximate.kernel_source:
+            lines += [
+                "",
+                f"Generated kernel for the approximate model ({self._approximate.score_method}):",
+                "",
+                self._approximate.kernel_source,
+            ]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence
@@ -282,6 +304,7 @@ class OptimizedPipeline:
             "approximate": self._approximate,
             "output": self._output,
             "model_fingerprint": self._fingerprint,
+            "compiled": self._compilation.recipes if self._compilation and self._serving else [],
         }
         with open(path, "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -302,6 +325,8 @@ def optimize(
     importance_repeats: int = 3,
     exhaustive_max_groups: int = 4,
     max_candidates: int = 16,
+    compile: bool = True,
+    cascade: bool = True,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -325,6 +350,10 @@ def optimize(
     exhaustive_max_groups : up to this many groups every subset is a candidate; above it the
         candidates come from a knapsack over cost budgets.
     max_candidates : most candidate subsets fitted during calibration.
+    compile : lower recognised operators (text vectorizers, linear models, tree ensembles...) to
+        generated Numba kernels, each verified against the original on calibration rows; ``False``
+        keeps every statement as Python.
+    cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -338,6 +367,8 @@ def optimize(
         importance_repeats=importance_repeats,
         exhaustive_max_groups=exhaustive_max_groups,
         max_candidates=max_candidates,
+        compile=compile,
+        cascade=cascade,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
@@ -371,17 +402,23 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             "the edited function and save it again."
         )
     plan: CascadePlan = state["plan"]
-    function = source = None
-    if plan.cascade:
-        layout = layout_cascade(graph, plan.selected)
+    function = source = compilation = None
+    if state["compiled"]:
+        from willow.compiler.lowering import lower
+
+        compilation = apply_compilation(graph, state["compiled"], lower)
+        graph = compilation.graph
+    if plan.cascade or compilation is not None:
+        layout = layout_cascade(graph, plan.selected) if plan.cascade else None
         function, source = build_cascade(
             graph,
             original,
             layout,
             plan.threshold,
-            state["approximate"],
+            state["approximate"] if plan.cascade else None,
             state["output"],
             ModelGuard(state["model_fingerprint"]),
+            compilation,
         )
     pipeline._install(
         plan,
@@ -391,5 +428,6 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
         state["model_fingerprint"],
         function,
         source,
+        compilation,
     )
     return pipeline

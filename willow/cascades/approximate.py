@@ -30,6 +30,7 @@ class ApproximateModel:
         self.output_ = output
         self.classes_ = np.asarray(estimator.classes_)
         self._has_proba = hasattr(estimator, "predict_proba")
+        self._scores: Any = None  # a compiled predict_proba / decision_function, when there is one
         self._column_map: np.ndarray | None = None
         if output.method == "predict_proba":
             assert output.classes is not None
@@ -48,10 +49,58 @@ class ApproximateModel:
                     "approximate_model= that does."
                 )
 
+    @property
+    def score_method(self) -> str:
+        """The estimator method confidences come from."""
+        return "predict_proba" if self._has_proba else "decision_function"
+
+    @property
+    def compiled(self) -> bool:
+        return self._scores is not None
+
+    def compile(self, lower: Any, X: Any | None = None) -> str:
+        """Use a compiled kernel for the estimator's scores; verified on ``X`` when given.
+
+        Returns "" on success, otherwise why the estimator keeps running as Python.
+        """
+        from willow.compiler.compile_pass import _same
+        from willow.compiler.lowering.base import NotLowerable
+
+        method = self.score_method
+        try:
+            operator = lower(self.estimator_, method)
+            if X is not None and not _same(operator(X), getattr(self.estimator_, method)(X)):
+                return "the kernel did not reproduce the estimator on calibration rows"
+        except NotLowerable as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break serving
+            return f"compilation failed: {type(exc).__name__}: {exc}"
+        self._scores = operator
+        return ""
+
+    @property
+    def kernel_source(self) -> str | None:
+        return None if self._scores is None else self._scores.source
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_compiled_method"] = state.pop("_scores") is not None
+        state["_scores"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        compiled = state.pop("_compiled_method", False)
+        self.__dict__.update(state)
+        if compiled:
+            from willow.compiler.lowering import lower
+
+            self.compile(lower)
+
     def predict_with_confidence(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Approximate output rows (in the original's format) and a confidence per row."""
         if self._has_proba:
-            proba = np.asarray(self.estimator_.predict_proba(X))
+            scores = self._scores or self.estimator_.predict_proba
+            proba = np.asarray(scores(X))
             best = np.argmax(proba, axis=1)
             confidence = proba[np.arange(len(proba)), best]
             if self._column_map is not None:
@@ -61,7 +110,8 @@ class ApproximateModel:
                 return rows, confidence
             labels = self.classes_[best]
         else:
-            decision = np.asarray(self.estimator_.decision_function(X))
+            scores = self._scores or self.estimator_.decision_function
+            decision = np.asarray(scores(X))
             if decision.ndim == 1:
                 labels = self.classes_[(decision > 0).astype(np.intp)]
                 confidence = np.abs(decision)

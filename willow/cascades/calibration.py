@@ -30,17 +30,19 @@ from willow.cascades.bounds import clopper_pearson_lower
 from willow.cascades.importance import permutation_importance
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CandidateResult, CascadePlan
-from willow.cascades.runtime import CascadeRuntime, ModelGuard, model_fingerprint
+from willow.cascades.runtime import ModelGuard, ServingRuntime, model_fingerprint
 from willow.cascades.selection import DEFAULT_BUDGETS, candidate_subsets
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
 from willow.compiler.codegen import (
     CascadeLayout,
     build_cascade_source,
+    build_compiled_source,
     layout_cascade,
     materialize,
     stack_expression,
 )
+from willow.compiler.compile_pass import RUNTIME, CompilationResult, compile_graph, keep_faster
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, profile_costs
@@ -72,6 +74,8 @@ class CascadeOptions:
     max_candidates: int = 16
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     pass_probability: float = 0.8
+    compile: bool = True
+    cascade: bool = True
 
 
 @dataclass
@@ -86,6 +90,7 @@ class CalibrationResult:
     layout: CascadeLayout | None = None
     function: Callable | None = None
     source: str | None = None
+    compilation: CompilationResult | None = None
 
 
 def _stacking_functions() -> dict[int, str]:
@@ -187,6 +192,13 @@ def _labels(y: Any, n: int, output: OutputSpec) -> np.ndarray | None:
     return labels
 
 
+class _OpsHolder:
+    """What ``_willow`` is while calibration runs the compiled graph: just the operators."""
+
+    def __init__(self, operators: Any) -> None:
+        self.ops = operators
+
+
 def calibrate_cascade(
     graph: PipelineGraph,
     fn: Callable,
@@ -194,7 +206,7 @@ def calibrate_cascade(
     y: Any,
     options: CascadeOptions,
 ) -> CalibrationResult:
-    """Calibrate a cascade for ``graph`` on the calibration call ``arguments`` (and labels ``y``)."""
+    """Calibrate ``graph`` on the calibration call ``arguments`` (and labels ``y``)."""
     if not 0.0 < options.accuracy_target <= 1.0:
         raise ValueError(f"accuracy_target must be in (0, 1], got {options.accuracy_target!r}.")
     if not 0.0 < options.confidence < 1.0:
@@ -208,15 +220,35 @@ def calibrate_cascade(
             subset[name] = take_rows(arguments[name], rows)
         return subset
 
-    runner = StatementRunner(graph, fn)
     n_tune = len(split.tune)
-    costs, ns_tune, out_tune = profile_costs(
-        graph, runner, arguments_for(split.tune), n_tune, repeats=options.cost_repeats
-    )
+    tune_arguments = arguments_for(split.tune)
+    runner = StatementRunner(graph, fn)
+    python_costs, ns_tune, out_tune = profile_costs(graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats)
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
     output = OutputSpec.from_output(graph.model_call.method, out_tune, model)
     labels = _labels(y, n, output)
     fingerprint = model_fingerprint(model)
+
+    compilation = None
+    costs = python_costs
+    if options.compile:
+        from willow.compiler.lowering import lower
+
+        original_graph = graph
+        compilation = compile_graph(graph, runner, tune_arguments, lower)
+        if compilation.nodes:
+            compiled_runner = StatementRunner(compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
+            compiled_costs, _, _ = profile_costs(
+                compilation.graph, compiled_runner, tune_arguments, n_tune, repeats=options.cost_repeats
+            )
+            compilation, costs = keep_faster(compilation, original_graph, python_costs, compiled_costs)
+        if compilation.nodes:
+            graph = compilation.graph
+            runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
+            ns_tune, out_tune = runner.run_all(tune_arguments)
+        elif not compilation.skipped:
+            compilation = None
+
     template = options.approximate_model if options.approximate_model is not None else model
     plan = CascadePlan(
         cascade=False,
@@ -227,9 +259,9 @@ def calibrate_cascade(
         importances={},
         selected=(),
         threshold=float("inf"),
-        original_seconds_per_row=costs.total_seconds_per_row,
+        original_seconds_per_row=python_costs.total_seconds_per_row,
         expected_seconds_per_row=costs.total_seconds_per_row,
-        expected_speedup=1.0,
+        expected_speedup=python_costs.total_seconds_per_row / costs.total_seconds_per_row,
         confident_fraction=0.0,
         agreement=1.0,
         lower_bound=0.0,
@@ -240,11 +272,16 @@ def calibrate_cascade(
         holdout_rows=0,
         approximate_model=type(template).__name__,
         trained_on="labels y" if labels is not None else "the full model's predictions (distillation)",
+        compiled_nodes=len(compilation.nodes) if compilation else 0,
+        compiled_seconds_per_row=costs.total_seconds_per_row if compilation and compilation.nodes else None,
     )
+    context = _Context(graph, fn, runner, options, split, arguments_for, costs, output, fingerprint, model, compilation)
 
-    def no_cascade(reason: str, **changes: Any) -> CalibrationResult:
-        return CalibrationResult(replace(plan, reason=reason, **changes), costs, output, fingerprint)
+    def no_cascade(reason: str) -> CalibrationResult:
+        return context.finish(replace(plan, reason=reason), None, None)
 
+    if not options.cascade:
+        return no_cascade("cascades are disabled (cascade=False).")
     if graph.stack is None:
         return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
     _check_stacker(graph, ns_tune)
@@ -277,26 +314,13 @@ def calibrate_cascade(
     fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]] = {}
     for subset in subsets:
         layout = layout_cascade(graph, subset)
-        _check_row_aligned(
-            graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune
-        )
+        _check_row_aligned(graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune)
         expression = compile(ast.Expression(body=stack_expression(graph, subset)), graph.filename, "eval")
         try:
             approx = fit_approximate_model(template, eval(expression, ns_train), train_labels, output)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
-            results.append(
-                CandidateResult(
-                    subset,
-                    float("inf"),
-                    0.0,
-                    float("inf"),
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    note=f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160],
-                )
-            )
+            note = f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160]
+            results.append(CandidateResult(subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note))
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
         agrees = output.labels(rows) == tune_reference
@@ -310,9 +334,7 @@ def calibrate_cascade(
         )
         approx_seconds = (
             _median_seconds(
-                lambda approx=approx, expression=expression: approx.predict_with_confidence(
-                    eval(expression, ns_tune)
-                )
+                lambda approx=approx, expression=expression: approx.predict_with_confidence(eval(expression, ns_tune))
             )
             / n_tune
         )
@@ -322,18 +344,17 @@ def calibrate_cascade(
             + approx_seconds
             + (1.0 - choice.confident_fraction) * (costs.remaining_cost(subset) + full_path)
         )
-        note = "" if np.isfinite(choice.threshold) else "no threshold meets the target"
         results.append(
             CandidateResult(
                 groups=subset,
                 expected_seconds_per_row=expected,
-                expected_speedup=costs.total_seconds_per_row / expected if expected > 0 else float("inf"),
+                expected_speedup=python_costs.total_seconds_per_row / expected if expected > 0 else float("inf"),
                 threshold=choice.threshold,
                 confident_fraction=choice.confident_fraction,
                 tune_agreement=choice.agreement,
                 tune_lower_bound=choice.lower_bound,
                 approximate_seconds_per_row=approx_seconds,
-                note=note,
+                note="" if np.isfinite(choice.threshold) else "no threshold meets the target",
             )
         )
         fitted[subset] = (approx, layout)
@@ -347,97 +368,158 @@ def calibrate_cascade(
     best = min(feasible, key=lambda r: r.expected_seconds_per_row)
     if best.expected_seconds_per_row >= costs.total_seconds_per_row:
         return no_cascade(
-            "no candidate is expected to be cheaper than the original pipeline "
-            f"(best {best.expected_seconds_per_row * 1e6:.2f} vs "
-            f"{costs.total_seconds_per_row * 1e6:.2f} us/row)."
+            "no candidate is expected to be cheaper than the pipeline without a cascade "
+            f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {costs.total_seconds_per_row * 1e6:.2f} us/row)."
         )
     approx, layout = fitted[best.groups]
-    function, source = build_cascade(
-        graph, fn, layout, best.threshold, approx, output, ModelGuard(fingerprint, model)
-    )
+    if options.compile:
+        from willow.compiler.lowering import lower
 
-    # Holdout: run the real generated cascade and the real original on rows nothing else saw.
-    holdout_arguments = arguments_for(split.holdout)
-    original_out = call_with(fn, holdout_arguments)
-    cascade_out = call_with(function, holdout_arguments)
-    ns_holdout = runner.run(runner.namespace(holdout_arguments))
-    expression = compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval")
-    _, holdout_confidence = approx.predict_with_confidence(eval(expression, ns_holdout))
-    uncertain = ~(holdout_confidence >= best.threshold)
-    n_holdout = len(split.holdout)
-    agreement_rows = output.agreement(cascade_out, original_out)
-    agreements = int(agreement_rows.sum())
-    lower = float(clopper_pearson_lower(agreements, n_holdout, options.confidence))
-    confident_fraction = 1.0 - float(uncertain.mean())
-    expected = (
-        costs.kept_seconds_per_row
-        + costs.features_cost(best.groups)
-        + best.approximate_seconds_per_row
-        + (1.0 - confident_fraction) * (costs.remaining_cost(best.groups) + full_path)
-    )
-    proven = replace(
+        approx.compile(lower, eval(compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"), ns_tune))
+    chosen = replace(plan, selected=best.groups, threshold=best.threshold)
+    return context.finish(chosen, approx, layout)
+
+
+@dataclass
+class _Context:
+    """What the last step needs: build the serving function and prove it on the holdout rows."""
+
+    graph: PipelineGraph
+    fn: Callable
+    runner: StatementRunner
+    options: CascadeOptions
+    split: Any
+    arguments_for: Callable[[np.ndarray], dict[str, Any]]
+    costs: CostProfile
+    output: OutputSpec
+    fingerprint: str
+    model: Any
+    compilation: CompilationResult | None
+
+    def finish(
+        self, plan: CascadePlan, approx: ApproximateModel | None, layout: CascadeLayout | None
+    ) -> CalibrationResult:
+        """Generate the serving function for ``plan`` and verify it on the holdout split.
+
+        A cascade must reach the agreement bound; a compiled pipeline without a cascade must
+        reproduce the original exactly (probabilities to 1e-9). Otherwise the original serves.
+        """
+        compiled = self.compilation is not None and bool(self.compilation.nodes)
+        cascade = approx is not None and layout is not None
+        base = CalibrationResult(plan, self.costs, self.output, self.fingerprint, compilation=self.compilation)
+        if not cascade and not compiled:
+            return base
+        guard = ModelGuard(self.fingerprint, self.model)
+        function, source = build_cascade(
+            self.graph, self.fn, layout, plan.threshold, approx, self.output, guard, self.compilation
+        )
+        holdout = self.arguments_for(self.split.holdout)
+        original_out = np.asarray(call_with(self.fn, holdout))
+        optimized_out = call_with(function, holdout)
+        n_holdout = len(self.split.holdout)
+        agreements = int(self.output.agreement(optimized_out, original_out).sum())
+        lower = float(clopper_pearson_lower(agreements, n_holdout, self.options.confidence))
+        measured = replace(plan, agreement=agreements / n_holdout, lower_bound=lower, holdout_rows=n_holdout)
+        if not cascade:
+            if not _same_rows(self.output, optimized_out, original_out):
+                return replace(
+                    base,
+                    plan=replace(
+                        measured,
+                        reason=plan.reason + " The compiled pipeline did not reproduce the original on the "
+                        "holdout rows, so the original runs.",
+                        compiled_nodes=0,
+                        compiled_seconds_per_row=None,
+                    ),
+                )
+            return replace(base, plan=measured, function=function, source=source)
+        assert approx is not None
+        ns_holdout = self.runner.run(self.runner.namespace(holdout))
+        expression = compile(ast.Expression(body=stack_expression(self.graph, plan.selected)), self.graph.filename, "eval")
+        _, holdout_confidence = approx.predict_with_confidence(eval(expression, ns_holdout))
+        uncertain = ~(holdout_confidence >= plan.threshold)
+        confident_fraction = 1.0 - float(uncertain.mean())
+        best = next(c for c in plan.candidates if c.groups == plan.selected)
+        full_path = self.costs.stack_seconds_per_row + self.costs.model_seconds_per_row
+        expected = (
+            self.costs.kept_seconds_per_row
+            + self.costs.features_cost(plan.selected)
+            + best.approximate_seconds_per_row
+            + (1.0 - confident_fraction) * (self.costs.remaining_cost(plan.selected) + full_path)
+        )
+        measured = replace(
+            measured,
+            expected_seconds_per_row=expected,
+            expected_speedup=plan.original_seconds_per_row / expected,
+            confident_fraction=confident_fraction,
+        )
+        if not _same_rows(self.output, optimized_out[uncertain], original_out[uncertain]):
+            reason = (
+                "on the holdout rows the full pipeline gave different outputs for a subset of rows "
+                "than for the whole batch, so this function does not compute its rows independently "
+                "and cannot be cascaded."
+            )
+            return self.finish(_without_cascade(measured, reason, self.costs), None, None)
+        if lower < self.options.accuracy_target:
+            reason = (
+                f"the best candidate ({'+'.join(plan.selected)}) agreed with the original on "
+                f"{agreements}/{n_holdout} holdout rows, a lower {self.options.confidence:.0%} bound of "
+                f"{lower:.4f}, below accuracy_target={self.options.accuracy_target}. More calibration "
+                "rows or a lower target may allow a cascade."
+            )
+            return self.finish(_without_cascade(measured, reason, self.costs), None, None)
+        return replace(
+            base,
+            plan=replace(measured, cascade=True, reason="cascade proven on the holdout split"),
+            approximate=approx,
+            layout=layout,
+            function=function,
+            source=source,
+        )
+
+
+def _without_cascade(plan: CascadePlan, reason: str, costs: CostProfile) -> CascadePlan:
+    """``plan`` turned into "no cascade", keeping the holdout figures that explain why."""
+    return replace(
         plan,
-        selected=best.groups,
-        threshold=best.threshold,
-        expected_seconds_per_row=expected,
-        expected_speedup=costs.total_seconds_per_row / expected,
-        confident_fraction=confident_fraction,
-        agreement=agreements / n_holdout,
-        lower_bound=lower,
-        holdout_rows=n_holdout,
-    )
-    full_rows_match = _same_rows(output, cascade_out[uncertain], np.asarray(original_out)[uncertain])
-    if not full_rows_match:
-        return CalibrationResult(
-            replace(
-                proven,
-                cascade=False,
-                reason="on the holdout rows the full pipeline gave different outputs for a subset "
-                "of rows than for the whole batch, so this function does not compute its rows "
-                "independently and cannot be cascaded.",
-            ),
-            costs,
-            output,
-            fingerprint,
-        )
-    if lower < options.accuracy_target:
-        return CalibrationResult(
-            replace(
-                proven,
-                cascade=False,
-                reason=f"the best candidate ({'+'.join(best.groups)}) agreed with the original on "
-                f"{agreements}/{n_holdout} holdout rows, a lower {options.confidence:.0%} bound of "
-                f"{lower:.4f}, below accuracy_target={options.accuracy_target}. More calibration "
-                "rows or a lower target may allow a cascade.",
-            ),
-            costs,
-            output,
-            fingerprint,
-        )
-    return CalibrationResult(
-        replace(proven, cascade=True, reason="cascade proven on the holdout split"),
-        costs,
-        output,
-        fingerprint,
-        approximate=approx,
-        layout=layout,
-        function=function,
-        source=source,
+        reason=reason,
+        rejected_agreement=plan.agreement,
+        rejected_lower_bound=plan.lower_bound,
+        agreement=1.0,
+        lower_bound=0.0,
+        holdout_rows=0,
+        expected_seconds_per_row=costs.total_seconds_per_row,
+        expected_speedup=plan.original_seconds_per_row / costs.total_seconds_per_row,
+        confident_fraction=0.0,
     )
 
 
 def build_cascade(
     graph: PipelineGraph,
     fn: Callable,
-    layout: CascadeLayout,
+    layout: CascadeLayout | None,
     threshold: float,
-    approximate: ApproximateModel,
+    approximate: ApproximateModel | None,
     output: OutputSpec,
     guard: ModelGuard,
+    compilation: CompilationResult | None = None,
 ) -> tuple[Callable, str]:
-    """Generate and compile the cascaded function; return it and its rendered source."""
-    runtime = CascadeRuntime(approximate, output, fn, guard)
-    func_ast = build_cascade_source(graph, layout, threshold)
+    """Generate and compile the serving function (a cascade when ``layout`` is given, otherwise
+    the compiled pipeline); return it and its rendered source."""
+    objects = compilation.guarded if compilation is not None else ()
+    runtime = ServingRuntime(
+        approximate,
+        output,
+        fn,
+        guard,
+        operators=compilation.operators if compilation is not None else None,
+        objects=tuple(obj for _, obj in objects),
+    )
+    exprs = [expr for expr, _ in objects]
+    if layout is not None:
+        func_ast = build_cascade_source(graph, layout, threshold, exprs)
+    else:
+        func_ast = build_compiled_source(graph, exprs)
     return materialize(func_ast, fn, runtime, graph.function_name)
 
 

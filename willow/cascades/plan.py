@@ -55,6 +55,10 @@ class CascadePlan:
     approximate_model: str
     trained_on: str
     candidates: tuple[CandidateResult, ...] = field(default_factory=tuple)
+    compiled_nodes: int = 0
+    compiled_seconds_per_row: float | None = None
+    rejected_agreement: float | None = None
+    rejected_lower_bound: float | None = None
 
     def table(self) -> str:
         """The plan as readable text: groups, costs, importances, the choice and its guarantee."""
@@ -75,15 +79,26 @@ class CascadePlan:
                 lines.append(f"  {g:<28} {self.group_seconds_per_row[g] * 1e6:>10.2f} {imp:>11.4f}  {mark}")
         lines.append("")
         lines.append(f"  original cost            {self.original_seconds_per_row * 1e6:10.2f} us/row")
+        if self.compiled_seconds_per_row is not None:
+            lines.append(
+                f"  compiled, no cascade     {self.compiled_seconds_per_row * 1e6:10.2f} us/row "
+                f"({self.compiled_nodes} compiled nodes)"
+            )
         if self.cascade:
             lines.append(f"  expected cascade cost    {self.expected_seconds_per_row * 1e6:10.2f} us/row")
-            lines.append(f"  expected speedup         {self.expected_speedup:10.2f}x")
+        lines.append(f"  expected speedup         {self.expected_speedup:10.2f}x")
+        if self.cascade:
             lines.append(f"  answered approximately   {self.confident_fraction:10.2%} of holdout rows")
         if self.holdout_rows:
+            what = "cascade" if self.cascade else "compiled pipeline"
             lines.append(
-                f"  agreement with original  {self.agreement:.4f} on {self.holdout_rows} holdout rows; "
-                f"lower {self.confidence:.0%} bound {self.lower_bound:.4f} "
-                f"(target {self.accuracy_target})"
+                f"  {what} agreement with original {self.agreement:.4f} on {self.holdout_rows} holdout rows; "
+                f"lower {self.confidence:.0%} bound {self.lower_bound:.4f} (target {self.accuracy_target})"
+            )
+        if self.rejected_agreement is not None:
+            lines.append(
+                f"  rejected cascade: agreement {self.rejected_agreement:.4f}, lower {self.confidence:.0%} "
+                f"bound {self.rejected_lower_bound:.4f} on the holdout rows"
             )
         lines.append(
             f"  approximate model        {self.approximate_model}, trained on {self.trained_on} "

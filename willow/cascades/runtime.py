@@ -1,8 +1,9 @@
-"""The helpers a generated cascade calls as ``_willow.<name>(...)`` while serving.
+"""The helpers a generated function calls as ``_willow.<name>(...)`` while serving.
 
-One :class:`CascadeRuntime` belongs to one calibrated plan. It holds the approximate model, the
-description of the original output and the fingerprint of the model the plan was calibrated
-with; it keeps no per-call state, so a cascade can serve several threads at once.
+One :class:`ServingRuntime` belongs to one calibrated plan. It holds the approximate model (for
+a cascade), the compiled operators (``_willow.ops``), the description of the original output and
+the identity of the model and fitted objects the plan was calibrated with; it keeps no per-call
+state, so a generated function can serve several threads at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from willow.errors import ModelChangedWarning, WillowError
 from willow.rows import n_rows
 from willow.rows import take_rows as _take_rows
 
-__all__ = ["CascadeRuntime", "ModelGuard", "model_fingerprint"]
+__all__ = ["ServingRuntime", "ModelGuard", "model_fingerprint"]
 
 
 def model_fingerprint(model: Any) -> str:
@@ -65,20 +66,40 @@ class ModelGuard:
         return {"fingerprint": self.fingerprint, "_verified": None}
 
 
-class CascadeRuntime:
-    """Serving-time helpers of one calibrated cascade."""
+class ServingRuntime:
+    """Serving-time helpers of one calibrated plan."""
 
     def __init__(
         self,
-        approximate: ApproximateModel,
+        approximate: ApproximateModel | None,
         output: OutputSpec,
         original: Callable,
         guard: ModelGuard,
+        operators: Any = None,
+        objects: tuple[Any, ...] = (),
     ) -> None:
         self.approximate_model = approximate
         self.output = output
         self.original = original
         self.same_model = guard
+        self.ops = operators
+        self._objects = objects
+
+    def same_objects(self, *objects: Any) -> bool:
+        """Whether the compiled fitted objects (vectorizers...) are still the calibrated ones.
+
+        An identity check: rebinding a global to a newly fitted object makes the pipeline run
+        the original function (with a warning) until it is calibrated again.
+        """
+        if len(objects) == len(self._objects) and all(a is b for a, b in zip(objects, self._objects)):
+            return True
+        warnings.warn(
+            "A fitted object that willow compiled has been replaced since calibration; running the "
+            "original function instead. Call calibrate() again to compile the new object.",
+            ModelChangedWarning,
+            stacklevel=3,
+        )
+        return False
 
     @staticmethod
     def count_rows(**inputs: Any) -> int:
@@ -99,6 +120,7 @@ class CascadeRuntime:
 
     def approximate(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
         """The approximate model's output rows and confidence on every row."""
+        assert self.approximate_model is not None
         return self.approximate_model.predict_with_confidence(features)
 
     @staticmethod

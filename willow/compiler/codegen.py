@@ -23,7 +23,14 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.tracing import unwrap_stack_call
 from willow.errors import UnsupportedPipelineError
 
-__all__ = ["CascadeLayout", "layout_cascade", "stack_expression", "build_cascade_source", "materialize"]
+__all__ = [
+    "CascadeLayout",
+    "layout_cascade",
+    "stack_expression",
+    "build_cascade_source",
+    "build_compiled_source",
+    "materialize",
+]
 
 RUNTIME = "_willow"
 
@@ -183,34 +190,76 @@ def _unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]
     return chosen
 
 
-def build_cascade_source(graph: PipelineGraph, layout: CascadeLayout, threshold: float) -> ast.FunctionDef:
-    """The cascaded function as an AST with the original's name and signature."""
-    original_def = ast.parse(graph.source).body[0]
-    assert isinstance(original_def, ast.FunctionDef)
-    local = _unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
-    body: list[ast.stmt] = []
+def _prelude(
+    graph: PipelineGraph, original_def: ast.FunctionDef, guarded: Sequence[str], n_rows: str
+) -> tuple[list[ast.stmt], ast.If, bool]:
+    """Statements every generated function starts with, and the fallback guard.
 
+    The guard runs the original function when the model (or a compiled fitted object) is not the
+    one the plan was made for; it comes first unless the model is computed inside the body, in
+    which case the caller places it after the statements that run on every row.
+    """
     model_expr = copy.deepcopy(graph.model_call.model)
-    model_names = _names_read(model_expr)
+    test: ast.expr = ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_model", model_expr))
+    if guarded:
+        objects = [ast.parse(expr, mode="eval").body for expr in guarded]
+        test = ast.BoolOp(
+            op=ast.Or(), values=[test, ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_objects", *objects))]
+        )
+    guard = ast.If(test=test, body=[ast.Return(value=_forward_call(original_def))], orelse=[])
     body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
-    guard = ast.If(
-        test=ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_model", model_expr)),
-        body=[ast.Return(value=_forward_call(original_def))],
-        orelse=[],
-    )
-    guard_late = bool(model_names & body_defined)
-    if not guard_late:
-        body.append(guard)
-    body.append(
-        _assign(local["n_rows"], _runtime_call("count_rows", **{p: _name(p) for p in graph.row_parameters}))
-    )
+    guard_late = bool(_names_read(model_expr) & body_defined)
+    body: list[ast.stmt] = [] if guard_late else [guard]
+    body.append(_assign(n_rows, _runtime_call("count_rows", **{p: _name(p) for p in graph.row_parameters})))
     body.append(
         ast.If(
-            test=ast.Compare(left=_name(local["n_rows"]), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
+            test=ast.Compare(left=_name(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
             body=[ast.Return(value=_runtime_call("empty_output"))],
             orelse=[],
         )
     )
+    return body, guard, guard_late
+
+
+def _function(original_def: ast.FunctionDef, body: list[ast.stmt]) -> ast.FunctionDef:
+    func = ast.FunctionDef(
+        name=original_def.name,
+        args=original_def.args,
+        body=body,
+        decorator_list=[],
+        returns=original_def.returns,
+        type_comment=None,
+        type_params=[],
+    )
+    ast.fix_missing_locations(func)
+    return func
+
+
+def _original_def(graph: PipelineGraph) -> ast.FunctionDef:
+    original_def = ast.parse(graph.source).body[0]
+    assert isinstance(original_def, ast.FunctionDef)
+    return original_def
+
+
+def build_compiled_source(graph: PipelineGraph, guarded: Sequence[str] = ()) -> ast.FunctionDef:
+    """The pipeline without a cascade: the (compiled) statements in their original order."""
+    original_def = _original_def(graph)
+    local = _unique_names(graph, ["n_rows"])
+    body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
+    if guard_late:
+        body.insert(0, guard)
+    body += [copy.deepcopy(st.node) for st in graph.statements]
+    body.append(copy.deepcopy(graph.model_call.node))
+    return _function(original_def, body)
+
+
+def build_cascade_source(
+    graph: PipelineGraph, layout: CascadeLayout, threshold: float, guarded: Sequence[str] = ()
+) -> ast.FunctionDef:
+    """The cascaded function as an AST with the original's name and signature."""
+    original_def = _original_def(graph)
+    local = _unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
+    body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
     for i in layout.every_row:
         body.append(copy.deepcopy(graph.statements[i].node))
     if guard_late:
@@ -243,31 +292,16 @@ def build_cascade_source(graph: PipelineGraph, layout: CascadeLayout, threshold:
     )
     for name in layout.row_subsets:
         body.append(
-            _assign(
-                name,
-                _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])),
-            )
+            _assign(name, _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])))
         )
     for i in layout.remaining_features + layout.full_model:
         body.append(copy.deepcopy(graph.statements[i].node))
     full_call = copy.deepcopy(graph.model_call.node.value)
     assert full_call is not None
     body.append(
-        ast.Return(
-            value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call)
-        )
+        ast.Return(value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call))
     )
-    func = ast.FunctionDef(
-        name=original_def.name,
-        args=original_def.args,
-        body=body,
-        decorator_list=[],
-        returns=original_def.returns,
-        type_comment=None,
-        type_params=[],
-    )
-    ast.fix_missing_locations(func)
-    return func
+    return _function(original_def, body)
 
 
 def render(func: ast.FunctionDef) -> str:

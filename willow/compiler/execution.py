@@ -55,9 +55,10 @@ class StatementTimes:
 class StatementRunner:
     """Executes a :class:`PipelineGraph` one statement at a time."""
 
-    def __init__(self, graph: PipelineGraph, fn: Callable) -> None:
+    def __init__(self, graph: PipelineGraph, fn: Callable, extra: dict[str, Any] | None = None) -> None:
         self.graph = graph
         self.fn = fn
+        self.extra = dict(extra or {})
         self._code: dict[int, CodeType] = {
             st.index: compile(ast.Module(body=[st.node], type_ignores=[]), graph.filename, "exec")
             for st in graph.statements
@@ -67,9 +68,11 @@ class StatementRunner:
         self._model_code = compile(ast.Expression(body=model_call), graph.filename, "eval")
 
     def namespace(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """A fresh namespace: the function's globals, then its closure, then the arguments."""
+        """A fresh namespace: the function's globals, then its closure, willow's own names (the
+        compiled operators), then the arguments."""
         ns = dict(self.fn.__globals__)
         ns.update(closure_values(self.fn))
+        ns.update(self.extra)
         ns.update(arguments)
         return ns
 

@@ -164,6 +164,12 @@ def lower_linear_model(model: Any, method: str) -> CompiledOperator:
                 f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required by "
                 f"{spec.model_name}."
             )
+        values = X.data if sp.issparse(X) else X
+        if not np.isfinite(values).all():
+            # sklearn validates its input; a kernel must fail the same way, never score NaN.
+            if np.isnan(values).any():
+                raise ValueError(f"Input X contains NaN.\n{spec.model_name} does not accept missing values encoded as NaN natively.")
+            raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
         if sp.issparse(X):
             scores = csr_scores(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
         else:

@@ -1,0 +1,346 @@
+"""The compiler pass: swap recognised operator calls in a traced graph for generated kernels.
+
+A statement ``v = <fitted object>.<method>(args)`` whose object is a global or closure variable,
+and the final ``<model>.<method>(X)``, are lowered with :func:`willow.compiler.lowering.lower`.
+Each compiled operator is checked against the original call on real calibration rows before it is
+used; one that cannot be lowered, fails to compile or disagrees keeps running as Python, and the
+reason is recorded for ``explain()`` (a failed compilation also warns). The result is a new
+:class:`PipelineGraph` whose statements call ``_willow.ops.<name>(...)``, so every later stage
+(cost probes, cascade planning, code generation) works on the compiled pipeline unchanged.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from willow.compiler.execution import StatementRunner
+from willow.compiler.graph import ModelCall, PipelineGraph, Statement
+
+__all__ = [
+    "CompiledNode",
+    "SkippedNode",
+    "Operators",
+    "CompilationResult",
+    "compile_graph",
+    "keep_faster",
+    "apply_compilation",
+]
+
+RUNTIME = "_willow"
+MODEL_TARGET = "<model>"
+
+
+class CompilationWarning(UserWarning):
+    """A kernel failed to compile or to reproduce the original; the Python call keeps running."""
+
+
+@dataclass(frozen=True)
+class CompiledNode:
+    """One call replaced by a compiled operator.
+
+    ``recipe`` is ``(object, method)``: enough to compile the operator again after loading a plan.
+    """
+
+    statement: int | None  # None for the model call
+    lineno: int
+    original: str
+    attribute: str
+    operator: Any
+    recipe: tuple[Any, str]
+
+
+@dataclass(frozen=True)
+class SkippedNode:
+    """A call that keeps running as Python, and why."""
+
+    lineno: int
+    original: str
+    reason: str
+
+
+class Operators:
+    """The compiled operators of one pipeline, as attributes (``_willow.ops.words_transform``)."""
+
+    def __init__(self, operators: dict[str, Any]) -> None:
+        self.__dict__.update(operators)
+
+    def __repr__(self) -> str:
+        return f"Operators({', '.join(sorted(self.__dict__))})"
+
+
+@dataclass
+class CompilationResult:
+    """The compiled graph, its operators and a record of what was and was not compiled."""
+
+    graph: PipelineGraph
+    nodes: tuple[CompiledNode, ...]
+    skipped: tuple[SkippedNode, ...]
+    operators: Operators
+    guarded: tuple[tuple[str, Any], ...]
+
+    @property
+    def recipes(self) -> list[tuple[int | None, str, Any, str]]:
+        """``(statement, attribute, object, method)`` per compiled node, for saving a plan."""
+        return [(n.statement, n.attribute, n.recipe[0], n.recipe[1]) for n in self.nodes]
+
+    def report(self) -> str:
+        """Which calls run as generated kernels, which stay Python and why, and the kernels' source."""
+        lines = ["Compiled nodes:"]
+        if not self.nodes:
+            lines.append("  (none)")
+        for node in self.nodes:
+            lines.append(f"  line {node.lineno:>4}  {node.original}  ->  _willow.ops.{node.attribute}  [{node.operator.name}]")
+        if self.skipped:
+            lines.append("Kept as Python:")
+            for skip in self.skipped:
+                lines.append(f"  line {skip.lineno:>4}  {skip.original}: {skip.reason}")
+        for node in self.nodes:
+            lines += ["", f"Generated kernel for _willow.ops.{node.attribute} ({node.operator.name}):", "", node.operator.source]
+        return "\n".join(lines)
+
+
+def _candidate_call(graph: PipelineGraph, st: Statement) -> tuple[str, ast.expr, str, list[ast.expr]] | None:
+    """``(target, object expression, method, args)`` for ``target = obj.method(*args)`` statements
+    whose object comes from outside the function body (a global or closure variable)."""
+    node = st.node
+    if not (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and not node.value.keywords
+        and not any(isinstance(a, ast.Starred) for a in node.value.args)
+    ):
+        return None
+    obj = node.value.func.value
+    root = obj
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    if not isinstance(root, ast.Name) or st.reads.get(root.id, 0) is not None or root.id in graph.parameters:
+        return None
+    return node.targets[0].id, obj, node.value.func.attr, list(node.value.args)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a compiled result reproduces the original (exact structure, values to 1e-12/1e-9)."""
+    if sp.issparse(b):
+        if not sp.issparse(a) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        diff = abs(sp.csr_matrix(a) - sp.csr_matrix(b))
+        return diff.nnz == 0 or float(diff.max()) <= 1e-12 * max(1.0, float(abs(b).max()))
+    if isinstance(b, np.ndarray):
+        if not isinstance(a, np.ndarray) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if np.issubdtype(b.dtype, np.floating):
+            return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
+        return bool(np.array_equal(a, b))
+    return False
+
+
+def _ops_call(attribute: str, args: list[ast.expr]) -> ast.Call:
+    ops = ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="ops", ctx=ast.Load())
+    return ast.Call(func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=args, keywords=[])
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
+    candidate, k = name, 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def _rewrite(graph: PipelineGraph, nodes: list[CompiledNode]) -> PipelineGraph:
+    """``graph`` with each compiled node's call replaced by ``_willow.ops.<attribute>(...)``."""
+    statements = list(graph.statements)
+    model_call = graph.model_call
+    for node in nodes:
+        if node.statement is None:
+            ret = copy.deepcopy(model_call.node)
+            call = ret.value
+            assert isinstance(call, ast.Call)
+            ret.value = ast.copy_location(_ops_call(node.attribute, list(call.args)), call)
+            ast.fix_missing_locations(ret)
+            model_call = ModelCall(
+                lineno=model_call.lineno,
+                node=ret,
+                model=model_call.model,
+                method=model_call.method,
+                feature_variable=model_call.feature_variable,
+                model_parameter=model_call.model_parameter,
+            )
+            continue
+        st = statements[node.statement]
+        assign = copy.deepcopy(st.node)
+        assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Call)
+        assign.value = ast.copy_location(_ops_call(node.attribute, list(assign.value.args)), assign.value)
+        ast.fix_missing_locations(assign)
+        reads = {name: d for name, d in st.reads.items() if name in _loaded(assign)}
+        statements[node.statement] = replace(st, node=assign, reads=reads)
+    return replace(graph, statements=tuple(statements), model_call=model_call)
+
+
+def _loaded(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict[str, Any], lower: Any) -> CompilationResult:
+    """Lower what can be lowered in ``graph``, verified on one run over ``arguments`` (calibration rows).
+
+    ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``.
+    """
+    from willow.compiler.lowering.base import NotLowerable
+
+    ns = runner.namespace(arguments)
+    taken = set(graph.parameters) | {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
+    attributes: set[str] = set()
+    nodes: list[CompiledNode] = []
+    skipped: list[SkippedNode] = []
+    guarded: dict[str, Any] = {}
+
+    def attempt(statement: int | None, lineno: int, original: str, obj: Any, method: str, args: list[Any], expected: Any, label: str) -> Any:
+        try:
+            operator = lower(obj, method)
+        except NotLowerable as exc:
+            skipped.append(SkippedNode(lineno, original, str(exc)))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+            warnings.warn(f"line {lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); it keeps running as Python.", CompilationWarning, stacklevel=4)
+            skipped.append(SkippedNode(lineno, original, f"compilation failed: {type(exc).__name__}: {exc}"))
+            return None
+        try:
+            result = operator(*args)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"line {lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; it keeps running as Python.", CompilationWarning, stacklevel=4)
+            skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
+            return None
+        if not _same(result, expected):
+            warnings.warn(f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.", CompilationWarning, stacklevel=4)
+            skipped.append(SkippedNode(lineno, original, "kernel output differed from the original on calibration rows"))
+            return None
+        attribute = _unique(label, attributes | taken)
+        nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
+        return operator
+
+    for st in graph.statements:
+        found = _candidate_call(graph, st)
+        if found is None:
+            runner.run(ns, [st.index])
+            continue
+        target, obj_expr, method, arg_exprs = found
+        obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
+        args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
+        runner.run(ns, [st.index])
+        if attempt(st.index, st.lineno, st.source, obj, method, args, ns[target], f"{target}_{method}") is not None:
+            guarded[ast.unparse(obj_expr)] = obj
+    expected = runner.model_output(ns)
+    model_call = graph.model_call
+    call = model_call.node.value
+    assert isinstance(call, ast.Call)
+    if not call.keywords and len(call.args) == 1:
+        model = eval(compile(ast.Expression(body=model_call.model), graph.filename, "eval"), ns)
+        X = ns[model_call.feature_variable]
+        attempt(None, model_call.lineno, ast.unparse(call), model, model_call.method, [X], expected, f"model_{model_call.method}")
+    else:
+        skipped.append(SkippedNode(model_call.lineno, ast.unparse(call), "the model call passes extra arguments"))
+    return CompilationResult(
+        graph=_rewrite(graph, nodes),
+        nodes=tuple(nodes),
+        skipped=tuple(skipped),
+        operators=Operators({n.attribute: n.operator for n in nodes}),
+        guarded=tuple(guarded.items()),
+    )
+
+
+def keep_faster(
+    compilation: CompilationResult, original: PipelineGraph, python_costs: Any, compiled_costs: Any
+) -> tuple[CompilationResult, Any]:
+    """Keep only the compiled nodes that measured faster than the Python they replace.
+
+    Per-call overheads can make a kernel slower than the library on small inputs; such nodes go
+    back to Python, with the measured costs as the reason. Returns the trimmed compilation and a
+    cost profile that takes each statement's cost from whichever version is kept.
+    """
+    from dataclasses import replace as _replace
+
+    python_by_index = {s.index: s for s in python_costs.statements}
+    compiled_by_index = {s.index: s for s in compiled_costs.statements}
+    kept: list[CompiledNode] = []
+    skipped = list(compilation.skipped)
+    for node in compilation.nodes:
+        if node.statement is None:
+            before, after = python_costs.model_seconds_per_row, compiled_costs.model_seconds_per_row
+        else:
+            before = python_by_index[node.statement].seconds_per_row
+            after = compiled_by_index[node.statement].seconds_per_row
+        if after < before:
+            kept.append(node)
+        else:
+            skipped.append(
+                SkippedNode(
+                    node.lineno,
+                    node.original,
+                    f"the kernel measured slower than Python on calibration batches "
+                    f"({after * 1e6:.2f} vs {before * 1e6:.2f} us/row)",
+                )
+            )
+    kept_statements = {n.statement for n in kept}
+    statements = tuple(
+        compiled_by_index[s.index] if s.index in kept_statements else python_by_index[s.index]
+        for s in python_costs.statements
+    )
+    model_seconds = compiled_costs.model_seconds_per_row if None in kept_statements else python_costs.model_seconds_per_row
+    groups = []
+    for g in python_costs.groups:
+        own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({g.name}))
+        shared = sum(s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups)
+        groups.append(_replace(g, seconds_per_row=own, shared_seconds_per_row=shared))
+    costs = _replace(compiled_costs, statements=statements, groups=tuple(groups), model_seconds_per_row=model_seconds)
+    guarded_exprs = set()
+    for n in kept:
+        if n.statement is not None:
+            found = _candidate_call(original, original.statements[n.statement])
+            if found is not None:
+                guarded_exprs.add(ast.unparse(found[1]))
+    trimmed = CompilationResult(
+        graph=_rewrite(original, kept),
+        nodes=tuple(kept),
+        skipped=tuple(skipped),
+        operators=Operators({n.attribute: n.operator for n in kept}),
+        guarded=tuple((expr, obj) for expr, obj in compilation.guarded if expr in guarded_exprs),
+    )
+    return trimmed, costs
+
+
+def apply_compilation(graph: PipelineGraph, recipes: list[tuple[int | None, str, Any, str]], lower: Any) -> CompilationResult:
+    """Rebuild a :class:`CompilationResult` from saved recipes (after :func:`willow.load`)."""
+    nodes = []
+    guarded: dict[str, Any] = {}
+    for statement, attribute, obj, method in recipes:
+        operator = lower(obj, method)
+        if statement is None:
+            lineno, original = graph.model_call.lineno, ast.unparse(graph.model_call.node.value)
+        else:
+            st = graph.statements[statement]
+            lineno, original = st.lineno, st.source
+            found = _candidate_call(graph, st)
+            if found is not None:
+                guarded[ast.unparse(found[1])] = obj
+        nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
+    return CompilationResult(
+        graph=_rewrite(graph, nodes),
+        nodes=tuple(nodes),
+        skipped=(),
+        operators=Operators({n.attribute: n.operator for n in nodes}),
+        guarded=tuple(guarded.items()),
+    )
