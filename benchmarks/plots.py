@@ -1,0 +1,80 @@
+"""PNG plots of a run (matplotlib, Agg backend): speedup per variant, accuracy-vs-speed curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_all"]
+
+
+def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``speedup.png`` and ``tradeoff.png`` into ``out``; return their paths ([] without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    workloads = [w for w in results["workloads"] if "error" not in w]
+    if not workloads:
+        return []
+    paths = [_speedup(plt, workloads, out / "speedup.png"), _tradeoff(plt, workloads, out / "tradeoff.png")]
+    plt.close("all")
+    return paths
+
+
+def _speedup(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
+    variants = [v["name"] for v in workloads[0]["variants"]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(workloads) + 2), 4.2))
+    width = 0.8 / len(variants)
+    for j, name in enumerate(variants):
+        for i, workload in enumerate(workloads):
+            entry = next(v for v in workload["variants"] if v["name"] == name)
+            x = i + (j - (len(variants) - 1) / 2) * width
+            if entry["status"] == "ok" and entry.get("speedup") is not None:
+                ax.bar(x, entry["speedup"], width, color=f"C{j}", label=name if i == 0 else None)
+                ax.text(x, entry["speedup"], f"{entry['speedup']:.2f}", ha="center", va="bottom", fontsize=7)
+            else:
+                ax.bar(x, 0, width, color=f"C{j}", label=name if i == 0 else None)
+                ax.text(x, 0.02, entry["status"], ha="center", va="bottom", fontsize=6, rotation=90, color="0.4")
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+    ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads])
+    ax.set_ylabel("batch speedup over the original")
+    ax.set_title("willow: batch speedup per workload and variant")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
+    cols = min(3, len(workloads))
+    rows = (len(workloads) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, workload in zip(axes.ravel(), workloads):
+        for j, (name, points) in enumerate(workload["tradeoff"].items()):
+            ok = [p for p in points if p["status"] == "ok"]
+            if not ok:
+                continue
+            xs = [p["agreement"] for p in ok]
+            ys = [p["speedup"] for p in ok]
+            ax.plot(xs, ys, marker="o", color=f"C{j + 2}", label=name)
+            for p in ok:
+                ax.annotate(str(p["accuracy_target"]), (p["agreement"], p["speedup"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        missing = [str(p["accuracy_target"]) for p in workload["tradeoff"].get("cascades", []) if p["status"] != "ok"]
+        if missing:
+            ax.text(0.02, 0.02, "n/a: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, color="0.4")
+        ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        ax.set_title(workload["name"])
+        ax.set_xlabel("agreement with the original (test rows)")
+        ax.set_ylabel("batch speedup")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(workloads):]:
+        ax.set_visible(False)
+    fig.suptitle("accuracy target -> agreement and speedup (labels: accuracy_target)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
