@@ -20,8 +20,8 @@ from benchmarks.run import DEFAULT_TARGETS, RunConfig, run_workload
 from benchmarks.variants import optimize_accepts, supports_top_k
 
 WORKLOADS = ("toxic", "product", "music", "credit", "price")
-# scale -> (batch repeats, repeats per trade-off point)
-REPEATS = {"smoke": (2, 1), "quick": (3, 2), "full": (7, 5)}
+# scale -> (batch repeats, repeats per trade-off point, least seconds per timed sample)
+REPEATS = {"smoke": (2, 1, 0.0), "quick": (5, 3, 0.1), "full": (9, 5, 0.25)}
 
 
 def load_workload(name: str):
@@ -40,13 +40,14 @@ def run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``workloads`` and return the results dict (what ``results.json`` holds)."""
-    batch_repeats, tradeoff_repeats = REPEATS[scale]
+    batch_repeats, tradeoff_repeats, min_seconds = REPEATS[scale]
     config = RunConfig(
         scale=scale,
         accuracy_target=accuracy_target,
         targets=tuple(sorted(set(targets) | {accuracy_target})),
         repeats=repeats or batch_repeats,
         tradeoff_repeats=tradeoff_repeats,
+        min_seconds=min_seconds,
         progress=progress,
     )
     start = time.perf_counter()
@@ -60,6 +61,7 @@ def run(
         "willow_options": {k: list(v) if isinstance(v, tuple) else v for k, v in config.base_options.items()},
         "targets": list(config.targets),
         "repeats": config.repeats,
+        "min_seconds_per_sample": config.min_seconds,
         "capabilities": {"compile": optimize_accepts("compile"), "top_k": supports_top_k()},
         "data_dir": str(data_dir()),
         "workloads": [],

@@ -29,16 +29,31 @@ __all__ = [
 ]
 
 
-def time_batches(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of each zero-argument call: a warm-up each, then ``repeats`` interleaved rounds."""
+def time_batches(
+    calls: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.0
+) -> dict[str, list[float]]:
+    """Wall seconds per call of each zero-argument call.
+
+    Each call is warmed up once; then ``repeats`` interleaved rounds run, whose order alternates
+    (ABC, CBA, ...) so that no variant always runs right after another. In a round each call runs
+    back to back until ``min_seconds`` have passed (at least once), like ``timeit``'s autorange,
+    so that fast calls are not timed from a single noisy reading; the sample is the mean per call.
+    """
     for call in calls.values():
         call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
+    order = list(calls.items())
+    for round_ in range(repeats):
+        for name, call in order if round_ % 2 == 0 else order[::-1]:
+            runs = 0
             start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
+            while True:
+                call()
+                runs += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds:
+                    break
+            samples[name].append(elapsed / runs)
     return samples
 
 

@@ -54,27 +54,33 @@ def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
     rows = (len(workloads) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, workload in zip(axes.ravel(), workloads):
+        targets = sorted({p["accuracy_target"] for points in workload["tradeoff"].values() for p in points})
+        position = {t: i for i, t in enumerate(targets)}
         for j, (name, points) in enumerate(workload["tradeoff"].items()):
             ok = [p for p in points if p["status"] == "ok"]
             if not ok:
                 continue
-            xs = [p["agreement"] for p in ok]
-            ys = [p["speedup"] for p in ok]
-            ax.plot(xs, ys, marker="o", color=f"C{j + 2}", label=name)
-            for p in ok:
-                ax.annotate(str(p["accuracy_target"]), (p["agreement"], p["speedup"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
-        missing = [str(p["accuracy_target"]) for p in workload["tradeoff"].get("cascades", []) if p["status"] != "ok"]
-        if missing:
-            ax.text(0.02, 0.02, "n/a: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, color="0.4")
+            xs = [position[p["accuracy_target"]] for p in ok]
+            ax.plot(xs, [p["speedup"] for p in ok], marker="o", color=f"C{j + 2}", label=name)
+            for x, p in zip(xs, ok):
+                label = f"{p['agreement']:.3f}" if p["cascade"] else "no cascade"
+                ax.annotate(label, (x, p["speedup"]), fontsize=6, textcoords="offset points", xytext=(2, 4))
+        for name, points in workload["tradeoff"].items():
+            for p in points:
+                if p["status"] != "ok" and name == "cascades":
+                    ax.annotate(p["status"], (position[p["accuracy_target"]], 1.0), fontsize=7, color="0.4",
+                                ha="center", textcoords="offset points", xytext=(0, -12))
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        ax.set_xticks(range(len(targets)), [str(t) for t in targets])
+        ax.set_xlim(-0.5, len(targets) - 0.5)
         ax.set_title(workload["name"])
-        ax.set_xlabel("agreement with the original (test rows)")
+        ax.set_xlabel("accuracy_target")
         ax.set_ylabel("batch speedup")
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(workloads):]:
         ax.set_visible(False)
-    fig.suptitle("accuracy target -> agreement and speedup (labels: accuracy_target)", fontsize=10)
+    fig.suptitle("accuracy vs speed: speedup per accuracy target (labels: agreement with the original on test rows)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -34,6 +34,7 @@ class RunConfig:
     targets: tuple[float, ...] = DEFAULT_TARGETS
     repeats: int = 5
     tradeoff_repeats: int = 3
+    min_seconds: float = 0.1
     base_options: dict[str, Any] = field(default_factory=lambda: {"confidence": 0.95, "split": (0.3, 0.35, 0.35)})
     progress: bool = True
 
@@ -216,7 +217,7 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
 
     # ---- batch throughput
     bar.step("batch timing")
-    samples = measure.time_batches({v.name: batch_call(v) for v in runnable}, config.repeats)
+    samples = measure.time_batches({v.name: batch_call(v) for v in runnable}, config.repeats, config.min_seconds)
     base = float(np.median(samples["original"]))
     for name, times in samples.items():
         seconds = float(np.median(times))
@@ -260,7 +261,9 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
         if not reused:
             bar.step(f"trade-off at {target}")
         for variant in cascade_variants:
-            point_entry = _tradeoff_point(variant, target, reused, entries, prepared, config, original, original_output)
+            point_entry = _tradeoff_point(
+                variant, target, reused, entries, oracle, prepared, config, original, original_output
+            )
             curves.setdefault(variant.name, []).append(point_entry)
         if not reused:
             bar.done()
@@ -280,6 +283,7 @@ def _tradeoff_point(
     target: float,
     reused: bool,
     entries: dict[str, dict[str, Any]],
+    main_oracle: dict[str, Any],
     prepared: Prepared,
     config: RunConfig,
     original: Callable,
@@ -301,6 +305,7 @@ def _tradeoff_point(
             "agreement": entry["agreement"],
             "lower_bound": plan["lower_bound"],
             "cascade": plan["cascade"],
+            "oracle_speedup": main_oracle.get("oracle_speedup") if variant.name == "cascades" else None,
             "note": "" if plan["cascade"] else plan["reason"],
         }
     model, rows = prepared.model, prepared.test_rows
@@ -311,8 +316,11 @@ def _tradeoff_point(
     plan = pipeline.plan_
     output = pipeline(model, rows)
     samples = measure.time_batches(
-        {"original": lambda: original(model, rows), "optimized": lambda: pipeline(model, rows)}, config.tradeoff_repeats
+        {"original": lambda: original(model, rows), "optimized": lambda: pipeline(model, rows)},
+        config.tradeoff_repeats,
+        config.min_seconds,
     )
+    oracle = measure.oracle_bound(pipeline, model, rows, original_output, None) if plan.cascade else {}
     return point | {
         "status": "ok",
         "speedup": float(np.median(samples["original"]) / np.median(samples["optimized"])),
@@ -320,5 +328,6 @@ def _tradeoff_point(
         "lower_bound": float(plan.lower_bound),
         "cascade": bool(plan.cascade),
         "calibration_seconds": seconds,
+        "oracle_speedup": oracle.get("oracle_speedup"),
         "note": "" if plan.cascade else plan.reason,
     }
