@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    for value in [args.accuracy_target, *args.targets]:
+        if not 0.0 < value <= 1.0:
+            parser.error(f"accuracy targets must be in (0, 1], got {value}.")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}.")
 
     if not data_available():
         print(f"No data at {data_dir()}: set WILLOW_DATA_DIR to the shared data folder.", file=sys.stderr)

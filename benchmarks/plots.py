@@ -62,6 +62,9 @@ def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
                 continue
             xs = [position[p["accuracy_target"]] for p in ok]
             ax.plot(xs, [p["speedup"] for p in ok], marker="o", color=f"C{j + 2}", label=name)
+            bound = [(position[p["accuracy_target"]], p["oracle_speedup"]) for p in ok if p.get("oracle_speedup")]
+            if bound:
+                ax.scatter(*zip(*bound), marker="_", s=120, color=f"C{j + 2}", alpha=0.6, label=f"{name}: oracle bound")
             for x, p in zip(xs, ok):
                 label = f"{p['agreement']:.3f}" if p["cascade"] else "no cascade"
                 ax.annotate(label, (x, p["speedup"]), fontsize=6, textcoords="offset points", xytext=(2, 4))
