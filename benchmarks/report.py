@@ -152,6 +152,9 @@ def markdown(results: dict[str, Any]) -> str:
             + f", calibrate {sizes['calibrate']}, test {sizes['test']} (point latency over {sizes['point_rows']}).",
             "",
         ]
+        if workload.get("willow_options"):
+            options = ", ".join(f"{k}={v}" for k, v in workload["willow_options"].items())
+            lines += [f"Workload-specific willow.optimize options: `{options}`.", ""]
         cascades = next((v for v in workload["variants"] if v["name"] == "cascades"), None)
         if cascades and cascades.get("plan"):
             plan = cascades["plan"]

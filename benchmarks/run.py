@@ -103,6 +103,10 @@ def _calibrate(prepared: Prepared, options: dict[str, Any]) -> tuple[Any, float]
     return pipeline, time.perf_counter() - start
 
 
+def _base(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
+    return {**config.base_options, **prepared.optimize_options}
+
+
 def _same(task: str, output: Any, reference: Any) -> bool:
     output, reference = np.asarray(output), np.asarray(reference)
     if output.shape != reference.shape:
@@ -147,6 +151,7 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
             "point_rows": min(prepared.sizes.point_rows, n_test),
         },
         "top_k": prepared.top_k,
+        "willow_options": {k: repr(v) for k, v in prepared.optimize_options.items()},
         "prepare_seconds": prepare_seconds,
         "accuracy_target": config.accuracy_target,
     }
@@ -170,7 +175,9 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
                 entry["calibration_seconds"] = entries["cascades"].get("calibration_seconds")
         elif variant.optimized:
             try:
-                pipeline, seconds = _calibrate(prepared, optimize_options(variant, config.accuracy_target, config.base_options))
+                pipeline, seconds = _calibrate(
+                    prepared, optimize_options(variant, config.accuracy_target, _base(config, prepared))
+                )
             except Exception as exc:  # noqa: BLE001 - reported, the other variants still run
                 entry["status"], entry["note"] = _status(exc), _error(exc)
             else:
@@ -310,7 +317,7 @@ def _tradeoff_point(
         }
     model, rows = prepared.model, prepared.test_rows
     try:
-        pipeline, seconds = _calibrate(prepared, optimize_options(variant, target, config.base_options))
+        pipeline, seconds = _calibrate(prepared, optimize_options(variant, target, _base(config, prepared)))
     except Exception as exc:  # noqa: BLE001 - e.g. too few calibration rows to prove this target
         return point | {"status": _status(exc), "note": _error(exc)}
     plan = pipeline.plan_

@@ -33,7 +33,11 @@ class Sizes:
 
 @dataclass
 class Prepared:
-    """A trained workload, ready to be optimized and measured."""
+    """A trained workload, ready to be optimized and measured.
+
+    ``optimize_options`` are ``willow.optimize`` keyword arguments this workload's user would
+    choose (such as a smaller ``approximate_model``); every optimized variant gets them.
+    """
 
     name: str
     task: str  # "binary", "multiclass" or "regression"
@@ -47,6 +51,7 @@ class Prepared:
     description: str
     sizes: Sizes
     top_k: int | None = None
+    optimize_options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
     def original(self) -> Callable[..., Any]:
