@@ -54,7 +54,11 @@ def run(
     results: dict[str, Any] = {
         "willow_version": willow.__version__,
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "scale": scale,
         "accuracy_target": accuracy_target,
         "confidence": config.base_options["confidence"],
@@ -81,12 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks",
         description="Measure willow's variants side by side on Willump-style workloads over real data.",
     )
-    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=f"any of {', '.join(WORKLOADS)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="small slices and few repeats (under 5 minutes on 2 cores)")
-    parser.add_argument("--scale", choices=sorted(REPEATS), help="data slice sizes: smoke, quick or full (default full)")
-    parser.add_argument("--accuracy-target", type=float, default=0.99, help="target of the main variants (default 0.99)")
     parser.add_argument(
-        "--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS), help="accuracy targets of the trade-off curve"
+        "workloads", nargs="*", metavar="WORKLOAD", help=f"any of {', '.join(WORKLOADS)} (default: all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small slices and few repeats (under 5 minutes on 2 cores)"
+    )
+    parser.add_argument(
+        "--scale", choices=sorted(REPEATS), help="data slice sizes: smoke, quick or full (default full)"
+    )
+    parser.add_argument(
+        "--accuracy-target", type=float, default=0.99, help="target of the main variants (default 0.99)"
+    )
+    parser.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_TARGETS),
+        help="accuracy targets of the trade-off curve",
     )
     parser.add_argument("--repeats", type=int, help="timed batch repeats (median reported)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
@@ -106,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     workloads = list(dict.fromkeys(args.workloads)) or list(WORKLOADS)
     for name in workloads:
         load_workload(name)
-    results = run(workloads, scale, args.accuracy_target, tuple(args.targets), args.repeats, not args.no_progress)
+    results = run(
+        workloads, scale, args.accuracy_target, tuple(args.targets), args.repeats, not args.no_progress
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     results["plots"] = [] if args.no_plots else [str(p) for p in plot_all(results, args.out)]
@@ -114,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(results, args.out / "results.md")
     print()
     print(terminal_table(results))
-    print(f"\nWrote {args.out / 'results.json'}, {args.out / 'results.md'}"
-          + "".join(f", {p}" for p in results["plots"]) + f" ({results['wall_seconds']:.0f} s).")
+    print(
+        f"\nWrote {args.out / 'results.json'}, {args.out / 'results.md'}"
+        + "".join(f", {p}" for p in results["plots"])
+        + f" ({results['wall_seconds']:.0f} s)."
+    )
     return 1 if any("error" in w for w in results["workloads"]) else 0

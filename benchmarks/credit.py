@@ -104,7 +104,9 @@ def _feature_matrix(fn, rows: pd.DataFrame) -> np.ndarray:
 def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
     sizes = SIZES[scale]
     frame = _load()
-    train, calibration, test = split_positions(len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state)
+    train, calibration, test = split_positions(
+        len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
+    )
     config = {"train": train.size, "seed": random_state, "version": 1}
     fitted, model = cached(NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)))
     labels = (frame["Salary"] == ">50K").astype(int).to_numpy()
@@ -118,7 +120,16 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         calibration_labels=labels[calibration],
         test_rows=rows.iloc[test].reset_index(drop=True),
         test_labels=labels[test],
-        groups=("numeric", "categories", "occupation", "education", "country", "workclass", "marital", "relationship"),
+        groups=(
+            "numeric",
+            "categories",
+            "occupation",
+            "education",
+            "country",
+            "workclass",
+            "marital",
+            "relationship",
+        ),
         description="UCI Adult: numeric + ordinal-coded columns and 6 joined aggregate tables -> "
         "LGBMClassifier.predict_proba (Salary > 50K)",
         sizes=sizes,
@@ -127,5 +138,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         optimize_options={
             "approximate_model": LGBMClassifier(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1)
         },
-        details={"positive_class": 1, "model": "LGBMClassifier(n_estimators=200)", "rows_in_file": len(frame)},
+        details={
+            "positive_class": 1,
+            "model": "LGBMClassifier(n_estimators=200)",
+            "rows_in_file": len(frame),
+        },
     )

@@ -82,11 +82,15 @@ def predicted_labels(output: Any, model: Any) -> np.ndarray:
 def agreement(task: str, output: Any, reference: Any, model: Any) -> float:
     """Fraction of rows where ``output`` makes the same prediction as ``reference``."""
     if task == "regression":
-        return float(np.mean(np.isclose(np.asarray(output, float), np.asarray(reference, float), rtol=1e-9, atol=1e-9)))
+        return float(
+            np.mean(np.isclose(np.asarray(output, float), np.asarray(reference, float), rtol=1e-9, atol=1e-9))
+        )
     return float(np.mean(predicted_labels(output, model) == predicted_labels(reference, model)))
 
 
-def quality(task: str, output: Any, labels: np.ndarray, model: Any, positive_class: Any = None) -> dict[str, float | None]:
+def quality(
+    task: str, output: Any, labels: np.ndarray, model: Any, positive_class: Any = None
+) -> dict[str, float | None]:
     """Accuracy and AUC (classification) or R^2 and RMSE (regression) against the true labels."""
     output = np.asarray(output)
     if task == "regression":
@@ -94,7 +98,10 @@ def quality(task: str, output: Any, labels: np.ndarray, model: Any, positive_cla
             "r2": float(r2_score(labels, output)),
             "rmse": float(np.sqrt(mean_squared_error(labels, output))),
         }
-    result: dict[str, float | None] = {"accuracy": float(np.mean(predicted_labels(output, model) == labels)), "auc": None}
+    result: dict[str, float | None] = {
+        "accuracy": float(np.mean(predicted_labels(output, model) == labels)),
+        "auc": None,
+    }
     if output.ndim == 2:
         classes = list(model.classes_)
         try:
@@ -132,7 +139,9 @@ def precision_at_k(found: Any, reference: np.ndarray, k: int) -> float:
     return float(len(set(found.tolist()) & set(reference.tolist())) / k)
 
 
-def oracle_bound(pipeline: Any, model: Any, rows: Any, original_output: Any, measured_speedup: float | None) -> dict[str, Any]:
+def oracle_bound(
+    pipeline: Any, model: Any, rows: Any, original_output: Any, measured_speedup: float | None
+) -> dict[str, Any]:
     """The speedup an ideal cascade over the same selected groups would reach on ``rows``.
 
     The ideal cascade knows which rows its approximate model gets right (agrees with the original)
@@ -157,7 +166,8 @@ def oracle_bound(pipeline: Any, model: Any, rows: Any, original_output: Any, mea
     easy = approx == predicted_labels(original_output, model)
     costs = pipeline.costs_
     approx_seconds = next(
-        (c.approximate_seconds_per_row for c in plan.candidates if tuple(c.groups) == tuple(plan.selected)), 0.0
+        (c.approximate_seconds_per_row for c in plan.candidates if tuple(c.groups) == tuple(plan.selected)),
+        0.0,
     )
     full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
     ideal = (

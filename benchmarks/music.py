@@ -67,7 +67,17 @@ def make_pipeline(tables, **options):
             ratings["userId"]
         ).to_numpy(dtype=float)
         X = np.hstack(
-            [user_stats, item_stats, item_genres, item_year, item_tags, user_tags, user_genres, affinity, recency]
+            [
+                user_stats,
+                item_stats,
+                item_genres,
+                item_year,
+                item_tags,
+                user_tags,
+                user_genres,
+                affinity,
+                recency,
+            ]
         )
         return model.predict_proba(X)
 
@@ -129,7 +139,9 @@ def build_tables(history: pd.DataFrame, movies: pd.DataFrame, tags: pd.DataFrame
     weighted["userId"] = rated["userId"].to_numpy()
     counts = pd.DataFrame(weights, columns=genres.columns).assign(userId=rated["userId"].to_numpy())
     user_genres = weighted.groupby("userId").sum() / counts.groupby("userId").sum().replace(0.0, np.nan)
-    activity = pd.DataFrame({"first_seen": by_user["timestamp"].min(), "last_seen": by_user["timestamp"].max()})
+    activity = pd.DataFrame(
+        {"first_seen": by_user["timestamp"].min(), "last_seen": by_user["timestamp"].max()}
+    )
     return {
         "user": user,
         "item": item,
@@ -173,7 +185,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         NAME,
         FILES,
         config,
-        lambda: _train(ratings.iloc[history], movies, tags, rows.iloc[train].reset_index(drop=True), labels[train]),
+        lambda: _train(
+            ratings.iloc[history], movies, tags, rows.iloc[train].reset_index(drop=True), labels[train]
+        ),
     )
     return Prepared(
         name=NAME,
@@ -185,8 +199,15 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         test_rows=rows.iloc[test].reset_index(drop=True),
         test_labels=labels[test],
         groups=(
-            "user_stats", "item_stats", "item_genres", "item_year", "item_tags",
-            "user_tags", "user_genres", "affinity", "recency",
+            "user_stats",
+            "item_stats",
+            "item_genres",
+            "item_year",
+            "item_tags",
+            "user_tags",
+            "user_genres",
+            "affinity",
+            "recency",
         ),
         description="MovieLens: 9 lookup/merge groups into per-user and per-movie tables -> "
         "LGBMClassifier.predict_proba (liked = rating >= 4)",

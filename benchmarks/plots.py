@@ -38,7 +38,9 @@ def _speedup(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
                 ax.text(x, entry["speedup"], f"{entry['speedup']:.2f}", ha="center", va="bottom", fontsize=7)
             else:
                 ax.bar(x, 0, width, color=f"C{j}", label=name if i == 0 else None)
-                ax.text(x, 0.02, entry["status"], ha="center", va="bottom", fontsize=6, rotation=90, color="0.4")
+                ax.text(
+                    x, 0.02, entry["status"], ha="center", va="bottom", fontsize=6, rotation=90, color="0.4"
+                )
     ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
     ax.set_xticks(range(len(workloads)), [w["name"] for w in workloads])
     ax.set_ylabel("batch speedup over the original")
@@ -62,17 +64,33 @@ def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
                 continue
             xs = [position[p["accuracy_target"]] for p in ok]
             ax.plot(xs, [p["speedup"] for p in ok], marker="o", color=f"C{j + 2}", label=name)
-            bound = [(position[p["accuracy_target"]], p["oracle_speedup"]) for p in ok if p.get("oracle_speedup")]
+            bound = [
+                (position[p["accuracy_target"]], p["oracle_speedup"]) for p in ok if p.get("oracle_speedup")
+            ]
             if bound:
-                ax.scatter(*zip(*bound), marker="_", s=120, color=f"C{j + 2}", alpha=0.6, label=f"{name}: oracle bound")
+                ax.scatter(
+                    *zip(*bound),
+                    marker="_",
+                    s=120,
+                    color=f"C{j + 2}",
+                    alpha=0.6,
+                    label=f"{name}: oracle bound",
+                )
             for x, p in zip(xs, ok):
                 label = f"{p['agreement']:.3f}" if p["cascade"] else "no cascade"
                 ax.annotate(label, (x, p["speedup"]), fontsize=6, textcoords="offset points", xytext=(2, 4))
         for name, points in workload["tradeoff"].items():
             for p in points:
                 if p["status"] != "ok" and name == "cascades":
-                    ax.annotate(p["status"], (position[p["accuracy_target"]], 1.0), fontsize=7, color="0.4",
-                                ha="center", textcoords="offset points", xytext=(0, -12))
+                    ax.annotate(
+                        p["status"],
+                        (position[p["accuracy_target"]], 1.0),
+                        fontsize=7,
+                        color="0.4",
+                        ha="center",
+                        textcoords="offset points",
+                        xytext=(0, -12),
+                    )
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
         ax.set_xticks(range(len(targets)), [str(t) for t in targets])
         ax.set_xlim(-0.5, len(targets) - 0.5)
@@ -80,10 +98,12 @@ def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("accuracy_target")
         ax.set_ylabel("batch speedup")
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(workloads):]:
+    for ax in axes.ravel()[len(workloads) :]:
         ax.set_visible(False)
-    fig.suptitle("accuracy vs speed: speedup per accuracy target (labels: agreement with the original on test rows)",
-                 fontsize=9)
+    fig.suptitle(
+        "accuracy vs speed: speedup per accuracy target (labels: agreement with the original on test rows)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -27,8 +27,14 @@ SIZES = {
 }
 TOP_K = {"smoke": 10, "quick": 50, "full": 100}
 NUMERIC = (
-    "longitude", "latitude", "housing_median_age", "total_rooms", "total_bedrooms",
-    "population", "households", "median_income",
+    "longitude",
+    "latitude",
+    "housing_median_age",
+    "total_rooms",
+    "total_bedrooms",
+    "population",
+    "households",
+    "median_income",
 )
 CELL_DEGREES = 0.25
 
@@ -102,7 +108,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
     sizes = SIZES[scale]
     frame = pd.read_csv(data_path("california_housing.csv"))
     frame["ocean_proximity"] = frame["ocean_proximity"].astype(str)
-    train, calibration, test = split_positions(len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state)
+    train, calibration, test = split_positions(
+        len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
+    )
     config = {"train": train.size, "seed": random_state, "version": 1}
     fitted, model = cached(NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)))
     values = frame["median_house_value"].to_numpy(dtype=float)

@@ -76,7 +76,9 @@ def _train(frame: pd.DataFrame):
 def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
     sizes = SIZES[scale]
     frame = _load()
-    train, calibration, test = split_positions(len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state)
+    train, calibration, test = split_positions(
+        len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
+    )
     config = {"train": train.size, "seed": random_state, "version": 1}
     fitted, model = cached(NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)))
     rows = frame.drop(columns=["airline_sentiment"])

@@ -59,7 +59,9 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             if plan is not None:
                 values["lower_bound"] = plan["lower_bound"] if plan["cascade"] else None
                 if not plan["cascade"]:
-                    row["variant"] = f"{entry['name']} (no cascade)" if entry["name"] != "compiled" else entry["name"]
+                    row["variant"] = (
+                        f"{entry['name']} (no cascade)" if entry["name"] != "compiled" else entry["name"]
+                    )
             for _, key in COLUMNS[2:]:
                 row[key] = _fmt(key, values.get(key))
             rows.append(row)
@@ -84,7 +86,9 @@ def _table(rows: list[dict[str, str]], markdown: bool) -> str:
 def _oracle_line(workload: dict[str, Any]) -> str:
     oracle = workload.get("oracle", {})
     if oracle.get("status") != "ok":
-        return f"{workload['name']}: oracle bound {oracle.get('status', 'n/a')} ({oracle.get('note', '')[:120]})"
+        return (
+            f"{workload['name']}: oracle bound {oracle.get('status', 'n/a')} ({oracle.get('note', '')[:120]})"
+        )
     achieved = oracle["fraction_of_oracle"]
     return (
         f"{workload['name']}: ideal cascade on {'+'.join(oracle['selected'])} "
@@ -179,8 +183,13 @@ def markdown(results: dict[str, Any]) -> str:
         for entry in workload["variants"]:
             if entry["status"] != "ok" and entry.get("note"):
                 lines.append(f"- {entry['name']}: {entry['status']} - {entry['note']}")
-        lines += ["", "Accuracy-vs-speed trade-off:", "", "| variant | target | speedup | agreement | bound | note |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Accuracy-vs-speed trade-off:",
+            "",
+            "| variant | target | speedup | agreement | bound | note |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, points in workload["tradeoff"].items():
             for p in points:
                 if p["status"] == "ok":
@@ -189,7 +198,9 @@ def markdown(results: dict[str, Any]) -> str:
                         f"{p['lower_bound']:.4f} | {'' if p['cascade'] else 'no cascade'} |"
                     )
                 else:
-                    lines.append(f"| {name} | {p['accuracy_target']} | {p['status']} | | | {p.get('note', '')[:140]} |")
+                    lines.append(
+                        f"| {name} | {p['accuracy_target']} | {p['status']} | | | {p.get('note', '')[:140]} |"
+                    )
         lines.append("")
     if results.get("plots"):
         lines += ["## Plots", "", *[f"![{Path(p).stem}]({Path(p).name})" for p in results["plots"]], ""]

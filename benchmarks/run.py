@@ -35,7 +35,9 @@ class RunConfig:
     repeats: int = 5
     tradeoff_repeats: int = 3
     min_seconds: float = 0.1
-    base_options: dict[str, Any] = field(default_factory=lambda: {"confidence": 0.95, "split": (0.3, 0.35, 0.35)})
+    base_options: dict[str, Any] = field(
+        default_factory=lambda: {"confidence": 0.95, "split": (0.3, 0.35, 0.35)}
+    )
     progress: bool = True
 
 
@@ -211,7 +213,9 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
         if variant.top_k:
             k = prepared.top_k
             entry["k"] = k
-            entry["precision_at_k"] = measure.precision_at_k(output, measure.original_top_k(reference_scores, k), k)
+            entry["precision_at_k"] = measure.precision_at_k(
+                output, measure.original_top_k(reference_scores, k), k
+            )
             continue
         entry.update(measure.quality(task, output, prepared.test_labels, model, positive))
         entry["agreement"] = measure.agreement(task, output, original_output, model)
@@ -224,7 +228,9 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
 
     # ---- batch throughput
     bar.step("batch timing")
-    samples = measure.time_batches({v.name: batch_call(v) for v in runnable}, config.repeats, config.min_seconds)
+    samples = measure.time_batches(
+        {v.name: batch_call(v) for v in runnable}, config.repeats, config.min_seconds
+    )
     base = float(np.median(samples["original"]))
     for name, times in samples.items():
         seconds = float(np.median(times))
@@ -239,12 +245,18 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
     # ---- point latency
     bar.step("point latency")
     point = measure.point_latencies(
-        {v.name: (lambda one, v=v: _single(v, pipelines, original, model, one)) for v in runnable if not v.top_k},
+        {
+            v.name: (lambda one, v=v: _single(v, pipelines, original, model, one))
+            for v in runnable
+            if not v.top_k
+        },
         rows,
         prepared.sizes.point_rows,
     )
     for name, lat in point.items():
-        entries[name].update(p50_ms=float(np.percentile(lat, 50) * 1e3), p99_ms=float(np.percentile(lat, 99) * 1e3))
+        entries[name].update(
+            p50_ms=float(np.percentile(lat, 50) * 1e3), p99_ms=float(np.percentile(lat, 99) * 1e3)
+        )
     bar.done()
 
     # ---- oracle bound of the cascade

@@ -53,7 +53,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
     frame = pd.read_csv(data_path("sms_spam.tsv"), sep="\t")
     texts = frame["SMS"].astype(str).to_numpy(dtype=object)
     labels = frame["Label"].astype(str).to_numpy(dtype=object)
-    train, calibration, test = split_positions(len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state)
+    train, calibration, test = split_positions(
+        len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
+    )
     config = {"train": train.size, "seed": random_state, "version": 1}
     word_vectorizer, char_vectorizer, model = cached(
         NAME, FILES, config, lambda: _train(texts[train], labels[train])

@@ -32,7 +32,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("original", "the undecorated function", optimized=False),
     Variant("compiled", "willow.optimize(compile=True), no cascade", compiled=True),
     Variant("cascades", "willow.optimize(compile=False): a proven cascade", cascades=True),
-    Variant("cascades+compiled", "willow.optimize(compile=True): a proven, compiled cascade", cascades=True, compiled=True),
+    Variant(
+        "cascades+compiled",
+        "willow.optimize(compile=True): a proven, compiled cascade",
+        cascades=True,
+        compiled=True,
+    ),
     Variant("top-k", "pipeline.top_k(model, rows, k=K) on the optimized pipeline", cascades=True, top_k=True),
 )
 

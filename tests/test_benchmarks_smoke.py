@@ -25,16 +25,26 @@ WORKLOAD_FILES = {
 }
 ALL_FILES = tuple(f for files in WORKLOAD_FILES.values() for f in files)
 
-needs_data = pytest.mark.skipif(not data_available(*ALL_FILES), reason="the shared real data (../shared/data) is absent")
+needs_data = pytest.mark.skipif(
+    not data_available(*ALL_FILES), reason="the shared real data (../shared/data) is absent"
+)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def model_cache(tmp_path_factory):
+    """One model cache for the module (not the user's), so each workload trains once here."""
+    return str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="module")
+def results(model_cache):
     from benchmarks.cli import WORKLOADS, run
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WILLOW_BENCH_CACHE", str(tmp_path_factory.mktemp("model-cache")))
-        return run(list(WORKLOADS), "smoke", accuracy_target=0.95, targets=(0.95, 1.0), repeats=1, progress=False)
+        mp.setenv("WILLOW_BENCH_CACHE", model_cache)
+        return run(
+            list(WORKLOADS), "smoke", accuracy_target=0.95, targets=(0.95, 1.0), repeats=1, progress=False
+        )
 
 
 def test_split_positions_are_disjoint():
@@ -93,7 +103,9 @@ def test_oracle_bound_is_consistent(results):
         oracle = workload["oracle"]
         if oracle["status"] == "ok":
             assert oracle["oracle_speedup"] > 0 and 0.0 <= oracle["easy_fraction"] <= 1.0
-            assert oracle["fraction_of_oracle"] == pytest.approx(oracle["measured_speedup"] / oracle["oracle_speedup"])
+            assert oracle["fraction_of_oracle"] == pytest.approx(
+                oracle["measured_speedup"] / oracle["oracle_speedup"]
+            )
 
 
 @needs_data
@@ -114,12 +126,64 @@ def test_report_files(results, tmp_path):
 
 
 @needs_data
-def test_cli_writes_results(tmp_path, monkeypatch, capsys):
+def test_cli_writes_results(tmp_path, monkeypatch, capsys, model_cache):
     from benchmarks.cli import main
 
-    monkeypatch.setenv("WILLOW_BENCH_CACHE", str(tmp_path / "cache"))
-    code = main(["toxic", "--scale", "smoke", "--accuracy-target", "0.95", "--targets", "0.95",
-                 "--repeats", "1", "--out", str(tmp_path / "out"), "--no-progress", "--no-plots"])
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
+    code = main(
+        [
+            "toxic",
+            "--scale",
+            "smoke",
+            "--accuracy-target",
+            "0.95",
+            "--targets",
+            "0.95",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "results.md").exists()
     assert "toxic" in capsys.readouterr().out
+
+
+@needs_data
+def test_pending_variants_run_once_willow_has_them(monkeypatch, model_cache):
+    """With a stand-in compile= parameter and top_k() method, the n/a variants are measured."""
+    import willow
+    from benchmarks import price
+    from benchmarks.run import RunConfig, run_workload
+
+    real_optimize = willow.optimize
+
+    def optimize(fn=None, /, *, compile=False, **options):  # noqa: A002 - the parameter under test
+        return real_optimize(fn, **options)
+
+    def top_k(self, model, rows, k):
+        return np.argsort(-np.asarray(self(model, rows)), kind="stable")[:k]
+
+    monkeypatch.setattr(willow, "optimize", optimize)
+    monkeypatch.setattr(willow.OptimizedPipeline, "top_k", top_k, raising=False)
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
+    result = run_workload(
+        price,
+        RunConfig(
+            scale="smoke",
+            accuracy_target=0.95,
+            targets=(0.95,),
+            repeats=1,
+            tradeoff_repeats=1,
+            min_seconds=0.0,
+            progress=False,
+        ),
+    )
+    status = {v["name"]: v["status"] for v in result["variants"]}
+    assert status == {name: "ok" for name in status}, result["variants"]
+    top = next(v for v in result["variants"] if v["name"] == "top-k")
+    assert top["k"] == price.TOP_K["smoke"] and top["precision_at_k"] == 1.0  # regression: no cascade
+    assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok"]
