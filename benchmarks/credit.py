@@ -22,7 +22,7 @@ NAME = "credit"
 FILES = ("adult.data",)
 SIZES = {
     "smoke": Sizes(train=1500, calibrate=500, test=150, point_rows=5),
-    "quick": Sizes(train=6000, calibrate=3000, test=2000, point_rows=40),
+    "quick": Sizes(train=6000, calibrate=3000, test=2000, point_rows=100),
     "full": Sizes(train=12000, calibrate=12000, test=8000, point_rows=200),
 }
 NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")

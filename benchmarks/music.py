@@ -27,7 +27,7 @@ NAME = "music"
 FILES = ("movielens-small/ratings.csv", "movielens-small/movies.csv", "movielens-small/tags.csv")
 SIZES = {
     "smoke": Sizes(history=50000, train=1500, calibrate=500, test=150, point_rows=5),
-    "quick": Sizes(history=50000, train=8000, calibrate=3000, test=2000, point_rows=40),
+    "quick": Sizes(history=50000, train=8000, calibrate=3000, test=2000, point_rows=100),
     "full": Sizes(history=50000, train=20000, calibrate=12000, test=10000, point_rows=200),
 }
 

@@ -22,7 +22,7 @@ NAME = "price"
 FILES = ("california_housing.csv",)
 SIZES = {
     "smoke": Sizes(train=1500, calibrate=500, test=150, point_rows=5),
-    "quick": Sizes(train=6000, calibrate=3000, test=2000, point_rows=40),
+    "quick": Sizes(train=6000, calibrate=3000, test=2000, point_rows=100),
     "full": Sizes(train=6000, calibrate=9000, test=5000, point_rows=200),
 }
 TOP_K = {"smoke": 10, "quick": 50, "full": 100}

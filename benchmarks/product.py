@@ -23,7 +23,7 @@ NAME = "product"
 FILES = ("airline_tweets.csv",)
 SIZES = {
     "smoke": Sizes(train=800, calibrate=400, test=150, point_rows=5),
-    "quick": Sizes(train=4000, calibrate=2500, test=1500, point_rows=40),
+    "quick": Sizes(train=4000, calibrate=2500, test=1500, point_rows=100),
     "full": Sizes(train=4000, calibrate=9000, test=1640, point_rows=200),
 }
 CATEGORIES = ("airline", "user_timezone", "negativereason")

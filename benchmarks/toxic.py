@@ -21,7 +21,7 @@ NAME = "toxic"
 FILES = ("sms_spam.tsv",)
 SIZES = {
     "smoke": Sizes(train=600, calibrate=400, test=150, point_rows=5),
-    "quick": Sizes(train=1500, calibrate=3100, test=972, point_rows=40),
+    "quick": Sizes(train=1500, calibrate=3100, test=972, point_rows=100),
     "full": Sizes(train=1500, calibrate=3100, test=972, point_rows=200),
 }
 
