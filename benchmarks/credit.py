@@ -9,6 +9,8 @@ capital gain). A LightGBM classifier returns the probability of ``Salary == ">50
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
@@ -30,7 +32,7 @@ CATEGORICAL = ("workclass", "marital-status", "occupation", "relationship", "rac
 AGGREGATED = ("occupation", "education", "native-country", "workclass", "marital-status", "relationship")
 
 
-def make_pipeline(fitted, **options):
+def make_pipeline(fitted: dict[str, Any], **options: Any) -> willow.OptimizedPipeline:
     """The user's inference function, decorated with ``willow.optimize(**options)``."""
     category_encoder = fitted["categories"]
     occupation_table = fitted["occupation"]

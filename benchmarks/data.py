@@ -19,7 +19,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-__all__ = ["data_dir", "data_available", "data_hash", "cache_dir", "cached", "split_positions"]
+__all__ = ["data_dir", "data_available", "data_path", "data_hash", "cache_dir", "cached", "split_positions"]
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -15,6 +15,8 @@ last rating in the history).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
@@ -30,9 +32,11 @@ SIZES = {
     "quick": Sizes(history=50000, train=8000, calibrate=3000, test=2000, point_rows=100),
     "full": Sizes(history=50000, train=20000, calibrate=12000, test=10000, point_rows=200),
 }
+# Top-K query: the K (user, movie) pairs most likely to be liked.
+TOP_K = {"smoke": 10, "quick": 50, "full": 100}
 
 
-def make_pipeline(tables, **options):
+def make_pipeline(tables: dict[str, pd.DataFrame], **options: Any) -> willow.OptimizedPipeline:
     """The user's inference function, decorated with ``willow.optimize(**options)``."""
     user_table = tables["user"]
     item_table = tables["item"]
@@ -217,7 +221,7 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         optimize_options={
             "approximate_model": LGBMClassifier(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1)
         },
-        top_k=None,
+        top_k=TOP_K[scale],
         details={
             "positive_class": 1,
             "model": "LGBMClassifier(n_estimators=150, num_leaves=31)",

@@ -9,6 +9,8 @@ top-K query asks here: which K block groups are the most valuable?
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMRegressor
@@ -39,7 +41,7 @@ NUMERIC = (
 CELL_DEGREES = 0.25
 
 
-def make_pipeline(fitted, **options):
+def make_pipeline(fitted: dict[str, Any], **options: Any) -> willow.OptimizedPipeline:
     """The user's inference function, decorated with ``willow.optimize(**options)``."""
     proximity_encoder = fitted["proximity_encoder"]
     proximity_table = fitted["proximity"]

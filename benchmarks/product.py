@@ -9,6 +9,8 @@ for negative / neutral / positive.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -29,7 +31,7 @@ SIZES = {
 CATEGORIES = ("airline", "user_timezone", "negativereason")
 
 
-def make_pipeline(fitted, **options):
+def make_pipeline(fitted: dict[str, Any], **options: Any) -> willow.OptimizedPipeline:
     """The user's inference function, decorated with ``willow.optimize(**options)``."""
     word_vectorizer = fitted["words"]
     char_vectorizer = fitted["chars"]

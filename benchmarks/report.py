@@ -45,7 +45,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for workload in results["workloads"]:
         if "error" in workload:
-            rows.append({"workload": workload["name"], "variant": f"error: {workload['error']}"[:80]})
+            rows.append({"workload": workload["name"], "variant": "error (see below)"})
             continue
         for entry in workload["variants"]:
             row = {"workload": workload["name"], "variant": entry["name"]}
@@ -102,6 +102,7 @@ def terminal_table(results: dict[str, Any]) -> str:
     """The summary table plus one oracle-bound line per workload, for the terminal."""
     lines = [_table(summary_rows(results), markdown=False), ""]
     lines += [_oracle_line(w) for w in results["workloads"] if "error" not in w]
+    lines += [f"{w['name']}: failed: {w['error']}" for w in results["workloads"] if "error" in w]
     lines += ["", *_legend(results)]
     return "\n".join(lines)
 

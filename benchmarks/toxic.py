@@ -7,6 +7,8 @@ Willump's "toxic comment" workload on the real SMS Spam Collection: a word 1-2-g
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -26,7 +28,9 @@ SIZES = {
 }
 
 
-def make_pipeline(word_vectorizer, char_vectorizer, **options):
+def make_pipeline(
+    word_vectorizer: TfidfVectorizer, char_vectorizer: TfidfVectorizer, **options: Any
+) -> willow.OptimizedPipeline:
     """The user's inference function, decorated with ``willow.optimize(**options)``."""
 
     @willow.optimize(**options)
