@@ -97,9 +97,14 @@ def _tradeoff(plt: Any, workloads: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(workload["name"])
         ax.set_xlabel("accuracy_target")
         ax.set_ylabel("batch speedup")
-        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0, top=max(1.2, ax.get_ylim()[1] * 1.1))
     for ax in axes.ravel()[len(workloads) :]:
         ax.set_visible(False)
+    handles: dict[str, Any] = {}
+    for ax in axes.ravel()[: len(workloads)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower right", fontsize=8)
     fig.suptitle(
         "accuracy vs speed: speedup per accuracy target (labels: agreement with the original on test rows)",
         fontsize=9,

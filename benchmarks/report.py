@@ -114,6 +114,9 @@ def _legend(results: dict[str, Any]) -> list[str]:
         "speedup = original batch time / variant batch time; agree = same prediction as the original on "
         "the test rows; bound = the plan's lower "
         f"{results['confidence']:.0%} confidence bound on agreement (calibration holdout).",
+        "Oracle bound: willow's per-row cost model (pipeline.costs_) applied to an ideal cascade on the plan's "
+        "groups that sends only the rows its approximate model gets wrong to the full pipeline; it is a "
+        "model, so a measured wall-clock speedup can exceed it when per-call overheads dominate.",
     ]
     if not caps["compile"]:
         notes.append("compiled variants: n/a until willow.optimize accepts compile=.")
