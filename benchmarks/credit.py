@@ -110,7 +110,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
     )
     config = {"train": train.size, "seed": random_state, "version": 1}
-    fitted, model = cached(NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)))
+    fitted, model = cached(
+        NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)), code=__file__
+    )
     labels = (frame["Salary"] == ">50K").astype(int).to_numpy()
     rows = frame.drop(columns=["Salary"])
     return Prepared(

@@ -67,12 +67,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WILLOW_BENCH_CACHE", default))
 
 
-def cached(workload: str, files: Iterable[str], config: dict[str, Any], build: Callable[[], Any]) -> Any:
+def cached(
+    workload: str,
+    files: Iterable[str],
+    config: dict[str, Any],
+    build: Callable[[], Any],
+    code: str | os.PathLike | None = None,
+) -> Any:
     """``build()``'s result, cached by workload, data hash and ``config`` (a JSON-able dict).
 
-    A cache that cannot be read or written (read-only home, stale pickle) only costs a retrain.
+    The key also holds the content of ``code`` (the workload's module, so an edited feature
+    pipeline retrains) and the versions of the libraries whose objects are pickled. A cache that
+    cannot be read or written (read-only home, stale pickle) only costs a retrain.
     """
-    key_text = json.dumps({"data": data_hash(files), "config": config}, sort_keys=True, default=str)
+    import lightgbm
+    import sklearn
+
+    key_parts = {
+        "data": data_hash(files),
+        "config": config,
+        "code": hashlib.sha256(Path(code).read_bytes()).hexdigest() if code is not None else None,
+        "versions": [sklearn.__version__, lightgbm.__version__, np.__version__],
+    }
+    key_text = json.dumps(key_parts, sort_keys=True, default=str)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     path = cache_dir() / f"{workload}-{key}.joblib"
     if path.exists():

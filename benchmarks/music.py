@@ -192,6 +192,7 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         lambda: _train(
             ratings.iloc[history], movies, tags, rows.iloc[train].reset_index(drop=True), labels[train]
         ),
+        code=__file__,
     )
     return Prepared(
         name=NAME,

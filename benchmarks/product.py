@@ -82,7 +82,9 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         len(frame), [sizes.train, sizes.calibrate, sizes.test], random_state
     )
     config = {"train": train.size, "seed": random_state, "version": 1}
-    fitted, model = cached(NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)))
+    fitted, model = cached(
+        NAME, FILES, config, lambda: _train(frame.iloc[train].reset_index(drop=True)), code=__file__
+    )
     rows = frame.drop(columns=["airline_sentiment"])
     return Prepared(
         name=NAME,

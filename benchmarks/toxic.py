@@ -62,7 +62,7 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
     )
     config = {"train": train.size, "seed": random_state, "version": 1}
     word_vectorizer, char_vectorizer, model = cached(
-        NAME, FILES, config, lambda: _train(texts[train], labels[train])
+        NAME, FILES, config, lambda: _train(texts[train], labels[train]), code=__file__
     )
     return Prepared(
         name=NAME,
