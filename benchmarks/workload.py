@@ -1,0 +1,59 @@
+"""What every workload module hands the harness: a trained model, a pipeline factory, and data.
+
+A workload module (``benchmarks/toxic.py`` ...) defines ``NAME``, ``FILES`` (the data files it
+reads), ``SIZES`` (row counts per scale) and ``prepare(scale) -> Prepared``. Its pipeline is an
+ordinary ``@willow.optimize`` function of ``(model, rows)``; ``make_pipeline(**options)`` builds a
+fresh, uncalibrated one with the given ``willow.optimize`` options, so the harness can calibrate
+several variants (accuracy targets, compile on or off) side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Sizes", "Prepared"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Rows per split. ``train`` fits the model (and, where there is no ``history``, the feature
+    tables); ``history`` rows only build lookup tables; ``calibrate`` goes to ``calibrate()``;
+    ``test`` rows are measured and were seen by neither."""
+
+    train: int
+    calibrate: int
+    test: int
+    history: int = 0
+    point_rows: int = 50
+
+
+@dataclass
+class Prepared:
+    """A trained workload, ready to be optimized and measured.
+
+    ``optimize_options`` are ``willow.optimize`` keyword arguments this workload's user would
+    choose (such as a smaller ``approximate_model``); every optimized variant gets them.
+    """
+
+    name: str
+    task: str  # "binary", "multiclass" or "regression"
+    model: Any
+    make_pipeline: Callable[..., Any]
+    calibration_rows: Any
+    calibration_labels: np.ndarray
+    test_rows: Any
+    test_labels: np.ndarray
+    groups: tuple[str, ...]
+    description: str
+    sizes: Sizes
+    top_k: int | None = None
+    optimize_options: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def original(self) -> Callable[..., Any]:
+        """The undecorated pipeline function."""
+        return self.make_pipeline().__wrapped__

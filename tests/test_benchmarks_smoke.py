@@ -1,0 +1,189 @@
+"""Smoke test of the benchmark suite: every workload on tiny slices of the real data.
+
+No timing is asserted (CI machines are noisy); the test checks the report's structure, that the
+files are written, and that optimized outputs equal the original wherever the plan says they
+must (no cascade, or accuracy_target=1.0). Skipped when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.data import data_available, split_positions
+
+pytestmark = pytest.mark.data
+
+WORKLOAD_FILES = {
+    "toxic": ("sms_spam.tsv",),
+    "product": ("airline_tweets.csv",),
+    "music": ("movielens-small/ratings.csv", "movielens-small/movies.csv", "movielens-small/tags.csv"),
+    "credit": ("adult.data",),
+    "price": ("california_housing.csv",),
+}
+ALL_FILES = tuple(f for files in WORKLOAD_FILES.values() for f in files)
+
+needs_data = pytest.mark.skipif(
+    not data_available(*ALL_FILES), reason="the shared real data (../shared/data) is absent"
+)
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One model cache for the module (not the user's), so each workload trains once here."""
+    return str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="module")
+def results(model_cache):
+    from benchmarks.cli import WORKLOADS, run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WILLOW_BENCH_CACHE", model_cache)
+        return run(
+            list(WORKLOADS), "smoke", accuracy_target=0.95, targets=(0.95, 1.0), repeats=1, progress=False
+        )
+
+
+def test_split_positions_are_disjoint():
+    parts = split_positions(100, [50, 20, 30], random_state=3)
+    assert sum(len(p) for p in parts) == 100
+    assert len(np.unique(np.concatenate(parts))) == 100
+
+
+@needs_data
+def test_every_workload_reports_every_variant(results):
+    from benchmarks.variants import VARIANTS
+
+    assert [w["name"] for w in results["workloads"]] == ["toxic", "product", "music", "credit", "price"]
+    json.dumps(results)  # JSON-able as written to results.json
+    for workload in results["workloads"]:
+        assert "error" not in workload, workload.get("error")
+        assert [v["name"] for v in workload["variants"]] == [v.name for v in VARIANTS]
+        original = workload["variants"][0]
+        assert original["status"] == "ok" and original["speedup"] == pytest.approx(1.0)
+        for entry in workload["variants"]:
+            assert entry["status"] in ("ok", "n/a", "-", "error")
+            assert entry["status"] != "error", (workload["name"], entry)
+            if entry["status"] != "ok":
+                assert entry["note"]
+                continue
+            assert entry["rows_per_second"] > 0 and entry["batch_seconds"] > 0
+            if entry["name"] == "top-k":
+                assert 0.0 <= entry["precision_at_k"] <= 1.0
+                continue
+            assert entry["p50_ms"] > 0 and entry["p99_ms"] >= entry["p50_ms"]
+            assert 0.0 <= entry["agreement"] <= 1.0
+            quality = entry.get("accuracy", entry.get("r2"))
+            assert quality is not None and np.isfinite(quality)
+        assert set(workload["tradeoff"]) >= {"cascades"}
+        assert [p["accuracy_target"] for p in workload["tradeoff"]["cascades"]] == [0.95, 1.0]
+        assert workload["oracle"]["status"] in ("ok", "n/a")
+
+
+@needs_data
+def test_optimized_outputs_match_where_the_plan_requires(results):
+    for workload in results["workloads"]:
+        for entry in workload["variants"]:
+            if entry["status"] == "ok" and entry.get("must_match_original"):
+                assert entry["identical_to_original"], (workload["name"], entry["name"])
+                assert entry["agreement"] == 1.0
+            plan = entry.get("plan")
+            if entry["status"] == "ok" and plan and plan["cascade"]:
+                assert plan["lower_bound"] >= plan["accuracy_target"]
+        exact = [p for p in workload["tradeoff"]["cascades"] if p["accuracy_target"] == 1.0][0]
+        assert exact["status"] == "ok" and not exact["cascade"] and exact["agreement"] == 1.0
+
+
+@needs_data
+def test_oracle_bound_is_consistent(results):
+    for workload in results["workloads"]:
+        oracle = workload["oracle"]
+        if oracle["status"] == "ok":
+            assert oracle["oracle_speedup"] > 0 and 0.0 <= oracle["easy_fraction"] <= 1.0
+            assert oracle["fraction_of_oracle"] == pytest.approx(
+                oracle["measured_speedup"] / oracle["oracle_speedup"]
+            )
+
+
+@needs_data
+def test_report_files(results, tmp_path):
+    from benchmarks.report import markdown, terminal_table, write_json
+
+    write_json(results, tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["scale"] == "smoke"
+    text = terminal_table(results)
+    for name in ("toxic", "product", "music", "credit", "price"):
+        assert name in text and f"## {name}" in markdown(results)
+    pytest.importorskip("matplotlib")
+    from benchmarks.plots import plot_all
+
+    paths = plot_all(results, tmp_path)
+    assert [p.name for p in paths] == ["speedup.png", "tradeoff.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+@needs_data
+def test_cli_writes_results(tmp_path, monkeypatch, capsys, model_cache):
+    from benchmarks.cli import main
+
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
+    code = main(
+        [
+            "toxic",
+            "--scale",
+            "smoke",
+            "--accuracy-target",
+            "0.95",
+            "--targets",
+            "0.95",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "results.md").exists()
+    assert "toxic" in capsys.readouterr().out
+
+
+@needs_data
+def test_pending_variants_run_once_willow_has_them(monkeypatch, model_cache):
+    """With a stand-in compile= parameter and top_k() method, the n/a variants are measured."""
+    import willow
+    from benchmarks import price
+    from benchmarks.run import RunConfig, run_workload
+
+    real_optimize = willow.optimize
+
+    def optimize(fn=None, /, *, compile=False, **options):  # noqa: A002 - the parameter under test
+        return real_optimize(fn, **options)
+
+    def top_k(self, model, rows, k):
+        return np.argsort(-np.asarray(self(model, rows)), kind="stable")[:k]
+
+    monkeypatch.setattr(willow, "optimize", optimize)
+    monkeypatch.setattr(willow.OptimizedPipeline, "top_k", top_k, raising=False)
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
+    result = run_workload(
+        price,
+        RunConfig(
+            scale="smoke",
+            accuracy_target=0.95,
+            targets=(0.95,),
+            repeats=1,
+            tradeoff_repeats=1,
+            min_seconds=0.0,
+            progress=False,
+        ),
+    )
+    status = {v["name"]: v["status"] for v in result["variants"]}
+    assert status == {name: "ok" for name in status}, result["variants"]
+    top = next(v for v in result["variants"] if v["name"] == "top-k")
+    assert top["k"] == price.TOP_K["smoke"] and top["precision_at_k"] == 1.0  # regression: no cascade
+    assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok"]
