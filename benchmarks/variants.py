@@ -67,7 +67,7 @@ def unavailable(variant: Variant, workload_top_k: int | None) -> str | None:
 def optimize_options(variant: Variant, accuracy_target: float, base: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments to ``willow.optimize`` for ``variant``.
 
-    A compiled variant without cascades asks for ``cascades=False`` where that exists and otherwise
+    A compiled variant without cascades asks for ``cascade=False`` where that exists and otherwise
     for ``accuracy_target=1.0``, which no finite sample can prove, so no cascade is planned and
     only compilation changes the function.
     """
@@ -75,8 +75,8 @@ def optimize_options(variant: Variant, accuracy_target: float, base: dict[str, A
     if optimize_accepts("compile"):
         options["compile"] = variant.compiled
     if not variant.cascades:
-        if optimize_accepts("cascades"):
-            options["cascades"] = False
+        if optimize_accepts("cascade"):
+            options["cascade"] = False
         else:
             options["accuracy_target"] = 1.0
     return options
