@@ -406,7 +406,7 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
     if state["compiled"]:
         from willow.compiler.lowering import lower
 
-        compilation = apply_compilation(graph, state["compiled"], lower)
+        compilation = apply_compilation(graph, state["compiled"], lower, original)
         graph = compilation.graph
     if plan.cascade or compilation is not None:
         layout = layout_cascade(graph, plan.selected) if plan.cascade else None

@@ -86,9 +86,26 @@ class CompilationResult:
     guarded: tuple[tuple[str, Any], ...]
 
     @property
-    def recipes(self) -> list[tuple[int | None, str, Any, str]]:
-        """``(statement, attribute, object, method)`` per compiled node, for saving a plan."""
-        return [(n.statement, n.attribute, n.recipe[0], n.recipe[1]) for n in self.nodes]
+    def recipes(self) -> list[dict[str, Any]]:
+        """What a saved plan keeps to compile each node again after loading.
+
+        Fitted objects that the function reads from its globals or closure are saved as their
+        expression plus a content fingerprint (the live object is looked up again at load time
+        and must match); the model's compiled call keeps the model itself.
+        """
+        from willow.cascades.runtime import model_fingerprint
+
+        recipes = []
+        for node in self.nodes:
+            obj, method = node.recipe
+            recipe: dict[str, Any] = {"statement": node.statement, "attribute": node.attribute, "method": method}
+            if node.statement is None:
+                recipe["object"] = obj
+            else:
+                recipe["expression"] = next(expr for expr, guarded in self.guarded if guarded is obj)
+                recipe["fingerprint"] = model_fingerprint(obj)
+            recipes.append(recipe)
+        return recipes
 
     def report(self) -> str:
         """Which calls run as generated kernels, which stay Python and why, and the kernels' source."""
@@ -322,21 +339,43 @@ def keep_faster(
     return trimmed, costs
 
 
-def apply_compilation(graph: PipelineGraph, recipes: list[tuple[int | None, str, Any, str]], lower: Any) -> CompilationResult:
-    """Rebuild a :class:`CompilationResult` from saved recipes (after :func:`willow.load`)."""
+def apply_compilation(graph: PipelineGraph, recipes: list[dict[str, Any]], lower: Any, fn: Any) -> CompilationResult:
+    """Rebuild a :class:`CompilationResult` from saved recipes (after :func:`willow.load`).
+
+    Raises :class:`~willow.PlanMismatchError` when a fitted object the plan compiled is no longer
+    the same (by content) in ``fn``'s globals or closure.
+    """
+    from willow.cascades.runtime import model_fingerprint
+    from willow.compiler.execution import closure_values
+    from willow.errors import PlanMismatchError
+
+    namespace = {**fn.__globals__, **closure_values(fn)}
     nodes = []
     guarded: dict[str, Any] = {}
-    for statement, attribute, obj, method in recipes:
-        operator = lower(obj, method)
+    for recipe in recipes:
+        statement = recipe["statement"]
         if statement is None:
+            obj = recipe["object"]
             lineno, original = graph.model_call.lineno, ast.unparse(graph.model_call.node.value)
         else:
+            expression = recipe["expression"]
+            try:
+                obj = eval(compile(expression, "<willow plan>", "eval"), namespace)
+            except Exception as exc:
+                raise PlanMismatchError(
+                    f"The saved plan compiled `{expression}`, which {fn.__qualname__} cannot find any "
+                    f"more ({type(exc).__name__}: {exc}). Define it before loading the plan."
+                ) from exc
+            if model_fingerprint(obj) != recipe["fingerprint"]:
+                raise PlanMismatchError(
+                    f"`{expression}` is not the fitted object the saved plan was calibrated with (its "
+                    "content differs). Recalibrate the pipeline with the current object and save it again."
+                )
+            guarded[expression] = obj
             st = graph.statements[statement]
             lineno, original = st.lineno, st.source
-            found = _candidate_call(graph, st)
-            if found is not None:
-                guarded[ast.unparse(found[1])] = obj
-        nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
+        operator = lower(obj, recipe["method"])
+        nodes.append(CompiledNode(statement, lineno, original, recipe["attribute"], operator, (obj, recipe["method"])))
     return CompilationResult(
         graph=_rewrite(graph, nodes),
         nodes=tuple(nodes),
