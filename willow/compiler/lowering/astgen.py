@@ -106,14 +106,23 @@ def call(function: str, *args: ast.expr, **keywords: ast.expr) -> ast.Call:
     )
 
 
-def specialize(template: Callable[..., Any], new_name: str, constants: Mapping[str, Any]) -> ast.FunctionDef:
-    """``template`` as a new function ``new_name`` with ``constants`` inlined and dead branches removed."""
+def specialize(
+    template: Callable[..., Any],
+    new_name: str,
+    constants: Mapping[str, Any],
+    placeholders: Sequence[str] = (),
+) -> ast.FunctionDef:
+    """``template`` as a new function ``new_name`` with ``constants`` inlined and dead branches removed.
+
+    ``placeholders`` are UPPER_CASE names the caller replaces itself (statement slots).
+    """
     node = copy.deepcopy(_template_ast(template))
     node.name = new_name
     node = _Substitute(constants).visit(node)
     node = _FoldBranches().visit(node)
     _FillEmptyBodies().visit(node)
     missing = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id.isupper() and len(n.id) > 1}
+    missing -= set(placeholders)
     if missing:
         raise AssertionError(f"template {template.__name__} has unbound options {sorted(missing)}")
     return node

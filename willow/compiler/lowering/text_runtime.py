@@ -15,8 +15,15 @@ one representation:
 - ``char``: the document with runs of two or more whitespace characters replaced by one space;
 - ``char_wb``: each whitespace-separated word padded with a space on both sides.
 
-The vocabulary is an open-addressing hash table keyed by the 64-bit FNV-1a hash of an n-gram's
-code points; a hit is confirmed by comparing the code points with the stored term, so lookups are
+Small helpers called once per n-gram are inlined at Numba IR level (``inline="always"``) and take
+plain arrays: a real call, or unpacking the table tuple per n-gram, pays reference counting on
+every array, which measured several times the cost of the lookup itself.
+
+The vocabulary is an open-addressing hash table (linear probing, one ``(key, feature, term)`` row
+per slot so a probe touches one cache line). An n-gram of at most five code points below U+1000
+(most character n-grams) is its own key: length and code points packed into 63 bits, so key
+equality *is* term equality. Any other n-gram's key is its 64-bit FNV-1a hash with the top bit
+set, and a hit is confirmed by comparing code points with the stored term. Lookups are therefore
 exact whatever the hash does. Feature hashing reproduces ``sklearn.utils.murmurhash3_32`` (seed 0,
 signed) on the UTF-8 bytes of the n-gram.
 """
@@ -50,6 +57,11 @@ MAX_CODE_POINT = 0x110000
 FNV_OFFSET = np.uint64(14695981039346656037)
 FNV_PRIME = np.uint64(1099511628211)
 MASK32 = np.uint64(0xFFFFFFFF)
+HASHED = np.uint64(1 << 63)  # marks a hashed (not packed) key: needs a code point comparison
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # term column of a free slot
+FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # slot = (key * FIBONACCI) >> shift, the high bits mix well
+PACK_MAX_LENGTH = 5
+PACK_LIMIT = np.uint64(4096)
 MURMUR_C1 = np.uint64(0xCC9E2D51)
 MURMUR_C2 = np.uint64(0x1B873593)
 MURMUR_N = np.uint64(0xE6546B64)
@@ -86,19 +98,19 @@ def encode_documents(documents: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return code_points, offsets
 
 
-def build_term_table(terms: Iterable[str], features: Sequence[int] | np.ndarray) -> tuple[np.ndarray, ...]:
-    """Hash table ``(slots, hashes, offsets, code_points, features)`` for exact term lookup."""
+def build_term_table(terms: Iterable[str], features: Sequence[int] | np.ndarray) -> tuple:
+    """Hash table ``(slots, offsets, code_points, shift)`` for exact term lookup (see the module doc)."""
     terms = list(terms)
     code_points, offsets = encode_documents(terms)
     return _fill_table(code_points, offsets, np.asarray(features, dtype=np.int64))
 
 
-def empty_term_table() -> tuple[np.ndarray, ...]:
+def empty_term_table() -> tuple:
     """A table that contains nothing (no stop words)."""
     return build_term_table([], [])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _fnv(buf, start, end):
     h = FNV_OFFSET
     for k in range(start, end):
@@ -106,49 +118,75 @@ def _fnv(buf, start, end):
     return h
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _span_key(buf, start, end):
+    """Exact packed key for short n-grams of code points below U+1000, else a flagged FNV-1a hash."""
+    length = end - start
+    if length <= PACK_MAX_LENGTH:
+        key = np.uint64(length)
+        for k in range(length):
+            c = np.uint64(buf[start + k])
+            if c >= PACK_LIMIT:
+                return _fnv(buf, start, end) | HASHED
+            key |= c << np.uint64(3 + 12 * k)
+        return key
+    return _fnv(buf, start, end) | HASHED
+
+
 @numba.njit(cache=True)
 def _fill_table(code_points, offsets, features):
     n_terms = offsets.shape[0] - 1
-    size = 1
+    size = 2
+    bits = 1
     while size < 2 * n_terms:
         size *= 2
-    slots = np.full(size, -1, dtype=np.int64)
-    hashes = np.empty(n_terms, dtype=np.uint64)
-    mask = np.uint64(size - 1)
+        bits += 1
+    shift = np.uint64(64 - bits)
+    slots = np.zeros((size, 3), dtype=np.uint64)
+    slots[:, 2] = EMPTY
     for t in range(n_terms):
-        h = _fnv(code_points, offsets[t], offsets[t + 1])
-        hashes[t] = h
-        i = np.int64(h & mask)
-        while slots[i] >= 0:
+        key = _span_key(code_points, offsets[t], offsets[t + 1])
+        i = np.int64((key * FIBONACCI) >> shift)
+        while slots[i, 2] != EMPTY:
             i = (i + 1) & (size - 1)
-        slots[i] = t
-    return slots, hashes, offsets, code_points, features
+        slots[i, 0] = key
+        slots[i, 1] = np.uint64(features[t])
+        slots[i, 2] = np.uint64(t)
+    return slots, offsets, code_points, shift
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _probe(slots, offsets, code_points, shift, buf, start, end):
+    size = slots.shape[0]
+    key = _span_key(buf, start, end)
+    i = np.int64((key * FIBONACCI) >> shift)
+    while True:
+        if slots[i, 2] == EMPTY:
+            return -1
+        if slots[i, 0] == key and (
+            (key & HASHED) == 0 or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, start, end)
+        ):
+            return np.int64(slots[i, 1])
+        i = (i + 1) & (size - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_term(offsets, code_points, term, buf, start, end):
+    """Rare path (hashed keys only): compare the stored term's code points with ``buf[start:end]``."""
+    base = offsets[term]
+    if offsets[term + 1] - base != end - start:
+        return False
+    for k in range(end - start):  # noqa: SIM110 - numba compiles loops, not generator expressions
+        if code_points[base + k] != buf[start + k]:
+            return False
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
 def lookup_term(table, buf, start, end):
     """Feature of the term equal to ``buf[start:end]``, or -1."""
-    slots, hashes, offsets, code_points, features = table
-    size = slots.shape[0]
-    if hashes.shape[0] == 0:
-        return -1
-    h = _fnv(buf, start, end)
-    i = np.int64(h & np.uint64(size - 1))
-    length = end - start
-    while True:
-        t = slots[i]
-        if t < 0:
-            return -1
-        if hashes[t] == h and offsets[t + 1] - offsets[t] == length:
-            base = offsets[t]
-            same = True
-            for k in range(length):
-                if code_points[base + k] != buf[start + k]:
-                    same = False
-                    break
-            if same:
-                return features[t]
-        i = (i + 1) & (size - 1)
+    slots, offsets, code_points, shift = table
+    return _probe(slots, offsets, code_points, shift, buf, start, end)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -161,7 +199,7 @@ def word_spans(code_points, start, end, char_class, min_token_length, stop_table
     token_ends = np.empty_like(token_starts)
     n_tokens = 0
     used = 0
-    check_stops = stop_table[1].shape[0] > 0
+    check_stops = stop_table[1].shape[0] > 1
     k = start
     while k < end:
         if char_class[code_points[k]] & 1 == 0:
@@ -277,23 +315,50 @@ def char_wb_spans(code_points, start, end, char_class, min_n, max_n):
 
 @numba.njit(cache=True, nogil=True)
 def lookup_spans(table, buf, span_starts, span_ends):
-    """Vocabulary feature of every span that is a known term (unknown spans are dropped)."""
+    """Vocabulary feature of every span that is a known term (unknown spans are dropped).
+
+    The probe is written out here rather than called: the table is unpacked once and no array
+    crosses a function boundary per n-gram (each crossing costs reference counting).
+    """
+    slots, offsets, code_points, shift = table
+    mask = slots.shape[0] - 1
     features = np.empty(span_starts.shape[0], dtype=np.int64)
     n = 0
-    for i in range(span_starts.shape[0]):
-        f = lookup_term(table, buf, span_starts[i], span_ends[i])
-        if f >= 0:
-            features[n] = f
-            n += 1
+    for q in range(span_starts.shape[0]):
+        start = span_starts[q]
+        end = span_ends[q]
+        length = end - start
+        key = np.uint64(length)
+        if length <= PACK_MAX_LENGTH:
+            for k in range(length):
+                c = np.uint64(buf[start + k])
+                if c >= PACK_LIMIT:
+                    key = HASHED
+                    break
+                key |= c << np.uint64(3 + 12 * k)
+        else:
+            key = HASHED
+        if key == HASHED:
+            key = _fnv(buf, start, end) | HASHED
+        i = np.int64((key * FIBONACCI) >> shift)
+        while slots[i, 2] != EMPTY:
+            if slots[i, 0] == key and (
+                (key & HASHED) == 0
+                or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, start, end)
+            ):
+                features[n] = np.int64(slots[i, 1])
+                n += 1
+                break
+            i = (i + 1) & mask
     return features[:n]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _rotl32(x, r):
     return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & MASK32
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _murmur3_32(data, length):
     """MurmurHash3_x86_32 with seed 0 of ``data[:length]`` (bytes), as a signed 32-bit int."""
     h1 = np.uint64(0)
@@ -337,7 +402,7 @@ def _murmur3_32(data, length):
     return signed
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _utf8(buf, start, end, out):
     n = 0
     for k in range(start, end):

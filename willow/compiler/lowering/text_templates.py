@@ -9,12 +9,13 @@ placeholder values here only keep the module importable. ``ANALYZER`` is ``"word
 # ruff: noqa: F821 - the helpers are imported by the generated module, not here.
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = None
 HASHING = N_FEATURES = ALTERNATE_SIGN = None
 BINARY = SUBLINEAR_TF = USE_IDF = NORM = None
-COLUMN_OFFSET = None
+ALLOCATE_SCRATCH = ADD_SCORES = HEAD = None  # statement slots and the head, filled by fused.py
 
 
 def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf):
@@ -90,6 +91,7 @@ def add_row_scores(
 ):
     """Add one vectorizer's contribution for ``row`` to ``scores``: sum of weight x coefficient.
 
+    ``coef_t`` holds this vectorizer's rows of the transposed coefficients (its ``hstack`` block).
     ``totals`` and ``seen`` are per-thread scratch of length n_features, all zero on entry and left
     zero on exit; they count n-grams without sorting.
     """
@@ -143,6 +145,28 @@ def add_row_scores(
         column = distinct[i]
         weight = totals[column] / norm if NORM is not None else totals[column]
         for k in range(n_outputs):
-            scores[k] += weight * coef_t[COLUMN_OFFSET + column, k]
+            scores[k] += weight * coef_t[column, k]
         totals[column] = 0.0
         seen[column] = 0
+
+
+def fused_rows(n_chunks):
+    """Rows of raw text straight to model outputs; ``n_chunks`` chunks of rows run in parallel.
+
+    ``ALLOCATE_SCRATCH`` and ``ADD_SCORES`` stand for one statement per vectorizer, and the
+    parameters are completed by :mod:`willow.compiler.lowering.fused`.
+    """
+    n_rows = offsets_0.shape[0] - 1
+    scores = np.empty((n_rows, n_outputs))
+    for chunk in numba.prange(n_chunks):
+        first = chunk * n_rows // n_chunks
+        last = (chunk + 1) * n_rows // n_chunks
+        ALLOCATE_SCRATCH  # noqa: B018
+        row_scores = np.empty(n_outputs)
+        for row in range(first, last):
+            for k in range(n_outputs):
+                row_scores[k] = intercept[k]
+            ADD_SCORES  # noqa: B018
+            for k in range(n_outputs):
+                scores[row, k] = row_scores[k]
+    return HEAD(scores)

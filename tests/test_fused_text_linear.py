@@ -1,0 +1,162 @@
+"""Fused text vectorizers -> linear model against the unfused scikit-learn pipeline."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
+from sklearn.svm import LinearSVC
+
+from willow.compiler.lowering import NotLowerable
+from willow.compiler.lowering.fused import PARALLEL_MIN_ROWS, fuse_text_linear
+
+SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.tsv"
+ALPHABET = "abcdeABCDE xyz019_éÉçßİΣσe\u0301日本語🙂,.!\t\n\u3000"
+TRAIN = [
+    "free prize call now",
+    "are we meeting for lunch today",
+    "WINNER claim your free prize 🙂",
+    "ok see you at home later",
+    "très bien, à demain 日本語",
+    "call me when you are free",
+    "Σοφία İstanbul straße ß",
+    "urgent! your account has a prize",
+    "lunch at home? ok",
+]
+LABELS = {
+    2: np.array(["ham", "spam", "spam", "ham", "ham", "ham", "ham", "spam", "ham"]),
+    3: np.arange(9) % 3,
+}
+METHODS = ("predict", "predict_proba", "decision_function")
+
+PIPELINES = {
+    "word_char_wb_tfidf": lambda: [
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5)),
+    ],
+    "count_char_and_hashing": lambda: [
+        CountVectorizer(analyzer="char", ngram_range=(1, 3), binary=True),
+        HashingVectorizer(n_features=64, ngram_range=(1, 2), stop_words="english"),
+    ],
+    "single_tfidf_l1_upper": lambda: [TfidfVectorizer(norm="l1", lowercase=False, strip_accents="unicode")],
+}
+MODELS = {
+    "logistic": lambda: LogisticRegression(max_iter=1000),
+    "sgd_log_loss": lambda: SGDClassifier(loss="log_loss", random_state=0),
+    "linear_svc": lambda: LinearSVC(),
+    "ridge_classifier": lambda: RidgeClassifier(),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(request):
+    """Compiled kernels go to pytest's cache folder (kept between runs), not the user's home."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WILLOW_CACHE_DIR", str(request.config.cache.mkdir("willow-kernels")))
+    yield
+    patch.undo()
+
+
+def stacked(vectorizers, texts):
+    return sp.hstack([v.transform(texts) for v in vectorizers]).tocsr()
+
+
+@functools.cache
+def fitted(pipeline: str, model_name: str, n_classes: int):
+    vectorizers = [v.fit(TRAIN) for v in PIPELINES[pipeline]()]
+    model = MODELS[model_name]().fit(stacked(vectorizers, TRAIN), LABELS[n_classes])
+    return vectorizers, model
+
+
+@functools.cache
+def fused(pipeline: str, model_name: str, n_classes: int, method: str):
+    vectorizers, model = fitted(pipeline, model_name, n_classes)
+    return fuse_text_linear(vectorizers, model, method)
+
+
+def assert_same(method, got, expected):
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    if method == "predict":
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+CASES = [
+    (pipeline, model, n_classes, method)
+    for pipeline in PIPELINES
+    for model in MODELS
+    for n_classes in (2, 3)
+    for method in METHODS
+    if (pipeline == "word_char_wb_tfidf" or model in ("logistic", "sgd_log_loss"))
+    and (method != "predict_proba" or model in ("logistic", "sgd_log_loss"))
+]
+
+
+@pytest.mark.parametrize(("pipeline", "model_name", "n_classes", "method"), CASES)
+def test_fused_matches_the_stacked_pipeline(pipeline, model_name, n_classes, method):
+    vectorizers, model = fitted(pipeline, model_name, n_classes)
+    operator = fused(pipeline, model_name, n_classes, method)
+    texts = [*TRAIN, "", "   ", "unseen words only", "Free PRIZE!!", "日本語🙂", "ς"]
+    big = texts * (PARALLEL_MIN_ROWS // len(texts) + 1)  # runs the parallel kernel
+    for batch in (texts, texts[:1], np.array(texts, dtype=object), pd.Series(texts), big):
+        assert_same(method, operator(batch), getattr(model, method)(stacked(vectorizers, batch)))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(alphabet=ALPHABET, max_size=30), min_size=1, max_size=5))
+def test_fused_matches_on_generated_unicode(texts):
+    for method in ("predict", "predict_proba"):
+        vectorizers, model = fitted("word_char_wb_tfidf", "logistic", 3)
+        operator = fused("word_char_wb_tfidf", "logistic", 3, method)
+        assert_same(method, operator(texts), getattr(model, method)(stacked(vectorizers, texts)))
+
+
+def test_refusals_and_errors():
+    vectorizers, model = fitted("word_char_wb_tfidf", "logistic", 2)
+    with pytest.raises(NotLowerable, match="expects"):
+        fuse_text_linear(vectorizers[:1], model, "predict")
+    float32 = TfidfVectorizer(dtype=np.float32).fit(TRAIN)
+    with pytest.raises(NotLowerable, match="float32"):
+        fuse_text_linear([float32], LogisticRegression().fit(float32.transform(TRAIN), LABELS[2]), "predict")
+    with pytest.raises(NotLowerable, match="tokenizer"):
+        fuse_text_linear(
+            [CountVectorizer(tokenizer=str.split, token_pattern=None).fit(TRAIN)], model, "predict"
+        )
+    regressor = Ridge().fit(stacked(vectorizers, TRAIN), np.arange(9.0))
+    assert_same(
+        "predict_proba",
+        fuse_text_linear(vectorizers, regressor, "predict")(TRAIN),
+        regressor.predict(stacked(vectorizers, TRAIN)),
+    )
+    operator = fused("word_char_wb_tfidf", "logistic", 2, "predict")
+    with pytest.raises(ValueError, match="0 sample"):
+        operator([])
+    assert "fused_rows_parallel" in operator.source and "prange" in operator.source
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not SMS.exists(), reason="shared SMS data not present")
+def test_real_sms_spam_pipeline():
+    sms = pd.read_csv(SMS, sep="\t")
+    texts, labels = sms["SMS"].astype(str), sms["Label"]
+    vectorizers = [
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit(texts[:1500]),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2).fit(texts[:1500]),
+    ]
+    model = LogisticRegression(max_iter=1000).fit(stacked(vectorizers, texts[:1500]), labels[:1500])
+    test = texts[1500:3000]
+    for method in ("predict", "predict_proba"):
+        assert_same(
+            method,
+            fuse_text_linear(vectorizers, model, method)(test),
+            getattr(model, method)(stacked(vectorizers, test)),
+        )
