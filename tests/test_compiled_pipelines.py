@@ -130,3 +130,20 @@ def test_load_refuses_a_changed_fitted_object(text_setup, tmp_path):
             willow.load(path, pipelines.text_pipeline)
     finally:
         pipelines.WORDS = original
+
+
+def test_text_pipeline_fuses_vectorizers_into_the_model(text_setup, tmp_path):
+    model, calib, batch = text_setup
+    compiled = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(model, calib)
+    assert compiled._compilation.fused is not None
+    assert "_willow.ops.fused_predict(comments)" in compiled.generated_source_
+    np.testing.assert_array_equal(compiled(model, batch), pipelines.text_pipeline(model, batch))
+    cascade = willow.optimize(pipelines.text_pipeline, **OPTIONS).calibrate(model, calib)
+    assert cascade.plan_.cascade
+    assert "_willow.approximate_text(comments)" in cascade.generated_source_
+    assert assert_cascade_equivalent(cascade, model, batch) >= 0.95
+    path = tmp_path / "fused.willow"
+    cascade.save(path)
+    loaded = willow.load(path, pipelines.text_pipeline)
+    assert loaded.generated_source_ == cascade.generated_source_
+    np.testing.assert_array_equal(loaded(model, batch), cascade(model, batch))

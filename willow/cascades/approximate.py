@@ -82,15 +82,49 @@ class ApproximateModel:
     def kernel_source(self) -> str | None:
         return None if self._scores is None else self._scores.source
 
+    def fuse(self, vectorizers: list[Any], texts: Any = None, X: Any = None) -> str:
+        """Score raw texts with one fused kernel (the selected vectorizers + this estimator).
+
+        Verified against the estimator on ``X`` (the stacked features of ``texts``) when given.
+        Returns "" on success, otherwise why the approximate model stays unfused.
+        """
+        from willow.compiler.compile_pass import _same
+        from willow.compiler.lowering.base import NotLowerable
+        from willow.compiler.lowering.fused import fuse_text_linear
+
+        method = self.score_method
+        try:
+            operator = fuse_text_linear(vectorizers, self.estimator_, method)
+            if texts is not None and not _same(operator(texts), getattr(self.estimator_, method)(X)):
+                return "the fused kernel did not reproduce the approximate model on calibration rows"
+        except NotLowerable as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break serving
+            return f"fusion failed: {type(exc).__name__}: {exc}"
+        self._fused = operator
+        return ""
+
+    @property
+    def fused(self) -> bool:
+        return getattr(self, "_fused", None) is not None
+
+    def predict_with_confidence_text(self, texts: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`predict_with_confidence`, from raw texts through the fused kernel."""
+        return self._rows_and_confidence(np.asarray(self._fused(texts)))
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_compiled_method"] = state.pop("_scores") is not None
         state["_scores"] = None
+        state["_was_fused"] = state.pop("_fused", None) is not None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         compiled = state.pop("_compiled_method", False)
+        was_fused = state.pop("_was_fused", False)
         self.__dict__.update(state)
+        self._fused = None
+        self.refuse_on_load = was_fused  # willow.load fuses again with the live vectorizers
         if compiled:
             from willow.compiler.lowering import lower
 
@@ -98,9 +132,12 @@ class ApproximateModel:
 
     def predict_with_confidence(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Approximate output rows (in the original's format) and a confidence per row."""
+        method = self._scores or getattr(self.estimator_, self.score_method)
+        return self._rows_and_confidence(np.asarray(method(X)))
+
+    def _rows_and_confidence(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._has_proba:
-            scores = self._scores or self.estimator_.predict_proba
-            proba = np.asarray(scores(X))
+            proba = scores
             best = np.argmax(proba, axis=1)
             confidence = proba[np.arange(len(proba)), best]
             if self._column_map is not None:
@@ -110,8 +147,7 @@ class ApproximateModel:
                 return rows, confidence
             labels = self.classes_[best]
         else:
-            scores = self._scores or self.estimator_.decision_function
-            decision = np.asarray(scores(X))
+            decision = scores
             if decision.ndim == 1:
                 labels = self.classes_[(decision > 0).astype(np.intp)]
                 confidence = np.abs(decision)

@@ -42,7 +42,7 @@ from willow.compiler.codegen import (
     materialize,
     stack_expression,
 )
-from willow.compiler.compile_pass import RUNTIME, CompilationResult, compile_graph, keep_faster
+from willow.compiler.compile_pass import RUNTIME, CompilationResult, compile_graph, fuse_text_pipeline, keep_faster
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, profile_costs
@@ -246,6 +246,7 @@ def calibrate_cascade(
             graph = compilation.graph
             runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
             ns_tune, out_tune = runner.run_all(tune_arguments)
+            compilation = fuse_text_pipeline(compilation, graph, ns_tune, tune_arguments)
         elif not compilation.skipped:
             compilation = None
 
@@ -375,7 +376,13 @@ def calibrate_cascade(
     if options.compile:
         from willow.compiler.lowering import lower
 
-        approx.compile(lower, eval(compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"), ns_tune))
+        tune_features = eval(
+            compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"), ns_tune
+        )
+        approx.compile(lower, tune_features)
+        if compilation is not None and compilation.fused is not None:
+            vectorizers = [compilation.vectorizer(g) for g in best.groups]
+            approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)
     chosen = replace(plan, selected=best.groups, threshold=best.threshold)
     return context.finish(chosen, approx, layout)
 
@@ -516,10 +523,12 @@ def build_cascade(
         objects=tuple(obj for _, obj in objects),
     )
     exprs = [expr for expr, _ in objects]
+    fused = compilation.fused if compilation is not None else None
     if layout is not None:
-        func_ast = build_cascade_source(graph, layout, threshold, exprs)
+        use_fused = fused if approximate is not None and approximate.fused else None
+        func_ast = build_cascade_source(graph, layout, threshold, exprs, use_fused)
     else:
-        func_ast = build_compiled_source(graph, exprs)
+        func_ast = build_compiled_source(graph, exprs, fused)
     return materialize(func_ast, fn, runtime, graph.function_name)
 
 

@@ -123,6 +123,11 @@ class ServingRuntime:
         assert self.approximate_model is not None
         return self.approximate_model.predict_with_confidence(features)
 
+    def approximate_text(self, texts: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The approximate model's output rows and confidence, from raw texts (fused kernel)."""
+        assert self.approximate_model is not None
+        return self.approximate_model.predict_with_confidence_text(texts)
+
     @staticmethod
     def rows_below(confidence: np.ndarray, threshold: float) -> np.ndarray:
         """Positions of the rows the approximate model is not confident about."""

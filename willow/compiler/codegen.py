@@ -241,22 +241,45 @@ def _original_def(graph: PipelineGraph) -> ast.FunctionDef:
     return original_def
 
 
-def build_compiled_source(graph: PipelineGraph, guarded: Sequence[str] = ()) -> ast.FunctionDef:
-    """The pipeline without a cascade: the (compiled) statements in their original order."""
+def _ops_call(attribute: str, *args: ast.expr) -> ast.Call:
+    ops = ast.Attribute(value=_name(RUNTIME), attr="ops", ctx=ast.Load())
+    return ast.Call(func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=list(args), keywords=[])
+
+
+def build_compiled_source(graph: PipelineGraph, guarded: Sequence[str] = (), fused: Any = None) -> ast.FunctionDef:
+    """The pipeline without a cascade: the (compiled) statements in their original order.
+
+    With ``fused`` (a :class:`~willow.compiler.compile_pass.FusedText`), the vectorizer
+    statements, the stacking and the model call become one fused kernel call on the text.
+    """
     original_def = _original_def(graph)
     local = _unique_names(graph, ["n_rows"])
     body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
     if guard_late:
         body.insert(0, guard)
-    body += [copy.deepcopy(st.node) for st in graph.statements]
-    body.append(copy.deepcopy(graph.model_call.node))
+    if fused is None:
+        body += [copy.deepcopy(st.node) for st in graph.statements]
+        body.append(copy.deepcopy(graph.model_call.node))
+        return _function(original_def, body)
+    assert graph.stack is not None
+    skip = set(fused.statements) | {graph.stack.statement}
+    body += [copy.deepcopy(st.node) for st in graph.statements if st.index not in skip]
+    body.append(ast.Return(value=_ops_call(fused.attribute, _name(fused.text))))
     return _function(original_def, body)
 
 
 def build_cascade_source(
-    graph: PipelineGraph, layout: CascadeLayout, threshold: float, guarded: Sequence[str] = ()
+    graph: PipelineGraph,
+    layout: CascadeLayout,
+    threshold: float,
+    guarded: Sequence[str] = (),
+    fused: Any = None,
 ) -> ast.FunctionDef:
-    """The cascaded function as an AST with the original's name and signature."""
+    """The cascaded function as an AST with the original's name and signature.
+
+    With ``fused``, the approximate model scores the raw text through its own fused kernel and
+    the uncertain rows go through the full model's fused kernel: no feature matrix is built.
+    """
     original_def = _original_def(graph)
     local = _unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
     body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
@@ -264,15 +287,15 @@ def build_cascade_source(
         body.append(copy.deepcopy(graph.statements[i].node))
     if guard_late:
         body.append(guard)
-    for i in layout.selected_features:
-        body.append(copy.deepcopy(graph.statements[i].node))
-    body.append(_assign(local["approx_features"], stack_expression(graph, layout.selected)))
-    body.append(
-        _assign(
-            [local["approx_output"], local["confidence"]],
-            _runtime_call("approximate", _name(local["approx_features"])),
-        )
-    )
+    if fused is not None:
+        text = _name(fused.text)
+        approximate = _runtime_call("approximate_text", text)
+    else:
+        for i in layout.selected_features:
+            body.append(copy.deepcopy(graph.statements[i].node))
+        body.append(_assign(local["approx_features"], stack_expression(graph, layout.selected)))
+        approximate = _runtime_call("approximate", _name(local["approx_features"]))
+    body.append(_assign([local["approx_output"], local["confidence"]], approximate))
     body.append(
         _assign(
             local["uncertain"],
@@ -290,6 +313,16 @@ def build_cascade_source(
             orelse=[],
         )
     )
+    if fused is not None:
+        body.append(
+            _assign(
+                fused.text,
+                _runtime_call("take_rows", _name(fused.text), _name(local["uncertain"]), _name(local["n_rows"])),
+            )
+        )
+        full = _ops_call(fused.attribute, _name(fused.text))
+        body.append(ast.Return(value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full)))
+        return _function(original_def, body)
     for name in layout.row_subsets:
         body.append(
             _assign(name, _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])))

@@ -65,6 +65,23 @@ class SkippedNode:
     reason: str
 
 
+@dataclass(frozen=True)
+class FusedText:
+    """Text vectorizers stacked into a linear model, compiled as one kernel from raw strings.
+
+    ``text`` is the variable every vectorizer transforms; ``vectorizers`` maps each feature
+    group to the expression of its fitted vectorizer; ``attribute`` names the fused full-model
+    operator in ``_willow.ops``.
+    """
+
+    text: str
+    vectorizers: dict[str, str]
+    attribute: str
+    operator: Any
+    statements: tuple[int, ...]
+    model: Any
+
+
 class Operators:
     """The compiled operators of one pipeline, as attributes (``_willow.ops.words_transform``)."""
 
@@ -84,6 +101,13 @@ class CompilationResult:
     skipped: tuple[SkippedNode, ...]
     operators: Operators
     guarded: tuple[tuple[str, Any], ...]
+    fused: FusedText | None = None
+
+    def vectorizer(self, group: str) -> Any:
+        """The fitted vectorizer object behind ``group`` in a fused pipeline."""
+        assert self.fused is not None
+        expression = self.fused.vectorizers[group]
+        return next(obj for expr, obj in self.guarded if expr == expression)
 
     @property
     def recipes(self) -> list[dict[str, Any]]:
@@ -105,6 +129,17 @@ class CompilationResult:
                 recipe["expression"] = next(expr for expr, guarded in self.guarded if guarded is obj)
                 recipe["fingerprint"] = model_fingerprint(obj)
             recipes.append(recipe)
+        if self.fused is not None:
+            recipes.append(
+                {
+                    "fused": True,
+                    "text": self.fused.text,
+                    "vectorizers": dict(self.fused.vectorizers),
+                    "attribute": self.fused.attribute,
+                    "statements": self.fused.statements,
+                    "model": self.fused.model,
+                }
+            )
         return recipes
 
     def report(self) -> str:
@@ -118,8 +153,15 @@ class CompilationResult:
             lines.append("Kept as Python:")
             for skip in self.skipped:
                 lines.append(f"  line {skip.lineno:>4}  {skip.original}: {skip.reason}")
+        if self.fused is not None:
+            lines.append(
+                f"Fused: {' + '.join(self.fused.vectorizers.values())} -> model, from `{self.fused.text}` "
+                f"as one kernel (_willow.ops.{self.fused.attribute}); the matrices are never built."
+            )
         for node in self.nodes:
             lines += ["", f"Generated kernel for _willow.ops.{node.attribute} ({node.operator.name}):", "", node.operator.source]
+        if self.fused is not None:
+            lines += ["", f"Generated kernel for _willow.ops.{self.fused.attribute} (fused):", "", self.fused.operator.source]
         return "\n".join(lines)
 
 
@@ -279,6 +321,85 @@ def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict
     )
 
 
+def fuse_text_pipeline(
+    compilation: CompilationResult, graph: PipelineGraph, ns: dict[str, Any], arguments_ns: dict[str, Any]
+) -> CompilationResult:
+    """Fuse ``X = sp.hstack([v1.transform(t), v2.transform(t), ...])`` + a linear model into one kernel.
+
+    Applies when every feature group is exactly one compiled vectorizer ``transform`` of the same
+    variable, the groups and ``X`` are read by nothing else, ``X`` goes straight to the model and
+    the fused kernel reproduces the model's output on the calibration rows (``ns`` holds a
+    completed run of the compiled graph). Otherwise ``compilation`` is returned unchanged.
+    """
+    import scipy.sparse as _sp
+
+    from willow.compiler.lowering.base import NotLowerable
+    from willow.compiler.lowering.fused import fuse_text_linear
+
+    stack = graph.stack
+    if stack is None or graph.tail:
+        return compilation
+    try:
+        stacker = eval(compile(ast.Expression(body=stack.function), graph.filename, "eval"), ns)
+    except Exception:  # noqa: BLE001
+        return compilation
+    if stacker is not _sp.hstack:
+        return compilation
+    by_statement = {n.statement: n for n in compilation.nodes}
+    vectorizers: dict[str, str] = {}
+    objects = []
+    text: str | None = None
+    text_def: int | None = None
+    statements = []
+    for group in graph.groups:
+        if len(group.slice) != 1 or group.slice[0] not in by_statement:
+            return compilation
+        index = group.slice[0]
+        node = by_statement[index]
+        original = ast.parse(node.original).body[0]
+        if not (isinstance(original, ast.Assign) and isinstance(original.value, ast.Call)):
+            return compilation
+        args = original.value.args
+        obj, method = node.recipe
+        if method != "transform" or len(args) != 1 or not isinstance(args[0], ast.Name):
+            return compilation
+        reads = graph.statements[index].reads
+        if text is None:
+            text, text_def = args[0].id, reads.get(args[0].id)
+        elif args[0].id != text or reads.get(args[0].id) != text_def:
+            return compilation
+        vectorizers[group.name] = ast.unparse(original.value.func.value)
+        objects.append(obj)
+        statements.append(index)
+    assert text is not None
+    group_vars = {g.variable for g in graph.groups} | {graph.model_call.feature_variable}
+    for st in graph.statements:
+        if st.index not in statements and st.index != stack.statement and group_vars & set(st.reads):
+            return compilation
+    model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns)
+    try:
+        operator = fuse_text_linear(objects, model, graph.model_call.method)
+    except NotLowerable:
+        return compilation
+    except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+        warnings.warn(f"fusing the text pipeline failed ({type(exc).__name__}: {exc}); it runs unfused.", CompilationWarning, stacklevel=3)
+        return compilation
+    expected = getattr(model, graph.model_call.method)(ns[graph.model_call.feature_variable])
+    try:
+        fused_output = operator(ns[text])
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"the fused text kernel raised {type(exc).__name__}: {exc}; it runs unfused.", CompilationWarning, stacklevel=3)
+        return compilation
+    if not _same(fused_output, expected):
+        warnings.warn("the fused text kernel did not reproduce the model on calibration rows; it runs unfused.", CompilationWarning, stacklevel=3)
+        return compilation
+    taken = set(compilation.operators.__dict__) | {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
+    attribute = _unique(f"fused_{graph.model_call.method}", taken)
+    operators = Operators({**compilation.operators.__dict__, attribute: operator})
+    fused = FusedText(text, vectorizers, attribute, operator, tuple(statements), model)
+    return replace(compilation, operators=operators, fused=fused)
+
+
 def keep_faster(
     compilation: CompilationResult, original: PipelineGraph, python_costs: Any, compiled_costs: Any
 ) -> tuple[CompilationResult, Any]:
@@ -352,7 +473,10 @@ def apply_compilation(graph: PipelineGraph, recipes: list[dict[str, Any]], lower
     namespace = {**fn.__globals__, **closure_values(fn)}
     nodes = []
     guarded: dict[str, Any] = {}
+    fused_recipe = next((r for r in recipes if r.get("fused")), None)
     for recipe in recipes:
+        if recipe.get("fused"):
+            continue
         statement = recipe["statement"]
         if statement is None:
             obj = recipe["object"]
@@ -376,10 +500,28 @@ def apply_compilation(graph: PipelineGraph, recipes: list[dict[str, Any]], lower
             lineno, original = st.lineno, st.source
         operator = lower(obj, recipe["method"])
         nodes.append(CompiledNode(statement, lineno, original, recipe["attribute"], operator, (obj, recipe["method"])))
-    return CompilationResult(
+    result = CompilationResult(
         graph=_rewrite(graph, nodes),
         nodes=tuple(nodes),
         skipped=(),
         operators=Operators({n.attribute: n.operator for n in nodes}),
         guarded=tuple(guarded.items()),
     )
+    if fused_recipe is not None:
+        from willow.compiler.lowering.fused import fuse_text_linear
+
+        model = fused_recipe["model"]
+        vectorizers = [guarded[expr] for expr in fused_recipe["vectorizers"].values()]
+        operator = fuse_text_linear(vectorizers, model, graph.model_call.method)
+        fused = FusedText(
+            fused_recipe["text"],
+            dict(fused_recipe["vectorizers"]),
+            fused_recipe["attribute"],
+            operator,
+            tuple(fused_recipe["statements"]),
+            model,
+        )
+        result = replace(
+            result, fused=fused, operators=Operators({**result.operators.__dict__, fused.attribute: operator})
+        )
+    return result
