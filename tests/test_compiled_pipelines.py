@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pipelines
 import pytest
 import scipy.sparse as sp
 from equivalence import assert_cascade_equivalent
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-import pipelines
 import willow
 from willow.compiler import compile_pass
 from willow.compiler.lowering.base import CompiledOperator
@@ -84,15 +84,22 @@ def test_unlowerable_options_stay_python_and_are_explained(text_setup):
     model, calib, batch = text_setup
     original = pipelines.WORDS
     try:
-        pipelines.WORDS = TfidfVectorizer(ngram_range=(1, 2), min_df=2, tokenizer=str.split, token_pattern=None)
+        pipelines.WORDS = TfidfVectorizer(
+            ngram_range=(1, 2), min_df=2, tokenizer=str.split, token_pattern=None
+        )
         pipelines.WORDS.fit(calib)
         X = sp.hstack([pipelines.WORDS.transform(calib), pipelines.CHARS.transform(calib)]).tocsr()
-        local_model = LogisticRegression(max_iter=500).fit(X, model.predict(
-            sp.hstack([original.transform(calib), pipelines.CHARS.transform(calib)]).tocsr()))
-        pipeline = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(local_model, calib)
+        local_model = LogisticRegression(max_iter=500).fit(
+            X, model.predict(sp.hstack([original.transform(calib), pipelines.CHARS.transform(calib)]).tocsr())
+        )
+        pipeline = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(
+            local_model, calib
+        )
         report = pipeline._compilation.report()
         assert "Kept as Python:" in report and "tokenizer" in report
-        np.testing.assert_array_equal(pipeline(local_model, batch), pipelines.text_pipeline(local_model, batch))
+        np.testing.assert_array_equal(
+            pipeline(local_model, batch), pipelines.text_pipeline(local_model, batch)
+        )
     finally:
         pipelines.WORDS = original
 

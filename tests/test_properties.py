@@ -105,7 +105,9 @@ def test_random_pipelines_keep_every_plan_invariant(
         assert 0 < len(plan.selected) < n_groups
         assert plan.lower_bound >= 0.9
         chosen = next(c for c in plan.candidates if c.groups == plan.selected)
-        assert chosen.expected_seconds_per_row < (plan.compiled_seconds_per_row or plan.original_seconds_per_row)
+        assert chosen.expected_seconds_per_row < (
+            plan.compiled_seconds_per_row or plan.original_seconds_per_row
+        )
         assert 0 < plan.confident_fraction <= 1
     else:
         assert plan.reason

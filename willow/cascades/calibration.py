@@ -42,7 +42,13 @@ from willow.compiler.codegen import (
     materialize,
     stack_expression,
 )
-from willow.compiler.compile_pass import RUNTIME, CompilationResult, compile_graph, fuse_text_pipeline, keep_faster
+from willow.compiler.compile_pass import (
+    RUNTIME,
+    CompilationResult,
+    compile_graph,
+    fuse_text_pipeline,
+    keep_faster,
+)
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, profile_costs
@@ -223,7 +229,9 @@ def calibrate_cascade(
     n_tune = len(split.tune)
     tune_arguments = arguments_for(split.tune)
     runner = StatementRunner(graph, fn)
-    python_costs, ns_tune, out_tune = profile_costs(graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats)
+    python_costs, ns_tune, out_tune = profile_costs(
+        graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
+    )
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
     output = OutputSpec.from_output(graph.model_call.method, out_tune, model)
     labels = _labels(y, n, output)
@@ -237,7 +245,9 @@ def calibrate_cascade(
         original_graph = graph
         compilation = compile_graph(graph, runner, tune_arguments, lower)
         if compilation.nodes:
-            compiled_runner = StatementRunner(compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
+            compiled_runner = StatementRunner(
+                compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)}
+            )
             compiled_costs, _, _ = profile_costs(
                 compilation.graph, compiled_runner, tune_arguments, n_tune, repeats=options.cost_repeats
             )
@@ -276,7 +286,9 @@ def calibrate_cascade(
         compiled_nodes=len(compilation.nodes) if compilation else 0,
         compiled_seconds_per_row=costs.total_seconds_per_row if compilation and compilation.nodes else None,
     )
-    context = _Context(graph, fn, runner, options, split, arguments_for, costs, output, fingerprint, model, compilation)
+    context = _Context(
+        graph, fn, runner, options, split, arguments_for, costs, output, fingerprint, model, compilation
+    )
 
     def no_cascade(reason: str) -> CalibrationResult:
         return context.finish(replace(plan, reason=reason), None, None)
@@ -315,13 +327,17 @@ def calibrate_cascade(
     fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]] = {}
     for subset in subsets:
         layout = layout_cascade(graph, subset)
-        _check_row_aligned(graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune)
+        _check_row_aligned(
+            graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune
+        )
         expression = compile(ast.Expression(body=stack_expression(graph, subset)), graph.filename, "eval")
         try:
             approx = fit_approximate_model(template, eval(expression, ns_train), train_labels, output)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
             note = f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160]
-            results.append(CandidateResult(subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note))
+            results.append(
+                CandidateResult(subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note)
+            )
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
         agrees = output.labels(rows) == tune_reference
@@ -335,7 +351,9 @@ def calibrate_cascade(
         )
         approx_seconds = (
             _median_seconds(
-                lambda approx=approx, expression=expression: approx.predict_with_confidence(eval(expression, ns_tune))
+                lambda approx=approx, expression=expression: approx.predict_with_confidence(
+                    eval(expression, ns_tune)
+                )
             )
             / n_tune
         )
@@ -349,7 +367,9 @@ def calibrate_cascade(
             CandidateResult(
                 groups=subset,
                 expected_seconds_per_row=expected,
-                expected_speedup=python_costs.total_seconds_per_row / expected if expected > 0 else float("inf"),
+                expected_speedup=python_costs.total_seconds_per_row / expected
+                if expected > 0
+                else float("inf"),
                 threshold=choice.threshold,
                 confident_fraction=choice.confident_fraction,
                 tune_agreement=choice.agreement,
@@ -377,7 +397,8 @@ def calibrate_cascade(
         from willow.compiler.lowering import lower
 
         tune_features = eval(
-            compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"), ns_tune
+            compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
+            ns_tune,
         )
         approx.compile(lower, tune_features)
         if compilation is not None and compilation.fused is not None:
@@ -413,7 +434,9 @@ class _Context:
         """
         compiled = self.compilation is not None and bool(self.compilation.nodes)
         cascade = approx is not None and layout is not None
-        base = CalibrationResult(plan, self.costs, self.output, self.fingerprint, compilation=self.compilation)
+        base = CalibrationResult(
+            plan, self.costs, self.output, self.fingerprint, compilation=self.compilation
+        )
         if not cascade and not compiled:
             return base
         guard = ModelGuard(self.fingerprint, self.model)
@@ -442,7 +465,9 @@ class _Context:
             return replace(base, plan=measured, function=function, source=source)
         assert approx is not None
         ns_holdout = self.runner.run(self.runner.namespace(holdout))
-        expression = compile(ast.Expression(body=stack_expression(self.graph, plan.selected)), self.graph.filename, "eval")
+        expression = compile(
+            ast.Expression(body=stack_expression(self.graph, plan.selected)), self.graph.filename, "eval"
+        )
         _, holdout_confidence = approx.predict_with_confidence(eval(expression, ns_holdout))
         uncertain = ~(holdout_confidence >= plan.threshold)
         confident_fraction = 1.0 - float(uncertain.mean())

@@ -204,7 +204,8 @@ def _prelude(
     if guarded:
         objects = [ast.parse(expr, mode="eval").body for expr in guarded]
         test = ast.BoolOp(
-            op=ast.Or(), values=[test, ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_objects", *objects))]
+            op=ast.Or(),
+            values=[test, ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_objects", *objects))],
         )
     guard = ast.If(test=test, body=[ast.Return(value=_forward_call(original_def))], orelse=[])
     body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
@@ -243,10 +244,14 @@ def _original_def(graph: PipelineGraph) -> ast.FunctionDef:
 
 def _ops_call(attribute: str, *args: ast.expr) -> ast.Call:
     ops = ast.Attribute(value=_name(RUNTIME), attr="ops", ctx=ast.Load())
-    return ast.Call(func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=list(args), keywords=[])
+    return ast.Call(
+        func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=list(args), keywords=[]
+    )
 
 
-def build_compiled_source(graph: PipelineGraph, guarded: Sequence[str] = (), fused: Any = None) -> ast.FunctionDef:
+def build_compiled_source(
+    graph: PipelineGraph, guarded: Sequence[str] = (), fused: Any = None
+) -> ast.FunctionDef:
     """The pipeline without a cascade: the (compiled) statements in their original order.
 
     With ``fused`` (a :class:`~willow.compiler.compile_pass.FusedText`), the vectorizer
@@ -317,22 +322,33 @@ def build_cascade_source(
         body.append(
             _assign(
                 fused.text,
-                _runtime_call("take_rows", _name(fused.text), _name(local["uncertain"]), _name(local["n_rows"])),
+                _runtime_call(
+                    "take_rows", _name(fused.text), _name(local["uncertain"]), _name(local["n_rows"])
+                ),
             )
         )
         full = _ops_call(fused.attribute, _name(fused.text))
-        body.append(ast.Return(value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full)))
+        body.append(
+            ast.Return(
+                value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full)
+            )
+        )
         return _function(original_def, body)
     for name in layout.row_subsets:
         body.append(
-            _assign(name, _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])))
+            _assign(
+                name,
+                _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])),
+            )
         )
     for i in layout.remaining_features + layout.full_model:
         body.append(copy.deepcopy(graph.statements[i].node))
     full_call = copy.deepcopy(graph.model_call.node.value)
     assert full_call is not None
     body.append(
-        ast.Return(value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call))
+        ast.Return(
+            value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call)
+        )
     )
     return _function(original_def, body)
 

@@ -122,7 +122,11 @@ class CompilationResult:
         recipes = []
         for node in self.nodes:
             obj, method = node.recipe
-            recipe: dict[str, Any] = {"statement": node.statement, "attribute": node.attribute, "method": method}
+            recipe: dict[str, Any] = {
+                "statement": node.statement,
+                "attribute": node.attribute,
+                "method": method,
+            }
             if node.statement is None:
                 recipe["object"] = obj
             else:
@@ -148,7 +152,9 @@ class CompilationResult:
         if not self.nodes:
             lines.append("  (none)")
         for node in self.nodes:
-            lines.append(f"  line {node.lineno:>4}  {node.original}  ->  _willow.ops.{node.attribute}  [{node.operator.name}]")
+            lines.append(
+                f"  line {node.lineno:>4}  {node.original}  ->  _willow.ops.{node.attribute}  [{node.operator.name}]"
+            )
         if self.skipped:
             lines.append("Kept as Python:")
             for skip in self.skipped:
@@ -159,9 +165,19 @@ class CompilationResult:
                 f"as one kernel (_willow.ops.{self.fused.attribute}); the matrices are never built."
             )
         for node in self.nodes:
-            lines += ["", f"Generated kernel for _willow.ops.{node.attribute} ({node.operator.name}):", "", node.operator.source]
+            lines += [
+                "",
+                f"Generated kernel for _willow.ops.{node.attribute} ({node.operator.name}):",
+                "",
+                node.operator.source,
+            ]
         if self.fused is not None:
-            lines += ["", f"Generated kernel for _willow.ops.{self.fused.attribute} (fused):", "", self.fused.operator.source]
+            lines += [
+                "",
+                f"Generated kernel for _willow.ops.{self.fused.attribute} (fused):",
+                "",
+                self.fused.operator.source,
+            ]
         return "\n".join(lines)
 
 
@@ -253,7 +269,9 @@ def _loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict[str, Any], lower: Any) -> CompilationResult:
+def compile_graph(
+    graph: PipelineGraph, runner: StatementRunner, arguments: dict[str, Any], lower: Any
+) -> CompilationResult:
     """Lower what can be lowered in ``graph``, verified on one run over ``arguments`` (calibration rows).
 
     ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``.
@@ -261,31 +279,56 @@ def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict
     from willow.compiler.lowering.base import NotLowerable
 
     ns = runner.namespace(arguments)
-    taken = set(graph.parameters) | {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
+    taken = set(graph.parameters) | {
+        n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)
+    }
     attributes: set[str] = set()
     nodes: list[CompiledNode] = []
     skipped: list[SkippedNode] = []
     guarded: dict[str, Any] = {}
 
-    def attempt(statement: int | None, lineno: int, original: str, obj: Any, method: str, args: list[Any], expected: Any, label: str) -> Any:
+    def attempt(
+        statement: int | None,
+        lineno: int,
+        original: str,
+        obj: Any,
+        method: str,
+        args: list[Any],
+        expected: Any,
+        label: str,
+    ) -> Any:
         try:
             operator = lower(obj, method)
         except NotLowerable as exc:
             skipped.append(SkippedNode(lineno, original, str(exc)))
             return None
         except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
-            warnings.warn(f"line {lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); it keeps running as Python.", CompilationWarning, stacklevel=4)
+            warnings.warn(
+                f"line {lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); it keeps running as Python.",
+                CompilationWarning,
+                stacklevel=4,
+            )
             skipped.append(SkippedNode(lineno, original, f"compilation failed: {type(exc).__name__}: {exc}"))
             return None
         try:
             result = operator(*args)
         except Exception as exc:  # noqa: BLE001
-            warnings.warn(f"line {lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; it keeps running as Python.", CompilationWarning, stacklevel=4)
+            warnings.warn(
+                f"line {lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; it keeps running as Python.",
+                CompilationWarning,
+                stacklevel=4,
+            )
             skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
             return None
         if not _same(result, expected):
-            warnings.warn(f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.", CompilationWarning, stacklevel=4)
-            skipped.append(SkippedNode(lineno, original, "kernel output differed from the original on calibration rows"))
+            warnings.warn(
+                f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.",
+                CompilationWarning,
+                stacklevel=4,
+            )
+            skipped.append(
+                SkippedNode(lineno, original, "kernel output differed from the original on calibration rows")
+            )
             return None
         attribute = _unique(label, attributes | taken)
         nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
@@ -300,7 +343,10 @@ def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict
         obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
         args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
         runner.run(ns, [st.index])
-        if attempt(st.index, st.lineno, st.source, obj, method, args, ns[target], f"{target}_{method}") is not None:
+        if (
+            attempt(st.index, st.lineno, st.source, obj, method, args, ns[target], f"{target}_{method}")
+            is not None
+        ):
             guarded[ast.unparse(obj_expr)] = obj
     expected = runner.model_output(ns)
     model_call = graph.model_call
@@ -309,9 +355,20 @@ def compile_graph(graph: PipelineGraph, runner: StatementRunner, arguments: dict
     if not call.keywords and len(call.args) == 1:
         model = eval(compile(ast.Expression(body=model_call.model), graph.filename, "eval"), ns)
         X = ns[model_call.feature_variable]
-        attempt(None, model_call.lineno, ast.unparse(call), model, model_call.method, [X], expected, f"model_{model_call.method}")
+        attempt(
+            None,
+            model_call.lineno,
+            ast.unparse(call),
+            model,
+            model_call.method,
+            [X],
+            expected,
+            f"model_{model_call.method}",
+        )
     else:
-        skipped.append(SkippedNode(model_call.lineno, ast.unparse(call), "the model call passes extra arguments"))
+        skipped.append(
+            SkippedNode(model_call.lineno, ast.unparse(call), "the model call passes extra arguments")
+        )
     return CompilationResult(
         graph=_rewrite(graph, nodes),
         nodes=tuple(nodes),
@@ -382,18 +439,32 @@ def fuse_text_pipeline(
     except NotLowerable:
         return compilation
     except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
-        warnings.warn(f"fusing the text pipeline failed ({type(exc).__name__}: {exc}); it runs unfused.", CompilationWarning, stacklevel=3)
+        warnings.warn(
+            f"fusing the text pipeline failed ({type(exc).__name__}: {exc}); it runs unfused.",
+            CompilationWarning,
+            stacklevel=3,
+        )
         return compilation
     expected = getattr(model, graph.model_call.method)(ns[graph.model_call.feature_variable])
     try:
         fused_output = operator(ns[text])
     except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"the fused text kernel raised {type(exc).__name__}: {exc}; it runs unfused.", CompilationWarning, stacklevel=3)
+        warnings.warn(
+            f"the fused text kernel raised {type(exc).__name__}: {exc}; it runs unfused.",
+            CompilationWarning,
+            stacklevel=3,
+        )
         return compilation
     if not _same(fused_output, expected):
-        warnings.warn("the fused text kernel did not reproduce the model on calibration rows; it runs unfused.", CompilationWarning, stacklevel=3)
+        warnings.warn(
+            "the fused text kernel did not reproduce the model on calibration rows; it runs unfused.",
+            CompilationWarning,
+            stacklevel=3,
+        )
         return compilation
-    taken = set(compilation.operators.__dict__) | {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
+    taken = set(compilation.operators.__dict__) | {
+        n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)
+    }
     attribute = _unique(f"fused_{graph.model_call.method}", taken)
     operators = Operators({**compilation.operators.__dict__, attribute: operator})
     fused = FusedText(text, vectorizers, attribute, operator, tuple(statements), model)
@@ -437,13 +508,21 @@ def keep_faster(
         compiled_by_index[s.index] if s.index in kept_statements else python_by_index[s.index]
         for s in python_costs.statements
     )
-    model_seconds = compiled_costs.model_seconds_per_row if None in kept_statements else python_costs.model_seconds_per_row
+    model_seconds = (
+        compiled_costs.model_seconds_per_row
+        if None in kept_statements
+        else python_costs.model_seconds_per_row
+    )
     groups = []
     for g in python_costs.groups:
         own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({g.name}))
-        shared = sum(s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups)
+        shared = sum(
+            s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups
+        )
         groups.append(_replace(g, seconds_per_row=own, shared_seconds_per_row=shared))
-    costs = _replace(compiled_costs, statements=statements, groups=tuple(groups), model_seconds_per_row=model_seconds)
+    costs = _replace(
+        compiled_costs, statements=statements, groups=tuple(groups), model_seconds_per_row=model_seconds
+    )
     guarded_exprs = set()
     for n in kept:
         if n.statement is not None:
@@ -460,7 +539,9 @@ def keep_faster(
     return trimmed, costs
 
 
-def apply_compilation(graph: PipelineGraph, recipes: list[dict[str, Any]], lower: Any, fn: Any) -> CompilationResult:
+def apply_compilation(
+    graph: PipelineGraph, recipes: list[dict[str, Any]], lower: Any, fn: Any
+) -> CompilationResult:
     """Rebuild a :class:`CompilationResult` from saved recipes (after :func:`willow.load`).
 
     Raises :class:`~willow.PlanMismatchError` when a fitted object the plan compiled is no longer
@@ -499,7 +580,9 @@ def apply_compilation(graph: PipelineGraph, recipes: list[dict[str, Any]], lower
             st = graph.statements[statement]
             lineno, original = st.lineno, st.source
         operator = lower(obj, recipe["method"])
-        nodes.append(CompiledNode(statement, lineno, original, recipe["attribute"], operator, (obj, recipe["method"])))
+        nodes.append(
+            CompiledNode(statement, lineno, original, recipe["attribute"], operator, (obj, recipe["method"]))
+        )
     result = CompilationResult(
         graph=_rewrite(graph, nodes),
         nodes=tuple(nodes),

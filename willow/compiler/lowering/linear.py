@@ -168,7 +168,9 @@ def lower_linear_model(model: Any, method: str) -> CompiledOperator:
         if not np.isfinite(values).all():
             # sklearn validates its input; a kernel must fail the same way, never score NaN.
             if np.isnan(values).any():
-                raise ValueError(f"Input X contains NaN.\n{spec.model_name} does not accept missing values encoded as NaN natively.")
+                raise ValueError(
+                    f"Input X contains NaN.\n{spec.model_name} does not accept missing values encoded as NaN natively."
+                )
             raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
         if sp.issparse(X):
             scores = csr_scores(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
