@@ -49,10 +49,19 @@ def frame_pipeline(model, frame):
 
 
 def sparse_pipeline(model, cheap, extra):
-    a = sp.csr_matrix(cheap)
-    b = sp.csr_matrix(slow_features(extra))
+    a = SPARSE_FORMAT(cheap)
+    b = SPARSE_FORMAT(slow_features(extra))
     X = sp.hstack([a, b]).tocsr()
     return model.predict(X)
+
+
+SPARSE_FORMAT = sp.csr_matrix
+
+
+def sparse_rows_pipeline(model, rows):
+    a = rows[:, :2].toarray()
+    b = slow_features(rows[:, 2:].toarray())
+    return model.predict(np.hstack([a, b]))
 
 
 def text_pipeline(model, comments):

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pipelines
 import pytest
+import scipy.sparse as sp
 from conftest import make_tabular
 from equivalence import assert_cascade_equivalent
 from sklearn.ensemble import (
@@ -105,12 +106,28 @@ def test_dataframe_rows_with_any_index(index):
     assert_cascade_equivalent(pipeline, model, test_frame.iloc[[3]])
 
 
-def test_sparse_groups():
+@pytest.mark.parametrize(
+    "sparse_format", [sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array, sp.coo_array]
+)
+def test_sparse_groups(sparse_format, monkeypatch):
+    monkeypatch.setattr(pipelines, "SPARSE_FORMAT", sparse_format)
     (tc, te, ty), (cc, ce, cy), (xc, xe, xy) = split_data(seed=3)
     model = fit_full_model(LogisticRegression(max_iter=500), tc, te, ty)
     pipeline = willow.optimize(pipelines.sparse_pipeline, **OPTIONS).calibrate(model, cc, ce)
     assert pipeline.plan_.cascade
     assert assert_cascade_equivalent(pipeline, model, xc, xe) >= 0.85
+
+
+@pytest.mark.parametrize("sparse_format", [sp.csr_matrix, sp.csc_array, sp.coo_matrix])
+def test_sparse_row_inputs(sparse_format):
+    (tc, te, ty), (cc, ce, cy), (xc, xe, xy) = split_data(seed=8)
+    model = fit_full_model(LogisticRegression(max_iter=500), tc, te, ty)
+    pipeline = willow.optimize(pipelines.sparse_rows_pipeline, **OPTIONS)
+    pipeline.calibrate(model, sparse_format(np.hstack([cc, ce])))
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    rows = sparse_format(np.hstack([xc, xe]))
+    assert assert_cascade_equivalent(pipeline, model, rows) >= 0.85
+    assert_cascade_equivalent(pipeline, model, sparse_format(np.hstack([xc, xe])[:1]))
 
 
 @pytest.mark.parametrize("estimator", [LinearSVC(), SGDClassifier(random_state=0)])

@@ -295,6 +295,11 @@ def calibrate_cascade(
 
     if not options.cascade:
         return no_cascade("cascades are disabled (cascade=False).")
+    if output.classes is None:
+        return no_cascade(
+            f"the model ({type(model).__name__}) has no classes_: classification cascades need a "
+            "classifier. For a regressor, top-K queries are the approximate path."
+        )
     if graph.stack is None:
         return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
     _check_stacker(graph, ns_tune)
