@@ -64,12 +64,13 @@ def latency(function, rows: list[str]) -> float:
 
 
 def compile_seconds(cache_dir: str) -> float:
-    """Seconds to lower and make the first call, in a new process using ``cache_dir``."""
+    """Seconds to lower and make the first small and large call (serial and parallel kernels), in a
+    new process using ``cache_dir``."""
     code = (
         "import time; from benchmarks.compiler_text import load; "
         "from willow.compiler.lowering.fused import fuse_text_linear; "
         "texts, labels, (word, char, model) = load(); t = time.perf_counter(); "
-        "op = fuse_text_linear([word, char], model, 'predict'); op(list(texts[:300])); "
+        "op = fuse_text_linear([word, char], model, 'predict'); op(list(texts[:10])); op(list(texts[:300])); "
         "print(time.perf_counter() - t)"
     )
     env = dict(os.environ, WILLOW_CACHE_DIR=cache_dir, NUMBA_CACHE_DIR=str(Path(cache_dir) / "numba"))
