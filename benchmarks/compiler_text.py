@@ -4,7 +4,7 @@
 
 Pipeline: word (1-2) + char_wb (2-5) TfidfVectorizer, ``scipy.sparse.hstack``, LogisticRegression.
 Reports, all in one process and as medians of repeats: scikit-learn and fused batch throughput
-(rows/s) on the SMS messages replicated to ``--rows`` rows, single-row latency (one call per
+(rows/s) on the SMS messages replicated to ``--rows`` rows (fused also on one thread), single-row latency (one call per
 message), their ratios, whether predictions are identical, and the compile time of the fused kernel
 in a fresh kernel cache (cold) and in the cache that run filled (warm), each in a new process.
 """
@@ -64,12 +64,13 @@ def latency(function, rows: list[str]) -> float:
 
 
 def compile_seconds(cache_dir: str) -> float:
-    """Seconds to lower and make the first call, in a new process using ``cache_dir``."""
+    """Seconds to lower and make the first small and large call (serial and parallel kernels), in a
+    new process using ``cache_dir``."""
     code = (
         "import time; from benchmarks.compiler_text import load; "
         "from willow.compiler.lowering.fused import fuse_text_linear; "
         "texts, labels, (word, char, model) = load(); t = time.perf_counter(); "
-        "op = fuse_text_linear([word, char], model, 'predict'); op(list(texts[:300])); "
+        "op = fuse_text_linear([word, char], model, 'predict'); op(list(texts[:10])); op(list(texts[:300])); "
         "print(time.perf_counter() - t)"
     )
     env = dict(os.environ, WILLOW_CACHE_DIR=cache_dir, NUMBA_CACHE_DIR=str(Path(cache_dir) / "numba"))
@@ -109,18 +110,25 @@ def main(argv: list[str] | None = None) -> None:
 
     sk_batch = median_seconds(lambda: sklearn_predict(batch), args.sklearn_repeats)
     fused_batch = median_seconds(lambda: fused_predict(batch), args.repeats)
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    fused_one_thread = median_seconds(lambda: fused_predict(batch), args.repeats)
+    numba.set_num_threads(threads)
     singles = list(texts.iloc[-args.latency_rows :])
     latency(fused_predict, singles[:20])
     sk_single = latency(sklearn_predict, singles)
     fused_single = latency(fused_predict, singles)
 
-    import numba
-
-    print(f"rows={args.rows} threads={numba.get_num_threads()} features={model.coef_.shape[1]}")
+    print(f"rows={args.rows} threads={threads} features={model.coef_.shape[1]}")
     print(f"identical labels on the batch: {same_labels}; max |proba diff| on 5000 rows: {proba_error:.2e}")
     print(f"batch   scikit-learn {args.rows / sk_batch:12,.0f} rows/s ({sk_batch:.3f} s)")
     print(f"batch   fused        {args.rows / fused_batch:12,.0f} rows/s ({fused_batch:.3f} s)")
     print(f"batch   speedup      {sk_batch / fused_batch:12.1f} x")
+    print(
+        f"batch   fused 1 thread {args.rows / fused_one_thread:10,.0f} rows/s ({sk_batch / fused_one_thread:.1f} x)"
+    )
     print(f"latency scikit-learn {sk_single * 1e6:12.1f} us/row")
     print(f"latency fused        {fused_single * 1e6:12.1f} us/row")
     print(f"latency ratio        {sk_single / fused_single:12.1f} x lower")

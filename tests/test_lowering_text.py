@@ -172,3 +172,16 @@ def test_real_sms_text():
     ):
         vectorizer.fit(train)
         assert_same_csr(lower(vectorizer, "transform")(test), vectorizer.transform(test))
+
+
+def test_character_classes_match_re_for_every_code_point():
+    import re
+
+    from willow.compiler.lowering.text_runtime import SPACE, WORD, char_class_table
+
+    table = char_class_table()
+    word, space = re.compile(r"\w"), re.compile(r"\s")
+    for code in range(0x110000):
+        c = chr(code)
+        assert bool(table[code] & WORD) == bool(word.match(c)), hex(code)
+        assert bool(table[code] & SPACE) == bool(space.match(c)), hex(code)

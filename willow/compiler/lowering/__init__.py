@@ -2,6 +2,8 @@
 
 ``LOWERINGS`` maps an operator type to the function that compiles one of its methods; it is an
 explicit dict (no registration by import side effects) so the supported list is readable here.
+Pipelines of several operators are compiled by dedicated fusions: :func:`fuse_text_linear`
+(text vectorizers stacked with ``scipy.sparse.hstack`` into a linear model).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerable, lower_with
+from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
 from willow.compiler.lowering.text import TEXT_LOWERINGS
 
-__all__ = ["NotLowerable", "CompiledOperator", "LOWERINGS", "lower"]
+__all__ = ["NotLowerable", "CompiledOperator", "LOWERINGS", "lower", "fuse_text_linear"]
 
 LOWERINGS: dict[type, Lowering] = {
     **TEXT_LOWERINGS,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import hashlib
 import inspect
 import textwrap
 import warnings
@@ -23,7 +24,16 @@ from typing import Any
 
 from willow.compiler.backend import load_generated_module, render_module
 
-__all__ = ["specialize", "njit_decorator", "kernel_module", "compile_module", "name", "call", "const"]
+__all__ = [
+    "runtime_digest",
+    "specialize",
+    "njit_decorator",
+    "kernel_module",
+    "compile_module",
+    "name",
+    "call",
+    "const",
+]
 
 _FOLDABLE = (ast.Constant, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.cmpop, ast.boolop, ast.unaryop)
 
@@ -134,6 +144,20 @@ def njit_decorator(parallel: bool = False) -> ast.expr:
     if parallel:
         keywords["parallel"] = const(True)
     return call("numba.njit", **keywords)
+
+
+@functools.cache
+def runtime_digest(*modules: ModuleType) -> str:
+    """Short digest of the source of the modules a generated kernel calls into.
+
+    Numba's on-disk cache checks only the generated file, not the functions it calls (and
+    inlines) from other modules; putting this digest in the generated source gives every runtime
+    version its own file, so a changed runtime is never served from a stale cache.
+    """
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 def kernel_module(

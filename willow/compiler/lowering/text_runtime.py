@@ -3,8 +3,9 @@
 Documents reach the kernels as one buffer of Unicode code points (``uint32``) plus row offsets,
 after sklearn's own preprocessor (``str.lower``, accent stripping) ran on each document in Python,
 so case mapping is exactly Python's. Character classes follow ``re`` semantics for ``str``
-patterns: ``\\w`` is ``str.isalnum() or "_"`` and ``\\s`` is ``str.isspace()`` (checked for every
-code point at import of the tables), held in one ``uint8`` table indexed by code point.
+patterns: ``\\w`` is ``str.isalnum() or "_"`` and ``\\s`` is ``str.isspace()`` (the same as ``re``
+for every code point; the tests check the whole range), held in one ``uint8`` table indexed by
+code point and built once per process.
 
 Every analyzer writes the text its n-grams are cut from into a small per-row buffer and returns
 n-grams as ``(start, end)`` spans of it, so the vocabulary lookup and the feature hashing work on
@@ -15,9 +16,9 @@ one representation:
 - ``char``: the document with runs of two or more whitespace characters replaced by one space;
 - ``char_wb``: each whitespace-separated word padded with a space on both sides.
 
-Small helpers called once per n-gram are inlined at Numba IR level (``inline="always"``) and take
-plain arrays: a real call, or unpacking the table tuple per n-gram, pays reference counting on
-every array, which measured several times the cost of the lookup itself.
+The per-n-gram probe is written out inside :func:`lookup_spans` with the table unpacked once, and
+small helpers are inlined at Numba IR level (``inline="always"``): a real call or a tuple unpacked
+per n-gram pays reference counting on every array, measured at several times the lookup itself.
 
 The vocabulary is an open-addressing hash table (linear probing, one ``(key, feature, term)`` row
 per slot so a probe touches one cache line). An n-gram of at most five code points below U+1000

@@ -15,7 +15,7 @@ import numpy as np
 ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = None
 HASHING = N_FEATURES = ALTERNATE_SIGN = None
 BINARY = SUBLINEAR_TF = USE_IDF = NORM = None
-ALLOCATE_SCRATCH = ADD_SCORES = HEAD = None  # statement slots and the head, filled by fused.py
+ADD_SCORES = HEAD = None  # a statement slot and the head, filled by fused.py
 
 
 def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf):
@@ -86,14 +86,13 @@ def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf
     return indptr, indices[:nnz], values[:nnz]
 
 
-def add_row_scores(
-    code_points, offsets, row, char_class, vocabulary, stop_words, idf, coef_t, scores, totals, seen
-):
+def add_row_scores(code_points, offsets, row, char_class, vocabulary, stop_words, feature_rows, scores):
     """Add one vectorizer's contribution for ``row`` to ``scores``: sum of weight x coefficient.
 
-    ``coef_t`` holds this vectorizer's rows of the transposed coefficients (its ``hstack`` block).
-    ``totals`` and ``seen`` are per-thread scratch of length n_features, all zero on entry and left
-    zero on exit; they count n-grams without sorting.
+    ``feature_rows[j]`` is ``[idf_j, coef_j...]`` for this vectorizer's column ``j`` (its ``hstack``
+    block of the transposed coefficients), so weighting and scoring a feature reads one cache line.
+    N-grams are counted in a small open-addressing set sized for the row (it stays in L1 cache
+    and costs nothing to allocate for short rows, unlike a scratch vector of n_features).
     """
     start = offsets[row]
     end = offsets[row + 1]
@@ -109,29 +108,40 @@ def add_row_scores(
         columns, signs = hash_spans(text, span_starts, span_ends, N_FEATURES, ALTERNATE_SIGN)
     else:
         columns = lookup_spans(vocabulary, text, span_starts, span_ends)
-    distinct = np.empty(columns.shape[0], dtype=np.int64)
+    n_found = columns.shape[0]
+    distinct = np.empty(n_found, dtype=np.int64)
+    values = np.zeros(n_found)
     n_distinct = 0
-    for i in range(columns.shape[0]):
+    size = 16
+    while size < 2 * n_found:
+        size *= 2
+    set_columns = np.full(size, -1, dtype=np.int64)
+    set_positions = np.empty(size, dtype=np.int64)
+    for i in range(n_found):
         column = columns[i]
-        if seen[column] == 0:
-            seen[column] = 1
+        h = (column * 2654435761) & (size - 1)
+        while set_columns[h] >= 0 and set_columns[h] != column:
+            h = (h + 1) & (size - 1)
+        if set_columns[h] < 0:
+            set_columns[h] = column
+            set_positions[h] = n_distinct
             distinct[n_distinct] = column
             n_distinct += 1
+        p = set_positions[h]
         if HASHING:
-            totals[column] += signs[i]
+            values[p] += signs[i]
         else:
-            totals[column] += 1.0
+            values[p] += 1.0
     norm = 0.0
-    for i in range(n_distinct):
-        column = distinct[i]
-        value = totals[column]
+    for p in range(n_distinct):
+        value = values[p]
         if BINARY:
             value = 1.0
         if SUBLINEAR_TF:
             value = np.log(value) + 1.0
         if USE_IDF:
-            value = value * idf[column]
-        totals[column] = value
+            value = value * feature_rows[distinct[p], 0]
+        values[p] = value
         if NORM == "l2":
             norm += value * value
         elif NORM == "l1":
@@ -141,19 +151,17 @@ def add_row_scores(
     if norm == 0.0:
         norm = 1.0
     n_outputs = scores.shape[0]
-    for i in range(n_distinct):
-        column = distinct[i]
-        weight = totals[column] / norm if NORM is not None else totals[column]
+    for p in range(n_distinct):
+        column = distinct[p]
+        weight = values[p] / norm if NORM is not None else values[p]
         for k in range(n_outputs):
-            scores[k] += weight * coef_t[column, k]
-        totals[column] = 0.0
-        seen[column] = 0
+            scores[k] += weight * feature_rows[column, 1 + k]
 
 
 def fused_rows(n_chunks):
     """Rows of raw text straight to model outputs; ``n_chunks`` chunks of rows run in parallel.
 
-    ``ALLOCATE_SCRATCH`` and ``ADD_SCORES`` stand for one statement per vectorizer, and the
+    ``ADD_SCORES`` stands for one statement per vectorizer, and the
     parameters are completed by :mod:`willow.compiler.lowering.fused`.
     """
     n_rows = offsets_0.shape[0] - 1
@@ -161,7 +169,6 @@ def fused_rows(n_chunks):
     for chunk in numba.prange(n_chunks):
         first = chunk * n_rows // n_chunks
         last = (chunk + 1) * n_rows // n_chunks
-        ALLOCATE_SCRATCH  # noqa: B018
         row_scores = np.empty(n_outputs)
         for row in range(first, last):
             for k in range(n_outputs):
