@@ -27,11 +27,14 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.errors import (
+    CalibrationError,
     NotCalibratedError,
     PlanMismatchError,
     UnsupportedPipelineError,
     UnsupportedPipelineWarning,
 )
+from willow.topk import query as topk_query
+from willow.topk.plan import TopKPlan
 
 __all__ = ["optimize", "OptimizedPipeline", "load"]
 
@@ -87,6 +90,12 @@ class OptimizedPipeline:
         importance_repeats: int = 3,
         exhaustive_max_groups: int = 4,
         max_candidates: int = 16,
+        query: str = "predict",
+        k: int | None = None,
+        precision_target: float = 0.95,
+        query_size: int | None = None,
+        score: Any = None,
+        k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -109,6 +118,16 @@ class OptimizedPipeline:
         self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
         self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
         self.max_candidates = _check_count("max_candidates", max_candidates, 1)
+        if query not in topk_query.QUERIES:
+            raise ValueError(f"query must be one of {topk_query.QUERIES}, got {query!r}.")
+        self.query = query
+        if query == "topk" and k is None:
+            raise TypeError('query="topk" needs k=<the number of rows a call returns>, e.g. k=100.')
+        self.k = topk_query.check_k(k) if k is not None else None
+        self.precision_target = _check_fraction("precision_target", precision_target, upper_inclusive=True)
+        self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
+        self.score = score
+        self.k_fractions = tuple(k_fractions)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         self.graph_: PipelineGraph | None = None
@@ -133,6 +152,12 @@ class OptimizedPipeline:
             "importance_repeats": self.importance_repeats,
             "exhaustive_max_groups": self.exhaustive_max_groups,
             "max_candidates": self.max_candidates,
+            "query": self.query,
+            "k": self.k,
+            "precision_target": self.precision_target,
+            "query_size": self.query_size,
+            "score": self.score,
+            "k_fractions": self.k_fractions,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -145,7 +170,9 @@ class OptimizedPipeline:
 
     def __repr__(self) -> str:
         state = "not calibrated"
-        if "plan_" in self.__dict__:
+        if "plan_" in self.__dict__ and isinstance(self.plan_, TopKPlan):
+            state = "top-K, approximate" if self.plan_.approximate else "top-K, exact"
+        elif "plan_" in self.__dict__:
             state = "cascade" if self.plan_.cascade else "no cascade"
         return f"<OptimizedPipeline {self.__qualname__} ({state})>"
 
@@ -168,10 +195,27 @@ class OptimizedPipeline:
     # ------------------------------------------------------------------ serving
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.query == "topk":
+            return self.top_k(*args, k=self.k, **kwargs)
         serving = self._serving
         if serving is None:
             return self.__wrapped__(*args, **kwargs)
         return serving(*args, **kwargs)
+
+    def top_k(self, *args: Any, k: int, return_scores: bool = False, **kwargs: Any) -> Any:
+        """Positions of the ``k`` highest-scoring rows, best first (with their scores on request).
+
+        Call it with the function's own arguments. The score of a row is the model's probability
+        of the positive class (``score=`` picks the class, or is a callable on ``predict_proba``'s
+        output) or, for a regressor, its prediction. Positions are 0-based row numbers of the row
+        inputs (not pandas index labels); ties are broken by the lowest position. ``k >= N``
+        returns every row, sorted. With ``return_scores=True`` it returns ``(positions, scores)``,
+        the full model's scores of those rows.
+
+        A ``query="topk"`` pipeline answers with its calibrated plan (see :meth:`explain` for
+        what it guarantees); any other pipeline answers exactly, by scoring every row.
+        """
+        return topk_query.answer(self, args, kwargs, k, return_scores)
 
     # ------------------------------------------------------------------ calibration
 
@@ -203,6 +247,15 @@ class OptimizedPipeline:
             )
             return self
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
+        if self.query == "topk":
+            try:
+                topk = topk_query.calibrate_pipeline(self, arguments)
+            except UnsupportedPipelineError as exc:
+                self._fall_back(exc)
+                return self
+            self.plan_, self.costs_, self._topk = topk.plan, topk.costs, topk
+            self.approximate_model_, self.generated_source_ = topk.approximate, topk.source
+            return self
         try:
             result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())
         except UnsupportedPipelineError as exc:
@@ -245,6 +298,8 @@ class OptimizedPipeline:
             lines += ["", "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original."]
             return "\n".join(lines)
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
+        if self.query != "topk":
+            lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
             lines += ["Generated source (this is what runs):", "", self.generated_source_]
         else:
@@ -262,6 +317,11 @@ class OptimizedPipeline:
         if not self.is_calibrated:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
+            )
+        if self.query == "topk":
+            raise CalibrationError(
+                f"Cannot save {self.__qualname__}: saving query=\"topk\" plans is not supported yet; "
+                "calibrate it again in the new process."
             )
         assert self.graph_ is not None
         state = {
@@ -295,6 +355,12 @@ def optimize(
     importance_repeats: int = 3,
     exhaustive_max_groups: int = 4,
     max_candidates: int = 16,
+    query: str = "predict",
+    k: int | None = None,
+    precision_target: float = 0.95,
+    query_size: int | None = None,
+    score: Any = None,
+    k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -318,6 +384,18 @@ def optimize(
     exhaustive_max_groups : up to this many groups every subset is a candidate; above it the
         candidates come from a knapsack over cost budgets.
     max_candidates : most candidate subsets fitted during calibration.
+    query : ``"predict"`` (default: a call returns the model's output for every row, served by a
+        cascade) or ``"topk"``: a call returns the positions of the ``k`` highest-scoring rows,
+        best first, served by a top-K plan (see :meth:`OptimizedPipeline.top_k`).
+    k : for ``query="topk"``: how many rows a call returns (``.top_k(..., k=...)`` takes any K).
+    precision_target : for ``query="topk"``: minimum precision@K (overlap with the original's own
+        top K, divided by K) to reach with probability ``confidence`` per query.
+    query_size : for ``query="topk"``: rows per query the guarantee is tuned for (default: the
+        tune split's size); bootstrap queries of this size are drawn from calibration rows.
+    score : what top-K queries rank by: ``None`` (the positive class's probability of a binary
+        classifier, or a regressor's prediction), a class label, or a callable on the model's
+        ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
+    k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -331,6 +409,12 @@ def optimize(
         importance_repeats=importance_repeats,
         exhaustive_max_groups=exhaustive_max_groups,
         max_candidates=max_candidates,
+        query=query,
+        k=k,
+        precision_target=precision_target,
+        query_size=query_size,
+        score=score,
+        k_fractions=k_fractions,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
