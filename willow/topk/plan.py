@@ -12,7 +12,8 @@ __all__ = ["RatioRow", "TopKCandidate", "TopKPlan"]
 class RatioRow:
     """The candidate ratio tuned for one K/N fraction, and how it did.
 
-    ``ratio`` is ``c``: a query keeps ``ceil(c * K)`` candidates. ``tune_pass_rate`` and
+    ``ratio`` is ``c``: a query of ``query_size`` rows for this ``k`` keeps ``ceil(c * K)``
+    candidates. ``tune_pass_rate`` and
     ``holdout_pass_rate`` are the fractions of bootstrap queries (of ``query_size`` rows) whose
     precision@K reached the target; ``holdout_precision`` is their mean precision@K on the
     holdout rows, and ``holdout_run_precision`` the precision@K of the real generated function run
@@ -46,14 +47,14 @@ class TopKPlan:
     """A calibrated top-K plan.
 
     With ``approximate`` True, a query over N rows for K scores every row with the approximate
-    model on ``selected`` groups, keeps the best ``ceil(c(K/N) * K)`` rows, runs the full pipeline
-    on them and returns their exact top K. ``c(f)`` comes from ``ratios``: for a fraction between
-    two grid points the larger of their two ratios, outside the grid the nearest grid point's (and
-    whenever ``c * K >= N`` every row is scored exactly). With ``approximate`` False every query is
+    model on ``selected`` groups, keeps the best rows as candidates (how many:
+    :meth:`candidate_count`, from the ``ratios`` tuned on a grid of K/N fractions), runs the full
+    pipeline on them and returns their exact top K; whenever the candidates would be all N rows,
+    every row is scored exactly. With ``approximate`` False every query is
     answered exactly and ``reason`` says why. Costs are seconds per row.
 
     The guarantee (``guarantee``, in words) holds for queries of ``query_size`` rows drawn like
-    the calibration rows, with K/N inside ``[fractions[0], fractions[-1]]``.
+    the calibration rows, at the tuned K (see :attr:`guarantee` for the exact wording).
     """
 
     approximate: bool
@@ -84,40 +85,56 @@ class TopKPlan:
         """The K/N grid the ratios were tuned on."""
         return tuple(r.fraction for r in self.ratios)
 
-    def ratio_for(self, fraction: float) -> float:
-        """Candidate ratio ``c`` for a query with K/N = ``fraction`` (``inf``: score all rows)."""
-        if not self.approximate or not self.ratios:
-            return math.inf
-        rows = self.ratios
-        if fraction <= rows[0].fraction:
-            return rows[0].ratio
-        for low, high in zip(rows, rows[1:]):
-            if fraction <= high.fraction:
-                return max(low.ratio, high.ratio)
-        return rows[-1].ratio
-
     def candidate_count(self, k: int, n: int) -> int:
-        """How many candidates a query for ``k`` of ``n`` rows keeps (``>= n``: answer exactly)."""
+        """How many candidates a query for ``k`` of ``n`` rows keeps (``>= n``: answer exactly).
+
+        The grid was tuned at ``K_i = round(fraction_i * query_size)`` with candidate counts
+        ``m_i = c_i * K_i`` that never decrease with ``K``. A query's ``K' = K * query_size / n``
+        (its K rescaled to the tuned query size) between two grid points ``K_i < K' <= K_j``
+        takes the candidate count interpolated linearly between ``m_i`` and ``m_j`` (monotone,
+        since the counts are), rescaled back to ``n`` rows. Below the grid the first ratio is
+        used; above it the last ratio.
+        """
         if n <= 0:
             return 0
-        ratio = self.ratio_for(k / n)
-        if not math.isfinite(ratio):
+        if not self.approximate or not self.ratios:
             return n
-        return max(k, math.ceil(ratio * k - 1e-9))
+        scaled = k * self.query_size / n
+        rows = self.ratios
+        if scaled <= rows[0].k:
+            count = rows[0].ratio * k
+        elif scaled > rows[-1].k:
+            count = rows[-1].ratio * k
+        else:
+            j = next(i for i, r in enumerate(rows) if r.k >= scaled)
+            low, high = rows[j - 1], rows[j]
+            m_low, m_high = low.ratio * low.k, high.ratio * high.k
+            weight = (scaled - low.k) / (high.k - low.k)
+            count = (m_low + weight * (m_high - m_low)) * n / self.query_size
+        return max(k, math.ceil(count - 1e-9))
+
+    def ratio_for(self, fraction: float) -> float:
+        """Effective candidate ratio ``c`` of a query with K/N = ``fraction`` on ``query_size`` rows."""
+        if not self.approximate or not self.ratios:
+            return math.inf
+        k = max(1, round(fraction * self.query_size))
+        return self.candidate_count(k, self.query_size) / k
 
     @property
     def guarantee(self) -> str:
         """What the plan promises, in words."""
         if not self.approximate:
             return "exact: every query scores every row with the full pipeline (precision@K = 1)."
-        low, high = self.fractions[0], self.fractions[-1]
+        low, high = self.ratios[0], self.ratios[-1]
         text = (
             f"precision@K >= {self.precision_target} (overlap with the original pipeline's own top K, "
-            f"divided by K) with probability >= {self.confidence} per query, for queries of "
-            f"{self.query_size} rows drawn like the calibration rows and K/N in [{low:.4g}, {high:.4g}] "
-            f"(K = {max(1, round(low * self.query_size))}..{max(1, round(high * self.query_size))} "
-            "at that size). Outside that range, or for other query sizes, the ratio of the nearest "
-            "tuned K/N is used without a guarantee. Queries with c*K >= N and K >= N are exact."
+            f"divided by K) with probability >= {self.confidence} per query, tuned for queries of "
+            f"{self.query_size} rows drawn like the calibration rows at K = "
+            f"{', '.join(str(r.k) for r in self.ratios)} (K/N {low.k / self.query_size:.4g}.."
+            f"{high.k / self.query_size:.4g}); K between those interpolates the candidate count linearly "
+            "(monotone, not separately verified). Other K/N or query sizes "
+            "reuse the nearest tuned ratio without a guarantee. Queries that would keep every row "
+            "as a candidate, and K >= N, are exact."
         )
         if not self.verified:
             text += " NOT confirmed on the holdout split (see the holdout pass rates below)."
