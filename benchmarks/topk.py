@@ -126,7 +126,12 @@ def text_workload(dataset: str, replicate: int, repeats: int) -> dict:
     train, calibration, test = np.split(order, cuts)
     query_size = len(test)
 
-    @willow.optimize(query="topk", k=max(1, round(0.01 * query_size)), score=score, query_size=query_size)
+    @willow.optimize(
+        query="topk",
+        k=max(1, round(0.01 * query_size)),
+        score=score,
+        query_size=query_size,
+    )
     def rank_text(model, messages):
         words = word_vectorizer.transform(messages)
         chars = char_vectorizer.transform(messages)

@@ -366,3 +366,29 @@ def test_real_sms_spam_list_input():
     assert precision_at_k(found, reference(full, 14)[0], 14) >= 0.85
     np.testing.assert_allclose(scores, full[found])
     assert spam_rank.top_k(model, tuple(messages[:1]), k=3).tolist() == [0]
+
+
+# --------------------------------------------------------------------------- exact plans
+
+
+@willow.optimize(query="topk", k=5, **FAST)
+def rank_single_group(model, costly):
+    X = slow_features(costly)
+    return model.predict_proba(X)
+
+
+def test_single_group_pipeline_gets_an_exact_plan():
+    _, costly = make_arrays(400, 51)
+    model = LogisticRegression().fit(slow_features(costly), (costly[:, 0] > 0).astype(int))
+    assert "queries score every row" in rank_single_group.explain()
+    before = rank_single_group(model, costly[:50])  # uncalibrated: exact
+    rank_single_group.calibrate(model, costly)
+    plan = rank_single_group.plan_
+    assert not plan.approximate and plan.guarantee.startswith("exact")
+    assert "Top-K plan: exact" in rank_single_group.explain()
+    assert rank_single_group.generated_source_ is None
+    full = model.predict_proba(slow_features(costly[:50]))[:, 1]
+    np.testing.assert_array_equal(before, reference(full, 5)[0])
+    np.testing.assert_array_equal(rank_single_group(model, costly[:50]), reference(full, 5)[0])
+    with pytest.raises(willow.CalibrationError, match="not supported yet"):
+        rank_single_group.save("unused.willow")

@@ -295,7 +295,12 @@ class OptimizedPipeline:
         assert self.graph_ is not None
         lines += ["", self.graph_.describe()]
         if not self.is_calibrated:
-            lines += ["", "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original."]
+            lines += [
+                "",
+                "Not calibrated: call .calibrate(...) to plan a top-K query; queries score every row."
+                if self.query == "topk"
+                else "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original.",
+            ]
             return "\n".join(lines)
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
         if self.query != "topk":
@@ -303,7 +308,11 @@ class OptimizedPipeline:
         if self.generated_source_:
             lines += ["Generated source (this is what runs):", "", self.generated_source_]
         else:
-            lines.append("No generated source: calls run the original function unchanged.")
+            lines.append(
+                "No generated source: top-K queries score every row with the original pipeline."
+                if self.query == "topk"
+                else "No generated source: calls run the original function unchanged."
+            )
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence
