@@ -248,6 +248,13 @@ class OptimizedPipeline:
             return self
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
         if self.query == "topk":
+            if y is not None:
+                warnings.warn(
+                    "calibrate(y=...) is ignored for query=\"topk\": the approximate model learns the "
+                    "full model's own scores, since precision is measured against its ranking.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             try:
                 topk = topk_query.calibrate_pipeline(self, arguments)
             except UnsupportedPipelineError as exc:
