@@ -55,6 +55,7 @@ __all__ = ["DEFAULT_FRACTIONS", "TopKOptions", "TopKCalibration", "calibrate_top
 
 DEFAULT_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 MIN_SPLIT_ROWS = 10
+TOP_WEIGHT = 5.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,22 @@ def tune_ratios(
     ]
 
 
+def fit_ranker(template: Any, features: Any, target: np.ndarray, top_fraction: float) -> Any:
+    """Fit ``clone(template)`` to ``target``, weighting the rows that can reach a top K more.
+
+    A top-K query only needs the ranking right near the top, so rows in the top
+    ``2 * top_fraction`` of the target get ``TOP_WEIGHT`` times the weight of the others (when the
+    estimator's ``fit`` takes ``sample_weight``; otherwise all rows weigh the same).
+    """
+    estimator = clone(template)
+    cut = np.quantile(target, max(0.0, 1.0 - 2.0 * top_fraction))
+    weight = np.where(target >= cut, TOP_WEIGHT, 1.0)
+    try:
+        return estimator.fit(features, target, sample_weight=weight)
+    except TypeError:
+        return clone(template).fit(features, target)
+
+
 def _expected_cost(
     costs: CostProfile,
     groups: tuple[str, ...],
@@ -311,7 +328,7 @@ def calibrate_topk(
             template = default_approximate_model(model, train_features)
         template_name = type(template).__name__
         try:
-            estimator = clone(template).fit(train_features, target)
+            estimator = fit_ranker(template, train_features, target, fractions[-1])
         except Exception as exc:  # noqa: BLE001 - a fitting failure rules the candidate out
             results.append(
                 TopKCandidate(
