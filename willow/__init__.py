@@ -20,6 +20,7 @@ from willow.errors import (
     UnsupportedPipelineWarning,
     WillowError,
 )
+from willow.topk.plan import TopKPlan
 
 __all__ = [
     "__version__",
@@ -30,6 +31,7 @@ __all__ = [
     "CostProfile",
     "CascadePlan",
     "CandidateResult",
+    "TopKPlan",
     "WillowError",
     "UnsupportedPipelineError",
     "UnsupportedPipelineWarning",

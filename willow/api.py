@@ -28,11 +28,14 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.errors import (
+    CalibrationError,
     NotCalibratedError,
     PlanMismatchError,
     UnsupportedPipelineError,
     UnsupportedPipelineWarning,
 )
+from willow.topk import query as topk_query
+from willow.topk.plan import TopKPlan
 
 __all__ = ["optimize", "OptimizedPipeline", "load"]
 
@@ -90,6 +93,12 @@ class OptimizedPipeline:
         max_candidates: int = 16,
         compile: bool = True,
         cascade: bool = True,
+        query: str = "predict",
+        k: int | None = None,
+        precision_target: float = 0.95,
+        query_size: int | None = None,
+        score: Any = None,
+        k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -115,6 +124,16 @@ class OptimizedPipeline:
         self.compile = bool(compile)
         self.cascade = bool(cascade)
         self._compilation: CompilationResult | None = None
+        if query not in topk_query.QUERIES:
+            raise ValueError(f"query must be one of {topk_query.QUERIES}, got {query!r}.")
+        self.query = query
+        if query == "topk" and k is None:
+            raise TypeError('query="topk" needs k=<the number of rows a call returns>, e.g. k=100.')
+        self.k = topk_query.check_k(k) if k is not None else None
+        self.precision_target = _check_fraction("precision_target", precision_target, upper_inclusive=True)
+        self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
+        self.score = score
+        self.k_fractions = tuple(k_fractions)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         self.graph_: PipelineGraph | None = None
@@ -141,6 +160,12 @@ class OptimizedPipeline:
             "max_candidates": self.max_candidates,
             "compile": self.compile,
             "cascade": self.cascade,
+            "query": self.query,
+            "k": self.k,
+            "precision_target": self.precision_target,
+            "query_size": self.query_size,
+            "score": self.score,
+            "k_fractions": self.k_fractions,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -153,7 +178,9 @@ class OptimizedPipeline:
 
     def __repr__(self) -> str:
         state = "not calibrated"
-        if "plan_" in self.__dict__:
+        if "plan_" in self.__dict__ and isinstance(self.plan_, TopKPlan):
+            state = "top-K, approximate" if self.plan_.approximate else "top-K, exact"
+        elif "plan_" in self.__dict__:
             state = "cascade" if self.plan_.cascade else "no cascade"
         return f"<OptimizedPipeline {self.__qualname__} ({state})>"
 
@@ -176,10 +203,27 @@ class OptimizedPipeline:
     # ------------------------------------------------------------------ serving
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.query == "topk":
+            return self.top_k(*args, k=self.k, **kwargs)
         serving = self._serving
         if serving is None:
             return self.__wrapped__(*args, **kwargs)
         return serving(*args, **kwargs)
+
+    def top_k(self, *args: Any, k: int, return_scores: bool = False, **kwargs: Any) -> Any:
+        """Positions of the ``k`` highest-scoring rows, best first (with their scores on request).
+
+        Call it with the function's own arguments. The score of a row is the model's probability
+        of the positive class (``score=`` picks the class, or is a callable on ``predict_proba``'s
+        output) or, for a regressor, its prediction. Positions are 0-based row numbers of the row
+        inputs (not pandas index labels); ties are broken by the lowest position. ``k >= N``
+        returns every row, sorted. With ``return_scores=True`` it returns ``(positions, scores)``,
+        the full model's scores of those rows.
+
+        A ``query="topk"`` pipeline answers with its calibrated plan (see :meth:`explain` for
+        what it guarantees); any other pipeline answers exactly, by scoring every row.
+        """
+        return topk_query.answer(self, args, kwargs, k, return_scores)
 
     # ------------------------------------------------------------------ calibration
 
@@ -213,6 +257,22 @@ class OptimizedPipeline:
             )
             return self
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
+        if self.query == "topk":
+            if y is not None:
+                warnings.warn(
+                    'calibrate(y=...) is ignored for query="topk": the approximate model learns the '
+                    "full model's own scores, since precision is measured against its ranking.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            try:
+                topk = topk_query.calibrate_pipeline(self, arguments)
+            except UnsupportedPipelineError as exc:
+                self._fall_back(exc)
+                return self
+            self.plan_, self.costs_, self._topk = topk.plan, topk.costs, topk
+            self.approximate_model_, self.generated_source_ = topk.approximate, topk.source
+            return self
         try:
             result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())
         except UnsupportedPipelineError as exc:
@@ -262,21 +322,33 @@ class OptimizedPipeline:
         assert self.graph_ is not None
         lines += ["", self.graph_.describe()]
         if not self.is_calibrated:
-            lines += ["", "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original."]
+            lines += [
+                "",
+                "Not calibrated: call .calibrate(...) to plan a top-K query; queries score every row."
+                if self.query == "topk"
+                else "Not calibrated: call .calibrate(...) to plan a cascade; calls run the original.",
+            ]
             return "\n".join(lines)
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
+        if self.query != "topk":
+            lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
             lines += ["Generated source (this is what runs):", "", self.generated_source_]
         else:
-            lines.append("No generated source: calls run the original function unchanged.")
+            lines.append(
+                "No generated source: top-K queries score every row with the original pipeline."
+                if self.query == "topk"
+                else "No generated source: calls run the original function unchanged."
+            )
         if self._compilation is not None:
             lines += ["", self._compilation.report()]
-        if self._approximate is not None and self._approximate.kernel_source:
+        approximate = self.__dict__.get("_approximate")
+        if approximate is not None and getattr(approximate, "kernel_source", None):
             lines += [
                 "",
-                f"Generated kernel for the approximate model ({self._approximate.score_method}):",
+                f"Generated kernel for the approximate model ({approximate.score_method}):",
                 "",
-                self._approximate.kernel_source,
+                approximate.kernel_source,
             ]
         return "\n".join(lines)
 
@@ -291,6 +363,11 @@ class OptimizedPipeline:
         if not self.is_calibrated:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
+            )
+        if self.query == "topk":
+            raise CalibrationError(
+                f'Cannot save {self.__qualname__}: saving query="topk" plans is not supported yet; '
+                "calibrate it again in the new process."
             )
         assert self.graph_ is not None
         state = {
@@ -327,6 +404,12 @@ def optimize(
     max_candidates: int = 16,
     compile: bool = True,
     cascade: bool = True,
+    query: str = "predict",
+    k: int | None = None,
+    precision_target: float = 0.95,
+    query_size: int | None = None,
+    score: Any = None,
+    k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -354,6 +437,18 @@ def optimize(
         generated Numba kernels, each verified against the original on calibration rows; ``False``
         keeps every statement as Python.
     cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
+    query : ``"predict"`` (default: a call returns the model's output for every row, served by a
+        cascade) or ``"topk"``: a call returns the positions of the ``k`` highest-scoring rows,
+        best first, served by a top-K plan (see :meth:`OptimizedPipeline.top_k`).
+    k : for ``query="topk"``: how many rows a call returns (``.top_k(..., k=...)`` takes any K).
+    precision_target : for ``query="topk"``: minimum precision@K (overlap with the original's own
+        top K, divided by K) to reach with probability ``confidence`` per query.
+    query_size : for ``query="topk"``: rows per query the guarantee is tuned for (default: the
+        tune split's size); bootstrap queries of this size are drawn from calibration rows.
+    score : what top-K queries rank by: ``None`` (the positive class's probability of a binary
+        classifier, or a regressor's prediction), a class label, or a callable on the model's
+        ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
+    k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -369,6 +464,12 @@ def optimize(
         max_candidates=max_candidates,
         compile=compile,
         cascade=cascade,
+        query=query,
+        k=k,
+        precision_target=precision_target,
+        query_size=query_size,
+        score=score,
+        k_fractions=k_fractions,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)

@@ -62,6 +62,8 @@ __all__ = [
     "build_cascade",
     "call_with",
     "count_row_inputs",
+    "check_stacker",
+    "check_row_aligned",
 ]
 
 
@@ -136,7 +138,7 @@ def count_row_inputs(graph: PipelineGraph, arguments: dict[str, Any]) -> int:
     return next(iter(counts.values()))
 
 
-def _check_stacker(graph: PipelineGraph, ns: dict[str, Any]) -> None:
+def check_stacker(graph: PipelineGraph, ns: dict[str, Any]) -> None:
     assert graph.stack is not None
     func = eval(compile(ast.Expression(body=graph.stack.function), graph.filename, "eval"), ns)
     if id(func) not in _stacking_functions():
@@ -149,7 +151,7 @@ def _check_stacker(graph: PipelineGraph, ns: dict[str, Any]) -> None:
         )
 
 
-def _check_row_aligned(graph: PipelineGraph, ns: dict[str, Any], names: Sequence[str], rows: int) -> None:
+def check_row_aligned(graph: PipelineGraph, ns: dict[str, Any], names: Sequence[str], rows: int) -> None:
     for name in names:
         try:
             found = n_rows(ns[name])
@@ -302,8 +304,8 @@ def calibrate_cascade(
         )
     if graph.stack is None:
         return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
-    _check_stacker(graph, ns_tune)
-    _check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
+    check_stacker(graph, ns_tune)
+    check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
     if options.accuracy_target >= 1.0:
         return no_cascade(
             "accuracy_target=1.0 asks for every prediction to match the original, which no finite "
@@ -332,7 +334,7 @@ def calibrate_cascade(
     fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]] = {}
     for subset in subsets:
         layout = layout_cascade(graph, subset)
-        _check_row_aligned(
+        check_row_aligned(
             graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune
         )
         expression = compile(ast.Expression(body=stack_expression(graph, subset)), graph.filename, "eval")

@@ -20,7 +20,7 @@ from typing import Any
 import astor
 
 from willow.compiler.graph import PipelineGraph
-from willow.compiler.tracing import unwrap_stack_call
+from willow.compiler.tracing import names_read, unwrap_stack_call
 from willow.errors import UnsupportedPipelineError
 
 __all__ = [
@@ -49,12 +49,6 @@ class CascadeLayout:
     remaining_features: tuple[int, ...]
     full_model: tuple[int, ...]
     row_subsets: tuple[str, ...]
-
-
-def _names_read(node: ast.AST) -> set[str]:
-    from willow.compiler.tracing import _reads_of
-
-    return _reads_of(node)
 
 
 def layout_cascade(graph: PipelineGraph, selected: Sequence[str]) -> CascadeLayout:
@@ -106,7 +100,7 @@ def layout_cascade(graph: PipelineGraph, selected: Sequence[str]) -> CascadeLayo
     reads: list[tuple[str, int | None]] = []
     for i in sorted(late):
         reads.extend(graph.statements[i].reads.items())
-    model_reads = _names_read(graph.model_call.node)
+    model_reads = names_read(graph.model_call.node)
     final_defs = {name: None for name in model_reads}
     for st in graph.statements:
         for name in st.defines:
@@ -209,7 +203,7 @@ def _prelude(
         )
     guard = ast.If(test=test, body=[ast.Return(value=_forward_call(original_def))], orelse=[])
     body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
-    guard_late = bool(_names_read(model_expr) & body_defined)
+    guard_late = bool(names_read(model_expr) & body_defined)
     body: list[ast.stmt] = [] if guard_late else [guard]
     body.append(_assign(n_rows, _runtime_call("count_rows", **{p: _name(p) for p in graph.row_parameters})))
     body.append(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from willow.compiler.graph import FeatureGroup, ModelCall, PipelineGraph, StackCall, Statement
 from willow.errors import UnsupportedPipelineError
 
-__all__ = ["trace_pipeline", "source_fingerprint", "unwrap_stack_call", "STACK_FUNCTIONS"]
+__all__ = ["trace_pipeline", "source_fingerprint", "unwrap_stack_call", "names_read", "STACK_FUNCTIONS"]
 
 MODEL_METHODS = ("predict", "predict_proba")
 # Methods and attributes that only change the format of the stacked matrix: ``sp.hstack(...).tocsr()``.
@@ -159,7 +159,8 @@ class _ReadCollector(ast.NodeVisitor):
         self._visit_scope(set(), list(node.body))
 
 
-def _reads_of(node: ast.AST) -> set[str]:
+def names_read(node: ast.AST) -> set[str]:
+    """Free names that ``node`` loads (names bound inside comprehensions or lambdas excluded)."""
     collector = _ReadCollector()
     collector.visit(node)
     return collector.loads
@@ -171,7 +172,7 @@ if hasattr(ast, "TryStar"):
 
 
 def _defines_and_reads(node: ast.stmt, known_locals: set[str]) -> tuple[set[str], set[str]]:
-    reads = _reads_of(node)
+    reads = names_read(node)
     defines: set[str] = set()
     if isinstance(node, ast.Assign):
         for target in node.targets:
