@@ -11,11 +11,16 @@ import pytest
 DATA_DIR = Path(os.environ.get("WILLOW_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_kernel_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Generated kernels go to one temporary cache per test session, never to the user's home."""
-    cache = tmp_path_factory.getbasetemp() / "willow-cache"
-    monkeypatch.setenv("WILLOW_CACHE_DIR", str(cache))
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Generated kernels go to pytest's cache folder (kept between local runs, so Numba compiles
+    each kernel once), or to a session temporary folder without one; never to the user's home."""
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("willow-kernels") if cache is not None else tmp_path_factory.mktemp("willow-kernels")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WILLOW_CACHE_DIR", str(folder))
+    yield
+    patch.undo()
 
 
 def data_file(name: str) -> Path:

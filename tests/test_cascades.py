@@ -118,7 +118,7 @@ def test_sparse_groups(sparse_format, monkeypatch):
     assert assert_cascade_equivalent(pipeline, model, xc, xe) >= 0.85
 
 
-@pytest.mark.parametrize("sparse_format", [sp.csr_matrix, sp.csc_array, sp.coo_matrix])
+@pytest.mark.parametrize("sparse_format", [sp.csr_matrix, sp.csc_array, sp.lil_matrix])
 def test_sparse_row_inputs(sparse_format):
     (tc, te, ty), (cc, ce, cy), (xc, xe, xy) = split_data(seed=8)
     model = fit_full_model(LogisticRegression(max_iter=500), tc, te, ty)

@@ -56,15 +56,6 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(request):
-    """Compiled kernels go to pytest's cache folder (kept between runs), not the user's home."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WILLOW_CACHE_DIR", str(request.config.cache.mkdir("willow-kernels")))
-    yield
-    patch.undo()
-
-
 def stacked(vectorizers, texts):
     return sp.hstack([v.transform(texts) for v in vectorizers]).tocsr()
 

@@ -39,15 +39,6 @@ REGRESSORS = {
 METHODS = ("predict", "predict_proba", "decision_function")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(request):
-    """Compiled kernels go to pytest's cache folder (kept between runs), not the user's home."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WILLOW_CACHE_DIR", str(request.config.cache.mkdir("willow-kernels")))
-    yield
-    patch.undo()
-
-
 def data(n_rows: int = 120, seed: int = 0) -> tuple[np.ndarray, sp.csr_matrix]:
     rng = np.random.default_rng(seed)
     dense = rng.normal(size=(n_rows, N_FEATURES)) * (rng.random((n_rows, N_FEATURES)) < 0.5)

@@ -64,15 +64,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(request):
-    """Compiled kernels go to pytest's cache folder (kept between runs), not the user's home."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WILLOW_CACHE_DIR", str(request.config.cache.mkdir("willow-kernels")))
-    yield
-    patch.undo()
-
-
 @functools.cache
 def compiled(config: str):
     vectorizer = CONFIGS[config]()
