@@ -1,0 +1,1 @@
+"""Lowerings: recognised operators turned into generated Numba kernels."""
