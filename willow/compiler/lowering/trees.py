@@ -9,6 +9,7 @@ kernels in a :class:`CompiledTreeOperator` that converts inputs and outputs like
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -169,7 +170,31 @@ def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOper
 
     else:
         raise NotLowerable(f"{kind}.{method} is not supported; use predict, predict_proba or raw.")
-    return _compile(f"{kind}.{method}", parsed.ensemble, _lightgbm_prepare(parsed), finish, **options)
+    ensemble = parsed.ensemble
+    if method in ("raw", "decision_function"):
+        # LightGBM averages rf-mode outputs in Predict, not in PredictRaw
+        ensemble = dataclasses.replace(ensemble, divisor=1.0)
+    base_prepare = _lightgbm_prepare(parsed)
+    if kind == "Booster":
+        inner = finish
+
+        def finish(raw: np.ndarray) -> np.ndarray:
+            # Booster.predict returns a flat empty array for 0 rows, whatever the class count
+            return np.empty(0) if raw.shape[0] == 0 else inner(raw)
+
+        prepare = base_prepare
+    else:
+
+        def prepare(X: Any) -> np.ndarray:
+            data = base_prepare(X)
+            if data.shape[0] == 0:
+                raise ValueError(
+                    f"Found array with 0 sample(s) (shape={data.shape}) while a minimum of 1 is "
+                    f"required by {kind}."
+                )
+            return data
+
+    return _compile(f"{kind}.{method}", ensemble, prepare, finish, **options)
 
 
 # ---------------------------------------------------------------------------------------------

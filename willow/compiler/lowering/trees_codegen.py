@@ -38,9 +38,10 @@ MAX_TREE_DEPTH = 90
 _HEADER = """
 import numba
 import numpy as np
+from willow.compiler.lowering.trees_pipeline import TreeKernelPipeline
 
 
-@numba.njit(cache=True, nogil=True, inline='always')
+@numba.njit(cache=True, nogil=True, pipeline_class=TreeKernelPipeline)
 def in_bitset(bits, category):
     word = category >> 5
     return word < bits.shape[0] and (bits[word] >> (category & 31)) & 1 == 1
@@ -103,11 +104,7 @@ class _GroupBuilder:
         self._bitset_names: dict[tuple[int, ...], str] = {}
 
     def feature(self, index: int) -> ast.expr:
-        return ast.Subscript(
-            value=_name("X"),
-            slice=ast.Tuple(elts=[_name("i"), ast.Constant(value=index)], ctx=ast.Load()),
-            ctx=ast.Load(),
-        )
+        return ast.Subscript(value=_name("x"), slice=ast.Constant(value=index), ctx=ast.Load())
 
     def bitset(self, categories: tuple[int, ...]) -> ast.Name:
         name = self._bitset_names.get(categories)
@@ -182,7 +179,9 @@ class _GroupBuilder:
             )
             for c in columns
         ]
-        loop_body: list[ast.stmt] = [
+        row = ast.Subscript(value=_name("X"), slice=_name("i"), ctx=ast.Load())
+        loop_body: list[ast.stmt] = [ast.Assign(targets=[_name("x", ast.Store())], value=row)]
+        loop_body += [
             ast.Assign(targets=[_name(f"acc{c}", ast.Store())], value=cell)
             for c, cell in zip(columns, out_cell)
         ]
@@ -216,7 +215,9 @@ class _GroupBuilder:
                 value=f"Add the leaf values of trees {trees.start}..{trees.stop - 1} to out[i, :], in tree order."
             )
         )
-        decorator = ast.parse("numba.njit(cache=True, nogil=True)", mode="eval").body
+        decorator = ast.parse(
+            "numba.njit(cache=True, nogil=True, pipeline_class=TreeKernelPipeline)", mode="eval"
+        ).body
         return ast.FunctionDef(
             name=name,
             args=ast.arguments(
