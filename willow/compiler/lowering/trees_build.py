@@ -10,10 +10,10 @@ call its kernel once, which writes the cache; the parent then loads every group 
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,55 @@ def _warm(kernel: Callable[..., Any], dtype: np.dtype, n_features: int, n_output
     kernel(np.zeros((1, n_features), dtype=dtype), np.zeros((1, n_outputs)))
 
 
-def _compile_in_worker(source: str, name_hint: str, dtype: str, n_features: int, n_outputs: int) -> None:
-    gc.freeze()  # Numba's front end allocates many objects; a full GC per pass costs more than the work
-    module = load_generated_module(source, name_hint)
-    _warm(module.kernel, np.dtype(dtype), n_features, n_outputs)
+def _compile_files(paths: Sequence[str], dtype: str, n_features: int, n_outputs: int) -> None:
+    """Worker body: import each generated module file and compile its kernel into the cache."""
+    gc.freeze()  # Numba's front end allocates many objects; full collections cost more than the work
+    for path in paths:
+        file = Path(path)
+        source = file.read_text(encoding="utf-8")
+        hint = file.stem.removeprefix("willow_kernel_").rsplit("_", 1)[0]
+        module = load_generated_module(source, hint)
+        _warm(module.kernel, np.dtype(dtype), n_features, n_outputs)
+
+
+def _compile_in_processes(
+    sources: Sequence[str], name_hint: str, dtype: np.dtype, n_features: int, n_outputs: int, n_jobs: int
+) -> None:
+    """Compile ``sources`` in ``n_jobs`` fresh interpreters (no fork: the parent may hold threads)."""
+    import willow
+
+    directory = kernel_cache_dir()
+    paths = []
+    for source in sources:
+        path = directory / f"{_module_name(source, name_hint)}.py"
+        if not path.exists() or path.read_text(encoding="utf-8") != source:
+            path.write_text(source, encoding="utf-8")
+        paths.append(str(path))
+    env = dict(os.environ, WILLOW_CACHE_DIR=str(directory.parent))
+    root = str(Path(willow.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    workers = []
+    for k in range(n_jobs):
+        chunk = paths[k::n_jobs]
+        if chunk:
+            command = [
+                sys.executable,
+                "-m",
+                __name__,
+                np.dtype(dtype).str,
+                str(n_features),
+                str(n_outputs),
+                *chunk,
+            ]
+            workers.append(
+                subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            )
+    for worker in workers:
+        _, err = worker.communicate()
+        if worker.returncode != 0:
+            raise RuntimeError(
+                f"Compiling tree kernels in a worker failed:\n{err.decode(errors='replace')[-2000:]}"
+            )
 
 
 def build_kernels(
@@ -59,7 +104,10 @@ def build_kernels(
     n_outputs: int,
     n_jobs: int | None = None,
 ) -> list[Callable[..., Any]]:
-    """Import and compile every group module; return their ``kernel`` functions in order.
+    """Import and compile every group module; return the functions to call, in order.
+
+    Several groups are tied together by one compiled driver (see ``build_driver_source``), so
+    the list holds a single function unless something goes wrong.
 
     ``n_jobs`` worker processes compile the groups missing from the cache (default: CPU count;
     1 compiles in this process).
@@ -67,20 +115,7 @@ def build_kernels(
     n_jobs = n_jobs or os.cpu_count() or 1
     cold = [s for s in sources if not _is_cached(s, name_hint)]
     if n_jobs > 1 and len(cold) > 1:
-        env_dir = os.environ.get("WILLOW_CACHE_DIR")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=min(n_jobs, len(cold)),
-            mp_context=context,
-            initializer=_set_cache_dir,
-            initargs=(env_dir,),
-        ) as pool:
-            futures = [
-                pool.submit(_compile_in_worker, s, name_hint, np.dtype(dtype).str, n_features, n_outputs)
-                for s in cold
-            ]
-            for f in futures:
-                f.result()
+        _compile_in_processes(cold, name_hint, dtype, n_features, n_outputs, min(n_jobs, len(cold)))
     kernels = []
     frozen = False
     for source in sources:
@@ -91,12 +126,18 @@ def build_kernels(
             frozen = True
         _warm(module.kernel, dtype, n_features, n_outputs)
         kernels.append(module.kernel)
+    if len(kernels) > 1:
+        from willow.compiler.lowering.trees_codegen import build_driver_source
+
+        driver = load_generated_module(
+            build_driver_source([_module_name(s, name_hint) for s in sources]), name_hint + "_driver"
+        )
+        _warm(driver.predict, dtype, n_features, n_outputs)
+        kernels = [driver.predict]
     if frozen:
         gc.unfreeze()
     return kernels
 
 
-def _set_cache_dir(directory: str | None) -> None:
-    if directory is not None:
-        os.environ["WILLOW_CACHE_DIR"] = directory
-    Path(kernel_cache_dir()).mkdir(parents=True, exist_ok=True)
+if __name__ == "__main__":
+    _compile_files(sys.argv[4:], sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

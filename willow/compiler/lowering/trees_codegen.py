@@ -161,13 +161,12 @@ class _GroupBuilder:
                 ast.AugAssign(target=_name(f"acc{c}", ast.Store()), op=ast.Add(), value=_number(v))
                 for c, v in zip(columns, tree.values)
             ]
-        return [
-            ast.If(
-                test=self.goes_left(tree.split),
-                body=self.tree(tree.left, columns),
-                orelse=self.tree(tree.right, columns),
-            )
-        ]
+        test = self.goes_left(tree.split)
+        left, right = self.tree(tree.left, columns), self.tree(tree.right, columns)
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            # "if not c: L else: R" as "if c: R else: L": one operation less per node to compile
+            return [ast.If(test=test.operand, body=right, orelse=left)]
+        return [ast.If(test=test, body=left, orelse=right)]
 
     def kernel(self, trees: range, name: str) -> ast.FunctionDef:
         columns = sorted({c for t in trees for c in self.ensemble.tree_outputs[t]})
@@ -252,4 +251,46 @@ def build_group_source(ensemble: TreeEnsemble, trees: range) -> str:
         )
         module.body.append(ast.Assign(targets=[_name(name, ast.Store())], value=value))
     module.body.append(kernel)
+    return render_module(module)
+
+
+def build_driver_source(group_modules: Sequence[str]) -> str:
+    """Source of a module whose ``predict(X, out)`` runs every group kernel in order.
+
+    One compiled call per batch instead of one Python-level call per group (what keeps
+    single-row latency low). The group modules must already be imported (they are looked up in
+    ``sys.modules`` by name); Numba links their cached machine code into the driver.
+    """
+    module = ast.parse("import sys\n\nimport numba\n")
+    calls: list[ast.stmt] = []
+    for index, name in enumerate(group_modules):
+        lookup = ast.Attribute(
+            value=ast.Subscript(
+                value=ast.Attribute(value=_name("sys"), attr="modules", ctx=ast.Load()),
+                slice=ast.Constant(value=name),
+                ctx=ast.Load(),
+            ),
+            attr="kernel",
+            ctx=ast.Load(),
+        )
+        module.body.append(ast.Assign(targets=[_name(f"trees_group_{index}", ast.Store())], value=lookup))
+        call = ast.Call(func=_name(f"trees_group_{index}"), args=[_name("X"), _name("out")], keywords=[])
+        calls.append(ast.Expr(value=call))
+    doc = ast.Expr(value=ast.Constant(value="Add every tree group's leaf values to out, group by group."))
+    module.body.append(
+        ast.FunctionDef(
+            name="predict",
+            args=ast.arguments(
+                posonlyargs=[],
+                args=[ast.arg(arg="X"), ast.arg(arg="out")],
+                kwonlyargs=[],
+                kw_defaults=[],
+                defaults=[],
+            ),
+            body=[doc, *calls],
+            decorator_list=[ast.parse("numba.njit(cache=True, nogil=True)", mode="eval").body],
+            returns=None,
+            type_params=[],
+        )
+    )
     return render_module(module)
