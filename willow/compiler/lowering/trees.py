@@ -5,6 +5,15 @@ Stages, one per module, data flowing one way:
 ``trees_codegen`` (ensemble -> kernel module source, trees as nested ``if`` statements),
 ``trees_build`` (sources -> compiled, disk-cached kernels), and this driver, which wraps the
 kernels in a :class:`CompiledTreeOperator` that converts inputs and outputs like the library.
+
+Exactness: raw scores are summed in the library's order from the same doubles, so they are
+bit-identical; probabilities go through the library's own link (scikit-learn) or LightGBM's
+formula in NumPy (differences of a few ulp); labels are chosen exactly as the library does.
+
+:class:`NotLowerable` is raised for: models other than ``TREE_LOWERINGS``' keys, methods a
+model does not have, LightGBM objectives without a reproduced transform (custom, ranking),
+linear trees, multi-output forests, GradientBoosting with a non-dummy ``init`` estimator and
+trees deeper than ``MAX_TREE_DEPTH`` (CPython's nesting limit for the generated ``if``s).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ class CompiledTreeOperator(CompiledOperator):
     ) -> None:
         self.name = name
         self.ensemble = ensemble
-        self.sources = sources
+        self.sources = sources  # group modules, then the driver module when there are several
         self.source = "\n\n# ---- next group module ----\n\n".join(sources)
         self._kernels = kernels
         self._prepare = prepare
@@ -303,9 +312,12 @@ def _compile(
     groups = group_trees(ensemble, group_nodes)
     sources = [build_group_source(ensemble, g) for g in groups]
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
-    kernels = build_kernels(sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs)
+    kernels, driver_source = build_kernels(
+        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs
+    )
     threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
-    return CompiledTreeOperator(name, ensemble, sources, kernels, prepare, finish, threads)
+    modules = [*sources, driver_source] if driver_source else sources
+    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads)
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:

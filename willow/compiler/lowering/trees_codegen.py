@@ -98,12 +98,17 @@ def _compare(left: ast.expr, op: ast.cmpop, right: ast.expr) -> ast.Compare:
 class _GroupBuilder:
     """Builds one group's kernel; collects the category bitsets it needs as module constants."""
 
-    def __init__(self, ensemble: TreeEnsemble) -> None:
+    def __init__(self, ensemble: TreeEnsemble, preload: bool = False) -> None:
         self.ensemble = ensemble
+        self.preload = preload
+        self.used: set[int] = set()
         self.bitsets: list[tuple[str, tuple[int, ...]]] = []
         self._bitset_names: dict[tuple[int, ...], str] = {}
 
     def feature(self, index: int) -> ast.expr:
+        if self.preload:
+            self.used.add(index)
+            return _name(f"feature_{index}")
         return ast.Subscript(value=_name("x"), slice=ast.Constant(value=index), ctx=ast.Load())
 
     def bitset(self, categories: tuple[int, ...]) -> ast.Name:
@@ -184,8 +189,13 @@ class _GroupBuilder:
             ast.Assign(targets=[_name(f"acc{c}", ast.Store())], value=cell)
             for c, cell in zip(columns, out_cell)
         ]
+        trees_body: list[ast.stmt] = []
         for t in trees:
-            loop_body.extend(self.tree(self.ensemble.trees[t], self.ensemble.tree_outputs[t]))
+            trees_body.extend(self.tree(self.ensemble.trees[t], self.ensemble.tree_outputs[t]))
+        for f in sorted(self.used):
+            value = ast.Subscript(value=_name("x"), slice=ast.Constant(value=f), ctx=ast.Load())
+            loop_body.append(ast.Assign(targets=[_name(f"feature_{f}", ast.Store())], value=value))
+        loop_body.extend(trees_body)
         for c in columns:
             store = ast.Subscript(
                 value=_name("out"),
@@ -233,9 +243,12 @@ class _GroupBuilder:
         )
 
 
-def build_group_source(ensemble: TreeEnsemble, trees: range) -> str:
-    """Rendered source of the module whose ``kernel(X, out)`` evaluates ``trees``."""
-    builder = _GroupBuilder(ensemble)
+def build_group_source(ensemble: TreeEnsemble, trees: range, preload: bool = True) -> str:
+    """Rendered source of the module whose ``kernel(X, out)`` evaluates ``trees``.
+
+    ``preload`` reads every feature the group uses into a local once per row.
+    """
+    builder = _GroupBuilder(ensemble, preload)
     kernel = builder.kernel(trees, "kernel")
     module = ast.parse(_HEADER)
     for name, categories in builder.bitsets:
