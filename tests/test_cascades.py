@@ -22,7 +22,9 @@ from sklearn.svm import LinearSVC
 import willow
 
 N_TRAIN, N_CALIBRATE, N_TEST = 800, 2400, 400
-OPTIONS = dict(accuracy_target=0.9, confidence=0.9, cost_repeats=2, importance_repeats=2)
+# The cascade logic is what these tests check; compiled pipelines have their own tests below
+# and in test_compiled_pipelines.py (compiling every ensemble here would cost minutes of Numba).
+OPTIONS = dict(accuracy_target=0.9, confidence=0.9, cost_repeats=2, importance_repeats=2, compile=False)
 
 
 def split_data(n_classes=2, seed=0):
@@ -176,3 +178,29 @@ def test_large_batch():
     pipeline = willow.optimize(pipelines.numpy_pipeline, **OPTIONS).calibrate(model, cc, ce)
     big_cheap, big_extra, _ = make_tabular(20_000, seed=99)
     assert assert_cascade_equivalent(pipeline, model, big_cheap, big_extra) >= 0.85
+
+
+def test_compiled_lightgbm_cascade():
+    (tc, te, ty), (cc, ce, cy), (xc, xe, xy) = split_data(seed=9)
+    model = fit_full_model(lgb.LGBMClassifier(n_estimators=20, num_leaves=7, verbose=-1), tc, te, ty)
+    options = dict(OPTIONS, compile=True)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **options).calibrate(model, cc, ce)
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    report = pipeline._compilation.report()
+    assert "LGBMClassifier.predict" in report
+    assert assert_cascade_equivalent(pipeline, model, xc, xe) >= 0.85
+    assert_cascade_equivalent(pipeline, model, xc[:1], xe[:1])
+    compiled_only = willow.optimize(pipelines.numpy_pipeline, **dict(options, cascade=False)).calibrate(
+        model, cc, ce
+    )
+    np.testing.assert_array_equal(compiled_only(model, xc, xe), pipelines.numpy_pipeline(model, xc, xe))
+
+
+def test_tree_compile_budget_is_explained():
+    (tc, te, ty), (cc, ce, cy), _ = split_data(seed=10)
+    model = fit_full_model(lgb.LGBMClassifier(n_estimators=200, num_leaves=63, verbose=-1), tc, te, ty)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **dict(OPTIONS, compile=True, cascade=False))
+    pipeline.calibrate(model, cc, ce)
+    assert "pass compile='all'" in pipeline._compilation.report()
+    with pytest.raises(ValueError, match="compile must be True, False or 'all'"):
+        willow.optimize(pipelines.numpy_pipeline, compile="yes")

@@ -91,7 +91,7 @@ class OptimizedPipeline:
         importance_repeats: int = 3,
         exhaustive_max_groups: int = 4,
         max_candidates: int = 16,
-        compile: bool = True,
+        compile: bool | str = True,
         cascade: bool = True,
         query: str = "predict",
         k: int | None = None,
@@ -121,7 +121,9 @@ class OptimizedPipeline:
         self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
         self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
         self.max_candidates = _check_count("max_candidates", max_candidates, 1)
-        self.compile = bool(compile)
+        if compile not in (True, False, "all"):
+            raise ValueError(f"compile must be True, False or 'all', got {compile!r}.")
+        self.compile = compile
         self.cascade = bool(cascade)
         self._compilation: CompilationResult | None = None
         if query not in topk_query.QUERIES:
@@ -402,7 +404,7 @@ def optimize(
     importance_repeats: int = 3,
     exhaustive_max_groups: int = 4,
     max_candidates: int = 16,
-    compile: bool = True,
+    compile: bool | str = True,
     cascade: bool = True,
     query: str = "predict",
     k: int | None = None,
@@ -434,8 +436,10 @@ def optimize(
         candidates come from a knapsack over cost budgets.
     max_candidates : most candidate subsets fitted during calibration.
     compile : lower recognised operators (text vectorizers, linear models, tree ensembles...) to
-        generated Numba kernels, each verified against the original on calibration rows; ``False``
-        keeps every statement as Python.
+        generated Numba kernels, each verified against the original on calibration rows and kept
+        only where it measured faster; ``True`` skips tree ensembles over 5,000 split nodes (their
+        cold compilation takes minutes), ``"all"`` compiles them too, ``False`` keeps every
+        statement as Python.
     cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
     query : ``"predict"`` (default: a call returns the model's output for every row, served by a
         cascade) or ``"topk"``: a call returns the positions of the ``k`` highest-scoring rows,

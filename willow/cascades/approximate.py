@@ -58,15 +58,18 @@ class ApproximateModel:
     def compiled(self) -> bool:
         return self._scores is not None
 
-    def compile(self, lower: Any, X: Any | None = None) -> str:
+    def compile(self, lower: Any, X: Any | None = None, tree_node_budget: int | None = None) -> str:
         """Use a compiled kernel for the estimator's scores; verified on ``X`` when given.
 
         Returns "" on success, otherwise why the estimator keeps running as Python.
         """
-        from willow.compiler.compile_pass import _same
+        from willow.compiler.compile_pass import _same, compile_budget_refusal
         from willow.compiler.lowering.base import NotLowerable
 
         method = self.score_method
+        refusal = compile_budget_refusal(self.estimator_, tree_node_budget)
+        if refusal is not None:
+            return refusal
         try:
             operator = lower(self.estimator_, method)
             if X is not None and not _same(operator(X), getattr(self.estimator_, method)(X)):

@@ -43,6 +43,7 @@ from willow.compiler.codegen import (
     stack_expression,
 )
 from willow.compiler.compile_pass import (
+    DEFAULT_TREE_NODE_BUDGET,
     RUNTIME,
     CompilationResult,
     compile_graph,
@@ -82,7 +83,7 @@ class CascadeOptions:
     max_candidates: int = 16
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     pass_probability: float = 0.8
-    compile: bool = True
+    compile: bool | str = True
     cascade: bool = True
 
 
@@ -200,6 +201,11 @@ def _labels(y: Any, n: int, output: OutputSpec) -> np.ndarray | None:
     return labels
 
 
+def _node_budget(options: CascadeOptions) -> int | None:
+    """``compile=True`` bounds the size of compiled tree ensembles; ``compile="all"`` does not."""
+    return None if options.compile == "all" else DEFAULT_TREE_NODE_BUDGET
+
+
 class _OpsHolder:
     """What ``_willow`` is while calibration runs the compiled graph: just the operators."""
 
@@ -245,7 +251,7 @@ def calibrate_cascade(
         from willow.compiler.lowering import lower
 
         original_graph = graph
-        compilation = compile_graph(graph, runner, tune_arguments, lower)
+        compilation = compile_graph(graph, runner, tune_arguments, lower, _node_budget(options))
         if compilation.nodes:
             compiled_runner = StatementRunner(
                 compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)}
@@ -407,7 +413,7 @@ def calibrate_cascade(
             compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
             ns_tune,
         )
-        approx.compile(lower, tune_features)
+        approx.compile(lower, tune_features, _node_budget(options))
         if compilation is not None and compilation.fused is not None:
             vectorizers = [compilation.vectorizer(g) for g in best.groups]
             approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)

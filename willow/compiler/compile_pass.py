@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -269,12 +270,40 @@ def _loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
+DEFAULT_TREE_NODE_BUDGET = 5000
+"""Largest tree ensemble (in split nodes) that ``compile=True`` compiles: about 40 s of cold Numba
+compilation on 2 cores, cached on disk afterwards. ``compile="all"`` lifts the limit."""
+
+
+def compile_budget_refusal(obj: Any, tree_node_budget: int | None) -> str | None:
+    """Why ``obj`` is too large to compile under the budget, or ``None``."""
+    if tree_node_budget is None:
+        return None
+    from willow.compiler.lowering.trees import TREE_LOWERINGS, split_nodes
+
+    if type(obj) not in TREE_LOWERINGS:
+        return None
+    nodes = split_nodes(obj)
+    if nodes <= tree_node_budget:
+        return None
+    return (
+        f"{type(obj).__name__} has {nodes} split nodes, more than compile=True compiles "
+        f"({tree_node_budget}, about {tree_node_budget // 120} s of cold compilation on 2 cores); "
+        "pass compile='all' to compile it anyway (compiled kernels are cached on disk)"
+    )
+
+
 def compile_graph(
-    graph: PipelineGraph, runner: StatementRunner, arguments: dict[str, Any], lower: Any
+    graph: PipelineGraph,
+    runner: StatementRunner,
+    arguments: dict[str, Any],
+    lower: Any,
+    tree_node_budget: int | None = DEFAULT_TREE_NODE_BUDGET,
 ) -> CompilationResult:
     """Lower what can be lowered in ``graph``, verified on one run over ``arguments`` (calibration rows).
 
-    ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``.
+    ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``; tree ensembles
+    larger than ``tree_node_budget`` split nodes stay Python (``None``: no limit).
     """
     from willow.compiler.lowering.base import NotLowerable
 
@@ -297,6 +326,12 @@ def compile_graph(
         expected: Any,
         label: str,
     ) -> Any:
+        if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
+            return None
+        refusal = compile_budget_refusal(obj, tree_node_budget)
+        if refusal is not None:
+            skipped.append(SkippedNode(lineno, original, refusal))
+            return None
         try:
             operator = lower(obj, method)
         except NotLowerable as exc:

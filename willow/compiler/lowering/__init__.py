@@ -14,12 +14,14 @@ from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerab
 from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
 from willow.compiler.lowering.text import TEXT_LOWERINGS
+from willow.compiler.lowering.trees import TREE_LOWERINGS
 
 __all__ = ["NotLowerable", "CompiledOperator", "LOWERINGS", "lower", "fuse_text_linear"]
 
 LOWERINGS: dict[type, Lowering] = {
     **TEXT_LOWERINGS,
     **LINEAR_LOWERINGS,
+    **TREE_LOWERINGS,
 }
 
 

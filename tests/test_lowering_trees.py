@@ -1,0 +1,307 @@
+"""Equivalence battery: compiled tree ensembles against LightGBM and scikit-learn themselves.
+
+Models are small and trained once per module; hypothesis varies the rows (NaN, zeros, negative
+and unseen categories, float32) fed to every compiled operator. Kernels compile into a
+temporary cache directory, so the tests are hermetic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn import ensemble as sk_ensemble
+from sklearn.linear_model import LogisticRegression
+
+from willow.compiler.lowering.base import CompiledOperator, NotLowerable
+from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
+from willow.compiler.lowering.trees_build import _is_cached
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_FEATURES = 6
+CAT = 5  # categorical feature index (integer codes 0..7)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """Point willow's kernel cache at a fresh directory for this module."""
+    old = os.environ.get("WILLOW_CACHE_DIR")
+    os.environ["WILLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("willow_cache"))
+    yield
+    if old is None:
+        os.environ.pop("WILLOW_CACHE_DIR", None)
+    else:
+        os.environ["WILLOW_CACHE_DIR"] = old
+
+
+def _train_data(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, N_FEATURES))
+    X[:, CAT] = rng.integers(0, 8, n)
+    X[rng.random(X.shape) < 0.1] = 0.0
+    X[rng.random(X.shape) < 0.12] = np.nan
+    filled = np.nan_to_num(X)
+    score = (
+        filled[:, 0]
+        + 0.8 * filled[:, 1] * filled[:, 2]
+        + (filled[:, CAT] % 3 == 1)
+        - 0.5 * (X[:, 3] != X[:, 3])
+    )
+    y_binary = (score > 0.3).astype(int)
+    y_multi = np.digitize(score, [-0.5, 0.7])
+    y_reg = score + 0.1 * rng.standard_normal(n)
+    return X, y_binary, y_multi, y_reg
+
+
+X_TRAIN, Y_BIN, Y_MULTI, Y_REG = _train_data()
+
+
+def _lgb(model, *args, **fit):
+    return model.fit(*args, **fit)
+
+
+def _models() -> dict[str, tuple[object, tuple[str, ...], bool]]:
+    """name -> (fitted model, methods, accepts NaN)."""
+    X, yb, ym, yr = X_TRAIN, Y_BIN, Y_MULTI, Y_REG
+    X_finite = np.nan_to_num(X)
+    common = dict(n_estimators=8, num_leaves=7, min_child_samples=5, verbose=-1, random_state=0)
+    rf_booster = lgb.train(
+        dict(
+            objective="regression",
+            boosting="rf",
+            bagging_fraction=0.7,
+            bagging_freq=1,
+            num_leaves=9,
+            verbose=-1,
+        ),
+        lgb.Dataset(X, yr),
+        num_boost_round=6,
+    )
+    return {
+        "lgb_binary_cat": (
+            lgb.LGBMClassifier(**common).fit(X, yb, categorical_feature=[CAT]),
+            ("predict", "predict_proba", "raw"),
+            True,
+        ),
+        "lgb_multiclass": (
+            lgb.LGBMClassifier(**common).fit(X, ym, categorical_feature=[CAT]),
+            ("predict", "predict_proba", "raw"),
+            True,
+        ),
+        "lgb_reg_zero_missing": (
+            lgb.LGBMRegressor(zero_as_missing=True, **common).fit(X, yr),
+            ("predict",),
+            True,
+        ),
+        "lgb_reg_no_missing": (lgb.LGBMRegressor(use_missing=False, **common).fit(X, yr), ("predict",), True),
+        "lgb_booster_rf": (rf_booster, ("predict", "raw"), True),
+        "rf_classifier": (
+            sk_ensemble.RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(X, ym),
+            ("predict", "predict_proba"),
+            True,
+        ),
+        "et_regressor": (
+            sk_ensemble.ExtraTreesRegressor(n_estimators=5, max_depth=4, random_state=0).fit(X, yr),
+            ("predict",),
+            True,
+        ),
+        "gb_classifier": (
+            sk_ensemble.GradientBoostingClassifier(n_estimators=6, max_depth=3, random_state=0).fit(
+                X_finite, ym
+            ),
+            ("predict", "predict_proba", "decision_function"),
+            False,
+        ),
+        "gb_binary": (
+            sk_ensemble.GradientBoostingClassifier(n_estimators=6, max_depth=3, random_state=0).fit(
+                X_finite, yb
+            ),
+            ("predict", "predict_proba", "decision_function"),
+            False,
+        ),
+        "gb_regressor": (
+            sk_ensemble.GradientBoostingRegressor(n_estimators=6, max_depth=3, random_state=0).fit(
+                X_finite, yr
+            ),
+            ("predict",),
+            False,
+        ),
+        "hgb_classifier_cat": (
+            sk_ensemble.HistGradientBoostingClassifier(
+                max_iter=5, max_leaf_nodes=6, categorical_features=[CAT], random_state=0
+            ).fit(X, ym),
+            ("predict", "predict_proba", "decision_function"),
+            True,
+        ),
+        "hgb_binary": (
+            sk_ensemble.HistGradientBoostingClassifier(max_iter=5, max_leaf_nodes=6, random_state=0).fit(
+                X, yb
+            ),
+            ("predict", "predict_proba", "decision_function"),
+            True,
+        ),
+        "hgb_poisson": (
+            sk_ensemble.HistGradientBoostingRegressor(
+                max_iter=5, max_leaf_nodes=6, loss="poisson", categorical_features=[CAT], random_state=0
+            ).fit(X, np.exp(yr / 3)),
+            ("predict",),
+            True,
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled(kernel_cache):
+    """name -> (model, {method: operator}, accepts NaN); every kernel compiled once."""
+    result = {}
+    for name, (model, methods, nan_ok) in _models().items():
+        result[name] = (model, {m: lower_tree_model(model, m) for m in methods}, nan_ok)
+    return result
+
+
+def _reference(model, method, X):
+    if method == "raw":
+        return model.predict(X, raw_score=True)
+    return getattr(model, method)(X)
+
+
+def assert_same_as_library(model, method, op, X) -> None:
+    """Equal labels exactly, scores to 1e-9; or the same exception type as the library."""
+    try:
+        expected = _reference(model, method, X)
+    except ValueError as error:
+        with pytest.raises(type(error)):
+            op(X)
+        return
+    got = op(X)
+    assert got.shape == expected.shape, (method, got.shape, expected.shape)
+    if np.asarray(expected).dtype.kind == "f":
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+# rows: finite values mixed with NaN, exact zeros, tiny values (LightGBM's zero band), and
+# categories that are negative, fractional, unseen or huge
+_cell = st.one_of(
+    st.floats(-3, 3, allow_nan=False),
+    st.sampled_from([np.nan, 0.0, -0.0, 1e-36, -1e-36, 2.5, -0.5, -1.0, 7.0, 9.0, 300.0, 3e9]),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_cell, min_size=N_FEATURES, max_size=N_FEATURES), min_size=1, max_size=20))
+def test_equivalence_on_random_rows(compiled, rows):
+    X = np.array(rows, dtype=np.float64)
+    for model, operators, nan_ok in compiled.values():
+        data = X if nan_ok else np.nan_to_num(X)
+        for method, op in operators.items():
+            assert_same_as_library(model, method, op, data)
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_equivalence_on_training_like_rows(compiled, name):
+    model, operators, nan_ok = compiled[name]
+    X, *_ = _train_data(n=300, seed=1)
+    X = X if nan_ok else np.nan_to_num(X)
+    for method, op in operators.items():
+        assert isinstance(op, CompiledOperator) and op.name.endswith(method)
+        assert_same_as_library(model, method, op, X)
+        assert_same_as_library(model, method, op, X.astype(np.float32))
+        assert_same_as_library(model, method, op, X[:1])
+        assert_same_as_library(model, method, op, X[:0])
+
+
+def test_dataframe_input(compiled):
+    X, *_ = _train_data(n=200, seed=2)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(N_FEATURES)])
+    for name in ("lgb_binary_cat", "rf_classifier", "hgb_binary"):
+        model, operators, _ = compiled[name]
+        for method, op in operators.items():
+            assert_same_as_library(model, method, op, frame.to_numpy())
+
+
+def test_lightgbm_pandas_categorical(kernel_cache):
+    rng = np.random.default_rng(3)
+    n = 500
+    frame = pd.DataFrame(
+        {
+            "x": rng.standard_normal(n),
+            "colour": pd.Categorical(rng.choice(["red", "green", "blue", "grey"], n)),
+            "size": rng.integers(0, 5, n).astype(float),
+        }
+    )
+    y = ((frame["colour"] == "red") | (frame["x"] > 0.8)).astype(int)
+    model = lgb.LGBMClassifier(n_estimators=8, num_leaves=7, min_child_samples=5, verbose=-1).fit(frame, y)
+    op = lower_tree_model(model, "predict_proba")
+    test = frame.sample(100, random_state=0).reset_index(drop=True)
+    test.loc[:5, "colour"] = np.nan
+    # different category order and an unseen category in the new frame
+    test["colour"] = (
+        test["colour"]
+        .cat.add_categories(["purple"])
+        .cat.reorder_categories(["purple", "grey", "blue", "green", "red"])
+    )
+    test.loc[6:8, "colour"] = "purple"
+    assert_same_as_library(model, "predict_proba", op, test)
+
+
+def test_several_groups_compile_in_worker_processes(kernel_cache):
+    model = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
+    op = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
+    assert len(op.sources) >= 4  # groups, then the driver
+    assert all(_is_cached(s, "trees") for s in op.sources[:-1])
+    assert _is_cached(op.sources[-1], "trees_driver") and "def predict(X, out):" in op.sources[-1]
+    assert_same_as_library(model, "predict", op, X_TRAIN)
+    assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
+
+
+def test_batch_uses_threads_and_stays_exact(compiled):
+    model, operators, _ = compiled["lgb_multiclass"]
+    X, *_ = _train_data(n=9000, seed=4)
+    assert_same_as_library(model, "predict_proba", operators["predict_proba"], X)
+
+
+def test_not_lowerable_reasons():
+    X, yb = X_TRAIN[:100], Y_BIN[:100]
+    with pytest.raises(NotLowerable, match="not a supported tree model"):
+        lower_tree_model(LogisticRegression().fit(np.nan_to_num(X), yb), "predict")
+    forest = sk_ensemble.RandomForestRegressor(n_estimators=2, max_depth=2).fit(X, np.c_[yb, yb])
+    with pytest.raises(NotLowerable, match="Multi-output"):
+        lower_tree_model(forest, "predict")
+    boosted = sk_ensemble.GradientBoostingRegressor(
+        n_estimators=2, init=sk_ensemble.RandomForestRegressor(n_estimators=2)
+    ).fit(np.nan_to_num(X), yb)
+    with pytest.raises(NotLowerable, match="init=RandomForestRegressor"):
+        lower_tree_model(boosted, "predict")
+    regressor = lgb.LGBMRegressor(n_estimators=2, verbose=-1).fit(X, yb)
+    with pytest.raises(NotLowerable, match="predict_proba"):
+        lower_tree_model(regressor, "predict_proba")
+    ranker = lgb.train(
+        dict(objective="lambdarank", verbose=-1), lgb.Dataset(X, yb, group=[50, 50]), num_boost_round=2
+    )
+    with pytest.raises(NotLowerable, match="lambdarank"):
+        lower_tree_model(ranker, "predict")
+    assert "LGBMClassifier" in supported_tree_models() and len(TREE_LOWERINGS) == 11
+
+
+@pytest.mark.data
+def test_real_data_adult(kernel_cache):
+    path = DATA / "adult.data"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    frame = pd.read_csv(path, sep=", ", engine="python")
+    y = (frame.pop("Salary").astype(str).str.strip().str.startswith(">50K")).astype(int)
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            frame[col] = frame[col].astype("category")
+    train, test = frame.iloc[:20000], frame.iloc[20000:24000]
+    model = lgb.LGBMClassifier(n_estimators=20, num_leaves=15, verbose=-1).fit(train, y.iloc[:20000])
+    for method in ("predict", "predict_proba"):
+        assert_same_as_library(model, method, lower_tree_model(model, method), test)

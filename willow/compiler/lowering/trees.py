@@ -1,0 +1,390 @@
+"""Lower fitted tree ensembles to generated Numba kernels with the library's exact outputs.
+
+Stages, one per module, data flowing one way:
+``trees_lightgbm`` / ``trees_sklearn`` (fitted model -> :class:`TreeEnsemble`),
+``trees_codegen`` (ensemble -> kernel module source, trees as nested ``if`` statements),
+``trees_build`` (sources -> compiled, disk-cached kernels), and this driver, which wraps the
+kernels in a :class:`CompiledTreeOperator` that converts inputs and outputs like the library.
+
+Exactness: raw scores are summed in the library's order from the same doubles, so they are
+bit-identical; probabilities go through the library's own link (scikit-learn) or LightGBM's
+formula in NumPy (differences of a few ulp); labels are chosen exactly as the library does.
+
+:class:`NotLowerable` is raised for: models other than ``TREE_LOWERINGS``' keys, methods a
+model does not have, LightGBM objectives without a reproduced transform (custom, ranking),
+linear trees, multi-output forests, GradientBoosting with a non-dummy ``init`` estimator and
+trees deeper than ``MAX_TREE_DEPTH`` (CPython's nesting limit for the generated ``if``s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.lowering.trees_build import build_kernels
+from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
+from willow.compiler.lowering.trees_ir import TreeEnsemble
+
+__all__ = ["CompiledTreeOperator", "lower_tree_model", "TREE_LOWERINGS", "supported_tree_models"]
+
+# Internal nodes per generated function. Numba's front end is superlinear in function size
+# (5 trees x 62 nodes: ~1 s; 20 trees: ~120 s), so functions stay small.
+DEFAULT_GROUP_NODES = 320
+# Below this many rows a batch runs on the calling thread only.
+_PARALLEL_MIN_ROWS = 4096
+
+
+class CompiledTreeOperator:
+    """A compiled ``model.method``: ``op(X)`` returns what ``getattr(model, method)(X)`` returns.
+
+    It follows the :class:`~willow.compiler.lowering.base.CompiledOperator` contract (``name``,
+    ``source``, call) and adds ``raw`` and the per-group ``sources``.
+
+    ``raw(X)`` gives the summed tree scores (n_rows, n_outputs) before any output transform.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ensemble: TreeEnsemble,
+        sources: list[str],
+        kernels: list[Callable[..., Any]],
+        prepare: Callable[[Any], np.ndarray],
+        finish: Callable[[np.ndarray], np.ndarray],
+        n_threads: int,
+    ) -> None:
+        self.name = name
+        self.ensemble = ensemble
+        self.sources = sources  # group modules, then the driver module when there are several
+        self.source = "\n\n# ---- next group module ----\n\n".join(sources)
+        self._kernels = kernels
+        self._prepare = prepare
+        self._finish = finish
+        self._n_threads = n_threads
+        self._base = np.asarray(ensemble.base, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledTreeOperator({self.name!r}, trees={len(self.ensemble.trees)}, "
+            f"kernels={len(self._kernels)})"
+        )
+
+    def _run(self, X: np.ndarray, out: np.ndarray) -> None:
+        for kernel in self._kernels:
+            kernel(X, out)
+
+    def raw(self, X: Any) -> np.ndarray:
+        """Summed leaf values plus base score, divided by the ensemble's divisor."""
+        data = self._prepare(X)
+        out = np.empty((data.shape[0], self.ensemble.n_outputs), dtype=np.float64)
+        out[:] = self._base
+        n = data.shape[0]
+        if self._n_threads > 1 and n >= _PARALLEL_MIN_ROWS:
+            bounds = np.linspace(0, n, self._n_threads + 1).astype(int)
+            with ThreadPoolExecutor(self._n_threads) as pool:
+                list(pool.map(lambda a, b: self._run(data[a:b], out[a:b]), bounds[:-1], bounds[1:]))
+        else:
+            self._run(data, out)
+        if self.ensemble.divisor != 1.0:
+            out /= self.ensemble.divisor
+        return out
+
+    def __call__(self, *inputs: Any) -> np.ndarray:
+        if len(inputs) != 1:
+            raise TypeError(f"{self.name} takes one argument X, got {len(inputs)}.")
+        return self._finish(self.raw(inputs[0]))
+
+
+def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        X = X.toarray()
+    data = np.ascontiguousarray(np.asarray(X, dtype=dtype))
+    if data.ndim != 2:
+        raise ValueError(
+            f"Expected 2D array, got {data.ndim}D array instead. Reshape your data either using "
+            "array.reshape(-1, 1) if your data has a single feature or array.reshape(1, -1) if it "
+            "contains a single sample."
+        )
+    if data.shape[1] != n_features:
+        raise ValueError(f"X has {data.shape[1]} features, but the model expects {n_features} features.")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# LightGBM
+
+
+def _lightgbm_prepare(parsed: Any) -> Callable[[Any], np.ndarray]:
+    n_features = parsed.ensemble.n_features
+    categories = parsed.pandas_categorical
+
+    def prepare(X: Any) -> np.ndarray:
+        import pandas as pd
+
+        if isinstance(X, pd.DataFrame):
+            data = X.copy(deep=False)
+            cat_cols = [c for c, t in zip(data.columns, data.dtypes) if isinstance(t, pd.CategoricalDtype)]
+            if cat_cols:
+                if categories is None or len(categories) != len(cat_cols):
+                    raise ValueError("train and valid dataset categorical_feature do not match.")
+                for col, cats in zip(cat_cols, categories):
+                    if list(data[col].cat.categories) != list(cats):
+                        data[col] = data[col].cat.set_categories(cats)
+                data[cat_cols] = data[cat_cols].apply(lambda s: s.cat.codes).replace({-1: np.nan})
+            X = data.to_numpy(dtype=np.float64, na_value=np.nan)
+        return _dense(X, np.float64, n_features)
+
+    return prepare
+
+
+def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOperator:
+    from willow.compiler.lowering.trees_lightgbm import lightgbm_output, parse_lightgbm
+
+    booster = model if type(model).__name__ == "Booster" else model.booster_
+    parsed = parse_lightgbm(booster, num_iteration=booster.best_iteration)
+    kind = type(model).__name__
+    transform, sigmoid = parsed.transform, parsed.sigmoid
+
+    def squeeze(raw: np.ndarray) -> np.ndarray:
+        return raw[:, 0] if raw.shape[1] == 1 else raw
+
+    if method in ("raw", "decision_function"):
+        finish = squeeze
+    elif method == "predict" and kind in ("Booster", "LGBMRegressor", "LGBMRanker"):
+
+        def finish(raw: np.ndarray) -> np.ndarray:
+            return squeeze(lightgbm_output(raw, transform, sigmoid))
+
+    elif kind == "LGBMClassifier" and method in ("predict", "predict_proba"):
+        if transform not in ("sigmoid", "softmax", "ova_sigmoid"):
+            raise NotLowerable(f"LGBMClassifier with a {transform!r} output is not supported.")
+        classes = model.classes_
+
+        def proba(raw: np.ndarray) -> np.ndarray:
+            p = lightgbm_output(raw, transform, sigmoid)
+            if p.shape[1] == 1:
+                return np.vstack((1.0 - p[:, 0], p[:, 0])).transpose()
+            return p
+
+        if method == "predict_proba":
+            finish = proba
+        else:
+
+            def finish(raw: np.ndarray) -> np.ndarray:
+                return classes[np.argmax(proba(raw), axis=1)]
+
+    else:
+        raise NotLowerable(f"{kind}.{method} is not supported; use predict, predict_proba or raw.")
+    ensemble = parsed.ensemble
+    if method in ("raw", "decision_function"):
+        # LightGBM averages rf-mode outputs in Predict, not in PredictRaw
+        ensemble = dataclasses.replace(ensemble, divisor=1.0)
+    base_prepare = _lightgbm_prepare(parsed)
+    if kind == "Booster":
+        inner = finish
+
+        def finish(raw: np.ndarray) -> np.ndarray:
+            # Booster.predict returns a flat empty array for 0 rows, whatever the class count
+            return np.empty(0) if raw.shape[0] == 0 else inner(raw)
+
+        prepare = base_prepare
+    else:
+
+        def prepare(X: Any) -> np.ndarray:
+            data = base_prepare(X)
+            if data.shape[0] == 0:
+                raise ValueError(
+                    f"Found array with 0 sample(s) (shape={data.shape}) while a minimum of 1 is "
+                    f"required by {kind}."
+                )
+            return data
+
+    return _compile(f"{kind}.{method}", ensemble, prepare, finish, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn
+
+
+def _lower_sklearn(model: Any, method: str, **options: Any) -> CompiledTreeOperator:
+    from sklearn.utils.validation import check_is_fitted
+
+    from willow.compiler.lowering import trees_sklearn
+
+    check_is_fitted(model)
+    kind = type(model).__name__
+    is_classifier = hasattr(model, "classes_")
+    if kind.startswith(("RandomForest", "ExtraTrees")):
+        ensemble = trees_sklearn.parse_forest(model)
+        family = "forest"
+    elif kind.startswith("GradientBoosting"):
+        ensemble = trees_sklearn.parse_gradient_boosting(model)
+        family = "gb"
+    elif kind.startswith("HistGradientBoosting"):
+        ensemble = trees_sklearn.parse_hist_gradient_boosting(model)
+        family = "hgb"
+    else:
+        raise NotLowerable(f"{kind} is not a supported tree ensemble.")
+
+    n_features = ensemble.n_features
+    if family == "hgb":
+
+        def prepare(X: Any) -> np.ndarray:
+            return _dense(model._preprocess_X(X, reset=False), np.float64, n_features)
+
+    elif family == "forest":
+
+        def prepare(X: Any) -> np.ndarray:
+            # the forest's own check: float32, NaN allowed only where its trees support it
+            return _dense(model._validate_X_predict(X), np.float32, n_features)
+
+    else:
+        from sklearn.utils.validation import validate_data
+
+        def prepare(X: Any) -> np.ndarray:
+            # GradientBoosting rejects NaN like its decision_function does
+            X = validate_data(model, X, dtype=np.float32, reset=False, accept_sparse="csr")
+            return _dense(X, np.float32, n_features)
+
+    if family == "forest":
+        if method == "predict_proba" and is_classifier:
+            finish = lambda raw: raw  # noqa: E731 - averaged class frequencies
+        elif method == "predict" and is_classifier:
+            classes = model.classes_
+            finish = lambda raw: classes.take(np.argmax(raw, axis=1), axis=0)  # noqa: E731
+        elif method == "predict" and not is_classifier:
+            finish = lambda raw: raw[:, 0]  # noqa: E731
+        else:
+            raise NotLowerable(f"{kind}.{method} is not supported; use predict or predict_proba.")
+    else:
+        loss = model._loss
+
+        def decision(raw: np.ndarray) -> np.ndarray:
+            return raw.ravel() if raw.shape[1] == 1 else raw
+
+        if method == "decision_function" and is_classifier:
+            finish = decision
+        elif method == "predict_proba" and is_classifier:
+            finish = loss.predict_proba
+        elif method == "predict" and is_classifier:
+            classes = model.classes_
+            strict = family == "hgb"  # HGB: raw > 0; GradientBoosting: raw >= 0
+
+            def finish(raw: np.ndarray) -> np.ndarray:
+                if raw.shape[1] == 1:
+                    flat = raw.ravel()
+                    encoded = (flat > 0 if strict else flat >= 0).astype(int)
+                else:
+                    encoded = np.argmax(raw, axis=1)
+                return classes[encoded]
+
+        elif method == "predict" and not is_classifier:
+            if family == "hgb":
+                finish = lambda raw: loss.link.inverse(raw.ravel())  # noqa: E731
+            else:
+                finish = lambda raw: raw.ravel()  # noqa: E731
+        else:
+            raise NotLowerable(f"{kind}.{method} is not supported.")
+    return _compile(f"{kind}.{method}", ensemble, prepare, finish, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _compile(
+    name: str,
+    ensemble: TreeEnsemble,
+    prepare: Callable[[Any], np.ndarray],
+    finish: Callable[[np.ndarray], np.ndarray],
+    *,
+    group_nodes: int = DEFAULT_GROUP_NODES,
+    n_jobs: int | None = None,
+    n_threads: int | None = None,
+) -> CompiledTreeOperator:
+    import os
+
+    if not ensemble.trees:
+        raise NotLowerable(f"{name}: the model has no trees.")
+    groups = group_trees(ensemble, group_nodes)
+    sources = [build_group_source(ensemble, g) for g in groups]
+    dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
+    kernels, driver_source = build_kernels(
+        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs
+    )
+    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+    modules = [*sources, driver_source] if driver_source else sources
+    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads)
+
+
+def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:
+    """Compile ``getattr(model, method)`` for a fitted tree ensemble.
+
+    ``method``: ``"predict"``, ``"predict_proba"``, ``"decision_function"`` (scikit-learn
+    boosting) or ``"raw"`` (LightGBM raw scores, like ``predict(raw_score=True)``).
+    Options: ``group_nodes`` (internal nodes per generated function), ``n_jobs`` (worker
+    processes compiling cold kernels), ``n_threads`` (threads for large batches).
+    Raises :class:`NotLowerable` naming the reason when the model or method is not supported.
+    """
+    lowering = TREE_LOWERINGS.get(type(model))
+    if lowering is None:
+        raise NotLowerable(
+            f"{type(model).__name__} is not a supported tree model; supported: {supported_tree_models()}."
+        )
+    return lowering(model, method, **options)
+
+
+def _registry() -> dict[type, Callable[..., CompiledTreeOperator]]:
+    import lightgbm
+    from sklearn import ensemble
+
+    table: dict[type, Callable[..., CompiledTreeOperator]] = {
+        lightgbm.Booster: _lower_lightgbm,
+        lightgbm.LGBMClassifier: _lower_lightgbm,
+        lightgbm.LGBMRegressor: _lower_lightgbm,
+    }
+    for name in (
+        "RandomForestClassifier",
+        "RandomForestRegressor",
+        "ExtraTreesClassifier",
+        "ExtraTreesRegressor",
+        "GradientBoostingClassifier",
+        "GradientBoostingRegressor",
+        "HistGradientBoostingClassifier",
+        "HistGradientBoostingRegressor",
+    ):
+        table[getattr(ensemble, name)] = _lower_sklearn
+    return table
+
+
+TREE_LOWERINGS: dict[type, Callable[..., CompiledTreeOperator]] = _registry()
+
+
+def supported_tree_models() -> list[str]:
+    """Names of the model classes :func:`lower_tree_model` accepts."""
+    return sorted(t.__name__ for t in TREE_LOWERINGS)
+
+
+def split_nodes(model: Any) -> int:
+    """Split (internal) nodes of a supported tree model: what its compile time grows with.
+
+    Numba needs about half a core-second per 60 split nodes (see ``DEFAULT_GROUP_NODES``), so
+    callers use this to keep compilation within a budget.
+    """
+    import lightgbm
+
+    if isinstance(model, (lightgbm.Booster, lightgbm.LGBMModel)):
+        booster = model if isinstance(model, lightgbm.Booster) else model.booster_
+        return int(sum(tree["num_leaves"] - 1 for tree in booster.dump_model()["tree_info"]))
+    if hasattr(model, "_predictors"):  # HistGradientBoosting*
+        return int(
+            sum((~p.nodes["is_leaf"].astype(bool)).sum() for trees in model._predictors for p in trees)
+        )
+    estimators = np.asarray(getattr(model, "estimators_", []), dtype=object).ravel()
+    return int(sum(e.tree_.node_count - e.tree_.n_leaves for e in estimators))
