@@ -63,23 +63,18 @@ class ApproximateModel:
 
         Returns "" on success, otherwise why the estimator keeps running as Python.
         """
-        from willow.compiler.compile_pass import _same, compile_budget_refusal
-        from willow.compiler.lowering.base import NotLowerable
+        from willow.compiler.compile_pass import compile_budget_refusal
 
-        method = self.score_method
         refusal = compile_budget_refusal(self.estimator_, tree_node_budget)
         if refusal is not None:
             return refusal
-        try:
-            operator = lower(self.estimator_, method)
-            if X is not None and not _same(operator(X), getattr(self.estimator_, method)(X)):
-                return "the kernel did not reproduce the estimator on calibration rows"
-        except NotLowerable as exc:
-            return str(exc)
-        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break serving
-            return f"compilation failed: {type(exc).__name__}: {exc}"
-        self._scores = operator
-        return ""
+        method = self.score_method
+        reason, operator = _verified_kernel(
+            lambda: lower(self.estimator_, method), X, X, self.estimator_, method
+        )
+        if operator is not None:
+            self._scores = operator
+        return reason
 
     @property
     def kernel_source(self) -> str | None:
@@ -91,21 +86,14 @@ class ApproximateModel:
         Verified against the estimator on ``X`` (the stacked features of ``texts``) when given.
         Returns "" on success, otherwise why the approximate model stays unfused.
         """
-        from willow.compiler.compile_pass import _same
-        from willow.compiler.lowering.base import NotLowerable
         from willow.compiler.lowering.fused import fuse_text_linear
 
         method = self.score_method
-        try:
-            operator = fuse_text_linear(vectorizers, self.estimator_, method)
-            if texts is not None and not _same(operator(texts), getattr(self.estimator_, method)(X)):
-                return "the fused kernel did not reproduce the approximate model on calibration rows"
-        except NotLowerable as exc:
-            return str(exc)
-        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break serving
-            return f"fusion failed: {type(exc).__name__}: {exc}"
-        self._fused = operator
-        return ""
+        build = lambda: fuse_text_linear(vectorizers, self.estimator_, method)  # noqa: E731
+        reason, operator = _verified_kernel(build, texts, X, self.estimator_, method)
+        if operator is not None:
+            self._fused = operator
+        return reason
 
     @property
     def fused(self) -> bool:
@@ -162,6 +150,25 @@ class ApproximateModel:
 
     def __repr__(self) -> str:
         return f"ApproximateModel({self.estimator_!r})"
+
+
+def _verified_kernel(build: Any, kernel_input: Any, X: Any, estimator: Any, method: str) -> tuple[str, Any]:
+    """Build a kernel and, when ``kernel_input`` is given, check it against ``estimator.method(X)``.
+
+    Returns ``("", kernel)`` or ``(reason, None)``: a lowering bug never breaks serving.
+    """
+    from willow.compiler.compile_pass import _same
+    from willow.compiler.lowering.base import NotLowerable
+
+    try:
+        operator = build()
+        if kernel_input is not None and not _same(operator(kernel_input), getattr(estimator, method)(X)):
+            return "the kernel did not reproduce the approximate model on calibration rows", None
+    except NotLowerable as exc:
+        return str(exc), None
+    except Exception as exc:  # noqa: BLE001 - any kernel failure leaves the estimator in Python
+        return f"compilation failed: {type(exc).__name__}: {exc}", None
+    return "", operator
 
 
 def fit_approximate_model(template: Any, X: Any, labels: np.ndarray, output: OutputSpec) -> ApproximateModel:

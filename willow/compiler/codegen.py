@@ -24,6 +24,10 @@ from willow.compiler.tracing import names_read, unwrap_stack_call
 from willow.errors import UnsupportedPipelineError
 
 __all__ = [
+    "name_node",
+    "runtime_call",
+    "assign_node",
+    "unique_names",
     "CascadeLayout",
     "layout_cascade",
     "stack_expression",
@@ -135,41 +139,45 @@ def stack_expression(graph: PipelineGraph, groups: Sequence[str]) -> ast.expr:
     return value
 
 
-def _name(id_: str, store: bool = False) -> ast.Name:
+def name_node(id_: str, store: bool = False) -> ast.Name:
+    """An ``ast.Name`` loading (or, with ``store``, assigning) ``id_``."""
     return ast.Name(id=id_, ctx=ast.Store() if store else ast.Load())
 
 
-def _runtime_call(method: str, *args: ast.expr, **kwargs: ast.expr) -> ast.Call:
+def runtime_call(method: str, *args: ast.expr, **kwargs: ast.expr) -> ast.Call:
+    """``_willow.<method>(*args, **kwargs)``: a call of a serving-runtime helper."""
     return ast.Call(
-        func=ast.Attribute(value=_name(RUNTIME), attr=method, ctx=ast.Load()),
+        func=ast.Attribute(value=name_node(RUNTIME), attr=method, ctx=ast.Load()),
         args=list(args),
         keywords=[ast.keyword(arg=k, value=v) for k, v in kwargs.items()],
     )
 
 
-def _assign(target: str | Sequence[str], value: ast.expr) -> ast.Assign:
+def assign_node(target: str | Sequence[str], value: ast.expr) -> ast.Assign:
+    """``target = value`` (a tuple target for several names)."""
     if isinstance(target, str):
-        node: ast.expr = _name(target, store=True)
+        node: ast.expr = name_node(target, store=True)
     else:
-        node = ast.Tuple(elts=[_name(t, store=True) for t in target], ctx=ast.Store())
+        node = ast.Tuple(elts=[name_node(t, store=True) for t in target], ctx=ast.Store())
     return ast.Assign(targets=[node], value=value)
 
 
 def _forward_call(func_def: ast.FunctionDef) -> ast.Call:
     """``_willow.original(<every parameter, passed the way it was declared>)``."""
     a = func_def.args
-    args: list[ast.expr] = [_name(p.arg) for p in a.posonlyargs + a.args]
+    args: list[ast.expr] = [name_node(p.arg) for p in a.posonlyargs + a.args]
     if a.vararg:
-        args.append(ast.Starred(value=_name(a.vararg.arg), ctx=ast.Load()))
-    keywords = [ast.keyword(arg=p.arg, value=_name(p.arg)) for p in a.kwonlyargs]
+        args.append(ast.Starred(value=name_node(a.vararg.arg), ctx=ast.Load()))
+    keywords = [ast.keyword(arg=p.arg, value=name_node(p.arg)) for p in a.kwonlyargs]
     if a.kwarg:
-        keywords.append(ast.keyword(arg=None, value=_name(a.kwarg.arg)))
-    call = _runtime_call("original", *args)
+        keywords.append(ast.keyword(arg=None, value=name_node(a.kwarg.arg)))
+    call = runtime_call("original", *args)
     call.keywords = keywords
     return call
 
 
-def _unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]:
+def unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]:
+    """Generated local names that clash with none of the function's own names."""
     taken = {n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)}
     taken |= set(graph.parameters)
     taken.add(RUNTIME)
@@ -194,22 +202,24 @@ def _prelude(
     which case the caller places it after the statements that run on every row.
     """
     model_expr = copy.deepcopy(graph.model_call.model)
-    test: ast.expr = ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_model", model_expr))
+    test: ast.expr = ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_model", model_expr))
     if guarded:
         objects = [ast.parse(expr, mode="eval").body for expr in guarded]
         test = ast.BoolOp(
             op=ast.Or(),
-            values=[test, ast.UnaryOp(op=ast.Not(), operand=_runtime_call("same_objects", *objects))],
+            values=[test, ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects))],
         )
     guard = ast.If(test=test, body=[ast.Return(value=_forward_call(original_def))], orelse=[])
     body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
     guard_late = bool(names_read(model_expr) & body_defined)
     body: list[ast.stmt] = [] if guard_late else [guard]
-    body.append(_assign(n_rows, _runtime_call("count_rows", **{p: _name(p) for p in graph.row_parameters})))
+    body.append(
+        assign_node(n_rows, runtime_call("count_rows", **{p: name_node(p) for p in graph.row_parameters}))
+    )
     body.append(
         ast.If(
-            test=ast.Compare(left=_name(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
-            body=[ast.Return(value=_runtime_call("empty_output"))],
+            test=ast.Compare(left=name_node(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
+            body=[ast.Return(value=runtime_call("empty_output"))],
             orelse=[],
         )
     )
@@ -237,7 +247,7 @@ def _original_def(graph: PipelineGraph) -> ast.FunctionDef:
 
 
 def _ops_call(attribute: str, *args: ast.expr) -> ast.Call:
-    ops = ast.Attribute(value=_name(RUNTIME), attr="ops", ctx=ast.Load())
+    ops = ast.Attribute(value=name_node(RUNTIME), attr="ops", ctx=ast.Load())
     return ast.Call(
         func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=list(args), keywords=[]
     )
@@ -252,7 +262,7 @@ def build_compiled_source(
     statements, the stacking and the model call become one fused kernel call on the text.
     """
     original_def = _original_def(graph)
-    local = _unique_names(graph, ["n_rows"])
+    local = unique_names(graph, ["n_rows"])
     body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
     if guard_late:
         body.insert(0, guard)
@@ -263,7 +273,7 @@ def build_compiled_source(
     assert graph.stack is not None
     skip = set(fused.statements) | {graph.stack.statement}
     body += [copy.deepcopy(st.node) for st in graph.statements if st.index not in skip]
-    body.append(ast.Return(value=_ops_call(fused.attribute, _name(fused.text))))
+    body.append(ast.Return(value=_ops_call(fused.attribute, name_node(fused.text))))
     return _function(original_def, body)
 
 
@@ -280,59 +290,66 @@ def build_cascade_source(
     the uncertain rows go through the full model's fused kernel: no feature matrix is built.
     """
     original_def = _original_def(graph)
-    local = _unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
+    local = unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
     body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
     for i in layout.every_row:
         body.append(copy.deepcopy(graph.statements[i].node))
     if guard_late:
         body.append(guard)
     if fused is not None:
-        text = _name(fused.text)
-        approximate = _runtime_call("approximate_text", text)
+        text = name_node(fused.text)
+        approximate = runtime_call("approximate_text", text)
     else:
         for i in layout.selected_features:
             body.append(copy.deepcopy(graph.statements[i].node))
-        body.append(_assign(local["approx_features"], stack_expression(graph, layout.selected)))
-        approximate = _runtime_call("approximate", _name(local["approx_features"]))
-    body.append(_assign([local["approx_output"], local["confidence"]], approximate))
+        body.append(assign_node(local["approx_features"], stack_expression(graph, layout.selected)))
+        approximate = runtime_call("approximate", name_node(local["approx_features"]))
+    body.append(assign_node([local["approx_output"], local["confidence"]], approximate))
     body.append(
-        _assign(
+        assign_node(
             local["uncertain"],
-            _runtime_call("rows_below", _name(local["confidence"]), ast.Constant(float(threshold))),
+            runtime_call("rows_below", name_node(local["confidence"]), ast.Constant(float(threshold))),
         )
     )
     body.append(
         ast.If(
             test=ast.Compare(
-                left=ast.Call(func=_name("len"), args=[_name(local["uncertain"])], keywords=[]),
+                left=ast.Call(func=name_node("len"), args=[name_node(local["uncertain"])], keywords=[]),
                 ops=[ast.Eq()],
                 comparators=[ast.Constant(0)],
             ),
-            body=[ast.Return(value=_name(local["approx_output"]))],
+            body=[ast.Return(value=name_node(local["approx_output"]))],
             orelse=[],
         )
     )
     if fused is not None:
         body.append(
-            _assign(
+            assign_node(
                 fused.text,
-                _runtime_call(
-                    "take_rows", _name(fused.text), _name(local["uncertain"]), _name(local["n_rows"])
+                runtime_call(
+                    "take_rows",
+                    name_node(fused.text),
+                    name_node(local["uncertain"]),
+                    name_node(local["n_rows"]),
                 ),
             )
         )
-        full = _ops_call(fused.attribute, _name(fused.text))
+        full = _ops_call(fused.attribute, name_node(fused.text))
         body.append(
             ast.Return(
-                value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full)
+                value=runtime_call(
+                    "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full
+                )
             )
         )
         return _function(original_def, body)
     for name in layout.row_subsets:
         body.append(
-            _assign(
+            assign_node(
                 name,
-                _runtime_call("take_rows", _name(name), _name(local["uncertain"]), _name(local["n_rows"])),
+                runtime_call(
+                    "take_rows", name_node(name), name_node(local["uncertain"]), name_node(local["n_rows"])
+                ),
             )
         )
     for i in layout.remaining_features + layout.full_model:
@@ -341,7 +358,9 @@ def build_cascade_source(
     assert full_call is not None
     body.append(
         ast.Return(
-            value=_runtime_call("merge", _name(local["approx_output"]), _name(local["uncertain"]), full_call)
+            value=runtime_call(
+                "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full_call
+            )
         )
     )
     return _function(original_def, body)
@@ -368,7 +387,7 @@ def materialize(func: ast.FunctionDef, original: Callable, runtime: Any, label: 
             kwarg=None,
             defaults=[],
         ),
-        body=[ast.parse(source).body[0], ast.Return(value=_name(func.name))],
+        body=[ast.parse(source).body[0], ast.Return(value=name_node(func.name))],
         decorator_list=[],
         returns=None,
         type_comment=None,
