@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from lightgbm import LGBMClassifier
+from lightgbm import LGBMClassifier, LGBMRegressor
 
 import willow
 from benchmarks.data import cached, data_path, split_positions
@@ -223,6 +223,10 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
             "approximate_model": LGBMClassifier(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1)
         },
         top_k=TOP_K[scale],
+        # The top-K filter learns the full model's scores with a small LightGBM regressor.
+        topk_options={
+            "approximate_model": LGBMRegressor(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1)
+        },
         details={
             "positive_class": 1,
             "model": "LGBMClassifier(n_estimators=150, num_leaves=31)",

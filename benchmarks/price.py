@@ -133,5 +133,10 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         "lookups -> LGBMRegressor.predict; top-K most valuable blocks",
         sizes=sizes,
         top_k=TOP_K[scale],
+        # The top-K filter: a small LightGBM regressor on the cheap groups (a clone of the full
+        # 200-tree model would cost as much per row as the model it filters for).
+        topk_options={
+            "approximate_model": LGBMRegressor(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1)
+        },
         details={"model": "LGBMRegressor(n_estimators=200)", "rows_in_file": len(frame)},
     )

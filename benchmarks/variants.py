@@ -38,7 +38,12 @@ VARIANTS: tuple[Variant, ...] = (
         cascades=True,
         compiled=True,
     ),
-    Variant("top-k", "pipeline.top_k(model, rows, k=K) on the optimized pipeline", cascades=True, top_k=True),
+    Variant(
+        "top-k",
+        'willow.optimize(query="topk", k=K): the K best rows via a tuned filter',
+        cascades=True,
+        top_k=True,
+    ),
 )
 
 

@@ -36,7 +36,8 @@ class Prepared:
     """A trained workload, ready to be optimized and measured.
 
     ``optimize_options`` are ``willow.optimize`` keyword arguments this workload's user would
-    choose (such as a smaller ``approximate_model``); every optimized variant gets them.
+    choose (such as a smaller ``approximate_model``); every optimized variant gets them, except
+    the top-K variant, which gets ``topk_options`` (its approximate model is a regressor).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Prepared:
     sizes: Sizes
     top_k: int | None = None
     optimize_options: dict[str, Any] = field(default_factory=dict)
+    topk_options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
     def original(self) -> Callable[..., Any]:
