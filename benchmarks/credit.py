@@ -18,7 +18,7 @@ from sklearn.preprocessing import OrdinalEncoder
 
 import willow
 from benchmarks.data import cached, data_path, split_positions
-from benchmarks.workload import Prepared, Sizes
+from benchmarks.workload import Prepared, Sizes, feature_matrix
 
 NAME = "credit"
 FILES = ("adult.data",)
@@ -91,16 +91,8 @@ def _train(train: pd.DataFrame):
         fitted[key] = aggregate_table(train, key)
     model = LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=31, n_jobs=1, verbose=-1)
     features = make_pipeline(fitted).__wrapped__
-    model.fit(_feature_matrix(features, train), (train["Salary"] == ">50K").astype(int).to_numpy())
+    model.fit(feature_matrix(features, train), (train["Salary"] == ">50K").astype(int).to_numpy())
     return fitted, model
-
-
-def _feature_matrix(fn, rows: pd.DataFrame) -> np.ndarray:
-    class _Capture:
-        def predict_proba(self, X):
-            return X
-
-    return fn(_Capture(), rows)
 
 
 def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:

@@ -23,7 +23,7 @@ from lightgbm import LGBMClassifier, LGBMRegressor
 
 import willow
 from benchmarks.data import cached, data_path, split_positions
-from benchmarks.workload import Prepared, Sizes
+from benchmarks.workload import Prepared, Sizes, feature_matrix
 
 NAME = "music"
 FILES = ("movielens-small/ratings.csv", "movielens-small/movies.csv", "movielens-small/tags.csv")
@@ -162,18 +162,8 @@ def _train(history, movies, tags, train_rows, train_labels):
     tables = build_tables(history, movies, tags)
     model = LGBMClassifier(n_estimators=150, learning_rate=0.05, num_leaves=31, n_jobs=1, verbose=-1)
     features = make_pipeline(tables).__wrapped__  # the same feature code the pipeline runs
-    model.fit(_feature_matrix(features, train_rows), train_labels)
+    model.fit(feature_matrix(features, train_rows), train_labels)
     return tables, model
-
-
-def _feature_matrix(fn, rows: pd.DataFrame) -> np.ndarray:
-    """The stacked features ``fn`` builds for ``rows`` (captured at the model call)."""
-
-    class _Capture:
-        def predict_proba(self, X):
-            return X
-
-    return fn(_Capture(), rows)
 
 
 def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:

@@ -18,7 +18,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 import willow
 from benchmarks.data import cached, data_path, split_positions
-from benchmarks.workload import Prepared, Sizes
+from benchmarks.workload import Prepared, Sizes, feature_matrix
 
 NAME = "price"
 FILES = ("california_housing.csv",)
@@ -97,11 +97,7 @@ def _train(train: pd.DataFrame):
     }
     model = LGBMRegressor(n_estimators=200, learning_rate=0.05, num_leaves=31, n_jobs=1, verbose=-1)
 
-    class _Capture:
-        def predict(self, X):
-            return X
-
-    features = make_pipeline(fitted).__wrapped__(_Capture(), train)
+    features = feature_matrix(make_pipeline(fitted).__wrapped__, train, "predict")
     model.fit(features, train["median_house_value"].to_numpy())
     return fitted, model
 

@@ -59,3 +59,18 @@ class Prepared:
     def original(self) -> Callable[..., Any]:
         """The undecorated pipeline function."""
         return self.make_pipeline().__wrapped__
+
+
+def feature_matrix(fn: Callable[..., Any], rows: Any, method: str = "predict_proba") -> Any:
+    """The stacked features the undecorated pipeline ``fn`` builds for ``rows``.
+
+    The model argument is a stand-in whose ``method`` returns its input, so the features are
+    captured at the model call: training uses exactly the feature code the pipeline runs.
+    """
+
+    class _Capture:
+        pass
+
+    capture = _Capture()
+    setattr(capture, method, lambda X: X)
+    return fn(capture, rows)

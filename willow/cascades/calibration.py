@@ -31,7 +31,7 @@ from willow.cascades.importance import permutation_importance
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CandidateResult, CascadePlan
 from willow.cascades.runtime import ModelGuard, ServingRuntime, model_fingerprint
-from willow.cascades.selection import DEFAULT_BUDGETS, candidate_subsets
+from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
 from willow.compiler.codegen import (
@@ -322,15 +322,7 @@ def calibrate_cascade(
         graph, runner, ns_tune, out_tune, output, options.importance_repeats, options.random_state
     )
     plan = replace(plan, importances=importances)
-    names = list(graph.group_names)
-    subsets = candidate_subsets(
-        names,
-        [costs.group(g).total_seconds_per_row for g in names],
-        [importances[g] for g in names],
-        exhaustive_max_groups=options.exhaustive_max_groups,
-        budgets=options.budgets,
-        max_candidates=options.max_candidates,
-    )
+    subsets = candidates_for(list(graph.group_names), costs, importances, options)
     ns_train, out_train = runner.run_all(arguments_for(split.train))
     train_labels = labels[split.train] if labels is not None else output.labels(out_train)
     tune_reference = output.labels(out_tune)

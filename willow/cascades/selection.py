@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 
-__all__ = ["candidate_subsets", "knapsack"]
+__all__ = ["candidate_subsets", "candidates_for", "knapsack"]
 
 DEFAULT_BUDGETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
 
@@ -95,3 +96,18 @@ def candidate_subsets(
 
     ranked = sorted(found, key=lambda s: (-value_per_cost(s), s))[:max_candidates]
     return [tuple(names[i] for i in subset) for subset in sorted(ranked)]
+
+
+def candidates_for(
+    names: Sequence[str], costs: Any, importances: dict[str, float], options: Any
+) -> list[tuple[str, ...]]:
+    """:func:`candidate_subsets` for a measured :class:`~willow.CostProfile` and an options
+    object carrying ``exhaustive_max_groups``, ``budgets`` and ``max_candidates``."""
+    return candidate_subsets(
+        names,
+        [costs.group(g).total_seconds_per_row for g in names],
+        [importances[g] for g in names],
+        exhaustive_max_groups=options.exhaustive_max_groups,
+        budgets=options.budgets,
+        max_candidates=options.max_candidates,
+    )

@@ -4,7 +4,7 @@
 2. measure every statement's cost on the tune split (:func:`willow.compiler.profiling.profile_costs`)
    and each group's value: the mean absolute change of the full model's score when the group's
    rows are shuffled (grouped permutation importance);
-3. for each candidate subset of groups (:func:`willow.cascades.selection.candidate_subsets`) fit
+3. for each candidate subset of groups (:func:`willow.cascades.selection.candidates_for`) fit
    an approximate regressor on the train split's full-model scores, and tune the candidate ratio
    ``c`` for every K/N fraction of the grid on bootstrap queries drawn from the tune split: the
    smallest ``c`` whose precision@K reaches ``precision_target`` in at least ``confidence`` of
@@ -32,7 +32,7 @@ from sklearn.base import clone
 
 from willow.cascades.calibration import check_row_aligned, check_stacker, count_row_inputs
 from willow.cascades.runtime import ModelGuard, model_fingerprint
-from willow.cascades.selection import DEFAULT_BUDGETS, candidate_subsets
+from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.compiler.codegen import layout_cascade, materialize, stack_expression
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
@@ -299,15 +299,7 @@ def calibrate_topk(
         graph, runner, ns_tune, model, spec, full_tune, options.importance_repeats, options.random_state
     )
     plan = replace(plan, importances=importances)
-    names = list(graph.group_names)
-    subsets = candidate_subsets(
-        names,
-        [costs.group(g).total_seconds_per_row for g in names],
-        [importances[g] for g in names],
-        exhaustive_max_groups=options.exhaustive_max_groups,
-        budgets=options.budgets,
-        max_candidates=options.max_candidates,
-    )
+    subsets = candidates_for(list(graph.group_names), costs, importances, options)
     ns_train, _ = runner.run_all(arguments_for(train))
     target = training_target(spec, spec(model, ns_train[graph.model_call.feature_variable]))
     rng = np.random.default_rng(options.random_state)
