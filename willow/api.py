@@ -514,7 +514,7 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
         compilation = apply_compilation(graph, state["compiled"], lower, original)
         graph = compilation.graph
         approximate = state["approximate"]
-        if plan.cascade and compilation.fused is not None and getattr(approximate, "refuse_on_load", False):
+        if plan.cascade and compilation.fused is not None and getattr(approximate, "fuse_on_load", False):
             approximate.fuse([compilation.vectorizer(g) for g in plan.selected])
     if plan.cascade or compilation is not None:
         layout = layout_cascade(graph, plan.selected) if plan.cascade else None

@@ -115,7 +115,7 @@ class ApproximateModel:
         was_fused = state.pop("_was_fused", False)
         self.__dict__.update(state)
         self._fused = None
-        self.refuse_on_load = was_fused  # willow.load fuses again with the live vectorizers
+        self.fuse_on_load = was_fused  # willow.load fuses again with the live vectorizers
         if compiled:
             from willow.compiler.lowering import lower
 

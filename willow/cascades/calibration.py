@@ -264,7 +264,7 @@ def calibrate_cascade(
             graph = compilation.graph
             runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
             ns_tune, out_tune = runner.run_all(tune_arguments)
-            compilation = fuse_text_pipeline(compilation, graph, ns_tune, tune_arguments)
+            compilation = fuse_text_pipeline(compilation, graph, ns_tune, out_tune)
         elif not compilation.skipped:
             compilation = None
 

@@ -28,6 +28,8 @@ __all__ = [
     "runtime_call",
     "assign_node",
     "unique_names",
+    "forward_call",
+    "model_defined_in_body",
     "CascadeLayout",
     "layout_cascade",
     "stack_expression",
@@ -162,18 +164,27 @@ def assign_node(target: str | Sequence[str], value: ast.expr) -> ast.Assign:
     return ast.Assign(targets=[node], value=value)
 
 
-def _forward_call(func_def: ast.FunctionDef) -> ast.Call:
-    """``_willow.original(<every parameter, passed the way it was declared>)``."""
+def forward_call(func_def: ast.FunctionDef, method: str = "original", *leading: str) -> ast.Call:
+    """``_willow.<method>(*leading, <every parameter, passed the way it was declared>)``."""
     a = func_def.args
-    args: list[ast.expr] = [name_node(p.arg) for p in a.posonlyargs + a.args]
+    args: list[ast.expr] = [name_node(n) for n in leading] + [
+        name_node(p.arg) for p in a.posonlyargs + a.args
+    ]
     if a.vararg:
         args.append(ast.Starred(value=name_node(a.vararg.arg), ctx=ast.Load()))
     keywords = [ast.keyword(arg=p.arg, value=name_node(p.arg)) for p in a.kwonlyargs]
     if a.kwarg:
         keywords.append(ast.keyword(arg=None, value=name_node(a.kwarg.arg)))
-    call = runtime_call("original", *args)
+    call = runtime_call(method, *args)
     call.keywords = keywords
     return call
+
+
+def model_defined_in_body(graph: PipelineGraph) -> bool:
+    """Whether the model expression reads a name the function body assigns, so a guard on the
+    model can only run after the statements that compute it."""
+    body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
+    return bool(names_read(graph.model_call.model) & body_defined)
 
 
 def unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]:
@@ -209,9 +220,8 @@ def _prelude(
             op=ast.Or(),
             values=[test, ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects))],
         )
-    guard = ast.If(test=test, body=[ast.Return(value=_forward_call(original_def))], orelse=[])
-    body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
-    guard_late = bool(names_read(model_expr) & body_defined)
+    guard = ast.If(test=test, body=[ast.Return(value=forward_call(original_def))], orelse=[])
+    guard_late = model_defined_in_body(graph)
     body: list[ast.stmt] = [] if guard_late else [guard]
     body.append(
         assign_node(n_rows, runtime_call("count_rows", **{p: name_node(p) for p in graph.row_parameters}))

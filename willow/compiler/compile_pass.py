@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import ModelCall, PipelineGraph, Statement
+from willow.compiler.profiling import group_costs
 
 __all__ = [
     "CompiledNode",
@@ -418,13 +419,13 @@ def compile_graph(
 
 
 def fuse_text_pipeline(
-    compilation: CompilationResult, graph: PipelineGraph, ns: dict[str, Any], arguments_ns: dict[str, Any]
+    compilation: CompilationResult, graph: PipelineGraph, ns: dict[str, Any], expected: Any
 ) -> CompilationResult:
     """Fuse ``X = sp.hstack([v1.transform(t), v2.transform(t), ...])`` + a linear model into one kernel.
 
     Applies when every feature group is exactly one compiled vectorizer ``transform`` of the same
     variable, the groups and ``X`` are read by nothing else, ``X`` goes straight to the model and
-    the fused kernel reproduces the model's output on the calibration rows (``ns`` holds a
+    the fused kernel reproduces the model's output ``expected`` on the calibration rows (``ns`` holds a
     completed run of the compiled graph). Otherwise ``compilation`` is returned unchanged.
     """
     import scipy.sparse as _sp
@@ -484,7 +485,6 @@ def fuse_text_pipeline(
             stacklevel=3,
         )
         return compilation
-    expected = getattr(model, graph.model_call.method)(ns[graph.model_call.feature_variable])
     try:
         fused_output = operator(ns[text])
     except Exception as exc:  # noqa: BLE001
@@ -519,8 +519,6 @@ def keep_faster(
     back to Python, with the measured costs as the reason. Returns the trimmed compilation and a
     cost profile that takes each statement's cost from whichever version is kept.
     """
-    from dataclasses import replace as _replace
-
     python_by_index = {s.index: s for s in python_costs.statements}
     compiled_by_index = {s.index: s for s in compiled_costs.statements}
     kept: list[CompiledNode] = []
@@ -552,16 +550,8 @@ def keep_faster(
         if None in kept_statements
         else python_costs.model_seconds_per_row
     )
-    groups = []
-    for g in python_costs.groups:
-        own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({g.name}))
-        shared = sum(
-            s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups
-        )
-        groups.append(_replace(g, seconds_per_row=own, shared_seconds_per_row=shared))
-    costs = _replace(
-        compiled_costs, statements=statements, groups=tuple(groups), model_seconds_per_row=model_seconds
-    )
+    groups = group_costs(tuple(g.name for g in python_costs.groups), statements)
+    costs = replace(compiled_costs, statements=statements, groups=groups, model_seconds_per_row=model_seconds)
     guarded_exprs = set()
     for n in kept:
         if n.statement is not None:

@@ -62,9 +62,9 @@ class FeatureGroup:
 class StackCall:
     """The statement that stacks the feature groups, e.g. ``X = sp.hstack([a, b]).tocsr()``.
 
-    ``call`` is the stacking call itself, ``elements_owner`` the list/tuple literal holding the
-    groups (which code generation replaces by the selected groups), and ``kind`` the recognised
-    stacking function, checked against the real object at calibration time.
+    ``function`` is the stacking function's expression and ``kind`` its recognised name (checked
+    against the real object at calibration time); ``elements`` are the group variables in the
+    order the stacking call lists them.
     """
 
     statement: int

@@ -15,7 +15,7 @@ from typing import Any
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 
-__all__ = ["StatementCost", "GroupCost", "CostProfile", "profile_costs"]
+__all__ = ["StatementCost", "GroupCost", "CostProfile", "profile_costs", "group_costs"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,18 @@ class CostProfile:
         return "\n".join(lines)
 
 
+def group_costs(names: tuple[str, ...], statements: tuple[StatementCost, ...]) -> tuple[GroupCost, ...]:
+    """Each group's own cost and its even share of the statements it shares with other groups."""
+    groups = []
+    for name in names:
+        own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({name}))
+        shared = sum(
+            s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and name in s.groups
+        )
+        groups.append(GroupCost(name, own, shared))
+    return tuple(groups)
+
+
 def _role(graph: PipelineGraph, index: int) -> str:
     if graph.stack is not None and index == graph.stack.statement:
         return "stack"
@@ -138,16 +150,9 @@ def profile_costs(
         )
         for st in graph.statements
     )
-    groups = []
-    for g in graph.groups:
-        own = sum(s.seconds_per_row for s in statements if s.groups == frozenset({g.name}))
-        shared = sum(
-            s.seconds_per_row / len(s.groups) for s in statements if len(s.groups) > 1 and g.name in s.groups
-        )
-        groups.append(GroupCost(g.name, own, shared))
     profile = CostProfile(
         statements=statements,
-        groups=tuple(groups),
+        groups=group_costs(graph.group_names, statements),
         model_seconds_per_row=times.model_seconds * per_row,
         n_rows=n_rows,
         repeats=repeats,

@@ -17,29 +17,16 @@ import copy
 from willow.compiler.codegen import (
     CascadeLayout,
     assign_node,
+    forward_call,
+    model_defined_in_body,
     name_node,
     runtime_call,
     stack_expression,
     unique_names,
 )
 from willow.compiler.graph import PipelineGraph
-from willow.compiler.tracing import names_read
 
 __all__ = ["build_topk_source"]
-
-
-def _exact_call(func_def: ast.FunctionDef, k: str) -> ast.Call:
-    """``_willow.exact(k, <every original parameter, passed the way it was declared>)``."""
-    a = func_def.args
-    args: list[ast.expr] = [name_node(k)] + [name_node(p.arg) for p in a.posonlyargs + a.args]
-    if a.vararg:
-        args.append(ast.Starred(value=name_node(a.vararg.arg), ctx=ast.Load()))
-    keywords = [ast.keyword(arg=p.arg, value=name_node(p.arg)) for p in a.kwonlyargs]
-    if a.kwarg:
-        keywords.append(ast.keyword(arg=None, value=name_node(a.kwarg.arg)))
-    call = runtime_call("exact", *args)
-    call.keywords = keywords
-    return call
 
 
 def build_topk_source(graph: PipelineGraph, layout: CascadeLayout) -> ast.FunctionDef:
@@ -50,10 +37,9 @@ def build_topk_source(graph: PipelineGraph, layout: CascadeLayout) -> ast.Functi
         graph, ["k", "n_rows", "n_candidates", "approx_features", "approx_scores", "candidates"]
     )
     k = local["k"]
-    exact = ast.Return(value=_exact_call(original, k))
+    exact = ast.Return(value=forward_call(original, "exact", k))
     model_expr = graph.model_call.model
-    body_defined = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
-    guard_late = bool(names_read(model_expr) & body_defined)
+    guard_late = model_defined_in_body(graph)
     not_same_model = ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_model", copy.deepcopy(model_expr)))
 
     body: list[ast.stmt] = [
