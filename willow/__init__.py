@@ -6,6 +6,7 @@ features, the full pipeline only for rows it is unsure about) whose agreement wi
 is proven on held-out rows.
 """
 
+from willow import tables  # noqa: F401 - makes willow.tables importable; not in __all__
 from willow._version import __version__
 from willow.api import OptimizedPipeline, load, optimize
 from willow.cascades.plan import CandidateResult, CascadePlan

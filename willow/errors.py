@@ -32,9 +32,27 @@ class PlanMismatchError(WillowError, ValueError):
     """A saved plan does not belong to this function or to this willow version."""
 
 
+class TableError(WillowError, RuntimeError):
+    """A feature table (:mod:`willow.tables`) cannot answer a lookup: a bad frame or schema, a
+    table never loaded, a stored row of the wrong size. The message names the table and key."""
+
+
+class TableUnavailableError(TableError, ConnectionError):
+    """A remote feature table's server did not answer (down, refused, timed out).
+
+    The message names the server (``host:port``), the table's key prefix and the first key of
+    the batch that failed, and what to do: start the server, raise ``socket_timeout``, or pass
+    ``fallback=`` to serve lookups from another table while the server is away.
+    """
+
+
 class UnsupportedPipelineWarning(UserWarning):
     """``strict=False`` fell back to running the original function unoptimized."""
 
 
 class ModelChangedWarning(UserWarning):
     """The model passed at call time is not the one the plan was calibrated with."""
+
+
+class TableFallbackWarning(UserWarning):
+    """A remote feature table was unavailable and a lookup was answered by its ``fallback``."""
