@@ -67,10 +67,10 @@ def _encode_keys(uniques: np.ndarray, numeric_table: bool) -> list[str | None]:
         return uniques.astype(str).tolist() if numeric_table else [None] * len(uniques)
     out: list[str | None] = []
     for key in uniques.tolist():
-        is_number = isinstance(key, (int, float)) and not isinstance(key, bool)
+        is_number = isinstance(key, (int, float, np.integer, np.floating)) and not isinstance(key, bool)
         if is_number != numeric_table:
             out.append(None)
-        elif isinstance(key, float) and key.is_integer():
+        elif isinstance(key, (int, np.integer)) or is_number and float(key).is_integer():
             out.append(str(int(key)))
         else:
             out.append(str(key))
