@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import table_pipelines
-from conftest import make_tabular
 from equivalence import assert_cascade_equivalent, routed_rows
 from lightgbm import LGBMClassifier
 from sklearn.linear_model import LogisticRegression
@@ -304,17 +303,17 @@ N_KEYS = 400
 
 
 def table_data(seed: int = 0):
-    """Rows (two cheap columns and a key) and a remote per-key table with a weak signal."""
+    """Rows (two cheap columns and a key), labels, and a per-key table whose first column shifts
+    each key's decision boundary: rows far from the boundary are easy on the cheap columns alone,
+    rows near it need the lookup."""
     n = 1000 + 2400 + 400
-    cheap, extra, y = make_tabular(n, seed=seed)
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng(seed)
+    cheap = rng.normal(size=(n, 2))
     keys = rng.integers(0, N_KEYS, n)
     remote = pd.DataFrame(
         rng.normal(size=(N_KEYS, 6)), index=pd.Index(np.arange(N_KEYS), name="key"), columns=list("abcdef")
     )
-    # The table's first column carries the rows' weak extra signal on average.
-    for k in range(N_KEYS):
-        remote.iloc[k, 0] = extra[keys == k, 0].mean() if (keys == k).any() else 0.0
+    y = (3.0 * cheap[:, 0] + 1.5 * cheap[:, 1] + 1.5 * remote["a"].to_numpy()[keys] > 0).astype(np.int64)
     remote = remote.drop(index=remote.index[::9])  # unseen keys: NaN features
     rows = pd.DataFrame({"c0": cheap[:, 0], "c1": cheap[:, 1], "key": keys})
     parts = np.split(np.arange(n), [1000, 3400])
