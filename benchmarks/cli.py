@@ -14,6 +14,7 @@ from typing import Any
 
 import willow
 from benchmarks.data import data_available, data_dir
+from benchmarks.feature_tables import TABLE_MODES, check_mode
 from benchmarks.plots import plot_all
 from benchmarks.report import terminal_table, write_json, write_markdown
 from benchmarks.run import DEFAULT_TARGETS, RunConfig, run_workload
@@ -38,6 +39,7 @@ def run(
     targets: tuple[float, ...] = DEFAULT_TARGETS,
     repeats: int | None = None,
     progress: bool = True,
+    tables: str = "pandas",
 ) -> dict[str, Any]:
     """Run ``workloads`` and return the results dict (what ``results.json`` holds)."""
     batch_repeats, tradeoff_repeats, min_seconds = REPEATS[scale]
@@ -49,6 +51,7 @@ def run(
         tradeoff_repeats=tradeoff_repeats,
         min_seconds=min_seconds,
         progress=progress,
+        tables=tables,
     )
     start = time.perf_counter()
     results: dict[str, Any] = {
@@ -60,6 +63,7 @@ def run(
             "python": platform.python_version(),
         },
         "scale": scale,
+        "tables": tables,
         "accuracy_target": accuracy_target,
         "confidence": config.base_options["confidence"],
         "willow_options": {k: list(v) if isinstance(v, tuple) else v for k, v in config.base_options.items()},
@@ -105,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         help="accuracy targets of the trade-off curve",
     )
     parser.add_argument("--repeats", type=int, help="timed batch repeats (median reported)")
+    parser.add_argument(
+        "--tables",
+        choices=TABLE_MODES,
+        default="pandas",
+        help="music's lookups: pandas reindex/merge (default), willow.tables MemoryTables, or "
+        "RedisTables in a local redis-server the benchmark starts and stops",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -122,8 +133,24 @@ def main(argv: list[str] | None = None) -> int:
     workloads = list(dict.fromkeys(args.workloads)) or list(WORKLOADS)
     for name in workloads:
         load_workload(name)
+    if args.tables != "pandas":
+        other = [name for name in workloads if not hasattr(load_workload(name), "make_table_pipeline")]
+        if other:
+            parser.error(
+                f"--tables {args.tables} applies to music only (not {', '.join(other)}): run "
+                f"`python -m benchmarks music --tables {args.tables}`."
+            )
+        problem = check_mode(args.tables)
+        if problem:
+            parser.error(problem)
     results = run(
-        workloads, scale, args.accuracy_target, tuple(args.targets), args.repeats, not args.no_progress
+        workloads,
+        scale,
+        args.accuracy_target,
+        tuple(args.targets),
+        args.repeats,
+        not args.no_progress,
+        args.tables,
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(results, args.out / "results.md")
     print()
     print(terminal_table(results))
+    for workload in results["workloads"]:
+        tables = workload.get("feature_tables", {})
+        if tables.get("mode", "pandas") != "pandas":
+            print(
+                f"{workload['name']}: lookups served by {tables['where']} (loaded in "
+                f"{tables['load_seconds']:.2f} s; test output identical to the pandas pipeline)."
+            )
     print(
         f"\nWrote {args.out / 'results.json'}, {args.out / 'results.md'}"
         + "".join(f", {p}" for p in results["plots"])

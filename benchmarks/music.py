@@ -11,6 +11,12 @@ genres from movies.csv), item_year (release year and title length), item_tags an
 (from tags.csv, a ``merge``), user_genres (the user's mean rating per genre), affinity (the
 user's genre profile against the movie's genres) and recency (seconds since the user's first and
 last rating in the history).
+
+``make_table_pipeline`` is the same pipeline written against ``willow.tables`` feature tables
+(``table.lookup(keys)`` for every reindex and for the merge): ``python -m benchmarks music
+--tables memory|redis`` serves it from MemoryTables or from RedisTables in a local redis-server
+(see :mod:`benchmarks.feature_tables`). Its features equal the pandas pipeline's exactly, so the
+same trained model serves both.
 """
 
 from __future__ import annotations
@@ -68,6 +74,53 @@ def make_pipeline(tables: dict[str, pd.DataFrame], **options: Any) -> willow.Opt
             keepdims=True,
         )
         recency = ratings["timestamp"].to_numpy(dtype=float)[:, None] - activity_table.reindex(
+            ratings["userId"]
+        ).to_numpy(dtype=float)
+        X = np.hstack(
+            [
+                user_stats,
+                item_stats,
+                item_genres,
+                item_year,
+                item_tags,
+                user_tags,
+                user_genres,
+                affinity,
+                recency,
+            ]
+        )
+        return model.predict_proba(X)
+
+    return recommend
+
+
+def make_table_pipeline(tables: dict[str, Any], **options: Any) -> willow.OptimizedPipeline:
+    """``make_pipeline`` with every lookup through a ``willow.tables`` table (same features)."""
+    user_table = tables["user"]
+    item_table = tables["item"]
+    genre_table = tables["genres"]
+    year_table = tables["year"]
+    item_tag_table = tables["item_tags"]
+    user_tag_table = tables["user_tags"]
+    user_genre_table = tables["user_genres"]
+    activity_table = tables["activity"]
+
+    @willow.optimize(**options)
+    def recommend(model, ratings):
+        user_stats = user_table.lookup(ratings["userId"]).to_numpy(dtype=float)
+        item_stats = item_table.lookup(ratings["movieId"]).to_numpy(dtype=float)
+        item_genres = genre_table.lookup(ratings["movieId"]).to_numpy(dtype=float)
+        item_year = year_table.lookup(ratings["movieId"]).to_numpy(dtype=float)
+        item_tags = item_tag_table.lookup(ratings["movieId"]).to_numpy(dtype=float)
+        user_tags = user_tag_table.lookup(ratings["userId"]).to_numpy(dtype=float)
+        user_genres = user_genre_table.lookup(ratings["userId"]).to_numpy(dtype=float)
+        affinity = np.nansum(
+            user_genre_table.lookup(ratings["userId"]).to_numpy(dtype=float)
+            * genre_table.lookup(ratings["movieId"]).to_numpy(dtype=float),
+            axis=1,
+            keepdims=True,
+        )
+        recency = ratings["timestamp"].to_numpy(dtype=float)[:, None] - activity_table.lookup(
             ratings["userId"]
         ).to_numpy(dtype=float)
         X = np.hstack(
@@ -189,6 +242,8 @@ def prepare(scale: str = "quick", random_state: int = 0) -> Prepared:
         task="binary",
         model=model,
         make_pipeline=lambda **options: make_pipeline(tables, **options),
+        feature_frames=tables,
+        make_table_pipeline=make_table_pipeline,
         calibration_rows=rows.iloc[calibration].reset_index(drop=True),
         calibration_labels=labels[calibration],
         test_rows=rows.iloc[test].reset_index(drop=True),

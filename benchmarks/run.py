@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import measure
+from benchmarks.feature_tables import serve_tables
 from benchmarks.variants import VARIANTS, Variant, optimize_options, unavailable
 from benchmarks.workload import Prepared
 from willow.errors import CalibrationError
@@ -39,6 +40,7 @@ class RunConfig:
         default_factory=lambda: {"confidence": 0.95, "split": (0.3, 0.35, 0.35)}
     )
     progress: bool = True
+    tables: str = "pandas"  # where lookups are served from: pandas, memory or redis (--tables)
 
 
 class _Steps:
@@ -134,6 +136,13 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
     prepared: Prepared = module.prepare(config.scale)
     prepare_seconds = time.perf_counter() - start
     bar.done()
+    with serve_tables(prepared, config.tables) as served:  # --tables memory|redis
+        return _measure(served, config, bar, extra_targets, prepare_seconds)
+
+
+def _measure(
+    prepared: Prepared, config: RunConfig, bar: _Steps, extra_targets: list[float], prepare_seconds: float
+) -> dict[str, Any]:
     model, rows, task = prepared.model, prepared.test_rows, prepared.task
     positive = prepared.details.get("positive_class")
     n_test = len(prepared.test_labels)
@@ -156,6 +165,7 @@ def _run(module: ModuleType, config: RunConfig, bar: _Steps, extra_targets: list
         "willow_options": {k: repr(v) for k, v in prepared.optimize_options.items()},
         "prepare_seconds": prepare_seconds,
         "accuracy_target": config.accuracy_target,
+        "feature_tables": prepared.details.get("feature_tables", {"mode": "pandas"}),
     }
 
     # ---- build and calibrate every variant

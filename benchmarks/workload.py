@@ -55,6 +55,10 @@ class Prepared:
     optimize_options: dict[str, Any] = field(default_factory=dict)
     topk_options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Workloads whose features are table lookups: the tables as frames, and the same pipeline
+    # built over willow.tables tables (``make_table_pipeline(tables, **options)``), for --tables.
+    feature_frames: dict[str, Any] | None = None
+    make_table_pipeline: Callable[..., Any] | None = None
 
     def original(self) -> Callable[..., Any]:
         """The undecorated pipeline function."""
