@@ -50,6 +50,8 @@ def make_frame(n_keys: int = 50, seed: int = 0) -> pd.DataFrame:
 KEY_CASES = {
     "list": lambda f: [f.index[3], f.index[0], 9999, f.index[3]],
     "ndarray": lambda f: np.asarray([f.index[5], -1, f.index[1]]),
+    "int32_array": lambda f: np.asarray([f.index[5], -1], dtype=np.int32),
+    "float_series": lambda f: pd.Series([f.index[5], 0.5], name="f"),
     "series": lambda f: pd.Series([f.index[2], f.index[2], 2], index=[10, 11, 12], name="userId"),
     "series_unnamed": lambda f: pd.Series([f.index[4], 5]),
     "index": lambda f: pd.Index([f.index[1], f.index[0]], name="other"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,16 @@ class TableSchema:
     def from_json(cls, data: dict[str, Any]) -> TableSchema:
         return cls(tuple(data["columns"]), str(data["key_dtype"]), data.get("index_name"))
 
-    @property
+    @cached_property
     def numeric_keys(self) -> bool:
         """Whether the keys are numbers (then string keys never match, as in ``reindex``)."""
         return bool(pd.api.types.is_numeric_dtype(pd.Index([], dtype=self.key_dtype)))
+
+    @cached_property
+    def column_index(self) -> pd.Index:
+        """The columns as one shared pandas Index (building it per lookup costs more than a
+        small lookup itself)."""
+        return pd.Index(self.columns)
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> TableSchema:
@@ -96,12 +103,21 @@ def lookup_index(keys: Any, schema: TableSchema) -> pd.Index:
     Built by reindexing an empty index of that dtype and name, so that every pandas rule (a
     Series' name wins, ``[]`` keeps the key dtype, float keys give a float index) is pandas' own.
     """
+    keys = check_keys(keys)
+    if (
+        isinstance(keys, (pd.Series, pd.Index, np.ndarray))
+        and len(keys)
+        and str(keys.dtype) == schema.key_dtype
+    ):
+        # What reindex returns for non-empty keys of the table's own dtype, without its hashing.
+        name = keys.name if isinstance(keys, (pd.Series, pd.Index)) else schema.index_name
+        return pd.Index(np.asarray(keys), name=name)
     cache_key = (schema.key_dtype, schema.index_name)
     empty = _EMPTY_INDEXES.get(cache_key)
     if empty is None:
         empty = pd.Index([], dtype=schema.key_dtype, name=schema.index_name)
         _EMPTY_INDEXES[cache_key] = empty
-    return empty.reindex(check_keys(keys))[0]
+    return empty.reindex(keys)[0]
 
 
 def check_keys(keys: Any) -> Any:

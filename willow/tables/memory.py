@@ -45,7 +45,7 @@ class MemoryTable(FeatureTable):
                 values = np.full((len(indexer), len(self.columns)), np.nan)
             else:
                 values[indexer < 0] = np.nan
-        return pd.DataFrame(values, index=new_index, columns=list(self.columns), copy=False)
+        return pd.DataFrame(values, index=new_index, columns=self.schema.column_index, copy=False)
 
     def to_frame(self) -> pd.DataFrame:
         """The whole table as a float64 DataFrame (what :meth:`RedisTable.load` writes)."""

@@ -258,9 +258,7 @@ class RedisTable(FeatureTable):
             if self.fallback is None:
                 raise
             return self._from_fallback(keys, exc)
-        return pd.DataFrame(
-            values, index=lookup_index(keys, schema), columns=list(schema.columns), copy=False
-        )
+        return pd.DataFrame(values, index=lookup_index(keys, schema), columns=schema.column_index, copy=False)
 
     def _from_fallback(self, keys: Any, exc: TableUnavailableError) -> pd.DataFrame:
         assert self.fallback is not None
@@ -274,8 +272,8 @@ class RedisTable(FeatureTable):
 
     def _fetch(self, keys: Any, schema: TableSchema) -> np.ndarray:
         # A list goes through pd.Index so mixed keys stay objects (np.asarray would make [10, "x"]
-        # two strings) and integer lists stay integers.
-        array = keys if isinstance(keys, (pd.Series, pd.Index, np.ndarray)) else pd.Index(keys)
+        # two strings) and integer lists stay integers; arrays factorize faster than Series.
+        array = np.asarray(keys) if isinstance(keys, (pd.Series, pd.Index, np.ndarray)) else pd.Index(keys)
         codes, uniques = pd.factorize(array, use_na_sentinel=True)
         uniques = np.asarray(uniques)
         n_cols = len(schema.columns)
