@@ -223,6 +223,11 @@ def test_missing_table_and_foreign_rows_raise_table_error(redis_server):
     table._redis().set("foreign:4", b"short")
     with pytest.raises(TableError, match=r"'foreign:4' .* 5 bytes, not 24"):
         table.lookup([1, 4])
+    table._redis().delete("foreign:4")
+    table._redis().hset("foreign:4", mapping={"count": "1"})
+    assert table.lookup([4]).isna().all(axis=None)  # MGET answers nil for another type: missing
+    with pytest.raises(TableError, match=r"answered an error while reading the schema: .*db="):
+        RedisTable(redis_server.url.replace("/0", "/99"), prefix="foreign").lookup([1])
 
 
 @needs_redis

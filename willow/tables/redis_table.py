@@ -11,6 +11,9 @@ columns on a local server took 6 ms with MGET of packed rows and 149 ms with pip
 command per key and returns every value as text that Python parses one float at a time; MGET
 returns one bytes string per key and the whole batch becomes an array with one ``frombuffer``.
 
+A key under the prefix that holds another Redis type (a hash, a list) reads as missing: MGET
+answers nil for it, as for an absent key; ``load`` clears the prefix before writing.
+
 Keys are sent once each (duplicates are looked up once), ``batch_size`` keys per MGET, and up to
 8 MGETs share one pipelined round trip. Numeric keys are written as their decimal text (``20``
 and ``20.0`` address the same row, as ``reindex`` matches them), strings as themselves.
@@ -178,6 +181,12 @@ class RedisTable(FeatureTable):
             f"{doing} ({type(exc).__name__}: {exc}). {_HINT}"
         )
 
+    def _refused(self, exc: BaseException, doing: str) -> TableError:
+        return TableError(
+            f"Redis server {self.server} (db {self.db}, table prefix {self.prefix!r}) answered an "
+            f"error while {doing}: {exc}. Check db= and password= of RedisTable."
+        )
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         redis = _import_redis()
         return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -192,6 +201,8 @@ class RedisTable(FeatureTable):
                 raw = self._redis().get(f"{self.prefix}#schema")
             except self._errors() as exc:
                 raise self._unavailable(exc, "reading the schema") from exc
+            except _import_redis().exceptions.ResponseError as exc:
+                raise self._refused(exc, "reading the schema") from exc
             if raw is None:
                 raise TableError(
                     f"No table under prefix {self.prefix!r} on Redis {self.server} db {self.db}: "
@@ -303,6 +314,8 @@ class RedisTable(FeatureTable):
                     f"fetching {len(chunk)} keys starting at key {first_key!r} "
                     f"(MGET batches {batch}-{last} of {n_batches}, {self.batch_size} keys each)",
                 ) from exc
+            except _import_redis().exceptions.ResponseError as exc:
+                raise self._refused(exc, f"fetching keys starting at {chunk[0]!r}") from exc
             rows = [row for reply in replies for row in reply]
             found = [i for i, row in enumerate(rows) if row is not None]
             if not found:
