@@ -11,19 +11,19 @@ batch) for batch sizes 1, 100, 2,000 and 10,000, through:
 - ``redis-hmget``: the layout RedisTable does not use, one Redis hash per key read with
   pipelined HMGET (kept here to show why: every value comes back as text, parsed one by one).
 
-Every lookup's result is checked against ``reindex``. Medians of ``--repeats`` runs.
+Every lookup's result is checked against ``reindex``. Medians of ``--repeats`` interleaved runs
+(``benchmarks.measure.time_batches``).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks import music
+from benchmarks import measure, music
 from willow.tables import LocalRedisServer, MemoryTable, RedisTable
 
 BATCHES = (1, 100, 2000, 10000)
@@ -48,16 +48,6 @@ class HashLayout:
         rows = [[np.nan if v is None else float(v) for v in reply] for reply in pipe.execute()]
         values = np.asarray(rows + [[np.nan] * len(self.columns)], dtype=float)[codes]
         return pd.DataFrame(values, index=pd.Index(keys), columns=self.columns)
-
-
-def _median_seconds(fn: Any, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             for size in BATCHES:
                 keys = pd.Series(rng.choice(ratings[key_column].to_numpy(), size), name=key_column)
                 expected = frame.astype(float).reindex(keys)
-                for layout, lookup in layouts.items():
-                    got = lookup(keys)
-                    np.testing.assert_array_equal(got.to_numpy(dtype=float), expected.to_numpy())
-                    seconds = _median_seconds(lambda lookup=lookup, keys=keys: lookup(keys), args.repeats)
+                for lookup in layouts.values():
+                    np.testing.assert_array_equal(lookup(keys).to_numpy(dtype=float), expected.to_numpy())
+                calls = {
+                    layout: (lambda lookup=lookup, keys=keys: lookup(keys))
+                    for layout, lookup in layouts.items()
+                }
+                samples = measure.time_batches(calls, args.repeats, min_seconds=0.02)
+                for layout, times in samples.items():
+                    seconds = float(np.median(times))
                     print(
                         f"{name:<8} {size:>6}  {layout:<12} {seconds * 1e3:>9.3f} {seconds / size * 1e6:>8.2f}"
                     )
