@@ -273,7 +273,9 @@ class OptimizedPipeline:
                 self._fall_back(exc)
                 return self
             self.plan_, self.costs_, self._topk = topk.plan, topk.costs, topk
-            self.approximate_model_, self.generated_source_ = topk.approximate, topk.source
+            self.approximate_model_ = topk.approximate.estimator_ if topk.approximate else None
+            self.generated_source_, self._compilation = topk.source, topk.compilation
+            self._approximate = topk.approximate
             return self
         try:
             result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())

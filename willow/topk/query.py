@@ -42,6 +42,7 @@ def topk_options(pipeline: OptimizedPipeline) -> TopKOptions:
         exhaustive_max_groups=pipeline.exhaustive_max_groups,
         max_candidates=pipeline.max_candidates,
         fractions=pipeline.k_fractions,
+        compile=pipeline.compile,
     )
 
 
