@@ -116,6 +116,17 @@ class ApproximateScorer:
         kernel = self._fused or self._kernel
         return None if kernel is None else kernel.source
 
+    def rebuild_kernels(self, vectorizers: list[Any] | None = None) -> None:
+        """After loading: compile (and fuse, with the live ``vectorizers``) again what was in use
+        when the plan was saved. The lowering is deterministic, so the kernels are the verified
+        ones (the vectorizers' content is checked by :func:`willow.load`)."""
+        from willow.compiler.lowering import lower
+
+        if self.__dict__.pop("compile_on_load", False):
+            self.compile(lower)
+        if self.__dict__.pop("fuse_on_load", False) and vectorizers is not None:
+            self.fuse(vectorizers)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_kernel"] = self._kernel is not None
