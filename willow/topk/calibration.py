@@ -4,15 +4,18 @@
 2. measure every statement's cost on the tune split (:func:`willow.compiler.profiling.profile_costs`)
    and each group's value: the mean absolute change of the full model's score when the group's
    rows are shuffled (grouped permutation importance);
+   With ``compile=`` on, the compiler pass runs first and everything below measures and runs
+   the compiled graph (kernels kept only where verified and faster);
 3. for each candidate subset of groups (:func:`willow.cascades.selection.candidates_for`) fit
    an approximate regressor on the train split's full-model scores, and tune the candidate ratio
    ``c`` for every K/N fraction of the grid on bootstrap queries drawn from the tune split: the
    smallest ``c`` whose precision@K reaches ``precision_target`` in at least ``confidence`` of
    the queries;
 4. keep the subset with the lowest expected cost per row at the declared K/N (or exact, if none
-   is cheaper than scoring every row), generate its top-K function, and check it on the holdout
-   split, which played no part in the choice: bootstrap precision@K with the tuned ratios, and
-   one real run of the generated function per grid fraction against the exact answer.
+   is cheaper than scoring every row), compile its approximate model, generate its top-K
+   function, and check it on the holdout split, which played no part in the choice: bootstrap
+   precision@K with the tuned ratios, and one real run of the generated function per grid
+   fraction against the exact answer.
 """
 
 from __future__ import annotations
