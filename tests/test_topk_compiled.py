@@ -156,6 +156,68 @@ def test_replaced_vectorizer_answers_exactly(compiled, text_model):
         chars = saved
 
 
+def slow_features(x):
+    """A deliberately costly feature group (elementwise, so rows stay independent)."""
+    for _ in range(60):
+        x = np.tanh(x) * 1.01
+    return x
+
+
+def tree_rank(model, cheap, costly):
+    a = cheap * 1.0
+    b = slow_features(costly)
+    X = np.hstack([a, b])
+    return model.predict(X)
+
+
+def test_compiled_tree_regressor_plan_equals_the_plan_without_kernels():
+    from lightgbm import LGBMRegressor
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(12)
+    cheap, costly = rng.normal(size=(3000, 3)), rng.normal(size=(3000, 12))
+    X = np.hstack([cheap, slow_features(costly)])
+    y = X[:, 0] * 2 + X[:, 1] - X[:, 3] + 0.3 * rng.normal(size=3000)
+    model = LGBMRegressor(n_estimators=30, num_leaves=15, verbose=-1, random_state=0).fit(X[:1000], y[:1000])
+    pipeline = willow.optimize(
+        query="topk",
+        k=10,
+        query_size=1000,
+        precision_target=0.9,
+        approximate_model=Ridge(),
+        **FAST,
+    )(tree_rank)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pipeline.calibrate(model, cheap[1000:], costly[1000:])
+    calibration = pipeline._topk
+    assert calibration.plan.approximate and calibration.plan.compiled_nodes >= 1
+    python_plan, _ = build_topk(
+        pipeline.graph_,
+        tree_rank,
+        calibration.plan,
+        ApproximateScorer(calibration.approximate.estimator_),
+        calibration.score,
+        calibration.scorer,
+        ModelGuard(calibration.model_fingerprint, model),
+    )
+    query_cheap, query_costly = rng.normal(size=(700, 3)), rng.normal(size=(700, 12))
+    query_cheap[::50], query_costly[::50] = (
+        query_cheap[3],
+        query_costly[3],
+    )  # tied rows: lowest position first
+    full = model.predict(np.hstack([query_cheap, slow_features(query_costly)]))
+    for k in (1, 7, 30):
+        found, scores = pipeline.top_k(model, query_cheap, query_costly, k=k, return_scores=True)
+        expected, expected_scores = python_plan(k, model, query_cheap, query_costly)
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(scores, full[found], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(
+        pipeline.top_k(model, query_cheap[:40], query_costly[:40], k=40), reference(full[:40], 40)
+    )
+
+
 # --------------------------------------------------------------------------- save / load
 
 
