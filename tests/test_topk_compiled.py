@@ -64,6 +64,21 @@ def reference(scores, k):
     return np.argsort(-np.asarray(scores, dtype=float), kind="stable")[:k]
 
 
+def without_kernels(pipeline, model):
+    """The calibrated plan of ``pipeline`` served from the original (uncompiled) statements."""
+    calibration = pipeline._topk
+    function, _ = build_topk(
+        pipeline.graph_,
+        pipeline.__wrapped__,
+        calibration.plan,
+        ApproximateScorer(calibration.approximate.estimator_),
+        calibration.score,
+        calibration.scorer,
+        ModelGuard(calibration.model_fingerprint, model),
+    )
+    return function
+
+
 @pytest.fixture(scope="module")
 def text_model():
     texts, labels = make_texts(1200, 0)
@@ -100,16 +115,7 @@ def test_compiled_plan_uses_kernels_and_explains_them(compiled):
 
 
 def test_compiled_top_k_equals_the_same_plan_without_kernels(compiled, text_model):
-    calibration = compiled._topk
-    python_plan, _ = build_topk(
-        compiled.graph_,
-        rank_text,
-        calibration.plan,
-        ApproximateScorer(calibration.approximate.estimator_),
-        calibration.score,
-        calibration.scorer,
-        ModelGuard(calibration.model_fingerprint, text_model),
-    )
+    python_plan = without_kernels(compiled, text_model)
     for seed in (2, 3, 4):
         messages, _ = make_texts(800, seed)
         for k in (1, 8, 40):
@@ -190,17 +196,8 @@ def test_compiled_tree_regressor_plan_equals_the_plan_without_kernels():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pipeline.calibrate(model, cheap[1000:], costly[1000:])
-    calibration = pipeline._topk
-    assert calibration.plan.approximate and calibration.plan.compiled_nodes >= 1
-    python_plan, _ = build_topk(
-        pipeline.graph_,
-        tree_rank,
-        calibration.plan,
-        ApproximateScorer(calibration.approximate.estimator_),
-        calibration.score,
-        calibration.scorer,
-        ModelGuard(calibration.model_fingerprint, model),
-    )
+    assert pipeline.plan_.approximate and pipeline.plan_.compiled_nodes >= 1
+    python_plan = without_kernels(pipeline, model)
     query_cheap, query_costly = rng.normal(size=(700, 3)), rng.normal(size=(700, 12))
     query_cheap[::50], query_costly[::50] = (
         query_cheap[3],

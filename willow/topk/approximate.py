@@ -10,7 +10,6 @@ was tuned on the estimator's own scores. Kernels are not pickled; a loaded plan 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +18,16 @@ import numpy as np
 __all__ = ["ApproximateScorer"]
 
 
-def _seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
+def _faster(
+    kernel: Any, python: Callable[[], Any], compiled: Callable[[], Any], what: str
+) -> tuple[Any, str]:
+    """``(kernel, "")`` when ``compiled()`` measures faster than ``python()``, else ``(None, why)``."""
+    from willow.cascades.calibration import _median_seconds
+
+    before, after = _median_seconds(python), _median_seconds(compiled)
+    if after < before:
+        return kernel, ""
+    return None, f"the {what} measured slower ({after * 1e3:.2f} vs {before * 1e3:.2f} ms)"
 
 
 class ApproximateScorer:
@@ -71,11 +72,9 @@ class ApproximateScorer:
             build = lambda: lower(self.estimator_, "predict")  # noqa: E731
             refusal, kernel = _verified_kernel(build, X, X, self.estimator_, "predict")
             if kernel is not None and X is not None:
-                before = _seconds(lambda: self.estimator_.predict(X))
-                after = _seconds(lambda: kernel(X))
-                if after >= before:
-                    refusal = f"the kernel measured slower ({after * 1e3:.2f} vs {before * 1e3:.2f} ms)"
-                    kernel = None
+                kernel, refusal = _faster(
+                    kernel, lambda: self.estimator_.predict(X), lambda: kernel(X), "kernel"
+                )
             self._kernel = kernel
         self.compile_note = refusal
         return refusal
@@ -97,10 +96,7 @@ class ApproximateScorer:
         build = lambda: fuse_text_linear(vectorizers, self.estimator_, "predict")  # noqa: E731
         reason, kernel = _verified_kernel(build, texts, X, self.estimator_, "predict")
         if kernel is not None and unfused is not None:
-            before, after = _seconds(unfused), _seconds(lambda: kernel(texts))
-            if after >= before:
-                reason = f"the fused kernel measured slower ({after * 1e3:.2f} vs {before * 1e3:.2f} ms)"
-                kernel = None
+            kernel, reason = _faster(kernel, unfused, lambda: kernel(texts), "fused kernel")
         self._fused = kernel
         self.fuse_note = reason
         return reason

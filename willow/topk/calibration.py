@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from scipy.stats import binom
 from sklearn.base import clone
 
 from willow.cascades.calibration import (
+    _median_seconds,
     _node_budget,
     _OpsHolder,
     check_row_aligned,
@@ -131,16 +131,6 @@ def _split(n: int, split: tuple[float, float, float], random_state: int | None) 
         np.sort(order[n_train : n_train + n_tune]),
         np.sort(order[n_train + n_tune :]),
     )
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
 
 
 def _score_importance(

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from willow.compiler.codegen import (
-    RUNTIME,
     CascadeLayout,
+    _ops_call,
     assign_node,
     forward_call,
     model_defined_in_body,
@@ -30,13 +30,6 @@ from willow.compiler.codegen import (
 from willow.compiler.graph import PipelineGraph
 
 __all__ = ["build_topk_source"]
-
-
-def _ops_call(attribute: str, *args: ast.expr) -> ast.Call:
-    ops = ast.Attribute(value=name_node(RUNTIME), attr="ops", ctx=ast.Load())
-    return ast.Call(
-        func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=list(args), keywords=[]
-    )
 
 
 def build_topk_source(
