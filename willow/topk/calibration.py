@@ -323,7 +323,12 @@ def calibrate_topk(
     )
 
     def exact(reason: str, **changes: Any) -> TopKCalibration:
-        return TopKCalibration(replace(plan, reason=reason, **changes), costs, spec, fingerprint, scorer)
+        # An exact plan runs the original statements: report their (Python) costs.
+        python_groups = {g.name: g.total_seconds_per_row for g in python_costs.groups}
+        changes = {"group_seconds_per_row": python_groups, **changes}
+        return TopKCalibration(
+            replace(plan, reason=reason, **changes), python_costs, spec, fingerprint, scorer
+        )
 
     if graph.stack is None:
         return exact(" ".join(graph.notes) or "the model reads a single feature group.")
