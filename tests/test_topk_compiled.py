@@ -147,6 +147,19 @@ def test_compiled_and_python_calibrations_agree(compiled, text_model):
     )
 
 
+def test_changed_model_answers_exactly_not_with_the_compiled_one(compiled, text_model):
+    texts, labels = make_texts(1200, 0)
+    other = LogisticRegression(C=0.5, max_iter=1000).fit(
+        sp.hstack([words.transform(texts), chars.transform(texts)]).tocsr(), 1 - labels
+    )
+    messages, _ = make_texts(400, 13)
+    with pytest.warns(willow.ModelChangedWarning):
+        found, scores = compiled.top_k(other, messages, k=6, return_scores=True)
+    full = full_scores(other, messages)
+    np.testing.assert_array_equal(found, reference(full, 6))
+    np.testing.assert_allclose(scores, full[found])
+
+
 def test_replaced_vectorizer_answers_exactly(compiled, text_model):
     messages, _ = make_texts(300, 7)
     global chars
