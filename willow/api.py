@@ -28,7 +28,6 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.errors import (
-    CalibrationError,
     NotCalibratedError,
     PlanMismatchError,
     UnsupportedPipelineError,
@@ -131,6 +130,8 @@ class OptimizedPipeline:
         self.query = query
         if query == "topk" and k is None:
             raise TypeError('query="topk" needs k=<the number of rows a call returns>, e.g. k=100.')
+        if query == "topk":
+            topk_query.check_signature(fn)
         self.k = topk_query.check_k(k) if k is not None else None
         self.precision_target = _check_fraction("precision_target", precision_target, upper_inclusive=True)
         self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
@@ -206,6 +207,7 @@ class OptimizedPipeline:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.query == "topk":
+            topk_query.check_call(self, args, kwargs)
             return self.top_k(*args, k=self.k, **kwargs)
         serving = self._serving
         if serving is None:
@@ -220,7 +222,9 @@ class OptimizedPipeline:
         output) or, for a regressor, its prediction. Positions are 0-based row numbers of the row
         inputs (not pandas index labels); ties are broken by the lowest position. ``k >= N``
         returns every row, sorted. With ``return_scores=True`` it returns ``(positions, scores)``,
-        the full model's scores of those rows.
+        the full model's scores of those rows. ``k=`` and ``return_scores=`` are the query's own
+        keywords: a function parameter of the same name is passed positionally
+        (``.top_k(model, X, 3, k=100)`` for ``def f(model, X, k)``).
 
         A ``query="topk"`` pipeline answers with its calibrated plan (see :meth:`explain` for
         what it guarantees); any other pipeline answers exactly, by scoring every row.
@@ -272,8 +276,7 @@ class OptimizedPipeline:
             except UnsupportedPipelineError as exc:
                 self._fall_back(exc)
                 return self
-            self.plan_, self.costs_, self._topk = topk.plan, topk.costs, topk
-            self.approximate_model_, self.generated_source_ = topk.approximate, topk.source
+            topk_query.install(self, topk)
             return self
         try:
             result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())
@@ -366,11 +369,6 @@ class OptimizedPipeline:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
             )
-        if self.query == "topk":
-            raise CalibrationError(
-                f'Cannot save {self.__qualname__}: saving query="topk" plans is not supported yet; '
-                "calibrate it again in the new process."
-            )
         assert self.graph_ is not None
         state = {
             "format": _FORMAT,
@@ -378,13 +376,18 @@ class OptimizedPipeline:
             "function": self.__qualname__,
             "source_fingerprint": source_fingerprint(self.graph_.source),
             "params": self.get_params(),
-            "plan": self.plan_,
-            "costs": self.costs_,
-            "approximate": self._approximate,
-            "output": self._output,
-            "model_fingerprint": self._fingerprint,
-            "compiled": self._compilation.recipes if self._compilation and self._serving else [],
         }
+        if self.query == "topk":
+            state.update(topk_query.saved_state(self))
+        else:
+            state.update(
+                plan=self.plan_,
+                costs=self.costs_,
+                approximate=self._approximate,
+                output=self._output,
+                model_fingerprint=self._fingerprint,
+                compiled=self._compilation.recipes if self._compilation and self._serving else [],
+            )
         with open(path, "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -506,6 +509,9 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             f"source of {getattr(original, '__qualname__', original)} differs from it. Recalibrate "
             "the edited function and save it again."
         )
+    if pipeline.query == "topk":
+        topk_query.restore(pipeline, state)
+        return pipeline
     plan: CascadePlan = state["plan"]
     function = source = compilation = None
     if state["compiled"]:

@@ -60,6 +60,7 @@ __all__ = [
     "CascadeOptions",
     "CalibrationResult",
     "calibrate_cascade",
+    "compile_for_calibration",
     "build_cascade",
     "call_with",
     "count_row_inputs",
@@ -213,6 +214,44 @@ class _OpsHolder:
         self.ops = operators
 
 
+def compile_for_calibration(
+    graph: PipelineGraph,
+    fn: Callable,
+    runner: StatementRunner,
+    tune_arguments: dict[str, Any],
+    python_costs: CostProfile,
+    options: Any,
+) -> tuple[CompilationResult | None, CostProfile, tuple[PipelineGraph, StatementRunner, dict, Any] | None]:
+    """Run the compiler pass on ``graph`` for calibration (cascades and top-K plans alike).
+
+    Compiles what can be lowered (verified on the tune rows), keeps the kernels that measured
+    faster than Python (``options.cost_repeats`` timed runs) and fuses a text pipeline when it
+    can. Returns the compilation (``None`` when nothing was even tried), the cost profile of the
+    kept version of every statement and, when some kernel is kept, ``(compiled graph, its
+    runner, its namespace and model output on the tune rows)``.
+    """
+    from willow.compiler.lowering import lower
+
+    n_tune = python_costs.n_rows
+    compilation = compile_graph(graph, runner, tune_arguments, lower, _node_budget(options))
+    costs = python_costs
+    if compilation.nodes:
+        compiled_runner = StatementRunner(
+            compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)}
+        )
+        compiled_costs, _, _ = profile_costs(
+            compilation.graph, compiled_runner, tune_arguments, n_tune, repeats=options.cost_repeats
+        )
+        compilation, costs = keep_faster(compilation, graph, python_costs, compiled_costs)
+    if not compilation.nodes:
+        return (compilation if compilation.skipped else None), costs, None
+    compiled_graph = compilation.graph
+    compiled_runner = StatementRunner(compiled_graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
+    ns_tune, out_tune = compiled_runner.run_all(tune_arguments)
+    compilation = fuse_text_pipeline(compilation, compiled_graph, ns_tune, out_tune)
+    return compilation, costs, (compiled_graph, compiled_runner, ns_tune, out_tune)
+
+
 def calibrate_cascade(
     graph: PipelineGraph,
     fn: Callable,
@@ -248,25 +287,11 @@ def calibrate_cascade(
     compilation = None
     costs = python_costs
     if options.compile:
-        from willow.compiler.lowering import lower
-
-        original_graph = graph
-        compilation = compile_graph(graph, runner, tune_arguments, lower, _node_budget(options))
-        if compilation.nodes:
-            compiled_runner = StatementRunner(
-                compilation.graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)}
-            )
-            compiled_costs, _, _ = profile_costs(
-                compilation.graph, compiled_runner, tune_arguments, n_tune, repeats=options.cost_repeats
-            )
-            compilation, costs = keep_faster(compilation, original_graph, python_costs, compiled_costs)
-        if compilation.nodes:
-            graph = compilation.graph
-            runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
-            ns_tune, out_tune = runner.run_all(tune_arguments)
-            compilation = fuse_text_pipeline(compilation, graph, ns_tune, out_tune)
-        elif not compilation.skipped:
-            compilation = None
+        compilation, costs, compiled_run = compile_for_calibration(
+            graph, fn, runner, tune_arguments, python_costs, options
+        )
+        if compiled_run is not None:
+            graph, runner, ns_tune, out_tune = compiled_run
 
     template = options.approximate_model if options.approximate_model is not None else model
     plan = CascadePlan(

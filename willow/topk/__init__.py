@@ -23,6 +23,13 @@ pipeline's own top K, divided by K) reaches ``precision_target`` in at least ``c
 queries; it is then checked on held-out rows (``TopKPlan.verified``). ``k >= N``, and any query
 whose candidates would be every row, is answered exactly. ``.top_k(...)`` also works, exactly, on
 pipelines not optimized for top-K queries.
+
+With ``compile=`` (on by default) the plan runs the compiler pass first: the filter's feature
+groups and the candidates' full pipeline use the generated kernels that verified and measured
+faster (a text pipeline may score the candidates' raw texts with one fused kernel), and the
+approximate model is compiled or fused the same way. ``save()`` / ``willow.load()`` keep top-K
+plans like cascades. ``k=`` and ``return_scores=`` are the query's keywords: a function parameter
+of either name is passed positionally (a keyword-only one is refused at decoration).
 """
 
 from willow.topk.plan import RatioRow, TopKCandidate, TopKPlan

@@ -4,15 +4,18 @@
 2. measure every statement's cost on the tune split (:func:`willow.compiler.profiling.profile_costs`)
    and each group's value: the mean absolute change of the full model's score when the group's
    rows are shuffled (grouped permutation importance);
+   With ``compile=`` on, the compiler pass runs first and everything below measures and runs
+   the compiled graph (kernels kept only where verified and faster);
 3. for each candidate subset of groups (:func:`willow.cascades.selection.candidates_for`) fit
    an approximate regressor on the train split's full-model scores, and tune the candidate ratio
    ``c`` for every K/N fraction of the grid on bootstrap queries drawn from the tune split: the
    smallest ``c`` whose precision@K reaches ``precision_target`` in at least ``confidence`` of
    the queries;
 4. keep the subset with the lowest expected cost per row at the declared K/N (or exact, if none
-   is cheaper than scoring every row), generate its top-K function, and check it on the holdout
-   split, which played no part in the choice: bootstrap precision@K with the tuned ratios, and
-   one real run of the generated function per grid fraction against the exact answer.
+   is cheaper than scoring every row), compile its approximate model, generate its top-K
+   function, and check it on the holdout split, which played no part in the choice: bootstrap
+   precision@K with the tuned ratios, and one real run of the generated function per grid
+   fraction against the exact answer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,15 +32,25 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.base import clone
 
-from willow.cascades.calibration import check_row_aligned, check_stacker, count_row_inputs
+from willow.cascades.calibration import (
+    _median_seconds,
+    _node_budget,
+    _OpsHolder,
+    check_row_aligned,
+    check_stacker,
+    compile_for_calibration,
+    count_row_inputs,
+)
 from willow.cascades.runtime import ModelGuard, model_fingerprint
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
-from willow.compiler.codegen import layout_cascade, materialize, stack_expression
+from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_expression
+from willow.compiler.compile_pass import CompilationResult
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, profile_costs
 from willow.errors import CalibrationError
 from willow.rows import permute_rows, take_rows
+from willow.topk.approximate import ApproximateScorer
 from willow.topk.codegen import build_topk_source
 from willow.topk.plan import RatioRow, TopKCandidate, TopKPlan
 from willow.topk.ranking import (
@@ -77,6 +89,7 @@ class TopKOptions:
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     bootstrap_repeats: int = 200
+    compile: bool | str = True
 
 
 @dataclass
@@ -88,9 +101,10 @@ class TopKCalibration:
     score: ScoreSpec
     model_fingerprint: str
     scorer: ExactScorer
-    approximate: Any = None
+    approximate: ApproximateScorer | None = None
     function: Callable | None = None
     source: str | None = None
+    compilation: CompilationResult | None = None
 
 
 def _split(n: int, split: tuple[float, float, float], random_state: int | None) -> tuple[np.ndarray, ...]:
@@ -117,16 +131,6 @@ def _split(n: int, split: tuple[float, float, float], random_state: int | None) 
         np.sort(order[n_train : n_train + n_tune]),
         np.sort(order[n_train + n_tune :]),
     )
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
 
 
 def _score_importance(
@@ -218,15 +222,34 @@ def _expected_cost(
     candidate_fraction: float,
     score_seconds: float,
     original: float,
+    fused_seconds: float | None = None,
+    approx_fused: bool = False,
 ) -> float:
+    """Seconds per row of a top-K query keeping ``candidate_fraction`` of the rows.
+
+    ``fused_seconds``: per-row cost of the fused full-model kernel, which replaces the remaining
+    groups, the stacking and the model on the candidates; with ``approx_fused`` the approximate
+    cost already includes building the selected groups' features.
+    """
     if candidate_fraction >= 1.0:
         return original
-    full_path = costs.remaining_cost(groups) + costs.stack_seconds_per_row + score_seconds
+    if fused_seconds is not None:
+        full_path = fused_seconds
+    else:
+        full_path = costs.remaining_cost(groups) + costs.stack_seconds_per_row + score_seconds
+    features = 0.0 if approx_fused else costs.features_cost(groups)
+    return costs.kept_seconds_per_row + features + approx_seconds + candidate_fraction * full_path
+
+
+def _scores_from_call(graph: PipelineGraph, spec: ScoreSpec) -> bool:
+    """Whether the candidates' scores can come from the graph's own model call (compiled or
+    not): it calls the method the score needs, with the features as its only argument."""
+    call = graph.model_call.node.value
     return (
-        costs.kept_seconds_per_row
-        + costs.features_cost(groups)
-        + approx_seconds
-        + candidate_fraction * full_path
+        isinstance(call, ast.Call)
+        and graph.model_call.method == spec.method
+        and len(call.args) == 1
+        and not call.keywords
     )
 
 
@@ -249,17 +272,28 @@ def calibrate_topk(
 
     runner = StatementRunner(graph, fn)
     n_tune = len(tune)
-    costs, ns_tune, _ = profile_costs(
-        graph, runner, arguments_for(tune), n_tune, repeats=options.cost_repeats
+    tune_arguments = arguments_for(tune)
+    python_costs, ns_tune, _ = profile_costs(
+        graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
     )
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
     spec = ScoreSpec.for_model(model, options.score)
     features_tune = ns_tune[graph.model_call.feature_variable]
     full_tune = spec(model, features_tune)
     score_seconds = _median_seconds(lambda: spec(model, features_tune)) / n_tune
-    original = costs.total_seconds_per_row - costs.model_seconds_per_row + score_seconds
+    original = python_costs.total_seconds_per_row - python_costs.model_seconds_per_row + score_seconds
     fingerprint = model_fingerprint(model)
-    scorer = ExactScorer(graph, fn, options.score)
+    scorer = ExactScorer(graph, fn, options.score)  # the reference: always the original statements
+    costs, compilation = python_costs, None
+    if options.compile:
+        compilation, costs, compiled_run = compile_for_calibration(
+            graph, fn, runner, tune_arguments, python_costs, options
+        )
+        if compiled_run is not None:
+            graph, runner, ns_tune, _ = compiled_run
+            if _scores_from_call(graph, spec):
+                features_tune = ns_tune[graph.model_call.feature_variable]
+                score_seconds = _median_seconds(lambda: spec.of_output(runner.model_output(ns_tune))) / n_tune
     if options.k is not None:
         reference = min(max(options.k / query_size, fractions[0]), fractions[-1])
     else:
@@ -289,7 +323,12 @@ def calibrate_topk(
     )
 
     def exact(reason: str, **changes: Any) -> TopKCalibration:
-        return TopKCalibration(replace(plan, reason=reason, **changes), costs, spec, fingerprint, scorer)
+        # An exact plan runs the original statements: report their (Python) costs.
+        python_groups = {g.name: g.total_seconds_per_row for g in python_costs.groups}
+        changes = {"group_seconds_per_row": python_groups, **changes}
+        return TopKCalibration(
+            replace(plan, reason=reason, **changes), python_costs, spec, fingerprint, scorer
+        )
 
     if graph.stack is None:
         return exact(" ".join(graph.notes) or "the model reads a single feature group.")
@@ -305,6 +344,10 @@ def calibrate_topk(
     rng = np.random.default_rng(options.random_state)
     tune_weights = bootstrap_weights(n_tune, query_size, options.bootstrap_repeats, rng)
 
+    fused = _fused_full(compilation, graph, spec)
+    fused_seconds = None
+    if fused is not None:
+        fused_seconds = _median_seconds(lambda: fused.operator(ns_tune[fused.text])) / n_tune
     results: list[TopKCandidate] = []
     fitted: dict[tuple[str, ...], tuple[Any, Any, list[RatioRow]]] = {}
     template_name = "-"
@@ -348,7 +391,9 @@ def calibrate_topk(
             )
             / n_tune
         )
-        expected = _expected_cost(costs, subset, approx_seconds, ratio * reference, score_seconds, original)
+        expected = _expected_cost(
+            costs, subset, approx_seconds, ratio * reference, score_seconds, original, fused_seconds
+        )
         results.append(
             TopKCandidate(
                 subset, ratio, expected, original / expected if expected > 0 else math.inf, approx_seconds
@@ -366,14 +411,24 @@ def calibrate_topk(
             f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {original * 1e6:.2f} us/row)."
         )
     estimator, layout, rows = fitted[best.groups]
+    approximate = ApproximateScorer(estimator)
+    expected = best.expected_seconds_per_row
+    if options.compile:
+        expected = _compile_filter(
+            approximate, graph, fn, compilation, spec, ns_tune, best, costs, options, reference, score_seconds
+        )
     plan = replace(
         plan,
         approximate=True,
         reason="approximate candidates, tuned on the tune split",
         selected=best.groups,
         ratios=tuple(rows),
-        expected_seconds_per_row=best.expected_seconds_per_row,
-        expected_speedup=best.expected_speedup,
+        expected_seconds_per_row=expected,
+        expected_speedup=original / expected,
+        compiled_nodes=len(compilation.nodes) if compilation is not None else 0,
+        approximate_kernel=(
+            "fused" if approximate.fused else "compiled" if approximate.compiled else "python"
+        ),
     )
 
     # Holdout: rows nothing above saw. Bootstrap queries with the tuned ratios, then real runs.
@@ -381,14 +436,15 @@ def calibrate_topk(
     ns_holdout, _ = runner.run_all(holdout_arguments)
     full_holdout = spec(model, ns_holdout[graph.model_call.feature_variable])
     expression = compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval")
-    approx_holdout = np.asarray(estimator.predict(eval(expression, ns_holdout)), dtype=np.float64).reshape(-1)
+    approx_holdout = approximate.scores(eval(expression, ns_holdout))
     holdout_weights = bootstrap_weights(
         len(holdout), query_size, options.bootstrap_repeats, rng, double=False
     )
     precision = bootstrap_precision(
         full_holdout, approx_holdout, holdout_weights, fractions, [r.ratio for r in rows]
     )
-    function, source = build_topk(graph, fn, plan, estimator, spec, scorer, ModelGuard(fingerprint, model))
+    guard = ModelGuard(fingerprint, model)
+    function, source = build_topk(graph, fn, plan, approximate, spec, scorer, guard, compilation)
     verified_rows = []
     bound = inspect.BoundArguments(inspect.signature(fn), holdout_arguments)  # type: ignore[arg-type]
     slack = 2.0 * math.sqrt(options.confidence * (1 - options.confidence) / options.bootstrap_repeats)
@@ -419,20 +475,107 @@ def calibrate_topk(
             stacklevel=4,
         )
     # The runtime must see the final plan (same ratios; holdout figures added).
-    function, source = build_topk(graph, fn, plan, estimator, spec, scorer, ModelGuard(fingerprint, model))
-    return TopKCalibration(plan, costs, spec, fingerprint, scorer, estimator, function, source)
+    function, source = build_topk(graph, fn, plan, approximate, spec, scorer, guard, compilation)
+    return TopKCalibration(plan, costs, spec, fingerprint, scorer, approximate, function, source, compilation)
+
+
+def _compile_filter(
+    approximate: ApproximateScorer,
+    graph: PipelineGraph,
+    fn: Callable,
+    compilation: CompilationResult | None,
+    spec: ScoreSpec,
+    ns_tune: dict[str, Any],
+    best: TopKCandidate,
+    costs: CostProfile,
+    options: TopKOptions,
+    reference: float,
+    score_seconds: float,
+) -> float:
+    """Compile (or fuse) the chosen approximate model where it verifies and measures faster;
+    return the plan's expected seconds per row with the kernels in use."""
+    from willow.compiler.lowering import lower
+
+    n_tune = costs.n_rows
+    expression = compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval")
+    features = eval(expression, ns_tune)
+    approximate.compile(lower, features, _node_budget(options))
+    fused = _fused_full(compilation, graph, spec)
+    fused_seconds = None
+    if fused is not None:
+        texts = ns_tune[fused.text]
+        fused_seconds = _median_seconds(lambda: fused.operator(texts)) / n_tune
+        layout = layout_cascade(graph, best.groups)
+        runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
+
+        def unfused() -> Any:
+            ns = dict(ns_tune)
+            runner.run(ns, list(layout.selected_features))
+            return approximate.scores(eval(expression, ns))
+
+        approximate.fuse([compilation.vectorizer(g) for g in best.groups], texts, features, unfused)
+    if approximate.fused:
+        approx_seconds = _median_seconds(lambda: approximate.scores_text(ns_tune[fused.text])) / n_tune
+    else:
+        approx_seconds = (
+            _median_seconds(
+                lambda: top_positions(approximate.scores(features), max(1, int(reference * n_tune)))
+            )
+            / n_tune
+        )
+    return _expected_cost(
+        costs,
+        best.groups,
+        approx_seconds,
+        best.ratio_at_reference * reference,
+        score_seconds,
+        math.inf,
+        fused_seconds,
+        approximate.fused,
+    )
+
+
+def _fused_full(compilation: CompilationResult | None, graph: PipelineGraph, spec: ScoreSpec) -> Any:
+    """The fused text kernel that scores the candidates from their raw texts, if there is one."""
+    if compilation is None or compilation.fused is None or not _scores_from_call(graph, spec):
+        return None
+    return compilation.fused
 
 
 def build_topk(
     graph: PipelineGraph,
     fn: Callable,
     plan: TopKPlan,
-    approximate: Any,
+    approximate: ApproximateScorer,
     score: ScoreSpec,
     scorer: ExactScorer,
     guard: ModelGuard,
+    compilation: CompilationResult | None = None,
 ) -> tuple[Callable, str]:
-    """Generate and compile the top-K function of ``plan``; return it and its rendered source."""
+    """Generate and compile the top-K function of ``plan``; return it and its rendered source.
+
+    With ``compilation``, ``graph`` is the compiled graph: its kernels (and a fused text kernel,
+    when the score comes from the model call) serve the filter's groups and the candidates.
+    """
     layout = layout_cascade(graph, plan.selected)
-    runtime = TopKRuntime(plan, approximate, score, scorer, guard)
-    return materialize(build_topk_source(graph, layout), fn, runtime, f"{graph.function_name} top-k")
+    objects = compilation.guarded if compilation is not None else ()
+    runtime = TopKRuntime(
+        plan,
+        approximate,
+        score,
+        scorer,
+        guard,
+        operators=compilation.operators if compilation is not None else None,
+        objects=tuple(obj for _, obj in objects),
+    )
+    from_call = _scores_from_call(graph, score)
+    fused = _fused_full(compilation, graph, score)
+    source = build_topk_source(
+        graph,
+        layout,
+        [expr for expr, _ in objects],
+        fused,
+        from_call,
+        approximate.fused and fused is not None,
+    )
+    return materialize(source, fn, runtime, f"{graph.function_name} top-k")

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import ast
 import copy
+from collections.abc import Sequence
+from typing import Any
 
 from willow.compiler.codegen import (
     CascadeLayout,
+    _ops_call,
     assign_node,
     forward_call,
     model_defined_in_body,
@@ -29,8 +32,24 @@ from willow.compiler.graph import PipelineGraph
 __all__ = ["build_topk_source"]
 
 
-def build_topk_source(graph: PipelineGraph, layout: CascadeLayout) -> ast.FunctionDef:
-    """The top-K function for ``layout`` as an AST: ``def <name>_top_k(k, /, <original params>)``."""
+def build_topk_source(
+    graph: PipelineGraph,
+    layout: CascadeLayout,
+    guarded: Sequence[str] = (),
+    fused: Any = None,
+    score_from_call: bool = False,
+    approximate_fused: bool = False,
+) -> ast.FunctionDef:
+    """The top-K function for ``layout`` as an AST: ``def <name>_top_k(k, /, <original params>)``.
+
+    ``graph`` may be a compiled graph (statements calling ``_willow.ops.<name>``); ``guarded``
+    are the expressions of the fitted objects its kernels were compiled from (a replaced object
+    makes the query exact). With ``score_from_call`` the candidates' scores come from the
+    graph's own (possibly compiled) model call, otherwise from ``_willow.score(model, X)``.
+    ``fused`` (a :class:`~willow.compiler.compile_pass.FusedText`, used with
+    ``score_from_call``) scores the candidates' raw texts with one kernel; ``approximate_fused``
+    scores every row's raw text with the approximate model's fused kernel.
+    """
     original = ast.parse(graph.source).body[0]
     assert isinstance(original, ast.FunctionDef)
     local = unique_names(
@@ -53,23 +72,35 @@ def build_topk_source(graph: PipelineGraph, layout: CascadeLayout) -> ast.Functi
     too_many = ast.Compare(
         left=name_node(local["n_candidates"]), ops=[ast.GtE()], comparators=[name_node(local["n_rows"])]
     )
+    if guarded:
+        objects = [ast.parse(expr, mode="eval").body for expr in guarded]
+        not_same_model = ast.BoolOp(
+            op=ast.Or(),
+            values=[
+                not_same_model,
+                ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects)),
+            ],
+        )
     test = too_many if guard_late else ast.BoolOp(op=ast.Or(), values=[too_many, not_same_model])
     body.append(ast.If(test=test, body=[exact], orelse=[]))
     body += [copy.deepcopy(graph.statements[i].node) for i in layout.every_row]
     if guard_late:
         body.append(ast.If(test=not_same_model, body=[copy.deepcopy(exact)], orelse=[]))
-    body += [copy.deepcopy(graph.statements[i].node) for i in layout.selected_features]
+    if approximate_fused:
+        approximate = runtime_call("approximate_text", name_node(fused.text))
+    else:
+        body += [copy.deepcopy(graph.statements[i].node) for i in layout.selected_features]
+        body.append(assign_node(local["approx_features"], stack_expression(graph, layout.selected)))
+        approximate = runtime_call("approximate_scores", name_node(local["approx_features"]))
     body += [
-        assign_node(local["approx_features"], stack_expression(graph, layout.selected)),
-        assign_node(
-            local["approx_scores"], runtime_call("approximate_scores", name_node(local["approx_features"]))
-        ),
+        assign_node(local["approx_scores"], approximate),
         assign_node(
             local["candidates"],
             runtime_call("candidates", name_node(local["approx_scores"]), name_node(local["n_candidates"])),
         ),
     ]
-    for name in layout.row_subsets:
+    full_fused = fused is not None and score_from_call
+    for name in [fused.text] if full_fused else layout.row_subsets:
         body.append(
             assign_node(
                 name,
@@ -78,17 +109,19 @@ def build_topk_source(graph: PipelineGraph, layout: CascadeLayout) -> ast.Functi
                 ),
             )
         )
-    body += [copy.deepcopy(graph.statements[i].node) for i in layout.remaining_features + layout.full_model]
-    features = ast.Name(id=graph.model_call.feature_variable, ctx=ast.Load())
+    if full_fused:
+        scores = runtime_call("score_output", _ops_call(fused.attribute, name_node(fused.text)))
+    else:
+        body += [
+            copy.deepcopy(graph.statements[i].node) for i in layout.remaining_features + layout.full_model
+        ]
+        if score_from_call:
+            scores = runtime_call("score_output", copy.deepcopy(graph.model_call.node.value))
+        else:
+            features = ast.Name(id=graph.model_call.feature_variable, ctx=ast.Load())
+            scores = runtime_call("score", copy.deepcopy(model_expr), features)
     body.append(
-        ast.Return(
-            value=runtime_call(
-                "best_of",
-                name_node(local["candidates"]),
-                runtime_call("score", copy.deepcopy(model_expr), features),
-                name_node(k),
-            )
-        )
+        ast.Return(value=runtime_call("best_of", name_node(local["candidates"]), scores, name_node(k)))
     )
     args = copy.deepcopy(original.args)
     args.posonlyargs = [ast.arg(arg=k)] + args.posonlyargs

@@ -79,6 +79,8 @@ class TopKPlan:
     approximate_model: str
     verified: bool
     candidates: tuple[TopKCandidate, ...] = field(default_factory=tuple)
+    compiled_nodes: int = 0
+    approximate_kernel: str = "python"
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -189,6 +191,12 @@ class TopKPlan:
             f"  approximate model {self.approximate_model}, trained on the full model's scores "
             f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
         )
+        if self.approximate:
+            lines.append(
+                f"  compiled: {self.compiled_nodes} pipeline node(s) run as generated kernels; the "
+                f"approximate model runs as {self.approximate_kernel}"
+                + (" (one kernel from the raw text)" if self.approximate_kernel == "fused" else "")
+            )
         if self.candidates:
             lines.append("")
             lines.append("  candidates (tune split):")

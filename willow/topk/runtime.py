@@ -14,6 +14,7 @@ import numpy as np
 from willow.cascades.runtime import ModelGuard, ServingRuntime
 from willow.compiler.execution import StatementRunner, bind_arguments
 from willow.compiler.graph import PipelineGraph
+from willow.topk.approximate import ApproximateScorer
 from willow.topk.plan import TopKPlan
 from willow.topk.ranking import check_k, top_positions
 from willow.topk.scores import ScoreSpec
@@ -62,19 +63,24 @@ class TopKRuntime:
     def __init__(
         self,
         plan: TopKPlan,
-        approximate: Any,
+        approximate: ApproximateScorer,
         score: ScoreSpec,
         scorer: ExactScorer,
         guard: ModelGuard,
+        operators: Any = None,
+        objects: tuple[Any, ...] = (),
     ) -> None:
         self.plan = plan
         self.approximate_model = approximate
         self.score_spec = score
         self.scorer = scorer
         self.same_model = guard
+        self.ops = operators  # the compiled operators the generated code calls as _willow.ops.<name>
+        self._objects = objects
 
     count_rows = staticmethod(ServingRuntime.count_rows)
     take_rows = staticmethod(ServingRuntime.take_rows)
+    same_objects = ServingRuntime.same_objects  # compiled fitted objects still the calibrated ones
 
     def candidate_count(self, k: Any, n_rows: int) -> int:
         """Validate ``k``; the number of candidates to keep (``>= n_rows``: answer exactly)."""
@@ -89,7 +95,11 @@ class TopKRuntime:
 
     def approximate_scores(self, features: Any) -> np.ndarray:
         """The approximate model's score of every row (only its ranking matters)."""
-        return np.asarray(self.approximate_model.predict(features), dtype=np.float64).reshape(-1)
+        return self.approximate_model.scores(features)
+
+    def approximate_text(self, texts: Any) -> np.ndarray:
+        """The approximate score of every text, through the fused kernel."""
+        return self.approximate_model.scores_text(texts)
 
     @staticmethod
     def candidates(approx_scores: np.ndarray, n_candidates: int) -> np.ndarray:
@@ -99,6 +109,10 @@ class TopKRuntime:
     def score(self, model: Any, features: Any) -> np.ndarray:
         """The full model's score of each candidate row."""
         return self.score_spec(model, features)
+
+    def score_output(self, output: Any) -> np.ndarray:
+        """The full model's score of each candidate row, from its (compiled) model call's output."""
+        return self.score_spec.of_output(output)
 
     @staticmethod
     def best_of(candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

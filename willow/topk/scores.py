@@ -84,7 +84,11 @@ class ScoreSpec:
 
     def __call__(self, model: Any, X: Any) -> np.ndarray:
         """One float64 score per row of ``X``."""
-        output = getattr(model, self.method)(X)
+        return self.of_output(getattr(model, self.method)(X))
+
+    def of_output(self, output: Any) -> np.ndarray:
+        """One float64 score per row of ``output``, what ``model.<method>(X)`` returned (or a
+        compiled kernel of it)."""
         if self.function is not None:
             scores = np.asarray(self.function(output), dtype=np.float64)
         elif self.column is not None:
