@@ -8,20 +8,37 @@ of the K highest-scoring rows, best first, ties broken by the lowest position; w
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from willow.cascades.runtime import ModelGuard
 from willow.compiler.execution import bind_arguments
 from willow.errors import UnsupportedPipelineError
-from willow.topk.calibration import DEFAULT_FRACTIONS, TopKCalibration, TopKOptions, calibrate_topk
+from willow.topk.calibration import (
+    DEFAULT_FRACTIONS,
+    TopKCalibration,
+    TopKOptions,
+    build_topk,
+    calibrate_topk,
+)
 from willow.topk.ranking import check_k
 from willow.topk.runtime import ExactScorer, exact_top_k
 
 if TYPE_CHECKING:
     from willow.api import OptimizedPipeline
 
-__all__ = ["QUERIES", "DEFAULT_FRACTIONS", "topk_options", "calibrate_pipeline", "answer", "explain_lines"]
+__all__ = [
+    "QUERIES",
+    "DEFAULT_FRACTIONS",
+    "topk_options",
+    "calibrate_pipeline",
+    "answer",
+    "explain_lines",
+    "portable",
+    "restore",
+]
 
 QUERIES = ("predict", "topk")
 
@@ -76,6 +93,26 @@ def answer(
         else:
             positions, scores = exact_top_k(scorer.scores(arguments), k)
     return (positions, scores) if return_scores else positions
+
+
+def portable(calibration: TopKCalibration) -> TopKCalibration:
+    """``calibration`` without its generated function and statement runner, for pickling."""
+    return replace(calibration, scorer=None, function=None)
+
+
+def restore(pipeline: OptimizedPipeline, calibration: TopKCalibration) -> TopKCalibration:
+    """A :func:`portable` calibration with its scorer and top-K function generated again for
+    ``pipeline`` (after unpickling)."""
+    assert pipeline.graph_ is not None
+    graph, fn = pipeline.graph_, pipeline.__wrapped__
+    scorer = ExactScorer(graph, fn, pipeline.score)
+    function = source = None
+    if calibration.approximate is not None:
+        guard = ModelGuard(calibration.model_fingerprint)
+        function, source = build_topk(
+            graph, fn, calibration.plan, calibration.approximate, calibration.score, scorer, guard
+        )
+    return replace(calibration, scorer=scorer, function=function, source=source)
 
 
 def explain_lines(pipeline: OptimizedPipeline) -> list[str]:
