@@ -104,6 +104,18 @@ def test_compiled_text_pipeline_equals_single_process(client, text):
     np.testing.assert_allclose(series.to_numpy(), expected, rtol=0, atol=1e-12)
 
 
+def test_workers_reuse_the_pipeline_they_unpickled(client, text):
+    pipeline, model, frame = text
+    client.run(lambda: willow.dask._CACHE.clear())  # a lambda: run on the worker's own cache
+    ddf = dd.from_pandas(frame, npartitions=4)
+    first = willow.dask.predict(pipeline, ddf, model, columns="text").compute()
+    again = willow.dask.predict(pipeline, ddf, model, columns="text").compute()
+    cached = client.run(lambda: list(willow.dask._CACHE))
+    assert all(len(digests) <= 1 for digests in cached.values())
+    assert len({d for digests in cached.values() for d in digests}) == 1
+    pd.testing.assert_frame_equal(first, again)
+
+
 def test_uncalibrated_pipeline_with_two_row_parameters(client, tabular):
     _, model, test = tabular
     pipeline = willow.optimize(pipelines.numpy_pipeline)

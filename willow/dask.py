@@ -3,17 +3,24 @@
 ``willow.dask.predict(pipeline, ddf, model, columns="text")`` calls ``pipeline(model,
 <partition's text column>)`` on every partition with ``map_partitions`` and returns a lazy dask
 Series (``predict``) or DataFrame (``predict_proba``: one column per class) indexed like ``ddf``, in
-partition order. The pipeline and the other arguments travel to the workers once, as one graph
-key (a pickled pipeline carries its plan and rebuilds its generated function and compiled
-kernels on the worker, see :mod:`willow.pickling`), not once per partition.
+partition order. The pipeline and the other arguments travel to the workers once per call, as
+one graph key holding their pickle (a pickled pipeline carries its plan and rebuilds its
+generated function and compiled kernels on the worker, see :mod:`willow.pickling`), not once per
+partition. Each worker process keeps the few pipelines it unpickled last, keyed by the pickle's
+SHA-256, so repeated calls with the same pipeline and arguments skip unpickling and kernel
+loading.
 
 This module imports dask; ``import willow`` does not import it (install ``willow[dask]``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import pickle
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -205,11 +212,40 @@ def predict(
     if not isinstance(meta, (pd.Series, pd.DataFrame)):
         raise TypeError(f"meta must be an empty pandas Series or DataFrame, got {type(meta).__name__}.")
     call = _PartitionCall(pipeline, selection, arguments, meta.iloc[:0])
-    # One graph key for the pipeline and its arguments: each worker receives and unpickles them
-    # once. An explicit name avoids dask hashing (pickling) the model to tokenize it.
-    shipped = dask.delayed(call, name=f"willow-pipeline-{uuid.uuid4().hex}")
+    # One graph key for the pipeline and its arguments: each worker receives them once. An
+    # explicit name avoids dask hashing (pickling) the model again to tokenize it.
+    shipped = dask.delayed(_Shipped(call), name=f"willow-pipeline-{uuid.uuid4().hex}")
     return ddf.map_partitions(_apply, shipped, meta=call.meta, enforce_metadata=False)
 
 
-def _apply(partition: pd.DataFrame | pd.Series, call: _PartitionCall) -> pd.Series | pd.DataFrame:
-    return call(partition)
+class _Shipped:
+    """A :class:`_PartitionCall` as pickled bytes and their digest; a worker unpickles the same
+    bytes once and reuses the result across calls (see :func:`_unpickled`)."""
+
+    def __init__(self, call: _PartitionCall) -> None:
+        import cloudpickle
+
+        self.payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        self.digest = hashlib.sha256(self.payload).hexdigest()
+
+
+_CACHE: OrderedDict[str, _PartitionCall] = OrderedDict()
+_CACHE_SIZE = 4
+_CACHE_LOCK = threading.Lock()
+
+
+def _unpickled(shipped: _Shipped) -> _PartitionCall:
+    """The worker process's copy of ``shipped`` (unpickled once, least recently used dropped)."""
+    with _CACHE_LOCK:
+        call = _CACHE.get(shipped.digest)
+        if call is None:
+            call = pickle.loads(shipped.payload)
+            _CACHE[shipped.digest] = call
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(shipped.digest)
+    return call
+
+
+def _apply(partition: pd.DataFrame | pd.Series, shipped: _Shipped) -> pd.Series | pd.DataFrame:
+    return _unpickled(shipped)(partition)
