@@ -165,5 +165,8 @@ def test_input_errors_name_what_was_expected(tabular, text):
 
 
 def test_import_willow_does_not_import_dask():
-    code = "import sys, willow; assert 'dask' not in sys.modules, 'dask imported'"
+    code = (
+        "import sys, willow; assert 'dask' not in sys.modules, 'dask imported'; "
+        "assert willow.dask.predict and 'dask' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
