@@ -8,7 +8,10 @@ or a notebook's function would be.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pipelines
 import scipy.sparse as sp
+from conftest import make_tabular
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -40,3 +43,24 @@ def text_setup(texts, labels, n_train=1200, n_calib=2400, n_test=300, seed=1):
     model = LogisticRegression(max_iter=1000, C=10).fit(X, labels[train])
     batch = list(texts[test]) + ["", "zzqx unseenword ♥ ünïcödé 漢字", "   ", "A"]
     return words, chars, model, list(texts[calib]), batch
+
+
+def tabular_frame(n, seed, offset=0):
+    """``make_tabular`` rows as a frame (columns c0, c1, e0..e5) indexed from ``offset``, and labels."""
+    cheap, extra, y = make_tabular(n, seed=seed)
+    columns = ["c0", "c1"] + [f"e{i}" for i in range(6)]
+    frame = pd.DataFrame(np.hstack([cheap, extra]), columns=columns, index=pd.RangeIndex(offset, offset + n))
+    return frame, y
+
+
+def frame_cascade(seed, **options):
+    """``pipelines.frame_pipeline`` calibrated to a cascade, its model and 400 test rows (indexed
+    from 2800, the calibration rows from 0)."""
+    frame, y = tabular_frame(3200, seed)
+    train = frame.iloc[:800]
+    features = np.hstack([train[["c0", "c1"]].to_numpy(), pipelines.slow_features(train.iloc[:, 2:])])
+    model = LogisticRegression(max_iter=500).fit(features, y[:800])
+    pipeline = willow.optimize(pipelines.frame_pipeline, accuracy_target=0.9, confidence=0.9, **options)
+    pipeline.calibrate(model, frame.iloc[800:2800].reset_index(drop=True))
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    return pipeline, model, frame.iloc[2800:]

@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 import pipelines
 import pytest
-from conftest import make_tabular
-from picklable import make_text_pipeline, text_setup
-from sklearn.linear_model import LogisticRegression
+from picklable import frame_cascade, make_text_pipeline, text_setup
 
 import willow
 
@@ -50,24 +48,10 @@ def irregular(frame: pd.DataFrame) -> dd.DataFrame:
     return ddf
 
 
-def tabular_frame(n, seed, offset):
-    cheap, extra, y = make_tabular(n, seed=seed)
-    columns = ["c0", "c1"] + [f"e{i}" for i in range(6)]
-    frame = pd.DataFrame(np.hstack([cheap, extra]), columns=columns, index=pd.RangeIndex(offset, offset + n))
-    return frame, y
-
-
 @pytest.fixture(scope="module")
 def tabular():
-    frame, y = tabular_frame(3200, seed=7, offset=0)
-    train, calib = frame.iloc[:800], frame.iloc[800:2800]
-    features = np.hstack([train[["c0", "c1"]].to_numpy(), pipelines.slow_features(train.iloc[:, 2:])])
-    model = LogisticRegression(max_iter=500).fit(features, y[:800])
-    pipeline = willow.optimize(pipelines.frame_pipeline, accuracy_target=0.9, confidence=0.9, **FAST)
-    pipeline.calibrate(model, calib.reset_index(drop=True))
-    assert pipeline.plan_.cascade, pipeline.plan_.reason
-    test = frame.iloc[2800:].assign(user=np.arange(400))  # a column the pipeline does not read
-    return pipeline, model, test
+    pipeline, model, test = frame_cascade(seed=7, **FAST)
+    return pipeline, model, test.assign(user=np.arange(len(test)))  # a column the pipeline does not read
 
 
 @pytest.fixture(scope="module")

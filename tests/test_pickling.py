@@ -16,11 +16,9 @@ from pathlib import Path
 
 import cloudpickle
 import numpy as np
-import pandas as pd
 import pipelines
 import pytest
-from conftest import make_tabular
-from picklable import make_text_pipeline, text_setup
+from picklable import frame_cascade, make_text_pipeline, tabular_frame, text_setup
 from sklearn.linear_model import LogisticRegression
 
 import willow
@@ -32,23 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DUMPS = {"pickle": pickle.dumps, "cloudpickle": cloudpickle.dumps}
 
 
-def tabular_frame(cheap, extra, offset=0):
-    data = np.hstack([cheap, extra])
-    columns = ["c0", "c1"] + [f"e{i}" for i in range(6)]
-    return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(offset, offset + len(data)))
-
-
 @pytest.fixture(scope="module")
 def frame_setup():
-    cheap, extra, y = make_tabular(3200, seed=5)
-    train, calib, test = np.split(np.arange(len(y)), [800, 2800])
-    model = LogisticRegression(max_iter=500).fit(
-        np.hstack([cheap[train], pipelines.slow_features(extra[train])]), y[train]
-    )
-    pipeline = willow.optimize(pipelines.frame_pipeline, accuracy_target=0.9, confidence=0.9, **FAST)
-    pipeline.calibrate(model, tabular_frame(cheap[calib], extra[calib]))
-    assert pipeline.plan_.cascade, pipeline.plan_.reason
-    return pipeline, model, tabular_frame(cheap[test], extra[test], offset=5000)
+    return frame_cascade(seed=5, **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +114,7 @@ def decorated(model, frame):
 def test_module_level_decorated_pipeline_is_pickled_by_reference(frame_setup):
     _, model, batch = frame_setup
     calibrated = willow.optimize(decorated, accuracy_target=0.9, confidence=0.9, **FAST)
-    cheap, extra, _ = make_tabular(2000, seed=9)
-    calibrated.calibrate(model, tabular_frame(cheap, extra))
+    calibrated.calibrate(model, tabular_frame(2000, seed=9)[0])
     stored = calibrated.__getstate__()["attributes"]["__wrapped__"]
     assert isinstance(stored, WrappedReference) and stored.qualname == "decorated"
     clone = pickle.loads(pickle.dumps(calibrated))
