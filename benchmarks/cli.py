@@ -119,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--dask",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="instead of the variants: rows/s of the calibrated pipeline over a dask DataFrame on a "
+        "LocalCluster of N single-threaded workers, next to one process (needs willow[dask])",
+    )
+    parser.add_argument(
+        "--dask-rows", type=int, default=200_000, help="rows scored in --dask mode (test split tiled)"
+    )
     args = parser.parse_args(argv)
     for value in [args.accuracy_target, *args.targets]:
         if not 0.0 < value <= 1.0:
@@ -143,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = check_mode(args.tables)
         if problem:
             parser.error(problem)
+    if args.dask:
+        if args.tables != "pandas":
+            parser.error(
+                "--dask measures the pandas pipelines only; drop --tables, or run --tables without --dask."
+            )
+        return _scaleout(args, workloads, scale)
     results = run(
         workloads,
         scale,
@@ -172,3 +189,32 @@ def main(argv: list[str] | None = None) -> int:
         + f" ({results['wall_seconds']:.0f} s)."
     )
     return 1 if any("error" in w for w in results["workloads"]) else 0
+
+
+def _scaleout(args: argparse.Namespace, workloads: list[str], scale: str) -> int:
+    """``--dask N ...``: the scale-out measurement (see :mod:`benchmarks.scaleout`)."""
+    import json
+
+    from benchmarks.scaleout import run_scaleout, scaleout_table
+
+    if min(args.dask) < 1 or args.dask_rows < 1:
+        raise SystemExit("--dask worker counts and --dask-rows must be at least 1.")
+    results = [
+        run_scaleout(
+            load_workload(name),
+            args.dask,
+            args.dask_rows,
+            scale,
+            args.accuracy_target,
+            dict(RunConfig().base_options),
+            args.repeats or 3,
+        )
+        for name in workloads
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dask.json").write_text(json.dumps(results, indent=2))
+    table = scaleout_table(results)
+    (args.out / "dask.md").write_text(table + "\n")
+    print(table)
+    print(f"\nWrote {args.out / 'dask.json'} and {args.out / 'dask.md'}.")
+    return 0 if all(d["identical"] for r in results for d in r["dask"]) else 1

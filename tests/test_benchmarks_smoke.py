@@ -176,3 +176,17 @@ def test_compiled_and_top_k_variants_run(monkeypatch, model_cache):
     top = next(v for v in result["variants"] if v["name"] == "top-k")
     assert top["k"] == price.TOP_K["smoke"] and 0.0 <= top["precision_at_k"] <= 1.0
     assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok"]
+
+
+@pytest.mark.skipif(not data_available("sms_spam.tsv"), reason="the shared SMS data is absent")
+def test_dask_mode_scores_the_tiled_test_split_identically(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    from benchmarks.cli import main
+
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", str(tmp_path / "models"))
+    argv = ["toxic", "--scale", "smoke", "--accuracy-target", "0.9", "--dask", "1", "--dask-rows", "1000"]
+    assert main(argv + ["--repeats", "1", "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "dask.json").read_text())
+    assert result["name"] == "toxic" and result["rows"] == 1000 and result["pipeline_pickle_bytes"] > 0
+    assert [(d["workers"], d["identical"]) for d in result["dask"]] == [(1, True)]
+    assert "| toxic | 1,000 |" in (tmp_path / "dask.md").read_text()

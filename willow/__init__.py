@@ -41,3 +41,12 @@ __all__ = [
     "PlanMismatchError",
     "ModelChangedWarning",
 ]
+
+
+def __getattr__(name: str):
+    """``willow.dask`` is imported on first use, so ``import willow`` never imports dask."""
+    if name == "dask":
+        import importlib
+
+        return importlib.import_module("willow.dask")
+    raise AttributeError(f"module 'willow' has no attribute {name!r}")

@@ -33,6 +33,7 @@ from willow.errors import (
     UnsupportedPipelineError,
     UnsupportedPipelineWarning,
 )
+from willow.pickling import portable_function, restore_function
 from willow.topk import query as topk_query
 from willow.topk.plan import TopKPlan
 
@@ -40,6 +41,8 @@ __all__ = ["optimize", "OptimizedPipeline", "load"]
 
 _FORMAT = "willow-plan/1"
 _FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_")
+# Rebuilt from the plan state when a pipeline is unpickled, never pickled themselves.
+_DERIVED = _FITTED + ("_serving", "_compilation", "_topk", "_approximate", "_output", "_fingerprint")
 
 
 def _check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
@@ -369,6 +372,13 @@ class OptimizedPipeline:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
             )
+        with open(path, "wb") as fh:
+            pickle.dump(self._plan_state(), fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _plan_state(self) -> dict[str, Any]:
+        """The calibrated plan (cascade, compiled or top-K) as plain picklable data (what
+        :meth:`save` writes and a pickled pipeline carries); :func:`_restore_plan` rebuilds serving
+        from it."""
         assert self.graph_ is not None
         state = {
             "format": _FORMAT,
@@ -388,8 +398,38 @@ class OptimizedPipeline:
                 model_fingerprint=self._fingerprint,
                 compiled=self._compilation.recipes if self._compilation and self._serving else [],
             )
-        with open(path, "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        return state
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle support (``pickle``, ``cloudpickle``, Dask): the options, the traced graph, the
+        original function (by reference when importable, by value with cloudpickle otherwise, see
+        :mod:`willow.pickling`) and the calibrated plan. Generated functions and compiled kernels
+        are not pickled: unpickling generates them again and loads the kernels from the
+        receiving machine's kernel cache (compiling them there once)."""
+        attributes = {k: v for k, v in self.__dict__.items() if k not in _DERIVED}
+        attributes["__wrapped__"] = portable_function(self.__wrapped__)
+        plan = None
+        if self.is_calibrated:
+            plan = self._plan_state()
+        return {"willow_version": __version__, "attributes": attributes, "plan": plan}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["willow_version"] != __version__:
+            raise PlanMismatchError(
+                f"This pickled willow pipeline was made by willow {state['willow_version']}, but this "
+                f"process runs willow {__version__}; install the same willow version on every machine "
+                "that unpickles it (e.g. every Dask worker)."
+            )
+        attributes = dict(state["attributes"])
+        attributes["__wrapped__"] = restore_function(attributes["__wrapped__"])
+        self.__dict__.update(attributes)
+        self._serving = None
+        self._compilation = None
+        plan = state["plan"]
+        if plan is None:
+            return
+        assert self.graph_ is not None
+        _restore_plan(self, self.graph_, self.__wrapped__, plan)
 
 
 def optimize(
@@ -509,9 +549,17 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             f"source of {getattr(original, '__qualname__', original)} differs from it. Recalibrate "
             "the edited function and save it again."
         )
+    _restore_plan(pipeline, graph, original, state)
+    return pipeline
+
+
+def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: Callable, state: dict) -> None:
+    """Install the plan ``state`` (from :meth:`OptimizedPipeline._plan_state`) on ``pipeline``:
+    compile the saved operators again (kernels come from the on-disk cache) and generate the
+    serving function. Shared by :func:`load` and unpickling."""
     if pipeline.query == "topk":
         topk_query.restore(pipeline, state)
-        return pipeline
+        return
     plan: CascadePlan = state["plan"]
     function = source = compilation = None
     if state["compiled"]:
@@ -544,4 +592,3 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
         source,
         compilation,
     )
-    return pipeline

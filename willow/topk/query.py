@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from willow.cascades.runtime import ModelGuard
 from willow.compiler.execution import bind_arguments
 from willow.errors import UnsupportedPipelineError
 from willow.topk.approximate import ApproximateScorer
