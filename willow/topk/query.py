@@ -191,7 +191,6 @@ def restore(pipeline: OptimizedPipeline, state: dict[str, Any]) -> None:
     Raises :class:`~willow.PlanMismatchError` (from the compiler) when a fitted object the plan
     compiled is no longer the same.
     """
-    from willow.cascades.runtime import ModelGuard
     from willow.compiler.compile_pass import apply_compilation
     from willow.topk.calibration import build_topk
 
