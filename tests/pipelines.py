@@ -73,3 +73,30 @@ def text_pipeline(model, comments):
 
 WORDS = None
 CHARS = None
+
+
+def lookup_pipeline(model, rows):
+    """Lookups into fitted tables (reindex, map, merge) and fused elementwise arithmetic."""
+    user = USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+    item = (
+        rows[["item"]]
+        .merge(ITEM_TABLE, how="left", left_on="item", right_index=True)
+        .drop(columns="item")
+        .to_numpy(dtype=float)
+    )
+    city = rows["city"].map(CITY_RATES).to_numpy(dtype=float)[:, None]
+    affinity = np.nansum(
+        USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+        * ITEM_TABLE.reindex(rows["item"]).to_numpy(dtype=float),
+        axis=1,
+        keepdims=True,
+    )
+    age = rows["t"].to_numpy(dtype=float)[:, None] - USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+    scaled = np.log1p(np.abs(age)) * 0.5 + np.where(age > 0, 1.0, -1.0)
+    X = np.hstack([user, item, city, affinity, scaled])
+    return model.predict_proba(X)
+
+
+USER_TABLE = None
+ITEM_TABLE = None
+CITY_RATES = None

@@ -1,0 +1,122 @@
+"""compile=True on a pipeline of table lookups and arithmetic feeding LightGBM."""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import pandas as pd
+import pipelines
+import pytest
+from lightgbm import LGBMClassifier
+
+import willow
+
+OPTIONS = dict(accuracy_target=0.97, confidence=0.95, cost_repeats=2, importance_repeats=1)
+
+
+def _rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user": rng.integers(0, 60, n),  # users 50..59 are not in the table
+            "item": rng.integers(100, 140, n),
+            "city": rng.choice(["paris", "oslo", "lima", "rome"], n),  # rome is unseen
+            "t": rng.normal(5.0, 2.0, n),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def lookup_setup():
+    rng = np.random.default_rng(3)
+    pipelines.USER_TABLE = pd.DataFrame(
+        rng.normal(size=(50, 3)), index=pd.Index(np.arange(50), name="user"), columns=["a", "b", "c"]
+    )
+    item = pd.DataFrame(rng.normal(size=(35, 3)), index=np.arange(100, 135), columns=["x", "y", "z"])
+    item.iloc[3, 1] = np.nan
+    pipelines.ITEM_TABLE = item
+    pipelines.CITY_RATES = {"paris": 0.5, "oslo": 2, "lima": np.nan}
+    train, calib = _rows(rng, 800), _rows(rng, 1500)
+
+    class Capture:
+        def predict_proba(self, X):
+            self.X = X
+            return X
+
+    capture = Capture()
+    pipelines.lookup_pipeline(capture, train)
+    labels = (np.nan_to_num(capture.X[:, 0]) + rng.normal(0, 0.5, len(train)) > 0).astype(int)
+    model = LGBMClassifier(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1).fit(capture.X, labels)
+    return model, calib, _rows(rng, 300)
+
+
+def test_lookup_pipeline_compiles_and_matches_the_original(lookup_setup, tmp_path):
+    model, calib, batch = lookup_setup
+    pipeline = willow.optimize(pipelines.lookup_pipeline, cascade=False, compile="all", **OPTIONS)
+    pipeline.calibrate(model, calib)
+    compilation = pipeline._compilation
+    report = compilation.report()
+    expressions = [n for n in compilation.nodes if n.path is not None] + [
+        s for s in compilation.skipped if "measured slower" in s.reason
+    ]
+    assert len(expressions) >= 5, report  # user, item merge, city map, the product, age/scaled
+    for rows in (batch, batch.iloc[:1]):
+        expected = pipelines.lookup_pipeline(model, rows)
+        np.testing.assert_allclose(pipeline(model, rows), expected, rtol=1e-12, atol=0)
+    assert len(pipeline(model, batch.iloc[:0])) == 0
+    if any(n.path is not None for n in compilation.nodes):
+        assert "Generated kernel for _willow.ops." in report and "def kernel(" in report
+        path = tmp_path / "lookups.willow"
+        pipeline.save(path)
+        loaded = willow.load(path, pipelines.lookup_pipeline)
+        assert loaded.generated_source_ == pipeline.generated_source_
+        np.testing.assert_array_equal(loaded(model, batch), pipeline(model, batch))
+
+
+def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
+    """Independent of timing: every verified expression kernel, forced in, gives the same output."""
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+    from willow.compiler.tracing import trace_pipeline
+
+    model, calib, batch = lookup_setup
+    fn = pipelines.lookup_pipeline
+    graph = trace_pipeline(fn)
+    runner = StatementRunner(graph, fn)
+    result = compile_graph(graph, runner, {"model": model, "rows": calib}, lower)
+    compiled = [n for n in result.nodes if n.path is not None]
+    originals = " ".join(n.original for n in compiled)
+    assert len(compiled) == 6 and all(k in originals for k in (".reindex(", ".merge(", ".map(", "np.log1p"))
+    assert "_willow.ops." in ast.unparse(result.graph.statements[3].node)  # inside np.nansum(...)
+    from willow.compiler.compile_pass import RUNTIME
+
+    class Holder:
+        ops = result.operators
+
+    compiled_runner = StatementRunner(result.graph, fn, extra={RUNTIME: Holder})
+    for rows in (batch, batch.iloc[:1], batch.iloc[:0]):
+        arguments = {"model": model, "rows": rows}
+        got = compiled_runner.run(compiled_runner.namespace(arguments))
+        want = runner.run(runner.namespace(arguments))
+        for name in ("user", "item", "city", "affinity", "age", "scaled", "X"):
+            assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=0)
+        if len(rows):
+            np.testing.assert_allclose(compiled_runner.model_output(got), fn(model, rows), rtol=1e-12)
+
+
+def test_replaced_table_falls_back_to_the_original(lookup_setup):
+    model, calib, batch = lookup_setup
+    pipeline = willow.optimize(pipelines.lookup_pipeline, cascade=False, compile="all", **OPTIONS)
+    pipeline.calibrate(model, calib)
+    if not any(expr == "USER_TABLE" for expr, _ in pipeline._compilation.guarded):
+        pytest.skip("no USER_TABLE lookup measured faster than pandas on this machine")
+    original = pipelines.USER_TABLE
+    try:
+        pipelines.USER_TABLE = original * 2.0
+        with pytest.warns(willow.ModelChangedWarning):
+            out = pipeline(model, batch)
+        np.testing.assert_array_equal(out, pipelines.lookup_pipeline(model, batch))
+    finally:
+        pipelines.USER_TABLE = original
