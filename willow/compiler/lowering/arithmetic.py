@@ -111,6 +111,7 @@ class Operand:
     lookup: Lookup | None = None
     slot: int = -1
     integer: bool = False  # a scalar holding an integer
+    aliases: list[ast.expr] = field(default_factory=list)  # other places of the same value
 
 
 @dataclass(eq=False)
@@ -174,6 +175,7 @@ class _Analyzer:
         if not any(isinstance(n, (ast.Call, ast.NamedExpr)) for n in ast.walk(node)):
             for seen in self.operands:  # the same side-effect-free value: pass it once
                 if seen.lookup is None and ast.unparse(seen.expr) == source:
+                    seen.aliases.append(node)
                     return seen
         try:
             value = self.evaluate(node)
@@ -516,7 +518,12 @@ def _substitute(node: Any, replaced: dict[int, str]) -> Any:
 def _fallback(expression: Expression, node: ast.expr, namespace: dict[str, Any]) -> Callable[..., Any]:
     """The original expression as a function of the operands' values: what a call runs when the
     kernel does not apply. Lookups take their keys (or left frame) as the operand."""
-    replaced = {id(op.expr): f"_operand{op.slot}" for op in expression.operands if op.lookup is None}
+    replaced = {
+        id(expr): f"_operand{op.slot}"
+        for op in expression.operands
+        if op.lookup is None
+        for expr in (op.expr, *op.aliases)
+    }
     lookups = {id(op.lookup.keys): f"_operand{op.slot}" for op in expression.operands if op.lookup}
     body = _substitute(node, {**replaced, **lookups})
     args = ast.arguments(

@@ -130,6 +130,7 @@ class Lookup:
     merge_key: str | None = None
     merge_drop: tuple[str, ...] = ()
     right_numeric: bool = True
+    float_table: bool = True  # every column float64: no dtype=float needed
 
     @property
     def ndim(self) -> int:
@@ -163,8 +164,8 @@ class Lookup:
         return rows
 
 
-def _table_values(table: Any, what: str) -> tuple[np.ndarray, pd.Index]:
-    """The table as float64 values (C order) and its index."""
+def _table_values(table: Any, what: str) -> tuple[np.ndarray, pd.Index, bool]:
+    """The table as float64 values (C order), its index and whether all its columns are float64."""
     if isinstance(table, dict):
         if type(table) is not dict:
             raise NotLowerable(
@@ -186,7 +187,7 @@ def _table_values(table: Any, what: str) -> tuple[np.ndarray, pd.Index]:
                 "exactly as pandas does."
             )
     values = np.ascontiguousarray(table.to_numpy(dtype=np.float64))
-    return values, table.index
+    return values, table.index, all(dtype == np.float64 for dtype in dtypes)
 
 
 def _is_float_request(call: ast.Call, resolve: Callable[[ast.expr], Any]) -> bool:
@@ -252,7 +253,7 @@ def match_lookup(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup |
     lookup = _match_inner(inner, resolve)
     if lookup is None:
         return None
-    if not to_float and lookup.values.dtype != np.float64:
+    if not to_float and not lookup.float_table:
         raise NotLowerable("the lookup result is converted without dtype=float")
     return lookup
 
@@ -356,7 +357,7 @@ def _match_merge(call: ast.Call, drop: tuple[str, ...], resolve: Callable[[ast.e
         )
     if not right.index.is_unique:
         raise NotLowerable(f"merge with {what}: the table's key has duplicates, which multiplies rows")
-    values, index = _table_values(right, what)
+    values, index, float_table = _table_values(right, what)
     numeric = index.dtype.kind in "iufb" if isinstance(index.dtype, np.dtype) else False
     left = call.func.value  # type: ignore[union-attr]
     return Lookup(
@@ -368,6 +369,7 @@ def _match_merge(call: ast.Call, drop: tuple[str, ...], resolve: Callable[[ast.e
         merge_key=key,
         merge_drop=drop,
         right_numeric=numeric,
+        float_table=float_table,
     )
 
 
@@ -380,5 +382,7 @@ def _build(
     if mode != "map" and isinstance(table, dict):
         return None
     what = f"`{ast.unparse(table_expr)}`"
-    values, index = _table_values(table, what)
-    return Lookup(mode, ast.unparse(table_expr), keys, values, KeyIndex.build(index, what))
+    values, index, float_table = _table_values(table, what)
+    return Lookup(
+        mode, ast.unparse(table_expr), keys, values, KeyIndex.build(index, what), float_table=float_table
+    )
