@@ -120,3 +120,21 @@ def test_replaced_table_falls_back_to_the_original(lookup_setup):
         np.testing.assert_array_equal(out, pipelines.lookup_pipeline(model, batch))
     finally:
         pipelines.USER_TABLE = original
+
+
+def test_a_kernel_that_fails_to_compile_stays_python_with_a_warning(lookup_setup, monkeypatch):
+    from willow.compiler import compile_pass
+    from willow.compiler.lowering import arithmetic
+
+    model, calib, batch = lookup_setup
+
+    def broken(expression, node, namespace):
+        raise RuntimeError("simulated Numba failure")
+
+    monkeypatch.setattr(arithmetic, "compile_expression", broken)
+    with pytest.warns(compile_pass.CompilationWarning, match="simulated Numba failure"):
+        pipeline = willow.optimize(pipelines.lookup_pipeline, cascade=False, compile="all", **OPTIONS)
+        pipeline.calibrate(model, calib)
+    assert not any(n.path is not None for n in pipeline._compilation.nodes)
+    assert "compilation failed: RuntimeError" in pipeline._compilation.report()
+    np.testing.assert_array_equal(pipeline(model, batch), pipelines.lookup_pipeline(model, batch))

@@ -164,3 +164,16 @@ def test_key_index_strategies():
     assert KeyIndex.build(pd.Index([5, 7, 9]), "t").dense is not None
     assert KeyIndex.build(pd.Index([0, 10**9]), "t").dense is None
     assert KeyIndex.build(pd.Index(["a"]), "t").dense is None
+
+
+def test_string_key_paths_agree_with_pandas_on_large_batches():
+    rng = np.random.default_rng(2)
+    labels = ["a", "b", "ç", "", "long label"]
+    keys = pd.Series(rng.choice(labels + ["unseen", "A"], 2000))
+    keys[::7] = None  # missing keys
+    for source in (
+        "STRING_TABLE.reindex(rows).to_numpy(dtype=float)",
+        "rows.map(RATES).to_numpy(dtype=float)",
+    ):
+        _check(source, [keys, keys.astype(object), keys.iloc[:10]])
+    _check("STRING_TABLE.reindex(rows).to_numpy(dtype=float)", [keys.to_numpy(dtype=object)])
