@@ -97,7 +97,7 @@ def run(sizes: list[int], repeats: int) -> None:
         for rows in sizes:
             ns = _namespace(rows)
             original_code = compile(source, "<bench>", "eval")
-            original = lambda: eval(original_code, ns)  # noqa: E731
+            original = lambda code=original_code, ns=ns: eval(code, ns)  # noqa: E731
             compiled = _compiled(source, ns)
             got, want = compiled(), original()
             assert np.allclose(got, want, equal_nan=True, rtol=1e-12), label
