@@ -138,3 +138,37 @@ def test_a_kernel_that_fails_to_compile_stays_python_with_a_warning(lookup_setup
     assert not any(n.path is not None for n in pipeline._compilation.nodes)
     assert "compilation failed: RuntimeError" in pipeline._compilation.report()
     np.testing.assert_array_equal(pipeline(model, batch), pipelines.lookup_pipeline(model, batch))
+
+
+def test_saved_expression_recipes_compile_again_and_check_tables(lookup_setup):
+    from willow.compiler.compile_pass import apply_compilation, compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+    from willow.compiler.tracing import trace_pipeline
+
+    model, calib, batch = lookup_setup
+    fn = pipelines.lookup_pipeline
+    graph = trace_pipeline(fn)
+    result = compile_graph(graph, StatementRunner(graph, fn), {"model": model, "rows": calib}, lower)
+    recipes = [r for r in result.recipes if "path" in r]
+    assert len(recipes) == 6
+    rebuilt = apply_compilation(graph, recipes, lower, fn)
+    expected = [ast.unparse(st.node) for st in result.graph.statements]
+    assert [ast.unparse(st.node) for st in rebuilt.graph.statements] == expected
+    for node in rebuilt.nodes:
+        values = [
+            eval(
+                compile(ast.Expression(a), "<t>", "eval"),
+                {**vars(pipelines), "rows": batch, "age": np.ones((len(batch), 3))},
+            )
+            for a in node.arguments
+        ]
+        original = next(n for n in result.nodes if n.attribute == node.attribute)
+        np.testing.assert_array_equal(node.operator(*values), original.operator(*values))
+    original_table = pipelines.ITEM_TABLE
+    try:
+        pipelines.ITEM_TABLE = original_table + 1.0
+        with pytest.raises(willow.PlanMismatchError, match="ITEM_TABLE"):
+            apply_compilation(graph, recipes, lower, fn)
+    finally:
+        pipelines.ITEM_TABLE = original_table

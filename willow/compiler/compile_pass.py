@@ -684,18 +684,21 @@ def keep_faster(
     )
     groups = group_costs(tuple(g.name for g in python_costs.groups), statements)
     costs = replace(compiled_costs, statements=statements, groups=groups, model_seconds_per_row=model_seconds)
-    guarded_exprs = {expr for n in kept for expr, _ in n.objects}
+    guarded_exprs: list[str] = []  # in node order, as apply_compilation rebuilds them
     for n in kept:
-        if n.statement is not None and n.path is None:
+        if n.path is not None:
+            guarded_exprs += [expr for expr, _ in n.objects if expr not in guarded_exprs]
+        elif n.statement is not None:
             found = _candidate_call(original, original.statements[n.statement])
-            if found is not None:
-                guarded_exprs.add(ast.unparse(found[1]))
+            if found is not None and ast.unparse(found[1]) not in guarded_exprs:
+                guarded_exprs.append(ast.unparse(found[1]))
+    objects = dict(compilation.guarded)
     trimmed = CompilationResult(
         graph=_rewrite(original, kept),
         nodes=tuple(kept),
         skipped=tuple(skipped),
         operators=Operators({n.attribute: n.operator for n in kept}),
-        guarded=tuple((expr, obj) for expr, obj in compilation.guarded if expr in guarded_exprs),
+        guarded=tuple((expr, objects[expr]) for expr in guarded_exprs if expr in objects),
     )
     return trimmed, costs
 
