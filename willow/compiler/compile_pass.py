@@ -507,6 +507,15 @@ def compile_graph(
         if found is not None and _is_table(
             eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
         ):
+            if found[2] in ("reindex", "merge"):
+                skipped.append(
+                    SkippedNode(
+                        st.lineno,
+                        st.source,
+                        "a lookup whose result stays a pandas object (its dtypes depend on which keys "
+                        "are missing); lookups are compiled when converted with .to_numpy(dtype=float)",
+                    )
+                )
             found = None  # a table's own methods (reindex...) are lowered as array expressions
         if found is None:
             attempt_expressions(st)

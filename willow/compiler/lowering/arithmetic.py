@@ -401,7 +401,7 @@ def find_expressions(
     def search(current: ast.AST, path: tuple[Any, ...]) -> None:
         if isinstance(current, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
             return
-        if isinstance(current, ast.expr):
+        if isinstance(current, ast.expr) and _worth_trying(current, resolve):
             try:
                 found.append((path, analyze(current, evaluate, resolve)))
                 return
@@ -419,6 +419,28 @@ def find_expressions(
 
     search(node, ())
     return found, refusals
+
+
+def _worth_trying(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> bool:
+    """Whether ``node`` can be the root of a compiled expression, judged from its syntax (so that
+    other calls, which may be costly, are not evaluated at calibration just to be refused)."""
+    if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return node.attr == "values"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Tuple)
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "to_numpy":
+            return True
+        try:
+            function = resolve(node.func)
+        except NotLowerable:
+            return False
+        return (
+            function is np.where or function is np.asarray or (_hashable(function) and function in FUNCTIONS)
+        )
+    return False
 
 
 def node_at(root: ast.AST, path: tuple[Any, ...]) -> Any:
