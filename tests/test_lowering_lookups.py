@@ -160,6 +160,14 @@ def test_refused_tables():
         )
 
 
+def test_multiindex_and_range_index_tables():
+    multi = pd.DataFrame({"v": [1.0, 2.0]}, index=pd.MultiIndex.from_tuples([(1, "a"), (2, "b")]))
+    with pytest.raises(NotLowerable, match="MultiIndex"):
+        compile_expression("T.reindex(rows).to_numpy(dtype=float)", {**NS, "T": multi, "rows": INT_KEYS[0]})
+    NS["RANGED"] = pd.DataFrame({"v": np.arange(20.0)})
+    _check("RANGED.reindex(rows).to_numpy(dtype=float)", INT_KEYS)
+
+
 def test_key_index_strategies():
     assert KeyIndex.build(pd.Index([5, 7, 9]), "t").dense is not None
     assert KeyIndex.build(pd.Index([0, 10**9]), "t").dense is None

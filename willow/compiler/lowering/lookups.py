@@ -106,6 +106,11 @@ class KeyIndex:
 
     @classmethod
     def build(cls, index: pd.Index, what: str) -> KeyIndex:
+        if type(index) not in (pd.Index, pd.RangeIndex):
+            raise NotLowerable(
+                f"{what} is indexed by a {type(index).__name__}; lookups are compiled for a flat Index "
+                "of numbers or strings."
+            )
         if not index.is_unique:
             raise NotLowerable(
                 f"{what} has duplicate labels in its index; a lookup would repeat rows (or pandas "
