@@ -7,7 +7,9 @@ willow generates for it (key -> row positions, gather, arithmetic in one loop; t
 Python expressions, e.g. ``rows["user"]``, are evaluated in both). Reports the median time per
 call at each batch size and the ratio, then the key-matching strategies on their own: pandas'
 ``Index.get_indexer`` against the dense position array (integer keys) and against a Python
-``dict`` loop (string keys).
+``dict`` loop and ``pyarrow.compute.index_in`` (string keys). ``--ulps`` measures why
+transcendental functions are not fused: the largest ulp difference and the per-element time of
+Numba's (C library) versions against numpy's own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 
 from willow.compiler.compile_pass import _resolve_fitted
 from willow.compiler.lowering.arithmetic import lower_expression
-from willow.compiler.lowering.lookups import dense_rows
+from willow.compiler.lowering.lookups import _arrow_positions, dense_rows
 
 CASES = {
     "reindex int keys (10k x 8 table)": "ITEMS.reindex(rows['item']).to_numpy(dtype=float)",
@@ -132,6 +134,40 @@ def run(sizes: list[int], repeats: int) -> None:
         print(
             f"| str keys, Python dict | {rows} | {t_get * 1e6:,.1f} us | {t_dict * 1e6:,.1f} us | {t_get / t_dict:.1f}x |"
         )
+        t_arrow = _median(lambda: _arrow_positions(strings, list(groups)), repeats)  # noqa: B023
+        print(
+            f"| str keys, pyarrow index_in | {rows} | {t_get * 1e6:,.1f} us | {t_arrow * 1e6:,.1f} us | {t_get / t_arrow:.1f}x |"
+        )
+
+
+def ulps(rows: int = 200000) -> None:
+    """Numba's transcendental functions against numpy's: max ulp difference and time."""
+    import numba
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(rows // 2) * 10, np.abs(rng.standard_normal(rows // 2))])
+    print("| function | max ulps (finite) | elements differing | numpy ns/elem | numba ns/elem |")
+    print("|---|---|---|---|---|")
+    for name in ("log", "log1p", "log2", "log10", "exp", "expm1", "tanh", "arctan", "sin", "cbrt"):
+        function = getattr(np, name)
+
+        @numba.njit(error_model="numpy")
+        def loop(values, f=function):
+            out = np.empty_like(values)
+            for i in range(values.shape[0]):
+                out[i] = f(values[i])
+            return out
+
+        with np.errstate(all="ignore"):
+            want, got = function(x), loop(x)
+            t_numpy = _median(lambda f=function: f(x), 5) / len(x)
+            t_numba = _median(lambda g=loop: g(x), 5) / len(x)
+        finite = np.isfinite(want) & np.isfinite(got)
+        spread = np.abs(got[finite] - want[finite]) / np.spacing(np.abs(want[finite]))
+        differing = int((~((got == want) | (np.isnan(got) & np.isnan(want)))).sum())
+        print(
+            f"| {name} | {spread.max():.0f} | {differing} of {len(x)} | {t_numpy * 1e9:.1f} | {t_numba * 1e9:.1f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,8 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 1000, 100000])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ulps", action="store_true", help="only compare transcendental functions")
     args = parser.parse_args(argv)
-    run(args.rows, args.repeats)
+    if args.ulps:
+        ulps()
+    else:
+        run(args.rows, args.repeats)
 
 
 if __name__ == "__main__":

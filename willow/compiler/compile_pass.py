@@ -414,6 +414,7 @@ def compile_graph(
             )
             return None
         attribute = _unique(label, attributes | taken)
+        attributes.add(attribute)
         nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
         return operator
 
@@ -486,6 +487,7 @@ def compile_graph(
                 continue
             target = "_".join(sorted(st.defines)) or "expression"
             attribute = _unique(f"{target}_expr", attributes | taken)
+            attributes.add(attribute)
             nodes.append(
                 CompiledNode(
                     st.index,

@@ -12,13 +12,17 @@ unary ``-``, comparisons, ``& | ~`` on booleans, ``x[:, None]`` and the numpy fu
 that loops over rows (and columns), gathers each lookup's row (NaN for a missing key) and
 evaluates the whole tree per element, without temporaries.
 
-Exactness: ``+ - * /``, ``sqrt``, comparisons, ``abs``, ``floor``/``ceil``/``trunc``/``rint``,
-``minimum``/``maximum``/``where``/``clip`` and ``** 2``/``** 0.5``/``** -1`` (numpy's fast
-paths) are bit-identical to numpy (NaN/inf propagation and division by zero included: the
-kernel uses numpy's error model, so it never raises). Transcendental functions and general
-powers use the C library where numpy 2 uses its own SIMD routines; they differ by at most a few
-ulp (measured: log/exp/log1p/expm1/log2/arctan/pow 1 ulp, log10/tanh 2 ulp, cbrt 3 ulp), within
-the compile pass's 1e-9 relative check. numpy's RuntimeWarnings (log of 0...) are not emitted.
+Exactness: every operation compiled is bit-identical to numpy: ``+ - * /``, ``sqrt``,
+comparisons, ``abs``, ``sign``, ``floor``/``ceil``/``trunc``/``rint``, ``minimum``/``maximum``/
+``fmin``/``fmax``/``where``/``clip`` and ``** 2``/``** 0.5``/``** -1``/``** 1``/``** 0``
+(numpy's fast paths), NaN/inf propagation and division by zero included (the kernel uses
+numpy's error model, so it never raises; numpy's RuntimeWarnings are not emitted). Transcendental
+functions (log, log1p, exp, expm1, tanh, arctan...) and other powers are *not* fused: numba calls
+the C library where numpy 2 uses its own SIMD routines, which differ by 1-3 ulp and are up to
+19x slower per element (``python -m benchmarks.compiler_lookups --ulps``: log, log1p, log2, exp,
+expm1, arctan, pow 1 ulp; log10 2 ulp; tanh, cbrt 3 ulp; log1p 26 vs 9 ns, tanh 41 vs 2 ns). A
+feature 1 ulp off can flip a tree split, so numpy computes them, around compiled sub-expressions
+(``np.log1p(<compiled lookup>)``).
 
 Shapes follow numpy broadcasting for the forms pipelines use: all operands 1-D (length ``n``), or
 all 2-D ``(n, c)`` with ``c`` equal or 1 (``x[:, None]`` makes a column). Anything else, and any
@@ -59,13 +63,9 @@ __all__ = [
 RUNTIME_MODULE = "willow.compiler.lowering.arithmetic_runtime"
 
 # numpy function -> (arity, element template, result kind); ``{0}``... are the operands' elements.
+# Only functions whose float64 result is exactly numpy's: transcendental functions (log, exp,
+# tanh...) are left to numpy itself, around compiled sub-expressions (see the module docstring).
 FUNCTIONS: dict[Any, tuple[int, str, str]] = {
-    np.log: (1, "np.log({0})", "f"),
-    np.log1p: (1, "np.log1p({0})", "f"),
-    np.log2: (1, "np.log2({0})", "f"),
-    np.log10: (1, "np.log10({0})", "f"),
-    np.exp: (1, "np.exp({0})", "f"),
-    np.expm1: (1, "np.expm1({0})", "f"),
     np.sqrt: (1, "np.sqrt({0})", "f"),
     np.square: (1, "({0} * {0})", "f"),
     np.abs: (1, "abs({0})", "f"),
@@ -75,10 +75,6 @@ FUNCTIONS: dict[Any, tuple[int, str, str]] = {
     np.ceil: (1, "np.ceil({0})", "f"),
     np.trunc: (1, "np.trunc({0})", "f"),
     np.rint: (1, "np.rint({0})", "f"),
-    np.tanh: (1, "np.tanh({0})", "f"),
-    np.arctan: (1, "np.arctan({0})", "f"),
-    np.sin: (1, "np.sin({0})", "f"),
-    np.cos: (1, "np.cos({0})", "f"),
     np.minimum: (2, "minimum({0}, {1})", "f"),
     np.maximum: (2, "maximum({0}, {1})", "f"),
     np.fmin: (2, "fmin({0}, {1})", "f"),
@@ -88,6 +84,8 @@ FUNCTIONS: dict[Any, tuple[int, str, str]] = {
     np.isfinite: (1, "np.isfinite({0})", "b"),
     np.isinf: (1, "np.isinf({0})", "b"),
 }
+# numpy's fast paths for ``array ** scalar`` (square, sqrt, reciprocal, copy, ones): exact.
+_FAST_POWERS = {2.0: "({0} * {0})", 0.5: "np.sqrt({0})", -1.0: "(1.0 / {0})", 1.0: "(+{0})", 0.0: "1.0"}
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 
@@ -238,9 +236,9 @@ class _Analyzer:
             if type(node.op) in _BINARY:
                 return self.apply("({0} " + _BINARY[type(node.op)] + " {1})", [left, right], "f")
             if isinstance(node.op, ast.Pow):
-                if right.ndim == 0 and left.ndim > 0:
-                    return self.apply("power({0}, {1})", [left, right], "f")
-                return self.apply("({0} ** {1})", [left, right], "f")
+                if isinstance(right, Literal) and right.value in _FAST_POWERS:
+                    return self.apply(_FAST_POWERS[right.value], [left], "f")
+                raise Opaque("a power other than ** 2, ** 0.5, ** -1, ** 1, ** 0 (numpy computes it)")
             raise Opaque(f"operator {type(node.op).__name__}")
         if (
             isinstance(node, ast.UnaryOp)
@@ -285,7 +283,16 @@ class _Analyzer:
                 args = [self.visit(arg) for arg in node.args]
                 self.need(*args, kind="f")
                 return self.apply(entry[1], args, entry[2])
+            if isinstance(function, np.ufunc) and any(self.compiles_alone(arg) for arg in node.args):
+                raise Opaque(f"numpy computes {function.__name__}; its argument is compiled on its own")
         return self.operand(node)
+
+    def compiles_alone(self, node: ast.expr) -> bool:
+        """Whether ``node`` holds a lookup or array operation of its own."""
+        try:
+            return _computes(_Analyzer(self.evaluate, self.resolve).visit(node))
+        except (Opaque, NotLowerable):
+            return False
 
     def is_new_column(self, index: ast.expr) -> bool:
         if not (isinstance(index, ast.Tuple) and len(index.elts) == 2):
@@ -508,7 +515,7 @@ def _kernel_source(expression: Expression) -> str:
         f"Generated by willow: `{expression.source}` as one elementwise kernel; "
         f"runtime {runtime_digest(arithmetic_runtime)}."
     )
-    helpers = ["minimum", "maximum", "fmin", "fmax", "clip", "power", "sign", "truth"]
+    helpers = ["minimum", "maximum", "fmin", "fmax", "clip", "sign", "truth"]
     module = ast.Module(
         body=[
             ast.Expr(value=ast.Constant(value=doc)),

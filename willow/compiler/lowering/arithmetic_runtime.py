@@ -10,9 +10,8 @@ when both operands are zeros (they compare equal, so results are still equal as 
 from __future__ import annotations
 
 import numba
-import numpy as np
 
-__all__ = ["minimum", "maximum", "fmin", "fmax", "clip", "power", "sign", "truth"]
+__all__ = ["minimum", "maximum", "fmin", "fmax", "clip", "sign", "truth"]
 
 _inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 
@@ -62,23 +61,6 @@ def clip(x: float, low: float, high: float) -> float:  # pragma: no cover - numb
     if y != y:
         return y
     return y if y < high else high
-
-
-@_inline
-def power(a: float, b: float) -> float:  # pragma: no cover - numba
-    """``array ** scalar`` as numpy computes it: exponents 2, 0.5, -1, 1 and 0 take numpy's fast
-    paths (square, sqrt, reciprocal, copy, ones), others ``pow``."""
-    if b == 2.0:
-        return a * a
-    if b == 0.5:
-        return np.sqrt(a)
-    if b == -1.0:
-        return 1.0 / a
-    if b == 1.0:
-        return a
-    if b == 0.0:
-        return 1.0
-    return a**b
 
 
 @_inline
