@@ -43,11 +43,11 @@ DENSE_SPAN = 1 << 21
 (8 bytes per slot: 16 MiB at most)."""
 
 SMALL_STRING_BATCH = 256
-"""Up to this many string keys go through a Python ``dict`` (measured by
-``benchmarks.compiler_lookups``: 6x faster than ``get_indexer`` for one key, even at 1,000 keys,
-slower beyond); larger batches of pyarrow-backed strings (pandas 3's default ``str``) use
-``pyarrow.compute.index_in`` (byte equality of UTF-8 strings: measured 9x faster than
-``get_indexer`` on 100k keys), others ``get_indexer``."""
+"""Up to this many string keys go through a Python ``dict``; larger batches of pyarrow-backed
+strings (pandas 3's default ``str``) use ``pyarrow.compute.index_in`` (byte equality of UTF-8
+strings), others ``Index.get_indexer``. Measured by ``python -m benchmarks.compiler_lookups``
+against ``get_indexer`` (40 labels): dict 5.3x faster for 1 key, 1.6x at 256, 1.0x at 1,000;
+``index_in`` 0.6x for 1 key, 0.9x at 256, 1.8x at 1,000, 13x at 100,000."""
 
 _FLOAT_DTYPES = ("float", "float64", "f8", "double")
 
