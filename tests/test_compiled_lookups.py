@@ -29,10 +29,12 @@ def _rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def lookup_setup():
     rng = np.random.default_rng(3)
+    # 10 columns: numpy sums rows of 8 or more pairwise in memory order, so np.nansum over a
+    # compiled product is only bit-identical if the kernel's result has numpy's memory layout
     pipelines.USER_TABLE = pd.DataFrame(
-        rng.normal(size=(50, 3)), index=pd.Index(np.arange(50), name="user"), columns=["a", "b", "c"]
+        rng.normal(size=(50, 10)), index=pd.Index(np.arange(50), name="user"), columns=list("abcdefghij")
     )
-    item = pd.DataFrame(rng.normal(size=(35, 3)), index=np.arange(100, 135), columns=["x", "y", "z"])
+    item = pd.DataFrame(rng.normal(size=(35, 10)), index=np.arange(100, 135), columns=list("klmnopqrst"))
     item.iloc[3, 1] = np.nan
     pipelines.ITEM_TABLE = item
     pipelines.CITY_RATES = {"paris": 0.5, "oslo": 2, "lima": np.nan}
@@ -62,6 +64,7 @@ def test_lookup_pipeline_compiles_and_matches_the_original(lookup_setup, tmp_pat
     assert len(expressions) >= 7, report  # user, item merge, city map, product, age, 2 in scaled
     for rows in (batch, batch.iloc[:1]):
         expected = pipelines.lookup_pipeline(model, rows)
+        # the compiled LightGBM model's probabilities are within 1e-9 (its sigmoid); features are exact
         np.testing.assert_allclose(pipeline(model, rows), expected, rtol=1e-12, atol=0)
     assert len(pipeline(model, batch.iloc[:0])) == 0
     if any(n.path is not None for n in compilation.nodes):
@@ -102,10 +105,12 @@ def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
         got = compiled_runner.run(compiled_runner.namespace(arguments))
         want = runner.run(runner.namespace(arguments))
         for name in ("user", "item", "city", "affinity", "age", "scaled", "X"):
+            assert got[name].flags.f_contiguous == want[name].flags.f_contiguous
             assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=0)
+            np.testing.assert_array_equal(got[name], want[name])  # bit-identical, NaN where pandas has NaN
         if len(rows):
-            np.testing.assert_allclose(compiled_runner.model_output(got), fn(model, rows), rtol=1e-12)
+            out = compiled_runner.model_output(got)  # the compiled LightGBM model: to 1e-9 (its sigmoid)
+            np.testing.assert_allclose(out, fn(model, rows), rtol=1e-12, atol=0)
 
 
 def test_replaced_table_falls_back_to_the_original(lookup_setup):
@@ -139,7 +144,7 @@ def test_a_kernel_that_fails_to_compile_stays_python_with_a_warning(lookup_setup
         pipeline.calibrate(model, calib)
     assert not any(n.path is not None for n in pipeline._compilation.nodes)
     assert "compilation failed: RuntimeError" in pipeline._compilation.report()
-    np.testing.assert_array_equal(pipeline(model, batch), pipelines.lookup_pipeline(model, batch))
+    np.testing.assert_allclose(pipeline(model, batch), pipelines.lookup_pipeline(model, batch), rtol=1e-12)
 
 
 def test_saved_expression_recipes_compile_again_and_check_tables(lookup_setup):

@@ -72,9 +72,10 @@ def one_d_case(draw):
 @st.composite
 def two_d_case(draw):
     n = draw(st.integers(0, 5))
+    orders = draw(st.sampled_from(["CC", "FF", "CF", "FC"]))  # numpy's result order follows them
     return draw(expressions(["m", "x[:, None]", "w"])), {
-        "m": draw(arrays(n, 3)),
-        "w": draw(arrays(n, 3)),
+        "m": np.asarray(draw(arrays(n, 3)), order=orders[0]),
+        "w": np.asarray(draw(arrays(n, 3)), order=orders[1]),
         "x": draw(arrays(n)),
     }
 
@@ -87,6 +88,8 @@ def _assert_same(source, values, calibration=None):
         expected = original(source, NS, values)
     got = run(values)
     assert got.dtype == expected.dtype and got.shape == expected.shape, source
+    layout = (expected.flags.c_contiguous, expected.flags.f_contiguous)
+    assert (got.flags.c_contiguous, got.flags.f_contiguous) == layout, source
     np.testing.assert_array_equal(got, expected, err_msg=source)
     return operator
 

@@ -59,6 +59,11 @@ def _check(source: str, keys_list: list, calibrate_with=None):
         expected = original(source, NS, {"rows": keys})
         got = run({"rows": keys})
         assert type(got) is np.ndarray and got.dtype == expected.dtype and got.shape == expected.shape
+        # the same memory order as pandas' result, so later reductions sum in the same order
+        assert (got.flags.c_contiguous, got.flags.f_contiguous) == (
+            expected.flags.c_contiguous,
+            expected.flags.f_contiguous,
+        )
         np.testing.assert_array_equal(got, expected)
     return operator
 

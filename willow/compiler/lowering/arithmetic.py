@@ -489,7 +489,7 @@ def _element(node: Any, two_d: bool) -> str:
 def _kernel_source(expression: Expression) -> str:
     root = expression.root
     two_d = root.ndim == 2
-    params = ["n", "width"]
+    params = ["out", "n", "width"]
     row_reads = []
     for op in expression.operands:
         if op.lookup is not None:
@@ -497,9 +497,8 @@ def _kernel_source(expression: Expression) -> str:
             row_reads.append(f"r{op.slot} = rows{op.slot}[i]")
         else:
             params.append(f"a{op.slot}")
-    dtype = "np.float64" if root.kind == "f" else "np.bool_"
     element = _element(root, two_d)
-    body = [f"out = np.empty({'(n, width)' if two_d else 'n'}, dtype={dtype})", "for i in range(n):"]
+    body = ["for i in range(n):"]
     body += [f"    {line}" for line in row_reads]
     if two_d:
         body += ["    for j in range(width):", f"        out[i, j] = {element}"]
@@ -575,11 +574,13 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
     """
     operands = expression.operands
     two_d = expression.root.ndim == 2
+    dtype = np.float64 if expression.root.kind == "f" else np.bool_
 
     def prepare(*values: Any) -> tuple | None:
         args: list[Any] = []
         n = -1
         width: int | None = None
+        votes: set[str] = set()
         for op, value in zip(operands, values):
             if op.lookup is not None:
                 rows = op.lookup.rows(value)
@@ -587,6 +588,8 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                     return None
                 length, columns = rows.shape[0], op.lookup.width
                 args += [rows, op.lookup.values]
+                if op.ndim == 2 and length > 1 and columns > 1:
+                    votes.add("F")  # pandas' to_numpy of a frame is Fortran-ordered
             elif op.ndim == 0:
                 if isinstance(value, (bool, np.bool_)) or not isinstance(
                     value, (int, float, np.integer, np.float64, np.float32)
@@ -605,6 +608,8 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                 length = value.shape[0]
                 columns = value.shape[1] if op.ndim == 2 else 1
                 args.append(value)
+                if op.ndim == 2 and length > 1 and columns > 1 and value.strides[0] != value.strides[1]:
+                    votes.add("F" if abs(value.strides[0]) < abs(value.strides[1]) else "C")
             if op.ndim == 2:
                 if op.width > 1:
                     if width is None:
@@ -619,7 +624,12 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                 return None
         if n < 0:
             return None
-        return (n, (width or 1) if two_d else 1, *args)
+        width = (width or 1) if two_d else 1
+        # numpy's result layout (order="K"): Fortran when every operand that orders its two axes
+        # is Fortran-ordered, C otherwise; downstream reductions sum in memory order, so it matters.
+        order = "F" if votes == {"F"} else "C"
+        out = np.empty((n, width) if two_d else n, dtype=dtype, order=order)
+        return (out, n, width, *args)
 
     return prepare
 
