@@ -179,3 +179,27 @@ def test_saved_expression_recipes_compile_again_and_check_tables(lookup_setup):
             apply_compilation(graph, recipes, lower, fn)
     finally:
         pipelines.ITEM_TABLE = original_table
+
+
+def test_a_statement_rebinding_its_operand_is_verified_on_the_old_value(lookup_setup):
+    import warnings
+
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+    from willow.compiler.tracing import trace_pipeline
+
+    class Capture:
+        def predict_proba(self, X):
+            return X
+
+    model, calib, batch = lookup_setup
+    fn = pipelines.rebinding_pipeline
+    graph = trace_pipeline(fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compile_graph(graph, StatementRunner(graph, fn), {"model": Capture(), "rows": calib}, lower)
+    compiled = [n.original for n in result.nodes if n.path is not None]
+    assert compiled == [
+        "np.where(x > 5.0, x * 2.0, -x)[:, None] - USER_TABLE.reindex(rows['user']).to_numpy(dtype=float)"
+    ]

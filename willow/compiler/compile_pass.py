@@ -431,6 +431,7 @@ def compile_graph(
     def attempt_expressions(st: Statement) -> None:
         """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
         from willow.compiler.lowering.arithmetic import (
+            call_arguments,
             compile_expression,
             find_expressions,
             node_at,
@@ -445,14 +446,15 @@ def compile_graph(
         pending = []
         for path, expression in found:
             sub = node_at(value, path)
-            try:
-                pending.append((path, expression, sub, evaluate(sub)))
+            try:  # before the statement runs: it may rebind names its operands read
+                values = [evaluate(a) for a in call_arguments(expression)]
+                pending.append((path, expression, sub, evaluate(sub), values))
             except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
                 continue
         runner.run(ns, [st.index])
         for reason in refusals:
             skipped.append(SkippedNode(st.lineno, st.source, reason))
-        for path, expression, sub, expected in pending:
+        for path, expression, sub, expected, values in pending:
             original = ast.unparse(sub)
             try:
                 operator, arguments, objects = compile_expression(expression, sub, fallback_namespace)
@@ -468,8 +470,14 @@ def compile_graph(
                 )
                 continue
             try:
-                result = operator(*[evaluate(a) for a in arguments])
+                result = operator(*values)
             except Exception as exc:  # noqa: BLE001
+                warnings.warn(
+                    f"line {st.lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; "
+                    "it keeps running as Python.",
+                    CompilationWarning,
+                    stacklevel=3,
+                )
                 skipped.append(SkippedNode(st.lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
                 continue
             if not _same(result, expected):

@@ -58,6 +58,7 @@ __all__ = [
     "replace_at",
     "lower_expression",
     "compile_expression",
+    "call_arguments",
 ]
 
 RUNTIME_MODULE = "willow.compiler.lowering.arithmetic_runtime"
@@ -676,5 +677,9 @@ def compile_expression(
         source="\n".join(notes) + "\n" + source,
         function=run,
     )
-    arguments = [op.lookup.keys if op.lookup is not None else op.expr for op in expression.operands]
-    return operator, arguments, expression.objects
+    return operator, call_arguments(expression), expression.objects
+
+
+def call_arguments(expression: Expression) -> list[ast.expr]:
+    """The expressions a call of the compiled operator passes: each operand's, a lookup's keys."""
+    return [op.lookup.keys if op.lookup is not None else op.expr for op in expression.operands]
