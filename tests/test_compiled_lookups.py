@@ -94,6 +94,10 @@ def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
         k in originals for k in (".reindex(", ".merge(", ".map(", "np.abs(age)")
     )
     assert "_willow.ops." in ast.unparse(result.graph.statements[3].node)  # inside np.nansum(...)
+    report = result.report()
+    assert "Generated kernel for _willow.ops.user_expr (array expression (1 lookups))" in report
+    assert "reindex into `USER_TABLE` (50, 10) by dense position array" in report
+    assert "map into `CITY_RATES` (3,) by a dict of its string labels" in report
     from willow.compiler.compile_pass import RUNTIME
 
     class Holder:
