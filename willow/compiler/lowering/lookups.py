@@ -18,6 +18,11 @@ or ``.to_numpy()``/``.values`` of an all-float64 table) are lowered: pandas' own
 depends on the values (int columns become float64 only when a key is missing), but after the
 float conversion it is always float64 with NaN exactly where a key is missing.
 
+The table is read once, at calibration: the serving function checks that the same table object
+is still bound to its name (otherwise it runs the original function), and a loaded plan checks
+its content, but a table changed *in place* after calibration (``table.loc[k] = ...``,
+``rates[key] = ...``) needs a new calibration.
+
 Row positions come from the table index's own ``get_indexer`` (pandas' matching: NaN keys match a
 NaN label, ``1`` matches ``1.0``), except for integer keys into an integer index spanning at most
 :data:`DENSE_SPAN` values, which go through a dense position array in a Numba loop.
