@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from willow.compiler.compile_pass import _resolve_fitted
-from willow.compiler.lowering.arithmetic import lower_expression
+from willow.compiler.lowering.arithmetic_codegen import lower_expression
 from willow.compiler.lowering.lookups import _arrow_positions, dense_rows
 
 CASES = {

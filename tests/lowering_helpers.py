@@ -6,7 +6,7 @@ import ast
 from typing import Any
 
 from willow.compiler.compile_pass import _resolve_fitted
-from willow.compiler.lowering.arithmetic import lower_expression
+from willow.compiler.lowering.arithmetic_codegen import lower_expression
 
 
 def _evaluator(namespace: dict[str, Any]):

@@ -135,14 +135,14 @@ def test_replaced_table_falls_back_to_the_original(lookup_setup):
 
 def test_a_kernel_that_fails_to_compile_stays_python_with_a_warning(lookup_setup, monkeypatch):
     from willow.compiler import compile_pass
-    from willow.compiler.lowering import arithmetic
+    from willow.compiler.lowering import arithmetic_codegen
 
     model, calib, batch = lookup_setup
 
     def broken(expression, node, namespace):
         raise RuntimeError("simulated Numba failure")
 
-    monkeypatch.setattr(arithmetic, "compile_expression", broken)
+    monkeypatch.setattr(arithmetic_codegen, "compile_expression", broken)
     with pytest.warns(compile_pass.CompilationWarning, match="simulated Numba failure"):
         pipeline = willow.optimize(pipelines.lookup_pipeline, cascade=False, compile="all", **OPTIONS)
         pipeline.calibrate(model, calib)

@@ -430,13 +430,8 @@ def compile_graph(
 
     def attempt_expressions(st: Statement) -> None:
         """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
-        from willow.compiler.lowering.arithmetic import (
-            call_arguments,
-            compile_expression,
-            find_expressions,
-            node_at,
-            signature,
-        )
+        from willow.compiler.lowering.arithmetic import find_expressions, node_at, signature
+        from willow.compiler.lowering.arithmetic_codegen import call_arguments, compile_expression
 
         value = st.node.value if isinstance(st.node, ast.Assign) and len(st.node.targets) == 1 else None
         if value is None:
@@ -727,7 +722,8 @@ def _reload_expression(
 ) -> CompiledNode:
     """Compile a saved array expression again from the graph, checking its tables' content."""
     from willow.cascades.runtime import model_fingerprint
-    from willow.compiler.lowering.arithmetic import analyze, compile_expression, node_at, stand_in
+    from willow.compiler.lowering.arithmetic import analyze, node_at, stand_in
+    from willow.compiler.lowering.arithmetic_codegen import compile_expression
     from willow.errors import PlanMismatchError
 
     st = graph.statements[recipe["statement"]]
