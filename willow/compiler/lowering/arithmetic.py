@@ -2,7 +2,7 @@
 
 An expression such as::
 
-    np.log1p(user_table.reindex(rows["userId"]).to_numpy(dtype=float)) * weights[:, None] - 3.0
+    np.maximum(user_table.reindex(rows["userId"]).to_numpy(dtype=float) - 3.0, 0) * weights[:, None]
 
 is read into a small tree (:func:`analyze`): *operands* are lookups into fitted tables
 (:mod:`willow.compiler.lowering.lookups`), float64/bool ``ndarray`` sub-expressions evaluated by
