@@ -207,3 +207,32 @@ def test_a_statement_rebinding_its_operand_is_verified_on_the_old_value(lookup_s
     assert compiled == [
         "np.where(x > 5.0, x * 2.0, -x)[:, None] - USER_TABLE.reindex(rows['user']).to_numpy(dtype=float)"
     ]
+
+
+def test_cascade_over_compiled_lookups(lookup_setup):
+    from equivalence import assert_cascade_equivalent
+
+    rng = np.random.default_rng(11)
+    n = 3400
+    rows = _rows(rng, n)
+    extra = rng.normal(size=(n, 3))
+    user_value = pipelines.USER_TABLE["a"].reindex(rows["user"]).to_numpy()
+    y = ((np.nan_to_num(user_value, nan=-1.0) + 0.3 * extra[:, 0]) > 0).astype(int)
+    features = np.hstack(
+        [
+            pipelines.USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float) * 2.0,
+            pipelines.slow_features(extra),
+        ]
+    )
+    train, calib, test = slice(0, 800), slice(800, 3000), slice(3000, n)
+    model = LGBMClassifier(n_estimators=20, num_leaves=7, n_jobs=1, verbose=-1).fit(features[train], y[train])
+    options = dict(OPTIONS, accuracy_target=0.9, confidence=0.9)
+    pipeline = willow.optimize(pipelines.lookup_cascade_pipeline, **options)
+    pipeline.calibrate(model, rows.iloc[calib].reset_index(drop=True), extra[calib])
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    assert any(n.path is not None for n in pipeline._compilation.nodes) or any(
+        "measured slower" in s.reason for s in pipeline._compilation.skipped
+    )
+    batch_rows, batch_extra = rows.iloc[test].reset_index(drop=True), extra[test]
+    assert assert_cascade_equivalent(pipeline, model, batch_rows, batch_extra) >= 0.85
+    assert_cascade_equivalent(pipeline, model, batch_rows.iloc[:1], batch_extra[:1])
