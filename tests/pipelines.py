@@ -73,3 +73,46 @@ def text_pipeline(model, comments):
 
 WORDS = None
 CHARS = None
+
+
+def lookup_pipeline(model, rows):
+    """Lookups into fitted tables (reindex, map, merge) and fused elementwise arithmetic."""
+    user = USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+    item = (
+        rows[["item"]]
+        .merge(ITEM_TABLE, how="left", left_on="item", right_index=True)
+        .drop(columns="item")
+        .to_numpy(dtype=float)
+    )
+    city = rows["city"].map(CITY_RATES).to_numpy(dtype=float)[:, None]
+    affinity = np.nansum(
+        USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+        * ITEM_TABLE.reindex(rows["item"]).to_numpy(dtype=float),
+        axis=1,
+        keepdims=True,
+    )
+    age = rows["t"].to_numpy(dtype=float)[:, None] - USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+    scaled = np.log1p(np.abs(age)) * 0.5 + np.where(age > 0, 1.0, -1.0)
+    X = np.hstack([user, item, city, affinity, scaled])
+    return model.predict_proba(X)
+
+
+USER_TABLE = None
+ITEM_TABLE = None
+CITY_RATES = None
+
+
+def rebinding_pipeline(model, rows):
+    """A statement that rebinds the name its own compiled expression reads."""
+    x = rows["t"].to_numpy(dtype=float)
+    x = np.where(x > 5.0, x * 2.0, -x)[:, None] - USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float)
+    X = np.hstack([x])
+    return model.predict_proba(X)
+
+
+def lookup_cascade_pipeline(model, rows, extra):
+    """A cheap lookup group and a costly Python group: a cascade on the lookups pays off."""
+    user = USER_TABLE.reindex(rows["user"]).to_numpy(dtype=float) * 2.0
+    slow = slow_features(extra)
+    X = np.hstack([user, slow])
+    return model.predict_proba(X)

@@ -48,6 +48,9 @@ class CompiledNode:
     """One call replaced by a compiled operator.
 
     ``recipe`` is ``(object, method)``: enough to compile the operator again after loading a plan.
+    An array expression (lookups and elementwise arithmetic) replaces the sub-tree at ``path`` of
+    its statement by ``_willow.ops.<attribute>(*arguments)``; ``objects`` are the fitted tables it
+    captured (by expression) and ``signature`` what it assumes of its array operands.
     """
 
     statement: int | None  # None for the model call
@@ -56,6 +59,10 @@ class CompiledNode:
     attribute: str
     operator: Any
     recipe: tuple[Any, str]
+    path: tuple[Any, ...] | None = None
+    arguments: tuple[ast.expr, ...] = ()
+    objects: tuple[tuple[str, Any], ...] = ()
+    signature: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,17 @@ class CompilationResult:
 
         recipes = []
         for node in self.nodes:
+            if node.path is not None:
+                recipes.append(
+                    {
+                        "statement": node.statement,
+                        "attribute": node.attribute,
+                        "path": node.path,
+                        "signature": node.signature,
+                        "fingerprints": {expr: model_fingerprint(obj) for expr, obj in node.objects},
+                    }
+                )
+                continue
             obj, method = node.recipe
             recipe: dict[str, Any] = {
                 "statement": node.statement,
@@ -259,8 +277,15 @@ def _rewrite(graph: PipelineGraph, nodes: list[CompiledNode]) -> PipelineGraph:
             continue
         st = statements[node.statement]
         assign = copy.deepcopy(st.node)
-        assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Call)
-        assign.value = ast.copy_location(_ops_call(node.attribute, list(assign.value.args)), assign.value)
+        if node.path is not None:
+            from willow.compiler.lowering.arithmetic import node_at, replace_at
+
+            old = node_at(assign, node.path)
+            call = _ops_call(node.attribute, [copy.deepcopy(a) for a in node.arguments])
+            replace_at(assign, node.path, ast.copy_location(call, old))
+        else:
+            assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Call)
+            assign.value = ast.copy_location(_ops_call(node.attribute, list(assign.value.args)), assign.value)
         ast.fix_missing_locations(assign)
         reads = {name: d for name, d in st.reads.items() if name in _loaded(assign)}
         statements[node.statement] = replace(st, node=assign, reads=reads)
@@ -296,6 +321,24 @@ def compile_budget_refusal(obj: Any, tree_node_budget: int | None) -> str | None
         "of cold compilation on 2 cores; "
         "pass compile='all' to compile it anyway (compiled kernels are cached on disk)"
     )
+
+
+def _is_table(obj: Any) -> bool:
+    import pandas as pd
+
+    return isinstance(obj, (pd.DataFrame, pd.Series, dict))
+
+
+def _resolve_fitted(expr: ast.expr, local_names: set[str], evaluate: Any) -> Any:
+    """Evaluate ``expr`` if it reads only fitted state (no parameter or body variable), else raise
+    ``NotLowerable``."""
+    from willow.compiler.lowering.base import NotLowerable
+
+    if any(isinstance(n, ast.Name) and n.id in local_names for n in ast.walk(expr)):
+        raise NotLowerable(f"`{ast.unparse(expr)}` depends on the rows")
+    if any(isinstance(n, (ast.Call, ast.NamedExpr, ast.Lambda)) for n in ast.walk(expr)):
+        raise NotLowerable(f"`{ast.unparse(expr)}` calls a function")
+    return evaluate(expr)
 
 
 def compile_graph(
@@ -371,13 +414,116 @@ def compile_graph(
             )
             return None
         attribute = _unique(label, attributes | taken)
+        attributes.add(attribute)
         nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
         return operator
 
+    local_names = set(graph.parameters) | {name for st in graph.statements for name in st.defines}
+    fallback_namespace = runner.namespace({})
+
+    def evaluate(expr: ast.expr) -> Any:
+        return eval(compile(ast.Expression(body=expr), graph.filename, "eval"), ns)
+
+    def resolve(expr: ast.expr) -> Any:
+        """Fitted state only: an expression reading no parameter or body variable."""
+        return _resolve_fitted(expr, local_names, evaluate)
+
+    def attempt_expressions(st: Statement) -> None:
+        """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
+        from willow.compiler.lowering.arithmetic import find_expressions, node_at, signature
+        from willow.compiler.lowering.arithmetic_codegen import call_arguments, compile_expression
+
+        value = st.node.value if isinstance(st.node, ast.Assign) and len(st.node.targets) == 1 else None
+        if value is None:
+            runner.run(ns, [st.index])
+            return
+        found, refusals = find_expressions(value, evaluate, resolve)
+        pending = []
+        for path, expression in found:
+            sub = node_at(value, path)
+            try:  # before the statement runs: it may rebind names its operands read
+                values = [evaluate(a) for a in call_arguments(expression)]
+                pending.append((path, expression, sub, evaluate(sub), values))
+            except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
+                continue
+        runner.run(ns, [st.index])
+        for reason in refusals:
+            skipped.append(SkippedNode(st.lineno, st.source, reason))
+        for path, expression, sub, expected, values in pending:
+            original = ast.unparse(sub)
+            try:
+                operator, arguments, objects = compile_expression(expression, sub, fallback_namespace)
+            except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+                warnings.warn(
+                    f"line {st.lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); "
+                    "it keeps running as Python.",
+                    CompilationWarning,
+                    stacklevel=3,
+                )
+                skipped.append(
+                    SkippedNode(st.lineno, original, f"compilation failed: {type(exc).__name__}: {exc}")
+                )
+                continue
+            try:
+                result = operator(*values)
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(
+                    f"line {st.lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; "
+                    "it keeps running as Python.",
+                    CompilationWarning,
+                    stacklevel=3,
+                )
+                skipped.append(SkippedNode(st.lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
+                continue
+            if not _same(result, expected):
+                warnings.warn(
+                    f"line {st.lineno}: the kernel for `{original}` did not reproduce the original on the "
+                    "calibration rows; it keeps running as Python.",
+                    CompilationWarning,
+                    stacklevel=3,
+                )
+                skipped.append(
+                    SkippedNode(
+                        st.lineno, original, "kernel output differed from the original on calibration rows"
+                    )
+                )
+                continue
+            target = "_".join(sorted(st.defines)) or "expression"
+            attribute = _unique(f"{target}_expr", attributes | taken)
+            attributes.add(attribute)
+            nodes.append(
+                CompiledNode(
+                    st.index,
+                    st.lineno,
+                    original,
+                    attribute,
+                    operator,
+                    (None, "<expression>"),
+                    path=("value", *path),
+                    arguments=tuple(arguments),
+                    objects=tuple(objects.items()),
+                    signature=signature(expression),
+                )
+            )
+            guarded.update(objects)
+
     for st in graph.statements:
         found = _candidate_call(graph, st)
+        if found is not None and _is_table(
+            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
+        ):
+            if found[2] in ("reindex", "merge"):
+                skipped.append(
+                    SkippedNode(
+                        st.lineno,
+                        st.source,
+                        "a lookup whose result stays a pandas object (its dtypes depend on which keys "
+                        "are missing); lookups are compiled when converted with .to_numpy(dtype=float)",
+                    )
+                )
+            found = None  # a table's own methods (reindex...) are lowered as array expressions
         if found is None:
-            runner.run(ns, [st.index])
+            attempt_expressions(st)
             continue
         target, obj_expr, method, arg_exprs = found
         obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
@@ -552,20 +698,69 @@ def keep_faster(
     )
     groups = group_costs(tuple(g.name for g in python_costs.groups), statements)
     costs = replace(compiled_costs, statements=statements, groups=groups, model_seconds_per_row=model_seconds)
-    guarded_exprs = set()
+    guarded_exprs: list[str] = []  # in node order, as apply_compilation rebuilds them
     for n in kept:
-        if n.statement is not None:
+        if n.path is not None:
+            guarded_exprs += [expr for expr, _ in n.objects if expr not in guarded_exprs]
+        elif n.statement is not None:
             found = _candidate_call(original, original.statements[n.statement])
-            if found is not None:
-                guarded_exprs.add(ast.unparse(found[1]))
+            if found is not None and ast.unparse(found[1]) not in guarded_exprs:
+                guarded_exprs.append(ast.unparse(found[1]))
+    objects = dict(compilation.guarded)
     trimmed = CompilationResult(
         graph=_rewrite(original, kept),
         nodes=tuple(kept),
         skipped=tuple(skipped),
         operators=Operators({n.attribute: n.operator for n in kept}),
-        guarded=tuple((expr, obj) for expr, obj in compilation.guarded if expr in guarded_exprs),
+        guarded=tuple((expr, objects[expr]) for expr in guarded_exprs if expr in objects),
     )
     return trimmed, costs
+
+
+def _reload_expression(
+    graph: PipelineGraph, recipe: dict[str, Any], namespace: dict[str, Any], fn: Any
+) -> CompiledNode:
+    """Compile a saved array expression again from the graph, checking its tables' content."""
+    from willow.cascades.runtime import model_fingerprint
+    from willow.compiler.lowering.arithmetic import analyze, node_at, stand_in
+    from willow.compiler.lowering.arithmetic_codegen import compile_expression
+    from willow.errors import PlanMismatchError
+
+    st = graph.statements[recipe["statement"]]
+    sub = node_at(st.node, recipe["path"])
+    local_names = set(graph.parameters) | {name for s in graph.statements for name in s.defines}
+
+    def evaluate(expr: ast.expr) -> Any:
+        return eval(compile(ast.Expression(body=expr), "<willow plan>", "eval"), namespace)
+
+    try:
+        expression = analyze(
+            sub, stand_in(recipe["signature"]), lambda e: _resolve_fitted(e, local_names, evaluate)
+        )
+    except Exception as exc:
+        raise PlanMismatchError(
+            f"The saved plan compiled `{ast.unparse(sub)}`, which cannot be compiled again in "
+            f"{fn.__qualname__} ({type(exc).__name__}: {exc}). Recalibrate the pipeline."
+        ) from exc
+    for expr, obj in expression.objects.items():
+        if model_fingerprint(obj) != recipe["fingerprints"].get(expr):
+            raise PlanMismatchError(
+                f"`{expr}` is not the table the saved plan was calibrated with (its content differs). "
+                "Recalibrate the pipeline with the current table and save it again."
+            )
+    operator, arguments, objects = compile_expression(expression, sub, namespace)
+    return CompiledNode(
+        st.index,
+        st.lineno,
+        ast.unparse(sub),
+        recipe["attribute"],
+        operator,
+        (None, "<expression>"),
+        path=tuple(recipe["path"]),
+        arguments=tuple(arguments),
+        objects=tuple(objects.items()),
+        signature=recipe["signature"],
+    )
 
 
 def apply_compilation(
@@ -586,6 +781,11 @@ def apply_compilation(
     fused_recipe = next((r for r in recipes if r.get("fused")), None)
     for recipe in recipes:
         if recipe.get("fused"):
+            continue
+        if "path" in recipe:
+            node = _reload_expression(graph, recipe, namespace, fn)
+            nodes.append(node)
+            guarded.update(node.objects)
             continue
         statement = recipe["statement"]
         if statement is None:

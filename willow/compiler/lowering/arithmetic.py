@@ -1,0 +1,464 @@
+"""Elementwise numpy arithmetic and key lookups fused into one generated Numba kernel.
+
+An expression such as::
+
+    np.maximum(user_table.reindex(rows["userId"]).to_numpy(dtype=float) - 3.0, 0) * weights[:, None]
+
+is read into a small tree (:func:`analyze`): *operands* are lookups into fitted tables
+(:mod:`willow.compiler.lowering.lookups`), float64/bool ``ndarray`` sub-expressions evaluated by
+Python (``rows["t"].to_numpy(dtype=float)``) and numeric scalars; *operations* are ``+ - * / **``,
+unary ``-``, comparisons, ``& | ~`` on booleans, ``x[:, None]`` and the numpy functions in
+:data:`FUNCTIONS`. :mod:`willow.compiler.lowering.arithmetic_codegen` generates one kernel for it
+(Python AST rendered with astor) that loops over rows (and columns), gathers each lookup's row
+(NaN for a missing key) and evaluates the whole tree per element, without temporaries.
+
+Exactness: every operation compiled is bit-identical to numpy: ``+ - * /``, ``sqrt``,
+comparisons, ``abs``, ``sign``, ``floor``/``ceil``/``trunc``/``rint``, ``minimum``/``maximum``/
+``fmin``/``fmax``/``where``/``clip`` and ``** 2``/``** 0.5``/``** -1``/``** 1``/``** 0``
+(numpy's fast paths), NaN/inf propagation and division by zero included (the kernel uses
+numpy's error model, so it never raises; numpy's RuntimeWarnings are not emitted). Transcendental
+functions (log, log1p, exp, expm1, tanh, arctan...) and other powers are *not* fused: numba calls
+the C library where numpy 2 uses its own SIMD routines, which differ by 1-3 ulp and are up to
+19x slower per element (``python -m benchmarks.compiler_lookups --ulps``: log, log1p, log2, exp,
+expm1, arctan, pow 1 ulp; log10 2 ulp; tanh, cbrt 3 ulp; log1p 26 vs 9 ns, tanh 41 vs 2 ns). A
+feature 1 ulp off can flip a tree split, so numpy computes them, around compiled sub-expressions
+(``np.log1p(<compiled lookup>)``).
+
+Shapes follow numpy broadcasting for the forms pipelines use: all operands 1-D (length ``n``), or
+all 2-D ``(n, c)`` with ``c`` equal or 1 (``x[:, None]`` makes a column). Anything else, and any
+call whose operands differ from what the kernel was compiled for (dtype, dimensions, a ``Series``
+instead of an array, keys a lookup cannot match exactly, a ``.loc`` key that is missing), runs
+the original expression in Python instead, so results (and pandas' errors) are always the
+original's.
+"""
+
+from __future__ import annotations
+
+import ast
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.lowering.lookups import Lookup, match_lookup
+
+__all__ = [
+    "FUNCTIONS",
+    "Operand",
+    "Apply",
+    "Literal",
+    "Expression",
+    "analyze",
+    "signature",
+    "stand_in",
+    "find_expressions",
+    "node_at",
+    "replace_at",
+]
+
+# numpy function -> (arity, element template, result kind); ``{0}``... are the operands' elements.
+# Only functions whose float64 result is exactly numpy's: transcendental functions (log, exp,
+# tanh...) are left to numpy itself, around compiled sub-expressions (see the module docstring).
+FUNCTIONS: dict[Any, tuple[int, str, str]] = {
+    np.sqrt: (1, "np.sqrt({0})", "f"),
+    np.square: (1, "({0} * {0})", "f"),
+    np.abs: (1, "abs({0})", "f"),
+    np.fabs: (1, "abs({0})", "f"),
+    np.sign: (1, "sign({0})", "f"),
+    np.floor: (1, "np.floor({0})", "f"),
+    np.ceil: (1, "np.ceil({0})", "f"),
+    np.trunc: (1, "np.trunc({0})", "f"),
+    np.rint: (1, "np.rint({0})", "f"),
+    np.minimum: (2, "minimum({0}, {1})", "f"),
+    np.maximum: (2, "maximum({0}, {1})", "f"),
+    np.fmin: (2, "fmin({0}, {1})", "f"),
+    np.fmax: (2, "fmax({0}, {1})", "f"),
+    np.clip: (3, "clip({0}, {1}, {2})", "f"),
+    np.isnan: (1, "({0} != {0})", "b"),
+    np.isfinite: (1, "np.isfinite({0})", "b"),
+    np.isinf: (1, "np.isinf({0})", "b"),
+}
+# numpy's fast paths for ``array ** scalar`` (square, sqrt, reciprocal, copy, ones): exact.
+_FAST_POWERS = {2.0: "({0} * {0})", 0.5: "np.sqrt({0})", -1.0: "(1.0 / {0})", 1.0: "(+{0})", 0.0: "1.0"}
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+class Opaque(Exception):
+    """A sub-expression the kernel cannot evaluate; the reason says why."""
+
+
+class _ScalarOnly(Exception):
+    """A sub-expression without arrays: Python evaluates it and passes the number in."""
+
+
+@dataclass(eq=False)
+class Operand:
+    """An input of the kernel: an array or scalar evaluated by Python, or a lookup."""
+
+    expr: ast.expr
+    kind: str  # "f" float64, "b" bool
+    ndim: int  # 0 scalar, 1, 2
+    width: int = 1
+    lookup: Lookup | None = None
+    slot: int = -1
+    integer: bool = False  # a scalar holding an integer
+    aliases: list[ast.expr] = field(default_factory=list)  # other places of the same value
+
+
+@dataclass(eq=False)
+class Apply:
+    """An elementwise operation: ``template`` formats the operands' element expressions."""
+
+    template: str
+    args: list[Any]
+    kind: str
+    ndim: int
+    width: int = 1
+
+
+@dataclass(eq=False)
+class Literal:
+    value: float
+    integer: bool = False
+    kind: str = "f"
+    ndim: int = 0
+    width: int = 1
+
+
+@dataclass(eq=False)
+class Expression:
+    """An analysed expression: its tree, its operands in call order and what they evaluate."""
+
+    root: Any
+    operands: list[Operand]
+    source: str
+    objects: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lookups(self) -> list[Lookup]:
+        return [o.lookup for o in self.operands if o.lookup is not None]
+
+
+def _combine_shapes(args: list[Any]) -> tuple[int, int]:
+    arrays = [a for a in args if a.ndim > 0]
+    if not arrays:
+        raise Opaque("no array operand")
+    ndims = {a.ndim for a in arrays}
+    if ndims == {1, 2}:
+        raise Opaque("1-D and 2-D operands broadcast against each other's columns")
+    ndim = ndims.pop()
+    widths = {a.width for a in arrays} - {1} if ndim == 2 else set()
+    if len(widths) > 1:
+        raise Opaque(f"operands with {sorted(widths)} columns do not broadcast")
+    return ndim, (widths.pop() if widths else 1)
+
+
+class _Analyzer:
+    def __init__(self, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any]):
+        self.evaluate = evaluate
+        self.resolve = resolve
+        self.operands: list[Operand] = []
+        self.objects: dict[str, Any] = {}
+        self.refusals: list[str] = []
+
+    def operand(self, node: ast.expr) -> Operand:
+        source = ast.unparse(node)
+        if not any(isinstance(n, (ast.Call, ast.NamedExpr)) for n in ast.walk(node)):
+            for seen in self.operands:  # the same side-effect-free value: pass it once
+                if seen.lookup is None and ast.unparse(seen.expr) == source:
+                    seen.aliases.append(node)
+                    return seen
+        try:
+            value = self.evaluate(node)
+        except Exception as exc:  # noqa: BLE001 - not evaluable on its own: not an operand
+            raise Opaque(f"`{ast.unparse(node)}` cannot be evaluated alone ({type(exc).__name__})") from exc
+        if isinstance(value, np.ndarray) and type(value) is np.ndarray:
+            if value.dtype == np.float64 and value.ndim in (1, 2):
+                kind = "f"
+            elif value.dtype == np.bool_ and value.ndim in (1, 2):
+                kind = "b"
+            else:
+                raise Opaque(f"`{ast.unparse(node)}` is a {value.ndim}-D {value.dtype} array")
+            width = value.shape[1] if value.ndim == 2 else 1
+            op = Operand(node, kind, value.ndim, width)
+        elif isinstance(value, (numbers.Integral, numbers.Real)) and not isinstance(value, (bool, np.bool_)):
+            if not isinstance(value, (int, float, np.integer, np.float64, np.float32)):
+                raise Opaque(f"`{ast.unparse(node)}` is a {type(value).__name__}")
+            op = Operand(node, "f", 0, integer=isinstance(value, (int, np.integer)))
+        else:
+            raise Opaque(f"`{ast.unparse(node)}` is a {type(value).__name__}, not a numpy array")
+        self.operands.append(op)
+        return op
+
+    def function(self, node: ast.expr) -> Any:
+        try:
+            return self.resolve(node)
+        except NotLowerable:
+            return None
+
+    def visit(self, node: ast.expr) -> Any:
+        mark = len(self.operands)
+        try:
+            return self._visit(node)
+        except _ScalarOnly:
+            del self.operands[mark:]
+            return self.operand(node)
+
+    def _visit(self, node: ast.expr) -> Any:
+        try:
+            lookup = match_lookup(node, self.resolve)
+        except NotLowerable as exc:
+            self.refusals.append(str(exc))
+            raise Opaque(str(exc)) from exc
+        if lookup is not None:
+            op = Operand(lookup.keys, "f", lookup.ndim, lookup.width, lookup=lookup)
+            self.operands.append(op)
+            self.objects[lookup.table_expr] = self.resolve(ast.parse(lookup.table_expr, mode="eval").body)
+            return op
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise Opaque(f"literal {node.value!r}")
+            return Literal(float(node.value), isinstance(node.value, int))
+        if isinstance(node, ast.BinOp):
+            left, right = self.visit(node.left), self.visit(node.right)
+            if isinstance(node.op, (ast.BitAnd, ast.BitOr)):
+                self.need(left, right, kind="b")
+                symbol = "&" if isinstance(node.op, ast.BitAnd) else "|"
+                return self.apply("({0} " + symbol + " {1})", [left, right], "b")
+            self.need(left, right, kind="f")
+            if type(node.op) in _BINARY:
+                return self.apply("({0} " + _BINARY[type(node.op)] + " {1})", [left, right], "f")
+            if isinstance(node.op, ast.Pow):
+                if isinstance(right, Literal) and right.value in _FAST_POWERS:
+                    return self.apply(_FAST_POWERS[right.value], [left], "f")
+                raise Opaque("a power other than ** 2, ** 0.5, ** -1, ** 1, ** 0 (numpy computes it)")
+            raise Opaque(f"operator {type(node.op).__name__}")
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+            and type(node.operand.value) in (int, float)
+        ):
+            return Literal(-float(node.operand.value), isinstance(node.operand.value, int))
+        if isinstance(node, ast.UnaryOp):
+            operand = self.visit(node.operand)
+            if isinstance(node.op, ast.USub):
+                self.need(operand, kind="f")
+                return self.apply("(-{0})", [operand], "f")
+            if isinstance(node.op, ast.UAdd):
+                self.need(operand, kind="f")
+                return self.apply("(+{0})", [operand], "f")
+            if isinstance(node.op, ast.Invert):
+                self.need(operand, kind="b")
+                return self.apply("(not {0})", [operand], "b")
+            raise Opaque(f"operator {type(node.op).__name__}")
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE:
+            left, right = self.visit(node.left), self.visit(node.comparators[0])
+            self.need(left, right, kind="f")
+            return self.apply("({0} " + _COMPARE[type(node.ops[0])] + " {1})", [left, right], "b")
+        if isinstance(node, ast.Subscript) and self.is_new_column(node.slice):
+            inner = self.visit(node.value)
+            if inner.ndim != 1:
+                raise Opaque("x[:, None] of a value that is not 1-D")
+            return Apply("{0}", [inner], inner.kind, 2, 1)
+        if isinstance(node, ast.Call) and not node.keywords:
+            function = self.function(node.func)
+            if function is np.where and len(node.args) == 3:
+                cond, a, b = (self.visit(arg) for arg in node.args)
+                if a.kind != b.kind:
+                    raise Opaque("np.where with a float and a bool branch")
+                if a.ndim == 0 and b.ndim == 0 and (a.integer or b.integer):
+                    raise Opaque("np.where between integer scalars gives an integer array")
+                test = "{0}" if cond.kind == "b" else "truth({0})"
+                return self.apply("({1} if " + test + " else {2})", [cond, a, b], a.kind)
+            entry = FUNCTIONS.get(function) if _hashable(function) else None
+            if entry is not None and len(node.args) == entry[0]:
+                args = [self.visit(arg) for arg in node.args]
+                self.need(*args, kind="f")
+                return self.apply(entry[1], args, entry[2])
+            if isinstance(function, np.ufunc) and any(self.compiles_alone(arg) for arg in node.args):
+                raise Opaque(f"numpy computes {function.__name__}; its argument is compiled on its own")
+        return self.operand(node)
+
+    def compiles_alone(self, node: ast.expr) -> bool:
+        """Whether ``node`` holds a lookup or array operation of its own."""
+        try:
+            return _computes(_Analyzer(self.evaluate, self.resolve).visit(node))
+        except (Opaque, NotLowerable):
+            return False
+
+    def is_new_column(self, index: ast.expr) -> bool:
+        if not (isinstance(index, ast.Tuple) and len(index.elts) == 2):
+            return False
+        first, second = index.elts
+        if not (
+            isinstance(first, ast.Slice)
+            and first.lower is None
+            and first.upper is None
+            and first.step is None
+        ):
+            return False
+        if isinstance(second, ast.Constant):
+            return second.value is None
+        return self.function(second) is None and _is_newaxis(second, self.resolve)
+
+    @staticmethod
+    def need(*args: Any, kind: str) -> None:
+        for arg in args:
+            if arg.kind != kind:
+                raise Opaque("a boolean operand in arithmetic" if kind == "f" else "a float operand of & | ~")
+
+    @staticmethod
+    def apply(template: str, args: list[Any], kind: str) -> Any:
+        ndim, width = _combine_shapes(args) if any(a.ndim for a in args) else (0, 1)
+        if ndim == 0:
+            raise _ScalarOnly
+        return Apply(template, args, kind, ndim, width)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_newaxis(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> bool:
+    try:
+        return resolve(node) is None and isinstance(node, ast.Attribute) and node.attr == "newaxis"
+    except NotLowerable:
+        return False
+
+
+def analyze(
+    node: ast.expr, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any]
+) -> Expression:
+    """Read ``node`` into an :class:`Expression` or raise :class:`NotLowerable` saying why not.
+
+    ``evaluate(expr)`` gives a sub-expression's value on the calibration rows (to learn operand
+    dtypes and shapes); ``resolve(expr)`` evaluates fitted state only (raising ``NotLowerable`` for
+    anything row-dependent). The expression must contain a lookup or an array operation.
+    """
+    analyzer = _Analyzer(evaluate, resolve)
+    try:
+        root = analyzer.visit(node)
+    except Opaque as exc:
+        error = NotLowerable(f"`{ast.unparse(node)}` is not a compilable array expression: {exc}")
+        error.refusals = analyzer.refusals  # type: ignore[attr-defined]
+        raise error from exc
+    if not _computes(root) or root.ndim == 0:
+        raise NotLowerable(f"`{ast.unparse(node)}` has no lookup or array operation to compile")
+    for slot, operand in enumerate(analyzer.operands):
+        operand.slot = slot
+    return Expression(root, analyzer.operands, ast.unparse(node), analyzer.objects)
+
+
+def _computes(node: Any) -> bool:
+    """Whether the tree does real work (a lookup or an operation, not just ``x[:, None]``)."""
+    if isinstance(node, Operand):
+        return node.lookup is not None
+    if isinstance(node, Apply):
+        return node.template != "{0}" or any(_computes(a) for a in node.args)
+    return False
+
+
+def signature(expression: Expression) -> dict[str, tuple[str, int, int, bool]]:
+    """What the kernel assumes of each Python-evaluated operand: ``source -> (kind, ndim, width,
+    integer)``; with :func:`stand_in` it lets a loaded plan recompile without calibration rows."""
+    return {
+        ast.unparse(op.expr): (op.kind, op.ndim, op.width, op.integer)
+        for op in expression.operands
+        if op.lookup is None
+    }
+
+
+def stand_in(known: dict[str, tuple[str, int, int, bool]]) -> Callable[[ast.expr], Any]:
+    """An ``evaluate`` that gives placeholder values with the recorded kinds and shapes."""
+
+    def evaluate(node: ast.expr) -> Any:
+        source = ast.unparse(node)
+        if source not in known:
+            raise KeyError(source)
+        kind, ndim, width, integer = known[source]
+        if ndim == 0:
+            return 1 if integer else 1.0
+        shape = (1,) if ndim == 1 else (1, width)
+        return np.zeros(shape, dtype=np.float64 if kind == "f" else np.bool_)
+
+    return evaluate
+
+
+def find_expressions(
+    node: ast.expr, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any]
+) -> tuple[list[tuple[tuple[Any, ...], Expression]], list[str]]:
+    """The largest compilable array expressions inside ``node`` (top-down: the whole expression if
+    it compiles, else the largest ones among its parts), each with its path from ``node``
+    (:func:`node_at`), and the reasons lookups found on the way were refused."""
+    found: list[tuple[tuple[Any, ...], Expression]] = []
+    refusals: list[str] = []
+
+    def search(current: ast.AST, path: tuple[Any, ...]) -> None:
+        if isinstance(current, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(current, ast.expr) and _worth_trying(current, resolve):
+            try:
+                found.append((path, analyze(current, evaluate, resolve)))
+                return
+            except NotLowerable as exc:
+                for reason in getattr(exc, "refusals", ()):
+                    if reason not in refusals:
+                        refusals.append(reason)
+        for key, value in ast.iter_fields(current):
+            if isinstance(value, list):
+                for k, item in enumerate(value):
+                    if isinstance(item, ast.AST):
+                        search(item, (*path, key, k))
+            elif isinstance(value, ast.AST):
+                search(value, (*path, key))
+
+    search(node, ())
+    return found, refusals
+
+
+def _worth_trying(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> bool:
+    """Whether ``node`` can be the root of a compiled expression, judged from its syntax (so that
+    other calls, which may be costly, are not evaluated at calibration just to be refused)."""
+    if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return node.attr == "values"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Tuple)
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "to_numpy":
+            return True
+        try:
+            function = resolve(node.func)
+        except NotLowerable:
+            return False
+        return (
+            function is np.where or function is np.asarray or (_hashable(function) and function in FUNCTIONS)
+        )
+    return False
+
+
+def node_at(root: ast.AST, path: tuple[Any, ...]) -> Any:
+    """The sub-tree of ``root`` at ``path`` (field names and list positions)."""
+    node: Any = root
+    for step in path:
+        node = node[step] if isinstance(step, int) else getattr(node, step)
+    return node
+
+
+def replace_at(root: ast.AST, path: tuple[Any, ...], new: ast.expr) -> None:
+    """Put ``new`` at ``path`` inside ``root`` (``path`` must not be empty)."""
+    parent = node_at(root, path[:-1])
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, path[-1], new)
