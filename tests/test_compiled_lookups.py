@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,10 @@ def test_lookup_pipeline_compiles_and_matches_the_original(lookup_setup, tmp_pat
         loaded = willow.load(path, pipelines.lookup_pipeline)
         assert loaded.generated_source_ == pipeline.generated_source_
         np.testing.assert_array_equal(loaded(model, batch), pipeline(model, batch))
+    # a pickled pipeline (what Dask ships to a worker) rebuilds the same lookup kernels
+    unpickled = pickle.loads(pickle.dumps(pipeline))
+    assert unpickled.generated_source_ == pipeline.generated_source_
+    np.testing.assert_array_equal(unpickled(model, batch), pipeline(model, batch))
 
 
 def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
