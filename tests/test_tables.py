@@ -350,6 +350,9 @@ def test_cascade_over_a_redis_table_skips_remote_lookups_for_easy_rows(redis_ser
         compile=False,
         # A cheap approximate model, so the plan's gain is the skipped lookups, not timing noise.
         approximate_model=LogisticRegression(),
+        # This test checks what the cascade fetches, not whether 600 holdout rows on a loopback
+        # server amortise the cascade's per-call overheads (they often do not).
+        require_faster=False,
     ).calibrate(model, calibration, y=cy)
     plan = pipeline.plan_
     assert plan.cascade, plan.reason

@@ -95,6 +95,7 @@ class OptimizedPipeline:
         max_candidates: int = 16,
         compile: bool | str = True,
         cascade: bool = True,
+        require_faster: bool = True,
         query: str = "predict",
         k: int | None = None,
         precision_target: float = 0.95,
@@ -127,6 +128,7 @@ class OptimizedPipeline:
             raise ValueError(f"compile must be True, False or 'all', got {compile!r}.")
         self.compile = compile
         self.cascade = bool(cascade)
+        self.require_faster = bool(require_faster)
         self._compilation: CompilationResult | None = None
         if query not in topk_query.QUERIES:
             raise ValueError(f"query must be one of {topk_query.QUERIES}, got {query!r}.")
@@ -166,6 +168,7 @@ class OptimizedPipeline:
             "max_candidates": self.max_candidates,
             "compile": self.compile,
             "cascade": self.cascade,
+            "require_faster": self.require_faster,
             "query": self.query,
             "k": self.k,
             "precision_target": self.precision_target,
@@ -250,6 +253,7 @@ class OptimizedPipeline:
             budgets=DEFAULT_BUDGETS,
             compile=self.compile,
             cascade=self.cascade,
+            require_faster=self.require_faster,
         )
 
     def calibrate(self, *args: Any, y: Any = None, **kwargs: Any) -> OptimizedPipeline:
@@ -449,6 +453,7 @@ def optimize(
     max_candidates: int = 16,
     compile: bool | str = True,
     cascade: bool = True,
+    require_faster: bool = True,
     query: str = "predict",
     k: int | None = None,
     precision_target: float = 0.95,
@@ -484,6 +489,11 @@ def optimize(
         compilation runs at about 340 split nodes per second on 2 cores; kernels are cached on
         disk), ``"all"`` compiles them too, ``False`` keeps every statement as Python.
     cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
+    require_faster : serve a proven cascade only if it also measured faster than the pipeline
+        without it (the compiled pipeline, or the original) on the holdout rows. The plan's cost
+        model is per row and does not see per-call overheads (the approximate model's call, row
+        selection, one call per remaining group), which can outweigh the saving on cheap
+        pipelines. ``False`` serves every proven cascade.
     query : ``"predict"`` (default: a call returns the model's output for every row, served by a
         cascade) or ``"topk"``: a call returns the positions of the ``k`` highest-scoring rows,
         best first, served by a top-K plan (see :meth:`OptimizedPipeline.top_k`).
@@ -511,6 +521,7 @@ def optimize(
         max_candidates=max_candidates,
         compile=compile,
         cascade=cascade,
+        require_faster=require_faster,
         query=query,
         k=k,
         precision_target=precision_target,

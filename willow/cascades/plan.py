@@ -59,6 +59,7 @@ class CascadePlan:
     compiled_seconds_per_row: float | None = None
     rejected_agreement: float | None = None
     rejected_lower_bound: float | None = None
+    measured_speedup: float | None = None
 
     def table(self) -> str:
         """The plan as readable text: groups, costs, importances, the choice and its guarantee."""
@@ -87,6 +88,11 @@ class CascadePlan:
         if self.cascade:
             lines.append(f"  expected cascade cost    {self.expected_seconds_per_row * 1e6:10.2f} us/row")
         lines.append(f"  expected speedup         {self.expected_speedup:10.2f}x")
+        if self.measured_speedup is not None:
+            what = "cascade" if self.cascade else "compiled pipeline"
+            lines.append(
+                f"  measured speedup         {self.measured_speedup:10.2f}x ({what} on the holdout rows)"
+            )
         if self.cascade:
             lines.append(f"  answered approximately   {self.confident_fraction:10.2%} of holdout rows")
         if self.holdout_rows:
