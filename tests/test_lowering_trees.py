@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from sklearn import ensemble as sk_ensemble
 from sklearn.linear_model import LogisticRegression
 
+from willow.compiler.lowering import trees as trees_module
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
+from willow.compiler.lowering.trees_bitvector import bitvector_tables
 from willow.compiler.lowering.trees_build import _is_cached
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -267,6 +269,67 @@ def test_batch_uses_threads_and_stays_exact(compiled):
     model, operators, _ = compiled["lgb_multiclass"]
     X, *_ = _train_data(n=9000, seed=4)
     assert_same_as_library(model, "predict_proba", operators["predict_proba"], X)
+
+
+# models whose trees are all numeric with at most 64 leaves: small batches use the bitvector kernel
+SMALL_BATCH_MODELS = [
+    "lgb_reg_zero_missing",
+    "lgb_reg_no_missing",
+    "lgb_booster_rf",
+    "rf_classifier",
+    "et_regressor",
+    "gb_classifier",
+    "gb_binary",
+    "gb_regressor",
+    "hgb_binary",
+]
+
+
+def test_small_batch_kernel_covers_numeric_models_only(compiled):
+    for name, (_, operators, _) in compiled.items():
+        has_tables = all(op._small is not None for op in operators.values())
+        assert has_tables == (name in SMALL_BATCH_MODELS), name
+    deep = sk_ensemble.RandomForestRegressor(n_estimators=2, random_state=0).fit(
+        np.nan_to_num(X_TRAIN), Y_REG
+    )
+    assert bitvector_tables(lower_tree_model(deep, "predict").ensemble) is None  # > 64 leaves
+
+
+def _small_batch_inputs(nan_ok: bool) -> list[np.ndarray]:
+    X, *_ = _train_data(n=trees_module.SMALL_BATCH_ROWS, seed=5)
+    X[0, :3] = [1e-36, -0.0, -1e-36]  # LightGBM's zero band
+    X[1, :] = np.nan
+    X = X if nan_ok else np.nan_to_num(X)
+    return [X[:0], X[:1], X[1:2], X[:2], X, X.astype(np.float32)]
+
+
+@pytest.mark.parametrize("name", SMALL_BATCH_MODELS)
+def test_small_batches_match_library_and_nested_kernel_bit_for_bit(compiled, name, monkeypatch):
+    """0, 1, 2 and SMALL_BATCH_ROWS rows (NaN, zero band, float32): library outputs, and raw scores
+    identical to the nested-if kernels'."""
+    model, operators, nan_ok = compiled[name]
+    for X in _small_batch_inputs(nan_ok):
+        for method, op in operators.items():
+            assert_same_as_library(model, method, op, X)
+            if len(X):
+                small = op.raw(X)
+                with monkeypatch.context() as patch:
+                    patch.setattr(trees_module, "SMALL_BATCH_ROWS", -1)
+                    nested = op.raw(X)
+                np.testing.assert_array_equal(small, nested)
+
+
+def test_small_batch_dataframe_and_feature_count_errors(compiled):
+    for name in ("lgb_reg_zero_missing", "hgb_binary", "rf_classifier"):
+        model, operators, _ = compiled[name]
+        X, *_ = _train_data(n=3, seed=6)
+        frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(N_FEATURES)])
+        for method, op in operators.items():
+            np.testing.assert_array_equal(op(frame.iloc[:1]), op(X[:1]))
+            assert_same_as_library(model, method, op, frame.iloc[:1].to_numpy())
+            for wrong in (X[:1, :-1], np.hstack([X[:1], X[:1]]), X[0]):
+                with pytest.raises(ValueError, match="features|2D array"):
+                    op(wrong)
 
 
 def test_not_lowerable_reasons():

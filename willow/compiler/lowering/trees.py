@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.lowering.trees_bitvector import bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
@@ -37,6 +38,9 @@ __all__ = ["CompiledTreeOperator", "lower_tree_model", "TREE_LOWERINGS", "suppor
 DEFAULT_GROUP_NODES = 320
 # Below this many rows a batch runs on the calling thread only.
 _PARALLEL_MIN_ROWS = 4096
+# Up to this many rows a batch goes through the bitvector kernel (``trees_bitvector``) when the
+# ensemble has one: the nested-if code is only faster once it is hot in the instruction cache.
+SMALL_BATCH_ROWS = 256
 
 
 class CompiledTreeOperator:
@@ -67,6 +71,8 @@ class CompiledTreeOperator:
         self._finish = finish
         self._n_threads = n_threads
         self._base = np.asarray(ensemble.base, dtype=np.float64)
+        tables = bitvector_tables(ensemble)
+        self._small = None if tables is None else tables.arguments()
 
     def __repr__(self) -> str:
         return (
@@ -81,9 +87,11 @@ class CompiledTreeOperator:
     def raw(self, X: Any) -> np.ndarray:
         """Summed leaf values plus base score, divided by the ensemble's divisor."""
         data = self._prepare(X)
-        out = np.empty((data.shape[0], self.ensemble.n_outputs), dtype=np.float64)
-        out[:] = self._base
         n = data.shape[0]
+        if n <= SMALL_BATCH_ROWS and self._small is not None:
+            return score_rows(data, self._base, self.ensemble.divisor, *self._small)
+        out = np.empty((n, self.ensemble.n_outputs), dtype=np.float64)
+        out[:] = self._base
         if self._n_threads > 1 and n >= _PARALLEL_MIN_ROWS:
             bounds = np.linspace(0, n, self._n_threads + 1).astype(int)
             with ThreadPoolExecutor(self._n_threads) as pool:
