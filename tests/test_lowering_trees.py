@@ -256,13 +256,23 @@ def test_lightgbm_pandas_categorical(kernel_cache):
 
 
 def test_several_groups_compile_in_worker_processes(kernel_cache):
-    model = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
+    # categorical splits: no bitvector kernel, so the groups are tied together by a compiled driver
+    model = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(
+        X_TRAIN, Y_REG, categorical_feature=[CAT]
+    )
     op = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
-    assert len(op.sources) >= 4  # groups, then the driver
+    assert op._small is None and len(op.sources) >= 4  # groups, then the driver
     assert all(_is_cached(s, "trees") for s in op.sources[:-1])
     assert _is_cached(op.sources[-1], "trees_driver") and "def predict(X, out):" in op.sources[-1]
     assert_same_as_library(model, "predict", op, X_TRAIN)
     assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
+    # numeric splits: small batches use the bitvector kernel and large ones call each group
+    numeric = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
+    op = lower_tree_model(numeric, "predict", group_nodes=12, n_jobs=2)
+    assert op._small is not None and len(op._kernels) == len(op.sources) >= 3
+    assert all(_is_cached(s, "trees") for s in op.sources)
+    assert_same_as_library(numeric, "predict", op, X_TRAIN)
+    assert_same_as_library(numeric, "predict", op, X_TRAIN[:1])
 
 
 def test_batch_uses_threads_and_stays_exact(compiled):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from willow.compiler.lowering.base import NotLowerable
-from willow.compiler.lowering.trees_bitvector import bitvector_tables, score_rows
+from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
@@ -61,6 +61,7 @@ class CompiledTreeOperator:
         prepare: Callable[[Any], np.ndarray],
         finish: Callable[[np.ndarray], np.ndarray],
         n_threads: int,
+        small: BitvectorTables | None = None,
     ) -> None:
         self.name = name
         self.ensemble = ensemble
@@ -71,8 +72,7 @@ class CompiledTreeOperator:
         self._finish = finish
         self._n_threads = n_threads
         self._base = np.asarray(ensemble.base, dtype=np.float64)
-        tables = bitvector_tables(ensemble)
-        self._small = None if tables is None else tables.arguments()
+        self._small = None if small is None else small.arguments()
 
     def __repr__(self) -> str:
         return (
@@ -323,12 +323,15 @@ def _compile(
     groups = group_trees(ensemble, group_nodes)
     sources = [build_group_source(ensemble, g) for g in groups]
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
+    small = bitvector_tables(ensemble)
+    # small batches take the bitvector kernel when there is one, so large ones can afford a
+    # Python call per group instead of a compiled driver
     kernels, driver_source = build_kernels(
-        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs
+        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs, driver=small is None
     )
     threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
     modules = [*sources, driver_source] if driver_source else sources
-    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads)
+    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads, small)
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:

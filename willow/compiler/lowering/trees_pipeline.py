@@ -70,11 +70,15 @@ class MemoTypeInference(NopythonTypeInference):
                 table[key] = resolve(func, args, kws)
             return table[key]
 
+        outer = context.__dict__.get("resolve_function_type")  # a nested compile's memo
         context.resolve_function_type = memoised
         try:
             return super().run_pass(state)
         finally:
-            del context.resolve_function_type
+            if outer is None:
+                del context.resolve_function_type
+            else:
+                context.resolve_function_type = outer
 
 
 def _plain(static) -> bool:
