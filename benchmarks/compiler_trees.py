@@ -3,7 +3,7 @@
     python -m benchmarks.compiler_trees [--trees 500 --leaves 63 --features 100 --rows 100000] [--quick]
 
 Reports batch throughput (rows/s, medians of repeats, the two measured alternately in one
-process), single-row latency (p50 over single-row calls), compile time cold (empty kernel cache;
+process), single-row latency (p50 over single-row calls, each library in its own block of calls), compile time cold (empty kernel cache;
 wall and CPU seconds of this process plus its compiling workers, with the load average, since a
 loaded machine stretches wall time) and warm (a second process reusing the cache), and the largest
 difference to LightGBM. Runs a
@@ -109,12 +109,13 @@ def measure(booster, X: np.ndarray, label: str, repeats: int, single_rows: int) 
             op_times.append(_median_time(op, X, 1))
         lib_batch, op_batch = float(np.median(lib_times)), float(np.median(op_times))
 
+        # single rows in blocks (every row through one, then every row through the other, twice):
+        # alternating per row would time each one with the other's data in the CPU caches
         rows = X[:single_rows]
         lib_one, op_one = [], []
-        for i in range(len(rows)):
-            row = rows[i : i + 1]
-            lib_one.append(_median_time(booster.predict, row, 1))
-            op_one.append(_median_time(op, row, 1))
+        for _ in range(2):
+            lib_one += [_median_time(booster.predict, rows[i : i + 1], 1) for i in range(len(rows))]
+            op_one += [_median_time(op, rows[i : i + 1], 1) for i in range(len(rows))]
     return {
         "model": label,
         "trees": booster.num_trees(),
