@@ -256,15 +256,15 @@ def test_lightgbm_pandas_categorical(kernel_cache):
 
 
 def test_several_groups_compile_in_worker_processes(kernel_cache):
-    # categorical splits: no bitvector kernel, so the groups are tied together by a compiled driver
-    model = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(
-        X_TRAIN, Y_REG, categorical_feature=[CAT]
-    )
+    # trees over 64 leaves: no bitvector kernel, so the groups are tied together by a compiled driver
+    finite = np.nan_to_num(X_TRAIN)
+    model = sk_ensemble.ExtraTreesRegressor(n_estimators=3, random_state=0).fit(finite, Y_REG)
     op = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
     assert op._small is None and len(op.sources) >= 4  # groups, then the driver
     assert all(_is_cached(s, "trees") for s in op.sources[:-1])
     assert _is_cached(op.sources[-1], "trees_driver") and "def predict(X, out):" in op.sources[-1]
-    assert_same_as_library(model, "predict", op, X_TRAIN)
+    assert_same_as_library(model, "predict", op, finite)
+    assert_same_as_library(model, "predict", op, finite[:1])
     assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
     # numeric splits: small batches use the bitvector kernel and large ones call each group
     numeric = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
@@ -281,24 +281,15 @@ def test_batch_uses_threads_and_stays_exact(compiled):
     assert_same_as_library(model, "predict_proba", operators["predict_proba"], X)
 
 
-# models whose trees are all numeric with at most 64 leaves: small batches use the bitvector kernel
-SMALL_BATCH_MODELS = [
-    "lgb_reg_zero_missing",
-    "lgb_reg_no_missing",
-    "lgb_booster_rf",
-    "rf_classifier",
-    "et_regressor",
-    "gb_classifier",
-    "gb_binary",
-    "gb_regressor",
-    "hgb_binary",
-]
+# every test model has trees of at most 64 leaves: small batches use the bitvector kernel
+SMALL_BATCH_MODELS = list(_models())
 
 
-def test_small_batch_kernel_covers_numeric_models_only(compiled):
+def test_small_batch_kernel_covers_trees_up_to_64_leaves(compiled):
     for name, (_, operators, _) in compiled.items():
-        has_tables = all(op._small is not None for op in operators.values())
-        assert has_tables == (name in SMALL_BATCH_MODELS), name
+        assert all(op._small is not None for op in operators.values()), name
+    assert compiled["lgb_binary_cat"][1]["predict"]._small[-3].shape[0] > 0  # categorical splits
+    assert compiled["hgb_classifier_cat"][1]["predict"]._small[-3].shape[0] > 0
     deep = sk_ensemble.RandomForestRegressor(n_estimators=2, random_state=0).fit(
         np.nan_to_num(X_TRAIN), Y_REG
     )

@@ -6,8 +6,8 @@ Stages, one per module, data flowing one way:
 ``trees_build`` (sources -> compiled, disk-cached kernels), and this driver, which wraps the
 kernels in a :class:`CompiledTreeOperator` that converts inputs and outputs like the library.
 Batches of up to ``SMALL_BATCH_ROWS`` rows go through ``trees_bitvector`` instead (a fixed kernel
-over the ensemble's splits as arrays) when the ensemble has no categorical split and no tree over
-64 leaves: one row would otherwise run all the nested-``if`` code cold.
+over the ensemble's splits as arrays) when no tree has more than 64 leaves: one row would
+otherwise run all the nested-``if`` code cold.
 
 Exactness: raw scores are summed in the library's order from the same doubles, so they are
 bit-identical; probabilities go through the library's own link (scikit-learn) or LightGBM's

@@ -13,11 +13,13 @@ leftmost leaf no such split ruled out (the lowest set bit). Splits are stored pe
 by threshold, so for a feature value ``x`` the splits that send it right (``threshold < x``) are a
 prefix found by binary search, and their masks are AND-ed in one tight loop. A missing value (NaN,
 or ``|x| <= 1e-35`` on a feature with LightGBM zero-as-missing splits) takes the exact per-split
-rule of ``trees_codegen`` instead. Leaf values are added in tree order from the same doubles, so
-outputs are bit-identical to the nested-``if`` kernels.
+rule of ``trees_codegen`` instead. Categorical splits are not ordered by a threshold: each is
+tested per row with the generated code's bitset rule (LightGBM or HistGradientBoosting style).
+Leaf values are added in tree order from the same doubles, so outputs are bit-identical to the
+nested-``if`` kernels.
 
-Supported: numeric splits and trees of at most 64 leaves (:func:`bitvector_tables` returns
-``None`` otherwise, e.g. for categorical splits or deep random forests).
+Supported: trees of at most 64 leaves (:func:`bitvector_tables` returns ``None`` otherwise, e.g.
+for deep random forests).
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from willow.compiler.lowering.trees_ir import LGBM_ZERO_THRESHOLD, Leaf, Node, NumericSplit, TreeEnsemble
+from willow.compiler.lowering.trees_ir import (
+    LGBM_ZERO_THRESHOLD,
+    CategoricalSplit,
+    Leaf,
+    Node,
+    NumericSplit,
+    TreeEnsemble,
+)
 
 __all__ = ["BitvectorTables", "bitvector_tables", "score_rows"]
 
 DEFAULT_LEFT = 1  # entry flag: a missing value goes left
 ZERO_MISSING = 2  # entry flag: |x| <= 1e-35 is missing too (LightGBM missing_type Zero)
 MAX_LEAVES = 64
+CATEGORICAL_LIGHTGBM = 4  # categorical split flag: LightGBM's rule
+CATEGORICAL_SKLEARN = 8  # categorical split flag: HistGradientBoosting's rule
 MAX_TREES = 1 << 16  # tree indices are uint16
 ALL = (1 << 64) - 1
 
@@ -54,6 +65,11 @@ class BitvectorTables:
     values: np.ndarray  # float64
     column_start: np.ndarray  # int64[n_trees + 1]: tree t writes columns[column_start[t]:column_start[t+1]]
     columns: np.ndarray  # int64
+    # categorical splits, one row each: feature, tree, style (CATEGORICAL_*) | DEFAULT_LEFT,
+    # and [left bitset start, known bitset start, end) into ``category_bits``
+    category_splits: np.ndarray  # int64[n_categorical, 6]
+    category_masks: np.ndarray  # uint64[n_categorical]
+    category_bits: np.ndarray  # int64: 32-bit words, as in trees_codegen
 
     def arguments(self) -> tuple[np.ndarray, ...]:
         return (
@@ -68,14 +84,20 @@ class BitvectorTables:
             self.values,
             self.column_start,
             self.columns,
+            self.category_splits,
+            self.category_masks,
+            self.category_bits,
         )
 
 
 def bitvector_tables(ensemble: TreeEnsemble) -> BitvectorTables | None:
-    """The tables for ``ensemble``, or ``None`` when a tree has a categorical split or > 64 leaves."""
+    """The tables for ``ensemble``, or ``None`` when a tree has more than 64 leaves."""
     if len(ensemble.trees) >= MAX_TREES:
         return None
     splits: list[tuple[int, float, int, int, int]] = []  # feature, threshold, tree, mask, flags
+    categorical: list[tuple[int, int, int, int, int, int]] = []
+    category_masks: list[int] = []
+    category_bits: list[int] = []
     values: list[float] = []
     value_start: list[int] = []
     init: list[int] = []
@@ -91,8 +113,6 @@ def bitvector_tables(ensemble: TreeEnsemble) -> BitvectorTables | None:
                 if len(leaves) > MAX_LEAVES:
                     return None
                 continue
-            if not isinstance(node.split, NumericSplit):
-                return None
             if not left_done:
                 pending.append((node, len(leaves)))
                 stack.append((node, True))
@@ -101,9 +121,22 @@ def bitvector_tables(ensemble: TreeEnsemble) -> BitvectorTables | None:
                 split_node, first = pending.pop()
                 assert split_node is node
                 split = node.split
-                flag = (DEFAULT_LEFT if split.nan_left else 0) | (ZERO_MISSING if split.zero_missing else 0)
                 left_leaves = (1 << len(leaves)) - (1 << first)
-                splits.append((split.feature, float(split.threshold), t, ALL ^ left_leaves, flag))
+                if isinstance(split, NumericSplit):
+                    flag = (DEFAULT_LEFT if split.nan_left else 0) | (
+                        ZERO_MISSING if split.zero_missing else 0
+                    )
+                    splits.append((split.feature, float(split.threshold), t, ALL ^ left_leaves, flag))
+                else:
+                    assert isinstance(split, CategoricalSplit)
+                    style = CATEGORICAL_LIGHTGBM if split.style == "lightgbm" else CATEGORICAL_SKLEARN
+                    start = len(category_bits)
+                    category_bits.extend(_words(split.left))
+                    middle = len(category_bits)
+                    category_bits.extend(_words(split.known))
+                    flag = style | (DEFAULT_LEFT if split.nan_left else 0)
+                    categorical.append((split.feature, t, flag, start, middle, len(category_bits)))
+                    category_masks.append(ALL ^ left_leaves)
                 stack.append((node.right, False))
         value_start.append(len(values))
         for leaf in leaves:
@@ -128,7 +161,41 @@ def bitvector_tables(ensemble: TreeEnsemble) -> BitvectorTables | None:
         values=np.array(values, dtype=np.float64),
         column_start=column_start,
         columns=np.array([c for cols in ensemble.tree_outputs for c in cols], dtype=np.int64),
+        category_splits=np.array(categorical, dtype=np.int64).reshape(-1, 6),
+        category_masks=np.array(category_masks, dtype=np.uint64),
+        category_bits=np.array(category_bits, dtype=np.int64),
     )
+
+
+def _words(categories: tuple[int, ...]) -> list[int]:
+    """32-bit bitset words of ``categories`` (``trees_codegen``'s layout); none for an empty set."""
+    if not categories:
+        return []
+    words = [0] * (max(categories) // 32 + 1)
+    for c in categories:
+        words[c >> 5] |= 1 << (c & 31)
+    return words
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _in_bits(bits, start, end, category):
+    word = start + (category >> 5)
+    return word < end and (bits[word] >> (category & 31)) & 1 == 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _categorical_left(x, flag, bits, left, known, end):
+    """``trees_codegen``'s rule for a categorical split: True when the row goes left."""
+    if flag & CATEGORICAL_LIGHTGBM:
+        # static_cast<int>: (-1, 0) truncates to 0; NaN / <= -1 / >= 2**31 go right
+        return x > -1.0 and x < 2147483648.0 and _in_bits(bits, left, known, int(x))
+    # HistGradientBoosting: uint8 categories; NaN, negative and unknown ones are missing
+    non_negative = x >= 0.0
+    byte = (int(x) & 255) if non_negative else 0
+    in_left = non_negative and _in_bits(bits, left, known, byte)
+    if flag & DEFAULT_LEFT:
+        return not non_negative or in_left or not _in_bits(bits, known, end, byte)
+    return in_left
 
 
 @numba.njit(cache=True, nogil=True)
@@ -147,6 +214,9 @@ def score_rows(
     values,
     column_start,
     columns,
+    category_splits,
+    category_masks,
+    category_bits,
 ):
     """``(base + sum of leaf values in tree order) / divisor`` per row, shape (rows, outputs)."""
     n_trees = init.shape[0]
@@ -180,6 +250,13 @@ def score_rows(
                     stop = stop + one if thresholds[stop] < x else stop
                 for q in range(first, stop):  # unsigned indices: no negative-index wraparound
                     bits[trees[q]] &= masks[q]
+        for c in range(category_splits.shape[0]):
+            x = X[i, category_splits[c, 0]]
+            flag = category_splits[c, 2]
+            left = category_splits[c, 3]
+            known = category_splits[c, 4]
+            if not _categorical_left(x, flag, category_bits, left, known, category_splits[c, 5]):
+                bits[category_splits[c, 1]] &= category_masks[c]
         for k in range(n_outputs):
             acc[k] = base[k]
         for t in range(n_trees):
