@@ -332,6 +332,11 @@ def _compile(
     kernels, driver_source = build_kernels(
         sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs, driver=small is None
     )
+    if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
+        base = np.asarray(ensemble.base, dtype=np.float64)
+        score_rows(
+            np.zeros((1, ensemble.n_features), dtype=dtype), base, ensemble.divisor, *small.arguments()
+        )
     threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
     modules = [*sources, driver_source] if driver_source else sources
     return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads, small)
