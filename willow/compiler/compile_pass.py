@@ -274,8 +274,8 @@ def _loaded(node: ast.AST) -> set[str]:
 DEFAULT_TREE_NODE_BUDGET = 8000
 """Largest tree ensemble (in split nodes) that ``compile=True`` compiles: about 20 s of cold Numba
 compilation on 2 cores (measured on the development machine: 200 trees x 31 leaves, 6,000 split
-nodes, 14 s; 500 trees x 63 leaves, 31,000 split nodes, 91 s at load average 3-5), cached on disk
-afterwards. ``compile="all"`` lifts the limit."""
+nodes, 14 s; 500 trees x 63 leaves, 31,000 split nodes, 56 s at load average ~1 and 91 s at 3-5),
+cached on disk afterwards. ``compile="all"`` lifts the limit."""
 
 _SPLIT_NODES_PER_SECOND = 420  # cold compilation rate measured on the 2-core development machine
 
