@@ -3,8 +3,10 @@
     python -m benchmarks.compiler_trees [--trees 500 --leaves 63 --features 100 --rows 100000] [--quick]
 
 Reports batch throughput (rows/s, medians of repeats, the two measured alternately in one
-process), single-row latency (p50 over single-row calls), compile time cold (empty kernel cache)
-and warm (a second process reusing the cache), and the largest difference to LightGBM. Runs a
+process), single-row latency (p50 over single-row calls, each library in its own block of calls), compile time cold (empty kernel cache;
+wall and CPU seconds of this process plus its compiling workers, with the load average, since a
+loaded machine stretches wall time) and warm (a second process reusing the cache), and the largest
+difference to LightGBM. Runs a
 synthetic regression model (a compiler micro-benchmark) and one real-data model
 (california_housing.csv from ../shared/data, when present).
 
@@ -45,6 +47,14 @@ def _synthetic(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.
     return X, y
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the kernel-compiling workers)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _median_time(fn, X, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -80,9 +90,11 @@ def measure(booster, X: np.ndarray, label: str, repeats: int, single_rows: int) 
 
     with tempfile.TemporaryDirectory() as cache_dir:
         os.environ["WILLOW_CACHE_DIR"] = cache_dir
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         op = lower_tree_model(booster, "predict")
         cold = time.perf_counter() - start
+        cold_cpu = _cpu_seconds() - cpu_start
         model_file = str(Path(cache_dir) / "model.txt")
         booster.save_model(model_file)
         warm = _warm_process(model_file, cache_dir)
@@ -97,12 +109,13 @@ def measure(booster, X: np.ndarray, label: str, repeats: int, single_rows: int) 
             op_times.append(_median_time(op, X, 1))
         lib_batch, op_batch = float(np.median(lib_times)), float(np.median(op_times))
 
+        # single rows in blocks (every row through one, then every row through the other, twice):
+        # alternating per row would time each one with the other's data in the CPU caches
         rows = X[:single_rows]
         lib_one, op_one = [], []
-        for i in range(len(rows)):
-            row = rows[i : i + 1]
-            lib_one.append(_median_time(booster.predict, row, 1))
-            op_one.append(_median_time(op, row, 1))
+        for _ in range(2):
+            lib_one += [_median_time(booster.predict, rows[i : i + 1], 1) for i in range(len(rows))]
+            op_one += [_median_time(op, rows[i : i + 1], 1) for i in range(len(rows))]
     return {
         "model": label,
         "trees": booster.num_trees(),
@@ -114,6 +127,8 @@ def measure(booster, X: np.ndarray, label: str, repeats: int, single_rows: int) 
         "lightgbm_single_row_p50_us": float(np.median(lib_one)) * 1e6,
         "willow_single_row_p50_us": float(np.median(op_one)) * 1e6,
         "compile_cold_s": cold,
+        "compile_cold_cpu_s": cold_cpu,
+        "load_average_1min": os.getloadavg()[0],
         "compile_warm_lower_s": warm["lower_s"],
         "compile_warm_process_s": warm["process_s"],
         "max_abs_diff": max_diff,

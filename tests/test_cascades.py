@@ -223,7 +223,18 @@ def test_compiled_lightgbm_cascade():
 
 def test_tree_compile_budget_is_explained():
     (tc, te, ty), (cc, ce, cy), _ = split_data(seed=10)
-    model = fit_full_model(lgb.LGBMClassifier(n_estimators=200, num_leaves=63, verbose=-1), tc, te, ty)
+    model = fit_full_model(
+        lgb.LGBMClassifier(
+            n_estimators=300, learning_rate=0.01, num_leaves=63, min_child_samples=3, verbose=-1
+        ),
+        tc,
+        te,
+        ty,
+    )
+    from willow.compiler.compile_pass import DEFAULT_TREE_NODE_BUDGET
+    from willow.compiler.lowering.trees import split_nodes
+
+    assert split_nodes(model) > DEFAULT_TREE_NODE_BUDGET
     pipeline = willow.optimize(pipelines.numpy_pipeline, **dict(OPTIONS, compile=True, cascade=False))
     pipeline.calibrate(model, cc, ce)
     assert "pass compile='all'" in pipeline._compilation.report()

@@ -111,6 +111,23 @@ def test_fused_matches_on_generated_unicode(texts):
         assert_same(method, operator(texts), getattr(model, method)(stacked(vectorizers, texts)))
 
 
+def test_single_texts_match_in_every_container():
+    """One text (the list fast path) and one-element tuples, arrays, Series and str subclasses."""
+    vectorizers, model = fitted("word_char_wb_tfidf", "logistic", 3)
+    for method in ("predict", "predict_proba"):
+        operator = fused("word_char_wb_tfidf", "logistic", 3, method)
+        for text in ["", "   ", "Free PRIZE!!", "日本語🙂", "ς", TRAIN[0]]:
+            expected = getattr(model, method)(stacked(vectorizers, [text]))
+            for batch in (
+                [text],
+                (text,),
+                np.array([text], dtype=object),
+                pd.Series([text]),
+                [np.str_(text)],
+            ):
+                assert_same(method, operator(batch), expected)
+
+
 def test_refusals_and_errors():
     vectorizers, model = fitted("word_char_wb_tfidf", "logistic", 2)
     with pytest.raises(NotLowerable, match="expects"):

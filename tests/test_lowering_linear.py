@@ -114,3 +114,17 @@ def test_refusals_name_the_reason():
         lower(fitted("logistic", 2), "score")
     with pytest.raises(NotLowerable, match="No lowering for"):
         lower(object(), "predict")
+
+
+@pytest.mark.parametrize("method", ["predict", "decision_function"])
+def test_parallel_and_serial_kernels_agree(method, monkeypatch):
+    """Small batches take the serial kernels, large ones the prange kernels: same results."""
+    from willow.compiler.lowering import linear
+
+    model = fitted("logistic", 3)
+    dense, sparse = data(n_rows=300, seed=2)
+    for threshold in (0, 10**12):  # everything parallel, everything serial
+        monkeypatch.setattr(linear, "PARALLEL_MIN_WORK", threshold)
+        operator = lower(model, method)
+        for X in (dense, sparse):
+            assert_same(method, operator(X), getattr(model, method)(X))

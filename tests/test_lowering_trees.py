@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from sklearn import ensemble as sk_ensemble
 from sklearn.linear_model import LogisticRegression
 
+from willow.compiler.lowering import trees as trees_module
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
+from willow.compiler.lowering.trees_bitvector import bitvector_tables
 from willow.compiler.lowering.trees_build import _is_cached
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -254,19 +256,81 @@ def test_lightgbm_pandas_categorical(kernel_cache):
 
 
 def test_several_groups_compile_in_worker_processes(kernel_cache):
-    model = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
+    # trees over 64 leaves: no bitvector kernel, so the groups are tied together by a compiled driver
+    finite = np.nan_to_num(X_TRAIN)
+    model = sk_ensemble.ExtraTreesRegressor(n_estimators=3, random_state=0).fit(finite, Y_REG)
     op = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
-    assert len(op.sources) >= 4  # groups, then the driver
+    assert op._small is None and len(op.sources) >= 4  # groups, then the driver
     assert all(_is_cached(s, "trees") for s in op.sources[:-1])
     assert _is_cached(op.sources[-1], "trees_driver") and "def predict(X, out):" in op.sources[-1]
-    assert_same_as_library(model, "predict", op, X_TRAIN)
+    assert_same_as_library(model, "predict", op, finite)
+    assert_same_as_library(model, "predict", op, finite[:1])
     assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
+    # numeric splits: small batches use the bitvector kernel and large ones call each group
+    numeric = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
+    op = lower_tree_model(numeric, "predict", group_nodes=12, n_jobs=2)
+    assert op._small is not None and len(op._kernels) == len(op.sources) >= 3
+    assert all(_is_cached(s, "trees") for s in op.sources)
+    assert_same_as_library(numeric, "predict", op, X_TRAIN)
+    assert_same_as_library(numeric, "predict", op, X_TRAIN[:1])
 
 
 def test_batch_uses_threads_and_stays_exact(compiled):
     model, operators, _ = compiled["lgb_multiclass"]
     X, *_ = _train_data(n=9000, seed=4)
     assert_same_as_library(model, "predict_proba", operators["predict_proba"], X)
+
+
+# every test model has trees of at most 64 leaves: small batches use the bitvector kernel
+SMALL_BATCH_MODELS = list(_models())
+
+
+def test_small_batch_kernel_covers_trees_up_to_64_leaves(compiled):
+    for name, (_, operators, _) in compiled.items():
+        assert all(op._small is not None for op in operators.values()), name
+    assert compiled["lgb_binary_cat"][1]["predict"]._small[-3].shape[0] > 0  # categorical splits
+    assert compiled["hgb_classifier_cat"][1]["predict"]._small[-3].shape[0] > 0
+    deep = sk_ensemble.RandomForestRegressor(n_estimators=2, random_state=0).fit(
+        np.nan_to_num(X_TRAIN), Y_REG
+    )
+    assert bitvector_tables(lower_tree_model(deep, "predict").ensemble) is None  # > 64 leaves
+
+
+def _small_batch_inputs(nan_ok: bool) -> list[np.ndarray]:
+    X, *_ = _train_data(n=trees_module.SMALL_BATCH_ROWS, seed=5)
+    X[0, :3] = [1e-36, -0.0, -1e-36]  # LightGBM's zero band
+    X[1, :] = np.nan
+    X = X if nan_ok else np.nan_to_num(X)
+    return [X[:0], X[:1], X[1:2], X[:2], X, X.astype(np.float32)]
+
+
+@pytest.mark.parametrize("name", SMALL_BATCH_MODELS)
+def test_small_batches_match_library_and_nested_kernel_bit_for_bit(compiled, name, monkeypatch):
+    """0, 1, 2 and SMALL_BATCH_ROWS rows (NaN, zero band, float32): library outputs, and raw scores
+    identical to the nested-if kernels'."""
+    model, operators, nan_ok = compiled[name]
+    for X in _small_batch_inputs(nan_ok):
+        for method, op in operators.items():
+            assert_same_as_library(model, method, op, X)
+            if len(X):
+                small = op.raw(X)
+                with monkeypatch.context() as patch:
+                    patch.setattr(trees_module, "SMALL_BATCH_ROWS", -1)
+                    nested = op.raw(X)
+                np.testing.assert_array_equal(small, nested)
+
+
+def test_small_batch_dataframe_and_feature_count_errors(compiled):
+    for name in ("lgb_reg_zero_missing", "hgb_binary", "rf_classifier"):
+        model, operators, _ = compiled[name]
+        X, *_ = _train_data(n=3, seed=6)
+        frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(N_FEATURES)])
+        for method, op in operators.items():
+            np.testing.assert_array_equal(op(frame.iloc[:1]), op(X[:1]))
+            assert_same_as_library(model, method, op, frame.iloc[:1].to_numpy())
+            for wrong in (X[:1, :-1], np.hstack([X[:1], X[:1]]), X[0]):
+                with pytest.raises(ValueError, match="features|2D array"):
+                    op(wrong)
 
 
 def test_not_lowerable_reasons():

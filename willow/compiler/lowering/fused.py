@@ -72,8 +72,16 @@ class _Expand(ast.NodeTransformer):
 
 
 def _fused_function(
-    function_name: str, specs: Sequence[TextSpec], groups: Sequence[int], labels: Sequence[str], head: str
+    function_name: str,
+    specs: Sequence[TextSpec],
+    groups: Sequence[int],
+    labels: Sequence[str],
+    head: str,
+    tuple_sizes: dict[str, int],
 ) -> ast.FunctionDef:
+    """The fused kernel; each parameter named in ``tuple_sizes`` (a term table) arrives as that many
+    separate arguments, rebuilt into the tuple inside the kernel: Numba's dispatcher types arrays in
+    C but tuples in Python, which cost microseconds per call on a single row."""
     add: list[ast.stmt] = []
     for group, label in zip(groups, labels):
         arguments = [
@@ -98,7 +106,18 @@ def _fused_function(
         f"{kind}_{label}" for label in labels for kind in ("vocabulary", "stop_words", "feature_rows")
     ]
     parameters += ["n_outputs", "intercept", "n_chunks"]
-    function.args.args = [ast.arg(arg=p) for p in parameters]
+    flat: list[str] = []
+    rebuild: list[ast.stmt] = []
+    for parameter in parameters:
+        size = tuple_sizes.get(parameter)
+        if size is None:
+            flat.append(parameter)
+            continue
+        parts = [f"{parameter}_{k}" for k in range(size)]
+        flat += parts
+        rebuild.append(_assign(parameter, ast.Tuple(elts=[name(p) for p in parts], ctx=ast.Load())))
+    function.args.args = [ast.arg(arg=p) for p in flat]
+    function.body[1:1] = rebuild  # after the docstring
     return function
 
 
@@ -141,7 +160,11 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
             (specialize(text_templates.add_row_scores, f"add_{label}_scores", spec.options), False)
         )
     functions.append((specialize(getattr(linear_templates, model_spec.head), model_spec.head, {}), False))
-    serial = _fused_function("fused_rows_serial", specs, groups, labels, model_spec.head)
+    tuple_sizes = {}
+    for spec, label in zip(specs, labels):
+        tuple_sizes[f"vocabulary_{label}"] = len(spec.vocabulary)
+        tuple_sizes[f"stop_words_{label}"] = len(spec.stop_words)
+    serial = _fused_function("fused_rows_serial", specs, groups, labels, model_spec.head, tuple_sizes)
     parallel = copy.deepcopy(serial)
     parallel.name = "fused_rows_parallel"
     functions += [(serial, False), (parallel, True)]
@@ -162,13 +185,16 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
         coef_block = model_spec.coef_t[offset : offset + spec.n_features]  # rows of this vectorizer's columns
         idf = spec.idf if spec.idf.size else np.ones(spec.n_features)
         feature_rows = np.ascontiguousarray(np.column_stack([idf, coef_block]))
-        constants += [spec.vocabulary, spec.stop_words, feature_rows]
+        constants += [*spec.vocabulary, *spec.stop_words, feature_rows]
         offset += spec.n_features
     constants += [model_spec.coef_t.shape[1], model_spec.intercept]
     width = model_spec.n_features
 
     def fused(raw_documents: Iterable[Any]) -> np.ndarray:
-        documents = as_document_list(raw_documents)
+        if type(raw_documents) is list and len(raw_documents) == 1 and type(raw_documents[0]) is str:
+            documents = raw_documents  # one text (online serving): nothing to convert
+        else:
+            documents = as_document_list(raw_documents)
         n_rows = len(documents)
         if n_rows == 0:
             raise ValueError(

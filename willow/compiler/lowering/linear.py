@@ -128,12 +128,18 @@ def _dense_rows(X: Any) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float64)
 
 
+PARALLEL_MIN_WORK = 1_000_000
+"""Multiply-adds (stored values x outputs) from which a batch is scored with ``prange`` threads."""
+
+
 def lower_linear_model(model: Any, method: str) -> CompiledOperator:
     """Compile ``model.method`` for dense arrays and sparse CSR rows."""
     spec = linear_spec(model, method)
     functions = [
         (specialize(linear_templates.dense_scores, "dense_scores", {}), True),
         (specialize(linear_templates.csr_scores, "csr_scores", {}), True),
+        (specialize(linear_templates.dense_scores, "dense_scores_serial", {}), False),
+        (specialize(linear_templates.csr_scores, "csr_scores_serial", {}), False),
         (specialize(getattr(linear_templates, spec.head), spec.head, {}), False),
     ]
     # The source depends only on the head, so every linear model sharing a head shares one
@@ -145,6 +151,7 @@ def lower_linear_model(model: Any, method: str) -> CompiledOperator:
     )
     module, source = compile_module(module_ast, f"linear_{spec.head}")
     dense_scores, csr_scores = module.dense_scores, module.csr_scores
+    dense_serial, csr_serial = module.dense_scores_serial, module.csr_scores_serial
     head: Callable[[np.ndarray], np.ndarray] = getattr(module, spec.head)
     coef_t, intercept, n_features = spec.coef_t, spec.intercept, spec.n_features
 
@@ -172,10 +179,14 @@ def lower_linear_model(model: Any, method: str) -> CompiledOperator:
                     f"Input X contains NaN.\n{spec.model_name} does not accept missing values encoded as NaN natively."
                 )
             raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
+        # below PARALLEL_MIN_WORK multiply-adds, starting threads costs more than it saves (and
+        # on a busy machine a parallel region waits for its slowest, descheduled thread)
+        parallel = values.size * coef_t.shape[1] >= PARALLEL_MIN_WORK
         if sp.issparse(X):
-            scores = csr_scores(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
+            run_csr = csr_scores if parallel else csr_serial
+            scores = run_csr(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
         else:
-            scores = dense_scores(X, coef_t, intercept)
+            scores = (dense_scores if parallel else dense_serial)(X, coef_t, intercept)
         return finish_output(spec, head(scores))
 
     return CompiledOperator(name=f"{spec.model_name}.{method}", source=source, function=run)

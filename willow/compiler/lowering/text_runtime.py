@@ -319,13 +319,15 @@ def lookup_spans(table, buf, span_starts, span_ends):
     """Vocabulary feature of every span that is a known term (unknown spans are dropped).
 
     The probe is written out here rather than called: the table is unpacked once and no array
-    crosses a function boundary per n-gram (each crossing costs reference counting).
+    crosses a function boundary per n-gram (each crossing costs reference counting). Keys are
+    computed in a first pass and probed in a second, short one, so the CPU has several
+    independent table reads (cache misses on a large vocabulary) in flight at once.
     """
     slots, offsets, code_points, shift = table
     mask = slots.shape[0] - 1
-    features = np.empty(span_starts.shape[0], dtype=np.int64)
-    n = 0
-    for q in range(span_starts.shape[0]):
+    n_spans = span_starts.shape[0]
+    keys = np.empty(n_spans, dtype=np.uint64)
+    for q in range(n_spans):
         start = span_starts[q]
         end = span_ends[q]
         length = end - start
@@ -341,11 +343,16 @@ def lookup_spans(table, buf, span_starts, span_ends):
             key = HASHED
         if key == HASHED:
             key = _fnv(buf, start, end) | HASHED
+        keys[q] = key
+    features = np.empty(n_spans, dtype=np.int64)
+    n = 0
+    for q in range(n_spans):
+        key = keys[q]
         i = np.int64((key * FIBONACCI) >> shift)
         while slots[i, 2] != EMPTY:
             if slots[i, 0] == key and (
                 (key & HASHED) == 0
-                or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, start, end)
+                or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, span_starts[q], span_ends[q])
             ):
                 features[n] = np.int64(slots[i, 1])
                 n += 1

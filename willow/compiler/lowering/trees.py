@@ -5,6 +5,9 @@ Stages, one per module, data flowing one way:
 ``trees_codegen`` (ensemble -> kernel module source, trees as nested ``if`` statements),
 ``trees_build`` (sources -> compiled, disk-cached kernels), and this driver, which wraps the
 kernels in a :class:`CompiledTreeOperator` that converts inputs and outputs like the library.
+Batches of up to ``SMALL_BATCH_ROWS`` rows go through ``trees_bitvector`` instead (a fixed kernel
+over the ensemble's splits as arrays) when no tree has more than 64 leaves: one row would
+otherwise run all the nested-``if`` code cold.
 
 Exactness: raw scores are summed in the library's order from the same doubles, so they are
 bit-identical; probabilities go through the library's own link (scikit-learn) or LightGBM's
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
@@ -37,6 +41,9 @@ __all__ = ["CompiledTreeOperator", "lower_tree_model", "TREE_LOWERINGS", "suppor
 DEFAULT_GROUP_NODES = 320
 # Below this many rows a batch runs on the calling thread only.
 _PARALLEL_MIN_ROWS = 4096
+# Up to this many rows a batch goes through the bitvector kernel (``trees_bitvector``) when the
+# ensemble has one: the nested-if code is only faster once it is hot in the instruction cache.
+SMALL_BATCH_ROWS = 256
 
 
 class CompiledTreeOperator:
@@ -57,6 +64,7 @@ class CompiledTreeOperator:
         prepare: Callable[[Any], np.ndarray],
         finish: Callable[[np.ndarray], np.ndarray],
         n_threads: int,
+        small: BitvectorTables | None = None,
     ) -> None:
         self.name = name
         self.ensemble = ensemble
@@ -67,6 +75,7 @@ class CompiledTreeOperator:
         self._finish = finish
         self._n_threads = n_threads
         self._base = np.asarray(ensemble.base, dtype=np.float64)
+        self._small = None if small is None else small.arguments()
 
     def __repr__(self) -> str:
         return (
@@ -81,9 +90,11 @@ class CompiledTreeOperator:
     def raw(self, X: Any) -> np.ndarray:
         """Summed leaf values plus base score, divided by the ensemble's divisor."""
         data = self._prepare(X)
-        out = np.empty((data.shape[0], self.ensemble.n_outputs), dtype=np.float64)
-        out[:] = self._base
         n = data.shape[0]
+        if n <= SMALL_BATCH_ROWS and self._small is not None:
+            return score_rows(data, self._base, self.ensemble.divisor, *self._small)
+        out = np.empty((n, self.ensemble.n_outputs), dtype=np.float64)
+        out[:] = self._base
         if self._n_threads > 1 and n >= _PARALLEL_MIN_ROWS:
             bounds = np.linspace(0, n, self._n_threads + 1).astype(int)
             with ThreadPoolExecutor(self._n_threads) as pool:
@@ -315,12 +326,20 @@ def _compile(
     groups = group_trees(ensemble, group_nodes)
     sources = [build_group_source(ensemble, g) for g in groups]
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
+    small = bitvector_tables(ensemble)
+    # small batches take the bitvector kernel when there is one, so large ones can afford a
+    # Python call per group instead of a compiled driver
     kernels, driver_source = build_kernels(
-        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs
+        sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs, driver=small is None
     )
+    if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
+        base = np.asarray(ensemble.base, dtype=np.float64)
+        score_rows(
+            np.zeros((1, ensemble.n_features), dtype=dtype), base, ensemble.divisor, *small.arguments()
+        )
     threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
     modules = [*sources, driver_source] if driver_source else sources
-    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads)
+    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads, small)
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:

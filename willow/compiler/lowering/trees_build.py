@@ -106,12 +106,16 @@ def build_kernels(
     n_features: int,
     n_outputs: int,
     n_jobs: int | None = None,
+    driver: bool = True,
 ) -> tuple[list[Callable[..., Any]], str | None]:
     """Import and compile every group module; return the functions to call, in order, and the
-    driver module's source (None for a single group).
+    driver module's source (None for a single group or without ``driver``).
 
-    Several groups are tied together by one compiled driver (see ``build_driver_source``), so
-    the list holds a single function unless something goes wrong.
+    With ``driver``, several groups are tied together by one compiled driver (see
+    ``build_driver_source``) and the list holds that single function. The driver saves a Python
+    call per group on every batch, but compiling it re-optimises all the groups' code linked
+    into one module in this process (~20 s for 500 trees x 63 leaves), so callers that have a
+    faster path for small batches leave it out.
 
     ``n_jobs`` worker processes compile the groups missing from the cache (default: CPU count;
     1 compiles in this process).
@@ -130,7 +134,7 @@ def build_kernels(
             _warm(module.kernel, dtype, n_features, n_outputs)
             kernels.append(module.kernel)
             gc.collect(0)
-        if len(kernels) > 1:
+        if driver and len(kernels) > 1:
             from willow.compiler.lowering.trees_codegen import build_driver_source
 
             driver_source = build_driver_source([_module_name(s, name_hint) for s in sources])
