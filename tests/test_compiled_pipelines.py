@@ -14,7 +14,11 @@ import willow
 from willow.compiler import compile_pass
 from willow.compiler.lowering.base import CompiledOperator
 
-OPTIONS = dict(accuracy_target=0.97, confidence=0.95, cost_repeats=2, importance_repeats=1)
+# cascade mechanics are under test here; whether a cascade beats the compiled pipeline on a
+# few hundred holdout rows is timing, checked by test_cascades' require_faster tests
+OPTIONS = dict(
+    accuracy_target=0.97, confidence=0.95, cost_repeats=2, importance_repeats=1, require_faster=False
+)
 
 
 @pytest.fixture(scope="module")

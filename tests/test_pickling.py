@@ -38,7 +38,9 @@ def frame_setup():
 @pytest.fixture(scope="module")
 def text(sms):
     words, chars, model, calib, batch = text_setup(*sms)
-    cascade = make_text_pipeline(words, chars, accuracy_target=0.97, **FAST).calibrate(model, calib)
+    # require_faster=False: the cascade against the compiled pipeline on 750 holdout rows is timing
+    cascade = make_text_pipeline(words, chars, accuracy_target=0.97, require_faster=False, **FAST)
+    cascade.calibrate(model, calib)
     assert cascade.plan_.cascade and cascade.plan_.compiled_nodes >= 1, cascade.plan_.reason
     compiled = make_text_pipeline(words, chars, cascade=False, **FAST).calibrate(model, calib)
     assert not compiled.plan_.cascade and compiled.plan_.compiled_nodes >= 1
