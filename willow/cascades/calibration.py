@@ -505,12 +505,14 @@ class _Context:
                         "holdout rows, so the original runs.",
                         compiled_nodes=0,
                         compiled_seconds_per_row=None,
+                        measured_speedup=None,
                     ),
                 )
-            original_seconds, compiled_seconds = _interleaved_seconds(
-                [lambda: call_with(self.fn, holdout), lambda: call_with(function, holdout)], 3
-            )
-            measured = replace(measured, measured_speedup=original_seconds / compiled_seconds)
+            if measured.measured_speedup is None:  # not already timed next to a dropped cascade
+                original_seconds, compiled_seconds = _interleaved_seconds(
+                    [lambda: call_with(self.fn, holdout), lambda: call_with(function, holdout)], 3
+                )
+                measured = replace(measured, measured_speedup=original_seconds / compiled_seconds)
             return replace(base, plan=measured, function=function, source=source)
         assert approx is not None
         ns_holdout = self.runner.run(self.runner.namespace(holdout))
@@ -567,7 +569,10 @@ class _Context:
                 f"{n_holdout} rows): per-call overheads the per-row cost model does not see outweigh "
                 f"what it saves, so the {alternative} runs (require_faster=False serves it anyway)."
             )
-            return self.finish(_without_cascade(measured, reason, self.costs), None, None)
+            dropped = _without_cascade(measured, reason, self.costs)
+            if compiled:  # the compiled pipeline was just timed on these rows: keep that figure
+                dropped = replace(dropped, measured_speedup=seconds[0] / seconds[2])
+            return self.finish(dropped, None, None)
         return replace(
             base,
             plan=replace(measured, cascade=True, reason="cascade proven on the holdout split"),
