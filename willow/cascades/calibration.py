@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -52,7 +51,7 @@ from willow.compiler.compile_pass import (
 )
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
-from willow.compiler.profiling import CostProfile, profile_costs
+from willow.compiler.profiling import CostProfile, interleaved_seconds, median_seconds, profile_costs
 from willow.errors import UnsupportedPipelineError
 from willow.rows import n_rows, take_rows
 
@@ -173,30 +172,6 @@ def check_row_aligned(graph: PipelineGraph, ns: dict[str, Any], names: Sequence[
                 "per row. If an argument is a table rather than rows, name the row inputs with "
                 "willow.optimize(..., row_args=[...]); otherwise pass strict=False."
             )
-
-
-def _interleaved_seconds(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
-    """The fastest of ``repeats`` timed runs of each of ``fns``, run in turn so that a change in
-    machine load affects them alike (one warm-up run each first)."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
 
 
 def _labels(y: Any, n: int, output: OutputSpec) -> np.ndarray | None:
@@ -395,7 +370,7 @@ def calibrate_cascade(
             options.pass_probability,
         )
         approx_seconds = (
-            _median_seconds(
+            median_seconds(
                 lambda approx=approx, expression=expression: approx.predict_with_confidence(
                     eval(expression, ns_tune)
                 )
@@ -509,7 +484,7 @@ class _Context:
                     ),
                 )
             if measured.measured_speedup is None:  # not already timed next to a dropped cascade
-                original_seconds, compiled_seconds = _interleaved_seconds(
+                original_seconds, compiled_seconds = interleaved_seconds(
                     [lambda: call_with(self.fn, holdout), lambda: call_with(function, holdout)], 3
                 )
                 measured = replace(measured, measured_speedup=original_seconds / compiled_seconds)
@@ -557,7 +532,7 @@ class _Context:
                 self.graph, self.fn, None, 0.0, None, self.output, guard, self.compilation
             )
             timed.append(lambda: call_with(without, holdout))
-        seconds = _interleaved_seconds(timed, max(3, self.options.cost_repeats))
+        seconds = interleaved_seconds(timed, max(3, self.options.cost_repeats))
         measured = replace(measured, measured_speedup=seconds[0] / seconds[1])
         alternative = "compiled pipeline" if compiled else "original pipeline"
         alternative_seconds = seconds[2] if compiled else seconds[0]

@@ -8,14 +8,25 @@ kept as its own line, attributed to the set of groups that need it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 
-__all__ = ["StatementCost", "GroupCost", "CostProfile", "profile_costs", "group_costs"]
+__all__ = [
+    "StatementCost",
+    "GroupCost",
+    "CostProfile",
+    "profile_costs",
+    "group_costs",
+    "median_seconds",
+    "interleaved_seconds",
+]
 
 
 @dataclass(frozen=True)
@@ -158,3 +169,28 @@ def profile_costs(
         repeats=repeats,
     )
     return profile, ns, output
+
+
+def interleaved_seconds(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """The fastest of ``repeats`` timed runs of each of ``fns``, run in turn so that a change in
+    machine load affects them alike (one warm-up run each first)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """The median of ``repeats`` timed runs of ``fn`` after one warm-up run."""
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))

@@ -22,9 +22,9 @@ def _faster(
     kernel: Any, python: Callable[[], Any], compiled: Callable[[], Any], what: str
 ) -> tuple[Any, str]:
     """``(kernel, "")`` when ``compiled()`` measures faster than ``python()``, else ``(None, why)``."""
-    from willow.cascades.calibration import _median_seconds
+    from willow.compiler.profiling import median_seconds
 
-    before, after = _median_seconds(python), _median_seconds(compiled)
+    before, after = median_seconds(python), median_seconds(compiled)
     if after < before:
         return kernel, ""
     return None, f"the {what} measured slower ({after * 1e3:.2f} vs {before * 1e3:.2f} ms)"

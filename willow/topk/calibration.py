@@ -33,7 +33,6 @@ from scipy.stats import binom
 from sklearn.base import clone
 
 from willow.cascades.calibration import (
-    _median_seconds,
     _node_budget,
     _OpsHolder,
     check_row_aligned,
@@ -47,7 +46,7 @@ from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_
 from willow.compiler.compile_pass import CompilationResult
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
-from willow.compiler.profiling import CostProfile, profile_costs
+from willow.compiler.profiling import CostProfile, median_seconds, profile_costs
 from willow.errors import CalibrationError
 from willow.rows import permute_rows, take_rows
 from willow.topk.approximate import ApproximateScorer
@@ -280,7 +279,7 @@ def calibrate_topk(
     spec = ScoreSpec.for_model(model, options.score)
     features_tune = ns_tune[graph.model_call.feature_variable]
     full_tune = spec(model, features_tune)
-    score_seconds = _median_seconds(lambda: spec(model, features_tune)) / n_tune
+    score_seconds = median_seconds(lambda: spec(model, features_tune)) / n_tune
     original = python_costs.total_seconds_per_row - python_costs.model_seconds_per_row + score_seconds
     fingerprint = model_fingerprint(model)
     scorer = ExactScorer(graph, fn, options.score)  # the reference: always the original statements
@@ -293,7 +292,7 @@ def calibrate_topk(
             graph, runner, ns_tune, _ = compiled_run
             if _scores_from_call(graph, spec):
                 features_tune = ns_tune[graph.model_call.feature_variable]
-                score_seconds = _median_seconds(lambda: spec.of_output(runner.model_output(ns_tune))) / n_tune
+                score_seconds = median_seconds(lambda: spec.of_output(runner.model_output(ns_tune))) / n_tune
     if options.k is not None:
         reference = min(max(options.k / query_size, fractions[0]), fractions[-1])
     else:
@@ -347,7 +346,7 @@ def calibrate_topk(
     fused = _fused_full(compilation, graph, spec)
     fused_seconds = None
     if fused is not None:
-        fused_seconds = _median_seconds(lambda: fused.operator(ns_tune[fused.text])) / n_tune
+        fused_seconds = median_seconds(lambda: fused.operator(ns_tune[fused.text])) / n_tune
     results: list[TopKCandidate] = []
     fitted: dict[tuple[str, ...], tuple[Any, Any, list[RatioRow]]] = {}
     template_name = "-"
@@ -384,7 +383,7 @@ def calibrate_topk(
         candidate_plan = replace(plan, approximate=True, ratios=tuple(rows))
         ratio = candidate_plan.ratio_for(reference)
         approx_seconds = (
-            _median_seconds(
+            median_seconds(
                 lambda e=estimator, x=tune_features: top_positions(
                     e.predict(x), max(1, int(reference * n_tune))
                 )
@@ -504,7 +503,7 @@ def _compile_filter(
     fused_seconds = None
     if fused is not None:
         texts = ns_tune[fused.text]
-        fused_seconds = _median_seconds(lambda: fused.operator(texts)) / n_tune
+        fused_seconds = median_seconds(lambda: fused.operator(texts)) / n_tune
         layout = layout_cascade(graph, best.groups)
         runner = StatementRunner(graph, fn, extra={RUNTIME: _OpsHolder(compilation.operators)})
 
@@ -515,10 +514,10 @@ def _compile_filter(
 
         approximate.fuse([compilation.vectorizer(g) for g in best.groups], texts, features, unfused)
     if approximate.fused:
-        approx_seconds = _median_seconds(lambda: approximate.scores_text(ns_tune[fused.text])) / n_tune
+        approx_seconds = median_seconds(lambda: approximate.scores_text(ns_tune[fused.text])) / n_tune
     else:
         approx_seconds = (
-            _median_seconds(
+            median_seconds(
                 lambda: top_positions(approximate.scores(features), max(1, int(reference * n_tune)))
             )
             / n_tune
