@@ -15,7 +15,7 @@ from sklearn.base import clone
 
 from willow.cascades.outputs import OutputSpec
 
-__all__ = ["ApproximateModel", "fit_approximate_model"]
+__all__ = ["ApproximateModel", "fit_approximate_model", "verified_kernel"]
 
 
 class ApproximateModel:
@@ -69,7 +69,7 @@ class ApproximateModel:
         if refusal is not None:
             return refusal
         method = self.score_method
-        reason, operator = _verified_kernel(
+        reason, operator = verified_kernel(
             lambda: lower(self.estimator_, method), X, X, self.estimator_, method
         )
         if operator is not None:
@@ -90,7 +90,7 @@ class ApproximateModel:
 
         method = self.score_method
         build = lambda: fuse_text_linear(vectorizers, self.estimator_, method)  # noqa: E731
-        reason, operator = _verified_kernel(build, texts, X, self.estimator_, method)
+        reason, operator = verified_kernel(build, texts, X, self.estimator_, method)
         if operator is not None:
             self._fused = operator
         return reason
@@ -152,7 +152,7 @@ class ApproximateModel:
         return f"ApproximateModel({self.estimator_!r})"
 
 
-def _verified_kernel(build: Any, kernel_input: Any, X: Any, estimator: Any, method: str) -> tuple[str, Any]:
+def verified_kernel(build: Any, kernel_input: Any, X: Any, estimator: Any, method: str) -> tuple[str, Any]:
     """Build a kernel and, when ``kernel_input`` is given, check it against ``estimator.method(X)``.
 
     Returns ``("", kernel)`` or ``(reason, None)``: a lowering bug never breaks serving.

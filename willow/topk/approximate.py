@@ -64,13 +64,13 @@ class ApproximateScorer:
     def compile(self, lower: Any, X: Any = None, tree_node_budget: int | None = None) -> str:
         """Serve ``predict`` with a compiled kernel when it reproduces the estimator on ``X`` and,
         with ``X`` given, measures faster on it. Returns "" on success, otherwise why not."""
-        from willow.cascades.approximate import _verified_kernel
+        from willow.cascades.approximate import verified_kernel
         from willow.compiler.compile_pass import compile_budget_refusal
 
         refusal = compile_budget_refusal(self.estimator_, tree_node_budget)
         if refusal is None:
             build = lambda: lower(self.estimator_, "predict")  # noqa: E731
-            refusal, kernel = _verified_kernel(build, X, X, self.estimator_, "predict")
+            refusal, kernel = verified_kernel(build, X, X, self.estimator_, "predict")
             if kernel is not None and X is not None:
                 kernel, refusal = _faster(
                     kernel, lambda: self.estimator_.predict(X), lambda: kernel(X), "kernel"
@@ -90,11 +90,11 @@ class ApproximateScorer:
         it reproduces ``estimator.predict(X)`` (``X``: the stacked features of ``texts``) and
         measures faster than ``unfused()`` (building the features and scoring them), when given.
         Returns "" on success, else why not."""
-        from willow.cascades.approximate import _verified_kernel
+        from willow.cascades.approximate import verified_kernel
         from willow.compiler.lowering.fused import fuse_text_linear
 
         build = lambda: fuse_text_linear(vectorizers, self.estimator_, "predict")  # noqa: E731
-        reason, kernel = _verified_kernel(build, texts, X, self.estimator_, "predict")
+        reason, kernel = verified_kernel(build, texts, X, self.estimator_, "predict")
         if kernel is not None and unfused is not None:
             kernel, reason = _faster(kernel, unfused, lambda: kernel(texts), "fused kernel")
         self._fused = kernel
