@@ -111,12 +111,14 @@ def test_fused_matches_on_generated_unicode(texts):
         assert_same(method, operator(texts), getattr(model, method)(stacked(vectorizers, texts)))
 
 
-def test_single_texts_match_in_every_container():
-    """One text (the list fast path) and one-element tuples, arrays, Series and str subclasses."""
-    vectorizers, model = fitted("word_char_wb_tfidf", "logistic", 3)
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_single_texts_match_in_every_container(pipeline):
+    """One text (the list fast path: its own preprocessing, no offsets array) and one-element
+    tuples, arrays, Series and str subclasses, for every preprocessing option in PIPELINES."""
+    vectorizers, model = fitted(pipeline, "logistic", 3)
     for method in ("predict", "predict_proba"):
-        operator = fused("word_char_wb_tfidf", "logistic", 3, method)
-        for text in ["", "   ", "Free PRIZE!!", "日本語🙂", "ς", TRAIN[0]]:
+        operator = fused(pipeline, "logistic", 3, method)
+        for text in ["", "   ", "Free PRIZE!!", "日本語🙂", "ς", "İSTANBUL Éé", TRAIN[0], TRAIN[6]]:
             expected = getattr(model, method)(stacked(vectorizers, [text]))
             for batch in (
                 [text],
@@ -126,6 +128,23 @@ def test_single_texts_match_in_every_container():
                 [np.str_(text)],
             ):
                 assert_same(method, operator(batch), expected)
+
+
+def test_vectorizers_with_different_preprocessing_share_one_kernel():
+    """Vectorizers that lowercase / strip accents differently read separate code point buffers
+    (and "İ".lower() is two code points long, so the buffers differ in length)."""
+    vectorizers = [
+        TfidfVectorizer(lowercase=False, ngram_range=(1, 2)).fit(TRAIN),
+        CountVectorizer(analyzer="char_wb", strip_accents="ascii", ngram_range=(1, 3)).fit(TRAIN),
+    ]
+    model = LogisticRegression(max_iter=1000).fit(stacked(vectorizers, TRAIN), LABELS[3])
+    operator = fuse_text_linear(vectorizers, model, "predict_proba")
+    texts = [*TRAIN, "", "İİİ İstanbul", "Ünïcödé ÉÉ", "x" * 300]
+    for batch in ([t] for t in texts):
+        assert_same("predict_proba", operator(batch), model.predict_proba(stacked(vectorizers, batch)))
+    big = texts * (PARALLEL_MIN_ROWS // len(texts) + 1)
+    for batch in (texts, big):
+        assert_same("predict_proba", operator(batch), model.predict_proba(stacked(vectorizers, batch)))
 
 
 def test_refusals_and_errors():

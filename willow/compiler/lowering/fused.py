@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numba
@@ -21,10 +21,8 @@ import numpy as np
 
 from willow.compiler.lowering import linear_templates, text_runtime, text_templates
 from willow.compiler.lowering.astgen import (
-    call,
     compile_module,
     kernel_module,
-    name,
     runtime_digest,
     specialize,
 )
@@ -38,25 +36,38 @@ from willow.compiler.lowering.text import (
     prepare_documents,
     text_spec,
 )
-from willow.compiler.lowering.text_runtime import char_class_table
+from willow.compiler.lowering.text_runtime import char_class_table, slot_weights
 
 __all__ = ["fuse_text_linear", "PARALLEL_MIN_ROWS"]
 
 PARALLEL_MIN_ROWS = 256
 """Batches smaller than this run on one thread (thread start-up would dominate)."""
 
+NO_OFFSETS = np.zeros(0, dtype=np.int64)
+"""The offsets argument of a single text: the kernel reads the whole code point buffer as one row."""
+NO_OFFSETS.setflags(write=False)
+
+_UINT32 = np.dtype(np.uint32)
+
+
+def _single_text_encoder(spec: TextSpec) -> Callable[[str], np.ndarray]:
+    """One ``str`` -> its preprocessed code points, as sklearn's preprocessor would give them.
+
+    sklearn's default preprocessor is ``doc.lower()`` (if ``lowercase``) then the accent stripper;
+    those two are inlined for speed, anything else calls the vectorizer's own preprocessor.
+    """
+    lowercase, strip_accents = spec.preprocess_key
+    if strip_accents is None:
+        if lowercase:
+            return lambda text: np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), _UINT32)
+        return lambda text: np.frombuffer(text.encode("utf-32-le", "surrogatepass"), _UINT32)
+    preprocess = spec.preprocess
+    return lambda text: np.frombuffer(preprocess(text).encode("utf-32-le", "surrogatepass"), _UINT32)
+
 
 def _label(spec: TextSpec, index: int) -> str:
     options = spec.options
     return f"{spec.kind}_{options['ANALYZER']}_{options['MIN_N']}_{options['MAX_N']}_{index}"
-
-
-def _statement(expression: ast.expr) -> ast.stmt:
-    return ast.Expr(value=expression)
-
-
-def _assign(target: str, value: ast.expr) -> ast.stmt:
-    return ast.Assign(targets=[name(target, store=True)], value=value)
 
 
 class _Expand(ast.NodeTransformer):
@@ -71,54 +82,51 @@ class _Expand(ast.NodeTransformer):
         return node
 
 
+def _statements(source: str) -> list[ast.stmt]:
+    return ast.parse(source).body
+
+
 def _fused_function(
-    function_name: str,
-    specs: Sequence[TextSpec],
-    groups: Sequence[int],
-    labels: Sequence[str],
-    head: str,
-    tuple_sizes: dict[str, int],
+    function_name: str, specs: Sequence[TextSpec], groups: Sequence[int], labels: Sequence[str], head: str
 ) -> ast.FunctionDef:
-    """The fused kernel; each parameter named in ``tuple_sizes`` (a term table) arrives as that many
-    separate arguments, rebuilt into the tuple inside the kernel: Numba's dispatcher types arrays in
-    C but tuples in Python, which cost microseconds per call on a single row."""
-    add: list[ast.stmt] = []
-    for group, label in zip(groups, labels):
-        arguments = [
-            name(f"code_points_{group}"),
-            name(f"offsets_{group}"),
-            name("row"),
-            name("char_class"),
-            name(f"vocabulary_{label}"),
-            name(f"stop_words_{label}"),
-            name(f"feature_rows_{label}"),
-            name("row_scores"),
-        ]
-        add.append(_statement(call(f"add_{label}_scores", *arguments)))
-    function = specialize(text_templates.fused_rows, function_name, {}, placeholders=("ADD_SCORES", "HEAD"))
-    function = _Expand({"ADD_SCORES": add}).visit(function)
+    """The fused kernel: per row, each document group's bounds, then one ``add_*_scores`` call per
+    vectorizer. Every argument is an array or a number (Numba types those in C when called; a tuple
+    argument would cost microseconds per call on a single row)."""
+    group_ids = sorted(set(groups))
+    bounds = "".join(
+        f"start_{g}, end_{g} = row_bounds(code_points_{g}, offsets_{g}, row)\n" for g in group_ids
+    )
+    longest = bounds + "".join(f"longest = max(longest, end_{g} - start_{g})\n" for g in group_ids)
+    add = bounds + "".join(
+        f"add_{label}_scores(code_points_{g}, start_{g}, end_{g}, char_class, vocabulary_{label}, "
+        f"weights_{label}, stop_words_{label}, longest, buf, work, keys, counts, row_scores)\n"
+        for g, label in zip(groups, labels)
+    )
+    max_sizes = max(spec.options["MAX_N"] - spec.options["MIN_N"] + 1 for spec in specs)
+    function = specialize(
+        text_templates.fused_rows,
+        function_name,
+        {"MAX_SIZES": max_sizes},
+        placeholders=("LONGEST", "ADD_SCORES", "HEAD"),
+    )
+    function = _Expand({"LONGEST": _statements(longest), "ADD_SCORES": _statements(add)}).visit(function)
     for node in ast.walk(function):
         if isinstance(node, ast.Name) and node.id == "HEAD":
             node.id = head
-    parameters = [f"{kind}_{g}" for g in sorted(set(groups)) for kind in ("code_points", "offsets")]
+    parameters = [f"{kind}_{g}" for g in group_ids for kind in ("code_points", "offsets")]
     parameters.append("char_class")
-    parameters += [
-        f"{kind}_{label}" for label in labels for kind in ("vocabulary", "stop_words", "feature_rows")
-    ]
-    parameters += ["n_outputs", "intercept", "n_chunks"]
-    flat: list[str] = []
-    rebuild: list[ast.stmt] = []
-    for parameter in parameters:
-        size = tuple_sizes.get(parameter)
-        if size is None:
-            flat.append(parameter)
-            continue
-        parts = [f"{parameter}_{k}" for k in range(size)]
-        flat += parts
-        rebuild.append(_assign(parameter, ast.Tuple(elts=[name(p) for p in parts], ctx=ast.Load())))
-    function.args.args = [ast.arg(arg=p) for p in flat]
-    function.body[1:1] = rebuild  # after the docstring
+    parameters += [f"{kind}_{label}" for label in labels for kind in ("vocabulary", "weights", "stop_words")]
+    parameters += ["intercept", "n_chunks"]
+    function.args.args = [ast.arg(arg=p) for p in parameters]
     return function
+
+
+def _weights(spec: TextSpec, coefficients: np.ndarray) -> np.ndarray:
+    """What ``add_*_scores`` reads per n-gram: ``[idf, coef...]`` per vocabulary slot, or
+    ``[1, coef...]`` per column for feature hashing."""
+    idf = spec.idf if spec.idf.size else np.ones(spec.n_features)
+    columns = np.ascontiguousarray(np.column_stack([idf, coefficients]))
+    return columns if spec.options["HASHING"] else slot_weights(spec.vocabulary, columns)
 
 
 def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> CompiledOperator:
@@ -160,11 +168,7 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
             (specialize(text_templates.add_row_scores, f"add_{label}_scores", spec.options), False)
         )
     functions.append((specialize(getattr(linear_templates, model_spec.head), model_spec.head, {}), False))
-    tuple_sizes = {}
-    for spec, label in zip(specs, labels):
-        tuple_sizes[f"vocabulary_{label}"] = len(spec.vocabulary)
-        tuple_sizes[f"stop_words_{label}"] = len(spec.stop_words)
-    serial = _fused_function("fused_rows_serial", specs, groups, labels, model_spec.head, tuple_sizes)
+    serial = _fused_function("fused_rows_serial", specs, groups, labels, model_spec.head)
     parallel = copy.deepcopy(serial)
     parallel.name = "fused_rows_parallel"
     functions += [(serial, False), (parallel, True)]
@@ -183,18 +187,19 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
     offset = 0
     for spec in specs:
         coef_block = model_spec.coef_t[offset : offset + spec.n_features]  # rows of this vectorizer's columns
-        idf = spec.idf if spec.idf.size else np.ones(spec.n_features)
-        feature_rows = np.ascontiguousarray(np.column_stack([idf, coef_block]))
-        constants += [*spec.vocabulary, *spec.stop_words, feature_rows]
+        constants += [spec.vocabulary, _weights(spec, coef_block), spec.stop_words]
         offset += spec.n_features
-    constants += [model_spec.coef_t.shape[1], model_spec.intercept]
+    constants += [np.ascontiguousarray(model_spec.intercept, dtype=np.float64), 1]
     width = model_spec.n_features
+    single_text = [_single_text_encoder(spec) for spec in group_specs]
 
     def fused(raw_documents: Iterable[Any]) -> np.ndarray:
         if type(raw_documents) is list and len(raw_documents) == 1 and type(raw_documents[0]) is str:
-            documents = raw_documents  # one text (online serving): nothing to convert
-        else:
-            documents = as_document_list(raw_documents)
+            # One text (online serving): its code points, and no offsets (the kernel's one row).
+            text = raw_documents[0]
+            arguments = [part for encode in single_text for part in (encode(text), NO_OFFSETS)]
+            return finish_output(model_spec, run_serial(*arguments, *constants))
+        documents = as_document_list(raw_documents)
         n_rows = len(documents)
         if n_rows == 0:
             raise ValueError(
@@ -205,10 +210,10 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
         for spec in group_specs:
             arguments += prepare_documents(documents, spec)
         if n_rows < PARALLEL_MIN_ROWS:
-            result = run_serial(*arguments, *constants, 1)
+            result = run_serial(*arguments, *constants)
         else:
             n_chunks = min(n_rows, 4 * numba.get_num_threads())
-            result = run_parallel(*arguments, *constants, n_chunks)
+            result = run_parallel(*arguments, *constants[:-1], n_chunks)
         return finish_output(model_spec, result)
 
     names = " + ".join(type(v).__name__ for v in vectorizers)

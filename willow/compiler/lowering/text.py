@@ -37,7 +37,22 @@ from willow.compiler.lowering.text_runtime import (
 __all__ = ["TextSpec", "text_spec", "prepare_documents", "lower_text_vectorizer", "TEXT_LOWERINGS"]
 
 RUNTIME_MODULE = "willow.compiler.lowering.text_runtime"
-RUNTIME_NAMES = ("word_spans", "char_spans", "char_wb_spans", "lookup_spans", "hash_spans")
+RUNTIME_NAMES = (
+    "word_spans",
+    "char_spans",
+    "char_wb_spans",
+    "word_spans_into",
+    "char_spans_into",
+    "char_wb_spans_into",
+    "lookup_spans",
+    "lookup_slots_into",
+    "hash_spans",
+    "row_bounds",
+    "table_sections",
+    "span_capacity",
+    "scratch_size",
+    "set_capacity",
+)
 
 # Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
 _RUN_PATTERNS = {
@@ -53,7 +68,7 @@ class TextSpec:
     """Everything a kernel needs from one fitted vectorizer.
 
     ``options`` are the compile-time constants of the templates; ``vocabulary``/``stop_words`` are
-    term hash tables (see :mod:`text_runtime`); ``idf`` is empty unless ``USE_IDF``.
+    packed term hash tables (see :mod:`text_runtime`); ``idf`` is empty unless ``USE_IDF``.
     """
 
     kind: str
@@ -63,8 +78,8 @@ class TextSpec:
     preprocess_key: tuple[bool, str | None]
     preprocess: Callable[[str], str] = field(repr=False)
     decode: Callable[[Any], Any] = field(repr=False)
-    vocabulary: tuple[np.ndarray, ...] = field(repr=False)
-    stop_words: tuple[np.ndarray, ...] = field(repr=False)
+    vocabulary: np.ndarray = field(repr=False)
+    stop_words: np.ndarray = field(repr=False)
     idf: np.ndarray = field(repr=False)
 
 
@@ -127,7 +142,7 @@ def text_spec(vectorizer: Any) -> TextSpec:
             )
         terms = list(v.vocabulary_)
         n_features = len(terms)
-        vocabulary = build_term_table(terms, np.fromiter(v.vocabulary_.values(), np.int64, n_features))
+        features = np.fromiter(v.vocabulary_.values(), np.int64, n_features)
         options = dict(HASHING=False, N_FEATURES=n_features, ALTERNATE_SIGN=False, BINARY=bool(v.binary))
         if kind == "tfidf":
             if np.dtype(v.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -140,6 +155,7 @@ def text_spec(vectorizer: Any) -> TextSpec:
         else:
             idf = np.zeros(0)
             options.update(SUBLINEAR_TF=False, USE_IDF=False, NORM=None)
+        vocabulary = build_term_table(terms, features)
     if options["NORM"] not in (None, "l1", "l2"):
         raise _refuse(v, f"unknown norm {options['NORM']!r}")
     options.update(ANALYZER=v.analyzer, MIN_N=int(min_n), MAX_N=int(max_n), MIN_TOKEN_LENGTH=min_token_length)

@@ -20,13 +20,22 @@ The per-n-gram probe is written out inside :func:`lookup_spans` with the table u
 small helpers are inlined at Numba IR level (``inline="always"``): a real call or a tuple unpacked
 per n-gram pays reference counting on every array, measured at several times the lookup itself.
 
-The vocabulary is an open-addressing hash table (linear probing, one ``(key, feature, term)`` row
-per slot so a probe touches one cache line). An n-gram of at most five code points below U+1000
+The vocabulary is an open-addressing hash table (linear probing) packed into one ``uint64`` array
+(one kernel argument): ``[n_slots, keys..., references..., terms...]``. The probe reads only the
+8-byte keys, so a 30,000-term vocabulary's probe array (512 KiB) stays in L2 cache; a hit's
+reference holds the term's feature (low 32 bits) and the position of its code points (high 32
+bits) in the terms section, ``uint32`` code points each prefixed by the term's length. Fused
+kernels keep each slot's idf and coefficients in a separate ``float64`` array indexed by slot, so
+scoring an n-gram touches one more cache line and no feature index. An n-gram of at most five code points below U+1000
 (most character n-grams) is its own key: length and code points packed into 63 bits, so key
 equality *is* term equality. Any other n-gram's key is its 64-bit FNV-1a hash with the top bit
 set, and a hit is confirmed by comparing code points with the stored term. Lookups are therefore
 exact whatever the hash does. Feature hashing reproduces ``sklearn.utils.murmurhash3_32`` (seed 0,
 signed) on the UTF-8 bytes of the n-gram.
+
+Kernels that score many rows allocate their scratch once (:func:`scratch_size` for the longest row
+of a chunk) and the ``*_into`` analyzers and :func:`lookup_slots_into` write into it: a single row
+would otherwise pay a dozen allocations, as much as its n-gram lookups.
 """
 
 from __future__ import annotations
@@ -43,12 +52,20 @@ __all__ = [
     "char_class_table",
     "encode_documents",
     "build_term_table",
+    "slot_weights",
     "empty_term_table",
     "word_spans",
     "char_spans",
     "char_wb_spans",
+    "word_spans_into",
+    "char_spans_into",
+    "char_wb_spans_into",
     "lookup_spans",
+    "lookup_slots_into",
     "hash_spans",
+    "row_bounds",
+    "scratch_size",
+    "set_capacity",
 ]
 
 WORD = 1  # bit set in the class table for characters matched by re's \w
@@ -59,7 +76,8 @@ FNV_OFFSET = np.uint64(14695981039346656037)
 FNV_PRIME = np.uint64(1099511628211)
 MASK32 = np.uint64(0xFFFFFFFF)
 HASHED = np.uint64(1 << 63)  # marks a hashed (not packed) key: needs a code point comparison
-EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # term column of a free slot
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # key of a free slot
+LOW32 = np.uint64(0xFFFFFFFF)  # a reference's feature bits
 FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # slot = (key * FIBONACCI) >> shift, the high bits mix well
 PACK_MAX_LENGTH = 5
 PACK_LIMIT = np.uint64(4096)
@@ -99,14 +117,28 @@ def encode_documents(documents: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return code_points, offsets
 
 
-def build_term_table(terms: Iterable[str], features: Sequence[int] | np.ndarray) -> tuple:
-    """Hash table ``(slots, offsets, code_points, shift)`` for exact term lookup (see the module doc)."""
+def build_term_table(terms: Iterable[str], features: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The packed hash table (see the module doc) mapping each of ``terms`` to its feature."""
     terms = list(terms)
     code_points, offsets = encode_documents(terms)
+    if code_points.shape[0] + len(terms) >= 2**32 or (len(terms) and int(np.max(features)) >= 2**32):
+        raise ValueError(f"A vocabulary of {len(terms)} terms is too large for a 32-bit reference table.")
     return _fill_table(code_points, offsets, np.asarray(features, dtype=np.int64))
 
 
-def empty_term_table() -> tuple:
+def slot_weights(table: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``columns`` (rows indexed by feature: an idf then coefficients) laid out by the table's slots,
+    zero for free slots: what a fused kernel reads for the slot its probe found."""
+    n_slots = int(table[0])
+    keys = table[1 : 1 + n_slots]
+    references = table[1 + n_slots : 1 + 2 * n_slots]
+    occupied = keys != EMPTY
+    weights = np.zeros((n_slots, columns.shape[1]))
+    weights[occupied] = columns[(references[occupied] & LOW32).astype(np.int64)]
+    return weights
+
+
+def empty_term_table() -> np.ndarray:
     """A table that contains nothing (no stop words)."""
     return build_term_table([], [])
 
@@ -121,86 +153,146 @@ def _fnv(buf, start, end):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _span_key(buf, start, end):
-    """Exact packed key for short n-grams of code points below U+1000, else a flagged FNV-1a hash."""
+    """Exact packed key for short n-grams of code points below U+1000, else a flagged FNV-1a hash
+    (never ``EMPTY``, which marks a free slot)."""
     length = end - start
+    key = np.uint64(length)
     if length <= PACK_MAX_LENGTH:
-        key = np.uint64(length)
         for k in range(length):
             c = np.uint64(buf[start + k])
             if c >= PACK_LIMIT:
-                return _fnv(buf, start, end) | HASHED
+                key = HASHED
+                break
             key |= c << np.uint64(3 + 12 * k)
-        return key
-    return _fnv(buf, start, end) | HASHED
+    else:
+        key = HASHED
+    if key == HASHED:
+        key = _fnv(buf, start, end) | HASHED
+        if key == EMPTY:
+            key = EMPTY ^ np.uint64(1)
+    return key
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _table_shift(n_slots):
+    """``64 - log2(n_slots)``: slot = (key * FIBONACCI) >> shift keeps the well-mixed high bits."""
+    bits = 0
+    while (1 << bits) < n_slots:
+        bits += 1
+    return np.uint64(64 - bits)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def table_sections(table):
+    """``(keys, references, terms)`` views of a packed table."""
+    n_slots = np.int64(table[0])
+    return (
+        table[1 : 1 + n_slots],
+        table[1 + n_slots : 1 + 2 * n_slots],
+        table[1 + 2 * n_slots :].view(np.uint32),
+    )
 
 
 @numba.njit(cache=True)
 def _fill_table(code_points, offsets, features):
     n_terms = offsets.shape[0] - 1
-    size = 2
-    bits = 1
-    while size < 2 * n_terms:
-        size *= 2
-        bits += 1
-    shift = np.uint64(64 - bits)
-    slots = np.zeros((size, 3), dtype=np.uint64)
-    slots[:, 2] = EMPTY
+    n_slots = 2
+    while n_slots < 2 * n_terms:
+        n_slots *= 2
+    shift = _table_shift(n_slots)
+    n_words = 1 + 2 * n_slots + (code_points.shape[0] + n_terms + 1) // 2
+    table = np.zeros(n_words, dtype=np.uint64)
+    table[0] = n_slots
+    keys, references, terms = table_sections(table)
+    keys[:] = EMPTY
     for t in range(n_terms):
-        key = _span_key(code_points, offsets[t], offsets[t + 1])
+        start = offsets[t]
+        end = offsets[t + 1]
+        position = start + t  # each term's code points follow its length
+        terms[position] = end - start
+        terms[position + 1 : position + 1 + end - start] = code_points[start:end]
+        key = _span_key(code_points, start, end)
         i = np.int64((key * FIBONACCI) >> shift)
-        while slots[i, 2] != EMPTY:
-            i = (i + 1) & (size - 1)
-        slots[i, 0] = key
-        slots[i, 1] = np.uint64(features[t])
-        slots[i, 2] = np.uint64(t)
-    return slots, offsets, code_points, shift
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _probe(slots, offsets, code_points, shift, buf, start, end):
-    size = slots.shape[0]
-    key = _span_key(buf, start, end)
-    i = np.int64((key * FIBONACCI) >> shift)
-    while True:
-        if slots[i, 2] == EMPTY:
-            return -1
-        if slots[i, 0] == key and (
-            (key & HASHED) == 0 or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, start, end)
-        ):
-            return np.int64(slots[i, 1])
-        i = (i + 1) & (size - 1)
+        while keys[i] != EMPTY:
+            i = (i + 1) & (n_slots - 1)
+        keys[i] = key
+        references[i] = (np.uint64(position) << np.uint64(32)) | np.uint64(features[t])
+    return table
 
 
 @numba.njit(cache=True, nogil=True)
-def _same_term(offsets, code_points, term, buf, start, end):
-    """Rare path (hashed keys only): compare the stored term's code points with ``buf[start:end]``."""
-    base = offsets[term]
-    if offsets[term + 1] - base != end - start:
+def _same_term(table, reference, buf, start, end):
+    """Rare path (hashed keys only): compare the stored term's code points with ``buf[start:end]``.
+
+    The terms section is viewed here, not by the callers: a view costs more than a whole probe."""
+    terms = table_sections(table)[2]
+    position = np.int64(reference >> np.uint64(32))
+    if terms[position] != end - start:
         return False
     for k in range(end - start):  # noqa: SIM110 - numba compiles loops, not generator expressions
-        if code_points[base + k] != buf[start + k]:
+        if terms[position + 1 + k] != buf[start + k]:
             return False
     return True
 
 
 @numba.njit(cache=True, nogil=True)
-def lookup_term(table, buf, start, end):
-    """Feature of the term equal to ``buf[start:end]``, or -1."""
-    slots, offsets, code_points, shift = table
-    return _probe(slots, offsets, code_points, shift, buf, start, end)
+def lookup_slot(table, buf, start, end):
+    """Slot of the term equal to ``buf[start:end]``, or -1."""
+    n_slots = np.int64(table[0])
+    mask = n_slots - 1
+    key = _span_key(buf, start, end)
+    i = np.int64((key * FIBONACCI) >> _table_shift(n_slots))
+    while table[1 + i] != EMPTY:
+        if table[1 + i] == key and (
+            (key & HASHED) == 0 or _same_term(table, table[1 + n_slots + i], buf, start, end)
+        ):
+            return i
+        i = (i + 1) & mask
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def row_bounds(code_points, offsets, row):
+    """``(start, end)`` of ``row`` in the code point buffer; empty ``offsets`` mean one row, all of it."""
+    if offsets.shape[0] == 0:
+        return 0, code_points.shape[0]
+    return offsets[row], offsets[row + 1]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def span_capacity(longest, n_sizes):
+    """Most n-grams (and buffer code points, for one size) a document of ``longest`` code points has:
+    char_wb pads each word with two spaces, so its text is at most ``3 * longest + 2`` long."""
+    return (3 * longest + 2) * n_sizes
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def set_capacity(n):
+    """Power-of-two size of the per-row open-addressing set that counts ``n`` n-grams."""
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    return size
 
 
 @numba.njit(cache=True, nogil=True)
-def word_spans(code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n):
+def scratch_size(longest, n_sizes):
+    """``int64`` scratch for one row of at most ``longest`` code points: two token arrays, span
+    starts and ends, found slots, distinct slots and the counting set."""
+    capacity = span_capacity(longest, n_sizes)
+    return 2 * (longest + 1) + 4 * capacity + set_capacity(capacity)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def word_spans_into(
+    code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n,
+    buf, token_starts, token_ends, span_starts, span_ends,
+):  # fmt: skip
     """Word n-grams of one document: the tokens of ``(?u)\\b\\w{min_token_length,}\\b`` minus
-    stop words, joined by single spaces into ``buf``; returns ``(buf, span_starts, span_ends)``."""
-    length = end - start
-    buf = np.empty(length + 1, dtype=np.uint32)
-    token_starts = np.empty(length // max(min_token_length, 1) + 1, dtype=np.int64)
-    token_ends = np.empty_like(token_starts)
+    stop words, joined by single spaces into ``buf``; writes the spans and returns their number."""
     n_tokens = 0
     used = 0
-    check_stops = stop_table[1].shape[0] > 1
+    check_stops = stop_table.shape[0] > 1 + 2 * np.int64(stop_table[0])  # it holds terms
     k = start
     while k < end:
         if char_class[code_points[k]] & 1 == 0:
@@ -211,7 +303,7 @@ def word_spans(code_points, start, end, char_class, min_token_length, stop_table
             k += 1
         if k - run_start < min_token_length:
             continue
-        if check_stops and lookup_term(stop_table, code_points, run_start, k) >= 0:
+        if check_stops and lookup_slot(stop_table, code_points, run_start, k) >= 0:
             continue
         if n_tokens > 0:
             buf[used] = 32
@@ -222,22 +314,18 @@ def word_spans(code_points, start, end, char_class, min_token_length, stop_table
             used += 1
         token_ends[n_tokens] = used
         n_tokens += 1
-    n_sizes = max_n - min_n + 1
-    span_starts = np.empty(n_tokens * n_sizes, dtype=np.int64)
-    span_ends = np.empty(n_tokens * n_sizes, dtype=np.int64)
     n_spans = 0
     for n in range(min_n, max_n + 1):
         for i in range(n_tokens - n + 1):
             span_starts[n_spans] = token_starts[i]
             span_ends[n_spans] = token_ends[i + n - 1]
             n_spans += 1
-    return buf, span_starts[:n_spans], span_ends[:n_spans]
+    return n_spans
 
 
-@numba.njit(cache=True, nogil=True)
-def char_spans(code_points, start, end, char_class, min_n, max_n):
+@numba.njit(cache=True, nogil=True, inline="always")
+def char_spans_into(code_points, start, end, char_class, min_n, max_n, buf, span_starts, span_ends):
     """Character n-grams of one document after sklearn's ``\\s\\s+ -> " "`` normalisation."""
-    buf = np.empty(end - start, dtype=np.uint32)
     used = 0
     k = start
     while k < end:
@@ -255,9 +343,6 @@ def char_spans(code_points, start, end, char_class, min_n, max_n):
             buf[used] = c
             used += 1
             k += 1
-    n_sizes = max_n - min_n + 1
-    span_starts = np.empty(used * n_sizes, dtype=np.int64)
-    span_ends = np.empty(used * n_sizes, dtype=np.int64)
     n_spans = 0
     low = min_n
     if min_n == 1:
@@ -271,17 +356,12 @@ def char_spans(code_points, start, end, char_class, min_n, max_n):
             span_starts[n_spans] = i
             span_ends[n_spans] = i + n
             n_spans += 1
-    return buf[:used], span_starts[:n_spans], span_ends[:n_spans]
+    return n_spans
 
 
-@numba.njit(cache=True, nogil=True)
-def char_wb_spans(code_points, start, end, char_class, min_n, max_n):
+@numba.njit(cache=True, nogil=True, inline="always")
+def char_wb_spans_into(code_points, start, end, char_class, min_n, max_n, buf, span_starts, span_ends):
     """sklearn's ``_char_wb_ngrams``: n-grams inside each space-padded whitespace-separated word."""
-    length = end - start
-    buf = np.empty(3 * length + 2, dtype=np.uint32)
-    n_sizes = max_n - min_n + 1
-    span_starts = np.empty((3 * length + 2) * n_sizes, dtype=np.int64)
-    span_ends = np.empty_like(span_starts)
     used = 0
     n_spans = 0
     k = start
@@ -311,54 +391,91 @@ def char_wb_spans(code_points, start, end, char_class, min_n, max_n):
                 n_spans += 1
             if offset == 0:
                 break
-    return buf[:used], span_starts[:n_spans], span_ends[:n_spans]
+    return n_spans
 
 
 @numba.njit(cache=True, nogil=True)
-def lookup_spans(table, buf, span_starts, span_ends):
-    """Vocabulary feature of every span that is a known term (unknown spans are dropped).
+def _span_arrays(length, n_sizes):
+    capacity = span_capacity(length, n_sizes)
+    return (
+        np.empty(3 * length + 2, dtype=np.uint32),
+        np.empty(capacity, dtype=np.int64),
+        np.empty(capacity, dtype=np.int64),
+    )
 
-    The probe is written out here rather than called: the table is unpacked once and no array
-    crosses a function boundary per n-gram (each crossing costs reference counting). Keys are
-    computed in a first pass and probed in a second, short one, so the CPU has several
-    independent table reads (cache misses on a large vocabulary) in flight at once.
+
+@numba.njit(cache=True, nogil=True)
+def word_spans(code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n):
+    """:func:`word_spans_into` with its own arrays: ``(buf, span_starts, span_ends)``."""
+    buf, span_starts, span_ends = _span_arrays(end - start, max_n - min_n + 1)
+    tokens = np.empty(2 * (end - start + 1), dtype=np.int64)
+    n = word_spans_into(
+        code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n,
+        buf, tokens[: end - start + 1], tokens[end - start + 1 :], span_starts, span_ends,
+    )  # fmt: skip
+    return buf, span_starts[:n], span_ends[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def char_spans(code_points, start, end, char_class, min_n, max_n):
+    """:func:`char_spans_into` with its own arrays: ``(buf, span_starts, span_ends)``."""
+    buf, span_starts, span_ends = _span_arrays(end - start, max_n - min_n + 1)
+    n = char_spans_into(code_points, start, end, char_class, min_n, max_n, buf, span_starts, span_ends)
+    return buf, span_starts[:n], span_ends[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def char_wb_spans(code_points, start, end, char_class, min_n, max_n):
+    """:func:`char_wb_spans_into` with its own arrays: ``(buf, span_starts, span_ends)``."""
+    buf, span_starts, span_ends = _span_arrays(end - start, max_n - min_n + 1)
+    n = char_wb_spans_into(code_points, start, end, char_class, min_n, max_n, buf, span_starts, span_ends)
+    return buf, span_starts[:n], span_ends[:n]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
+    """Write the slot of every span that is a known term to ``found`` (unknown spans are dropped);
+    returns how many.
+
+    The probe is written out here rather than called: no array crosses a function boundary per
+    n-gram (each crossing costs reference counting). Keys are computed in a first pass and probed
+    in a second, short one, so the CPU has several independent table reads (cache misses on a
+    large vocabulary) in flight at once.
     """
-    slots, offsets, code_points, shift = table
-    mask = slots.shape[0] - 1
-    n_spans = span_starts.shape[0]
-    keys = np.empty(n_spans, dtype=np.uint64)
+    n_slots = np.int64(table[0])
+    mask = n_slots - 1
+    shift = _table_shift(n_slots)
     for q in range(n_spans):
-        start = span_starts[q]
-        end = span_ends[q]
-        length = end - start
-        key = np.uint64(length)
-        if length <= PACK_MAX_LENGTH:
-            for k in range(length):
-                c = np.uint64(buf[start + k])
-                if c >= PACK_LIMIT:
-                    key = HASHED
-                    break
-                key |= c << np.uint64(3 + 12 * k)
-        else:
-            key = HASHED
-        if key == HASHED:
-            key = _fnv(buf, start, end) | HASHED
-        keys[q] = key
-    features = np.empty(n_spans, dtype=np.int64)
+        keys[q] = _span_key(buf, span_starts[q], span_ends[q])
     n = 0
     for q in range(n_spans):
         key = keys[q]
         i = np.int64((key * FIBONACCI) >> shift)
-        while slots[i, 2] != EMPTY:
-            if slots[i, 0] == key and (
+        while True:
+            slot_key = table[1 + i]
+            if slot_key == EMPTY:
+                break
+            if slot_key == key and (
                 (key & HASHED) == 0
-                or _same_term(offsets, code_points, np.int64(slots[i, 2]), buf, span_starts[q], span_ends[q])
+                or _same_term(table, table[1 + n_slots + i], buf, span_starts[q], span_ends[q])
             ):
-                features[n] = np.int64(slots[i, 1])
+                found[n] = i
                 n += 1
                 break
             i = (i + 1) & mask
-    return features[:n]
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def lookup_spans(table, buf, span_starts, span_ends):
+    """Vocabulary feature of every span that is a known term (unknown spans are dropped)."""
+    n_spans = span_starts.shape[0]
+    found = np.empty(n_spans, dtype=np.int64)
+    n = lookup_slots_into(table, buf, span_starts, span_ends, n_spans, np.empty(n_spans, np.uint64), found)
+    references = table_sections(table)[1]
+    for q in range(n):
+        found[q] = np.int64(references[found[q]] & LOW32)
+    return found[:n]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -6,7 +6,8 @@ placeholder values here only keep the module importable. ``ANALYZER`` is ``"word
 (HashingVectorizer) over a fitted vocabulary.
 """
 
-# ruff: noqa: F821 - the helpers are imported by the generated module, not here.
+# ruff: noqa: F821, F841, B007 - the helpers are imported by the generated module, not here, and
+# the statement slots (LONGEST, ADD_SCORES) are what reads the loop variables and scratch arrays.
 from __future__ import annotations
 
 import numba
@@ -15,7 +16,8 @@ import numpy as np
 ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = None
 HASHING = N_FEATURES = ALTERNATE_SIGN = None
 BINARY = SUBLINEAR_TF = USE_IDF = NORM = None
-ADD_SCORES = HEAD = None  # a statement slot and the head, filled by fused.py
+ADD_SCORES = LONGEST = HEAD = None  # statement slots and the head, filled by fused.py
+MAX_SIZES = None  # most n-gram sizes of any fused vectorizer
 
 
 def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf):
@@ -86,62 +88,85 @@ def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf
     return indptr, indices[:nnz], values[:nnz]
 
 
-def add_row_scores(code_points, offsets, row, char_class, vocabulary, stop_words, feature_rows, scores):
-    """Add one vectorizer's contribution for ``row`` to ``scores``: sum of weight x coefficient.
+def add_row_scores(
+    code_points,
+    start,
+    end,
+    char_class,
+    vocabulary,
+    weights,
+    stop_words,
+    longest,
+    buf,
+    work,
+    keys,
+    counts,
+    scores,
+):
+    """Add one vectorizer's contribution for the document ``code_points[start:end]`` to ``scores``:
+    sum of weight x coefficient.
 
-    ``feature_rows[j]`` is ``[idf_j, coef_j...]`` for this vectorizer's column ``j`` (its ``hstack``
-    block of the transposed coefficients), so weighting and scoring a feature reads one cache line.
-    N-grams are counted in a small open-addressing set sized for the row (it stays in L1 cache
-    and costs nothing to allocate for short rows, unlike a scratch vector of n_features).
+    ``weights[slot]`` is ``[idf, coef...]`` of the vocabulary term in ``slot`` (for feature
+    hashing: ``[1, coef...]`` per column), so scoring an n-gram reads one cache line. N-grams are counted in an open-addressing set sized for
+    the row; ``buf``, ``work``, ``keys`` and ``counts`` are the chunk's scratch, sized by
+    :func:`scratch_size` for rows of at most ``longest`` code points.
     """
-    start = offsets[row]
-    end = offsets[row + 1]
+    capacity = span_capacity(longest, MAX_N - MIN_N + 1)
+    base = 2 * longest + 2
+    span_starts = work[base : base + capacity]
+    span_ends = work[base + capacity : base + 2 * capacity]
+    found = work[base + 2 * capacity : base + 3 * capacity]
+    distinct = work[base + 3 * capacity : base + 4 * capacity]
+    set_slots = work[base + 4 * capacity :]
     if ANALYZER == "word":
-        text, span_starts, span_ends = word_spans(
-            code_points, start, end, char_class, MIN_TOKEN_LENGTH, stop_words, MIN_N, MAX_N
-        )
+        n_spans = word_spans_into(
+            code_points, start, end, char_class, MIN_TOKEN_LENGTH, stop_words, MIN_N, MAX_N,
+            buf, work[: longest + 1], work[longest + 1 : base], span_starts, span_ends,
+        )  # fmt: skip
     elif ANALYZER == "char":
-        text, span_starts, span_ends = char_spans(code_points, start, end, char_class, MIN_N, MAX_N)
+        n_spans = char_spans_into(
+            code_points, start, end, char_class, MIN_N, MAX_N, buf, span_starts, span_ends
+        )
     else:
-        text, span_starts, span_ends = char_wb_spans(code_points, start, end, char_class, MIN_N, MAX_N)
+        n_spans = char_wb_spans_into(
+            code_points, start, end, char_class, MIN_N, MAX_N, buf, span_starts, span_ends
+        )
     if HASHING:
-        columns, signs = hash_spans(text, span_starts, span_ends, N_FEATURES, ALTERNATE_SIGN)
+        columns, signs = hash_spans(
+            buf, span_starts[:n_spans], span_ends[:n_spans], N_FEATURES, ALTERNATE_SIGN
+        )
+        n_found = n_spans
+        found[:n_found] = columns
     else:
-        columns = lookup_spans(vocabulary, text, span_starts, span_ends)
-    n_found = columns.shape[0]
-    distinct = np.empty(n_found, dtype=np.int64)
-    values = np.zeros(n_found)
+        n_found = lookup_slots_into(vocabulary, buf, span_starts, span_ends, n_spans, keys, found)
+    size = set_capacity(n_found)
+    set_slots[:size] = -1
     n_distinct = 0
-    size = 16
-    while size < 2 * n_found:
-        size *= 2
-    set_columns = np.full(size, -1, dtype=np.int64)
-    set_positions = np.empty(size, dtype=np.int64)
     for i in range(n_found):
-        column = columns[i]
-        h = (column * 2654435761) & (size - 1)
-        while set_columns[h] >= 0 and set_columns[h] != column:
+        slot = found[i]
+        h = (slot * 2654435761) & (size - 1)
+        while set_slots[h] >= 0 and set_slots[h] != slot:
             h = (h + 1) & (size - 1)
-        if set_columns[h] < 0:
-            set_columns[h] = column
-            set_positions[h] = n_distinct
-            distinct[n_distinct] = column
+        if set_slots[h] < 0:
+            set_slots[h] = slot
+            counts[h] = 0.0
+            distinct[n_distinct] = h
             n_distinct += 1
-        p = set_positions[h]
         if HASHING:
-            values[p] += signs[i]
+            counts[h] += signs[i]
         else:
-            values[p] += 1.0
+            counts[h] += 1.0
     norm = 0.0
     for p in range(n_distinct):
-        value = values[p]
+        h = distinct[p]
+        value = counts[h]
         if BINARY:
             value = 1.0
         if SUBLINEAR_TF:
             value = np.log(value) + 1.0
         if USE_IDF:
-            value = value * feature_rows[distinct[p], 0]
-        values[p] = value
+            value = value * weights[set_slots[h], 0]
+        counts[h] = value
         if NORM == "l2":
             norm += value * value
         elif NORM == "l1":
@@ -152,23 +177,35 @@ def add_row_scores(code_points, offsets, row, char_class, vocabulary, stop_words
         norm = 1.0
     n_outputs = scores.shape[0]
     for p in range(n_distinct):
-        column = distinct[p]
-        weight = values[p] / norm if NORM is not None else values[p]
+        h = distinct[p]
+        slot = set_slots[h]
+        weight = counts[h] / norm if NORM is not None else counts[h]
         for k in range(n_outputs):
-            scores[k] += weight * feature_rows[column, 1 + k]
+            scores[k] += weight * weights[slot, 1 + k]
 
 
 def fused_rows(n_chunks):
     """Rows of raw text straight to model outputs; ``n_chunks`` chunks of rows run in parallel.
 
-    ``ADD_SCORES`` stands for one statement per vectorizer, and the
-    parameters are completed by :mod:`willow.compiler.lowering.fused`.
+    ``LONGEST`` stands for one statement per document group that raises ``longest`` to the row's
+    length, ``ADD_SCORES`` for one statement per vectorizer; the parameters are completed by
+    :mod:`willow.compiler.lowering.fused`. Empty ``offsets`` mean one row: the whole buffer (a
+    single text needs no offsets array built in Python).
     """
-    n_rows = offsets_0.shape[0] - 1
+    n_rows = max(offsets_0.shape[0] - 1, 1)
+    n_outputs = intercept.shape[0]
     scores = np.empty((n_rows, n_outputs))
     for chunk in numba.prange(n_chunks):
         first = chunk * n_rows // n_chunks
         last = (chunk + 1) * n_rows // n_chunks
+        longest = 0
+        for row in range(first, last):
+            LONGEST  # noqa: B018
+        capacity = span_capacity(longest, MAX_SIZES)
+        buf = np.empty(3 * longest + 2, dtype=np.uint32)
+        work = np.empty(scratch_size(longest, MAX_SIZES), dtype=np.int64)
+        keys = np.empty(capacity, dtype=np.uint64)
+        counts = np.empty(set_capacity(capacity))
         row_scores = np.empty(n_outputs)
         for row in range(first, last):
             for k in range(n_outputs):
