@@ -437,16 +437,39 @@ def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
     """Write the slot of every span that is a known term to ``found`` (unknown spans are dropped);
     returns how many.
 
-    The probe is written out here rather than called: no array crosses a function boundary per
-    n-gram (each crossing costs reference counting). Keys are computed in a first pass and probed
+    The key, the probe and the term comparison are written out here rather than called: no array
+    crosses a function boundary per n-gram (each crossing, inlined or not, costs reference
+    counting, measured at twice the whole lookup), and the terms are read from their ``uint64``
+    words rather than through a ``uint32`` view (a view costs more than a probe). Keys are computed in a first pass and probed
     in a second, short one, so the CPU has several independent table reads (cache misses on a
     large vocabulary) in flight at once.
     """
     n_slots = np.int64(table[0])
     mask = n_slots - 1
     shift = _table_shift(n_slots)
+    terms_start = 1 + 2 * n_slots
     for q in range(n_spans):
-        keys[q] = _span_key(buf, span_starts[q], span_ends[q])
+        start = span_starts[q]
+        end = span_ends[q]
+        length = end - start
+        key = np.uint64(length)
+        if length <= PACK_MAX_LENGTH:
+            for k in range(length):
+                c = np.uint64(buf[start + k])
+                if c >= PACK_LIMIT:
+                    key = HASHED
+                    break
+                key |= c << np.uint64(3 + 12 * k)
+        else:
+            key = HASHED
+        if key == HASHED:
+            h = FNV_OFFSET
+            for k in range(start, end):
+                h = (h ^ np.uint64(buf[k])) * FNV_PRIME
+            key = h | HASHED
+            if key == EMPTY:
+                key = EMPTY ^ np.uint64(1)
+        keys[q] = key
     n = 0
     for q in range(n_spans):
         key = keys[q]
@@ -455,13 +478,22 @@ def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
             slot_key = table[1 + i]
             if slot_key == EMPTY:
                 break
-            if slot_key == key and (
-                (key & HASHED) == 0
-                or _same_term(table, table[1 + n_slots + i], buf, span_starts[q], span_ends[q])
-            ):
-                found[n] = i
-                n += 1
-                break
+            if slot_key == key:
+                same = True
+                if key & HASHED:  # confirm: the stored term's length then code points
+                    start = span_starts[q]
+                    length = span_ends[q] - start
+                    position = np.int64(table[1 + n_slots + i] >> np.uint64(32))
+                    for k in range(length + 1):
+                        expected = np.uint64(length) if k == 0 else np.uint64(buf[start + k - 1])
+                        j = position + k  # the k-th uint32 of the term, inside a uint64 word
+                        if (table[terms_start + (j >> 1)] >> np.uint64(32 * (j & 1))) & LOW32 != expected:
+                            same = False
+                            break
+                if same:
+                    found[n] = i
+                    n += 1
+                    break
             i = (i + 1) & mask
     return n
 
