@@ -197,7 +197,7 @@ def table_sections(table):
 def _fill_table(code_points, offsets, features):
     n_terms = offsets.shape[0] - 1
     n_slots = 2
-    while n_slots < 2 * n_terms:
+    while 5 * n_slots < 8 * n_terms:  # at most 62.5% full: short probes, a small probe array
         n_slots *= 2
     shift = _table_shift(n_slots)
     n_words = 1 + 2 * n_slots + (code_points.shape[0] + n_terms + 1) // 2
