@@ -6,7 +6,11 @@ vectorizer tokenises, looks up, weights and normalises its n-grams and adds
 ``weight x coefficient`` to the row's scores (its columns start where the previous vectorizer's
 end, as in the ``hstack``), then the model's head (labels, sigmoid, softmax...) runs on the scores.
 Rows are processed in chunks with ``numba.prange`` for large batches and serially for small ones,
-where starting threads would cost more than the work.
+where starting threads would cost more than the work; each chunk allocates its scratch once.
+
+Single-row latency is mostly fixed costs, so a single text takes a short path: its code points
+go to the kernel with no offsets array, every argument is a plain array (Numba types those in C),
+and vocabulary tables are one packed array each (see :mod:`text_runtime`).
 """
 
 from __future__ import annotations
