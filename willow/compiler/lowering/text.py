@@ -37,22 +37,7 @@ from willow.compiler.lowering.text_runtime import (
 __all__ = ["TextSpec", "text_spec", "prepare_documents", "lower_text_vectorizer", "TEXT_LOWERINGS"]
 
 RUNTIME_MODULE = "willow.compiler.lowering.text_runtime"
-RUNTIME_NAMES = (
-    "word_spans",
-    "char_spans",
-    "char_wb_spans",
-    "word_spans_into",
-    "char_spans_into",
-    "char_wb_spans_into",
-    "lookup_spans",
-    "lookup_slots_into",
-    "hash_spans",
-    "row_bounds",
-    "table_sections",
-    "span_capacity",
-    "scratch_size",
-    "set_capacity",
-)
+RUNTIME_NAMES = text_runtime.KERNEL_HELPERS
 
 # Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
 _RUN_PATTERNS = {

@@ -46,14 +46,7 @@ from collections.abc import Iterable, Sequence
 import numba
 import numpy as np
 
-__all__ = [
-    "WORD",
-    "SPACE",
-    "char_class_table",
-    "encode_documents",
-    "build_term_table",
-    "slot_weights",
-    "empty_term_table",
+KERNEL_HELPERS = (
     "word_spans",
     "char_spans",
     "char_wb_spans",
@@ -64,8 +57,22 @@ __all__ = [
     "lookup_slots_into",
     "hash_spans",
     "row_bounds",
+    "span_capacity",
     "scratch_size",
     "set_capacity",
+)
+"""The functions generated kernels call (imported by name into each generated module)."""
+
+__all__ = [
+    "WORD",
+    "SPACE",
+    "KERNEL_HELPERS",
+    "char_class_table",
+    "encode_documents",
+    "build_term_table",
+    "slot_weights",
+    "empty_term_table",
+    *KERNEL_HELPERS,
 ]
 
 WORD = 1  # bit set in the class table for characters matched by re's \w
