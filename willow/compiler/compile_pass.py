@@ -444,7 +444,10 @@ def compile_graph(
             sub = node_at(value, path)
             try:  # before the statement runs: it may rebind names its operands read
                 values = [evaluate(a) for a in call_arguments(expression)]
-                pending.append((path, expression, sub, evaluate(sub), values))
+                expected = evaluate(sub)
+                if expression.stacked:  # the stacking call reads it as an array
+                    expected = np.asarray(expected)
+                pending.append((path, expression, sub, expected, values))
             except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
                 continue
         runner.run(ns, [st.index])
@@ -723,7 +726,7 @@ def _reload_expression(
 ) -> CompiledNode:
     """Compile a saved array expression again from the graph, checking its tables' content."""
     from willow.cascades.runtime import model_fingerprint
-    from willow.compiler.lowering.arithmetic import analyze, node_at, stand_in
+    from willow.compiler.lowering.arithmetic import analyze, is_stacked, node_at, stand_in
     from willow.compiler.lowering.arithmetic_codegen import compile_expression
     from willow.errors import PlanMismatchError
 
@@ -734,10 +737,12 @@ def _reload_expression(
     def evaluate(expr: ast.expr) -> Any:
         return eval(compile(ast.Expression(body=expr), "<willow plan>", "eval"), namespace)
 
+    def resolve(expr: ast.expr) -> Any:
+        return _resolve_fitted(expr, local_names, evaluate)
+
     try:
-        expression = analyze(
-            sub, stand_in(recipe["signature"]), lambda e: _resolve_fitted(e, local_names, evaluate)
-        )
+        stacked = is_stacked(st.node, tuple(recipe["path"]), resolve)
+        expression = analyze(sub, stand_in(recipe["signature"]), resolve, stacked=stacked)
     except Exception as exc:
         raise PlanMismatchError(
             f"The saved plan compiled `{ast.unparse(sub)}`, which cannot be compiled again in "

@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from willow.compiler.lowering.base import NotLowerable
-from willow.compiler.lowering.lookups import Lookup, match_lookup
+from willow.compiler.lowering.lookups import Lookup, _unwrap_float, match_lookup
 
 __all__ = [
     "FUNCTIONS",
@@ -55,6 +56,7 @@ __all__ = [
     "signature",
     "stand_in",
     "find_expressions",
+    "is_stacked",
     "node_at",
     "replace_at",
 ]
@@ -106,6 +108,7 @@ class Operand:
     lookup: Lookup | None = None
     slot: int = -1
     integer: bool = False  # a scalar holding an integer
+    series: bool = False  # a pandas Series (passed to the kernel as its values)
     aliases: list[ast.expr] = field(default_factory=list)  # other places of the same value
 
 
@@ -118,6 +121,7 @@ class Apply:
     kind: str
     ndim: int
     width: int = 1
+    series: bool = False  # pandas would give a Series here
 
 
 @dataclass(eq=False)
@@ -127,6 +131,7 @@ class Literal:
     kind: str = "f"
     ndim: int = 0
     width: int = 1
+    series: bool = False
 
 
 @dataclass(eq=False)
@@ -137,6 +142,7 @@ class Expression:
     operands: list[Operand]
     source: str
     objects: dict[str, Any] = field(default_factory=dict)
+    stacked: bool = False  # consumed by np.column_stack/np.hstack: an ndarray may stand for a Series
 
     @property
     def lookups(self) -> list[Lookup]:
@@ -158,9 +164,12 @@ def _combine_shapes(args: list[Any]) -> tuple[int, int]:
 
 
 class _Analyzer:
-    def __init__(self, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any]):
+    def __init__(
+        self, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any], series: bool = False
+    ):
         self.evaluate = evaluate
         self.resolve = resolve
+        self.series = series  # whether a Series operand may be read: its result becomes an ndarray
         self.operands: list[Operand] = []
         self.objects: dict[str, Any] = {}
         self.refusals: list[str] = []
@@ -185,6 +194,10 @@ class _Analyzer:
                 raise Opaque(f"`{ast.unparse(node)}` is a {value.ndim}-D {value.dtype} array")
             width = value.shape[1] if value.ndim == 2 else 1
             op = Operand(node, kind, value.ndim, width)
+        elif type(value) is pd.Series and _plain_dtype(value.dtype) in ("f", "b"):
+            if not self.series:
+                raise Opaque(f"`{ast.unparse(node)}` is a Series and the result is not converted to an array")
+            op = Operand(node, "f" if value.dtype == np.float64 else "b", 1, series=True)
         elif isinstance(value, (numbers.Integral, numbers.Real)) and not isinstance(value, (bool, np.bool_)):
             if not isinstance(value, (int, float, np.integer, np.float64, np.float32)):
                 raise Opaque(f"`{ast.unparse(node)}` is a {type(value).__name__}")
@@ -219,6 +232,9 @@ class _Analyzer:
             self.operands.append(op)
             self.objects[lookup.table_expr] = self.resolve(ast.parse(lookup.table_expr, mode="eval").body)
             return op
+        converted = self.conversion(node)
+        if converted is not None:
+            return converted
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 raise Opaque(f"literal {node.value!r}")
@@ -264,6 +280,8 @@ class _Analyzer:
             inner = self.visit(node.value)
             if inner.ndim != 1:
                 raise Opaque("x[:, None] of a value that is not 1-D")
+            if inner.series:
+                raise Opaque("x[:, None] of a Series (pandas refuses multi-dimensional indexing)")
             return Apply("{0}", [inner], inner.kind, 2, 1)
         if isinstance(node, ast.Call) and not node.keywords:
             function = self.function(node.func)
@@ -274,15 +292,54 @@ class _Analyzer:
                 if a.ndim == 0 and b.ndim == 0 and (a.integer or b.integer):
                     raise Opaque("np.where between integer scalars gives an integer array")
                 test = "{0}" if cond.kind == "b" else "truth({0})"
-                return self.apply("({1} if " + test + " else {2})", [cond, a, b], a.kind)
+                result = self.apply("({1} if " + test + " else {2})", [cond, a, b], a.kind)
+                result.series = False  # np.where gives an ndarray, whatever its operands
+                return result
             entry = FUNCTIONS.get(function) if _hashable(function) else None
             if entry is not None and len(node.args) == entry[0]:
                 args = [self.visit(arg) for arg in node.args]
                 self.need(*args, kind="f")
+                if function is np.clip and args[0].series:
+                    raise Opaque("np.clip of a Series is Series.clip (pandas' own rule for signed zeros)")
                 return self.apply(entry[1], args, entry[2])
             if isinstance(function, np.ufunc) and any(self.compiles_alone(arg) for arg in node.args):
                 raise Opaque(f"numpy computes {function.__name__}; its argument is compiled on its own")
         return self.operand(node)
+
+    def conversion(self, node: ast.expr) -> Any:
+        """``<Series expression>.to_numpy(dtype=float)`` (or ``.values``, ``.to_numpy()``,
+        ``np.asarray(..., dtype=float)``) as the kernel's ndarray; ``None`` when ``node`` is not
+        such a conversion (or converts a lookup, or something the kernel cannot compute)."""
+        unwrapped = _unwrap_float(node, self.resolve)
+        if unwrapped is None:
+            return None
+        inner, to_float = unwrapped
+        is_asarray = isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Attribute) and node.func.attr == "to_numpy"
+        )
+        mark, outer = len(self.operands), self.series
+        self.series = True
+        try:
+            tree = self.visit(inner)
+        except (Opaque, NotLowerable):
+            del self.operands[mark:]
+            return None
+        finally:
+            self.series = outer
+        if isinstance(tree, Operand) and tree.lookup is None and not tree.series:
+            del self.operands[mark:]  # an array converted: an operand as a whole
+            return None
+        if (
+            (not tree.series and not is_asarray)  # ndarray.to_numpy / .values do not exist
+            or (to_float and tree.kind != "f")  # bool -> float conversion
+            or tree.ndim != 1
+        ):
+            del self.operands[mark:]
+            return None
+        if isinstance(tree, Operand):
+            tree = Apply("{0}", [tree], tree.kind, tree.ndim, tree.width)
+        tree.series = False
+        return tree
 
     def compiles_alone(self, node: ast.expr) -> bool:
         """Whether ``node`` holds a lookup or array operation of its own."""
@@ -317,7 +374,14 @@ class _Analyzer:
         ndim, width = _combine_shapes(args) if any(a.ndim for a in args) else (0, 1)
         if ndim == 0:
             raise _ScalarOnly
-        return Apply(template, args, kind, ndim, width)
+        return Apply(template, args, kind, ndim, width, series=any(a.series for a in args))
+
+
+def _plain_dtype(dtype: Any) -> str:
+    """``"f"`` for numpy float64, ``"b"`` for numpy bool, ``""`` for anything else."""
+    if not isinstance(dtype, np.dtype):
+        return ""
+    return "f" if dtype == np.float64 else "b" if dtype == np.bool_ else ""
 
 
 def _hashable(value: Any) -> bool:
@@ -336,15 +400,21 @@ def _is_newaxis(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> bool:
 
 
 def analyze(
-    node: ast.expr, evaluate: Callable[[ast.expr], Any], resolve: Callable[[ast.expr], Any]
+    node: ast.expr,
+    evaluate: Callable[[ast.expr], Any],
+    resolve: Callable[[ast.expr], Any],
+    stacked: bool = False,
 ) -> Expression:
     """Read ``node`` into an :class:`Expression` or raise :class:`NotLowerable` saying why not.
 
     ``evaluate(expr)`` gives a sub-expression's value on the calibration rows (to learn operand
     dtypes and shapes); ``resolve(expr)`` evaluates fitted state only (raising ``NotLowerable`` for
     anything row-dependent). The expression must contain a lookup or an array operation.
+    ``stacked`` says that ``node``'s value is only read by ``np.column_stack``/``np.hstack``
+    (:func:`is_stacked`), which convert a ``Series`` to its values: then arithmetic on ``Series``
+    may give an ndarray in place of the ``Series`` pandas would build.
     """
-    analyzer = _Analyzer(evaluate, resolve)
+    analyzer = _Analyzer(evaluate, resolve, series=stacked)
     try:
         root = analyzer.visit(node)
     except Opaque as exc:
@@ -355,7 +425,34 @@ def analyze(
         raise NotLowerable(f"`{ast.unparse(node)}` has no lookup or array operation to compile")
     for slot, operand in enumerate(analyzer.operands):
         operand.slot = slot
-    return Expression(root, analyzer.operands, ast.unparse(node), analyzer.objects)
+    return Expression(root, analyzer.operands, ast.unparse(node), analyzer.objects, stacked)
+
+
+# Calls that read each element of their list argument as ``np.asarray(element)`` would.
+_STACKING = (np.column_stack, np.hstack)
+
+
+def _is_stacking_call(node: ast.AST, resolve: Callable[[ast.expr], Any]) -> bool:
+    """``np.column_stack([...])``/``np.hstack((...))``: one literal list or tuple, no keywords."""
+    if not (
+        isinstance(node, ast.Call)
+        and len(node.args) == 1
+        and not node.keywords
+        and isinstance(node.args[0], (ast.List, ast.Tuple))
+    ):
+        return False
+    try:
+        function = resolve(node.func)
+    except NotLowerable:
+        return False
+    return any(function is f for f in _STACKING)
+
+
+def is_stacked(root: ast.AST, path: tuple[Any, ...], resolve: Callable[[ast.expr], Any]) -> bool:
+    """Whether the node at ``path`` inside ``root`` is an element of a stacking call's list."""
+    if len(path) < 4 or path[-4:-2] != ("args", 0) or path[-2] != "elts":
+        return False
+    return _is_stacking_call(node_at(root, path[:-4]), resolve)
 
 
 def _computes(node: Any) -> bool:
@@ -367,28 +464,31 @@ def _computes(node: Any) -> bool:
     return False
 
 
-def signature(expression: Expression) -> dict[str, tuple[str, int, int, bool]]:
+def signature(expression: Expression) -> dict[str, tuple[str, int, int, bool, bool]]:
     """What the kernel assumes of each Python-evaluated operand: ``source -> (kind, ndim, width,
-    integer)``; with :func:`stand_in` it lets a loaded plan recompile without calibration rows."""
+    integer, series)``; with :func:`stand_in` it lets a loaded plan recompile without calibration
+    rows."""
     return {
-        ast.unparse(op.expr): (op.kind, op.ndim, op.width, op.integer)
+        ast.unparse(op.expr): (op.kind, op.ndim, op.width, op.integer, op.series)
         for op in expression.operands
         if op.lookup is None
     }
 
 
-def stand_in(known: dict[str, tuple[str, int, int, bool]]) -> Callable[[ast.expr], Any]:
-    """An ``evaluate`` that gives placeholder values with the recorded kinds and shapes."""
+def stand_in(known: dict[str, Any]) -> Callable[[ast.expr], Any]:
+    """An ``evaluate`` that gives placeholder values with the recorded kinds and shapes (a plan
+    saved before Series operands were compiled records four fields: no Series)."""
 
     def evaluate(node: ast.expr) -> Any:
         source = ast.unparse(node)
         if source not in known:
             raise KeyError(source)
-        kind, ndim, width, integer = known[source]
+        kind, ndim, width, integer, *rest = known[source]
         if ndim == 0:
             return 1 if integer else 1.0
         shape = (1,) if ndim == 1 else (1, width)
-        return np.zeros(shape, dtype=np.float64 if kind == "f" else np.bool_)
+        value = np.zeros(shape, dtype=np.float64 if kind == "f" else np.bool_)
+        return pd.Series(value) if rest and rest[0] else value
 
     return evaluate
 
@@ -402,12 +502,17 @@ def find_expressions(
     found: list[tuple[tuple[Any, ...], Expression]] = []
     refusals: list[str] = []
 
-    def search(current: ast.AST, path: tuple[Any, ...]) -> None:
+    def search(current: ast.AST, path: tuple[Any, ...], stacked: bool = False) -> None:
         if isinstance(current, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if _is_stacking_call(current, resolve):
+            assert isinstance(current, ast.Call)
+            for k, item in enumerate(current.args[0].elts):  # type: ignore[attr-defined]
+                search(item, (*path, "args", 0, "elts", k), stacked=True)
             return
         if isinstance(current, ast.expr) and _worth_trying(current, resolve):
             try:
-                found.append((path, analyze(current, evaluate, resolve)))
+                found.append((path, analyze(current, evaluate, resolve, stacked=stacked)))
                 return
             except NotLowerable as exc:
                 for reason in getattr(exc, "refusals", ()):

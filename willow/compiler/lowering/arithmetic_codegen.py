@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from willow.compiler.lowering import arithmetic_runtime
 from willow.compiler.lowering.arithmetic import Expression, Literal, Operand, analyze
@@ -140,7 +141,18 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
         n = -1
         width: int | None = None
         votes: set[str] = set()
+        index = None  # the Series operands' shared index
         for op, value in zip(operands, values):
+            if op.series:
+                # pandas aligns Series on their index: equal indexes (as column selections of one
+                # frame have) align nothing; any other call runs pandas
+                if type(value) is not pd.Series or not isinstance(value.dtype, np.dtype):
+                    return None
+                if index is None:
+                    index = value.index
+                elif value.index is not index and not value.index.equals(index):
+                    return None
+                value = value.to_numpy()
             if op.lookup is not None:
                 rows = op.lookup.rows(value)
                 if rows is None:
