@@ -513,9 +513,12 @@ def compile_graph(
 
     for st in graph.statements:
         found = _candidate_call(graph, st)
-        if found is not None and _is_table(
-            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
-        ):
+        receiver = (
+            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns) if found is not None else None
+        )
+        if found is not None and inspect.ismodule(receiver):
+            found = None  # np.column_stack(...): a function, whose arguments may hold array expressions
+        if found is not None and _is_table(receiver):
             if found[2] in ("reindex", "merge"):
                 skipped.append(
                     SkippedNode(
