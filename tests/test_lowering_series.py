@@ -195,8 +195,10 @@ def test_a_loaded_plan_recompiles_series_operands():
     for path, expression in found:
         assert is_stacked(tree.body, path, resolve)
         again = analyze(node_at(tree.body, path), stand_in(signature(expression)), resolve, stacked=True)
-        assert [o.series for o in again.operands] == [o.series for o in expression.operands] == [True] * len(
-            expression.operands
+        assert (
+            [o.series for o in again.operands]
+            == [o.series for o in expression.operands]
+            == [True] * len(expression.operands)
         )
         with pytest.raises(Exception):  # not stacked: the Series result would be read as a Series
             analyze(node_at(tree.body, path), stand_in(signature(expression)), resolve, stacked=False)

@@ -514,7 +514,9 @@ def compile_graph(
     for st in graph.statements:
         found = _candidate_call(graph, st)
         receiver = (
-            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns) if found is not None else None
+            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
+            if found is not None
+            else None
         )
         if found is not None and inspect.ismodule(receiver):
             found = None  # np.column_stack(...): a function, whose arguments may hold array expressions

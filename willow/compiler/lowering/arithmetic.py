@@ -24,10 +24,29 @@ expm1, arctan, pow 1 ulp; log10 2 ulp; tanh, cbrt 3 ulp; log1p 26 vs 9 ns, tanh 
 feature 1 ulp off can flip a tree split, so numpy computes them, around compiled sub-expressions
 (``np.log1p(<compiled lookup>)``).
 
+Row reductions ``np.sum``/``np.nansum``/``np.mean``/``np.nanmean``/``np.nanmax``/``np.nanmin`` with
+``axis=1`` (and ``keepdims``) of a computed 2-D float64 expression are compiled as the kernel's
+root (:data:`REDUCTIONS`): each row is reduced as numpy reduces that row of the array it would
+have built, whose memory order the kernel knows (pairwise summation for a C-ordered array, in
+order for an F-ordered one; see :mod:`willow.compiler.lowering.arithmetic_runtime`), so sums and
+means are bit-identical; rows wider than :data:`PAIRWISE_COLUMNS` summed pairwise, and empty rows
+of means/max/min, run numpy. ``nanmax``/``nanmin`` are equal as numbers (the sign of a zero
+maximum follows numpy's scalar rule, not its SIMD loops) and emit no "All-NaN slice" warning.
+
+Series operands: arithmetic on float64/bool ``Series`` (``rows["a"] / rows["b"]``) is compiled
+only where its result is read as an array (pandas would build a ``Series``, the kernel an
+ndarray): inside ``.to_numpy(dtype=float)``, ``.to_numpy()``, ``.values`` or
+``np.asarray(..., dtype=float)``, or as an element of the list given to ``np.column_stack`` /
+``np.hstack`` (``stacked``, which convert each element with ``np.asarray``). pandas aligns Series on
+their index: a call runs the kernel only when all its Series share one index (``Index.equals``, as
+column selections of one frame do; then pandas aligns nothing), else pandas. A Series result read
+as a Series (``(rows["a"] / 2).round()``), ``np.clip`` of a Series (``Series.clip``) and
+``s[:, None]`` stay Python.
+
 Shapes follow numpy broadcasting for the forms pipelines use: all operands 1-D (length ``n``), or
 all 2-D ``(n, c)`` with ``c`` equal or 1 (``x[:, None]`` makes a column). Anything else, and any
 call whose operands differ from what the kernel was compiled for (dtype, dimensions, a ``Series``
-instead of an array, keys a lookup cannot match exactly, a ``.loc`` key that is missing), runs
+instead of an array or Series that pandas would align, keys a lookup cannot match exactly, a ``.loc`` key that is missing), runs
 the original expression in Python instead, so results (and pandas' errors) are always the
 original's.
 """
@@ -48,6 +67,9 @@ from willow.compiler.lowering.lookups import Lookup, _unwrap_float, match_lookup
 
 __all__ = [
     "FUNCTIONS",
+    "REDUCTIONS",
+    "PAIRWISE_COLUMNS",
+    "Reduce",
     "Operand",
     "Apply",
     "Literal",
@@ -84,6 +106,19 @@ FUNCTIONS: dict[Any, tuple[int, str, str]] = {
     np.isinf: (1, "np.isinf({0})", "b"),
 }
 # numpy's fast paths for ``array ** scalar`` (square, sqrt, reciprocal, copy, ones): exact.
+# Row reductions of a 2-D float64 expression (``axis=1``) -> the runtime helper that reduces one
+# row as numpy does (see :mod:`willow.compiler.lowering.arithmetic_runtime`).
+REDUCTIONS: dict[Any, str] = {
+    np.sum: "row_sum",
+    np.nansum: "row_nansum",
+    np.mean: "row_mean",
+    np.nanmean: "row_nanmean",
+    np.nanmax: "row_nanmax",
+    np.nanmin: "row_nanmin",
+}
+PAIRWISE_COLUMNS = 128
+"""Widest row whose pairwise sum the kernel reproduces: numpy sums a contiguous row of up to 128
+elements in 8 interleaved partial sums, wider rows recursively in halves (not compiled)."""
 _FAST_POWERS = {2.0: "({0} * {0})", 0.5: "np.sqrt({0})", -1.0: "(1.0 / {0})", 1.0: "(+{0})", 0.0: "1.0"}
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
@@ -122,6 +157,25 @@ class Apply:
     ndim: int
     width: int = 1
     series: bool = False  # pandas would give a Series here
+
+
+@dataclass(eq=False)
+class Reduce:
+    """A row reduction (``np.nansum(child, axis=1[, keepdims=True])``): the root of a kernel."""
+
+    helper: str  # the runtime function reducing one row
+    child: Any  # a 2-D float64 tree
+    keepdims: bool
+    kind: str = "f"
+    series: bool = False
+
+    @property
+    def ndim(self) -> int:
+        return 2 if self.keepdims else 1
+
+    @property
+    def width(self) -> int:
+        return 1
 
 
 @dataclass(eq=False)
@@ -416,7 +470,15 @@ def analyze(
     """
     analyzer = _Analyzer(evaluate, resolve, series=stacked)
     try:
-        root = analyzer.visit(node)
+        reduction = _reduction(node, resolve)
+        if reduction is not None:
+            helper, child, keepdims = reduction
+            inner = analyzer.visit(child)
+            if inner.ndim != 2 or inner.kind != "f" or not _computes(inner):
+                raise Opaque("a row reduction of something other than a computed 2-D float64 expression")
+            root = Reduce(helper, inner, keepdims)
+        else:
+            root = analyzer.visit(node)
     except Opaque as exc:
         error = NotLowerable(f"`{ast.unparse(node)}` is not a compilable array expression: {exc}")
         error.refusals = analyzer.refusals  # type: ignore[attr-defined]
@@ -455,8 +517,34 @@ def is_stacked(root: ast.AST, path: tuple[Any, ...], resolve: Callable[[ast.expr
     return _is_stacking_call(node_at(root, path[:-4]), resolve)
 
 
+def _reduction(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> tuple[str, ast.expr, bool] | None:
+    """``(helper, child, keepdims)`` for ``np.nansum(child, axis=1[, keepdims=<bool>])`` and the
+    other :data:`REDUCTIONS`; ``None`` for anything else."""
+    if not (isinstance(node, ast.Call) and len(node.args) == 1 and node.keywords):
+        return None
+    try:
+        function = resolve(node.func)
+    except NotLowerable:
+        return None
+    if not _hashable(function) or function not in REDUCTIONS:
+        return None
+    options = {}
+    for keyword in node.keywords:
+        if keyword.arg not in ("axis", "keepdims") or not isinstance(keyword.value, ast.Constant):
+            return None
+        options[keyword.arg] = keyword.value.value
+    if options.get("axis") not in (1, -1) or type(options["axis"]) is not int:
+        return None
+    keepdims = options.get("keepdims", False)
+    if type(keepdims) is not bool:
+        return None
+    return REDUCTIONS[function], node.args[0], keepdims
+
+
 def _computes(node: Any) -> bool:
     """Whether the tree does real work (a lookup or an operation, not just ``x[:, None]``)."""
+    if isinstance(node, Reduce):
+        return True
     if isinstance(node, Operand):
         return node.lookup is not None
     if isinstance(node, Apply):
@@ -547,7 +635,9 @@ def _worth_trying(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> bool:
         except NotLowerable:
             return False
         return (
-            function is np.where or function is np.asarray or (_hashable(function) and function in FUNCTIONS)
+            function is np.where
+            or function is np.asarray
+            or (_hashable(function) and (function in FUNCTIONS or function in REDUCTIONS))
         )
     return False
 

@@ -18,13 +18,23 @@ import numpy as np
 import pandas as pd
 
 from willow.compiler.lowering import arithmetic_runtime
-from willow.compiler.lowering.arithmetic import Expression, Literal, Operand, analyze
+from willow.compiler.lowering.arithmetic import (
+    PAIRWISE_COLUMNS,
+    Expression,
+    Literal,
+    Operand,
+    Reduce,
+    analyze,
+)
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
 from willow.compiler.lowering.base import CompiledOperator
 
 __all__ = ["lower_expression", "compile_expression", "call_arguments"]
 
 RUNTIME_MODULE = "willow.compiler.lowering.arithmetic_runtime"
+# Reductions of an empty row that numpy answers itself: max/min raise, means warn "Mean of empty
+# slice" (and the NaN of 0/0 may carry another sign bit than the kernel's).
+_EMPTY_ROW_TO_NUMPY = ("row_nanmax", "row_nanmin", "row_mean", "row_nanmean")
 
 
 def _element(node: Any, two_d: bool) -> str:
@@ -57,13 +67,21 @@ def _kernel_source(expression: Expression) -> str:
             row_reads.append(f"r{op.slot} = rows{op.slot}[i]")
         else:
             params.append(f"a{op.slot}")
-    element = _element(root, two_d)
     body = ["for i in range(n):"]
     body += [f"    {line}" for line in row_reads]
-    if two_d:
-        body += ["    for j in range(width):", f"        out[i, j] = {element}"]
+    if isinstance(root, Reduce):
+        # the row's elements into buf, then reduced as numpy reduces a row of that layout
+        params += ["pairwise", "buf"]
+        target = "out[i, 0]" if root.keepdims else "out[i]"
+        body += [
+            "    for j in range(width):",
+            f"        buf[j] = {_element(root.child, True)}",
+            f"    {target} = {root.helper}(buf, width, pairwise)",
+        ]
+    elif two_d:
+        body += ["    for j in range(width):", f"        out[i, j] = {_element(root, two_d)}"]
     else:
-        body += [f"    out[i] = {element}"]
+        body += [f"    out[i] = {_element(root, two_d)}"]
     body.append("return out")
     function = ast.parse(f"def kernel({', '.join(params)}):\n" + "\n".join("    " + b for b in body)).body[0]
     assert isinstance(function, ast.FunctionDef)
@@ -75,6 +93,8 @@ def _kernel_source(expression: Expression) -> str:
         f"runtime {runtime_digest(arithmetic_runtime)}."
     )
     helpers = ["minimum", "maximum", "fmin", "fmax", "clip", "sign", "truth"]
+    if isinstance(root, Reduce):
+        helpers.append(root.helper)
     module = ast.Module(
         body=[
             ast.Expr(value=ast.Constant(value=doc)),
@@ -133,8 +153,10 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
     broadcasting); those that had one column must still have one.
     """
     operands = expression.operands
-    two_d = expression.root.ndim == 2
-    dtype = np.float64 if expression.root.kind == "f" else np.bool_
+    root = expression.root
+    reduce = isinstance(root, Reduce)
+    two_d = (root.child.ndim if reduce else root.ndim) == 2
+    dtype = np.float64 if root.kind == "f" else np.bool_
 
     def prepare(*values: Any) -> tuple | None:
         args: list[Any] = []
@@ -195,10 +217,17 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                 return None
         if n < 0:
             return None
-        width = (width or 1) if two_d else 1
+        width = (1 if width is None else width) if two_d else 1  # 0 columns stay 0
         # numpy's result layout (order="K"): Fortran when every operand that orders its two axes
         # is Fortran-ordered, C otherwise; downstream reductions sum in memory order, so it matters.
         order = "F" if votes == {"F"} else "C"
+        if reduce:
+            # numpy reduces a C-ordered row (or a lone row) pairwise, an F-ordered one in order
+            pairwise = order == "C" or n == 1
+            if (pairwise and width > PAIRWISE_COLUMNS) or (width == 0 and root.helper in _EMPTY_ROW_TO_NUMPY):
+                return None
+            out = np.empty((n, 1) if root.keepdims else n, dtype=np.float64)
+            return (out, n, width, *args, pairwise, np.empty(width, dtype=np.float64))
         out = np.empty((n, width) if two_d else n, dtype=dtype, order=order)
         return (out, n, width, *args)
 
