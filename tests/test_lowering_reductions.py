@@ -42,6 +42,10 @@ def _same(got, expected, signed_zeros=True):
     )
 
 
+def _original(source):
+    return lambda values: eval(source, {**NS, **values})
+
+
 def _outcome(function, source, values):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -74,7 +78,7 @@ def test_row_reductions_equal_numpy_bit_for_bit(function, keepdims):
             for c in WIDTHS:
                 for order in "CF":
                     values = _values(rng, n, c, order)
-                    expected = _outcome(lambda v: eval(source, {**NS, **v}), source, values)
+                    expected = _outcome(_original(source), source, values)
                     got = _outcome(run, source, values)
                     signed = function not in ("nanmax", "nanmin")
                     assert _same(got, expected, signed), (source, n, c, order, got, expected)
@@ -99,7 +103,7 @@ def test_sums_of_special_values(function, n, c, order, data):
     source = f"np.{function}(m * 1.0, axis=1)"
     run = _compiled(source)
     values = {"m": m, "w": m, "x": np.ones(n)}
-    expected = _outcome(lambda v: eval(source, {**NS, **v}), source, values)
+    expected = _outcome(_original(source), source, values)
     assert _same(_outcome(run, source, values), expected), (source, m)
 
 

@@ -22,6 +22,7 @@ from willow.compiler.lowering.arithmetic import (
     stand_in,
 )
 from willow.compiler.lowering.arithmetic_codegen import compile_expression
+from willow.compiler.lowering.base import NotLowerable
 
 SPECIALS = [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 2.5, -3.75, 1e308, 5e-324]
 NS = {"np": np, "SCALE": 0.25}
@@ -170,7 +171,7 @@ def test_a_series_used_as_a_series_stays_python():
     ):
         node = ast.parse(source, mode="eval").body
         evaluate = _evaluator({**NS, "rows": rows})
-        found, _ = find_expressions(node, evaluate, lambda e: _resolve_fitted(e, {"rows"}, evaluate))
+        found, _ = find_expressions(node, evaluate, lambda e, ev=evaluate: _resolve_fitted(e, {"rows"}, ev))
         assert not any(o.series for _, e in found for o in e.operands), (source, [e.source for _, e in found])
 
 
@@ -200,5 +201,5 @@ def test_a_loaded_plan_recompiles_series_operands():
             == [o.series for o in expression.operands]
             == [True] * len(expression.operands)
         )
-        with pytest.raises(Exception):  # not stacked: the Series result would be read as a Series
+        with pytest.raises(NotLowerable):  # not stacked: the Series result would be read as a Series
             analyze(node_at(tree.body, path), stand_in(signature(expression)), resolve, stacked=False)
