@@ -277,7 +277,7 @@ class _Analyzer:
 
     def _visit(self, node: ast.expr) -> Any:
         try:
-            lookup = match_lookup(node, self.resolve)
+            lookup = match_lookup(node, self.resolve, self.evaluate)
         except NotLowerable as exc:
             self.refusals.append(str(exc))
             raise Opaque(str(exc)) from exc
@@ -552,15 +552,22 @@ def _computes(node: Any) -> bool:
     return False
 
 
-def signature(expression: Expression) -> dict[str, tuple[str, int, int, bool, bool]]:
+def signature(expression: Expression) -> dict[str, tuple[Any, ...]]:
     """What the kernel assumes of each Python-evaluated operand: ``source -> (kind, ndim, width,
-    integer, series)``; with :func:`stand_in` it lets a loaded plan recompile without calibration
+    integer, series)`` (a merge's left frame: ``("frame", 2, width, False, False, [(column,
+    dtype)...])``); with :func:`stand_in` it lets a loaded plan recompile without calibration
     rows."""
-    return {
+    known: dict[str, Any] = {
         ast.unparse(op.expr): (op.kind, op.ndim, op.width, op.integer, op.series)
         for op in expression.operands
         if op.lookup is None
     }
+    for op in expression.operands:  # a merge's left frame: its columns fix the result's layout
+        lookup = op.lookup
+        if lookup is not None and lookup.left_columns is not None:
+            columns = list(zip(lookup.left_columns, lookup.left_dtypes))
+            known[ast.unparse(lookup.keys)] = ("frame", 2, len(columns), False, False, columns)
+    return known
 
 
 def stand_in(known: dict[str, Any]) -> Callable[[ast.expr], Any]:
@@ -572,6 +579,8 @@ def stand_in(known: dict[str, Any]) -> Callable[[ast.expr], Any]:
         if source not in known:
             raise KeyError(source)
         kind, ndim, width, integer, *rest = known[source]
+        if kind == "frame":  # a merge's left frame: its columns and dtypes, no rows
+            return pd.DataFrame({c: pd.Series(dtype=dtype) for c, dtype in rest[1]})
         if ndim == 0:
             return 1 if integer else 1.0
         shape = (1,) if ndim == 1 else (1, width)

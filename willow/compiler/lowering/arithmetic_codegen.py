@@ -47,6 +47,10 @@ def _element(node: Any, two_d: bool) -> str:
             if node.ndim == 1:
                 return f"(v{s}[r{s}] if r{s} >= 0 else np.nan)"
             column = "j" if node.width > 1 or not two_d else "0"
+            left = node.lookup.left_width
+            if left:  # a merge keeping left columns: those first, then the table's
+                right = f"(v{s}[r{s}, {column} - {left}] if r{s} >= 0 else np.nan)"
+                return f"(l{s}[i, {column}] if {column} < {left} else {right})"
             return f"(v{s}[r{s}, {column}] if r{s} >= 0 else np.nan)"
         if node.ndim == 0:
             return f"a{s}"
@@ -64,6 +68,8 @@ def _kernel_source(expression: Expression) -> str:
     for op in expression.operands:
         if op.lookup is not None:
             params += [f"rows{op.slot}", f"v{op.slot}"]
+            if op.lookup.left_width:
+                params.append(f"l{op.slot}")
             row_reads.append(f"r{op.slot} = rows{op.slot}[i]")
         else:
             params.append(f"a{op.slot}")
@@ -181,6 +187,11 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                     return None
                 length, columns = rows.shape[0], op.lookup.width
                 args += [rows, op.lookup.values]
+                if op.lookup.left_width:
+                    left = op.lookup.left_values(value)
+                    if left is None:
+                        return None
+                    args.append(left)
                 if op.ndim == 2 and length > 1 and columns > 1:
                     votes.add("F")  # pandas' to_numpy of a frame is Fortran-ordered
             elif op.ndim == 0:
