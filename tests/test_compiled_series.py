@@ -56,7 +56,7 @@ def test_every_kernel_reproduces_its_statement(frame_setup):
     runner = StatementRunner(graph, fn)
     result = compile_graph(graph, runner, {"model": model, "rows": calib}, lower)
     compiled = [n.original for n in result.nodes if n.path is not None]
-    assert compiled[:3] == ["rows['a'] / rows['b']", "rows['b'] / rows['a']", "rows['a'] * 2.0 - rows['t']"]
+    assert compiled[0].startswith("np.column_stack([rows['a'] / rows['b'],")  # one kernel
     assert any(o.startswith("(rows['t'] / T_SCALE") for o in compiled)
     assert any(o.startswith("rows[['item', 't']].merge(") for o in compiled)
     assert any(o.startswith("np.nanmax(") for o in compiled) and any(

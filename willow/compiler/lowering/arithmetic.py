@@ -70,6 +70,7 @@ __all__ = [
     "REDUCTIONS",
     "PAIRWISE_COLUMNS",
     "Reduce",
+    "Stack",
     "Operand",
     "Apply",
     "Literal",
@@ -176,6 +177,20 @@ class Reduce:
     @property
     def width(self) -> int:
         return 1
+
+
+@dataclass(eq=False)
+class Stack:
+    """``np.column_stack([e0, e1, ...])`` of 1-D trees: column ``k`` of the result is ``ek``."""
+
+    columns: list[Any]
+    kind: str
+    series: bool = False
+    ndim: int = 2
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
 
 
 @dataclass(eq=False)
@@ -471,7 +486,15 @@ def analyze(
     analyzer = _Analyzer(evaluate, resolve, series=stacked)
     try:
         reduction = _reduction(node, resolve)
-        if reduction is not None:
+        if _is_stacking_call(node, resolve, (np.column_stack,)):
+            assert isinstance(node, ast.Call)
+            analyzer.series = True  # column_stack reads each element with np.asarray
+            columns = [analyzer.visit(element) for element in node.args[0].elts]  # type: ignore[attr-defined]
+            kinds = {c.kind for c in columns}
+            if not columns or any(c.ndim != 1 for c in columns) or len(kinds) != 1:
+                raise Opaque("np.column_stack of other than 1-D columns of one kind")
+            root = Stack(columns, kinds.pop())
+        elif reduction is not None:
             helper, child, keepdims = reduction
             inner = analyzer.visit(child)
             if inner.ndim != 2 or inner.kind != "f" or not _computes(inner):
@@ -494,20 +517,24 @@ def analyze(
 _STACKING = (np.column_stack, np.hstack)
 
 
-def _is_stacking_call(node: ast.AST, resolve: Callable[[ast.expr], Any]) -> bool:
-    """``np.column_stack([...])``/``np.hstack((...))``: one literal list or tuple, no keywords."""
+def _is_stacking_call(
+    node: ast.AST, resolve: Callable[[ast.expr], Any], functions: tuple[Any, ...] = _STACKING
+) -> bool:
+    """``np.column_stack([...])``/``np.hstack((...))`` (of ``functions``): one literal list or
+    tuple, no keywords, no ``*`` elements."""
     if not (
         isinstance(node, ast.Call)
         and len(node.args) == 1
         and not node.keywords
         and isinstance(node.args[0], (ast.List, ast.Tuple))
+        and not any(isinstance(e, ast.Starred) for e in node.args[0].elts)
     ):
         return False
     try:
         function = resolve(node.func)
     except NotLowerable:
         return False
-    return any(function is f for f in _STACKING)
+    return any(function is f for f in functions)
 
 
 def is_stacked(root: ast.AST, path: tuple[Any, ...], resolve: Callable[[ast.expr], Any]) -> bool:
@@ -545,6 +572,8 @@ def _computes(node: Any) -> bool:
     """Whether the tree does real work (a lookup or an operation, not just ``x[:, None]``)."""
     if isinstance(node, Reduce):
         return True
+    if isinstance(node, Stack):
+        return any(_computes(c) for c in node.columns)
     if isinstance(node, Operand):
         return node.lookup is not None
     if isinstance(node, Apply):
@@ -604,6 +633,12 @@ def find_expressions(
             return
         if _is_stacking_call(current, resolve):
             assert isinstance(current, ast.Call)
+            if _is_stacking_call(current, resolve, (np.column_stack,)):
+                try:  # the whole stack as one kernel writing its columns
+                    found.append((path, analyze(current, evaluate, resolve)))
+                    return
+                except NotLowerable:
+                    pass
             for k, item in enumerate(current.args[0].elts):  # type: ignore[attr-defined]
                 search(item, (*path, "args", 0, "elts", k), stacked=True)
             return

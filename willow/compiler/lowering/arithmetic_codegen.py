@@ -24,6 +24,7 @@ from willow.compiler.lowering.arithmetic import (
     Literal,
     Operand,
     Reduce,
+    Stack,
     analyze,
 )
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
@@ -84,6 +85,8 @@ def _kernel_source(expression: Expression) -> str:
             f"        buf[j] = {_element(root.child, True)}",
             f"    {target} = {root.helper}(buf, width, pairwise)",
         ]
+    elif isinstance(root, Stack):  # np.column_stack: one column per element
+        body += [f"    out[i, {k}] = {_element(column, False)}" for k, column in enumerate(root.columns)]
     elif two_d:
         body += ["    for j in range(width):", f"        out[i, j] = {_element(root, two_d)}"]
     else:
@@ -161,7 +164,8 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
     operands = expression.operands
     root = expression.root
     reduce = isinstance(root, Reduce)
-    two_d = (root.child.ndim if reduce else root.ndim) == 2
+    stack = isinstance(root, Stack)
+    two_d = (root.child.ndim if reduce else root.ndim) == 2 and not stack  # a stack's operands are 1-D
     dtype = np.float64 if root.kind == "f" else np.bool_
 
     def prepare(*values: Any) -> tuple | None:
@@ -232,6 +236,8 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
         # numpy's result layout (order="K"): Fortran when every operand that orders its two axes
         # is Fortran-ordered, C otherwise; downstream reductions sum in memory order, so it matters.
         order = "F" if votes == {"F"} else "C"
+        if stack:  # np.column_stack's result: C order
+            return (np.empty((n, root.width), dtype=dtype), n, root.width, *args)
         if reduce:
             # numpy reduces a C-ordered row (or a lone row) pairwise, an F-ordered one in order
             pairwise = order == "C" or n == 1
