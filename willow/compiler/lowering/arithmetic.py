@@ -37,7 +37,9 @@ Series operands: arithmetic on float64/bool ``Series`` (``rows["a"] / rows["b"]`
 only where its result is read as an array (pandas would build a ``Series``, the kernel an
 ndarray): inside ``.to_numpy(dtype=float)``, ``.to_numpy()``, ``.values`` or
 ``np.asarray(..., dtype=float)``, or as an element of the list given to ``np.column_stack`` /
-``np.hstack`` (``stacked``, which convert each element with ``np.asarray``). pandas aligns Series on
+``np.hstack`` (``stacked``, which convert each element with ``np.asarray``). A ``np.column_stack``
+whose elements are all 1-D trees of one kind is one kernel (:class:`Stack`) writing a column per
+element, its operands read once for all columns. pandas aligns Series on
 their index: a call runs the kernel only when all its Series share one index (``Index.equals``, as
 column selections of one frame do; then pandas aligns nothing), else pandas. A Series result read
 as a Series (``(rows["a"] / 2).round()``), ``np.clip`` of a Series (``Series.clip``) and

@@ -6,6 +6,12 @@ A pipeline often joins per-key feature tables onto its rows::
     rate = rows["city"].map(city_rates).to_numpy(dtype=float)
     tags = rows[["movieId"]].merge(tag_table, how="left", left_on="movieId",
                                    right_index=True).drop(columns="movieId").to_numpy(dtype=float)
+    joined = rows.merge(stats, how="left", on="movieId").to_numpy(dtype=float)
+
+A merge's result layout (the left frame's columns, then the table's, with pandas' ``_x``/``_y``
+suffixes, less those dropped) is read from pandas' own merge of the two frames' empty slices at
+calibration; a call whose left frame has other columns runs pandas. Kept left columns must be
+numeric numpy columns (converted at call time as pandas converts them), else pandas runs.
 
 When the table is a fitted object (a global or closure ``DataFrame``, ``Series`` or ``dict``),
 :func:`match_lookup` recognises such an expression and returns a :class:`Lookup`: the table's
