@@ -132,3 +132,20 @@ def lookup_cascade_pipeline(model, rows, extra):
     slow = slow_features(extra)
     X = np.hstack([user, slow])
     return model.predict_proba(X)
+
+
+def frame_arithmetic_pipeline(model, rows):
+    """Series arithmetic read as arrays, row reductions and a left merge keeping left columns."""
+    ratios = np.column_stack([rows["a"] / rows["b"], rows["b"] / rows["a"], rows["a"] * 2.0 - rows["t"]])
+    scaled = (rows["t"] / T_SCALE - rows["a"]).to_numpy(dtype=float)
+    joined = rows[["item", "t"]].merge(ITEM_FRAME, how="left", on="item").to_numpy(dtype=float)
+    spread = np.nanmax(joined * 2.0, axis=1, keepdims=True)
+    total = np.nansum(ITEM_FRAME.set_index("item").reindex(rows["item"]).to_numpy(dtype=float) - 1.0, axis=1)
+    cell = CELL_TABLE.reindex((rows["t"] / 0.5).round().astype(int)).to_numpy(dtype=float)
+    X = np.hstack([ratios, scaled[:, None], joined, spread, total[:, None], cell])
+    return model.predict(X)
+
+
+T_SCALE = 2.0
+ITEM_FRAME = None
+CELL_TABLE = None

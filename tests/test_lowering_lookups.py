@@ -128,6 +128,52 @@ def test_left_merge():
     np.testing.assert_array_equal(run({"rows": wider}), original(source, NS, {"rows": wider}))
 
 
+def test_left_merge_keeping_left_columns():
+    """The merged frame's columns (left ones first, suffixes, drops) and values equal pandas'."""
+    on_table = MIXED_TABLE.rename_axis("key").reset_index().rename(columns={"m": "x"})
+    NS["ON_TABLE"] = on_table
+    frames = [
+        pd.DataFrame({"x": [0.5, -0.0, np.inf, 2.0], "key": [3, 99, 1, 3], "ok": [True, False, True, True]}),
+        pd.DataFrame({"x": [np.nan], "key": [9], "ok": [False]}),
+        pd.DataFrame({"x": pd.Series([], dtype=float), "key": pd.Series([], dtype=np.int64), "ok": []}),
+        pd.DataFrame({"x": [1.0, 2.0], "key": [3.0, np.nan], "ok": [True, True]}),  # float keys
+    ]
+    for source in (
+        'rows.merge(ON_TABLE, how="left", on="key").to_numpy(dtype=float)',  # x_x ... x_y
+        'rows.merge(ON_TABLE, how="left", on="key").drop(columns=["key", "x_y"]).to_numpy(dtype=float)',
+        'rows.merge(MIXED_TABLE, how="left", left_on="key", right_index=True).to_numpy(dtype=float)',
+        'np.nansum(rows.merge(ON_TABLE, how="left", on="key").to_numpy(dtype=float) * 2.0, axis=1)',
+    ):
+        _check(source, frames)
+        run, operator = compile_expression(source, {**NS, "rows": frames[0]})
+        assert "l0[i, j]" in operator.source
+        # another left layout, or a left column pandas cannot convert: pandas runs (or raises)
+        for rows in (frames[0][["key", "x", "ok"]], frames[0].assign(extra=1)):
+            np.testing.assert_array_equal(run({"rows": rows}), original(source, NS, {"rows": rows}))
+        with pytest.raises(ValueError):
+            run({"rows": frames[0].assign(x=["a", "b", "c", "d"])})
+
+
+def test_merge_layout_survives_a_saved_plan():
+    from lowering_helpers import _evaluator
+
+    from willow.compiler.compile_pass import _resolve_fitted
+    from willow.compiler.lowering.arithmetic import analyze, signature, stand_in
+
+    frame = pd.DataFrame({"x": [0.5, 2.0], "key": [3, 99]})
+    source = 'rows.merge(MIXED_TABLE, how="left", left_on="key", right_index=True).to_numpy(dtype=float)'
+    node = __import__("ast").parse(source, mode="eval").body
+    evaluate = _evaluator({**NS, "rows": frame})
+
+    def resolve(e):
+        return _resolve_fitted(e, {"rows"}, evaluate)
+
+    expression = analyze(node, evaluate, resolve)
+    again = analyze(node, stand_in(signature(expression)), resolve)
+    (before,), (after,) = expression.lookups, again.lookups
+    assert (after.left_columns, after.left_keep, after.width) == (before.left_columns, before.left_keep, 6)
+
+
 def test_unexpected_keys_run_the_original():
     run, _ = compile_expression("INT_TABLE.reindex(rows).to_numpy(dtype=float)", {**NS, "rows": INT_KEYS[0]})
     for keys in (

@@ -444,7 +444,10 @@ def compile_graph(
             sub = node_at(value, path)
             try:  # before the statement runs: it may rebind names its operands read
                 values = [evaluate(a) for a in call_arguments(expression)]
-                pending.append((path, expression, sub, evaluate(sub), values))
+                expected = evaluate(sub)
+                if expression.stacked:  # the stacking call reads it as an array
+                    expected = np.asarray(expected)
+                pending.append((path, expression, sub, expected, values))
             except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
                 continue
         runner.run(ns, [st.index])
@@ -510,9 +513,14 @@ def compile_graph(
 
     for st in graph.statements:
         found = _candidate_call(graph, st)
-        if found is not None and _is_table(
+        receiver = (
             eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
-        ):
+            if found is not None
+            else None
+        )
+        if found is not None and inspect.ismodule(receiver):
+            found = None  # np.column_stack(...): a function, whose arguments may hold array expressions
+        if found is not None and _is_table(receiver):
             if found[2] in ("reindex", "merge"):
                 skipped.append(
                     SkippedNode(
@@ -723,7 +731,7 @@ def _reload_expression(
 ) -> CompiledNode:
     """Compile a saved array expression again from the graph, checking its tables' content."""
     from willow.cascades.runtime import model_fingerprint
-    from willow.compiler.lowering.arithmetic import analyze, node_at, stand_in
+    from willow.compiler.lowering.arithmetic import analyze, is_stacked, node_at, stand_in
     from willow.compiler.lowering.arithmetic_codegen import compile_expression
     from willow.errors import PlanMismatchError
 
@@ -734,10 +742,12 @@ def _reload_expression(
     def evaluate(expr: ast.expr) -> Any:
         return eval(compile(ast.Expression(body=expr), "<willow plan>", "eval"), namespace)
 
+    def resolve(expr: ast.expr) -> Any:
+        return _resolve_fitted(expr, local_names, evaluate)
+
     try:
-        expression = analyze(
-            sub, stand_in(recipe["signature"]), lambda e: _resolve_fitted(e, local_names, evaluate)
-        )
+        stacked = is_stacked(st.node, tuple(recipe["path"]), resolve)
+        expression = analyze(sub, stand_in(recipe["signature"]), resolve, stacked=stacked)
     except Exception as exc:
         raise PlanMismatchError(
             f"The saved plan compiled `{ast.unparse(sub)}`, which cannot be compiled again in "

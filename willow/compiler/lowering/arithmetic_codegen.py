@@ -15,15 +15,27 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from willow.compiler.lowering import arithmetic_runtime
-from willow.compiler.lowering.arithmetic import Expression, Literal, Operand, analyze
+from willow.compiler.lowering.arithmetic import (
+    PAIRWISE_COLUMNS,
+    Expression,
+    Literal,
+    Operand,
+    Reduce,
+    Stack,
+    analyze,
+)
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
 from willow.compiler.lowering.base import CompiledOperator
 
 __all__ = ["lower_expression", "compile_expression", "call_arguments"]
 
 RUNTIME_MODULE = "willow.compiler.lowering.arithmetic_runtime"
+# Reductions of an empty row that numpy answers itself: max/min raise, means warn "Mean of empty
+# slice" (and the NaN of 0/0 may carry another sign bit than the kernel's).
+_EMPTY_ROW_TO_NUMPY = ("row_nanmax", "row_nanmin", "row_mean", "row_nanmean")
 
 
 def _element(node: Any, two_d: bool) -> str:
@@ -36,6 +48,10 @@ def _element(node: Any, two_d: bool) -> str:
             if node.ndim == 1:
                 return f"(v{s}[r{s}] if r{s} >= 0 else np.nan)"
             column = "j" if node.width > 1 or not two_d else "0"
+            left = node.lookup.left_width
+            if left:  # a merge keeping left columns: those first, then the table's
+                right = f"(v{s}[r{s}, {column} - {left}] if r{s} >= 0 else np.nan)"
+                return f"(l{s}[i, {column}] if {column} < {left} else {right})"
             return f"(v{s}[r{s}, {column}] if r{s} >= 0 else np.nan)"
         if node.ndim == 0:
             return f"a{s}"
@@ -53,16 +69,28 @@ def _kernel_source(expression: Expression) -> str:
     for op in expression.operands:
         if op.lookup is not None:
             params += [f"rows{op.slot}", f"v{op.slot}"]
+            if op.lookup.left_width:
+                params.append(f"l{op.slot}")
             row_reads.append(f"r{op.slot} = rows{op.slot}[i]")
         else:
             params.append(f"a{op.slot}")
-    element = _element(root, two_d)
     body = ["for i in range(n):"]
     body += [f"    {line}" for line in row_reads]
-    if two_d:
-        body += ["    for j in range(width):", f"        out[i, j] = {element}"]
+    if isinstance(root, Reduce):
+        # the row's elements into buf, then reduced as numpy reduces a row of that layout
+        params += ["pairwise", "buf"]
+        target = "out[i, 0]" if root.keepdims else "out[i]"
+        body += [
+            "    for j in range(width):",
+            f"        buf[j] = {_element(root.child, True)}",
+            f"    {target} = {root.helper}(buf, width, pairwise)",
+        ]
+    elif isinstance(root, Stack):  # np.column_stack: one column per element
+        body += [f"    out[i, {k}] = {_element(column, False)}" for k, column in enumerate(root.columns)]
+    elif two_d:
+        body += ["    for j in range(width):", f"        out[i, j] = {_element(root, two_d)}"]
     else:
-        body += [f"    out[i] = {element}"]
+        body += [f"    out[i] = {_element(root, two_d)}"]
     body.append("return out")
     function = ast.parse(f"def kernel({', '.join(params)}):\n" + "\n".join("    " + b for b in body)).body[0]
     assert isinstance(function, ast.FunctionDef)
@@ -74,6 +102,8 @@ def _kernel_source(expression: Expression) -> str:
         f"runtime {runtime_digest(arithmetic_runtime)}."
     )
     helpers = ["minimum", "maximum", "fmin", "fmax", "clip", "sign", "truth"]
+    if isinstance(root, Reduce):
+        helpers.append(root.helper)
     module = ast.Module(
         body=[
             ast.Expr(value=ast.Constant(value=doc)),
@@ -132,21 +162,40 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
     broadcasting); those that had one column must still have one.
     """
     operands = expression.operands
-    two_d = expression.root.ndim == 2
-    dtype = np.float64 if expression.root.kind == "f" else np.bool_
+    root = expression.root
+    reduce = isinstance(root, Reduce)
+    stack = isinstance(root, Stack)
+    two_d = (root.child.ndim if reduce else root.ndim) == 2 and not stack  # a stack's operands are 1-D
+    dtype = np.float64 if root.kind == "f" else np.bool_
 
     def prepare(*values: Any) -> tuple | None:
         args: list[Any] = []
         n = -1
         width: int | None = None
         votes: set[str] = set()
+        index = None  # the Series operands' shared index
         for op, value in zip(operands, values):
+            if op.series:
+                # pandas aligns Series on their index: equal indexes (as column selections of one
+                # frame have) align nothing; any other call runs pandas
+                if type(value) is not pd.Series or not isinstance(value.dtype, np.dtype):
+                    return None
+                if index is None:
+                    index = value.index
+                elif value.index is not index and not value.index.equals(index):
+                    return None
+                value = value.to_numpy()
             if op.lookup is not None:
                 rows = op.lookup.rows(value)
                 if rows is None:
                     return None
                 length, columns = rows.shape[0], op.lookup.width
                 args += [rows, op.lookup.values]
+                if op.lookup.left_width:
+                    left = op.lookup.left_values(value)
+                    if left is None:
+                        return None
+                    args.append(left)
                 if op.ndim == 2 and length > 1 and columns > 1:
                     votes.add("F")  # pandas' to_numpy of a frame is Fortran-ordered
             elif op.ndim == 0:
@@ -183,10 +232,19 @@ def _prepare(expression: Expression) -> Callable[..., tuple | None]:
                 return None
         if n < 0:
             return None
-        width = (width or 1) if two_d else 1
+        width = (1 if width is None else width) if two_d else 1  # 0 columns stay 0
         # numpy's result layout (order="K"): Fortran when every operand that orders its two axes
         # is Fortran-ordered, C otherwise; downstream reductions sum in memory order, so it matters.
         order = "F" if votes == {"F"} else "C"
+        if stack:  # np.column_stack's result: C order
+            return (np.empty((n, root.width), dtype=dtype), n, root.width, *args)
+        if reduce:
+            # numpy reduces a C-ordered row (or a lone row) pairwise, an F-ordered one in order
+            pairwise = order == "C" or n == 1
+            if (pairwise and width > PAIRWISE_COLUMNS) or (width == 0 and root.helper in _EMPTY_ROW_TO_NUMPY):
+                return None
+            out = np.empty((n, 1) if root.keepdims else n, dtype=np.float64)
+            return (out, n, width, *args, pairwise, np.empty(width, dtype=np.float64))
         out = np.empty((n, width) if two_d else n, dtype=dtype, order=order)
         return (out, n, width, *args)
 

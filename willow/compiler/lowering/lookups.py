@@ -6,6 +6,12 @@ A pipeline often joins per-key feature tables onto its rows::
     rate = rows["city"].map(city_rates).to_numpy(dtype=float)
     tags = rows[["movieId"]].merge(tag_table, how="left", left_on="movieId",
                                    right_index=True).drop(columns="movieId").to_numpy(dtype=float)
+    joined = rows.merge(stats, how="left", on="movieId").to_numpy(dtype=float)
+
+A merge's result layout (the left frame's columns, then the table's, with pandas' ``_x``/``_y``
+suffixes, less those dropped) is read from pandas' own merge of the two frames' empty slices at
+calibration; a call whose left frame has other columns runs pandas. Kept left columns must be
+numeric numpy columns (converted at call time as pandas converts them), else pandas runs.
 
 When the table is a fitted object (a global or closure ``DataFrame``, ``Series`` or ``dict``),
 :func:`match_lookup` recognises such an expression and returns a :class:`Lookup`: the table's
@@ -171,8 +177,8 @@ class Lookup:
 
     ``mode`` is ``"reindex"`` (missing -> NaN), ``"loc"`` (missing -> pandas raises ``KeyError``,
     so the compiled call runs the original instead), ``"map"`` (``Series.map``; keys must be a
-    ``Series``) or ``"merge"`` (a left merge whose left frame holds only the key column, which is
-    dropped afterwards). ``keys`` is the expression the call evaluates for its keys (the left frame
+    ``Series``) or ``"merge"`` (a left merge: the merged frame's columns are the left frame's, then
+    the table's, less those dropped afterwards; the left ones kept are ``left_keep``). ``keys`` is the expression the call evaluates for its keys (the left frame
     for merges); ``values`` is 1-D for a ``Series``/``dict`` table, 2-D for a ``DataFrame``.
     """
 
@@ -185,14 +191,32 @@ class Lookup:
     merge_drop: tuple[str, ...] = ()
     right_numeric: bool = True
     float_table: bool = True  # every column float64: no dtype=float needed
+    # merges whose result keeps left columns: the left frame's columns at calibration (``None``:
+    # unknown, the left frame must hold only dropped columns) and the positions of those kept
+    left_columns: tuple[Any, ...] | None = None
+    left_keep: tuple[int, ...] = ()
+    left_dtypes: tuple[str, ...] = ()  # of the left columns at calibration (a loaded plan's stand-in)
 
     @property
     def ndim(self) -> int:
         return self.values.ndim
 
     @property
+    def left_width(self) -> int:
+        return len(self.left_keep)
+
+    @property
     def width(self) -> int:
-        return 1 if self.values.ndim == 1 else self.values.shape[1]
+        return 1 if self.values.ndim == 1 else self.left_width + self.values.shape[1]
+
+    def left_values(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The kept left columns of a merge as float64 (what the merged frame's ``to_numpy(dtype=
+        float)`` holds there: a left merge keeps the left columns' values and dtypes), or ``None``
+        when one is not a numeric numpy column (pandas then converts, or raises, itself)."""
+        kept = frame.iloc[:, list(self.left_keep)]
+        if not all(isinstance(d, np.dtype) and d.kind in "iufb" for d in kept.dtypes):
+            return None
+        return kept.to_numpy(dtype=np.float64)
 
     def describe(self) -> str:
         return f"{self.mode} into `{self.table_expr}` {self.values.shape} by {self.key_index.strategy}"
@@ -205,7 +229,10 @@ class Lookup:
         if self.mode == "merge":
             if not isinstance(keys, pd.DataFrame) or keys.columns.has_duplicates:
                 return None
-            if [c for c in keys.columns if c not in self.merge_drop] or self.merge_key not in keys.columns:
+            if self.left_columns is not None:
+                if tuple(keys.columns) != self.left_columns:
+                    return None  # another layout of the merged frame: pandas builds it
+            elif [c for c in keys.columns if c not in self.merge_drop] or self.merge_key not in keys.columns:
                 return None
             keys = keys[self.merge_key]
             if not _plain_keys(keys) or (keys.dtype.kind in "iuf") != self.right_numeric:
@@ -292,11 +319,17 @@ def _unwrap_float(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> tuple[a
     return None
 
 
-def match_lookup(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup | None:
+def match_lookup(
+    node: ast.expr,
+    resolve: Callable[[ast.expr], Any],
+    evaluate: Callable[[ast.expr], Any] | None = None,
+) -> Lookup | None:
     """The :class:`Lookup` that ``node`` computes, or ``None`` when it is not a lookup expression.
 
     ``resolve(expr)`` evaluates an expression that reads only fitted state (globals, closure
-    variables) and raises :class:`NotLowerable` for anything row-dependent. Raises
+    variables) and raises :class:`NotLowerable` for anything row-dependent; ``evaluate(expr)``
+    gives a row-dependent value on the calibration rows (a merge's left frame, for its columns;
+    without it a merge is compiled only when every left column is dropped). Raises
     :class:`NotLowerable` when ``node`` is a lookup that cannot be compiled exactly (the reason
     goes to ``explain()``).
     """
@@ -304,7 +337,7 @@ def match_lookup(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup |
     if unwrapped is None:
         return None
     inner, to_float = unwrapped
-    lookup = _match_inner(inner, resolve)
+    lookup = _match_inner(inner, resolve, evaluate)
     if lookup is None:
         return None
     if not to_float and not lookup.float_table:
@@ -312,7 +345,9 @@ def match_lookup(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup |
     return lookup
 
 
-def _match_inner(inner: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup | None:
+def _match_inner(
+    inner: ast.expr, resolve: Callable[[ast.expr], Any], evaluate: Callable[[ast.expr], Any] | None
+) -> Lookup | None:
     # table.reindex(keys)
     if (
         isinstance(inner, ast.Call)
@@ -357,7 +392,7 @@ def _match_inner(inner: ast.expr, resolve: Callable[[ast.expr], Any]) -> Lookup 
             return None
         drop, inner = columns, inner.func.value
     if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "merge":
-        return _match_merge(inner, drop, resolve)
+        return _match_merge(inner, drop, resolve, evaluate)
     return None
 
 
@@ -371,7 +406,12 @@ def _literal_columns(node: ast.expr) -> tuple[str, ...] | None:
     return None
 
 
-def _match_merge(call: ast.Call, drop: tuple[str, ...], resolve: Callable[[ast.expr], Any]) -> Lookup | None:
+def _match_merge(
+    call: ast.Call,
+    drop: tuple[str, ...],
+    resolve: Callable[[ast.expr], Any],
+    evaluate: Callable[[ast.expr], Any] | None,
+) -> Lookup | None:
     if len(call.args) != 1:
         return None
     table = _table(call.args[0], resolve)
@@ -383,6 +423,7 @@ def _match_merge(call: ast.Call, drop: tuple[str, ...], resolve: Callable[[ast.e
         if keyword.arg is None or not isinstance(keyword.value, ast.Constant):
             raise NotLowerable(f"merge with {what}: only literal keyword options are compiled")
         options[keyword.arg] = keyword.value.value
+    merge_options = dict(options)
     if options.pop("how", "inner") != "left":
         raise NotLowerable(f"merge with {what}: only how='left' keeps the left rows one for one")
     if options.pop("sort", False) or options.pop("indicator", False) or options.pop("validate", None):
@@ -404,26 +445,73 @@ def _match_merge(call: ast.Call, drop: tuple[str, ...], resolve: Callable[[ast.e
             f"merge with {what}: compiled forms are left_on=<column>, right_index=True and on=<column>; "
             f"found {sorted(options)}"
         )
-    if not isinstance(key, str) or key not in drop:
-        raise NotLowerable(
-            f"merge with {what}: the left frame's columns must all be dropped after the merge "
-            "(`.drop(columns=<key>)`), leaving only the table's columns"
-        )
+    if not isinstance(key, str):
+        raise NotLowerable(f"merge with {what}: the key must be one column name")
     if not right.index.is_unique:
         raise NotLowerable(f"merge with {what}: the table's key has duplicates, which multiplies rows")
+    left = call.func.value  # type: ignore[union-attr]
+    layout = _merge_layout(left, table, right, merge_options, drop, what, evaluate)
+    if layout is None:  # the left frame is not known: it must hold only dropped columns
+        if key not in drop:
+            raise NotLowerable(
+                f"merge with {what}: the left frame's columns must all be dropped after the merge "
+                "(`.drop(columns=<key>)`), leaving only the table's columns"
+            )
+        left_columns, left_dtypes, left_keep, right_keep = None, (), (), list(range(right.shape[1]))
+    else:
+        left_columns, left_dtypes, left_keep, right_keep = layout
     values, index, float_table = _table_values(right, what)
     numeric = index.dtype.kind in "iufb" if isinstance(index.dtype, np.dtype) else False
-    left = call.func.value  # type: ignore[union-attr]
     return Lookup(
         "merge",
         ast.unparse(call.args[0]),
         left,
-        values,
+        np.ascontiguousarray(values[:, right_keep]),
         KeyIndex.build(index, what),
         merge_key=key,
         merge_drop=drop,
         right_numeric=numeric,
-        float_table=float_table,
+        # kept left columns have their own dtypes: only a float conversion is compiled then
+        float_table=float_table and not left_keep,
+        left_columns=left_columns,
+        left_keep=left_keep,
+        left_dtypes=left_dtypes,
+    )
+
+
+def _merge_layout(
+    left_expr: ast.expr,
+    table: pd.DataFrame,
+    right: pd.DataFrame,
+    options: dict[str, Any],
+    drop: tuple[str, ...],
+    what: str,
+    evaluate: Callable[[ast.expr], Any] | None,
+) -> tuple[tuple[Any, ...], tuple[str, ...], tuple[int, ...], list[int]] | None:
+    """``(left columns, their dtypes, kept left positions, kept table positions)`` of a left merge, read from
+    pandas' own merge of the frames' empty slices; ``None`` when the left frame is unknown."""
+    if evaluate is None:
+        return None
+    try:
+        frame = evaluate(left_expr)
+    except Exception:  # noqa: BLE001 - not evaluable alone (a loaded plan without its columns)
+        return None
+    if not isinstance(frame, pd.DataFrame) or frame.columns.has_duplicates:
+        raise NotLowerable(f"merge with {what}: the left frame is not a DataFrame with unique column names")
+    try:
+        merged = frame.iloc[:0].merge(table.iloc[:0], **options)
+        kept = merged.drop(columns=list(drop)).columns if drop else merged.columns
+    except Exception as exc:  # noqa: BLE001 - pandas refuses this merge: it runs as Python
+        raise NotLowerable(f"merge with {what}: pandas refuses it on the calibration rows ({exc})") from exc
+    width = len(frame.columns)
+    if merged.columns.has_duplicates or len(merged.columns) != width + right.shape[1]:
+        raise NotLowerable(f"merge with {what}: its result's columns are not the left's then the table's")
+    positions = [merged.columns.get_loc(name) for name in kept]
+    return (
+        tuple(frame.columns),
+        tuple(str(dtype) for dtype in frame.dtypes),
+        tuple(p for p in positions if p < width),
+        [p - width for p in positions if p >= width],
     )
 
 
