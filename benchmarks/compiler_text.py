@@ -1,12 +1,16 @@
 """Fused text -> linear kernel vs scikit-learn on the SMS spam data.
 
-    python -m benchmarks.compiler_text [--rows 50000] [--repeats 5] [--latency-rows 300]
+    python -m benchmarks.compiler_text [--rows 50000] [--repeats 5] [--latency-rows 300] [--transform]
 
 Pipeline: word (1-2) + char_wb (2-5) TfidfVectorizer, ``scipy.sparse.hstack``, LogisticRegression.
 Reports, all in one process and as medians of repeats: scikit-learn and fused batch throughput
 (rows/s) on the SMS messages replicated to ``--rows`` rows (fused also on one thread), single-row latency (one call per
 message), their ratios, whether predictions are identical, and the compile time of the fused kernel
 in a fresh kernel cache (cold) and in the cache that run filled (warm), each in a new process.
+
+``--transform`` measures instead each vectorizer's standalone ``transform`` (the kernel used when
+its matrix is not fed straight to a linear model): scikit-learn, the compiled serial kernel and
+the compiled chunked ``prange`` kernel, interleaved in one process, at several batch sizes.
 """
 
 from __future__ import annotations
@@ -80,6 +84,58 @@ def compile_seconds(cache_dir: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repeats: int) -> None:
+    """Print rows/s of scikit-learn, the serial and the parallel compiled ``transform`` per batch size.
+
+    The compiled operator picks its kernel by comparing the batch with
+    ``willow.compiler.lowering.text.PARALLEL_MIN_ROWS`` at call time; the serial and parallel
+    kernels are forced by setting it out of reach or to 0. Runs are interleaved (each round runs
+    all three) and the median over ``repeats`` rounds is reported.
+    """
+    import numba
+
+    from willow.compiler.lowering import lower, text
+
+    default = text.PARALLEL_MIN_ROWS
+    print(f"standalone transform, threads={numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'vectorizer':<12}{'rows':>7}{'sklearn':>12}{'serial':>12}{'parallel':>12}{'par/serial':>11}")
+    try:
+        for label, vectorizer in vectorizers.items():
+            operator = lower(vectorizer, "transform")
+            for rows in sizes:
+                batch = list(np.resize(texts.to_numpy(), rows))
+
+                def compiled(threshold: int, batch=batch, operator=operator):
+                    text.PARALLEL_MIN_ROWS = threshold
+                    return operator(batch)
+
+                runs = {
+                    "sklearn": lambda batch=batch, vectorizer=vectorizer: vectorizer.transform(batch),
+                    "serial": lambda compiled=compiled: compiled(2**62),
+                    "parallel": lambda compiled=compiled: compiled(0),
+                }
+                serial, parallel = runs["serial"](), runs["parallel"]()
+                if (serial != parallel).nnz or not np.array_equal(serial.indices, parallel.indices):
+                    raise AssertionError(f"{label}: serial and parallel kernels differ on {rows} rows")
+                times: dict[str, list[float]] = {key: [] for key in runs}
+                for _ in range(repeats):
+                    for key, run in runs.items():
+                        start = time.perf_counter()
+                        run()
+                        times[key].append(time.perf_counter() - start)
+                median = {key: statistics.median(values) for key, values in times.items()}
+                print(
+                    f"{label:<12}{rows:>7}"
+                    + "".join(f"{rows / median[key]:>12,.0f}" for key in runs)
+                    + f"{median['serial'] / median['parallel']:>10.2f}x"
+                )
+    finally:
+        text.PARALLEL_MIN_ROWS = default
+    print(
+        f"(rows/s, medians of {repeats} interleaved rounds; load average {os.getloadavg()[0]:.2f} at the end)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
@@ -87,9 +143,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sklearn-repeats", type=int, default=3)
     parser.add_argument("--latency-rows", type=int, default=300)
     parser.add_argument("--skip-compile", action="store_true", help="do not measure cold/warm compile time")
+    parser.add_argument(
+        "--transform",
+        action="store_true",
+        help="measure the standalone vectorizer transform (serial vs parallel kernel) instead",
+    )
+    parser.add_argument(
+        "--transform-sizes", default="64,128,256,512,2000,20000", help="batch sizes for --transform"
+    )
     args = parser.parse_args(argv)
     if not DATA.exists():
         sys.exit(f"SMS data not found at {DATA}")
+    if args.transform:
+        texts, _, (word, char, _) = load()
+        sizes = [int(size) for size in args.transform_sizes.split(",")]
+        transform_report({"word 1-2": word, "char_wb 2-5": char}, texts, sizes, args.repeats)
+        return
 
     from willow.compiler.lowering.fused import fuse_text_linear
 

@@ -104,6 +104,41 @@ def test_fixed_edge_cases_and_containers(config):
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
 
+# One configuration per analyzer, hashing with signs (sums can cancel) and an integer dtype.
+PARALLEL_CONFIGS = [
+    "count_bigrams_stop_binary",
+    "count_single_char_tokens",
+    "tfidf_char_wb_2_5",
+    "tfidf_char_4_6_float32",
+    "hashing_small_signed_bigrams",
+]
+
+
+@pytest.mark.parametrize("config", PARALLEL_CONFIGS)
+def test_batches_on_both_sides_of_the_parallel_threshold(config):
+    """Below PARALLEL_MIN_ROWS the serial kernel runs, from it on the chunked prange kernel."""
+    from willow.compiler.lowering.text import PARALLEL_MIN_ROWS
+
+    vectorizer, operator = compiled(config)
+    edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
+    rows = [f"{doc} {i}" if i % 3 else doc for i, doc in enumerate((TRAIN + edge) * 20)]
+    for n_rows in (PARALLEL_MIN_ROWS - 1, PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS + 37):
+        docs = rows[:n_rows]
+        assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
+
+
+@pytest.mark.parametrize("config", PARALLEL_CONFIGS)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=documents)
+def test_parallel_kernel_matches_sklearn_on_any_batch(config, docs, monkeypatch):
+    """The parallel kernel forced on tiny batches: chunks of one row, empty rows and empty chunks."""
+    from willow.compiler.lowering import text
+
+    vectorizer, operator = compiled(config)
+    monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", 1)
+    assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
+
+
 @pytest.mark.parametrize("config", ["count_default", "tfidf_default", "hashing_default"])
 def test_zero_rows_behave_like_sklearn(config):
     vectorizer, operator = compiled(config)
@@ -148,6 +183,7 @@ def test_source_is_the_generated_kernel():
     _, operator = compiled("tfidf_char_wb_2_5")
     assert operator.name == "TfidfVectorizer.transform"
     assert "def transform_rows(" in operator.source and "char_wb_spans" in operator.source
+    assert "def transform_rows_parallel(" in operator.source and "numba.prange" in operator.source
     assert "word_spans(" not in operator.source  # branches for other analyzers are folded away
 
 
