@@ -104,10 +104,10 @@ def test_fixed_edge_cases_and_containers(config):
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
 
-# One configuration per analyzer, hashing with signs (sums can cancel) and an integer dtype.
+# One configuration per analyzer, counts with stop words, float32, and hashing with signs (sums
+# can cancel); each compiles one more (prange) kernel, so the list stays short.
 PARALLEL_CONFIGS = [
     "count_bigrams_stop_binary",
-    "count_single_char_tokens",
     "tfidf_char_wb_2_5",
     "tfidf_char_4_6_float32",
     "hashing_small_signed_bigrams",
@@ -115,16 +115,22 @@ PARALLEL_CONFIGS = [
 
 
 @pytest.mark.parametrize("config", PARALLEL_CONFIGS)
-def test_batches_on_both_sides_of_the_parallel_threshold(config):
-    """Below PARALLEL_MIN_ROWS the serial kernel runs, from it on the chunked prange kernel."""
-    from willow.compiler.lowering.text import PARALLEL_MIN_ROWS
+def test_batches_on_both_sides_of_the_parallel_threshold(config, monkeypatch):
+    """Below PARALLEL_MIN_ROWS the serial kernel runs, from it on the chunked prange kernel, whose
+    CSR is the serial kernel's bit for bit."""
+    from willow.compiler.lowering import text
 
     vectorizer, operator = compiled(config)
     edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
     rows = [f"{doc} {i}" if i % 3 else doc for i, doc in enumerate((TRAIN + edge) * 20)]
-    for n_rows in (PARALLEL_MIN_ROWS - 1, PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS + 37):
+    for n_rows in (text.PARALLEL_MIN_ROWS - 1, text.PARALLEL_MIN_ROWS, text.PARALLEL_MIN_ROWS + 37):
         docs = rows[:n_rows]
         assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
+    parallel = operator(docs)
+    monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", len(docs) + 1)
+    serial = operator(docs)
+    for attribute in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(parallel, attribute), getattr(serial, attribute))
 
 
 @pytest.mark.parametrize("config", PARALLEL_CONFIGS)
