@@ -104,44 +104,36 @@ def test_fixed_edge_cases_and_containers(config):
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
 
-# One configuration per analyzer, counts with stop words, float32, and hashing with signs (sums
-# can cancel); each compiles one more (prange) kernel, so the list stays short.
-PARALLEL_CONFIGS = [
-    "count_bigrams_stop_binary",
-    "tfidf_char_wb_2_5",
-    "tfidf_char_4_6_float32",
-    "hashing_small_signed_bigrams",
-]
-
-
-@pytest.mark.parametrize("config", PARALLEL_CONFIGS)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_batches_on_both_sides_of_the_parallel_threshold(config, monkeypatch):
-    """Below PARALLEL_MIN_ROWS the serial kernel runs, from it on the chunked prange kernel, whose
-    CSR is the serial kernel's bit for bit."""
-    from willow.compiler.lowering import text
+    """Below PARALLEL_MIN_ROWS one kernel call, from it on chunks of rows on worker threads, whose
+    stitched CSR is the single call's bit for bit."""
+    from willow.compiler.lowering import chunks, text
 
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 3)  # threads even where Numba has one
     vectorizer, operator = compiled(config)
     edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
     rows = [f"{doc} {i}" if i % 3 else doc for i, doc in enumerate((TRAIN + edge) * 20)]
     for n_rows in (text.PARALLEL_MIN_ROWS - 1, text.PARALLEL_MIN_ROWS, text.PARALLEL_MIN_ROWS + 37):
         docs = rows[:n_rows]
         assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
-    parallel = operator(docs)
+    chunked = operator(docs)
     monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", len(docs) + 1)
-    serial = operator(docs)
+    whole = operator(docs)
     for attribute in ("indptr", "indices", "data"):
-        np.testing.assert_array_equal(getattr(parallel, attribute), getattr(serial, attribute))
+        np.testing.assert_array_equal(getattr(chunked, attribute), getattr(whole, attribute))
 
 
-@pytest.mark.parametrize("config", PARALLEL_CONFIGS)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(docs=documents)
-def test_parallel_kernel_matches_sklearn_on_any_batch(config, docs, monkeypatch):
-    """The parallel kernel forced on tiny batches: chunks of one row, empty rows and empty chunks."""
-    from willow.compiler.lowering import text
+def test_chunked_transform_matches_sklearn_on_any_batch(config, docs, monkeypatch):
+    """Chunks forced on tiny batches: chunks of one row, empty rows, more threads than rows."""
+    from willow.compiler.lowering import chunks, text
 
     vectorizer, operator = compiled(config)
     monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 2)
     assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
 
 
@@ -189,7 +181,6 @@ def test_source_is_the_generated_kernel():
     _, operator = compiled("tfidf_char_wb_2_5")
     assert operator.name == "TfidfVectorizer.transform"
     assert "def transform_rows(" in operator.source and "char_wb_spans" in operator.source
-    assert "def transform_rows_parallel(" in operator.source and "numba.prange" in operator.source
     assert "word_spans(" not in operator.source  # branches for other analyzers are folded away
 
 

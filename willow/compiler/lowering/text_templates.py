@@ -86,50 +86,6 @@ def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf
     return indptr, indices[:nnz], values[:nnz]
 
 
-def transform_rows_parallel(code_points, offsets, char_class, vocabulary, stop_words, idf, n_chunks):
-    """``transform_rows`` on ``n_chunks`` chunks of rows in parallel, stitched into one CSR.
-
-    Each chunk runs the serial kernel on its slice of ``offsets`` (absolute positions into
-    ``code_points``, so no text is copied) and keeps its own ``(indptr, indices, values)``; the
-    chunks' non-zero counts are summed into start positions and every chunk copies its piece to
-    its place, also in parallel. Row by row the work is the serial kernel's, so the result is
-    identical to it, entry for entry.
-    """
-    n_rows = offsets.shape[0] - 1
-    chunk_indptr = [np.empty(0, dtype=np.int64) for _ in range(n_chunks)]
-    chunk_indices = [np.empty(0, dtype=np.int64) for _ in range(n_chunks)]
-    chunk_values = [np.empty(0, dtype=np.float64) for _ in range(n_chunks)]
-    chunk_starts = np.zeros(n_chunks + 1, dtype=np.int64)
-    for chunk in numba.prange(n_chunks):
-        first = chunk * n_rows // n_chunks
-        last = (chunk + 1) * n_rows // n_chunks
-        piece_indptr, piece_indices, piece_values = transform_rows(
-            code_points, offsets[first : last + 1], char_class, vocabulary, stop_words, idf
-        )
-        chunk_indptr[chunk] = piece_indptr
-        chunk_indices[chunk] = piece_indices
-        chunk_values[chunk] = piece_values
-        chunk_starts[chunk + 1] = piece_indices.shape[0]
-    for chunk in range(n_chunks):
-        chunk_starts[chunk + 1] += chunk_starts[chunk]
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    indices = np.empty(chunk_starts[n_chunks], dtype=np.int64)
-    values = np.empty(chunk_starts[n_chunks], dtype=np.float64)
-    for chunk in numba.prange(n_chunks):
-        first = chunk * n_rows // n_chunks
-        last = (chunk + 1) * n_rows // n_chunks
-        start = chunk_starts[chunk]
-        piece_indptr = chunk_indptr[chunk]
-        for row in range(first, last):
-            indptr[row + 1] = start + piece_indptr[row - first + 1]
-        piece_indices = chunk_indices[chunk]
-        piece_values = chunk_values[chunk]
-        for j in range(piece_indices.shape[0]):
-            indices[start + j] = piece_indices[j]
-            values[start + j] = piece_values[j]
-    return indptr, indices, values
-
-
 def add_row_scores(code_points, offsets, row, char_class, vocabulary, stop_words, feature_rows, scores):
     """Add one vectorizer's contribution for ``row`` to ``scores``: sum of weight x coefficient.
 
