@@ -52,8 +52,12 @@ PARALLEL_MIN_ROWS = 256
 """Batches of this many rows or more run in chunks on several threads (:mod:`chunks`); smaller
 ones on the calling thread, where handing work to other threads would cost more than it saves."""
 
-CHUNKS_PER_THREAD = 2
-"""Chunks per worker thread: a thread slowed by another process then takes fewer of them."""
+CHUNKS_PER_THREAD = 4
+"""Chunks per worker thread (but at least :data:`MIN_CHUNK_ROWS` rows each): a thread slowed by
+another process then takes fewer of them, and the last one to finish holds up little work."""
+
+MIN_CHUNK_ROWS = 64
+"""Fewer rows than this per chunk would cost more in kernel calls and stitching than they save."""
 
 # Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
 _RUN_PATTERNS = {
@@ -264,7 +268,8 @@ def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
             def chunk(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 return kernel(code_points, offsets[first : last + 1], *arguments)
 
-            bounds = chunks.chunk_bounds(n_rows, CHUNKS_PER_THREAD * workers)
+            n_chunks = max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS))
+            bounds = chunks.chunk_bounds(n_rows, n_chunks)
             indptr, indices, values = chunks.stitch_csr(chunks.map_chunks(chunk, bounds, workers))
         return _sparse_result(indptr, indices, values, (len(documents), n_features), spec.dtype)
 
