@@ -9,8 +9,9 @@ message), their ratios, whether predictions are identical, and the compile time 
 in a fresh kernel cache (cold) and in the cache that run filled (warm), each in a new process.
 
 ``--transform`` measures instead each vectorizer's standalone ``transform`` (the kernel used when
-its matrix is not fed straight to a linear model): scikit-learn, the compiled serial kernel and
-the compiled chunked ``prange`` kernel, interleaved in one process, at several batch sizes.
+its matrix is not fed straight to a linear model): scikit-learn, the compiled kernel on the whole
+batch on one thread and on chunks of rows on Numba's threads, interleaved in one process, at several
+batch sizes, with the CPU that other processes used meanwhile (threads only help on free cores).
 """
 
 from __future__ import annotations
@@ -84,13 +85,29 @@ def compile_seconds(cache_dir: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repeats: int) -> None:
-    """Print rows/s of scikit-learn, the serial and the parallel compiled ``transform`` per batch size.
+def _busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (Linux ``/proc/stat``; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:9]]
+    except OSError:
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
-    The compiled operator picks its kernel by comparing the batch with
-    ``willow.compiler.lowering.text.PARALLEL_MIN_ROWS`` at call time; the serial and parallel
-    kernels are forced by setting it out of reach or to 0. Runs are interleaved (each round runs
-    all three) and the median over ``repeats`` rounds is reported.
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repeats: int) -> None:
+    """Print rows/s of scikit-learn and the compiled ``transform`` on one thread and on chunks.
+
+    The compiled operator chooses by comparing the batch with
+    ``willow.compiler.lowering.text.PARALLEL_MIN_ROWS`` at call time; one thread or chunks are
+    forced by setting it out of reach or to 0. Runs are interleaved (each round runs all three),
+    the median over ``repeats`` rounds is reported, and "others" is how many cores other
+    processes kept busy meanwhile (on 2 cores, above ~0.2 the chunks cannot run at full speed).
     """
     import numba
 
@@ -98,7 +115,9 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
 
     default = text.PARALLEL_MIN_ROWS
     print(f"standalone transform, threads={numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'vectorizer':<12}{'rows':>7}{'sklearn':>12}{'serial':>12}{'parallel':>12}{'par/serial':>11}")
+    print(
+        f"{'vectorizer':<12}{'rows':>7}{'sklearn':>12}{'1 thread':>12}{'chunks':>12}{'chunks/1':>10}{'others':>8}"
+    )
     try:
         for label, vectorizer in vectorizers.items():
             operator = lower(vectorizer, "transform")
@@ -118,16 +137,19 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
                 if (serial != parallel).nnz or not np.array_equal(serial.indices, parallel.indices):
                     raise AssertionError(f"{label}: serial and parallel kernels differ on {rows} rows")
                 times: dict[str, list[float]] = {key: [] for key in runs}
+                wall, busy, own = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
                 for _ in range(repeats):
                     for key, run in runs.items():
                         start = time.perf_counter()
                         run()
                         times[key].append(time.perf_counter() - start)
+                wall = time.perf_counter() - wall
+                others = (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / wall
                 median = {key: statistics.median(values) for key, values in times.items()}
                 print(
                     f"{label:<12}{rows:>7}"
                     + "".join(f"{rows / median[key]:>12,.0f}" for key in runs)
-                    + f"{median['serial'] / median['parallel']:>10.2f}x"
+                    + f"{median['serial'] / median['parallel']:>9.2f}x{max(others, 0.0):>8.2f}"
                 )
     finally:
         text.PARALLEL_MIN_ROWS = default
