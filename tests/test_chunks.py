@@ -58,3 +58,18 @@ def test_stitched_pieces_are_the_csr_of_all_rows():
     np.testing.assert_array_equal(indptr, matrix.indptr)
     np.testing.assert_array_equal(indices, matrix.indices)
     np.testing.assert_array_equal(values, matrix.data)
+
+
+def _sums_in_a_forked_child() -> list:
+    return map_chunks(lambda first, last: int(np.arange(first, last).sum()), chunk_bounds(100, 4), 2)
+
+
+def test_a_forked_child_gets_its_own_threads():
+    """The parent's pool threads do not exist in a forked child: it must not wait on them."""
+    import multiprocessing
+
+    map_chunks(lambda first, last: last - first, chunk_bounds(100, 4), 2)  # the parent's pool exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(_sums_in_a_forked_child).get(timeout=60)
+    bounds = chunk_bounds(100, 4)
+    assert result == [int(np.arange(a, b).sum()) for a, b in zip(bounds, bounds[1:])]

@@ -13,7 +13,7 @@ shares a core with another busy process holds it for a whole time slice), which 
 sleep while waiting stayed at the serial speed. On an idle machine both run at up to ~1.9x the
 serial kernel on two cores. Threads also avoid a second, ``parallel=True`` compilation per kernel.
 
-The pool is created lazily, once per process (a fork gets a fresh one: a forked child inherits no
+The pool is created lazily, once per process (a forked child starts a new one: it inherits no
 threads), with ``numba.get_num_threads()`` workers, so ``NUMBA_NUM_THREADS=1`` (one-thread
 workers, see the scale-out benchmark) keeps every batch on the calling thread.
 """
@@ -36,7 +36,16 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] | None = None  # (process id, workers) the pool was made for
+_pool_workers = 0
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, and the lock may be held."""
+    global _lock, _pool, _pool_workers
+    _lock, _pool, _pool_workers = threading.Lock(), None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def worker_threads() -> int:
@@ -45,16 +54,13 @@ def worker_threads() -> int:
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_key
-    key = (os.getpid(), workers)
+    global _pool, _pool_workers
     with _lock:
-        if _pool is None or _pool_key != key:
-            # A pool inherited through fork has no live threads; a changed thread count needs
-            # another size. The old pool (if any, and if it is this process's) is let go.
-            if _pool is not None and _pool_key is not None and _pool_key[0] == key[0]:
-                _pool.shutdown(wait=False)
+        if _pool is None or _pool_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # the thread count changed (numba.set_num_threads)
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="willow-chunk")
-            _pool_key = key
+            _pool_workers = workers
         return _pool
 
 
