@@ -104,8 +104,8 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
     """Print rows/s of scikit-learn and the compiled ``transform`` on one thread and on chunks.
 
     The compiled operator chooses by comparing the batch with
-    ``willow.compiler.lowering.text.PARALLEL_MIN_ROWS`` at call time; one thread or chunks are
-    forced by setting it out of reach or to 0. Runs are interleaved (each round runs all three),
+    ``willow.compiler.lowering.text.PARALLEL_MIN_ROWS`` and ``PARALLEL_MIN_CODE_POINTS`` at call
+    time; one thread or chunks are forced by setting them out of reach or to 0. Runs are interleaved (each round runs all three),
     the median over ``repeats`` rounds is reported, and "others" is how many cores other
     processes kept busy meanwhile (on 2 cores, above ~0.2 the chunks cannot run at full speed).
     """
@@ -113,7 +113,7 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
 
     from willow.compiler.lowering import lower, text
 
-    default = text.PARALLEL_MIN_ROWS
+    default, default_code_points = text.PARALLEL_MIN_ROWS, text.PARALLEL_MIN_CODE_POINTS
     print(f"standalone transform, threads={numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     print(
         f"{'vectorizer':<12}{'rows':>7}{'sklearn':>12}{'1 thread':>12}{'chunks':>12}{'chunks/1':>10}{'others':>8}"
@@ -126,6 +126,7 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
 
                 def compiled(threshold: int, batch=batch, operator=operator):
                     text.PARALLEL_MIN_ROWS = threshold
+                    text.PARALLEL_MIN_CODE_POINTS = dict.fromkeys(default_code_points, threshold)
                     return operator(batch)
 
                 runs = {
@@ -152,7 +153,7 @@ def transform_report(vectorizers: dict, texts: pd.Series, sizes: list[int], repe
                     + f"{median['serial'] / median['parallel']:>9.2f}x{max(others, 0.0):>8.2f}"
                 )
     finally:
-        text.PARALLEL_MIN_ROWS = default
+        text.PARALLEL_MIN_ROWS, text.PARALLEL_MIN_CODE_POINTS = default, default_code_points
     print(
         f"(rows/s, medians of {repeats} interleaved rounds; load average {os.getloadavg()[0]:.2f} at the end)"
     )

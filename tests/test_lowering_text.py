@@ -111,6 +111,7 @@ def test_batches_on_both_sides_of_the_parallel_threshold(config, monkeypatch):
     from willow.compiler.lowering import chunks, text
 
     monkeypatch.setattr(chunks, "worker_threads", lambda: 3)  # threads even where Numba has one
+    monkeypatch.setattr(text, "PARALLEL_MIN_CODE_POINTS", dict.fromkeys(text.PARALLEL_MIN_CODE_POINTS, 0))
     vectorizer, operator = compiled(config)
     edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
     rows = [f"{doc} {i}" if i % 3 else doc for i, doc in enumerate((TRAIN + edge) * 20)]
@@ -133,6 +134,7 @@ def test_chunked_transform_matches_sklearn_on_any_batch(config, docs, monkeypatc
 
     vectorizer, operator = compiled(config)
     monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(text, "PARALLEL_MIN_CODE_POINTS", dict.fromkeys(text.PARALLEL_MIN_CODE_POINTS, 0))
     monkeypatch.setattr(chunks, "worker_threads", lambda: 2)
     assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
 
