@@ -8,10 +8,13 @@ kernel and the pieces are stitched afterwards.
 Threads rather than a ``prange`` kernel, because of what was measured on the 2-core development
 machine while other processes used the cores: a Numba ``parallel=True`` region (OpenMP layer)
 cost ~8 ms even for 8 multiplications (its worker threads spin while waiting, so a thread that
-shares a core with another busy process holds it for a whole time slice), which made the chunked
-``prange`` text kernel 5-40x slower than the serial one on 256-5,000 rows, whereas threads that
-sleep while waiting stayed at the serial speed. On an idle machine both run at up to ~1.9x the
-serial kernel on two cores. Threads also avoid a second, ``parallel=True`` compilation per kernel.
+shares a core with another busy process holds it for a whole time slice), which made a chunked
+``prange`` text kernel 0.02-0.6x as fast as the serial one on 256-5,000 rows, where these threads
+(which sleep while waiting) ran at 0.7-1.05x. On two free cores the ``prange`` kernel measured
+1.8-1.9x and the threads 1.6-1.8x for character n-grams but only 1.0-1.35x for word n-grams on
+256-1,000 rows (a thread hand-off costs more than a ``prange`` chunk), hence the per-analyzer
+minimum batch in :mod:`willow.compiler.lowering.text`. Threads also avoid a second,
+``parallel=True`` compilation per kernel (~7 s cold).
 
 The pool is created lazily, once per process (a forked child starts a new one: it inherits no
 threads), with ``numba.get_num_threads()`` workers, so ``NUMBA_NUM_THREADS=1`` (one-thread

@@ -31,7 +31,6 @@ from willow.compiler.lowering.astgen import (
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
 from willow.compiler.lowering.linear import finish_output, linear_spec
 from willow.compiler.lowering.text import (
-    PARALLEL_MIN_ROWS,
     RUNTIME_MODULE,
     RUNTIME_NAMES,
     TextSpec,
@@ -42,6 +41,9 @@ from willow.compiler.lowering.text import (
 from willow.compiler.lowering.text_runtime import char_class_table
 
 __all__ = ["fuse_text_linear", "PARALLEL_MIN_ROWS"]
+
+PARALLEL_MIN_ROWS = 256
+"""Batches smaller than this run on one thread (thread start-up would dominate)."""
 
 
 def _label(spec: TextSpec, index: int) -> str:
