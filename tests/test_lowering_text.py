@@ -104,6 +104,41 @@ def test_fixed_edge_cases_and_containers(config):
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
 
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_batches_on_both_sides_of_the_parallel_threshold(config, monkeypatch):
+    """Below PARALLEL_MIN_ROWS one kernel call, from it on chunks of rows on worker threads, whose
+    stitched CSR is the single call's bit for bit."""
+    from willow.compiler.lowering import chunks, text
+
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 3)  # threads even where Numba has one
+    monkeypatch.setattr(text, "PARALLEL_MIN_CODE_POINTS", dict.fromkeys(text.PARALLEL_MIN_CODE_POINTS, 0))
+    vectorizer, operator = compiled(config)
+    edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
+    rows = [f"{doc} {i}" if i % 3 else doc for i, doc in enumerate((TRAIN + edge) * 20)]
+    for n_rows in (text.PARALLEL_MIN_ROWS - 1, text.PARALLEL_MIN_ROWS, text.PARALLEL_MIN_ROWS + 37):
+        docs = rows[:n_rows]
+        assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
+    chunked = operator(docs)
+    monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", len(docs) + 1)
+    whole = operator(docs)
+    for attribute in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(chunked, attribute), getattr(whole, attribute))
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=documents)
+def test_chunked_transform_matches_sklearn_on_any_batch(config, docs, monkeypatch):
+    """Chunks forced on tiny batches: chunks of one row, empty rows, more threads than rows."""
+    from willow.compiler.lowering import chunks, text
+
+    vectorizer, operator = compiled(config)
+    monkeypatch.setattr(text, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(text, "PARALLEL_MIN_CODE_POINTS", dict.fromkeys(text.PARALLEL_MIN_CODE_POINTS, 0))
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 2)
+    assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
+
+
 @pytest.mark.parametrize("config", ["count_default", "tfidf_default", "hashing_default"])
 def test_zero_rows_behave_like_sklearn(config):
     vectorizer, operator = compiled(config)

@@ -5,7 +5,9 @@ Python keeps the two steps whose Unicode semantics are easiest to get wrong: skl
 preprocessor (``str.lower`` and accent stripping) runs on each document, then the batch becomes one
 code point buffer (:func:`text_runtime.encode_documents`). Tokenising, n-gram cutting, vocabulary
 lookup or feature hashing, counting, tf-idf weighting and normalisation run in the kernel, which
-returns the CSR arrays sklearn would build: same shape, dtypes, sorted indices and values.
+returns the CSR arrays sklearn would build: same shape, dtypes, sorted indices and values. Batches
+of :data:`PARALLEL_MIN_ROWS` rows or more are cut into chunks of rows that the same kernel runs on
+several threads (it releases the GIL), stitched into the same CSR (:mod:`chunks`).
 
 :func:`text_spec` reads a fitted vectorizer into a :class:`TextSpec` (raising
 :class:`NotLowerable` for options that cannot be reproduced exactly); :func:`lower_text_vectorizer`
@@ -24,7 +26,7 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 
-from willow.compiler.lowering import text_runtime, text_templates
+from willow.compiler.lowering import chunks, text_runtime, text_templates
 from willow.compiler.lowering.astgen import compile_module, kernel_module, runtime_digest, specialize
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
 from willow.compiler.lowering.text_runtime import (
@@ -34,10 +36,36 @@ from willow.compiler.lowering.text_runtime import (
     encode_documents,
 )
 
-__all__ = ["TextSpec", "text_spec", "prepare_documents", "lower_text_vectorizer", "TEXT_LOWERINGS"]
+__all__ = [
+    "TextSpec",
+    "text_spec",
+    "prepare_documents",
+    "lower_text_vectorizer",
+    "TEXT_LOWERINGS",
+    "PARALLEL_MIN_ROWS",
+    "PARALLEL_MIN_CODE_POINTS",
+]
 
 RUNTIME_MODULE = "willow.compiler.lowering.text_runtime"
 RUNTIME_NAMES = text_runtime.KERNEL_HELPERS
+
+PARALLEL_MIN_ROWS = 256
+"""Batches of this many rows or more, and of :data:`PARALLEL_MIN_CODE_POINTS` characters, run in
+chunks on several threads (:mod:`chunks`); smaller ones on the calling thread, where handing work
+to other threads costs more than it saves."""
+
+PARALLEL_MIN_CODE_POINTS = {"word": 64_000, "char": 16_000, "char_wb": 16_000}
+"""Characters a batch needs before chunks pay, per analyzer (a character costs several times more
+in character n-grams than in word n-grams). Measured on 2 free cores with SMS messages: word
+(1, 2)-grams 0.89x on 256 rows (22k characters) and 1.34x on 1,000 rows (83k); char_wb (2, 5)-grams
+1.57x on 256 rows."""
+
+CHUNKS_PER_THREAD = 4
+"""Chunks per worker thread (but at least :data:`MIN_CHUNK_ROWS` rows each): a thread slowed by
+another process then takes fewer of them, and the last one to finish holds up little work."""
+
+MIN_CHUNK_ROWS = 64
+"""Fewer rows than this per chunk would cost more in kernel calls and stitching than they save."""
 
 # Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
 _RUN_PATTERNS = {
@@ -230,6 +258,7 @@ def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
     kernel = module.transform_rows
     arguments = _kernel_arguments(spec)
     n_features = spec.n_features
+    analyzer = spec.options["ANALYZER"]
 
     def transform(raw_documents: Iterable[Any]):
         documents = as_document_list(raw_documents)
@@ -241,7 +270,18 @@ def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
                 "required by TfidfTransformer."
             )
         code_points, offsets = prepare_documents(documents, spec)
-        indptr, indices, values = kernel(code_points, offsets, *arguments)
+        min_code_points = PARALLEL_MIN_CODE_POINTS[analyzer]
+        n_rows, workers = len(documents), chunks.worker_threads()
+        if n_rows < PARALLEL_MIN_ROWS or code_points.shape[0] < min_code_points or workers == 1:
+            indptr, indices, values = kernel(code_points, offsets, *arguments)
+        else:
+            # Each chunk reads its rows through a view of ``offsets`` (positions stay absolute).
+            def chunk(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                return kernel(code_points, offsets[first : last + 1], *arguments)
+
+            n_chunks = max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS))
+            bounds = chunks.chunk_bounds(n_rows, n_chunks)
+            indptr, indices, values = chunks.stitch_csr(chunks.map_chunks(chunk, bounds, workers))
         return _sparse_result(indptr, indices, values, (len(documents), n_features), spec.dtype)
 
     return CompiledOperator(name=f"{type(vectorizer).__name__}.transform", source=source, function=transform)
