@@ -5,8 +5,10 @@ goes from raw strings to the model's output without building the sparse matrix: 
 vectorizer tokenises, looks up, weights and normalises its n-grams and adds
 ``weight x coefficient`` to the row's scores (its columns start where the previous vectorizer's
 end, as in the ``hstack``), then the model's head (labels, sigmoid, softmax...) runs on the scores.
-Rows are processed in chunks with ``numba.prange`` for large batches and serially for small ones,
-where starting threads would cost more than the work; each chunk allocates its scratch once.
+Large batches run the same ``nogil`` kernel on chunks of rows in several threads
+(:mod:`willow.compiler.lowering.chunks`: threads rather than ``numba.prange``, whose spinning
+workers stall for milliseconds when other processes use the cores), small ones on the calling
+thread, where handing work over would cost more than it saves.
 
 Single-row latency is mostly fixed costs, so a single text takes a short path: its code points
 go to the kernel with no offsets array, every argument is a plain array (Numba types those in C),
@@ -16,14 +18,12 @@ and vocabulary tables are one packed array each (see :mod:`text_runtime`).
 from __future__ import annotations
 
 import ast
-import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 
-from willow.compiler.lowering import linear_templates, text_runtime, text_templates
+from willow.compiler.lowering import chunks, linear_templates, text_runtime, text_templates
 from willow.compiler.lowering.astgen import (
     compile_module,
     kernel_module,
@@ -33,6 +33,9 @@ from willow.compiler.lowering.astgen import (
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
 from willow.compiler.lowering.linear import finish_output, linear_spec
 from willow.compiler.lowering.text import (
+    CHUNKS_PER_THREAD,
+    MIN_CHUNK_ROWS,
+    PARALLEL_MIN_ROWS,
     RUNTIME_MODULE,
     RUNTIME_NAMES,
     TextSpec,
@@ -43,9 +46,6 @@ from willow.compiler.lowering.text import (
 from willow.compiler.lowering.text_runtime import char_class_table, slot_weights
 
 __all__ = ["fuse_text_linear", "PARALLEL_MIN_ROWS"]
-
-PARALLEL_MIN_ROWS = 256
-"""Batches smaller than this run on one thread (thread start-up would dominate)."""
 
 NO_OFFSETS = np.zeros(0, dtype=np.int64)
 """The offsets argument of a single text: the kernel reads the whole code point buffer as one row."""
@@ -120,7 +120,7 @@ def _fused_function(
     parameters = [f"{kind}_{g}" for g in group_ids for kind in ("code_points", "offsets")]
     parameters.append("char_class")
     parameters += [f"{kind}_{label}" for label in labels for kind in ("vocabulary", "weights", "stop_words")]
-    parameters += ["intercept", "n_chunks"]
+    parameters.append("intercept")
     function.args.args = [ast.arg(arg=p) for p in parameters]
     return function
 
@@ -172,10 +172,7 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
             (specialize(text_templates.add_row_scores, f"add_{label}_scores", spec.options), False)
         )
     functions.append((specialize(getattr(linear_templates, model_spec.head), model_spec.head, {}), False))
-    serial = _fused_function("fused_rows_serial", specs, groups, labels, model_spec.head)
-    parallel = copy.deepcopy(serial)
-    parallel.name = "fused_rows_parallel"
-    functions += [(serial, False), (parallel, True)]
+    functions.append((_fused_function("fused_rows", specs, groups, labels, model_spec.head), False))
     # The source names vectorizer kinds and the head, not the model class or fitted sizes, so
     # every model with the same head (and refits of the same pipeline) reuse one cached kernel.
     described = " + ".join(f"{spec.kind}({spec.options['ANALYZER']})" for spec in specs)
@@ -186,14 +183,14 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
         functions,
     )
     module, source = compile_module(module_ast, f"fused_{model_spec.head}")
-    run_serial, run_parallel = module.fused_rows_serial, module.fused_rows_parallel
+    run = module.fused_rows
     constants: list[Any] = [char_class_table()]
     offset = 0
     for spec in specs:
         coef_block = model_spec.coef_t[offset : offset + spec.n_features]  # rows of this vectorizer's columns
         constants += [spec.vocabulary, _weights(spec, coef_block), spec.stop_words]
         offset += spec.n_features
-    constants += [np.ascontiguousarray(model_spec.intercept, dtype=np.float64), 1]
+    constants.append(np.ascontiguousarray(model_spec.intercept, dtype=np.float64))
     width = model_spec.n_features
     single_text = [_single_text_encoder(spec) for spec in group_specs]
 
@@ -202,7 +199,7 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
             # One text (online serving): its code points, and no offsets (the kernel's one row).
             text = raw_documents[0]
             arguments = [part for encode in single_text for part in (encode(text), NO_OFFSETS)]
-            return finish_output(model_spec, run_serial(*arguments, *constants))
+            return finish_output(model_spec, run(*arguments, *constants))
         documents = as_document_list(raw_documents)
         n_rows = len(documents)
         if n_rows == 0:
@@ -210,14 +207,22 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
                 f"Found array with 0 sample(s) (shape=(0, {width})) while a minimum of 1 is required by "
                 f"{model_spec.model_name}."
             )
-        arguments: list[Any] = []
-        for spec in group_specs:
-            arguments += prepare_documents(documents, spec)
-        if n_rows < PARALLEL_MIN_ROWS:
-            result = run_serial(*arguments, *constants)
+        encoded = [prepare_documents(documents, spec) for spec in group_specs]
+        workers = chunks.worker_threads()
+        if n_rows < PARALLEL_MIN_ROWS or workers == 1:
+            result = run(*[part for pair in encoded for part in pair], *constants)
         else:
-            n_chunks = min(n_rows, 4 * numba.get_num_threads())
-            result = run_parallel(*arguments, *constants[:-1], n_chunks)
+            # Each chunk reads its rows through views of the offsets (positions stay absolute).
+            def chunk(first: int, last: int) -> np.ndarray:
+                arguments = [
+                    part
+                    for code_points, offsets in encoded
+                    for part in (code_points, offsets[first : last + 1])
+                ]
+                return run(*arguments, *constants)
+
+            n_chunks = max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS))
+            result = np.concatenate(chunks.map_chunks(chunk, chunks.chunk_bounds(n_rows, n_chunks), workers))
         return finish_output(model_spec, result)
 
     names = " + ".join(type(v).__name__ for v in vectorizers)

@@ -10,7 +10,6 @@ placeholder values here only keep the module importable. ``ANALYZER`` is ``"word
 # the statement slots (LONGEST, ADD_SCORES) are what reads the loop variables and scratch arrays.
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = None
@@ -184,33 +183,31 @@ def add_row_scores(
             scores[k] += weight * weights[slot, 1 + k]
 
 
-def fused_rows(n_chunks):
-    """Rows of raw text straight to model outputs; ``n_chunks`` chunks of rows run in parallel.
+def fused_rows():
+    """Rows of raw text straight to model outputs (large batches call this on chunks of rows in
+    several threads, see :mod:`willow.compiler.lowering.chunks`).
 
     ``LONGEST`` stands for one statement per document group that raises ``longest`` to the row's
     length, ``ADD_SCORES`` for one statement per vectorizer; the parameters are completed by
     :mod:`willow.compiler.lowering.fused`. Empty ``offsets`` mean one row: the whole buffer (a
-    single text needs no offsets array built in Python).
+    single text needs no offsets array built in Python). Scratch is allocated once per call.
     """
     n_rows = max(offsets_0.shape[0] - 1, 1)
     n_outputs = intercept.shape[0]
     scores = np.empty((n_rows, n_outputs))
-    for chunk in numba.prange(n_chunks):
-        first = chunk * n_rows // n_chunks
-        last = (chunk + 1) * n_rows // n_chunks
-        longest = 0
-        for row in range(first, last):
-            LONGEST  # noqa: B018
-        capacity = span_capacity(longest, MAX_SIZES)
-        buf = np.empty(3 * longest + 2, dtype=np.uint32)
-        work = np.empty(scratch_size(longest, MAX_SIZES), dtype=np.int64)
-        keys = np.empty(capacity, dtype=np.uint64)
-        counts = np.empty(set_capacity(capacity))
-        row_scores = np.empty(n_outputs)
-        for row in range(first, last):
-            for k in range(n_outputs):
-                row_scores[k] = intercept[k]
-            ADD_SCORES  # noqa: B018
-            for k in range(n_outputs):
-                scores[row, k] = row_scores[k]
+    longest = 0
+    for row in range(n_rows):
+        LONGEST  # noqa: B018
+    capacity = span_capacity(longest, MAX_SIZES)
+    buf = np.empty(3 * longest + 2, dtype=np.uint32)
+    work = np.empty(scratch_size(longest, MAX_SIZES), dtype=np.int64)
+    keys = np.empty(capacity, dtype=np.uint64)
+    counts = np.empty(set_capacity(capacity))
+    row_scores = np.empty(n_outputs)
+    for row in range(n_rows):
+        for k in range(n_outputs):
+            row_scores[k] = intercept[k]
+        ADD_SCORES  # noqa: B018
+        for k in range(n_outputs):
+            scores[row, k] = row_scores[k]
     return HEAD(scores)
