@@ -141,20 +141,23 @@ def add_row_scores(
     size = set_capacity(n_found)
     set_slots[:size] = -1
     n_distinct = 0
+    mask = size - 1
     for i in range(n_found):
         slot = found[i]
-        h = (slot * 2654435761) & (size - 1)
-        while set_slots[h] >= 0 and set_slots[h] != slot:
-            h = (h + 1) & (size - 1)
-        if set_slots[h] < 0:
-            set_slots[h] = slot
-            counts[h] = 0.0
-            distinct[n_distinct] = h
-            n_distinct += 1
-        if HASHING:
-            counts[h] += signs[i]
-        else:
-            counts[h] += 1.0
+        count = signs[i] if HASHING else 1.0
+        h = (slot * 2654435761) & mask
+        while True:
+            stored = set_slots[h]
+            if stored == slot:
+                counts[h] += count
+                break
+            if stored < 0:
+                set_slots[h] = slot
+                counts[h] = count
+                distinct[n_distinct] = h
+                n_distinct += 1
+                break
+            h = (h + 1) & mask
     norm = 0.0
     for p in range(n_distinct):
         h = distinct[p]
