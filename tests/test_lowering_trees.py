@@ -370,3 +370,23 @@ def test_real_data_adult(kernel_cache):
     model = lgb.LGBMClassifier(n_estimators=20, num_leaves=15, verbose=-1).fit(train, y.iloc[:20000])
     for method in ("predict", "predict_proba"):
         assert_same_as_library(model, method, lower_tree_model(model, method), test)
+
+
+def test_small_batch_prefix_count_across_many_blocks_and_ties():
+    """Hundreds of splits on two features (many blocks of thresholds, repeated thresholds): rows
+    at, just below and just above every threshold land in the leaves LightGBM picks."""
+    rng = np.random.default_rng(11)
+    X = np.column_stack([rng.integers(0, 40, 3000) / 4.0, rng.normal(size=3000)])
+    y = np.sin(X[:, 0]) + X[:, 1] ** 2 + rng.normal(scale=0.1, size=3000)
+    booster = lgb.train(
+        {"num_leaves": 15, "min_data_in_leaf": 5, "verbose": -1, "seed": 0}, lgb.Dataset(X, y), 60
+    )
+    op = lower_tree_model(booster, "predict")
+    tables = bitvector_tables(op.ensemble)
+    assert max(np.diff(tables.block_start.astype(np.int64))) > 4  # several blocks per feature
+    thresholds = np.unique(tables.thresholds)
+    probes = np.concatenate([thresholds, np.nextafter(thresholds, -np.inf), np.nextafter(thresholds, np.inf)])
+    rows = np.column_stack([probes, probes[::-1]])[: trees_module.SMALL_BATCH_ROWS]
+    np.testing.assert_array_equal(op(rows), booster.predict(rows))
+    for i in range(0, len(rows), 37):
+        np.testing.assert_array_equal(op(rows[i : i + 1]), booster.predict(rows[i : i + 1]))

@@ -112,6 +112,14 @@ class CompiledTreeOperator:
 
 
 def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
+    if (
+        type(X) is np.ndarray
+        and X.dtype == dtype
+        and X.ndim == 2
+        and X.shape[1] == n_features
+        and X.flags.c_contiguous
+    ):
+        return X  # already what the kernels read (the common single-row serving case)
     import scipy.sparse as sp
 
     if sp.issparse(X):
