@@ -32,8 +32,21 @@ def _module_name(source: str, name_hint: str) -> str:
     return f"willow_kernel_{safe_hint}_{digest}"
 
 
+def _numba_index_dir() -> Path:
+    """Where Numba keeps the index files of the generated modules: ``__pycache__`` beside them, or
+    a folder under ``NUMBA_CACHE_DIR`` when that is set (Numba's own naming)."""
+    from numba.core import config
+    from numba.core.caching import UserProvidedCacheLocator
+
+    directory = kernel_cache_dir()
+    if config.CACHE_DIR:
+        subpath = UserProvidedCacheLocator.get_suitable_cache_subpath(str(directory / "module.py"))
+        return Path(config.CACHE_DIR) / subpath
+    return directory / "__pycache__"
+
+
 def _is_cached(source: str, name_hint: str) -> bool:
-    pycache = kernel_cache_dir() / "__pycache__"
+    pycache = _numba_index_dir()
     name = _module_name(source, name_hint)
     return pycache.is_dir() and any(
         p.name.startswith(name + ".") and p.suffix == ".nbi" for p in pycache.iterdir()
