@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
-__all__ = ["worker_threads", "chunk_bounds", "map_chunks", "stitch_csr"]
+__all__ = ["worker_threads", "chunk_bounds", "row_chunk_bounds", "map_chunks", "stitch_csr"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,20 @@ def chunk_bounds(n_rows: int, n_chunks: int) -> list[int]:
     """``n_chunks + 1`` row positions splitting ``n_rows`` rows into near-equal chunks."""
     n_chunks = max(1, min(n_chunks, n_rows))
     return [chunk * n_rows // n_chunks for chunk in range(n_chunks + 1)]
+
+
+CHUNKS_PER_THREAD = 4
+"""Chunks per worker thread (but at least :data:`MIN_CHUNK_ROWS` rows each): a thread slowed by
+another process then takes fewer of them, and the last one to finish holds up little work."""
+
+MIN_CHUNK_ROWS = 64
+"""Fewer rows than this per chunk would cost more in kernel calls and stitching than they save."""
+
+
+def row_chunk_bounds(n_rows: int, workers: int) -> list[int]:
+    """:func:`chunk_bounds` for a batch of ``n_rows`` rows on ``workers`` threads: at least one
+    chunk per thread, up to :data:`CHUNKS_PER_THREAD` of at least :data:`MIN_CHUNK_ROWS` rows."""
+    return chunk_bounds(n_rows, max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS)))
 
 
 def map_chunks(function: Callable[[int, int], T], bounds: Sequence[int], workers: int) -> list[T]:

@@ -33,8 +33,6 @@ from willow.compiler.lowering.astgen import (
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
 from willow.compiler.lowering.linear import finish_output, linear_spec
 from willow.compiler.lowering.text import (
-    CHUNKS_PER_THREAD,
-    MIN_CHUNK_ROWS,
     PARALLEL_MIN_ROWS,
     RUNTIME_MODULE,
     RUNTIME_NAMES,
@@ -221,8 +219,9 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
                 ]
                 return run(*arguments, *constants)
 
-            n_chunks = max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS))
-            result = np.concatenate(chunks.map_chunks(chunk, chunks.chunk_bounds(n_rows, n_chunks), workers))
+            result = np.concatenate(
+                chunks.map_chunks(chunk, chunks.row_chunk_bounds(n_rows, workers), workers)
+            )
         return finish_output(model_spec, result)
 
     names = " + ".join(type(v).__name__ for v in vectorizers)

@@ -60,12 +60,6 @@ in character n-grams than in word n-grams). Measured on 2 free cores with SMS me
 (1, 2)-grams 0.89x on 256 rows (22k characters) and 1.34x on 1,000 rows (83k); char_wb (2, 5)-grams
 1.57x on 256 rows."""
 
-CHUNKS_PER_THREAD = 4
-"""Chunks per worker thread (but at least :data:`MIN_CHUNK_ROWS` rows each): a thread slowed by
-another process then takes fewer of them, and the last one to finish holds up little work."""
-
-MIN_CHUNK_ROWS = 64
-"""Fewer rows than this per chunk would cost more in kernel calls and stitching than they save."""
 
 # Token patterns that are runs of word characters of a minimum length: exactly what the kernel does.
 _RUN_PATTERNS = {
@@ -279,8 +273,7 @@ def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
             def chunk(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 return kernel(code_points, offsets[first : last + 1], *arguments)
 
-            n_chunks = max(workers, min(CHUNKS_PER_THREAD * workers, n_rows // MIN_CHUNK_ROWS))
-            bounds = chunks.chunk_bounds(n_rows, n_chunks)
+            bounds = chunks.row_chunk_bounds(n_rows, workers)
             indptr, indices, values = chunks.stitch_csr(chunks.map_chunks(chunk, bounds, workers))
         return _sparse_result(indptr, indices, values, (len(documents), n_features), spec.dtype)
 
