@@ -16,9 +16,11 @@ one representation:
 - ``char``: the document with runs of two or more whitespace characters replaced by one space;
 - ``char_wb``: each whitespace-separated word padded with a space on both sides.
 
-The per-n-gram probe is written out inside :func:`lookup_spans` with the table unpacked once, and
-small helpers are inlined at Numba IR level (``inline="always"``): a real call or a tuple unpacked
-per n-gram pays reference counting on every array, measured at several times the lookup itself.
+The per-n-gram key, probe and term comparison are written out inside :func:`lookup_slots_into`
+(:func:`_span_key` and :func:`_same_term` are their one-key twins, for building tables and stop
+words): any call per n-gram, even one inlined at Numba IR level, pays reference counting on every
+array, measured at several times the lookup itself. Per-row helpers are inlined
+(``inline="always"``).
 
 The vocabulary is an open-addressing hash table (linear probing) packed into one ``uint64`` array
 (one kernel argument): ``[n_slots, keys..., references..., terms...]``. The probe reads only the
@@ -26,8 +28,8 @@ The vocabulary is an open-addressing hash table (linear probing) packed into one
 reference holds the term's feature (low 32 bits) and the position of its code points (high 32
 bits) in the terms section, ``uint32`` code points each prefixed by the term's length. Fused
 kernels keep each slot's idf and coefficients in a separate ``float64`` array indexed by slot, so
-scoring an n-gram touches one more cache line and no feature index. An n-gram of at most five code points below U+1000
-(most character n-grams) is its own key: length and code points packed into 63 bits, so key
+scoring an n-gram touches one more cache line and no feature index. An n-gram of at most five
+code points below U+1000 (most character n-grams) is its own key: length and code points packed into 63 bits, so key
 equality *is* term equality. Any other n-gram's key is its 64-bit FNV-1a hash with the top bit
 set, and a hit is confirmed by comparing code points with the stored term. Lookups are therefore
 exact whatever the hash does. Feature hashing reproduces ``sklearn.utils.murmurhash3_32`` (seed 0,
@@ -84,7 +86,6 @@ FNV_PRIME = np.uint64(1099511628211)
 MASK32 = np.uint64(0xFFFFFFFF)
 HASHED = np.uint64(1 << 63)  # marks a hashed (not packed) key: needs a code point comparison
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # key of a free slot
-LOW32 = np.uint64(0xFFFFFFFF)  # a reference's feature bits
 FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # slot = (key * FIBONACCI) >> shift, the high bits mix well
 PACK_MAX_LENGTH = 5
 PACK_LIMIT = np.uint64(4096)
@@ -141,7 +142,7 @@ def slot_weights(table: np.ndarray, columns: np.ndarray) -> np.ndarray:
     references = table[1 + n_slots : 1 + 2 * n_slots]
     occupied = keys != EMPTY
     weights = np.zeros((n_slots, columns.shape[1]))
-    weights[occupied] = columns[(references[occupied] & LOW32).astype(np.int64)]
+    weights[occupied] = columns[(references[occupied] & MASK32).astype(np.int64)]
     return weights
 
 
@@ -447,9 +448,9 @@ def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
     The key, the probe and the term comparison are written out here rather than called: no array
     crosses a function boundary per n-gram (each crossing, inlined or not, costs reference
     counting, measured at twice the whole lookup), and the terms are read from their ``uint64``
-    words rather than through a ``uint32`` view (a view costs more than a probe). Keys are computed in a first pass and probed
-    in a second, short one, so the CPU has several independent table reads (cache misses on a
-    large vocabulary) in flight at once.
+    words rather than through a ``uint32`` view (a view costs more than a probe). Keys are
+    computed in a first pass and probed in a second, short one, so the CPU has several
+    independent table reads (cache misses on a large vocabulary) in flight at once.
     """
     n_slots = np.int64(table[0])
     mask = n_slots - 1
@@ -494,7 +495,7 @@ def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
                     for k in range(length + 1):
                         expected = np.uint64(length) if k == 0 else np.uint64(buf[start + k - 1])
                         j = position + k  # the k-th uint32 of the term, inside a uint64 word
-                        if (table[terms_start + (j >> 1)] >> np.uint64(32 * (j & 1))) & LOW32 != expected:
+                        if (table[terms_start + (j >> 1)] >> np.uint64(32 * (j & 1))) & MASK32 != expected:
                             same = False
                             break
                 if same:
@@ -513,7 +514,7 @@ def lookup_spans(table, buf, span_starts, span_ends):
     n = lookup_slots_into(table, buf, span_starts, span_ends, n_spans, np.empty(n_spans, np.uint64), found)
     references = table_sections(table)[1]
     for q in range(n):
-        found[q] = np.int64(references[found[q]] & LOW32)
+        found[q] = np.int64(references[found[q]] & MASK32)
     return found[:n]
 
 

@@ -106,9 +106,10 @@ def add_row_scores(
     sum of weight x coefficient.
 
     ``weights[slot]`` is ``[idf, coef...]`` of the vocabulary term in ``slot`` (for feature
-    hashing: ``[1, coef...]`` per column), so scoring an n-gram reads one cache line. N-grams are counted in an open-addressing set sized for
-    the row; ``buf``, ``work``, ``keys`` and ``counts`` are the chunk's scratch, sized by
-    :func:`scratch_size` for rows of at most ``longest`` code points.
+    hashing: ``[1, coef...]`` per column), so scoring an n-gram reads one cache line. N-grams are
+    counted in an open-addressing set sized for the row; ``buf``, ``work``, ``keys`` and ``counts``
+    are the call's scratch, sized by :func:`scratch_size` for rows of at most ``longest`` code
+    points.
     """
     capacity = span_capacity(longest, MAX_N - MIN_N + 1)
     base = 2 * longest + 2
