@@ -6,8 +6,6 @@ fitted transformers from module globals that the tests set.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -28,20 +26,6 @@ def slow_features(values):
 def numpy_pipeline(model, cheap, extra):
     a = cheap * 1.0
     b = slow_features(extra)
-    X = np.hstack([a, b])
-    return model.predict(X)
-
-
-def per_call_features(values):
-    """A feature group whose cost is per call, not per row (a remote batch lookup's round trip):
-    skipping rows of it saves nothing, which per-row cost probes cannot see."""
-    time.sleep(0.03)
-    return np.asarray(values, dtype=float) * 1.0
-
-
-def per_call_cost_pipeline(model, cheap, extra):
-    a = cheap * 1.0
-    b = per_call_features(extra)
     X = np.hstack([a, b])
     return model.predict(X)
 
