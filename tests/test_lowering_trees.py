@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import lightgbm as lgb
+import numba
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,11 +20,13 @@ from hypothesis import strategies as st
 from sklearn import ensemble as sk_ensemble
 from sklearn.linear_model import LogisticRegression
 
+from willow.compiler.backend import load_generated_module
 from willow.compiler.lowering import trees as trees_module
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
 from willow.compiler.lowering.trees_bitvector import bitvector_tables
 from willow.compiler.lowering.trees_build import _is_cached
+from willow.compiler.lowering.trees_llvm import nested_ifs
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_FEATURES = 6
@@ -318,6 +321,47 @@ def test_small_batches_match_library_and_nested_kernel_bit_for_bit(compiled, nam
                     patch.setattr(trees_module, "SMALL_BATCH_ROWS", -1)
                     nested = op.raw(X)
                 np.testing.assert_array_equal(small, nested)
+
+
+def test_generated_python_is_what_the_group_kernels_compute(compiled):
+    """Every group's ``add_leaf_values``, run as plain Python, gives its compiled kernel's sums bit
+    for bit (float64 rows: NaN, LightGBM's zero band, negative, fractional, unseen and huge
+    categories), so the rendered source shows exactly what runs."""
+    specials = np.array([np.nan, 0.0, -0.0, 1e-36, -1e-36, 2.5, -0.5, -1.0, 7.0, 9.0, 300.0, 3e9])
+    rng = np.random.default_rng(12)
+    X, *_ = _train_data(n=40, seed=12)
+    X[::2] = np.where(rng.random((20, N_FEATURES)) < 0.5, rng.choice(specials, (20, N_FEATURES)), X[::2])
+    for name, (_, operators, nan_ok) in compiled.items():
+        rows = X if nan_ok else np.nan_to_num(X)
+        op = next(iter(operators.values()))
+        for source in op.sources:
+            if "def add_leaf_values" not in source:
+                continue  # the driver module
+            module = load_generated_module(source, "trees")
+            width = op.ensemble.n_outputs
+            python, kernel = np.full((len(rows), width), 0.5), np.full((len(rows), width), 0.5)
+            for i in range(len(rows)):
+                module.add_leaf_values(rows, python, i)
+            module.kernel(rows, kernel)
+            np.testing.assert_array_equal(kernel, python, err_msg=name)
+
+
+def test_nested_if_translator_refuses_other_python():
+    def loop(X, out, i):
+        x = X[i]
+        acc0 = out[i, 0]
+        while x[0] > 0:
+            acc0 += 1.0
+        out[i, 0] = acc0
+
+    def kernel(X, out):
+        compiled(X, out, 0)
+
+    compiled = nested_ifs(loop)
+    with pytest.raises(Exception, match="unsupported statement"):
+        numba.njit(kernel)(np.zeros((1, 1)), np.zeros((1, 1)))
+    with pytest.raises(Exception, match="out must be a 2-D float64 array"):
+        numba.njit(kernel)(np.zeros((1, 1)), np.zeros((1, 1), dtype=np.float32))
 
 
 def test_small_batch_dataframe_and_feature_count_errors(compiled):

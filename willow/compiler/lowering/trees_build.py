@@ -1,7 +1,8 @@
 """Compile a tree ensemble's group kernels, in parallel worker processes, into Numba's disk cache.
 
-Numba spends most of a tree's compile time in its Python front end (bytecode analysis, type
-inference, lowering), which holds the GIL; threads cannot share it, processes can. A group whose
+Each group's nested ``if``s are translated to LLVM IR directly (:mod:`trees_llvm`); most of the
+remaining compile time is LLVM optimising and emitting that code, under Numba's process-wide
+compiler lock, so threads cannot share the work and processes can. A group whose
 machine code is already in the cache (the ``.nbi`` index next to its generated module) is loaded
 directly; cold groups are compiled by worker processes that only import the generated module and
 call its kernel once, which writes the cache; the parent then loads every group from the cache.
@@ -60,8 +61,8 @@ def _warm(kernel: Callable[..., Any], dtype: np.dtype, n_features: int, n_output
 
 def _compile_files(paths: Sequence[str], dtype: str, n_features: int, n_outputs: int) -> None:
     """Worker body: import each generated module file and compile its kernel into the cache."""
-    # Numba's front end allocates many long-lived objects: with the collector on, a kernel
-    # compiles ~1.5x slower. Collect between kernels instead.
+    # Compiling allocates many long-lived objects (the IR): with the collector on, it spends
+    # time rescanning them. Collect between kernels instead.
     gc.disable()
     for path in paths:
         file = Path(path)
