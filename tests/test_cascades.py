@@ -251,7 +251,7 @@ def test_tree_compile_budget_is_explained():
     (tc, te, ty), (cc, ce, cy), _ = split_data(seed=10)
     model = fit_full_model(
         lgb.LGBMClassifier(
-            n_estimators=300, learning_rate=0.01, num_leaves=63, min_child_samples=3, verbose=-1
+            n_estimators=400, learning_rate=0.01, num_leaves=63, min_child_samples=3, verbose=-1
         ),
         tc,
         te,

@@ -485,8 +485,8 @@ def optimize(
     max_candidates : most candidate subsets fitted during calibration.
     compile : lower recognised operators (text vectorizers, linear models, tree ensembles...) to
         generated Numba kernels, each verified against the original on calibration rows and kept
-        only where it measured faster; ``True`` skips tree ensembles over 8,000 split nodes (cold
-        compilation runs at about 420 split nodes per second on 2 cores; kernels are cached on
+        only where it measured faster; ``True`` skips tree ensembles over 20,000 split nodes (cold
+        compilation runs at about 1,000 split nodes per second on 2 cores; kernels are cached on
         disk), ``"all"`` compiles them too, ``False`` keeps every statement as Python.
     cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
     require_faster : serve a proven cascade only if it also measured faster than the pipeline

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from willow.compiler.lowering import chunks
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
@@ -64,7 +64,7 @@ class CompiledTreeOperator:
         kernels: list[Callable[..., Any]],
         prepare: Callable[[Any], np.ndarray],
         finish: Callable[[np.ndarray], np.ndarray],
-        n_threads: int,
+        n_threads: int | None,
         small: BitvectorTables | None = None,
     ) -> None:
         self.name = name
@@ -96,10 +96,12 @@ class CompiledTreeOperator:
             return score_rows(data, self._base, self.ensemble.divisor, *self._small)
         out = np.empty((n, self.ensemble.n_outputs), dtype=np.float64)
         out[:] = self._base
-        if self._n_threads > 1 and n >= _PARALLEL_MIN_ROWS:
-            bounds = np.linspace(0, n, self._n_threads + 1).astype(int)
-            with ThreadPoolExecutor(self._n_threads) as pool:
-                list(pool.map(lambda a, b: self._run(data[a:b], out[a:b]), bounds[:-1], bounds[1:]))
+        workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
+        if workers > 1 and n >= _PARALLEL_MIN_ROWS:
+            # chunks of rows on the shared pool's threads (each chunk runs every group in turn)
+            chunks.map_chunks(
+                lambda a, b: self._run(data[a:b], out[a:b]), chunks.row_chunk_bounds(n, workers), workers
+            )
         else:
             self._run(data, out)
         if self.ensemble.divisor != 1.0:
@@ -328,8 +330,6 @@ def _compile(
     n_jobs: int | None = None,
     n_threads: int | None = None,
 ) -> CompiledTreeOperator:
-    import os
-
     if not ensemble.trees:
         raise NotLowerable(f"{name}: the model has no trees.")
     groups = group_trees(ensemble, group_nodes)
@@ -346,9 +346,8 @@ def _compile(
         score_rows(
             np.zeros((1, ensemble.n_features), dtype=dtype), base, ensemble.divisor, *small.arguments()
         )
-    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
     modules = [*sources, driver_source] if driver_source else sources
-    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, threads, small)
+    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, n_threads, small)
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:
@@ -357,7 +356,8 @@ def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> Com
     ``method``: ``"predict"``, ``"predict_proba"``, ``"decision_function"`` (scikit-learn
     boosting) or ``"raw"`` (LightGBM raw scores, like ``predict(raw_score=True)``).
     Options: ``group_nodes`` (internal nodes per generated function), ``n_jobs`` (worker
-    processes compiling cold kernels), ``n_threads`` (threads for large batches).
+    processes compiling cold kernels), ``n_threads`` (threads for large batches; default
+    ``numba.get_num_threads()``, as the other chunked kernels).
     Raises :class:`NotLowerable` naming the reason when the model or method is not supported.
     """
     lowering = TREE_LOWERINGS.get(type(model))
