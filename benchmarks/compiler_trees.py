@@ -10,14 +10,14 @@ difference to LightGBM. Runs a
 synthetic regression model (a compiler micro-benchmark) and one real-data model
 (california_housing.csv from ../shared/data, when present).
 
-Measured on the shared 2-core development machine (load average ~5, so absolute numbers are
-noisy; ratios come from alternating runs in one process), commit "preload each group's features":
+Measured on the 2-core development machine (Intel Xeon, load average ~1; ratios come from
+alternating runs in one process), fourth session, nested ifs translated straight to LLVM IR:
 
-| model | LightGBM rows/s | willow rows/s | ratio | single row p50 (LightGBM / willow) | compile cold / warm (second process) |
-|---|---|---|---|---|---|
-| synthetic 500 x 63 leaves, 100 features, 100k rows | 35.0k | 143.2k | 4.09x | 94 us / 55 us | 277 s / 5.9 s (8.6 s with imports) |
-| california_housing 200 x 31 leaves, 20,640 rows | 298.6k | 950.6k | 3.18x | 41 us / 10.9 us | 24 s / 1.6 s |
-| synthetic 50 x 63 leaves (--quick), 20k rows | 146.7k | 316.7k | 2.16x | 46 us / 12.8 us | 56 s / 1.1 s |
+| model | batch ratio (LightGBM / willow rows/s) | single row p50 (LightGBM / willow) | compile cold / warm (second process) |
+|---|---|---|---|
+| synthetic 500 x 63 leaves, 100 features, 100k rows | 4.81x (33.7k / 162.0k) | 103 us / 22.1 us | 27.4 s / 5.9 s |
+| california_housing 50 x 31 leaves, 20,640 rows (`--quick`) | 3.13x | 26.7 us / 7.1 us | 3.2 s / 2.1 s |
+| synthetic 50 x 63 leaves (`--quick`), 20k rows | 2.70x | 29.8 us / 9.4 us | 4.3 s / 2.4 s |
 
 All three: max |difference| to LightGBM 0.0.
 """
