@@ -22,6 +22,8 @@ from sklearn.linear_model import LogisticRegression
 
 from willow.compiler.backend import load_generated_module
 from willow.compiler.lowering import trees as trees_module
+from willow.compiler.lowering import trees_llvm
+from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
 from willow.compiler.lowering.trees_bitvector import bitvector_tables
@@ -337,6 +339,7 @@ def test_generated_python_is_what_the_group_kernels_compute(compiled):
         for source in op.sources:
             if "def add_leaf_values" not in source:
                 continue  # the driver module
+            assert f"translator {runtime_digest(trees_llvm)}" in source  # a new translator, new files
             module = load_generated_module(source, "trees")
             width = op.ensemble.n_outputs
             python, kernel = np.full((len(rows), width), 0.5), np.full((len(rows), width), 0.5)
