@@ -32,6 +32,15 @@ def csr_scores(data, indices, indptr, coef_t, intercept):
     n_outputs = coef_t.shape[1]
     scores = np.empty((n_rows, n_outputs))
     for row in numba.prange(n_rows):
+        if n_outputs == 1:
+            # one output (binary classifiers, regressors): a scalar sum stays in a register,
+            # where ``scores[row, 0] +=`` is a load and a store per value (LLVM cannot tell
+            # that ``scores`` does not alias ``coef_t``)
+            total = intercept[0]
+            for p in range(indptr[row], indptr[row + 1]):
+                total += data[p] * coef_t[indices[p], 0]
+            scores[row, 0] = total
+            continue
         for k in range(n_outputs):
             scores[row, k] = intercept[k]
         for p in range(indptr[row], indptr[row + 1]):
