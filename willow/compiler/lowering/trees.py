@@ -76,7 +76,8 @@ class CompiledTreeOperator:
         self._finish = finish
         self._n_threads = n_threads
         self._base = np.asarray(ensemble.base, dtype=np.float64)
-        self._small = None if small is None else small.arguments()
+        self._divisor = float(ensemble.divisor)
+        self._small = None if small is None else small.arguments(self._base)
 
     def __repr__(self) -> str:
         return (
@@ -93,7 +94,7 @@ class CompiledTreeOperator:
         data = self._prepare(X)
         n = data.shape[0]
         if n <= SMALL_BATCH_ROWS and self._small is not None:
-            return score_rows(data, self._base, self.ensemble.divisor, *self._small)
+            return score_rows(data, self._divisor, *self._small)
         out = np.empty((n, self.ensemble.n_outputs), dtype=np.float64)
         out[:] = self._base
         workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
@@ -144,13 +145,13 @@ def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
 
 
 def _lightgbm_prepare(parsed: Any) -> Callable[[Any], np.ndarray]:
+    import pandas as pd  # here, not per call: a single row's conversion is counted in microseconds
+
     n_features = parsed.ensemble.n_features
     categories = parsed.pandas_categorical
 
     def prepare(X: Any) -> np.ndarray:
-        import pandas as pd
-
-        if isinstance(X, pd.DataFrame):
+        if type(X) is not np.ndarray and isinstance(X, pd.DataFrame):
             data = X.copy(deep=False)
             cat_cols = [c for c, t in zip(data.columns, data.dtypes) if isinstance(t, pd.CategoricalDtype)]
             if cat_cols:
@@ -180,9 +181,12 @@ def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOper
     if method in ("raw", "decision_function"):
         finish = squeeze
     elif method == "predict" and kind in ("Booster", "LGBMRegressor", "LGBMRanker"):
+        if transform == "identity":  # regression: one call less per single row
+            finish = squeeze
+        else:
 
-        def finish(raw: np.ndarray) -> np.ndarray:
-            return squeeze(lightgbm_output(raw, transform, sigmoid))
+            def finish(raw: np.ndarray) -> np.ndarray:
+                return squeeze(lightgbm_output(raw, transform, sigmoid))
 
     elif kind == "LGBMClassifier" and method in ("predict", "predict_proba"):
         if transform not in ("sigmoid", "softmax", "ova_sigmoid"):
@@ -343,9 +347,7 @@ def _compile(
     )
     if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
         base = np.asarray(ensemble.base, dtype=np.float64)
-        score_rows(
-            np.zeros((1, ensemble.n_features), dtype=dtype), base, ensemble.divisor, *small.arguments()
-        )
+        score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), ensemble.divisor, *small.arguments(base))
     modules = [*sources, driver_source] if driver_source else sources
     return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, n_threads, small)
 
