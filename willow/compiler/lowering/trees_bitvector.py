@@ -97,11 +97,15 @@ class BitvectorTables:
         for group, start in ((u64, 0), (f64, 0), (i64, header_size), (u16, 0)):
             header.extend(start + int(bound) for bound in np.cumsum([0] + [len(a) for a in group]))
         assert len(header) == header_size == 21  # the positions score_rows reads
-        return (
-            np.concatenate([np.zeros(0, np.uint64), *u64]).astype(np.uint64),
-            np.concatenate([np.zeros(0), *f64]).astype(np.float64),
-            np.concatenate([np.array(header, dtype=np.int64), *i64]).astype(np.int64),
-            np.concatenate([np.zeros(0, np.uint16), *u16]).astype(np.uint16),
+        # each section converted before joining: mixing uint64 with int64 would give float64
+        return tuple(
+            np.concatenate([np.asarray(a).astype(dtype, copy=False) for a in group])
+            for group, dtype in (
+                (u64, np.uint64),
+                (f64, np.float64),
+                ([np.array(header), *i64], np.int64),
+                (u16, np.uint16),
+            )
         )
 
 
