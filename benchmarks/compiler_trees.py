@@ -15,7 +15,7 @@ alternating runs in one process), fourth session, nested ifs translated straight
 
 | model | batch ratio (LightGBM / willow rows/s) | single row p50 (LightGBM / willow) | compile cold / warm (second process) |
 |---|---|---|---|
-| synthetic 500 x 63 leaves, 100 features, 100k rows | 4.89x (32.4k / 158.1k) | 103.8 us / 21.6 us (20.5 us in another run) | 29.9 s / 6.0 s |
+| synthetic 500 x 63 leaves, 100 features, 100k rows | 4.79x (34.5k / 165.0k) | 97.3 us / 20.06 us | 27.2 s / 5.8 s |
 | california_housing 50 x 31 leaves, 20,640 rows (`--quick`) | 3.13x | 26.7 us / 7.1 us | 3.2 s / 2.1 s |
 | synthetic 50 x 63 leaves (`--quick`), 20k rows | 2.70x | 29.8 us / 9.4 us | 4.3 s / 2.4 s |
 

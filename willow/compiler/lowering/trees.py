@@ -66,6 +66,7 @@ class CompiledTreeOperator:
         finish: Callable[[np.ndarray], np.ndarray],
         n_threads: int | None,
         small: BitvectorTables | None = None,
+        arrays_as_is: bool = False,
     ) -> None:
         self.name = name
         self.ensemble = ensemble
@@ -78,6 +79,10 @@ class CompiledTreeOperator:
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self._divisor = float(ensemble.divisor)
         self._small = None if small is None else small.arguments(self._base)
+        # ``prepare`` returns a C-contiguous float64 array of 1+ rows and n_features columns
+        # unchanged (LightGBM): single rows skip it, the conversion is most of their Python time
+        self._direct = arrays_as_is and self._small is not None and not ensemble.float32_input
+        self._n_features = ensemble.n_features
 
     def __repr__(self) -> str:
         return (
@@ -112,7 +117,18 @@ class CompiledTreeOperator:
     def __call__(self, *inputs: Any) -> np.ndarray:
         if len(inputs) != 1:
             raise TypeError(f"{self.name} takes one argument X, got {len(inputs)}.")
-        return self._finish(self.raw(inputs[0]))
+        X = inputs[0]
+        if (
+            self._direct
+            and type(X) is np.ndarray
+            and X.ndim == 2
+            and 0 < X.shape[0] <= SMALL_BATCH_ROWS
+            and X.shape[1] == self._n_features
+            and X.dtype == np.float64
+            and X.flags.c_contiguous
+        ):
+            return self._finish(score_rows(X, self._divisor, *self._small))
+        return self._finish(self.raw(X))
 
 
 def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
@@ -232,7 +248,7 @@ def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOper
                 )
             return data
 
-    return _compile(f"{kind}.{method}", ensemble, prepare, finish, **options)
+    return _compile(f"{kind}.{method}", ensemble, prepare, finish, arrays_as_is=True, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +349,7 @@ def _compile(
     group_nodes: int = DEFAULT_GROUP_NODES,
     n_jobs: int | None = None,
     n_threads: int | None = None,
+    arrays_as_is: bool = False,
 ) -> CompiledTreeOperator:
     if not ensemble.trees:
         raise NotLowerable(f"{name}: the model has no trees.")
@@ -349,7 +366,9 @@ def _compile(
         base = np.asarray(ensemble.base, dtype=np.float64)
         score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), ensemble.divisor, *small.arguments(base))
     modules = [*sources, driver_source] if driver_source else sources
-    return CompiledTreeOperator(name, ensemble, modules, kernels, prepare, finish, n_threads, small)
+    return CompiledTreeOperator(
+        name, ensemble, modules, kernels, prepare, finish, n_threads, small, arrays_as_is=arrays_as_is
+    )
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:
