@@ -294,7 +294,8 @@ def test_small_batch_kernel_covers_trees_up_to_64_leaves(compiled):
     for name, (_, operators, _) in compiled.items():
         assert all(op._small is not None for op in operators.values()), name
     for name, (model, operators, _) in compiled.items():  # LightGBM's arrays skip the conversion
-        assert all(op._direct == (type(model).__module__.startswith("lightgbm")) for op in operators.values())
+        lightgbm = type(model).__module__.startswith("lightgbm")
+        assert all(op._direct == lightgbm for op in operators.values()), name
     for name in ("lgb_binary_cat", "hgb_classifier_cat"):  # categorical splits in the tables
         assert bitvector_tables(compiled[name][1]["predict"].ensemble).category_splits.shape[0] > 0
     deep = sk_ensemble.RandomForestRegressor(n_estimators=2, random_state=0).fit(
