@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pipelines
 import pytest
+from compiling import compile_traced, compiled_runner
 from lightgbm import LGBMClassifier
 
 import willow
@@ -83,16 +84,9 @@ def test_lookup_pipeline_compiles_and_matches_the_original(lookup_setup, tmp_pat
 
 def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
     """Independent of timing: every verified expression kernel, forced in, gives the same output."""
-    from willow.compiler.compile_pass import compile_graph
-    from willow.compiler.execution import StatementRunner
-    from willow.compiler.lowering import lower
-    from willow.compiler.tracing import trace_pipeline
-
     model, calib, batch = lookup_setup
     fn = pipelines.lookup_pipeline
-    graph = trace_pipeline(fn)
-    runner = StatementRunner(graph, fn)
-    result = compile_graph(graph, runner, {"model": model, "rows": calib}, lower)
+    _, runner, result = compile_traced(fn, {"model": model, "rows": calib})
     compiled = [n for n in result.nodes if n.path is not None]
     originals = " ".join(n.original for n in compiled)
     assert len(compiled) == 7 and all(
@@ -103,22 +97,19 @@ def test_every_expression_kernel_reproduces_its_statement(lookup_setup):
     assert "Generated kernel for _willow.ops.user_expr (array expression (1 lookups))" in report
     assert "reindex into `USER_TABLE` (50, 10) by dense position array" in report
     assert "map into `CITY_RATES` (3,) by a dict of its string labels" in report
-    from willow.compiler.compile_pass import RUNTIME
-
-    class Holder:
-        ops = result.operators
-
-    compiled_runner = StatementRunner(result.graph, fn, extra={RUNTIME: Holder})
+    compiled_graph_runner = compiled_runner(result, fn)
     for rows in (batch, batch.iloc[:1], batch.iloc[:0]):
         arguments = {"model": model, "rows": rows}
-        got = compiled_runner.run(compiled_runner.namespace(arguments))
+        got = compiled_graph_runner.run(compiled_graph_runner.namespace(arguments))
         want = runner.run(runner.namespace(arguments))
         for name in ("user", "item", "city", "affinity", "age", "scaled", "X"):
             assert got[name].flags.f_contiguous == want[name].flags.f_contiguous
             assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
             np.testing.assert_array_equal(got[name], want[name])  # bit-identical, NaN where pandas has NaN
         if len(rows):
-            out = compiled_runner.model_output(got)  # the compiled LightGBM model: to 1e-9 (its sigmoid)
+            out = compiled_graph_runner.model_output(
+                got
+            )  # the compiled LightGBM model: to 1e-9 (its sigmoid)
             np.testing.assert_allclose(out, fn(model, rows), rtol=1e-12, atol=0)
 
 
@@ -157,15 +148,12 @@ def test_a_kernel_that_fails_to_compile_stays_python_with_a_warning(lookup_setup
 
 
 def test_saved_expression_recipes_compile_again_and_check_tables(lookup_setup):
-    from willow.compiler.compile_pass import apply_compilation, compile_graph
-    from willow.compiler.execution import StatementRunner
+    from willow.compiler.compile_pass import apply_compilation
     from willow.compiler.lowering import lower
-    from willow.compiler.tracing import trace_pipeline
 
     model, calib, batch = lookup_setup
     fn = pipelines.lookup_pipeline
-    graph = trace_pipeline(fn)
-    result = compile_graph(graph, StatementRunner(graph, fn), {"model": model, "rows": calib}, lower)
+    graph, _, result = compile_traced(fn, {"model": model, "rows": calib})
     recipes = [r for r in result.recipes if "path" in r]
     assert len(recipes) == 7
     rebuilt = apply_compilation(graph, recipes, lower, fn)
@@ -193,21 +181,14 @@ def test_saved_expression_recipes_compile_again_and_check_tables(lookup_setup):
 def test_a_statement_rebinding_its_operand_is_verified_on_the_old_value(lookup_setup):
     import warnings
 
-    from willow.compiler.compile_pass import compile_graph
-    from willow.compiler.execution import StatementRunner
-    from willow.compiler.lowering import lower
-    from willow.compiler.tracing import trace_pipeline
-
     class Capture:
         def predict_proba(self, X):
             return X
 
     model, calib, batch = lookup_setup
-    fn = pipelines.rebinding_pipeline
-    graph = trace_pipeline(fn)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = compile_graph(graph, StatementRunner(graph, fn), {"model": Capture(), "rows": calib}, lower)
+        _, _, result = compile_traced(pipelines.rebinding_pipeline, {"model": Capture(), "rows": calib})
     compiled = [n.original for n in result.nodes if n.path is not None]
     assert compiled == [
         "np.where(x > 5.0, x * 2.0, -x)[:, None] - USER_TABLE.reindex(rows['user']).to_numpy(dtype=float)"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pipelines
 import pytest
+from compiling import compile_traced, compiled_runner
 from lightgbm import LGBMRegressor
 
 import willow
@@ -45,16 +46,9 @@ def frame_setup():
 
 
 def test_every_kernel_reproduces_its_statement(frame_setup):
-    from willow.compiler.compile_pass import RUNTIME, compile_graph
-    from willow.compiler.execution import StatementRunner
-    from willow.compiler.lowering import lower
-    from willow.compiler.tracing import trace_pipeline
-
     model, calib, batch = frame_setup
     fn = pipelines.frame_arithmetic_pipeline
-    graph = trace_pipeline(fn)
-    runner = StatementRunner(graph, fn)
-    result = compile_graph(graph, runner, {"model": model, "rows": calib}, lower)
+    _, runner, result = compile_traced(fn, {"model": model, "rows": calib})
     compiled = [n.original for n in result.nodes if n.path is not None]
     assert compiled[0].startswith("np.column_stack([rows['a'] / rows['b'],")  # one kernel
     assert any(o.startswith("(rows['t'] / T_SCALE") for o in compiled)
@@ -66,13 +60,10 @@ def test_every_kernel_reproduces_its_statement(frame_setup):
     assert any(o.startswith("CELL_TABLE.reindex(") for o in compiled)
     assert not any(o.startswith("rows['t'] / 0.5") for o in compiled)
 
-    class Holder:
-        ops = result.operators
-
-    compiled_runner = StatementRunner(result.graph, fn, extra={RUNTIME: Holder})
+    compiled_graph_runner = compiled_runner(result, fn)
     for rows in (batch, batch.iloc[:1], batch.iloc[:0], batch.iloc[::-1]):  # reversed: another index
         arguments = {"model": model, "rows": rows}
-        got = compiled_runner.run(compiled_runner.namespace(arguments))
+        got = compiled_graph_runner.run(compiled_graph_runner.namespace(arguments))
         want = runner.run(runner.namespace(arguments))
         for name in NAMES:
             assert type(got[name]) is type(want[name]) and got[name].shape == want[name].shape
