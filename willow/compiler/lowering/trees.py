@@ -110,8 +110,8 @@ class CompiledTreeOperator:
             )
         else:
             self._run(data, out)
-        if self.ensemble.divisor != 1.0:
-            out /= self.ensemble.divisor
+        if self._divisor != 1.0:
+            out /= self._divisor
         return out
 
     def __call__(self, *inputs: Any) -> np.ndarray:
@@ -120,26 +120,28 @@ class CompiledTreeOperator:
         X = inputs[0]
         if (
             self._direct
-            and type(X) is np.ndarray
-            and X.ndim == 2
+            and _kernel_ready(X, np.float64, self._n_features)
             and 0 < X.shape[0] <= SMALL_BATCH_ROWS
-            and X.shape[1] == self._n_features
-            and X.dtype == np.float64
-            and X.flags.c_contiguous
         ):
             return self._finish(score_rows(X, self._divisor, *self._small))
         return self._finish(self.raw(X))
 
 
-def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
-    if (
+def _kernel_ready(X: Any, dtype: type, n_features: int) -> bool:
+    """Whether ``X`` is already what the kernels read: a C-contiguous 2-D ``dtype`` array with
+    ``n_features`` columns (the common single-row serving case)."""
+    return (
         type(X) is np.ndarray
         and X.dtype == dtype
         and X.ndim == 2
         and X.shape[1] == n_features
         and X.flags.c_contiguous
-    ):
-        return X  # already what the kernels read (the common single-row serving case)
+    )
+
+
+def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
+    if _kernel_ready(X, dtype, n_features):
+        return X
     import scipy.sparse as sp
 
     if sp.issparse(X):
@@ -362,13 +364,13 @@ def _compile(
     kernels, driver_source = build_kernels(
         sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs, driver=small is None
     )
-    if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
-        base = np.asarray(ensemble.base, dtype=np.float64)
-        score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), ensemble.divisor, *small.arguments(base))
     modules = [*sources, driver_source] if driver_source else sources
-    return CompiledTreeOperator(
+    operator = CompiledTreeOperator(
         name, ensemble, modules, kernels, prepare, finish, n_threads, small, arrays_as_is=arrays_as_is
     )
+    if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
+        score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), operator._divisor, *operator._small)
+    return operator
 
 
 def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> CompiledTreeOperator:
