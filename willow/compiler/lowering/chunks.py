@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
-__all__ = ["worker_threads", "chunk_bounds", "row_chunk_bounds", "map_chunks", "stitch_csr"]
+__all__ = ["worker_threads", "chunk_bounds", "row_chunk_bounds", "map_chunks", "map_row_chunks", "stitch_csr"]
 
 T = TypeVar("T")
 
@@ -118,6 +118,11 @@ def map_chunks(function: Callable[[int, int], T], bounds: Sequence[int], workers
         if error is not None:
             raise error
     return results
+
+
+def map_row_chunks(function: Callable[[int, int], T], n_rows: int, workers: int) -> list[T]:
+    """:func:`map_chunks` over a batch of ``n_rows`` rows cut by :func:`row_chunk_bounds`."""
+    return map_chunks(function, row_chunk_bounds(n_rows, workers), workers)
 
 
 def stitch_csr(

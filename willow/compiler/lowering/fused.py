@@ -236,9 +236,7 @@ def fuse_text_linear(vectorizers: Sequence[Any], model: Any, method: str) -> Com
                 ]
                 return run(*arguments, *constants)
 
-            result = np.concatenate(
-                chunks.map_chunks(chunk, chunks.row_chunk_bounds(n_rows, workers), workers)
-            )
+            result = np.concatenate(chunks.map_row_chunks(chunk, n_rows, workers))
         return finish_output(model_spec, result)
 
     names = " + ".join(type(v).__name__ for v in vectorizers)

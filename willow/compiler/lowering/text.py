@@ -273,8 +273,7 @@ def lower_text_vectorizer(vectorizer: Any, method: str) -> CompiledOperator:
             def chunk(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 return kernel(code_points, offsets[first : last + 1], *arguments)
 
-            bounds = chunks.row_chunk_bounds(n_rows, workers)
-            indptr, indices, values = chunks.stitch_csr(chunks.map_chunks(chunk, bounds, workers))
+            indptr, indices, values = chunks.stitch_csr(chunks.map_row_chunks(chunk, n_rows, workers))
         return _sparse_result(indptr, indices, values, (len(documents), n_features), spec.dtype)
 
     return CompiledOperator(name=f"{type(vectorizer).__name__}.transform", source=source, function=transform)

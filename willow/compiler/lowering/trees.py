@@ -105,9 +105,7 @@ class CompiledTreeOperator:
         workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
         if workers > 1 and n >= _PARALLEL_MIN_ROWS:
             # chunks of rows on the shared pool's threads (each chunk runs every group in turn)
-            chunks.map_chunks(
-                lambda a, b: self._run(data[a:b], out[a:b]), chunks.row_chunk_bounds(n, workers), workers
-            )
+            chunks.map_row_chunks(lambda a, b: self._run(data[a:b], out[a:b]), n, workers)
         else:
             self._run(data, out)
         if self._divisor != 1.0:
