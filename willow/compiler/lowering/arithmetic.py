@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from willow.compiler.lowering.base import NotLowerable
-from willow.compiler.lowering.lookups import Lookup, _unwrap_float, match_lookup
+from willow.compiler.lowering.lookups import Lookup, match_lookup, unwrap_float
 
 __all__ = [
     "FUNCTIONS",
@@ -381,7 +381,7 @@ class _Analyzer:
         """``<Series expression>.to_numpy(dtype=float)`` (or ``.values``, ``.to_numpy()``,
         ``np.asarray(..., dtype=float)``) as the kernel's ndarray; ``None`` when ``node`` is not
         such a conversion (or converts a lookup, or something the kernel cannot compute)."""
-        unwrapped = _unwrap_float(node, self.resolve)
+        unwrapped = unwrap_float(node, self.resolve)
         if unwrapped is None:
             return None
         inner, to_float = unwrapped

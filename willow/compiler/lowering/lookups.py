@@ -47,7 +47,7 @@ import pandas as pd
 
 from willow.compiler.lowering.base import NotLowerable
 
-__all__ = ["DENSE_SPAN", "KeyIndex", "Lookup", "match_lookup", "dense_rows"]
+__all__ = ["DENSE_SPAN", "KeyIndex", "Lookup", "match_lookup", "unwrap_float", "dense_rows"]
 
 DENSE_SPAN = 1 << 21
 """Largest ``max(label) - min(label) + 1`` of an integer index served by a dense position array
@@ -296,7 +296,7 @@ def _table(expr: ast.expr, resolve: Callable[[ast.expr], Any]) -> Any:
         return None
 
 
-def _unwrap_float(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> tuple[ast.expr, bool] | None:
+def unwrap_float(node: ast.expr, resolve: Callable[[ast.expr], Any]) -> tuple[ast.expr, bool] | None:
     """``(inner, converts_to_float)`` for ``inner.to_numpy(...)``, ``inner.values`` or
     ``np.asarray(inner, ...)``; ``None`` otherwise."""
     if isinstance(node, ast.Attribute) and node.attr == "values":
@@ -333,7 +333,7 @@ def match_lookup(
     :class:`NotLowerable` when ``node`` is a lookup that cannot be compiled exactly (the reason
     goes to ``explain()``).
     """
-    unwrapped = _unwrap_float(node, resolve)
+    unwrapped = unwrap_float(node, resolve)
     if unwrapped is None:
         return None
     inner, to_float = unwrapped
