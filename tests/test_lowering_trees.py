@@ -26,8 +26,9 @@ from willow.compiler.lowering import trees_llvm
 from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
-from willow.compiler.lowering.trees_bitvector import bitvector_tables
+from willow.compiler.lowering.trees_bitvector import TAIL, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import _is_cached
+from willow.compiler.lowering.trees_ir import Leaf, TreeEnsemble
 from willow.compiler.lowering.trees_llvm import nested_ifs
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -440,3 +441,23 @@ def test_small_batch_prefix_count_across_many_blocks_and_ties():
     np.testing.assert_array_equal(op(rows), booster.predict(rows))
     for i in range(0, len(rows), 37):
         np.testing.assert_array_equal(op(rows[i : i + 1]), booster.predict(rows[i : i + 1]))
+
+
+def test_small_batch_kernel_without_splits_or_trees():
+    """The AND loop's masked tail reads TAIL entries past a feature's prefix: with no splits at all
+    (lone-leaf trees) or no trees, it must touch only its no-op entries and give base + leaves."""
+    leaves_only = TreeEnsemble(
+        trees=(Leaf((0.5,)), Leaf((-2.0,))),
+        tree_outputs=((0,), (0,)),
+        n_outputs=1,
+        n_features=3,
+        base=(1.0,),
+        divisor=2.0,
+    )
+    no_trees = TreeEnsemble(trees=(), tree_outputs=(), n_outputs=2, n_features=3, base=(1.0, -3.0))
+    X = np.array([[0.0, np.nan, 1e300], [-1.0, 2.0, -0.0]])
+    for ensemble, expected in ((leaves_only, [(1.0 + 0.5 - 2.0) / 2.0]), (no_trees, [1.0, -3.0])):
+        tables = bitvector_tables(ensemble)
+        assert tables.thresholds.shape == (0,) and tables.trees.shape == (TAIL,)
+        got = score_rows(X, ensemble.divisor, *tables.arguments(np.asarray(ensemble.base)))
+        np.testing.assert_array_equal(got, np.tile(expected, (2, 1)))
