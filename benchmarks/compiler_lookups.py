@@ -9,7 +9,9 @@ call at each batch size and the ratio, then the key-matching strategies on their
 ``Index.get_indexer`` against the dense position array (integer keys) and against a Python
 ``dict`` loop and ``pyarrow.compute.index_in`` (string keys). ``--ulps`` measures why
 transcendental functions are not fused: the largest ulp difference and the per-element time of
-Numba's (C library) versions against numpy's own.
+Numba's (C library) versions against numpy's own. ``--threads`` times each kernel filling its rows
+on one thread against row chunks on the worker threads, whatever the batch size, to place
+``arithmetic_codegen.PARALLEL_MIN_VALUES``.
 """
 
 from __future__ import annotations
@@ -199,6 +201,63 @@ def ulps(rows: int = 200000) -> None:
         )
 
 
+def threads(sizes: list[int], repeats: int, only: str | None = None) -> None:
+    """Each compiled case on one thread against row chunks on every worker thread, alternating."""
+    import numba
+
+    from willow.compiler.lowering import arithmetic_codegen
+
+    workers = numba.get_num_threads()
+    print(f"| expression | rows | values read + written | 1 thread | {workers} threads | ratio |")
+    print("|---|---|---|---|---|---|")
+    threshold = arithmetic_codegen.PARALLEL_MIN_VALUES
+    arithmetic_codegen.PARALLEL_MIN_VALUES = 0  # chunks at every size (restored below)
+    try:
+        for label, source in CASES.items():
+            if only is not None and only not in label:
+                continue
+            for rows in sizes:
+                ns = _namespace(rows)
+                compiled = _compiled(source, ns)
+                want = eval(compile(source, "<bench>", "eval"), ns)
+                samples: dict[int, list[float]] = {1: [], workers: []}
+                for _ in range(3):
+                    for count in samples:
+                        numba.set_num_threads(count)
+                        assert np.array_equal(compiled(), want, equal_nan=True), label
+                        samples[count].append(_median(compiled, repeats))
+                numba.set_num_threads(workers)
+                one, many = float(np.median(samples[1])), float(np.median(samples[workers]))
+                values = _values(source, ns, want)
+                print(
+                    f"| {label} | {rows} | {values:,} | {one * 1e6:,.1f} us | {many * 1e6:,.1f} us | "
+                    f"{one / many:.2f}x |"
+                )
+    finally:
+        arithmetic_codegen.PARALLEL_MIN_VALUES = threshold
+
+
+def _values(source: str, ns: dict[str, Any], result: Any) -> int:
+    """rows x (operand columns + output columns), as the compiled call counts them."""
+    tree = ast.parse(source, mode="eval")
+
+    def evaluate(expr: ast.expr) -> Any:
+        return eval(compile(ast.Expression(body=expr), "<bench>", "eval"), ns)
+
+    found, _ = find_expressions(
+        tree.body, evaluate, lambda e: _resolve_fitted(e, {"rows", "x", "y"}, evaluate)
+    )
+    rows = len(result)
+    return sum(
+        rows
+        * (
+            sum(op.width for op in expression.operands if op.ndim > 0)
+            + (result.shape[1] if result.ndim == 2 else 1)
+        )
+        for _, expression in found
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -207,9 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", help="only the expression cases whose label contains this text")
     parser.add_argument("--ulps", action="store_true", help="only compare transcendental functions")
+    parser.add_argument(
+        "--threads", action="store_true", help="only compare one thread with row chunks on the worker threads"
+    )
     args = parser.parse_args(argv)
     if args.ulps:
         ulps()
+    elif args.threads:
+        threads(args.rows, args.repeats, args.only)
     else:
         run(args.rows, args.repeats, args.only)
 

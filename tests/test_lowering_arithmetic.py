@@ -168,3 +168,38 @@ def test_refusals():
         compile_expression("np.where(x > 0, 1, 0)", {**NS, "x": x}, row_names=("x",))
     with pytest.raises(NotLowerable, match="no lookup or array operation"):
         compile_expression("x[:, None]", {**NS, "x": x}, row_names=("x",))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "np.where(x > 0, y, -y) / (y * y + 1.0)",  # 1-D
+        "TABLE.reindex(rows['key']).to_numpy(dtype=float) * 2.0 - w[:, None]",  # lookup, F order
+        "np.nansum(TABLE.reindex(rows['key']).to_numpy(dtype=float) * w[:, None], axis=1)",  # scratch row
+        "np.column_stack([rows['a'] / rows['b'], rows['b'] - rows['a']])",  # stack, C order
+    ],
+)
+def test_row_chunks_on_worker_threads_equal_one_thread(monkeypatch, source):
+    """Large batches fill row chunks on the worker threads: the same values and memory order as
+    numpy, whichever chunk each row falls in (forced here at any size and thread count)."""
+    from willow.compiler.lowering import arithmetic_codegen, chunks
+
+    rng = np.random.default_rng(3)
+    n = 2_000
+    table = pd.DataFrame(rng.normal(size=(50, 4)), index=np.arange(0, 100, 2))
+    rows = pd.DataFrame({"key": rng.integers(-5, 110, n), "a": rng.normal(size=n), "b": rng.normal(size=n)})
+    values = {"rows": rows, "x": rng.normal(size=n), "y": rng.normal(size=n), "w": rng.normal(size=n)}
+    values["x"][::7] = np.nan
+    namespace = {**NS, "TABLE": table, **values}
+    run, _ = compile_expression(source, namespace)
+    expected = original(source, namespace, values)
+    monkeypatch.setattr(arithmetic_codegen, "PARALLEL_MIN_VALUES", 0)
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 3)
+    calls = []
+    real_map = chunks.map_row_chunks
+    monkeypatch.setattr(chunks, "map_row_chunks", lambda *a: calls.append(a[1:]) or real_map(*a))
+    got = run(values)
+    assert calls == [(n, 3)]  # the chunked path ran
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.f_contiguous == expected.flags.f_contiguous
+    assert got.flags.c_contiguous == expected.flags.c_contiguous
