@@ -21,8 +21,8 @@ from sklearn import ensemble as sk_ensemble
 from sklearn.linear_model import LogisticRegression
 
 from willow.compiler.backend import load_generated_module
+from willow.compiler.lowering import chunks, trees_llvm
 from willow.compiler.lowering import trees as trees_module
-from willow.compiler.lowering import trees_llvm
 from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
@@ -281,10 +281,18 @@ def test_several_groups_compile_in_worker_processes(kernel_cache):
     assert_same_as_library(numeric, "predict", op, X_TRAIN[:1])
 
 
-def test_batch_uses_threads_and_stays_exact(compiled):
+def test_batch_uses_threads_and_stays_exact(compiled, monkeypatch):
     model, operators, _ = compiled["lgb_multiclass"]
     X, *_ = _train_data(n=9000, seed=4)
-    assert_same_as_library(model, "predict_proba", operators["predict_proba"], X)
+    op = operators["predict_proba"]
+    assert_same_as_library(model, "predict_proba", op, X)
+    # Fortran-ordered rows (a frame's to_numpy): each thread copies its own chunks to C order,
+    # instead of the whole array being copied first
+    fortran = np.asfortranarray(X)
+    expected = op(X)
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 2)
+    monkeypatch.setattr(op, "_prepare", None)  # not called on this path
+    np.testing.assert_array_equal(op(fortran), expected)
 
 
 # every test model has trees of at most 64 leaves: small batches use the bitvector kernel

@@ -81,7 +81,8 @@ class CompiledTreeOperator:
         self._small = None if small is None else small.arguments(self._base)
         # ``prepare`` returns a C-contiguous float64 array of 1+ rows and n_features columns
         # unchanged (LightGBM): single rows skip it, the conversion is most of their Python time
-        self._direct = arrays_as_is and self._small is not None and not ensemble.float32_input
+        self._arrays_as_is = arrays_as_is and not ensemble.float32_input
+        self._direct = self._arrays_as_is and self._small is not None
         self._n_features = ensemble.n_features
 
     def __repr__(self) -> str:
@@ -96,18 +97,36 @@ class CompiledTreeOperator:
 
     def raw(self, X: Any) -> np.ndarray:
         """Summed leaf values plus base score, divided by the ensemble's divisor."""
+        workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
+        if (
+            self._arrays_as_is
+            and workers > 1
+            and type(X) is np.ndarray
+            and X.dtype == np.float64
+            and X.ndim == 2
+            and X.shape[0] >= _PARALLEL_MIN_ROWS
+            and X.shape[1] == self._n_features
+            and not X.flags.c_contiguous
+        ):
+            # ``prepare`` would copy the whole array to C order first (a frame's to_numpy, and an
+            # hstack of them, is Fortran-ordered): each thread copies its chunks instead, in
+            # parallel, right before its kernels read them
+            return self._chunked(X, lambda a, b: np.ascontiguousarray(X[a:b]), workers)
         data = self._prepare(X)
         n = data.shape[0]
         if n <= SMALL_BATCH_ROWS and self._small is not None:
             return score_rows(data, self._divisor, *self._small)
-        out = np.empty((n, self.ensemble.n_outputs), dtype=np.float64)
+        return self._chunked(data, lambda a, b: data[a:b], workers if n >= _PARALLEL_MIN_ROWS else 1)
+
+    def _chunked(self, X: np.ndarray, rows: Callable[[int, int], np.ndarray], workers: int) -> np.ndarray:
+        """The raw scores of every row of ``X``: chunks of rows on the shared pool's threads, each
+        chunk (``rows(first, last)``, C-contiguous) run through every group in turn."""
+        out = np.empty((X.shape[0], self.ensemble.n_outputs), dtype=np.float64)
         out[:] = self._base
-        workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
-        if workers > 1 and n >= _PARALLEL_MIN_ROWS:
-            # chunks of rows on the shared pool's threads (each chunk runs every group in turn)
-            chunks.map_row_chunks(lambda a, b: self._run(data[a:b], out[a:b]), n, workers)
+        if workers > 1:
+            chunks.map_row_chunks(lambda a, b: self._run(rows(a, b), out[a:b]), X.shape[0], workers)
         else:
-            self._run(data, out)
+            self._run(rows(0, X.shape[0]), out)
         if self._divisor != 1.0:
             out /= self._divisor
         return out
