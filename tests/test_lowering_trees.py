@@ -305,6 +305,17 @@ def test_small_batch_kernel_covers_trees_up_to_64_leaves(compiled):
     for name, (model, operators, _) in compiled.items():  # LightGBM's arrays skip the conversion
         lightgbm = type(model).__module__.startswith("lightgbm")
         assert all(op._direct == lightgbm for op in operators.values()), name
+    # a Fortran-ordered small batch (rows of a frame's to_numpy) too, copied to C order on the way
+    model, operators, _ = compiled["lgb_multiclass"]
+    X, *_ = _train_data(n=40, seed=6)
+    for op in operators.values():
+        expected = op(X)
+        prepare, op._prepare = op._prepare, None  # not called on this path
+        try:
+            np.testing.assert_array_equal(op(np.asfortranarray(X)), expected)
+            np.testing.assert_array_equal(op(np.asfortranarray(X)[3:4]), expected[3:4])
+        finally:
+            op._prepare = prepare
     for name in ("lgb_binary_cat", "hgb_classifier_cat"):  # categorical splits in the tables
         assert bitvector_tables(compiled[name][1]["predict"].ensemble).category_splits.shape[0] > 0
     deep = sk_ensemble.RandomForestRegressor(n_estimators=2, random_state=0).fit(

@@ -79,8 +79,8 @@ class CompiledTreeOperator:
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self._divisor = float(ensemble.divisor)
         self._small = None if small is None else small.arguments(self._base)
-        # ``prepare`` returns a C-contiguous float64 array of 1+ rows and n_features columns
-        # unchanged (LightGBM): single rows skip it, the conversion is most of their Python time
+        # ``prepare`` returns a float64 array of 1+ rows and n_features columns as it is, in C order
+        # (LightGBM): small batches skip it, the conversion is most of their Python time
         self._arrays_as_is = arrays_as_is and not ensemble.float32_input
         self._direct = self._arrays_as_is and self._small is not None
         self._n_features = ensemble.n_features
@@ -137,16 +137,21 @@ class CompiledTreeOperator:
         X = inputs[0]
         if (
             self._direct
-            and _kernel_ready(X, np.float64, self._n_features)
+            and type(X) is np.ndarray
+            and X.dtype == np.float64
+            and X.ndim == 2
             and 0 < X.shape[0] <= SMALL_BATCH_ROWS
+            and X.shape[1] == self._n_features
         ):
+            if not X.flags.c_contiguous:  # e.g. a row of a frame's (Fortran-ordered) to_numpy
+                X = np.ascontiguousarray(X)
             return self._finish(score_rows(X, self._divisor, *self._small))
         return self._finish(self.raw(X))
 
 
 def _kernel_ready(X: Any, dtype: type, n_features: int) -> bool:
     """Whether ``X`` is already what the kernels read: a C-contiguous 2-D ``dtype`` array with
-    ``n_features`` columns (the common single-row serving case)."""
+    ``n_features`` columns (``_dense`` then returns it as it is)."""
     return (
         type(X) is np.ndarray
         and X.dtype == dtype
