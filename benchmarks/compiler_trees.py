@@ -10,14 +10,14 @@ difference to LightGBM. Runs a
 synthetic regression model (a compiler micro-benchmark) and one real-data model
 (california_housing.csv from ../shared/data, when present).
 
-Measured on the 2-core development machine (Intel Xeon, load average ~1; ratios come from
-alternating runs in one process), fourth session, nested ifs translated straight to LLVM IR:
+Measured on the 2-core development machine (Intel Xeon, load average ~0.1-1; ratios come from
+alternating runs in one process), fifth session, two-phase bitvector kernel for small batches:
 
 | model | batch ratio (LightGBM / willow rows/s) | single row p50 (LightGBM / willow) | compile cold / warm (second process) |
 |---|---|---|---|
-| synthetic 500 x 63 leaves, 100 features, 100k rows | 4.79x (34.5k / 165.0k) | 97.3 us / 20.06 us | 27.2 s / 5.8 s |
-| california_housing 50 x 31 leaves, 20,640 rows (`--quick`) | 3.13x | 26.7 us / 7.1 us | 3.2 s / 2.1 s |
-| synthetic 50 x 63 leaves (`--quick`), 20k rows | 2.70x | 29.8 us / 9.4 us | 4.3 s / 2.4 s |
+| synthetic 500 x 63 leaves, 100 features, 100k rows | 4.76x (35.4k / 168.6k) | 97.3 us / 16.8 us | 28.0 s / 6.0 s |
+| california_housing 50 x 31 leaves, 20,640 rows (`--quick`) | 3.46x | 26.9 us / 4.1 us | 3.2 s / 2.3 s |
+| synthetic 50 x 63 leaves (`--quick`), 20k rows | 2.66x | 30.3 us / 7.1 us | 4.4 s / 2.4 s |
 
 All three: max |difference| to LightGBM 0.0.
 """

@@ -87,7 +87,7 @@ class BitvectorTables:
         """The tables and the ensemble's ``base`` scores as :func:`score_rows` takes them: one
         array per element type (``uint64``, ``float64``, ``int64`` with a header of section
         bounds, ``uint16``). Every array argument costs Numba's dispatcher ~0.15 us per call, so
-        sixteen separate arrays were ~1.5 us of a single row's ~20 us."""
+        sixteen separate arrays were ~1.5 us of a single row's ~20 us then."""
         u64 = [self.feature_start, self.block_start, self.masks, self.init, self.category_masks]
         f64 = [self.thresholds, self.block_firsts, self.values, np.asarray(base, dtype=np.float64)]
         i64 = [
