@@ -185,9 +185,10 @@ class CompilationResult:
                 f"as one kernel (_willow.ops.{self.fused.attribute}); the matrices are never built."
             )
         for node in self.nodes:
+            what = "Generated kernel" if getattr(node.operator, "generated", True) else "Compiled operator"
             lines += [
                 "",
-                f"Generated kernel for _willow.ops.{node.attribute} ({node.operator.name}):",
+                f"{what} for _willow.ops.{node.attribute} ({node.operator.name}):",
                 "",
                 node.operator.source,
             ]

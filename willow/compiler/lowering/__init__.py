@@ -1,4 +1,5 @@
-"""Lowerings: fitted operators compiled to generated Numba kernels.
+"""Lowerings: fitted operators compiled to generated Numba kernels (and one-hot encoding, which
+needs no generated code: see :mod:`willow.compiler.lowering.encoders`).
 
 ``LOWERINGS`` maps an operator type to the function that compiles one of its methods; it is an
 explicit dict (no registration by import side effects) so the supported list is readable here.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerable, lower_with
+from willow.compiler.lowering.encoders import ENCODER_LOWERINGS
 from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
 from willow.compiler.lowering.text import TEXT_LOWERINGS
@@ -22,6 +24,7 @@ LOWERINGS: dict[type, Lowering] = {
     **TEXT_LOWERINGS,
     **LINEAR_LOWERINGS,
     **TREE_LOWERINGS,
+    **ENCODER_LOWERINGS,
 }
 
 

@@ -28,12 +28,14 @@ class CompiledOperator:
     """A compiled stand-in for one operator method.
 
     ``name`` says what it replaces (``"TfidfVectorizer.transform"``), ``source`` is the generated
-    kernel module exactly as compiled, and calling the object runs it.
+    kernel module exactly as compiled (or, for an operator that needs no generated code,
+    ``generated=False``, a description of what it runs), and calling the object runs it.
     """
 
     name: str
     source: str
     function: Callable[..., Any] = field(repr=False)
+    generated: bool = True
 
     def __call__(self, *inputs: Any) -> Any:
         return self.function(*inputs)

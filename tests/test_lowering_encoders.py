@@ -1,0 +1,212 @@
+"""OneHotEncoder.transform compiled for string categories: scikit-learn's exact output, warnings
+and errors on every input, compiled or not."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import sklearn
+from sklearn.preprocessing import OneHotEncoder
+
+from willow.compiler.lowering import lower
+from willow.compiler.lowering.base import NotLowerable
+
+COLOURS = ["red", "green", "blue", "", "grün", "紅"]
+SIZES = ["S", "M", "L", "XL"]
+
+
+def _frame(n: int, seed: int = 0, unknown: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    colours = rng.choice(COLOURS + (["purple"] if unknown else []), n)
+    # object columns (pandas 3 would infer its "str" dtype: tested separately)
+    return pd.DataFrame({"colour": colours, "size": rng.choice(SIZES, n)}, dtype=object)
+
+
+TRAIN = _frame(400, seed=1)
+
+OPTIONS = [
+    {},
+    {"handle_unknown": "ignore"},
+    {"handle_unknown": "infrequent_if_exist"},
+    {"handle_unknown": "warn"},
+    {"handle_unknown": "ignore", "drop": "first"},
+    {"drop": "if_binary"},
+    {"drop": ["green", "M"]},
+    {"handle_unknown": "ignore", "sparse_output": False},
+    {"handle_unknown": "ignore", "dtype": np.float32},
+    {"handle_unknown": "ignore", "dtype": np.int64, "sparse_output": False},
+]
+
+
+def assert_same_result(got, expected) -> None:
+    """Same container, dtype, shape and values; for CSR the same arrays and index dtypes."""
+    assert type(got) is type(expected)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    if sp.issparse(expected):
+        assert got.format == expected.format == "csr"
+        for name in ("indptr", "indices", "data"):
+            a, b = getattr(got, name), getattr(expected, name)
+            assert a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def _outcome(function, X):
+    """The result, or the exception type and message, and the warnings raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = function(X)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            result = (type(exc), str(exc))
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+def assert_same_outcome(op, encoder, X) -> None:
+    got, got_warnings = _outcome(op, X)
+    expected, expected_warnings = _outcome(encoder.transform, X)
+    assert got_warnings == expected_warnings
+    if isinstance(expected, tuple):
+        assert got == expected
+    else:
+        assert_same_result(got, expected)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=[str(o) for o in OPTIONS])
+def test_transform_equals_scikit_learn(options):
+    encoder = OneHotEncoder(**options).fit(TRAIN)
+    op = lower(encoder, "transform")
+    for X in (
+        _frame(1, seed=2),  # one row: the dict path
+        _frame(37, seed=3),
+        _frame(3000, seed=4),  # beyond the dict: pandas get_indexer
+        _frame(1, seed=5, unknown=True),
+        _frame(3000, seed=6, unknown=True),  # ignore: zeros; error / warn / drop: scikit-learn
+        _frame(50, seed=7).astype("str"),  # pandas' default string columns
+        _frame(300, seed=7, unknown=True).astype("str"),
+        _frame(50, seed=8, unknown=True).astype(pd.StringDtype("python")),
+        _frame(300, seed=8).astype(pd.StringDtype("python")),
+    ):
+        assert_same_outcome(op, encoder, X)
+
+
+def test_other_inputs_run_scikit_learn():
+    encoder = OneHotEncoder(handle_unknown="ignore").fit(TRAIN)
+    op = lower(encoder, "transform")
+    with_nan = _frame(20, seed=9)
+    with_nan.loc[3, "colour"] = np.nan
+    with_none = _frame(20, seed=9)
+    with_none.loc[4, "size"] = None
+    numbers = _frame(20, seed=9)
+    numbers.loc[5, "colour"] = 7
+    string_nan = _frame(20, seed=10).astype("str")
+    string_nan.loc[2, "size"] = None
+    string_na = _frame(20, seed=10).astype(pd.StringDtype("python"))
+    string_na.loc[2, "colour"] = pd.NA
+    for X in (
+        with_nan,
+        with_none,
+        numbers,
+        string_nan,
+        string_na,
+        _frame(5)[["size", "colour"]],  # other column order: scikit-learn's feature-name error
+        _frame(5).rename(columns={"size": "sizes"}),
+        _frame(0),  # scikit-learn refuses 0 rows
+        _frame(5).to_numpy(),  # an array: scikit-learn warns about the missing feature names
+        [["red", "S"]],
+    ):
+        assert_same_outcome(op, encoder, X)
+
+
+def test_output_settings_read_at_call_time():
+    encoder = OneHotEncoder(handle_unknown="ignore").fit(TRAIN)
+    op = lower(encoder, "transform")
+    X = _frame(30, seed=11)
+    assert isinstance(op(X), sp.csr_matrix)
+    with sklearn.config_context(sparse_interface="sparray"):
+        assert isinstance(op(X), sp.csr_array)
+        assert_same_result(op(X), encoder.transform(X))
+    dense = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(TRAIN)
+    dense_op = lower(dense, "transform")
+    dense.set_output(transform="pandas")  # after lowering: the call sees it
+    got = dense_op(X)
+    assert isinstance(got, pd.DataFrame)
+    pd.testing.assert_frame_equal(got, dense.transform(X))
+
+
+@pytest.mark.parametrize(
+    "encoder, reason",
+    [
+        (OneHotEncoder().fit(TRAIN.to_numpy()), "fitted on an array"),
+        (OneHotEncoder().fit(pd.DataFrame({"n": [1, 2, 3]})), "not all str"),
+        (OneHotEncoder().fit(pd.DataFrame({"c": ["a", None, "b"]})), "not all str"),
+        (OneHotEncoder(min_frequency=5).fit(TRAIN), "infrequent"),
+        (OneHotEncoder(), "not fitted"),
+    ],
+)
+def test_not_lowerable(encoder, reason):
+    with pytest.raises(NotLowerable, match=reason):
+        lower(encoder, "transform")
+    with pytest.raises(NotLowerable, match="only transform"):
+        lower(OneHotEncoder().fit(TRAIN), "inverse_transform")
+
+
+def test_explain_source_describes_the_operator():
+    op = lower(OneHotEncoder(handle_unknown="ignore", drop="first").fit(TRAIN), "transform")
+    assert op.name == "OneHotEncoder.transform" and not op.generated
+    assert "'colour' (6 categories, one dropped)" in op.source
+    assert "unknown categories run scikit-learn" in op.source
+
+
+def test_string_frames_never_call_scikit_learn(monkeypatch):
+    """The compiled path itself answers (scikit-learn's transform is not called behind it)."""
+    encoder = OneHotEncoder(handle_unknown="ignore", drop=None).fit(TRAIN)
+    dropping = OneHotEncoder(drop="first").fit(TRAIN)
+    cases = [
+        (encoder, _frame(1, seed=12)),
+        (encoder, _frame(3000, seed=13, unknown=True)),
+        (encoder, _frame(300, seed=14, unknown=True).astype("str")),
+        (dropping, _frame(40, seed=15)),
+    ]
+    for fitted, X in cases:
+        op = lower(fitted, "transform")
+        expected = fitted.transform(X)
+        monkeypatch.setattr(fitted, "transform", lambda *a: pytest.fail("scikit-learn was called"))
+        assert_same_result(op(X), expected)
+        monkeypatch.undo()
+
+
+COLOUR_ENCODER = OneHotEncoder(handle_unknown="ignore").fit(TRAIN[["colour"]])
+SIZE_ENCODER = OneHotEncoder(drop="first").fit(TRAIN[["size"]])
+
+
+def encoded_pipeline(model, frame):
+    colour = COLOUR_ENCODER.transform(frame[["colour"]])
+    size = SIZE_ENCODER.transform(frame[["size"]])
+    X = sp.hstack([colour, size]).tocsr()
+    return model.predict_proba(X)
+
+
+def test_encoders_compiled_inside_a_pipeline():
+    from compiling import compile_traced, compiled_runner
+    from sklearn.linear_model import LogisticRegression
+
+    features = sp.hstack(
+        [COLOUR_ENCODER.transform(TRAIN[["colour"]]), SIZE_ENCODER.transform(TRAIN[["size"]])]
+    )
+    labels = (TRAIN["colour"].isin(["red", "grün"]) ^ (TRAIN["size"] == "L")).to_numpy()
+    model = LogisticRegression().fit(features, labels)
+    _, _, result = compile_traced(encoded_pipeline, {"model": model, "frame": _frame(200, seed=16)})
+    names = {node.operator.name for node in result.nodes}
+    assert names >= {"OneHotEncoder.transform"} and len(result.nodes) >= 2
+    assert "Compiled operator for _willow.ops." in result.report()
+    runner = compiled_runner(result, encoded_pipeline)
+    for frame in (_frame(1, seed=17), _frame(500, seed=18, unknown=False), _frame(80, seed=19).astype("str")):
+        _, got = runner.run_all({"model": model, "frame": frame})
+        # the model call is compiled too: probabilities to 1e-12 (the encoders' parts are exact)
+        np.testing.assert_allclose(got, encoded_pipeline(model, frame), rtol=0, atol=1e-12)
