@@ -3,6 +3,7 @@ and errors on every input, compiled or not."""
 
 from __future__ import annotations
 
+import ast
 import warnings
 
 import numpy as np
@@ -210,3 +211,39 @@ def test_encoders_compiled_inside_a_pipeline():
         _, got = runner.run_all({"model": model, "frame": frame})
         # the model call is compiled too: probabilities to 1e-12 (the encoders' parts are exact)
         np.testing.assert_allclose(got, encoded_pipeline(model, frame), rtol=0, atol=1e-12)
+
+
+def dense_encoded_pipeline(model, frame):
+    colour = COLOUR_ENCODER.transform(frame[["colour"]]).toarray()
+    size = SIZE_ENCODER.transform(frame[["size"]]).toarray()
+    X = np.hstack([colour, size])
+    return model.predict_proba(X)
+
+
+def test_a_method_called_on_the_result_keeps_running_on_the_compiled_call():
+    """``enc.transform(df).toarray()``: the transform is compiled, ``.toarray()`` still runs on its
+    result; a saved plan's recipe rebuilds the same statement."""
+    from compiling import compile_traced, compiled_runner
+    from sklearn.linear_model import LogisticRegression
+
+    from willow.compiler.compile_pass import CHAINED_CALL, apply_compilation
+
+    features = np.hstack(
+        [
+            COLOUR_ENCODER.transform(TRAIN[["colour"]]).toarray(),
+            SIZE_ENCODER.transform(TRAIN[["size"]]).toarray(),
+        ]
+    )
+    model = LogisticRegression().fit(features, TRAIN["colour"].isin(["red", "blue"]).to_numpy())
+    graph, _, result = compile_traced(dense_encoded_pipeline, {"model": model, "frame": _frame(200, seed=20)})
+    encoders = [node for node in result.nodes if node.operator.name == "OneHotEncoder.transform"]
+    assert len(encoders) == 2 and all(node.call_path == CHAINED_CALL for node in encoders)
+    statements = [ast.unparse(st.node) for st in result.graph.statements]
+    assert statements[0] == "colour = _willow.ops.colour_transform(frame[['colour']]).toarray()"
+    rebuilt = apply_compilation(graph, result.recipes, lower, dense_encoded_pipeline)
+    assert [ast.unparse(st.node) for st in rebuilt.graph.statements] == statements
+    for compiled in (result, rebuilt):
+        runner = compiled_runner(compiled, dense_encoded_pipeline)
+        for frame in (_frame(1, seed=21), _frame(300, seed=22, unknown=True)):
+            _, got = runner.run_all({"model": model, "frame": frame})
+            np.testing.assert_allclose(got, dense_encoded_pipeline(model, frame), rtol=0, atol=1e-12)

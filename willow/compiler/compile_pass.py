@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import ModelCall, PipelineGraph, Statement
+from willow.compiler.lowering.arithmetic import node_at, replace_at
 from willow.compiler.profiling import group_costs
 
 __all__ = [
@@ -48,7 +49,8 @@ class CompiledNode:
     """One call replaced by a compiled operator.
 
     ``recipe`` is ``(object, method)``: enough to compile the operator again after loading a plan.
-    An array expression (lookups and elementwise arithmetic) replaces the sub-tree at ``path`` of
+    The call sits at ``call_path`` of its statement: the assigned value, or the receiver of a
+    method called on its result (``enc.transform(df).toarray()``). An array expression (lookups and elementwise arithmetic) replaces the sub-tree at ``path`` of
     its statement by ``_willow.ops.<attribute>(*arguments)``; ``objects`` are the fitted tables it
     captured (by expression) and ``signature`` what it assumes of its array operands.
     """
@@ -61,6 +63,7 @@ class CompiledNode:
     recipe: tuple[Any, str]
     path: tuple[Any, ...] | None = None
     arguments: tuple[ast.expr, ...] = ()
+    call_path: tuple[str, ...] = ("value",)
     objects: tuple[tuple[str, Any], ...] = ()
     signature: dict[str, Any] | None = None
 
@@ -146,6 +149,7 @@ class CompilationResult:
                 "statement": node.statement,
                 "attribute": node.attribute,
                 "method": method,
+                "call_path": node.call_path,
             }
             if node.statement is None:
                 recipe["object"] = obj
@@ -202,27 +206,54 @@ class CompilationResult:
         return "\n".join(lines)
 
 
-def _candidate_call(graph: PipelineGraph, st: Statement) -> tuple[str, ast.expr, str, list[ast.expr]] | None:
-    """``(target, object expression, method, args)`` for ``target = obj.method(*args)`` statements
-    whose object comes from outside the function body (a global or closure variable)."""
-    node = st.node
+CHAINED_CALL = ("value", "func", "value")
+"""Where the call sits in ``target = obj.method(*args).other()``: ``other``'s receiver."""
+
+
+def _call_path(node: ast.stmt) -> tuple[str, ...] | None:
+    """Where a candidate ``obj.method(*args)`` call sits in an assignment: its value, or the
+    receiver of an argument-less method called on its result (``.toarray()``, ``.tocsr()``)."""
     if not (
-        isinstance(node, ast.Assign)
-        and len(node.targets) == 1
-        and isinstance(node.targets[0], ast.Name)
-        and isinstance(node.value, ast.Call)
-        and isinstance(node.value.func, ast.Attribute)
-        and not node.value.keywords
-        and not any(isinstance(a, ast.Starred) for a in node.value.args)
+        isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
     ):
         return None
-    obj = node.value.func.value
+    value = node.value
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and isinstance(value.func.value, ast.Call)
+        and not value.args
+        and not value.keywords
+    ):
+        return CHAINED_CALL
+    return ("value",)
+
+
+def _candidate_call(
+    graph: PipelineGraph, st: Statement
+) -> tuple[str, ast.expr, str, list[ast.expr], tuple[str, ...]] | None:
+    """``(target, object expression, method, args, call path)`` for ``target = obj.method(*args)``
+    statements (or ``obj.method(*args).other()``, see :func:`_call_path`) whose object comes from
+    outside the function body (a global or closure variable)."""
+    node = st.node
+    path = _call_path(node)
+    if path is None:
+        return None
+    call = node_at(node, path)
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and not call.keywords
+        and not any(isinstance(a, ast.Starred) for a in call.args)
+    ):
+        return None
+    obj = call.func.value
     root = obj
     while isinstance(root, ast.Attribute):
         root = root.value
     if not isinstance(root, ast.Name) or st.reads.get(root.id, 0) is not None or root.id in graph.parameters:
         return None
-    return node.targets[0].id, obj, node.value.func.attr, list(node.value.args)
+    return node.targets[0].id, obj, call.func.attr, list(call.args), path
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -279,14 +310,15 @@ def _rewrite(graph: PipelineGraph, nodes: list[CompiledNode]) -> PipelineGraph:
         st = statements[node.statement]
         assign = copy.deepcopy(st.node)
         if node.path is not None:
-            from willow.compiler.lowering.arithmetic import node_at, replace_at
-
             old = node_at(assign, node.path)
             call = _ops_call(node.attribute, [copy.deepcopy(a) for a in node.arguments])
             replace_at(assign, node.path, ast.copy_location(call, old))
         else:
-            assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Call)
-            assign.value = ast.copy_location(_ops_call(node.attribute, list(assign.value.args)), assign.value)
+            call = node_at(assign, node.call_path)
+            assert isinstance(call, ast.Call)
+            replace_at(
+                assign, node.call_path, ast.copy_location(_ops_call(node.attribute, list(call.args)), call)
+            )
         ast.fix_missing_locations(assign)
         reads = {name: d for name, d in st.reads.items() if name in _loaded(assign)}
         statements[node.statement] = replace(st, node=assign, reads=reads)
@@ -375,6 +407,7 @@ def compile_graph(
         args: list[Any],
         expected: Any,
         label: str,
+        call_path: tuple[str, ...] = ("value",),
     ) -> Any:
         if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
             return None
@@ -417,7 +450,9 @@ def compile_graph(
             return None
         attribute = _unique(label, attributes | taken)
         attributes.add(attribute)
-        nodes.append(CompiledNode(statement, lineno, original, attribute, operator, (obj, method)))
+        nodes.append(
+            CompiledNode(statement, lineno, original, attribute, operator, (obj, method), call_path=call_path)
+        )
         return operator
 
     local_names = set(graph.parameters) | {name for st in graph.statements for name in st.defines}
@@ -432,7 +467,7 @@ def compile_graph(
 
     def attempt_expressions(st: Statement) -> None:
         """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
-        from willow.compiler.lowering.arithmetic import find_expressions, node_at, signature
+        from willow.compiler.lowering.arithmetic import find_expressions, signature
         from willow.compiler.lowering.arithmetic_codegen import call_arguments, compile_expression
 
         value = st.node.value if isinstance(st.node, ast.Assign) and len(st.node.targets) == 1 else None
@@ -522,7 +557,7 @@ def compile_graph(
         if found is not None and inspect.ismodule(receiver):
             found = None  # np.column_stack(...): a function, whose arguments may hold array expressions
         if found is not None and _is_table(receiver):
-            if found[2] in ("reindex", "merge"):
+            if found[2] in ("reindex", "merge") and found[4] != CHAINED_CALL:
                 skipped.append(
                     SkippedNode(
                         st.lineno,
@@ -535,12 +570,16 @@ def compile_graph(
         if found is None:
             attempt_expressions(st)
             continue
-        target, obj_expr, method, arg_exprs = found
+        target, obj_expr, method, arg_exprs, call_path = found
         obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
         args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
         runner.run(ns, [st.index])
+        # a chained call's own result (before `.toarray()`...), from the arguments the statement read
+        expected = ns[target] if call_path != CHAINED_CALL else getattr(obj, method)(*args)
         if (
-            attempt(st.index, st.lineno, st.source, obj, method, args, ns[target], f"{target}_{method}")
+            attempt(
+                st.index, st.lineno, st.source, obj, method, args, expected, f"{target}_{method}", call_path
+            )
             is not None
         ):
             guarded[ast.unparse(obj_expr)] = obj
@@ -732,7 +771,7 @@ def _reload_expression(
 ) -> CompiledNode:
     """Compile a saved array expression again from the graph, checking its tables' content."""
     from willow.cascades.runtime import model_fingerprint
-    from willow.compiler.lowering.arithmetic import analyze, is_stacked, node_at, stand_in
+    from willow.compiler.lowering.arithmetic import analyze, is_stacked, stand_in
     from willow.compiler.lowering.arithmetic_codegen import compile_expression
     from willow.errors import PlanMismatchError
 
@@ -822,7 +861,15 @@ def apply_compilation(
             lineno, original = st.lineno, st.source
         operator = lower(obj, recipe["method"])
         nodes.append(
-            CompiledNode(statement, lineno, original, recipe["attribute"], operator, (obj, recipe["method"]))
+            CompiledNode(
+                statement,
+                lineno,
+                original,
+                recipe["attribute"],
+                operator,
+                (obj, recipe["method"]),
+                call_path=tuple(recipe.get("call_path", ("value",))),
+            )
         )
     result = CompilationResult(
         graph=_rewrite(graph, nodes),
