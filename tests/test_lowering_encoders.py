@@ -247,3 +247,44 @@ def test_a_method_called_on_the_result_keeps_running_on_the_compiled_call():
         for frame in (_frame(1, seed=21), _frame(300, seed=22, unknown=True)):
             _, got = runner.run_all({"model": model, "frame": frame})
             np.testing.assert_allclose(got, dense_encoded_pipeline(model, frame), rtol=0, atol=1e-12)
+
+
+class _CountingSource:
+    """A global object willow cannot lower, whose method must run only as often as the code says."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fetch(self, frame):
+        self.calls += 1
+        return frame[["colour"]]
+
+
+SOURCE = _CountingSource()
+
+
+def fetching_pipeline(model, frame):
+    colour = SOURCE.fetch(frame).copy()
+    encoded = COLOUR_ENCODER.transform(colour).toarray()
+    size = SIZE_ENCODER.transform(frame[["size"]]).toarray()
+    X = np.hstack([encoded, size])
+    return model.predict_proba(X)
+
+
+def test_chained_calls_on_objects_without_a_lowering_run_once():
+    from compiling import compile_traced
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.hstack(
+        [
+            COLOUR_ENCODER.transform(TRAIN[["colour"]]).toarray(),
+            SIZE_ENCODER.transform(TRAIN[["size"]]).toarray(),
+        ]
+    )
+    model = LogisticRegression().fit(features, TRAIN["size"].isin(["S", "M"]).to_numpy())
+    SOURCE.calls = 0
+    _, _, result = compile_traced(fetching_pipeline, {"model": model, "frame": _frame(50, seed=23)})
+    # only the statement's own run: no second call of a method willow cannot compile anyway
+    assert SOURCE.calls == 1
+    assert any(skip.original.startswith("colour = SOURCE.fetch") for skip in result.skipped)
+    assert len([n for n in result.nodes if n.operator.name == "OneHotEncoder.transform"]) == 2

@@ -15,6 +15,7 @@ import ast
 import copy
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,9 +51,10 @@ class CompiledNode:
 
     ``recipe`` is ``(object, method)``: enough to compile the operator again after loading a plan.
     The call sits at ``call_path`` of its statement: the assigned value, or the receiver of a
-    method called on its result (``enc.transform(df).toarray()``). An array expression (lookups and elementwise arithmetic) replaces the sub-tree at ``path`` of
-    its statement by ``_willow.ops.<attribute>(*arguments)``; ``objects`` are the fitted tables it
-    captured (by expression) and ``signature`` what it assumes of its array operands.
+    method called on its result (``enc.transform(df).toarray()``). An array expression (lookups
+    and elementwise arithmetic) replaces the sub-tree at ``path`` of its statement by
+    ``_willow.ops.<attribute>(*arguments)``; ``objects`` are the fitted tables it captured (by
+    expression) and ``signature`` what it assumes of its array operands.
     """
 
     statement: int | None  # None for the model call
@@ -405,10 +407,13 @@ def compile_graph(
         obj: Any,
         method: str,
         args: list[Any],
-        expected: Any,
+        expected: Callable[[], Any],
         label: str,
         call_path: tuple[str, ...] = ("value",),
     ) -> Any:
+        """Lower ``obj.method``, check it on ``args`` against ``expected`` (a zero-argument callable
+        giving the original's result, only called once the object is known to be lowerable) and
+        record the node; ``None`` when it stays Python."""
         if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
             return None
         refusal = compile_budget_refusal(obj, tree_node_budget)
@@ -438,7 +443,7 @@ def compile_graph(
             )
             skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
             return None
-        if not _same(result, expected):
+        if not _same(result, expected()):
             warnings.warn(
                 f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.",
                 CompilationWarning,
@@ -574,16 +579,23 @@ def compile_graph(
         obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
         args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
         runner.run(ns, [st.index])
-        # a chained call's own result (before `.toarray()`...), from the arguments the statement read
-        expected = ns[target] if call_path != CHAINED_CALL else getattr(obj, method)(*args)
+        value = ns[target]
+        if call_path == CHAINED_CALL:  # the call's own result (before `.toarray()`...), on the same args
+
+            def original_result() -> Any:
+                return getattr(obj, method)(*args)  # noqa: B023 - called before the loop moves on
+        else:
+
+            def original_result() -> Any:
+                return value  # noqa: B023 - called before the loop moves on
+
+        label = f"{target}_{method}"
         if (
-            attempt(
-                st.index, st.lineno, st.source, obj, method, args, expected, f"{target}_{method}", call_path
-            )
+            attempt(st.index, st.lineno, st.source, obj, method, args, original_result, label, call_path)
             is not None
         ):
             guarded[ast.unparse(obj_expr)] = obj
-    expected = runner.model_output(ns)
+    model_output = runner.model_output(ns)
     model_call = graph.model_call
     call = model_call.node.value
     assert isinstance(call, ast.Call)
@@ -597,7 +609,7 @@ def compile_graph(
             model,
             model_call.method,
             [X],
-            expected,
+            lambda: model_output,
             f"model_{model_call.method}",
         )
     else:
