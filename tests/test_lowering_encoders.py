@@ -144,8 +144,9 @@ def test_output_settings_read_at_call_time():
     "encoder, reason",
     [
         (OneHotEncoder().fit(TRAIN.to_numpy()), "fitted on an array"),
-        (OneHotEncoder().fit(pd.DataFrame({"n": [1, 2, 3]})), "not all str"),
-        (OneHotEncoder().fit(pd.DataFrame({"c": ["a", None, "b"]})), "not all str"),
+        (OneHotEncoder().fit(pd.DataFrame({"n": [1.0, np.nan, 3.0]})), "neither all str nor finite"),
+        (OneHotEncoder().fit(pd.DataFrame({"c": ["a", None, "b"]})), "neither all str nor finite"),
+        (OneHotEncoder().fit(pd.DataFrame({"b": [True, False]})), "neither all str nor finite"),
         (OneHotEncoder(min_frequency=5).fit(TRAIN), "infrequent"),
         (OneHotEncoder(), "not fitted"),
     ],
@@ -288,3 +289,48 @@ def test_chained_calls_on_objects_without_a_lowering_run_once():
     assert SOURCE.calls == 1
     assert any(skip.original.startswith("colour = SOURCE.fetch") for skip in result.skipped)
     assert len([n for n in result.nodes if n.operator.name == "OneHotEncoder.transform"]) == 2
+
+
+def _numeric_frame(n: int, seed: int, unknown: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 12 if unknown else 9, n) * 7 - 20  # integer categories, negative too
+    prices = rng.choice([0.5, -0.0, 2.25, 1e9, -3.0] + ([7.75] if unknown else []), n)
+    return pd.DataFrame({"code": codes, "price": prices, "colour": rng.choice(COLOURS, n).astype(object)})
+
+
+NUMERIC_TRAIN = _numeric_frame(400, seed=30)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=[str(o) for o in OPTIONS])
+def test_numeric_categories_equal_scikit_learn(options):
+    if "drop" in options and isinstance(options["drop"], list):
+        options = {**options, "drop": [1, 2.25, "red"]}
+    encoder = OneHotEncoder(**options).fit(NUMERIC_TRAIN)
+    op = lower(encoder, "transform")
+    with_inf = _numeric_frame(20, seed=31)
+    with_inf.loc[2, "price"] = np.inf
+    with_nan = _numeric_frame(20, seed=32)
+    with_nan.loc[3, "price"] = np.nan
+    for X in (
+        _numeric_frame(1, seed=33),
+        _numeric_frame(500, seed=34),
+        _numeric_frame(500, seed=35, unknown=True),
+        _numeric_frame(30, seed=36).astype({"code": np.int32, "price": np.float32}),
+        _numeric_frame(30, seed=37).astype({"code": np.float64}),  # floats against integer categories
+        _numeric_frame(30, seed=38).astype({"code": "Int64"}),  # nullable integers
+        with_inf,  # scikit-learn refuses infinity
+        with_nan,  # NaN: unknown, or scikit-learn's error
+    ):
+        assert_same_outcome(op, encoder, X)
+
+
+def test_numeric_categories_compiled_path(monkeypatch):
+    encoder = OneHotEncoder(handle_unknown="ignore").fit(NUMERIC_TRAIN)
+    op = lower(encoder, "transform")
+    positive_zero = _numeric_frame(50, seed=42)
+    positive_zero["price"] = 0.0  # the fitted category is -0.0: equal, as in scikit-learn
+    for X in (_numeric_frame(1, seed=40), _numeric_frame(2000, seed=41, unknown=True), positive_zero):
+        expected = encoder.transform(X)
+        monkeypatch.setattr(encoder, "transform", lambda *a: pytest.fail("scikit-learn was called"))
+        assert_same_result(op(X), expected)
+        monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Lowering scikit-learn's ``OneHotEncoder.transform`` for string categories.
+"""Lowering scikit-learn's ``OneHotEncoder.transform`` for string and numeric categories.
 
 ``OneHotEncoder.transform`` validates its input column by column (``check_array``, feature names,
 unknown categories) before it encodes anything: ~0.8 ms per call for one row, which was most of a
@@ -10,10 +10,13 @@ CSR arrays, so the operator's "source" is a description of what it does.
 Handled exactly (anything else runs ``encoder.transform`` itself, so results, warnings and errors
 are scikit-learn's own):
 
-- fitted on a DataFrame, every feature's categories Python ``str`` (so no missing-value category),
-  no infrequent categories (``min_frequency``/``max_categories``): otherwise :class:`NotLowerable`;
+- fitted on a DataFrame, every feature's categories all Python ``str``, all integers or all finite
+  floats (so no missing-value category), no infrequent categories (``min_frequency``/
+  ``max_categories``): otherwise :class:`NotLowerable`;
 - called with a DataFrame of 1+ rows whose columns are the fitted feature names in order and
-  whose values are all ``str`` (object or pandas string columns without missing values);
+  whose values are, per feature, all ``str`` (object or pandas string columns without missing
+  values), integers (a numpy integer column) or finite floats (a numpy float column), as its
+  categories are;
 - unknown categories: with ``handle_unknown="ignore"`` (or ``"infrequent_if_exist"``) and no
   ``drop`` they become all-zero features, as in scikit-learn; where scikit-learn would raise or
   warn (``"error"``, ``"warn"``, ``"ignore"`` with ``drop``) the call runs scikit-learn;
@@ -22,9 +25,11 @@ are scikit-learn's own):
   (``csr_matrix`` or ``csr_array`` by scikit-learn's ``sparse_interface`` setting, int32 indices)
   or a dense array; a ``set_output`` container other than the default runs scikit-learn.
 
-Values are matched by ``str`` equality, as scikit-learn's encoding of object columns does:
-through :class:`~willow.compiler.lowering.lookups.KeyIndex` (a dict for small batches, pandas
-``get_indexer`` or pyarrow's ``index_in`` for large ones).
+Values are matched by equality (``str`` equality, or numeric value), as scikit-learn's encoding
+does: through :class:`~willow.compiler.lowering.lookups.KeyIndex` (for strings a dict for small
+batches, pandas ``get_indexer`` or pyarrow's ``index_in`` for large ones; for integers a dense
+position array over a short span of categories, else ``get_indexer``). Integers against float
+categories (or the reverse) run scikit-learn: comparing them goes through float64 rounding.
 """
 
 from __future__ import annotations
@@ -43,26 +48,44 @@ from willow.compiler.lowering.lookups import KeyIndex
 __all__ = ["lower_one_hot_encoder", "ENCODER_LOWERINGS"]
 
 
-def _string_categories(encoder: OneHotEncoder) -> list[KeyIndex]:
-    """One key index per feature, or :class:`NotLowerable` when a feature's categories are not all
-    ``str``."""
+def _category_indexes(encoder: OneHotEncoder) -> list[tuple[KeyIndex, str]]:
+    """Per feature, a key index of its categories and their kind: ``"str"``, ``"i"`` (integers) or
+    ``"f"`` (finite floats); :class:`NotLowerable` for any other categories (NaN among them,
+    ``None``, mixed types, booleans, ``uint64``)."""
     indexes = []
     for name, categories in zip(encoder.feature_names_in_, encoder.categories_):
-        if categories.dtype != np.dtype(object) or not all(type(c) is str for c in categories):
+        kind = categories.dtype.kind
+        if kind == "O" and all(type(c) is str for c in categories):
+            indexes.append((KeyIndex.build(pd.Index(categories, dtype=object), f"feature {name!r}"), "str"))
+        elif (kind in "iu" and categories.dtype != np.uint64) or (
+            kind == "f" and np.isfinite(categories).all()
+        ):
+            index = pd.Index(categories.astype(np.int64 if kind in "iu" else np.float64))
+            indexes.append((KeyIndex.build(index, f"feature {name!r}"), "i" if kind in "iu" else "f"))
+        else:
             raise NotLowerable(
-                f"OneHotEncoder feature {name!r} has {categories.dtype} categories that are not all "
-                "str; only string categories are compiled (scikit-learn keeps encoding the others)."
+                f"OneHotEncoder feature {name!r} has {categories.dtype} categories that are neither all "
+                "str nor finite numbers (a NaN or None category, mixed types, booleans); scikit-learn "
+                "keeps encoding them."
             )
-        indexes.append(KeyIndex.build(pd.Index(categories, dtype=object), f"feature {name!r}"))
     return indexes
 
 
-def _all_strings(column: pd.Series) -> bool:
-    """Whether every value of ``column`` is a ``str`` (no missing value, no number)."""
+def _matchable(column: pd.Series, kind: str) -> bool:
+    """Whether every value of ``column`` can be matched to categories of ``kind`` by the key index
+    exactly as scikit-learn matches them: all ``str`` (no missing value, no number) for string
+    categories; integers (no ``uint64``) for integer ones; finite floats for float ones. A mixed
+    pair (integers against float categories) runs scikit-learn."""
     dtype = column.dtype
-    if isinstance(dtype, pd.StringDtype):
-        return not column.hasnans
-    return dtype == np.dtype(object) and pd.api.types.infer_dtype(column, skipna=False) == "string"
+    if kind == "str":
+        if isinstance(dtype, pd.StringDtype):
+            return not column.hasnans
+        return dtype == np.dtype(object) and pd.api.types.infer_dtype(column, skipna=False) == "string"
+    if not isinstance(dtype, np.dtype):  # nullable Int64, Float64...: their NA is scikit-learn's
+        return False
+    if kind == "i":
+        return dtype.kind in "iu" and dtype != np.uint64
+    return dtype.kind == "f" and bool(np.isfinite(column.to_numpy()).all())
 
 
 def _default_output(encoder: OneHotEncoder) -> bool:
@@ -87,7 +110,7 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         raise NotLowerable(
             "OneHotEncoder with infrequent categories (min_frequency / max_categories) is not compiled."
         )
-    indexes = _string_categories(encoder)
+    indexes = _category_indexes(encoder)
     names = list(encoder.feature_names_in_)
     widths = np.asarray(encoder._n_features_outs, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
@@ -112,9 +135,9 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         ):
             return encoder.transform(X)
         codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
-        for j, index in enumerate(indexes):
+        for j, (index, kind) in enumerate(indexes):
             column = X.iloc[:, j]
-            if not _all_strings(column):
+            if not _matchable(column, kind):
                 return encoder.transform(X)
             codes[:, j] = index.rows(column)
         known = codes >= 0
@@ -143,7 +166,7 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
     )
     source = (
         f"# OneHotEncoder.transform, compiled without generated code: features {described}.\n"
-        f"# Each value's category by {indexes[0].strategy if indexes else 'no feature'}; "
+        f"# Each value's category by {'; '.join(sorted({index.strategy for index, _ in indexes}))}; "
         f"{'unknown categories become all-zero features' if zero_unknown else 'unknown categories run scikit-learn'}; "
         f"output {'CSR (int32 indices)' if sparse_output else 'dense'} of {np.dtype(dtype).name}, "
         f"{n_columns} columns.\n"
