@@ -26,7 +26,7 @@ import pandas as pd
 
 from willow.compiler.compile_pass import _resolve_fitted
 from willow.compiler.lowering.arithmetic import find_expressions, node_at, replace_at
-from willow.compiler.lowering.arithmetic_codegen import compile_expression
+from willow.compiler.lowering.arithmetic_codegen import compile_expression, values_per_row
 from willow.compiler.lowering.lookups import _arrow_positions, dense_rows
 
 CASES = {
@@ -95,8 +95,8 @@ def _median(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _compiled(source: str, ns: dict[str, Any]):
-    """The expression with every array expression willow finds in it replaced by its kernel."""
+def _found(source: str, ns: dict[str, Any]) -> tuple[ast.Expression, list]:
+    """``source`` parsed, and the array expressions willow finds in it (path, expression)."""
     tree = ast.parse(source, mode="eval")
 
     def evaluate(expr: ast.expr) -> Any:
@@ -106,6 +106,12 @@ def _compiled(source: str, ns: dict[str, Any]):
         tree.body, evaluate, lambda e: _resolve_fitted(e, {"rows", "x", "y"}, evaluate)
     )
     assert found, f"nothing compiled in {source}"
+    return tree, found
+
+
+def _compiled(source: str, ns: dict[str, Any]):
+    """The expression with every array expression willow finds in it replaced by its kernel."""
+    tree, found = _found(source, ns)
     scope = dict(ns)
     for k, (path, expression) in enumerate(found):
         operator, arguments, _ = compile_expression(expression, node_at(tree.body, path), ns)
@@ -239,23 +245,8 @@ def threads(sizes: list[int], repeats: int, only: str | None = None) -> None:
 
 def _values(source: str, ns: dict[str, Any], result: Any) -> int:
     """rows x (operand columns + output columns), as the compiled call counts them."""
-    tree = ast.parse(source, mode="eval")
-
-    def evaluate(expr: ast.expr) -> Any:
-        return eval(compile(ast.Expression(body=expr), "<bench>", "eval"), ns)
-
-    found, _ = find_expressions(
-        tree.body, evaluate, lambda e: _resolve_fitted(e, {"rows", "x", "y"}, evaluate)
-    )
-    rows = len(result)
-    return sum(
-        rows
-        * (
-            sum(op.width for op in expression.operands if op.ndim > 0)
-            + (result.shape[1] if result.ndim == 2 else 1)
-        )
-        for _, expression in found
-    )
+    width = result.shape[1] if result.ndim == 2 else 1
+    return sum(len(result) * values_per_row(expression, width) for _, expression in _found(source, ns)[1])
 
 
 def main(argv: list[str] | None = None) -> None:

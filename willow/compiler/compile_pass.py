@@ -17,6 +17,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -579,16 +580,10 @@ def compile_graph(
         obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
         args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
         runner.run(ns, [st.index])
-        value = ns[target]
         if call_path == CHAINED_CALL:  # the call's own result (before `.toarray()`...), on the same args
-
-            def original_result() -> Any:
-                return getattr(obj, method)(*args)  # noqa: B023 - called before the loop moves on
+            original_result = partial(getattr(obj, method), *args)
         else:
-
-            def original_result() -> Any:
-                return value  # noqa: B023 - called before the loop moves on
-
+            original_result = partial(lambda value: value, ns[target])
         label = f"{target}_{method}"
         if (
             attempt(st.index, st.lineno, st.source, obj, method, args, original_result, label, call_path)

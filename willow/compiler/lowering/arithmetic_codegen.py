@@ -33,7 +33,7 @@ from willow.compiler.lowering.arithmetic import (
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
 from willow.compiler.lowering.base import CompiledOperator
 
-__all__ = ["lower_expression", "compile_expression", "call_arguments"]
+__all__ = ["lower_expression", "compile_expression", "call_arguments", "values_per_row"]
 
 RUNTIME_MODULE = "willow.compiler.lowering.arithmetic_runtime"
 # Reductions of an empty row that numpy answers itself: max/min raise, means warn "Mean of empty
@@ -47,6 +47,12 @@ development machine: below ~1M values the hand-off to the pool (~150 us) costs m
 second thread saves (0.16-0.95x at 16k-64k rows); from 2M, two threads measured 1.29-1.72x for
 merges, lookup products, row reductions and lookup arithmetic, and 0.97-1.07x for a bare reindex,
 whose time is mostly matching keys, which stays on the calling thread."""
+
+
+def values_per_row(expression: Expression, width: int) -> int:
+    """Values a call reads and writes per row: its operands' columns plus ``width`` output columns
+    (what :data:`PARALLEL_MIN_VALUES` counts)."""
+    return sum(op.width for op in expression.operands if op.ndim > 0) + max(width, 1)
 
 
 def _element(node: Any, two_d: bool) -> str:
@@ -290,7 +296,6 @@ def compile_expression(
     fallback = _fallback(expression, node, namespace)
 
     scratch_row = isinstance(expression.root, Reduce)  # the last argument: one row's elements
-    operand_columns = sum(op.width for op in expression.operands if op.ndim > 0)
 
     def run(*values: Any) -> Any:
         args = prepare(*values)
@@ -298,7 +303,7 @@ def compile_expression(
             return fallback(*values)
         out, n, width, *rest = args
         workers = chunks.worker_threads()
-        if workers > 1 and n * (operand_columns + max(width, 1)) >= PARALLEL_MIN_VALUES:
+        if workers > 1 and n * values_per_row(expression, width) >= PARALLEL_MIN_VALUES:
 
             def fill(first: int, last: int) -> None:
                 if scratch_row:  # each thread its own

@@ -96,7 +96,7 @@ def _default_output(encoder: OneHotEncoder) -> bool:
 
 
 def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
-    """Compile ``encoder.transform`` for string categories; see the module docstring."""
+    """Compile ``encoder.transform`` for string and numeric categories; see the module docstring."""
     if method != "transform":
         raise NotLowerable(f"OneHotEncoder.{method} is not compiled; only transform is.")
     if not hasattr(encoder, "categories_"):
@@ -150,11 +150,11 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         indptr[0] = 0
         np.cumsum(known.sum(axis=1), out=indptr[1:])
         indices = (codes + offsets)[known].astype(np.int32)
-        data = np.ones(indices.shape[0], dtype=dtype)
         if not sparse_output:
             out = np.zeros((X.shape[0], n_columns), dtype=dtype)
-            out[np.repeat(np.arange(X.shape[0]), np.diff(indptr)), indices] = 1
+            out[np.nonzero(known)[0], indices] = 1  # row-major, as indices
             return out
+        data = np.ones(indices.shape[0], dtype=dtype)
         shape = (X.shape[0], n_columns)
         if sklearn.get_config()["sparse_interface"] == "sparray":
             return sp.csr_array((data, indices, indptr), shape=shape)
@@ -170,7 +170,8 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         f"{'unknown categories become all-zero features' if zero_unknown else 'unknown categories run scikit-learn'}; "
         f"output {'CSR (int32 indices)' if sparse_output else 'dense'} of {np.dtype(dtype).name}, "
         f"{n_columns} columns.\n"
-        "# Another container, other columns, missing or non-str values run encoder.transform itself.\n"
+        "# Another container, other columns, missing values or values not of the categories' kind "
+        "run encoder.transform itself.\n"
     )
     return CompiledOperator(
         name="OneHotEncoder.transform", source=source, function=transform, generated=False

@@ -101,11 +101,8 @@ class CompiledTreeOperator:
         if (
             self._arrays_as_is
             and workers > 1
-            and type(X) is np.ndarray
-            and X.dtype == np.float64
-            and X.ndim == 2
+            and _feature_rows(X, np.float64, self._n_features)
             and X.shape[0] >= _PARALLEL_MIN_ROWS
-            and X.shape[1] == self._n_features
             and not X.flags.c_contiguous
         ):
             # ``prepare`` would copy the whole array to C order first (a frame's to_numpy, and an
@@ -137,11 +134,8 @@ class CompiledTreeOperator:
         X = inputs[0]
         if (
             self._direct
-            and type(X) is np.ndarray
-            and X.dtype == np.float64
-            and X.ndim == 2
+            and _feature_rows(X, np.float64, self._n_features)
             and 0 < X.shape[0] <= SMALL_BATCH_ROWS
-            and X.shape[1] == self._n_features
         ):
             if not X.flags.c_contiguous:  # e.g. a row of a frame's (Fortran-ordered) to_numpy
                 X = np.ascontiguousarray(X)
@@ -149,21 +143,14 @@ class CompiledTreeOperator:
         return self._finish(self.raw(X))
 
 
-def _kernel_ready(X: Any, dtype: type, n_features: int) -> bool:
-    """Whether ``X`` is already what the kernels read: a C-contiguous 2-D ``dtype`` array with
-    ``n_features`` columns (``_dense`` then returns it as it is)."""
-    return (
-        type(X) is np.ndarray
-        and X.dtype == dtype
-        and X.ndim == 2
-        and X.shape[1] == n_features
-        and X.flags.c_contiguous
-    )
+def _feature_rows(X: Any, dtype: type, n_features: int) -> bool:
+    """Whether ``X`` is a 2-D ``dtype`` ndarray with ``n_features`` columns, in any memory order."""
+    return type(X) is np.ndarray and X.dtype == dtype and X.ndim == 2 and X.shape[1] == n_features
 
 
 def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
-    if _kernel_ready(X, dtype, n_features):
-        return X
+    if _feature_rows(X, dtype, n_features) and X.flags.c_contiguous:
+        return X  # already what the kernels read
     import scipy.sparse as sp
 
     if sp.issparse(X):
