@@ -329,19 +329,33 @@ def _hoist(expr: ast.expr, name: str, lineno: int) -> ast.Assign:
 # --------------------------------------------------------------------------- entry point
 
 
-def trace_pipeline(fn: Callable, row_args: tuple[str, ...] | None = None) -> PipelineGraph:
+def trace_pipeline(
+    fn: Callable,
+    row_args: tuple[str, ...] | None = None,
+    *,
+    tree: ast.FunctionDef | None = None,
+    filename: str | None = None,
+) -> PipelineGraph:
     """Trace ``fn``'s source into a :class:`PipelineGraph`.
 
     ``row_args`` names the parameters that hold one entry per row; by default they are the
-    parameters the features read (other than the model).
+    parameters the features read (other than the model). ``tree`` (with its ``filename``) is the
+    function's syntax tree to trace instead of its source file: the front end's normalized form
+    (:mod:`willow.frontend`), whose statements keep the user's line numbers.
 
     Raises :class:`~willow.UnsupportedPipelineError` when the source is unavailable, the function
     does not end in a recognisable model call, or control flow feeds the features.
     """
-    source, filename, first_line = _function_source(fn)
-    tree = ast.parse(textwrap.dedent(source))
-    ast.increment_lineno(tree, first_line - 1)
-    func = tree.body[0] if tree.body else None
+    if tree is not None:
+        func = copy.deepcopy(tree)
+        source = ast.unparse(func)
+        filename = filename or fn.__code__.co_filename
+        first_line = func.lineno
+    else:
+        source, filename, first_line = _function_source(fn)
+        module = ast.parse(textwrap.dedent(source))
+        ast.increment_lineno(module, first_line - 1)
+        func = module.body[0] if module.body else None
     if not isinstance(func, ast.FunctionDef):
         raise _fail(
             "willow.optimize needs a plain `def` function (not async, a class or a lambda).",

@@ -1,0 +1,171 @@
+"""Run the front-end passes over a function and build the normalized function they describe.
+
+``normalize(fn, arguments)`` parses ``fn``, classifies its arguments (row inputs vs. constants),
+runs each registered pass in order and compiles the rewritten tree into a function with the
+original's signature, globals and closure, plus one closure cell per object the passes bound.
+Tracing then reads :attr:`FrontEnd.tree` instead of the source file.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import textwrap
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from willow.compiler.execution import closure_values
+from willow.errors import UnsupportedPipelineError
+from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
+
+__all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
+
+# The passes, in order. Each module owns one rewrite; register it here (explicitly, not by import
+# side effects) so a reader sees the whole front end in one list.
+PASSES: list[tuple[str, FrontEndPass]] = []
+
+
+@dataclass(frozen=True, eq=False)
+class FrontEnd:
+    """The normalized form of a decorated function, ready for tracing."""
+
+    original: Callable
+    function: Callable
+    tree: ast.FunctionDef
+    filename: str
+    bindings: dict[str, Any]
+    guards: tuple[ObjectGuard, ...]
+    row_parameters: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether any pass changed the function (otherwise ``function is original``)."""
+        return self.function is not self.original
+
+
+def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
+    """``fn``'s ``def`` as a syntax tree whose line numbers are those of its file, and the file."""
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        filename = inspect.getsourcefile(fn) or "<unknown>"
+    except (OSError, TypeError) as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise UnsupportedPipelineError(
+            f"Cannot read the source of {name}: {exc}. willow traces the function's source, so it "
+            "must be defined in a file (not typed into an interactive prompt, built with exec, or "
+            "be a lambda or builtin). Pass strict=False to willow.optimize to run this function "
+            "unoptimized (with a warning)."
+        ) from exc
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    ast.increment_lineno(tree, first - 1)
+    func = tree.body[0] if tree.body else None
+    if not isinstance(func, ast.FunctionDef):
+        raise UnsupportedPipelineError(
+            f"{filename}:{first}: willow.optimize needs a plain `def` function (not async, a class "
+            "or a lambda). Pass strict=False to willow.optimize to run this function unoptimized "
+            "(with a warning)."
+        )
+    func.decorator_list = []
+    return func, filename
+
+
+def build_function(
+    tree: ast.FunctionDef, original: Callable, bindings: dict[str, Any], filename: str
+) -> Callable:
+    """Compile ``tree`` into a function with ``original``'s globals, defaults and closure cells,
+    where each name in ``bindings`` is a closure cell holding its object."""
+    freevars = list(original.__code__.co_freevars)
+    outer = [*freevars, *bindings]
+    factory = ast.FunctionDef(
+        name="__willow_frontend__",
+        args=ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(arg=n) for n in outer],
+            vararg=None,
+            kwonlyargs=[],
+            kw_defaults=[],
+            kwarg=None,
+            defaults=[],
+        ),
+        body=[copy.deepcopy(tree), ast.Return(value=ast.Name(id=tree.name, ctx=ast.Load()))],
+        decorator_list=[],
+        returns=None,
+        type_comment=None,
+        type_params=[],
+    )
+    ast.copy_location(factory, tree)
+    module = ast.Module(body=[factory], type_ignores=[])
+    ast.fix_missing_locations(module)
+    namespace: dict[str, Any] = {}
+    exec(compile(module, filename, "exec"), namespace)
+    inner = next(
+        c
+        for c in namespace["__willow_frontend__"].__code__.co_consts
+        if isinstance(c, types.CodeType) and c.co_name == tree.name
+    )
+    cells = []
+    for name in inner.co_freevars:
+        if name in bindings:
+            cells.append(types.CellType(bindings[name]))
+        else:
+            cells.append(original.__closure__[freevars.index(name)])  # type: ignore[index]
+    function = types.FunctionType(
+        inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells)
+    )
+    function.__kwdefaults__ = original.__kwdefaults__
+    function.__qualname__ = original.__qualname__
+    function.__doc__ = original.__doc__
+    function.__module__ = original.__module__
+    return function
+
+
+def _assigned_names(func: ast.FunctionDef) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(func):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+    return names
+
+
+def normalize(
+    fn: Callable,
+    arguments: dict[str, Any],
+    row_parameters: Sequence[str],
+    passes: Sequence[tuple[str, FrontEndPass]] | None = None,
+) -> FrontEnd:
+    """Run the front-end ``passes`` (default :data:`PASSES`) over ``fn`` for the calibration call
+    ``arguments``; ``row_parameters`` are the parameters holding rows (the rest are constants)."""
+    tree, filename = parse_function(fn)
+    args = tree.args
+    parameters = tuple(a.arg for a in args.posonlyargs + args.args + args.kwonlyargs)
+    constants = dict(fn.__globals__)
+    constants.update(closure_values(fn))
+    constants.update({k: v for k, v in arguments.items() if k not in row_parameters})
+    ctx = FrontEndContext(
+        filename=filename,
+        constants=constants,
+        row_parameters=tuple(row_parameters),
+        parameters=parameters,
+        locals_=_assigned_names(tree),
+        taken={n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | set(parameters),
+    )
+    rewritten = copy.deepcopy(tree)
+    for _, run_pass in PASSES if passes is None else passes:
+        rewritten = run_pass(rewritten, ctx)
+        ctx.locals_ = _assigned_names(rewritten)
+    changed = ast.dump(rewritten) != ast.dump(tree) or bool(ctx.bindings)
+    function = build_function(rewritten, fn, ctx.bindings, filename) if changed else fn
+    return FrontEnd(
+        original=fn,
+        function=function,
+        tree=rewritten,
+        filename=filename,
+        bindings=dict(ctx.bindings),
+        guards=tuple(ctx.guards),
+        row_parameters=tuple(row_parameters),
+        notes=tuple(ctx.notes),
+    )
