@@ -71,13 +71,16 @@ class FrontEndContext:
     its closure values, builtins, and the arguments that are not row inputs (fitted objects,
     models, tables, numbers). Names the function body assigns are *not* constants (a local
     shadows a global), so passes must check :meth:`is_local` before trusting a resolution of a
-    bare name. ``row_parameters`` are the parameters holding one entry per row.
+    bare name. ``row_parameters`` are the parameters holding one entry per row; ``arguments``
+    is the whole calibration call (rows included), for a pass that must look at real outputs
+    (e.g. whether a FeatureUnion branch returns a sparse matrix) -- run things on a few rows only.
     """
 
     filename: str
     constants: dict[str, Any]
     row_parameters: tuple[str, ...]
     parameters: tuple[str, ...]
+    arguments: dict[str, Any] = field(default_factory=dict)
     locals_: set[str] = field(default_factory=set)
     bindings: dict[str, Any] = field(default_factory=dict)
     guards: list[ObjectGuard] = field(default_factory=list)

@@ -150,6 +150,7 @@ def normalize(
         constants=constants,
         row_parameters=tuple(row_parameters),
         parameters=parameters,
+        arguments=dict(arguments),
         locals_=_assigned_names(tree),
         taken={n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | set(parameters),
     )
