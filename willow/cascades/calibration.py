@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from willow import fingerprints
 from willow.cascades.approximate import ApproximateModel, fit_approximate_model
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.cascades.importance import permutation_importance
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CandidateResult, CascadePlan
-from willow.cascades.runtime import ModelGuard, ServingRuntime, model_fingerprint
+from willow.cascades.runtime import ModelGuard, ServingRuntime
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
@@ -272,7 +273,7 @@ def calibrate_cascade(
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
     output = OutputSpec.from_output(graph.model_call.method, out_tune, model)
     labels = _labels(y, n, output)
-    fingerprint = model_fingerprint(model)
+    fingerprint = fingerprints.fingerprint(model)
 
     compilation = None
     costs = python_costs

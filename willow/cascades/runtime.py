@@ -8,31 +8,20 @@ state, so a generated function can serve several threads at once.
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import joblib
 import numpy as np
 
 from willow.cascades.approximate import ApproximateModel
 from willow.cascades.outputs import OutputSpec
 from willow.errors import ModelChangedWarning, WillowError
+from willow.fingerprints import fingerprint
 from willow.rows import n_rows
 from willow.rows import take_rows as _take_rows
 
-__all__ = ["ServingRuntime", "ModelGuard", "model_fingerprint"]
-
-
-def model_fingerprint(model: Any) -> str:
-    """A content hash of a fitted model (its parameters and learned state).
-
-    The model goes through a pickle round trip first, so that equal models hash equally whatever
-    the memory layout of their arrays (a model loaded from disk has C-ordered copies of arrays
-    that the freshly fitted one may hold as views).
-    """
-    return joblib.hash(pickle.loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)))
+__all__ = ["ServingRuntime", "ModelGuard"]
 
 
 class ModelGuard:
@@ -50,7 +39,7 @@ class ModelGuard:
     def __call__(self, model: Any) -> bool:
         if model is self._verified:
             return True
-        if model_fingerprint(model) == self.fingerprint:
+        if fingerprint(model) == self.fingerprint:
             self._verified = model
             return True
         warnings.warn(

@@ -132,7 +132,7 @@ class CompilationResult:
         expression plus a content fingerprint (the live object is looked up again at load time
         and must match); the model's compiled call keeps the model itself.
         """
-        from willow.cascades.runtime import model_fingerprint
+        from willow.fingerprints import fingerprint
 
         recipes = []
         for node in self.nodes:
@@ -143,7 +143,7 @@ class CompilationResult:
                         "attribute": node.attribute,
                         "path": node.path,
                         "signature": node.signature,
-                        "fingerprints": {expr: model_fingerprint(obj) for expr, obj in node.objects},
+                        "fingerprints": {expr: fingerprint(obj) for expr, obj in node.objects},
                     }
                 )
                 continue
@@ -158,7 +158,7 @@ class CompilationResult:
                 recipe["object"] = obj
             else:
                 recipe["expression"] = next(expr for expr, guarded in self.guarded if guarded is obj)
-                recipe["fingerprint"] = model_fingerprint(obj)
+                recipe["fingerprint"] = fingerprint(obj)
             recipes.append(recipe)
         if self.fused is not None:
             recipes.append(
@@ -777,10 +777,10 @@ def _reload_expression(
     graph: PipelineGraph, recipe: dict[str, Any], namespace: dict[str, Any], fn: Any
 ) -> CompiledNode:
     """Compile a saved array expression again from the graph, checking its tables' content."""
-    from willow.cascades.runtime import model_fingerprint
     from willow.compiler.lowering.arithmetic import analyze, is_stacked, stand_in
     from willow.compiler.lowering.arithmetic_codegen import compile_expression
     from willow.errors import PlanMismatchError
+    from willow.fingerprints import fingerprint
 
     st = graph.statements[recipe["statement"]]
     sub = node_at(st.node, recipe["path"])
@@ -801,7 +801,7 @@ def _reload_expression(
             f"{fn.__qualname__} ({type(exc).__name__}: {exc}). Recalibrate the pipeline."
         ) from exc
     for expr, obj in expression.objects.items():
-        if model_fingerprint(obj) != recipe["fingerprints"].get(expr):
+        if fingerprint(obj) != recipe["fingerprints"].get(expr):
             raise PlanMismatchError(
                 f"`{expr}` is not the table the saved plan was calibrated with (its content differs). "
                 "Recalibrate the pipeline with the current table and save it again."
@@ -829,9 +829,9 @@ def apply_compilation(
     Raises :class:`~willow.PlanMismatchError` when a fitted object the plan compiled is no longer
     the same (by content) in ``fn``'s globals or closure.
     """
-    from willow.cascades.runtime import model_fingerprint
     from willow.compiler.execution import closure_values
     from willow.errors import PlanMismatchError
+    from willow.fingerprints import fingerprint
 
     namespace = {**fn.__globals__, **closure_values(fn)}
     nodes = []
@@ -858,7 +858,7 @@ def apply_compilation(
                     f"The saved plan compiled `{expression}`, which {fn.__qualname__} cannot find any "
                     f"more ({type(exc).__name__}: {exc}). Define it before loading the plan."
                 ) from exc
-            if model_fingerprint(obj) != recipe["fingerprint"]:
+            if fingerprint(obj) != recipe["fingerprint"]:
                 raise PlanMismatchError(
                     f"`{expression}` is not the fitted object the saved plan was calibrated with (its "
                     "content differs). Recalibrate the pipeline with the current object and save it again."

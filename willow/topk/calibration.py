@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.base import clone
 
+from willow import fingerprints
 from willow.cascades.calibration import (
     _node_budget,
     _OpsHolder,
@@ -40,7 +41,7 @@ from willow.cascades.calibration import (
     compile_for_calibration,
     count_row_inputs,
 )
-from willow.cascades.runtime import ModelGuard, model_fingerprint
+from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_expression
 from willow.compiler.compile_pass import CompilationResult
@@ -281,7 +282,7 @@ def calibrate_topk(
     full_tune = spec(model, features_tune)
     score_seconds = median_seconds(lambda: spec(model, features_tune)) / n_tune
     original = python_costs.total_seconds_per_row - python_costs.model_seconds_per_row + score_seconds
-    fingerprint = model_fingerprint(model)
+    fingerprint = fingerprints.fingerprint(model)
     scorer = ExactScorer(graph, fn, options.score)  # the reference: always the original statements
     costs, compilation = python_costs, None
     if options.compile:
