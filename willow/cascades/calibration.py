@@ -2,7 +2,8 @@
 
 This is the driver that strings the cascade stages together on a traced pipeline:
 
-1. split the calibration rows into train / tune / holdout (seeded);
+1. split the calibration rows into train / tune / holdout (seeded, every copy of one input in the
+   same part; tune and holdout count each distinct input once, see :mod:`willow.cascades.splits`);
 2. measure every statement's cost on the tune split (:mod:`willow.compiler.profiling`);
 3. measure every group's value by permutation importance on the tune split;
 4. fit an approximate model for each candidate subset of groups on the train split, tune its
@@ -27,6 +28,7 @@ import numpy as np
 from willow import fingerprints
 from willow.cascades.approximate import ApproximateModel, fit_approximate_model
 from willow.cascades.bounds import clopper_pearson_lower
+from willow.cascades.duplicates import row_groups
 from willow.cascades.importance import permutation_importance
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CandidateResult, CascadePlan
@@ -256,7 +258,10 @@ def calibrate_cascade(
     if not 0.0 < options.confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {options.confidence!r}.")
     n = count_row_inputs(graph, arguments)
-    split = split_rows(n, options.split, options.accuracy_target, options.confidence, options.random_state)
+    groups = row_groups([arguments[name] for name in graph.row_parameters], n)
+    split = split_rows(
+        n, options.split, options.accuracy_target, options.confidence, options.random_state, groups
+    )
 
     def arguments_for(rows: np.ndarray) -> dict[str, Any]:
         subset = dict(arguments)
@@ -305,6 +310,7 @@ def calibrate_cascade(
         train_rows=len(split.train),
         tune_rows=n_tune,
         holdout_rows=0,
+        duplicate_rows=split.duplicate_rows,
         approximate_model=type(template).__name__,
         trained_on="labels y" if labels is not None else "the full model's predictions (distillation)",
         compiled_nodes=len(compilation.nodes) if compilation else 0,

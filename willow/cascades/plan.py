@@ -60,6 +60,9 @@ class CascadePlan:
     rejected_agreement: float | None = None
     rejected_lower_bound: float | None = None
     measured_speedup: float | None = None
+    #: Calibration rows whose inputs repeat another row's: kept in the same split part as it, and
+    #: counted once in tune and holdout (``tune_rows``/``holdout_rows`` are distinct inputs).
+    duplicate_rows: int = 0
 
     def table(self) -> str:
         """The plan as readable text: groups, costs, importances, the choice and its guarantee."""
@@ -110,6 +113,11 @@ class CascadePlan:
             f"  approximate model        {self.approximate_model}, trained on {self.trained_on} "
             f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
         )
+        if self.duplicate_rows:
+            lines.append(
+                f"  duplicate rows           {self.duplicate_rows} calibration rows repeat another row's "
+                "inputs; each input's copies stay in one split part and tune/holdout count it once"
+            )
         if self.candidates:
             lines.append("")
             lines.append("  candidates (tune split):")

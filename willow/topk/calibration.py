@@ -41,8 +41,10 @@ from willow.cascades.calibration import (
     compile_for_calibration,
     count_row_inputs,
 )
+from willow.cascades.duplicates import row_groups
 from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
+from willow.cascades.splits import cut_distinct
 from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_expression
 from willow.compiler.compile_pass import CompilationResult
 from willow.compiler.execution import StatementRunner
@@ -107,7 +109,12 @@ class TopKCalibration:
     compilation: CompilationResult | None = None
 
 
-def _split(n: int, split: tuple[float, float, float], random_state: int | None) -> tuple[np.ndarray, ...]:
+def _split(
+    n: int, split: tuple[float, float, float], random_state: int | None, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Train / tune / holdout positions over distinct inputs (every copy of one input in one part,
+    one row per input in tune and holdout: :func:`willow.cascades.splits.cut_distinct`), and the
+    number of rows repeating another row's input."""
     try:
         parts = [float(p) for p in split]
     except TypeError as exc:
@@ -125,12 +132,15 @@ def _split(n: int, split: tuple[float, float, float], random_state: int | None) 
             f"{n_train} train, {n_tune} tune and {n_holdout} holdout rows; each part needs at least "
             f"{MIN_SPLIT_ROWS}. Calibrate with at least {needed} rows (many more give tighter ratios)."
         )
-    order = np.random.default_rng(random_state).permutation(n)
-    return (
-        np.sort(order[:n_train]),
-        np.sort(order[n_train : n_train + n_tune]),
-        np.sort(order[n_train + n_tune :]),
-    )
+    train, tune, holdout, duplicates = cut_distinct(n, n_train, n_tune, random_state, groups)
+    if min(len(train), len(tune), len(holdout)) < MIN_SPLIT_ROWS:
+        raise CalibrationError(
+            f"Calibration data too small for a top-K plan: got {n} rows, {duplicates} of them repeating "
+            f"another row's inputs, which split={split} cuts into {len(train)} train rows and "
+            f"{len(tune)} tune and {len(holdout)} holdout rows with distinct inputs; each part needs "
+            f"at least {MIN_SPLIT_ROWS}. Calibrate with more distinct rows."
+        )
+    return train, tune, holdout, duplicates
 
 
 def _score_importance(
@@ -258,7 +268,8 @@ def calibrate_topk(
 ) -> TopKCalibration:
     """Calibrate a top-K plan for ``graph`` on the calibration call ``arguments``."""
     n = count_row_inputs(graph, arguments)
-    train, tune, holdout = _split(n, options.split, options.random_state)
+    groups = row_groups([arguments[name] for name in graph.row_parameters], n)
+    train, tune, holdout, duplicate_rows = _split(n, options.split, options.random_state, groups)
     fractions = tuple(sorted(float(f) for f in options.fractions))
     if not fractions or fractions[0] <= 0 or fractions[-1] >= 1:
         raise ValueError(f"k_fractions must be fractions in (0, 1), got {options.fractions!r}.")
@@ -317,6 +328,7 @@ def calibrate_topk(
         train_rows=len(train),
         tune_rows=n_tune,
         holdout_rows=len(holdout),
+        duplicate_rows=duplicate_rows,
         bootstrap_repeats=options.bootstrap_repeats,
         approximate_model="-",
         verified=True,

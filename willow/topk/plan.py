@@ -81,6 +81,9 @@ class TopKPlan:
     candidates: tuple[TopKCandidate, ...] = field(default_factory=tuple)
     compiled_nodes: int = 0
     approximate_kernel: str = "python"
+    #: Calibration rows whose inputs repeat another row's: kept in the same split part as it, and
+    #: counted once in tune and holdout.
+    duplicate_rows: int = 0
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -191,6 +194,11 @@ class TopKPlan:
             f"  approximate model {self.approximate_model}, trained on the full model's scores "
             f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
         )
+        if self.duplicate_rows:
+            lines.append(
+                f"  duplicate rows: {self.duplicate_rows} calibration rows repeat another row's inputs; "
+                "each input's copies stay in one split part and tune/holdout count it once"
+            )
         if self.approximate:
             lines.append(
                 f"  compiled: {self.compiled_nodes} pipeline node(s) run as generated kernels; the "
