@@ -73,3 +73,56 @@ def test_a_forked_child_gets_its_own_threads():
         result = pool.apply_async(_sums_in_a_forked_child).get(timeout=60)
     bounds = chunk_bounds(100, 4)
     assert result == [int(np.arange(a, b).sum()) for a, b in zip(bounds, bounds[1:])]
+
+
+def test_concurrent_callers_with_different_thread_counts():
+    """Callers asking for different thread counts at once never find the pool shut down under them
+    (``RuntimeError: cannot schedule new futures after shutdown``)."""
+    import time
+
+    def chunk(first, last):
+        time.sleep(0.0005)
+        return last - first
+
+    failures = []
+
+    def caller(workers):
+        try:
+            for _ in range(30):
+                assert sum(map_chunks(chunk, chunk_bounds(64, 8), workers)) == 64
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(2 + i % 4,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+
+
+def test_concurrent_callers_through_numba_thread_counts():
+    """``numba.set_num_threads`` is per thread: pipelines served from threads with different
+    counts share the pool safely."""
+    import numba
+
+    from willow.compiler.lowering.chunks import map_row_chunks, worker_threads
+
+    failures = []
+
+    def caller(threads):
+        try:
+            numba.set_num_threads(threads)
+            for _ in range(20):
+                pieces = map_row_chunks(lambda a, b: np.arange(a, b).sum(), 2000, worker_threads())
+                assert sum(pieces) == np.arange(2000).sum()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+            failures.append(exc)
+
+    counts = [1 + i % numba.config.NUMBA_NUM_THREADS for i in range(6)]
+    threads = [threading.Thread(target=caller, args=(c,)) for c in counts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]

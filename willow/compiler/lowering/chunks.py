@@ -17,8 +17,12 @@ minimum batch in :mod:`willow.compiler.lowering.text`. Threads also avoid a seco
 ``parallel=True`` compilation per kernel (~7 s cold).
 
 The pool is created lazily, once per process (a forked child starts a new one: it inherits no
-threads), with ``numba.get_num_threads()`` workers, so ``NUMBA_NUM_THREADS=1`` (one-thread
-workers, see the scale-out benchmark) keeps every batch on the calling thread.
+threads). A batch uses ``numba.get_num_threads()`` threads (a per-thread setting), so
+``NUMBA_NUM_THREADS=1`` (one-thread workers, see the scale-out benchmark) keeps every batch on the
+calling thread. Callers with different thread counts share one pool that only ever grows: a
+larger count replaces it with a larger pool, and the old one is never shut down (a caller may
+be submitting to it); its threads exit once no caller holds it. A caller waits for its chunks,
+not for its helper tasks, so a helper queued behind another caller's work costs it nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numba
@@ -59,9 +63,8 @@ def worker_threads() -> int:
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_workers
     with _lock:
-        if _pool is None or _pool_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # the thread count changed (numba.set_num_threads)
+        if _pool is None or _pool_workers < workers:
+            # never shut the old pool down: another caller may be submitting to it right now
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="willow-chunk")
             _pool_workers = workers
         return _pool
@@ -101,6 +104,8 @@ def map_chunks(function: Callable[[int, int], T], bounds: Sequence[int], workers
     results: list[Any] = [None] * len(ranges)
     errors: list[BaseException | None] = [None] * len(ranges)
     claim = itertools.count()  # next() on it is atomic under the GIL
+    finished = itertools.count(1)
+    all_finished = threading.Event()
 
     def drain() -> None:
         for chunk in iter(claim.__next__, None):
@@ -110,10 +115,14 @@ def map_chunks(function: Callable[[int, int], T], bounds: Sequence[int], workers
                 results[chunk] = function(*ranges[chunk])
             except BaseException as exc:  # noqa: BLE001 - re-raised below, in chunk order
                 errors[chunk] = exc
+            if next(finished) == len(ranges):
+                all_finished.set()
 
-    helpers = [_thread_pool(workers - 1).submit(drain) for _ in range(min(workers, len(ranges)) - 1)]
+    pool = _thread_pool(workers - 1)
+    for _ in range(min(workers, len(ranges)) - 1):
+        pool.submit(drain)
     drain()
-    wait(helpers)
+    all_finished.wait()
     for error in errors:
         if error is not None:
             raise error
