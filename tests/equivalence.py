@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 
 import numpy as np
+import pytest
 
 from willow.compiler.codegen import stack_expression
 from willow.compiler.execution import StatementRunner, bind_arguments
@@ -50,3 +51,18 @@ def assert_cascade_equivalent(pipeline, *args, **kwargs) -> float:
         np.testing.assert_allclose(optimized[confident], approx[confident], rtol=0, atol=0)
         agree = np.argmax(optimized, axis=1) == np.argmax(original, axis=1)
     return float(np.mean(agree))
+
+
+def assert_same_as_original(pipeline, *args, **kwargs) -> None:
+    """The pipeline does what its original does on this call: the same result (type, dtype,
+    shape, values), or an exception of the same type (0-row and malformed batches)."""
+    try:
+        expected = pipeline.__wrapped__(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the optimized pipeline must raise the same
+        with pytest.raises(type(exc)) as raised:
+            pipeline(*args, **kwargs)
+        assert str(raised.value) == str(exc)
+        return
+    got = pipeline(*args, **kwargs)
+    assert type(got) is type(expected) and got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)

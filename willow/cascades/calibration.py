@@ -32,7 +32,7 @@ from willow.cascades.duplicates import row_groups
 from willow.cascades.importance import permutation_importance
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CandidateResult, CascadePlan
-from willow.cascades.runtime import ModelGuard, ServingRuntime
+from willow.cascades.runtime import ModelGuard, ServingRuntime, with_original_errors
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
@@ -472,7 +472,7 @@ class _Context:
         )
         holdout = self.arguments_for(self.split.holdout)
         original_out = np.asarray(call_with(self.fn, holdout))
-        optimized_out = call_with(function, holdout)
+        optimized_out = call_with(function.__wrapped__, holdout)  # its own errors surface here
         n_holdout = len(self.split.holdout)
         agreements = int(self.output.agreement(optimized_out, original_out).sum())
         lower = float(clopper_pearson_lower(agreements, n_holdout, self.options.confidence))
@@ -593,7 +593,9 @@ def build_cascade(
     compilation: CompilationResult | None = None,
 ) -> tuple[Callable, str]:
     """Generate and compile the serving function (a cascade when ``layout`` is given, otherwise
-    the compiled pipeline); return it and its rendered source."""
+    the compiled pipeline); return it and its rendered source. The function fails the way ``fn``
+    does: on 0 rows it runs ``fn``, and when it raises, ``fn``'s own error is raised
+    (:func:`~willow.cascades.runtime.with_original_errors`)."""
     objects = compilation.guarded if compilation is not None else ()
     runtime = ServingRuntime(
         approximate,
@@ -610,7 +612,8 @@ def build_cascade(
         func_ast = build_cascade_source(graph, layout, threshold, exprs, use_fused)
     else:
         func_ast = build_compiled_source(graph, exprs, fused)
-    return materialize(func_ast, fn, runtime, graph.function_name)
+    function, source = materialize(func_ast, fn, runtime, graph.function_name)
+    return with_original_errors(function, fn), source
 
 
 def _same_rows(output: OutputSpec, a: np.ndarray, b: np.ndarray) -> bool:

@@ -8,6 +8,7 @@ state, so a generated function can serve several threads at once.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,40 @@ from willow.fingerprints import fingerprint
 from willow.rows import n_rows
 from willow.rows import take_rows as _take_rows
 
-__all__ = ["ServingRuntime", "ModelGuard"]
+__all__ = ["ServingRuntime", "ModelGuard", "with_original_errors"]
+
+
+def with_original_errors(function: Callable, original: Callable) -> Callable:
+    """``function`` (a generated serving function) whose failures are the original's.
+
+    When the serving function raises (a malformed frame reaching a cascade fails in the
+    approximate model's features, with another error than the full pipeline would give), the
+    original function runs on the same arguments: its exception is raised (its type and
+    message, not the cascade's), or, should it succeed, its result is returned with a warning.
+    Calls that succeed pay one extra Python frame.
+    """
+
+    @functools.wraps(function)
+    def serve(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - the original decides what the caller sees
+            failure = error
+        try:
+            result = original(*args, **kwargs)
+        except Exception as exc:
+            exc.__suppress_context__ = True  # the original's own error, as if it had run alone
+            raise
+        warnings.warn(
+            f"The optimized pipeline failed on this batch ({type(failure).__name__}: {failure}) where "
+            "the original function did not; returning the original's output. Please report this "
+            "as a willow bug.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return result
+
+    return serve
 
 
 class ModelGuard:
@@ -102,10 +136,6 @@ class ServingRuntime:
                 "must describe the same rows."
             )
         return distinct.pop()
-
-    def empty_output(self) -> np.ndarray:
-        """What the pipeline returns for a batch of zero rows."""
-        return self.output.empty()
 
     def approximate(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
         """The approximate model's output rows and confidence on every row."""

@@ -87,7 +87,7 @@ def split_rows(
             f"into {len(train)} train rows and {len(tune)} tune and {len(holdout)} holdout rows with "
             f"distinct inputs. Proving accuracy_target={accuracy_target} at confidence={confidence} "
             f"needs at least {needed} distinct tune and {needed} distinct holdout rows (and "
-            f"{min_train} train rows), so calibrate with at least {required_rows} distinct rows, or "
+            f"{min_train} train rows), so calibrate with at least {required_rows} rows of distinct inputs, or "
             "lower accuracy_target/confidence."
         )
     return CalibrationSplit(train=train, tune=tune, holdout=holdout, duplicate_rows=duplicate_rows)

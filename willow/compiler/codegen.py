@@ -229,7 +229,8 @@ def _prelude(
     body.append(
         ast.If(
             test=ast.Compare(left=name_node(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
-            body=[ast.Return(value=runtime_call("empty_output"))],
+            # 0 rows: whatever the original does with them (an empty result, or its exception)
+            body=[ast.Return(value=forward_call(original_def))],
             orelse=[],
         )
     )
