@@ -1,4 +1,4 @@
-"""willow's benchmark suite: Willump-style workloads on the real data in ../shared/data.
+"""willow's benchmark suite: Willump-style workloads on the real data shipped in data/.
 
 Run ``python -m benchmarks --quick`` (or ``python -m benchmarks --help``). Each workload module
 (toxic, product, music, credit, price) is an ordinary ``@willow.optimize`` pipeline with its own

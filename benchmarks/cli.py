@@ -137,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
 
-    if not data_available():
-        print(f"No data at {data_dir()}: set WILLOW_DATA_DIR to the shared data folder.", file=sys.stderr)
-        return 2
     scale = args.scale or ("quick" if args.quick else "full")
     workloads = list(dict.fromkeys(args.workloads)) or list(WORKLOADS)
-    for name in workloads:
-        load_workload(name)
+    missing = [f for name in workloads for f in load_workload(name).FILES if not data_available(f)]
+    if missing:
+        print(
+            f"No {', '.join(missing)} in {data_dir()}: the repository ships the data in data/ "
+            "(restore it with `git checkout -- data`), or set WILLOW_DATA_DIR to a folder holding it.",
+            file=sys.stderr,
+        )
+        return 2
     if args.tables != "pandas":
         other = [name for name in workloads if not hasattr(load_workload(name), "make_table_pipeline")]
         if other:

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.tsv"
+from benchmarks.data import data_available, data_dir, data_path
 
 
 def build_pipeline(texts: pd.Series, labels: pd.Series):
@@ -44,7 +44,7 @@ def build_pipeline(texts: pd.Series, labels: pd.Series):
 
 
 def load(n_train: int = 3000):
-    sms = pd.read_csv(DATA, sep="\t")
+    sms = pd.read_csv(data_path("sms_spam.tsv"), sep="\t")
     texts, labels = sms["SMS"].astype(str), sms["Label"]
     return texts, labels, build_pipeline(texts.iloc[:n_train], labels.iloc[:n_train])
 
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         "--transform-sizes", default="64,128,256,512,2000,20000", help="batch sizes for --transform"
     )
     args = parser.parse_args(argv)
-    if not DATA.exists():
-        sys.exit(f"SMS data not found at {DATA}")
+    if not data_available("sms_spam.tsv"):
+        sys.exit(f"SMS data (sms_spam.tsv) not found in {data_dir()}")
     if args.transform:
         texts, _, (word, char, _) = load()
         sizes = [int(size) for size in args.transform_sizes.split(",")]

@@ -8,7 +8,7 @@ wall and CPU seconds of this process plus its compiling workers, with the load a
 loaded machine stretches wall time) and warm (a second process reusing the cache), and the largest
 difference to LightGBM. Runs a
 synthetic regression model (a compiler micro-benchmark) and one real-data model
-(california_housing.csv from ../shared/data, when present).
+(california_housing.csv from the repository's data/, when present).
 
 Measured on the 2-core development machine (Intel Xeon, load average ~0.1-1; ratios come from
 alternating runs in one process), fifth session, two-phase bitvector kernel for small batches:
@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _synthetic(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -139,10 +137,11 @@ def _real_data_model(trees: int, leaves: int):
     import lightgbm as lgb
     import pandas as pd
 
-    path = DATA / "california_housing.csv"
-    if not path.exists():
+    from benchmarks.data import data_available, data_path
+
+    if not data_available("california_housing.csv"):
         return None
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(data_path("california_housing.csv"))
     target = "median_house_value" if "median_house_value" in frame else frame.columns[-1]
     y = frame.pop(target).to_numpy(dtype=float)
     X = frame.select_dtypes("number").to_numpy(dtype=float)

@@ -1,7 +1,9 @@
 """Where the real datasets live, how workloads split them, and where trained models are cached.
 
-The data is read in place from ``../shared/data`` beside the checkout (``WILLOW_DATA_DIR``
-overrides it) and never copied into the repository. Trained models and fitted feature tables are
+The data ships with the repository, compressed, in ``data/`` at its root (sources and licences in
+``data/README.md``); ``WILLOW_DATA_DIR`` points at another copy. A dataset is named by its plain
+file name (``"sms_spam.tsv"``): :func:`data_path` finds it as is or as ``.xz``/``.gz`` beside it,
+and pandas reads either directly (compression is inferred from the suffix). Trained models and fitted feature tables are
 cached under the user's cache directory (``WILLOW_BENCH_CACHE``, default
 ``~/.cache/willow/benchmarks``), keyed by workload, the hash of the data files they were built
 from and the training configuration, so a changed file or setting retrains.
@@ -21,27 +23,38 @@ import numpy as np
 
 __all__ = ["data_dir", "data_available", "data_path", "data_hash", "cache_dir", "cached", "split_positions"]
 
-_DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data"
+# What a dataset may be stored as, in order of preference: as is, or compressed beside it.
+_SUFFIXES = ("", ".xz", ".gz")
 
 
 def data_dir() -> Path:
-    """The folder holding the shared real datasets (``WILLOW_DATA_DIR`` overrides the default)."""
+    """The folder holding the real datasets: the repository's ``data/`` (``WILLOW_DATA_DIR`` overrides)."""
     return Path(os.environ.get("WILLOW_DATA_DIR", _DEFAULT_DATA))
 
 
-def data_available(*names: str) -> bool:
-    """Whether every named file or folder exists in :func:`data_dir`."""
+def _find(name: str) -> Path | None:
     root = data_dir()
-    return root.is_dir() and all((root / name).exists() for name in names)
+    for suffix in _SUFFIXES:
+        path = root / (name + suffix)
+        if path.exists():
+            return path
+    return None
+
+
+def data_available(*names: str) -> bool:
+    """Whether every named dataset exists in :func:`data_dir` (as is or compressed)."""
+    return data_dir().is_dir() and all(_find(name) is not None for name in names)
 
 
 def data_path(name: str) -> Path:
-    """Path of one dataset, with an error that says where it was looked for."""
-    path = data_dir() / name
-    if not path.exists():
+    """Path of one dataset (possibly ``.xz``/``.gz``), with an error that says where it was looked for."""
+    path = _find(name)
+    if path is None:
         raise FileNotFoundError(
-            f"Dataset {name!r} not found at {path}. The benchmarks read the real data in "
-            "../shared/data beside the checkout; set WILLOW_DATA_DIR to the folder holding it."
+            f"Dataset {name!r} not found in {data_dir()} (looked for {name}, {name}.xz and {name}.gz). "
+            "The repository ships the data in data/ at its root; restore it from git "
+            "(`git checkout -- data`) or set WILLOW_DATA_DIR to a folder holding the files."
         )
     return path
 

@@ -1,6 +1,6 @@
 """Top-K benchmark: willow's top-K plan against scoring every row, on real data.
 
-Run from the repository root (the data lives in ../shared/data):
+Run from the repository root (the data ships in data/):
 
     python -m benchmarks.topk [--workload text|tabular|all] [--text-data sms|airline]
                               [--replicate 4] [--repeats 5] [--variant python|compiled|both]
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,9 +38,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KDTree
 
 import willow
+from benchmarks.data import data_path
 from willow.topk.ranking import precision_at_k
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def paired_seconds(first, second, repeats: int) -> tuple[float, float, float]:
@@ -125,7 +123,7 @@ char_vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df
 
 def text_workload(dataset: str, replicate: int, repeats: int, variants: tuple[str, ...]) -> list[dict]:
     if dataset == "sms":
-        frame = pd.read_csv(DATA / "sms_spam.tsv", sep="\t")
+        frame = pd.read_csv(data_path("sms_spam.tsv"), sep="\t")
         texts, labels, score = (
             frame["SMS"].astype(str).to_numpy(dtype=object),
             frame["Label"].to_numpy(),
@@ -133,7 +131,7 @@ def text_workload(dataset: str, replicate: int, repeats: int, variants: tuple[st
         )
         cuts = (1500, 4000)
     else:
-        frame = pd.read_csv(DATA / "airline_tweets.csv")
+        frame = pd.read_csv(data_path("airline_tweets.csv"))
         texts = frame["text"].astype(str).to_numpy(dtype=object)
         labels, score = frame["airline_sentiment"].to_numpy(), "negative"
         cuts = (4000, 10000)
@@ -245,7 +243,7 @@ APPROXIMATE = LGBMRegressor(n_estimators=60, num_leaves=15, verbose=-1, random_s
 
 
 def tabular_workload(replicate: int, repeats: int, variants: tuple[str, ...]) -> list[dict]:
-    frame = pd.read_csv(DATA / "california_housing.csv")
+    frame = pd.read_csv(data_path("california_housing.csv"))
     order = np.random.default_rng(0).permutation(len(frame))
     train, calibration, test = np.split(order, [8000, 16000])
     fit = frame.iloc[train]

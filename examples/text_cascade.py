@@ -1,6 +1,6 @@
 """Optimize a word + char TF-IDF spam classifier with a willow cascade, on the real SMS data.
 
-Run from the repository root (the data lives in ../shared/data):
+Run from the repository root (the data ships in data/):
 
     python examples/text_cascade.py [--data PATH] [--repeats N]
 
@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 import willow
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.tsv"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "sms_spam.tsv.xz"
 
 word_vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
 char_vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)

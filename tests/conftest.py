@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-DATA_DIR = Path(os.environ.get("WILLOW_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,11 +21,13 @@ def _kernel_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 
 def data_file(name: str) -> Path:
-    """Path of a shared real dataset; skips the test when the shared data is not there."""
-    path = DATA_DIR / name
-    if not path.exists():
-        pytest.skip(f"real dataset {path} is not available")
-    return path
+    """Path of a real dataset shipped in the repository's ``data/`` (``.xz``; ``WILLOW_DATA_DIR``
+    overrides the folder); skips the test only when the file was removed from the checkout."""
+    from benchmarks.data import data_available, data_dir, data_path
+
+    if not data_available(name):
+        pytest.skip(f"real dataset {name} is not in {data_dir()}")
+    return data_path(name)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 No timing is asserted (CI machines are noisy); the test checks the report's structure, that the
 files are written, and that optimized outputs equal the original wherever the plan says they
-must (no cascade, or accuracy_target=1.0). Skipped when ../shared/data is absent.
+must (no cascade, or accuracy_target=1.0). Skipped when the repository's data/ is absent.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ WORKLOAD_FILES = {
 }
 ALL_FILES = tuple(f for files in WORKLOAD_FILES.values() for f in files)
 
-needs_data = pytest.mark.skipif(
-    not data_available(*ALL_FILES), reason="the shared real data (../shared/data) is absent"
-)
+needs_data = pytest.mark.skipif(not data_available(*ALL_FILES), reason="the real data (data/) is absent")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +176,7 @@ def test_compiled_and_top_k_variants_run(monkeypatch, model_cache):
     assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok"]
 
 
-@pytest.mark.skipif(not data_available("sms_spam.tsv"), reason="the shared SMS data is absent")
+@pytest.mark.skipif(not data_available("sms_spam.tsv"), reason="the SMS data is absent")
 def test_dask_mode_scores_the_tiled_test_split_identically(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
     from benchmarks.cli import main

@@ -244,24 +244,3 @@ def test_compiled_lightgbm_cascade():
         model, cc, ce
     )
     np.testing.assert_array_equal(compiled_only(model, xc, xe), pipelines.numpy_pipeline(model, xc, xe))
-
-
-def test_tree_compile_budget_is_explained():
-    (tc, te, ty), (cc, ce, cy), _ = split_data(seed=10)
-    model = fit_full_model(
-        lgb.LGBMClassifier(
-            n_estimators=400, learning_rate=0.01, num_leaves=63, min_child_samples=3, verbose=-1
-        ),
-        tc,
-        te,
-        ty,
-    )
-    from willow.compiler.compile_pass import DEFAULT_TREE_NODE_BUDGET
-    from willow.compiler.lowering.trees import split_nodes
-
-    assert split_nodes(model) > DEFAULT_TREE_NODE_BUDGET
-    pipeline = willow.optimize(pipelines.numpy_pipeline, **dict(OPTIONS, compile=True, cascade=False))
-    pipeline.calibrate(model, cc, ce)
-    assert "pass compile='all'" in pipeline._compilation.report()
-    with pytest.raises(ValueError, match="compile must be True, False or 'all'"):
-        willow.optimize(pipelines.numpy_pipeline, compile="yes")

@@ -1,6 +1,6 @@
 """``python -m benchmarks music --tables memory|redis``: the table pipeline equals the pandas one
 on real data, the benchmark's redis-server is stopped afterwards, and a missing redis-server is a
-clear command-line error. Skipped when ../shared/data is absent (and the Redis part without
+clear command-line error. Skipped when the repository's data/ is absent (and the Redis part without
 the redis-server binary)."""
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from willow.tables import MemoryTable, RedisTable
 
 pytestmark = pytest.mark.data
 
-needs_music = pytest.mark.skipif(
-    not data_available(*music.FILES), reason="the shared real data (../shared/data) is absent"
-)
+needs_music = pytest.mark.skipif(not data_available(*music.FILES), reason="the real data (data/) is absent")
 
 
 # make_table_pipeline's closure variable -> the table it serves

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import data_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
@@ -18,7 +18,6 @@ from sklearn.svm import LinearSVC
 from willow.compiler.lowering import NotLowerable
 from willow.compiler.lowering.fused import PARALLEL_MIN_ROWS, fuse_text_linear
 
-SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.tsv"
 ALPHABET = "abcdeABCDE xyz019_éÉçßİΣσe\u0301日本語🙂,.!\t\n\u3000"
 TRAIN = [
     "free prize call now",
@@ -184,9 +183,8 @@ def test_refusals_and_errors():
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not SMS.exists(), reason="shared SMS data not present")
 def test_real_sms_spam_pipeline():
-    sms = pd.read_csv(SMS, sep="\t")
+    sms = pd.read_csv(data_file("sms_spam.tsv"), sep="\t")
     texts, labels = sms["SMS"].astype(str), sms["Label"]
     vectorizers = [
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit(texts[:1500]),

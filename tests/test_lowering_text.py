@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 
 from willow.compiler.lowering import NotLowerable, lower
-
-SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.tsv"
 
 # Characters that exercise every rule: case mapping that changes length (İ), final sigma, accents
 # (precomposed and combining), CJK, emoji (outside the BMP), underscore, digits and every kind of
@@ -187,9 +185,8 @@ def test_source_is_the_generated_kernel():
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not SMS.exists(), reason="shared SMS data not present")
 def test_real_sms_text():
-    sms = pd.read_csv(SMS, sep="\t")["SMS"].astype(str)
+    sms = pd.read_csv(data_file("sms_spam.tsv"), sep="\t")["SMS"].astype(str)
     train, test = sms.iloc[:2000], sms.iloc[2000:3000]
     for vectorizer in (
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),

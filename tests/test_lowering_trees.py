@@ -8,13 +8,13 @@ temporary cache directory, so the tests are hermetic.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import lightgbm as lgb
 import numba
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import ensemble as sk_ensemble
@@ -31,7 +31,6 @@ from willow.compiler.lowering.trees_build import _is_cached
 from willow.compiler.lowering.trees_ir import Leaf, TreeEnsemble
 from willow.compiler.lowering.trees_llvm import nested_ifs
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_FEATURES = 6
 CAT = 5  # categorical feature index (integer codes 0..7)
 
@@ -428,10 +427,7 @@ def test_not_lowerable_reasons():
 
 @pytest.mark.data
 def test_real_data_adult(kernel_cache):
-    path = DATA / "adult.data"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    frame = pd.read_csv(path, sep=", ", engine="python")
+    frame = pd.read_csv(data_file("adult.data"), sep=", ", engine="python")
     y = (frame.pop("Salary").astype(str).str.strip().str.startswith(">50K")).astype(int)
     for col in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[col]):

@@ -7,12 +7,12 @@ The reference everywhere is the original pipeline's score of every row, ranked b
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import data_file
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.tree import DecisionTreeRegressor
 
@@ -20,7 +20,6 @@ import willow
 from willow.topk.ranking import precision_at_k
 
 FAST = dict(cost_repeats=1, importance_repeats=1)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def slow_features(x):
@@ -325,11 +324,10 @@ def test_sparse_input():
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (DATA / "sms_spam.tsv").exists(), reason="needs ../shared/data/sms_spam.tsv")
 def test_real_sms_spam_list_input():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    frame = pd.read_csv(DATA / "sms_spam.tsv", sep="\t")
+    frame = pd.read_csv(data_file("sms_spam.tsv"), sep="\t")
     texts = frame["SMS"].astype(str).tolist()
     labels = frame["Label"].to_numpy()
     order = np.random.default_rng(0).permutation(len(texts))

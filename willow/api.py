@@ -12,6 +12,7 @@ import pickle
 import types
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from willow._version import __version__
@@ -21,7 +22,9 @@ from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CascadePlan
 from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS
+from willow.compiler.background import BackgroundCompile
 from willow.compiler.codegen import layout_cascade
+from willow.compiler.compile_budget import calibration_budget
 from willow.compiler.compile_pass import CompilationResult, apply_compilation
 from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
@@ -34,6 +37,7 @@ from willow.errors import (
     UnsupportedPipelineWarning,
 )
 from willow.pickling import portable_function, restore_function
+from willow.progress import calibration_progress, stage
 from willow.topk import query as topk_query
 from willow.topk.plan import TopKPlan
 
@@ -42,7 +46,16 @@ __all__ = ["optimize", "OptimizedPipeline", "load"]
 _FORMAT = "willow-plan/1"
 _FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_")
 # Rebuilt from the plan state when a pipeline is unpickled, never pickled themselves.
-_DERIVED = _FITTED + ("_serving", "_compilation", "_topk", "_approximate", "_output", "_fingerprint")
+_DERIVED = _FITTED + (
+    "_serving",
+    "_compilation",
+    "_topk",
+    "_approximate",
+    "_output",
+    "_fingerprint",
+    "_background",
+)
+_COMPILE_OPTIONS = (True, False, "eager", "all")
 
 
 def _check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
@@ -124,8 +137,8 @@ class OptimizedPipeline:
         self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
         self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
         self.max_candidates = _check_count("max_candidates", max_candidates, 1)
-        if compile not in (True, False, "all"):
-            raise ValueError(f"compile must be True, False or 'all', got {compile!r}.")
+        if not any(compile is option or compile == option for option in _COMPILE_OPTIONS):
+            raise ValueError(f"compile must be True, False, 'eager' or 'all', got {compile!r}.")
         self.compile = compile
         self.cascade = bool(cascade)
         self.require_faster = bool(require_faster)
@@ -256,17 +269,88 @@ class OptimizedPipeline:
             require_faster=self.require_faster,
         )
 
-    def calibrate(self, *args: Any, y: Any = None, **kwargs: Any) -> OptimizedPipeline:
+    def calibrate(
+        self, *args: Any, y: Any = None, progress: bool | None = None, **kwargs: Any
+    ) -> OptimizedPipeline:
         """Plan and prove a cascade on calibration data; return ``self``.
 
         Call it with the same arguments as the function itself, holding calibration rows (the
         more rows, the tighter the proof: the error message says how many are needed), and
         optionally ``y``, one label per row. Without ``y`` the approximate model learns the full
         model's own predictions, so no labelled data is needed.
+
+        ``progress``: a progress bar naming the stage that runs (tracing, costing, compiling,
+        importance, candidates, proof); by default shown in a terminal or notebook and never in
+        CI (``CI`` set) or when stderr is not a terminal; ``True``/``False`` forces it (see
+        :mod:`willow.progress`). With ``compile=True``, what does not fit the compile-time budget
+        is compiled in the background after this returns (see :meth:`wait_compiled`).
         """
+        previous = self.__dict__.get("_background")
+        if previous is not None:
+            previous.cancel()
+            self._background = None
+        with (
+            calibration_progress(progress, self.__qualname__),
+            calibration_budget(self.compile) as budget,
+        ):
+            stage("tracing")
+            self._calibrate(args, y, kwargs)
+        if budget.deferred and self.is_calibrated and not self._unsupported:
+            self._compile_in_background(args, y, kwargs, budget.deferred)
+        return self
+
+    def _compile_in_background(self, args: tuple, y: Any, kwargs: dict, deferred: list[str]) -> None:
+        """Calibrate again with ``compile="eager"`` on a background thread and serve that plan
+        once it is built and verified (:mod:`willow.compiler.background`)."""
+        arguments = bind_arguments(self.__wrapped__, args, kwargs)
+        graph, fn = self.graph_, self.__wrapped__
+        assert graph is not None
+        if self.query == "topk":
+            from willow.topk.calibration import calibrate_topk
+
+            options = replace(topk_query.topk_options(self), compile="eager")
+
+            def job() -> Any:
+                return calibrate_topk(graph, fn, arguments, options)
+
+            def install(result: Any) -> None:
+                topk_query.install(self, result)
+
+        else:
+            cascade_options = replace(self._options(), compile="eager")
+
+            def job() -> Any:
+                return calibrate_cascade(graph, fn, arguments, y, cascade_options)
+
+            def install(result: Any) -> None:
+                self._install(
+                    result.plan,
+                    result.costs,
+                    result.approximate,
+                    result.output,
+                    result.model_fingerprint,
+                    result.function,
+                    result.source,
+                    result.compilation,
+                )
+
+        what = ", ".join(dict.fromkeys(deferred))
+        self._background = BackgroundCompile(job, install, what).start()
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for the background compilation that ``compile=True`` started after calibration
+        (models whose estimated compile time exceeded the budget), at most ``timeout`` seconds.
+
+        Returns ``True`` once nothing is compiling (the compiled plan serves, or a failure left
+        the calibrated plan serving: see :meth:`explain`), ``False`` on timeout.
+        """
+        background = self.__dict__.get("_background")
+        return True if background is None else background.wait(timeout)
+
+    def _calibrate(self, args: tuple, y: Any, kwargs: dict) -> OptimizedPipeline:
         if self.graph_ is None:
             warnings.warn(
-                f"calibrate() does nothing: {self._unsupported}", UnsupportedPipelineWarning, stacklevel=2
+                f"calibrate() does nothing: {self._unsupported}", UnsupportedPipelineWarning, stacklevel=3
             )
             return self
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
@@ -276,7 +360,7 @@ class OptimizedPipeline:
                     'calibrate(y=...) is ignored for query="topk": the approximate model learns the '
                     "full model's own scores, since precision is measured against its ranking.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             try:
                 topk = topk_query.calibrate_pipeline(self, arguments)
@@ -354,6 +438,9 @@ class OptimizedPipeline:
             )
         if self._compilation is not None:
             lines += ["", self._compilation.report()]
+        background = self.__dict__.get("_background")
+        if background is not None:
+            lines += ["", background.status()]
         approximate = self.__dict__.get("_approximate")
         if approximate is not None and getattr(approximate, "kernel_source", None):
             lines += [
@@ -485,12 +572,19 @@ def optimize(
     max_candidates : most candidate subsets fitted during calibration.
     compile : lower recognised operators (text vectorizers, linear models, tree ensembles...) to
         generated Numba kernels, each verified against the original on calibration rows and kept
-        only where it measured faster; ``True`` skips tree ensembles over 20,000 split nodes (cold
-        compilation runs at about 1,000 split nodes per second on 2 cores; kernels are cached on
-        disk), ``"all"`` compiles them too, ``False`` keeps every statement as Python.
+        only where it measured faster. ``True`` compiles within a time budget during calibration
+        (10 s, estimated from each tree ensemble's split nodes and the compile rate measured on
+        this machine; kernels are cached on disk, so a second run is a warm load) and compiles
+        the rest in the background after calibration returns, serving the verified plan
+        meanwhile and switching to the compiled one once it is built and verified
+        (:meth:`OptimizedPipeline.wait_compiled` waits for it); ``"eager"`` (or ``"all"``)
+        compiles everything during calibration; ``False`` keeps every statement as Python.
     cascade : plan a cascade (default); ``False`` serves the (compiled) full pipeline only.
     require_faster : serve a proven cascade only if it also measured faster than the pipeline
-        without it (the compiled pipeline, or the original) on the holdout rows. The plan's cost
+        without it (the compiled pipeline, or the original) on the holdout rows, and a compiled
+        pipeline without a cascade only if it measured faster than the original beyond the
+        timing noise (its 75th-percentile time below the original's 25th percentile over
+        interleaved runs: see :mod:`willow.compiler.speed_gate`). The plan's cost
         model is per row and does not see per-call overheads (the approximate model's call, row
         selection, one call per remaining group), which can outweigh the saving on cheap
         pipelines. ``False`` serves every proven cascade.

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from willow import fingerprints
+from willow import fingerprints, progress
 from willow.cascades.approximate import ApproximateModel, fit_approximate_model
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.cascades.duplicates import row_groups
@@ -44,8 +44,8 @@ from willow.compiler.codegen import (
     materialize,
     stack_expression,
 )
+from willow.compiler.compile_budget import CompileBudget, current_budget
 from willow.compiler.compile_pass import (
-    DEFAULT_TREE_NODE_BUDGET,
     RUNTIME,
     CompilationResult,
     compile_graph,
@@ -55,6 +55,7 @@ from willow.compiler.compile_pass import (
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, interleaved_seconds, median_seconds, profile_costs
+from willow.compiler.speed_gate import GATE_REPEATS, faster_beyond_noise, interleaved_samples
 from willow.errors import UnsupportedPipelineError
 from willow.rows import n_rows, take_rows
 
@@ -195,9 +196,9 @@ def _labels(y: Any, n: int, output: OutputSpec) -> np.ndarray | None:
     return labels
 
 
-def _node_budget(options: CascadeOptions) -> int | None:
-    """``compile=True`` bounds the size of compiled tree ensembles; ``compile="all"`` does not."""
-    return None if options.compile == "all" else DEFAULT_TREE_NODE_BUDGET
+def _node_budget(options: CascadeOptions) -> CompileBudget:
+    """The calibration run's compile-time budget (``compile=True``; none for ``"eager"``/``"all"``)."""
+    return current_budget(options.compile)
 
 
 class _OpsHolder:
@@ -272,6 +273,7 @@ def calibrate_cascade(
     n_tune = len(split.tune)
     tune_arguments = arguments_for(split.tune)
     runner = StatementRunner(graph, fn)
+    progress.stage("costing")
     python_costs, ns_tune, out_tune = profile_costs(
         graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
     )
@@ -283,6 +285,7 @@ def calibrate_cascade(
     compilation = None
     costs = python_costs
     if options.compile:
+        progress.stage("compiling")
         compilation, costs, compiled_run = compile_for_calibration(
             graph, fn, runner, tune_arguments, python_costs, options
         )
@@ -340,11 +343,13 @@ def calibrate_cascade(
             "sample can prove; the original pipeline runs unchanged."
         )
 
+    progress.stage("importance")
     importances = permutation_importance(
         graph, runner, ns_tune, out_tune, output, options.importance_repeats, options.random_state
     )
     plan = replace(plan, importances=importances)
     subsets = candidates_for(list(graph.group_names), costs, importances, options)
+    progress.stage("candidates")
     ns_train, out_train = runner.run_all(arguments_for(split.train))
     train_labels = labels[split.train] if labels is not None else output.labels(out_train)
     tune_reference = output.labels(out_tune)
@@ -459,6 +464,7 @@ class _Context:
         A cascade must reach the agreement bound; a compiled pipeline without a cascade must
         reproduce the original exactly (probabilities to 1e-9). Otherwise the original serves.
         """
+        progress.stage("proof")
         compiled = self.compilation is not None and bool(self.compilation.nodes)
         cascade = approx is not None and layout is not None
         base = CalibrationResult(
@@ -490,11 +496,30 @@ class _Context:
                         measured_speedup=None,
                     ),
                 )
-            if measured.measured_speedup is None:  # not already timed next to a dropped cascade
-                original_seconds, compiled_seconds = interleaved_seconds(
-                    [lambda: call_with(self.fn, holdout), lambda: call_with(function, holdout)], 3
+            # serve the compiled pipeline only when it measured faster beyond the timing noise
+            # (willow.compiler.speed_gate); require_faster=False serves it whenever it is exact
+            timings = interleaved_samples(
+                [lambda: call_with(self.fn, holdout), lambda: call_with(function, holdout)],
+                max(GATE_REPEATS, self.options.cost_repeats),
+            )
+            verdict = faster_beyond_noise(timings[0], timings[1])
+            measured = replace(measured, measured_speedup=verdict.speedup)
+            if self.options.require_faster and not verdict.faster:
+                reason = (
+                    f"{plan.reason} The compiled pipeline reproduced the original on the holdout rows, "
+                    f"but {verdict.describe()}, so the original runs (require_faster=False serves it "
+                    "anyway)."
+                ).strip()
+                return replace(
+                    base,
+                    plan=replace(
+                        measured,
+                        reason=reason,
+                        compiled_nodes=0,
+                        compiled_seconds_per_row=None,
+                        measured_speedup=None,
+                    ),
                 )
-                measured = replace(measured, measured_speedup=original_seconds / compiled_seconds)
             return replace(base, plan=measured, function=function, source=source)
         assert approx is not None
         ns_holdout = self.runner.run(self.runner.namespace(holdout))

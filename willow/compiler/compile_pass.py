@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from willow.compiler.compile_budget import CompileBudget, timed_lower
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import ModelCall, PipelineGraph, Statement
 from willow.compiler.lowering.arithmetic import node_at, replace_at
@@ -117,6 +118,9 @@ class CompilationResult:
     operators: Operators
     guarded: tuple[tuple[str, Any], ...]
     fused: FusedText | None = None
+    # (object, method) pairs whose compilation did not fit calibration's time budget: compiled in
+    # the background after calibration (willow.compiler.background)
+    deferred: tuple[tuple[Any, str], ...] = ()
 
     def vectorizer(self, group: str) -> Any:
         """The fitted vectorizer object behind ``group`` in a fused pipeline."""
@@ -332,32 +336,10 @@ def _loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-DEFAULT_TREE_NODE_BUDGET = 20_000
-"""Largest tree ensemble (in split nodes) that ``compile=True`` compiles: about 20 s of cold
-compilation on 2 cores (measured on the 2-core development machine with the nested ifs translated
-straight to LLVM IR: 50 trees x 63 leaves, 3,100 split nodes, 4.3 s; 500 trees x 63 leaves, 31,000
-split nodes, 28.5 s), cached on disk afterwards. ``compile="all"`` lifts the limit."""
-
-_SPLIT_NODES_PER_SECOND = 1000  # cold compilation rate on the 2-core development machine, rounded down
-
-
-def compile_budget_refusal(obj: Any, tree_node_budget: int | None) -> str | None:
-    """Why ``obj`` is too large to compile under the budget, or ``None``."""
-    if tree_node_budget is None:
-        return None
-    from willow.compiler.lowering.trees import TREE_LOWERINGS, split_nodes
-
-    if type(obj) not in TREE_LOWERINGS:
-        return None
-    nodes = split_nodes(obj)
-    if nodes <= tree_node_budget:
-        return None
-    return (
-        f"{type(obj).__name__} has {nodes} split nodes, more than compile=True compiles "
-        f"({tree_node_budget}); compiling it would take about {nodes // _SPLIT_NODES_PER_SECOND} s "
-        "of cold compilation on 2 cores; "
-        "pass compile='all' to compile it anyway (compiled kernels are cached on disk)"
-    )
+def compile_budget_refusal(obj: Any, budget: CompileBudget | None) -> str | None:
+    """Why compiling ``obj`` is deferred past calibration under ``budget`` (see
+    :mod:`willow.compiler.compile_budget`), or ``None`` (``budget=None``: no limit)."""
+    return None if budget is None else budget.refusal(obj)
 
 
 def _is_table(obj: Any) -> bool:
@@ -383,12 +365,13 @@ def compile_graph(
     runner: StatementRunner,
     arguments: dict[str, Any],
     lower: Any,
-    tree_node_budget: int | None = DEFAULT_TREE_NODE_BUDGET,
+    budget: CompileBudget | None = None,
 ) -> CompilationResult:
     """Lower what can be lowered in ``graph``, verified on one run over ``arguments`` (calibration rows).
 
-    ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``; tree ensembles
-    larger than ``tree_node_budget`` split nodes stay Python (``None``: no limit).
+    ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``; an object
+    whose estimated compile time exceeds what is left of ``budget`` stays Python and is listed in
+    the result's ``deferred`` (``None``: no limit).
     """
     from willow.compiler.lowering.base import NotLowerable
 
@@ -400,6 +383,7 @@ def compile_graph(
     nodes: list[CompiledNode] = []
     skipped: list[SkippedNode] = []
     guarded: dict[str, Any] = {}
+    deferred: list[tuple[Any, str]] = []
 
     def attempt(
         statement: int | None,
@@ -417,12 +401,13 @@ def compile_graph(
         record the node; ``None`` when it stays Python."""
         if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
             return None
-        refusal = compile_budget_refusal(obj, tree_node_budget)
+        refusal = compile_budget_refusal(obj, budget)
         if refusal is not None:
             skipped.append(SkippedNode(lineno, original, refusal))
+            deferred.append((obj, method))
             return None
         try:
-            operator = lower(obj, method)
+            operator = timed_lower(lower, obj, method)
         except NotLowerable as exc:
             skipped.append(SkippedNode(lineno, original, str(exc)))
             return None
@@ -617,6 +602,7 @@ def compile_graph(
         skipped=tuple(skipped),
         operators=Operators({n.attribute: n.operator for n in nodes}),
         guarded=tuple(guarded.items()),
+        deferred=tuple(deferred),
     )
 
 
@@ -769,6 +755,7 @@ def keep_faster(
         skipped=tuple(skipped),
         operators=Operators({n.attribute: n.operator for n in kept}),
         guarded=tuple((expr, objects[expr]) for expr in guarded_exprs if expr in objects),
+        deferred=compilation.deferred,
     )
     return trimmed, costs
 
