@@ -19,13 +19,16 @@ from typing import Any
 
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
+from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
 # The passes, in order. Each module owns one rewrite; register it here (explicitly, not by import
 # side effects) so a reader sees the whole front end in one list.
-PASSES: list[tuple[str, FrontEndPass]] = []
+PASSES: list[tuple[str, FrontEndPass]] = [
+    ("composites", expand_composites),
+]
 
 
 @dataclass(frozen=True, eq=False)

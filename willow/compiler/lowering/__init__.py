@@ -15,6 +15,7 @@ from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerab
 from willow.compiler.lowering.encoders import ENCODER_LOWERINGS
 from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
+from willow.compiler.lowering.preprocessing import PREPROCESSING_LOWERINGS
 from willow.compiler.lowering.text import TEXT_LOWERINGS
 from willow.compiler.lowering.trees import TREE_LOWERINGS
 
@@ -25,6 +26,7 @@ LOWERINGS: dict[type, Lowering] = {
     **LINEAR_LOWERINGS,
     **TREE_LOWERINGS,
     **ENCODER_LOWERINGS,
+    **PREPROCESSING_LOWERINGS,
 }
 
 

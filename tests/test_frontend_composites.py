@@ -1,0 +1,383 @@
+"""scikit-learn composites expanded by the front end: the normalized function gives exactly the
+composite's own output (type, dtype, values, sparse structure, errors), and tracing sees one
+feature group per FeatureUnion branch / ColumnTransformer transformer."""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer, make_column_selector, make_column_transformer
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from willow.compiler.tracing import trace_pipeline
+from willow.frontend.driver import normalize
+
+WORDS = ["good", "bad", "great", "awful", "plot", "actors", "film", "boring", "fun", "meh"]
+
+
+def _texts(n: int, seed: int, unseen: bool = False) -> list[str]:
+    rng = np.random.default_rng(seed)
+    vocabulary = WORDS + (["zebra", "quux"] if unseen else [])
+    return [" ".join(rng.choice(vocabulary, rng.integers(1, 6))) for _ in range(n)]
+
+
+TEXTS = _texts(200, seed=0)
+TEXT_LABELS = np.array(["good" in t or "great" in t for t in TEXTS])
+
+TEXT_PIPE = Pipeline(
+    [
+        (
+            "union",
+            FeatureUnion(
+                [
+                    ("word", TfidfVectorizer()),
+                    ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3))),
+                ]
+            ),
+        ),
+        ("clf", LogisticRegression()),
+    ]
+).fit(TEXTS, TEXT_LABELS)
+
+COLOURS = ["red", "green", "blue"]
+
+
+def _frame(n: int, seed: int, unseen: bool = False, nan: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n),
+            "income": rng.integers(0, 100, n),
+            "colour": rng.choice(COLOURS + (["purple"] if unseen else []), n).astype(object),
+            "flag": rng.integers(0, 2, n).astype(float),
+            "score": rng.normal(0, 1, n),
+            "text": [" ".join(rng.choice(WORDS, 3)) for _ in range(n)],
+        }
+    )
+    if nan and n:
+        frame.loc[0, "age"] = np.nan
+    return frame
+
+
+FRAME = _frame(300, seed=1)
+FRAME_LABELS = ((FRAME["age"] > 40) ^ (FRAME["colour"] == "red")).to_numpy()
+
+TABULAR = make_pipeline(
+    ColumnTransformer(
+        [
+            ("num", StandardScaler(), ["age", "income"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"]),
+            ("keep", "passthrough", ["flag"]),
+        ],
+        remainder=StandardScaler(),  # "score" (and "text" is dropped below)
+    ),
+    LogisticRegression(),
+).fit(FRAME.drop(columns="text"), FRAME_LABELS)
+
+
+def _outcome(function, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return function(*args)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            return (type(exc), str(exc))
+
+
+def assert_identical(got, expected) -> None:
+    """Same type, dtype, shape and values (NaN in the same places); CSR arrays equal."""
+    assert type(got) is type(expected), (type(got), type(expected))
+    if isinstance(expected, tuple):  # an exception
+        assert got == expected
+        return
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        return
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    if sp.issparse(expected):
+        assert got.format == expected.format
+        for name in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def _check(fn, arguments: dict, row_parameters: tuple[str, ...], inputs: list[dict]):
+    """Normalize ``fn`` on ``arguments`` and compare it with ``fn`` on every input."""
+    front = normalize(fn, arguments, row_parameters)
+    assert front.rewritten, front.notes
+    for call in [arguments, *inputs]:
+        call = {**arguments, **call}
+        assert_identical(_outcome(front.function, *call.values()), _outcome(fn, *call.values()))
+    return front
+
+
+def _groups(front) -> list[str]:
+    graph = trace_pipeline(front.function, tree=front.tree, filename=front.filename)
+    return [g.name for g in graph.groups]
+
+
+# --------------------------------------------------------------------------- Pipeline(FeatureUnion)
+
+
+def text_proba(texts):
+    return TEXT_PIPE.predict_proba(texts)
+
+
+def text_label(texts):
+    labels = TEXT_PIPE.predict(texts)
+    return labels
+
+
+def text_score(texts):
+    return TEXT_PIPE.decision_function(texts) > 0.5
+
+
+TEXT_INPUTS = [
+    {"texts": _texts(1, seed=2)},
+    {"texts": _texts(40, seed=3, unseen=True)},
+    {"texts": ["zebra quux"]},  # only unseen tokens
+    {"texts": []},  # scikit-learn's own error for 0 rows
+    {"texts": np.array(_texts(5, seed=4), dtype=object)},
+]
+
+
+@pytest.mark.parametrize("fn", [text_proba, text_label, text_score])
+def test_pipeline_of_feature_union_is_exact(fn):
+    front = _check(fn, {"texts": TEXTS[:50]}, ("texts",), TEXT_INPUTS)
+    source = ast.unparse(front.tree)
+    assert "union_word.transform(texts)" in source and "union_char.transform(texts)" in source
+    assert ".hstack([X_union_word, X_union_char]).tocsr()" in source
+    assert set(front.bindings) >= {"union_word", "union_char", "clf"}
+    assert not front.guards  # globals: nothing passed by the caller to check
+    if fn is text_proba:  # what follows the model call is another front-end pass's business
+        assert _groups(front) == ["X_union_word", "X_union_char"]
+
+
+def test_module_without_scipy_import_gets_a_binding():
+    """The stacking call needs scipy.sparse: bound when the user's module has no name for it."""
+    front = normalize(text_proba, {"texts": TEXTS[:20]}, ("texts",))
+    stack = next(s for s in front.tree.body if "hstack" in ast.unparse(s))
+    module = stack.value.func.value.func.value.id
+    assert (front.bindings.get(module) or text_proba.__globals__.get(module)) is sp
+
+
+# --------------------------------------------------------------------------- ColumnTransformer
+
+
+def tabular_proba(frame, model):
+    proba = model.predict_proba(frame)[:, 1]
+    return proba
+
+
+def tabular_direct(frame, model):
+    return model.predict_proba(frame)
+
+
+FRAME_INPUTS = [
+    {"frame": _frame(1, seed=5).drop(columns="text")},
+    {"frame": _frame(50, seed=6, unseen=True).drop(columns="text")},  # unseen colour: zeros
+    {"frame": _frame(10, seed=7, nan=True).drop(columns="text")},  # NaN: the model's own error
+    {"frame": _frame(0, seed=8).drop(columns="text")},  # 0 rows: scikit-learn's error
+    {"frame": _frame(20, seed=9)},  # an extra column: selected by name, as scikit-learn does
+]
+
+
+def test_column_transformer_in_a_pipeline_passed_as_argument():
+    arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
+    front = _check(tabular_proba, arguments, ("frame",), FRAME_INPUTS)
+    source = ast.unparse(front.tree)
+    assert "X_num = num.transform(frame[['age', 'income']])" in source
+    assert "X_cat = cat.transform(frame[['colour']]).toarray()" in source
+    assert "X_keep = frame[['flag']]" in source
+    assert "X_remainder = remainder.transform(frame[['score']])" in source
+    direct = normalize(tabular_direct, arguments, ("frame",))
+    assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
+    # every object taken from the argument is checked at each call, by its path
+    paths = {g.name: g.path for g in front.guards}
+    assert paths["num"] == "model.steps[0][1].transformers_[0][1]"
+    assert paths["logisticregression"] == "model.steps[1][1]"
+    assert all(eval(g.path, {"model": TABULAR}) is front.bindings[g.name] for g in front.guards)
+
+
+SELECTED = make_column_transformer(
+    (TfidfVectorizer(), "text"),  # a scalar column: 1-D strings for the vectorizer
+    (StandardScaler(), make_column_selector(dtype_include=np.floating, pattern="^(age|score)$")),
+    (OneHotEncoder(handle_unknown="ignore"), lambda frame: ["colour"]),
+    ("drop", ["flag"]),
+    remainder="passthrough",  # income
+    sparse_threshold=1.0,
+)
+SELECTED.set_params(transformer_weights={"standardscaler": 0.5}).fit(FRAME)
+SELECTED_PIPE = make_pipeline(SELECTED, LogisticRegression()).fit(FRAME, FRAME_LABELS)
+
+
+def selected_features(frame):
+    return SELECTED.transform(frame)
+
+
+def selected_proba(frame):
+    return SELECTED_PIPE.predict_proba(frame)
+
+
+def test_column_transformer_selectors_weights_and_sparse_output():
+    assert SELECTED.sparse_output_
+    inputs = [
+        {"frame": _frame(1, seed=10)},
+        {"frame": _frame(30, seed=11, unseen=True, nan=True)},  # NaN kept by the scaler
+        {"frame": _frame(0, seed=12)},  # check_array's 0-row error, as scikit-learn
+    ]
+    front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
+    source = ast.unparse(front.tree)
+    assert "SELECTED_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
+    assert "frame[['age', 'score']]" in source and "frame[['colour']]" in source
+    assert "X_SELECTED_standardscaler * 0.5" in source
+    assert "check_array(" in source  # the scaler's dense output made numeric as _hstack does
+    assert "flag" not in source
+    front = _check(selected_proba, {"frame": FRAME}, ("frame",), inputs)
+    assert len(_groups(front)) == 4  # text, scaled, encoded, remainder
+
+
+ARRAY_CT = ColumnTransformer(
+    [
+        ("first", StandardScaler(), slice(0, 2)),
+        ("mask", FunctionTransformer(np.abs), [False, False, True, False]),
+        ("one", StandardScaler(), [3]),
+    ],
+    remainder="drop",
+)
+ARRAY = np.random.default_rng(13).normal(size=(50, 4))
+ARRAY_CT.fit(ARRAY)
+
+
+def array_features(X):
+    return ARRAY_CT.transform(X)
+
+
+def test_column_transformer_on_arrays_by_position():
+    inputs = [{"X": ARRAY[:1]}, {"X": ARRAY[:0]}, {"X": np.where(ARRAY > 1, np.nan, ARRAY)}]
+    front = _check(array_features, {"X": ARRAY}, ("X",), inputs)
+    source = ast.unparse(front.tree)
+    assert "X[:, 0:2]" in source and "X[:, [False, False, True, False]]" in source
+    assert "X[:, [3]]" in source
+
+
+# --------------------------------------------------------------------------- nesting and access
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    """A custom transformer: stays one opaque call (its own group)."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=float) * 2
+
+
+NESTED = Pipeline(
+    [
+        ("prep", Pipeline([("scale", StandardScaler()), ("nothing", "passthrough"), ("none", None)])),
+        (
+            "union",
+            make_union(
+                StandardScaler(with_std=False),
+                Doubler(),
+                FeatureUnion([("drop", "drop"), ("copy", "passthrough")], transformer_weights={"copy": 3}),
+            ),
+        ),
+        ("clf", LogisticRegression()),
+    ]
+).fit(ARRAY, ARRAY[:, 0] > 0)
+
+
+def nested_proba(X):
+    return NESTED.predict_proba(X)
+
+
+def test_nested_composites_expand_recursively():
+    inputs = [{"X": ARRAY[:1]}, {"X": ARRAY[:0]}, {"X": ARRAY[:7] * 100}]
+    front = _check(nested_proba, {"X": ARRAY}, ("X",), inputs)
+    source = ast.unparse(front.tree)
+    assert "doubler.transform(" in source  # opaque, one statement
+    assert "X_union_featureunion_copy * 3" in source
+    assert len(_groups(front)) == 3  # scaler, doubler, the inner union (passthrough, weighted)
+
+
+def named_steps_proba(texts):
+    features = TEXT_PIPE.named_steps["union"].transform(texts)
+    return TEXT_PIPE.named_steps["clf"].predict_proba(features)
+
+
+def sliced_proba(texts):
+    features = TEXT_PIPE[:-1].transform(texts)
+    return TEXT_PIPE[-1].predict_proba(features)
+
+
+@pytest.mark.parametrize("fn", [named_steps_proba, sliced_proba])
+def test_steps_reached_by_name_or_index(fn):
+    front = _check(fn, {"texts": TEXTS[:30]}, ("texts",), TEXT_INPUTS[:3])
+    source = ast.unparse(front.tree)
+    assert "clf.predict_proba(features)" in source  # the final step rebound to a plain name
+    assert _groups(front) == ["X_union_word", "X_union_char"]
+
+
+class Model:
+    """An application object holding its pipeline as an attribute."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def predict(self, texts):
+        return self.pipe.predict_proba(texts)[:, 1] > 0.3
+
+
+def test_composite_as_an_attribute_of_an_argument():
+    model = Model(TEXT_PIPE)
+    front = normalize(Model.predict, {"self": model, "texts": TEXTS[:20]}, ("texts",))
+    for inputs in TEXT_INPUTS[:3]:
+        assert_identical(front.function(model, inputs["texts"]), model.predict(inputs["texts"]))
+    assert {g.path for g in front.guards} >= {"self.pipe.steps[1][1]"}
+
+
+# --------------------------------------------------------------------------- left alone
+
+
+PANDAS_OUT = make_pipeline(
+    ColumnTransformer([("num", StandardScaler(), ["age"])]).set_output(transform="pandas"),
+    LogisticRegression(),
+).fit(FRAME, FRAME_LABELS)
+
+
+def pandas_out(frame):
+    return PANDAS_OUT.predict_proba(frame)
+
+
+def test_what_cannot_be_expanded_exactly_stays_one_call_with_a_note():
+    front = normalize(pandas_out, {"frame": FRAME}, ("frame",))
+    source = ast.unparse(front.tree)
+    assert "columntransformer.transform(frame)" in source  # opaque step, then the model
+    assert any("'pandas'" in note for note in front.notes)
+    assert_identical(front.function(FRAME[:3]), pandas_out(FRAME[:3]))
+
+
+def conditional(texts, fast):
+    if fast:
+        return TEXT_PIPE.predict(texts)
+    return TEXT_PIPE.predict_proba(texts)
+
+
+def test_calls_not_reached_at_calibration_stay_one_call():
+    front = normalize(conditional, {"texts": TEXTS[:10], "fast": False}, ("texts",))
+    assert any("did not reach" in note for note in front.notes)
+    for fast in (False, True):
+        assert_identical(front.function(TEXTS[:5], fast), conditional(TEXTS[:5], fast))
