@@ -50,3 +50,25 @@ def assert_cascade_equivalent(pipeline, *args, **kwargs) -> float:
         np.testing.assert_allclose(optimized[confident], approx[confident], rtol=0, atol=0)
         agree = np.argmax(optimized, axis=1) == np.argmax(original, axis=1)
     return float(np.mean(agree))
+
+
+def assert_same_outcome(pipeline, *args, **kwargs) -> None:
+    """The optimized call returns what the original returns, or raises what it raises (same type
+    and message): e.g. on 0 rows, where scikit-learn refuses and pandas answers."""
+    try:
+        original = pipeline.__wrapped__(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the original's own error is the expected outcome
+        expected: Exception | None = exc
+    else:
+        expected = None
+    if expected is not None:
+        try:
+            pipeline(*args, **kwargs)
+        except Exception as found:  # noqa: BLE001
+            assert type(found) is type(expected) and str(found) == str(expected), (found, expected)
+            return
+        raise AssertionError(f"the original raises {expected!r}, the optimized call returns")
+    optimized = pipeline(*args, **kwargs)
+    assert type(optimized) is type(original)
+    assert getattr(optimized, "dtype", None) == getattr(original, "dtype", None)
+    np.testing.assert_array_equal(np.asarray(optimized), np.asarray(original))

@@ -114,10 +114,6 @@ class ServingRuntime:
             )
         return distinct.pop()
 
-    def empty_output(self) -> np.ndarray:
-        """What the pipeline returns for a batch of zero rows."""
-        return self.output.empty()
-
     def approximate(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
         """The approximate model's output rows and confidence on every row."""
         assert self.approximate_model is not None

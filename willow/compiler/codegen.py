@@ -229,7 +229,9 @@ def _prelude(
     body.append(
         ast.If(
             test=ast.Compare(left=name_node(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
-            body=[ast.Return(value=runtime_call("empty_output"))],
+            # 0 rows: the original decides (it may return an empty result or raise, as scikit-learn
+            # does); willow answers exactly as it would
+            body=[ast.Return(value=forward_call(original_def))],
             orelse=[],
         )
     )
