@@ -1,13 +1,17 @@
 """Row operations on every container a pipeline may pass around.
 
 Cascades need to count, select and shuffle the rows of whatever a pipeline's statements produce:
-numpy arrays, scipy.sparse matrices and arrays (any format), pandas DataFrames and Series (any
-index), and plain lists or tuples. Each operation here keeps the container's type and format so
-that downstream statements see exactly what they would have seen on a smaller batch.
+numpy arrays (object arrays of strings included), scipy.sparse matrices and arrays (any format),
+pandas DataFrames, Series (any index), Index objects and extension arrays (``StringArray``,
+``ArrowStringArray``, ``Categorical``, nullable ``Int64``/``boolean``...: what ``df[col].values``
+gives under pandas 3), pyarrow ``Array``/``ChunkedArray``, and plain lists or tuples. Each
+operation here keeps the container's type and format so that downstream statements see exactly
+what they would have seen on a smaller batch.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,14 +20,29 @@ import scipy.sparse as sp
 
 from willow.errors import WillowError
 
-__all__ = ["n_rows", "take_rows", "permute_rows", "supports_rows"]
+__all__ = ["n_rows", "take_rows", "permute_rows", "supports_rows", "SUPPORTED"]
+
+SUPPORTED = (
+    "a list, tuple, numpy array, scipy.sparse matrix, pandas DataFrame, Series, Index or extension "
+    "array, or pyarrow Array or ChunkedArray"
+)
+"""The row containers, as error messages name them."""
+
+_PANDAS_ROWS = (pd.DataFrame, pd.Series, pd.Index, pd.api.extensions.ExtensionArray)
+
+
+def _arrow(obj: Any) -> bool:
+    """Whether ``obj`` is a pyarrow ``Array`` or ``ChunkedArray`` (pyarrow is only looked at when
+    something already imported it: otherwise no object can be one)."""
+    pa = sys.modules.get("pyarrow")
+    return pa is not None and isinstance(obj, (pa.Array, pa.ChunkedArray))
 
 
 def supports_rows(obj: Any) -> bool:
     """Whether ``obj`` is a container whose rows willow can count and select."""
     if isinstance(obj, np.ndarray):
         return obj.ndim >= 1
-    return isinstance(obj, (pd.DataFrame, pd.Series, list, tuple)) or sp.issparse(obj)
+    return isinstance(obj, (*_PANDAS_ROWS, list, tuple)) or sp.issparse(obj) or _arrow(obj)
 
 
 def n_rows(obj: Any) -> int:
@@ -37,11 +56,10 @@ def n_rows(obj: Any) -> int:
         return int(obj.shape[0])
     if sp.issparse(obj):
         return int(obj.shape[0])
-    if isinstance(obj, (pd.DataFrame, pd.Series, list, tuple)):
+    if isinstance(obj, (*_PANDAS_ROWS, list, tuple)) or _arrow(obj):
         return len(obj)
     raise TypeError(
-        f"Expected rows as a list, tuple, numpy array, scipy.sparse matrix, pandas DataFrame or "
-        f"Series, got {type(obj).__name__}. Convert the input to one of these types."
+        f"Expected rows as {SUPPORTED}, got {type(obj).__name__}. Convert the input to one of these types."
     )
 
 
@@ -71,14 +89,15 @@ def take_rows(obj: Any, rows: np.ndarray) -> Any:
         if _positional_index(obj.index, len(obj)):
             selected = selected.reset_index(drop=True)
         return selected
+    if isinstance(obj, (pd.Index, pd.api.extensions.ExtensionArray)):
+        return obj.take(rows)  # positions (no labels to keep); keeps the array's type and dtype
+    if _arrow(obj):
+        return obj.take(rows)  # an Array stays an Array, a ChunkedArray a ChunkedArray
     if isinstance(obj, list):
         return [obj[i] for i in rows]
     if isinstance(obj, tuple):
         return tuple(obj[i] for i in rows)
-    raise WillowError(
-        f"Cannot select rows of a {type(obj).__name__}; expected a list, tuple, numpy array, "
-        "scipy.sparse matrix, pandas DataFrame or Series."
-    )
+    raise WillowError(f"Cannot select rows of a {type(obj).__name__}; expected {SUPPORTED}.")
 
 
 def permute_rows(obj: Any, permutation: np.ndarray) -> Any:
