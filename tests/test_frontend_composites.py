@@ -16,7 +16,7 @@ from sklearn.compose import ColumnTransformer, make_column_selector, make_column
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, StandardScaler
 
 from willow.compiler.tracing import trace_pipeline
 from willow.frontend.driver import normalize
@@ -238,9 +238,9 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     ]
     front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
     source = ast.unparse(front.tree)
-    assert "SELECTED_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
+    assert "selected_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
     assert "frame[['age', 'score']]" in source and "frame[['colour']]" in source
-    assert "X_SELECTED_standardscaler * 0.5" in source
+    assert "X_selected_standardscaler * 0.5" in source
     assert "check_array(" in source  # the scaler's dense output made numeric as _hstack does
     assert "flag" not in source
     front = _check(selected_proba, {"frame": FRAME}, ("frame",), inputs)
@@ -349,25 +349,58 @@ def test_composite_as_an_attribute_of_an_argument():
     assert {g.path for g in front.guards} >= {"self.pipe.steps[1][1]"}
 
 
+# --------------------------------------------------------------------------- pandas output
+
+
+PANDAS_CT = ColumnTransformer(
+    [
+        ("num", StandardScaler(), ["age", "income"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["colour"]),
+    ],
+    remainder="passthrough",
+).set_output(transform="pandas")
+PANDAS_PIPE = make_pipeline(PANDAS_CT, LogisticRegression()).fit(FRAME.drop(columns="text"), FRAME_LABELS)
+PANDAS_UNION = make_union(StandardScaler(), MinMaxScaler()).set_output(transform="pandas").fit(ARRAY)
+
+
+def pandas_frame(frame):
+    return PANDAS_CT.transform(frame)
+
+
+def pandas_proba(frame):
+    return PANDAS_PIPE.predict_proba(frame)
+
+
+def pandas_union(X):
+    return PANDAS_UNION.transform(X)
+
+
+def test_pandas_output_is_concatenated_and_named_as_scikit_learn_does():
+    frames = [
+        {"frame": _frame(1, seed=30).drop(columns="text")},
+        {"frame": _frame(40, seed=31, unseen=True, nan=True).drop(columns="text").set_axis(range(100, 140))},
+    ]
+    front = _check(pandas_frame, {"frame": FRAME.drop(columns="text")}, ("frame",), frames)
+    source = ast.unparse(front.tree)
+    assert "pd.concat([X_pandas_ct_num, X_pandas_ct_cat, X_pandas_ct_remainder], axis=1)" in source
+    assert "X_pandas_ct.set_axis(pandas_ct_columns, axis=1)" in source
+    _check(pandas_proba, {"frame": FRAME.drop(columns="text")}, ("frame",), frames)
+    front = _check(pandas_union, {"X": ARRAY}, ("X",), [{"X": ARRAY[:1]}, {"X": ARRAY[:9] * 5}])
+    assert "pd.concat([X_pandas_union_standardscaler, X_pandas_union_minmaxscaler], axis=1)" in ast.unparse(
+        front.tree
+    )
+
+
 # --------------------------------------------------------------------------- left alone
 
 
-PANDAS_OUT = make_pipeline(
-    ColumnTransformer([("num", StandardScaler(), ["age"])]).set_output(transform="pandas"),
-    LogisticRegression(),
-).fit(FRAME, FRAME_LABELS)
-
-
-def pandas_out(frame):
-    return PANDAS_OUT.predict_proba(frame)
-
-
 def test_what_cannot_be_expanded_exactly_stays_one_call_with_a_note():
-    front = normalize(pandas_out, {"frame": FRAME}, ("frame",))
-    source = ast.unparse(front.tree)
-    assert "columntransformer.transform(frame)" in source  # opaque step, then the model
-    assert any("'pandas'" in note for note in front.notes)
-    assert_identical(front.function(FRAME[:3]), pandas_out(FRAME[:3]))
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        front = normalize(text_proba, {"texts": TEXTS[:20]}, ("texts",))
+    assert not front.rewritten
+    assert any("metadata routing" in note for note in front.notes)
 
 
 def conditional(texts, fast):
@@ -381,3 +414,36 @@ def test_calls_not_reached_at_calibration_stay_one_call():
     assert any("did not reach" in note for note in front.notes)
     for fast in (False, True):
         assert_identical(front.function(TEXTS[:5], fast), conditional(TEXTS[:5], fast))
+
+
+# --------------------------------------------------------------------------- compiled
+
+
+def test_expanded_column_transformer_compiles_each_transformer():
+    """The compile pass lowers every expanded step (scaler, encoder, model); the compiled pipeline
+    gives the original's probabilities (the model's kernel to 1e-12, the steps exactly)."""
+    from compiling import compiled_runner
+
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+
+    arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
+    front = normalize(tabular_direct, arguments, ("frame",))
+    graph = trace_pipeline(front.function, tree=front.tree, filename=front.filename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no kernel may disagree with the original
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = compile_graph(graph, StatementRunner(graph, front.function), arguments, lower)
+    names = sorted(node.operator.name for node in result.nodes)
+    assert names == [
+        "LogisticRegression.predict_proba",
+        "OneHotEncoder.transform",
+        "StandardScaler.transform",
+        "StandardScaler.transform",
+    ]
+    runner = compiled_runner(result, front.function)
+    for frame in (_frame(1, seed=40), _frame(300, seed=41, unseen=True)):
+        frame = frame.drop(columns="text")
+        _, got = runner.run_all({"frame": frame, "model": TABULAR})
+        np.testing.assert_allclose(got, tabular_direct(frame, TABULAR), rtol=0, atol=1e-12)

@@ -24,8 +24,14 @@ once on them). ``ColumnTransformer`` selects each transformer's fitted columns a
 ``_safe_indexing`` does (labels of a frame, a 1-D column for a scalar selection, positions of an
 array).
 
+Under ``set_output(transform="pandas")`` the branches' DataFrames are stacked with
+``pd.concat(axis=1)`` and given the composite's ``get_feature_names_out()`` as columns, as its
+``_hstack`` and output wrapper do (ColumnTransformer's check that the stacked frame kept the input's
+row count is not repeated: it fails only for transformers that return other row labels).
+
 What is not expanded (and why, in a note): composites with metadata routing enabled or a
-``set_output`` container other than the default, subclasses of the composites, calls with extra
+``set_output`` container other than the default and pandas (or pandas where a branch returns no
+DataFrame), subclasses of the composites, calls with extra
 arguments, calls whose input the calibration run did not reach, and inputs a
 ``ColumnTransformer`` would handle differently from a frame or a 2-D array. A nested composite that
 cannot be expanded stays one opaque ``.transform()`` call (one group). The expansion is
@@ -314,14 +320,40 @@ def _call(receiver: ast.expr, method: str, *args: ast.expr, **keywords: ast.expr
     )
 
 
-def _default_output(obj: Any) -> None:
-    from sklearn.utils._set_output import _get_output_config
+def _output_mode(obj: Any) -> str:
+    """``"default"`` or ``"pandas"``: the composite's ``set_output`` container (others refused)."""
+    from sklearn.utils._set_output import _auto_wrap_is_configured, _get_output_config
 
     dense = _get_output_config("transform", obj)["dense"]
-    if dense != "default":
+    if dense == "default" or not _auto_wrap_is_configured(obj):
+        return "default"
+    if dense != "pandas":
         raise _NotExpandable(
-            f"its set_output container is {dense!r} (only scikit-learn's default output is expanded)"
+            f"its set_output container is {dense!r} (scikit-learn's default output and pandas are expanded)"
         )
+    return "pandas"
+
+
+def _pandas_stack(
+    ex: _Expansion, composite: Any, hint: str, names: list[ast.Name], values: list[Any]
+) -> tuple[ast.Name, Any]:
+    """``pd.concat(outputs, axis=1)`` then the composite's feature names as columns: what
+    ``_hstack`` and the ``set_output`` wrapper do when every output is a DataFrame."""
+    import pandas as pd
+
+    if not all(isinstance(v, pd.DataFrame) for v in values):
+        raise _NotExpandable(
+            "under set_output(transform='pandas') not every branch returns a DataFrame "
+            "(scikit-learn then stacks arrays and wraps them)"
+        )
+    concat = _call(ex.module(pd, "pd"), "concat", ast.List(elts=names, ctx=ast.Load()))
+    concat.keywords = [ast.keyword(arg="axis", value=ast.Constant(1))]
+    stacked = ex.assign(f"X_{hint}", concat)
+    columns = composite.get_feature_names_out()
+    result = pd.concat(values, axis=1).set_axis(columns, axis=1)
+    named = _call(stacked, "set_axis", ex.ctx.bind(columns, f"{hint}_columns"))
+    named.keywords = [ast.keyword(arg="axis", value=ast.Constant(1))]
+    return ex.assign(f"X_{hint}_named", named), result
 
 
 def _routing_disabled() -> None:
@@ -432,7 +464,7 @@ def _expand_union(
 ) -> tuple[ast.Name, Any]:
     import scipy.sparse as sparse
 
-    _default_output(union)
+    mode = _output_mode(union)
     weights = union.transformer_weights or {}
     names: list[ast.Name] = []
     values: list[Any] = []
@@ -450,6 +482,8 @@ def _expand_union(
         values.append(out_value)
     if not names:
         raise _NotExpandable("every transformer is 'drop' (scikit-learn returns an empty array)")
+    if mode == "pandas":
+        return _pandas_stack(ex, union, hint, names, values)
     if any(sparse.issparse(v) for v in values):
         stacked = _call(
             _call(ex.module(sparse, "sparse"), "hstack", ast.List(elts=names, ctx=ast.Load())), "tocsr"
@@ -499,7 +533,11 @@ def _expand_column_transformer(
         check_is_fitted(ct)
     except Exception as exc:  # noqa: BLE001
         raise _NotExpandable(f"it is not fitted ({exc})") from None
-    _default_output(ct)
+    mode = _output_mode(ct)
+    if mode == "pandas" and ct.sparse_output_:
+        raise _NotExpandable(
+            "its output is sparse under set_output(transform='pandas') (scikit-learn raises)"
+        )
     if type(value) is pd.DataFrame:
         by_label = hasattr(ct, "feature_names_in_")
     elif type(value) is np.ndarray and value.ndim == 2:
@@ -582,6 +620,8 @@ def _expand_column_transformer(
         values.append(out_value)
     if not names:
         raise _NotExpandable("no transformer selects any column (scikit-learn returns an empty array)")
+    if mode == "pandas":
+        return _pandas_stack(ex, ct, hint, names, values)
     if ct.sparse_output_:
         stacked = _call(
             _call(ex.module(sparse, "sparse"), "hstack", ast.List(elts=names, ctx=ast.Load())), "tocsr"
@@ -595,10 +635,9 @@ def _expand_column_transformer(
 
 def _output_is_default(obj: Any) -> bool:
     try:
-        _default_output(obj)
+        return _output_mode(obj) == "default"
     except _NotExpandable:
         return False
-    return True
 
 
 # --------------------------------------------------------------------------- the pass
@@ -614,7 +653,12 @@ def _guard_root(expr: ast.expr, ctx: FrontEndContext) -> str | None:
 
 
 def _hint(expr: ast.expr) -> str:
-    """A readable name for the composite: the last attribute or key of the user's expression."""
+    """A readable name for the composite: the last attribute or key of the user's expression,
+    in lower case (``PIPE`` -> ``pipe``)."""
+    return _raw_hint(expr).lower()
+
+
+def _raw_hint(expr: ast.expr) -> str:
     if isinstance(expr, ast.Name):
         return expr.id
     if isinstance(expr, ast.Attribute):
@@ -622,7 +666,7 @@ def _hint(expr: ast.expr) -> str:
     if isinstance(expr, ast.Subscript) and isinstance(expr.slice, ast.Constant):
         return str(expr.slice.value)
     if isinstance(expr, ast.Subscript):
-        return _hint(expr.value)
+        return _raw_hint(expr.value)
     return "composite"
 
 
