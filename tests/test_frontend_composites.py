@@ -292,7 +292,10 @@ NESTED = Pipeline(
             make_union(
                 StandardScaler(with_std=False),
                 Doubler(),
-                FeatureUnion([("drop", "drop"), ("copy", "passthrough")], transformer_weights={"copy": 3}),
+                FeatureUnion(
+                    [("drop", "drop"), ("copy", "passthrough"), ("abs", FunctionTransformer(np.abs))],
+                    transformer_weights={"copy": 3, "abs": np.float32(0.5)},
+                ),
             ),
         ),
         ("clf", LogisticRegression()),
@@ -310,6 +313,7 @@ def test_nested_composites_expand_recursively():
     source = ast.unparse(front.tree)
     assert "doubler.transform(" in source  # opaque, one statement
     assert "X_union_featureunion_copy * 3" in source
+    assert "X_union_featureunion_abs * union_featureunion_abs_weight" in source  # the numpy scalar
     assert len(_groups(front)) == 3  # scaler, doubler, the inner union (passthrough, weighted)
 
 

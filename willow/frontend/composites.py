@@ -195,7 +195,7 @@ def _find_sites(body: list[ast.stmt], ctx: FrontEndContext, sites: list[_Site], 
                         )
                 elif obj is not UNRESOLVED and _through_composite(node.func.value, ctx):
                     receivers.append((node.func, obj, stmt))
-            # a composite call whose argument holds another one: only the inner one is expanded
+            # a composite call inside another one's argument stays in the outer one's hoisted input
             sites[:] = [s for s in sites if id(s.call) not in inner]
         elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
@@ -276,6 +276,23 @@ class _Expansion:
     guard_root: str | None  # the user's expression for the composite, when it comes from a parameter
     statements: list[ast.stmt] = field(default_factory=list)
     modules: dict[str, ast.Name] = field(default_factory=dict)
+    final_call: ast.Call | None = None  # a Pipeline's final estimator call, replacing the user's call
+
+    def checkpoint(self) -> tuple[int, set[str], int]:
+        """What :meth:`rollback` needs to undo the statements, bindings and guards added after it."""
+        return len(self.statements), set(self.ctx.bindings), len(self.ctx.guards)
+
+    def rollback(self, saved: tuple[int, set[str], int]) -> None:
+        """Forget what a composite that turned out not to be expandable wrote."""
+        statements, bindings, guards = saved
+        del self.statements[statements:]
+        for name in set(self.ctx.bindings) - bindings:
+            del self.ctx.bindings[name]
+        self.modules = {
+            k: v for k, v in self.modules.items() if v.id in self.ctx.bindings or v.id in self.ctx.constants
+        }
+        del self.ctx.guards[guards:]
+        self.final_call = None
 
     def object(self, obj: Any, hint: str, path: str) -> ast.Name:
         """A name bound to a fitted step (guarded through the user's parameter if it came from one)."""
@@ -369,11 +386,11 @@ def _step(
     """``obj.method(X)`` as statements: expanded if ``obj`` is a composite that can be, otherwise
     one call; returns the name of the result and its value on the calibration rows."""
     if _is_composite(obj):
-        saved = len(ex.statements)
+        saved = ex.checkpoint()
         try:
             return _expand(ex, obj, hint, path, X, value, method)
         except _NotExpandable as exc:
-            del ex.statements[saved:]
+            ex.rollback(saved)
             ex.ctx.note(
                 f"line {ex.lineno}: the {type(obj).__name__} {hint!r} stays one `.{method}()` call: {exc}."
             )
@@ -430,7 +447,7 @@ def _expand_pipeline(
         raise _NotExpandable(f"its final step {name!r} has no {method}")
     receiver = ex.object(step, name, f"{path}.steps[{i}][1]")
     # the model call is the expression that replaces the user's call (tracing's model call)
-    ex.final_call = _call(receiver, method, X)  # type: ignore[attr-defined]
+    ex.final_call = _call(receiver, method, X)
     return X, value
 
 
@@ -442,9 +459,11 @@ def _weighted(ex: _Expansion, name: ast.Name, value: Any, weight: Any, hint: str
     """``_transform_one``'s ``res * weight`` (as its own statement, in the branch's group)."""
     if weight is None:
         return name, value
-    product = ast.BinOp(left=name, op=ast.Mult(), right=ast.Constant(weight))
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-        raise _NotExpandable(f"transformer weight {weight!r} is not a number")
+    if type(weight) in (int, float):
+        factor: ast.expr = ast.Constant(weight)
+    else:  # a numpy scalar (its dtype matters) or anything else: the very object
+        factor = ex.ctx.bind(weight, f"{hint}_weight")
+    product = ast.BinOp(left=name, op=ast.Mult(), right=factor)
     return ex.assign(f"{name.id}_weighted", product), value * weight
 
 
@@ -720,16 +739,19 @@ def expand_composites(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.Functi
             X = ast.Name(id=argument.id, ctx=ast.Load())
         else:
             X = ex.assign("X", copy.deepcopy(argument))
+        saved = ex.checkpoint()
         try:
             _routing_disabled()
             result, _ = _expand(ex, site.composite, _hint(receiver), "", X, inputs[site.number], site.method)
         except _NotExpandable as exc:
+            ex.rollback(saved)
             ctx.note(f"{where}: the {kind} stays one call: {exc}.")
             continue
         except Exception as exc:  # noqa: BLE001 - the composite itself fails here: keep its own call
+            ex.rollback(saved)
             ctx.note(f"{where}: the {kind} stays one call: expanding it raised {type(exc).__name__}: {exc}.")
             continue
-        replacements[id(site.call)] = getattr(ex, "final_call", None) or result
+        replacements[id(site.call)] = ex.final_call or result
         inserts.setdefault(id(site.statement), []).extend(ex.statements)
         ctx.note(
             f"{where}: {kind} expanded into {len(ex.statements)} statements: "
