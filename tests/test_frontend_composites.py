@@ -14,9 +14,16 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer, make_column_selector, make_column_transformer
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
-from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+)
 
 from willow.compiler.tracing import trace_pipeline
 from willow.frontend.driver import normalize
@@ -451,3 +458,47 @@ def test_expanded_column_transformer_compiles_each_transformer():
         frame = frame.drop(columns="text")
         _, got = runner.run_all({"frame": frame, "model": TABULAR})
         np.testing.assert_allclose(got, tabular_direct(frame, TABULAR), rtol=0, atol=1e-12)
+
+
+PREPROCESSED = make_pipeline(
+    ColumnTransformer(
+        [
+            ("log", FunctionTransformer(np.log1p), ["flag", "income"]),
+            ("imputed", make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler()), ["age"]),
+            ("codes", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["colour"]),
+        ]
+    ),
+    LogisticRegression(),
+).fit(_frame(300, seed=42, nan=True), FRAME_LABELS)
+
+
+def preprocessed_proba(frame):
+    return PREPROCESSED.predict_proba(frame)
+
+
+def test_new_preprocessing_lowerings_compile_inside_an_expanded_pipeline():
+    from compiling import compiled_runner
+
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+
+    arguments = {"frame": _frame(200, seed=43, nan=True)}
+    front = normalize(preprocessed_proba, arguments, ("frame",))
+    graph = trace_pipeline(front.function, tree=front.tree, filename=front.filename)
+    assert [g.name for g in graph.groups] == ["X_log", "X_minmaxscaler", "X_codes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no kernel may disagree with the original
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = compile_graph(graph, StatementRunner(graph, front.function), arguments, lower)
+    assert sorted(node.operator.name for node in result.nodes) == [
+        "FunctionTransformer.transform",
+        "LogisticRegression.predict_proba",
+        "MinMaxScaler.transform",
+        "OrdinalEncoder.transform",
+        "SimpleImputer.transform",
+    ]
+    runner = compiled_runner(result, front.function)
+    for frame in (_frame(1, seed=44), _frame(100, seed=45, unseen=True, nan=True)):
+        _, got = runner.run_all({"frame": frame})
+        np.testing.assert_allclose(got, preprocessed_proba(frame), rtol=0, atol=1e-12)
