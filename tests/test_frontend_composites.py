@@ -319,6 +319,7 @@ def test_nested_composites_expand_recursively():
     front = _check(nested_proba, {"X": ARRAY}, ("X",), inputs)
     source = ast.unparse(front.tree)
     assert "doubler.transform(" in source  # opaque, one statement
+    assert "X_union_featureunion_copy = X_scale" in source  # 'passthrough': the input itself
     assert "X_union_featureunion_copy * 3" in source
     assert "X_union_featureunion_abs * union_featureunion_abs_weight" in source  # the numpy scalar
     assert len(_groups(front)) == 3  # scaler, doubler, the inner union (passthrough, weighted)

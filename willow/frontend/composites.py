@@ -491,7 +491,7 @@ def _expand_union(
         if _eq(trans, "drop"):
             continue
         branch_hint = _branch_hint(union, hint, name)
-        if _eq(trans, "passthrough"):  # FunctionTransformer(): the input itself
+        if _eq(trans, "passthrough") or _is_identity(trans):  # FunctionTransformer(): the input itself
             out, out_value = ex.assign(f"X_{branch_hint}", copy.copy(X)), value
         else:
             out, out_value = _step(ex, trans, branch_hint, f"{path}.transformer_list[{j}][1]", X, value)
@@ -543,7 +543,7 @@ def _expand_column_transformer(
 ) -> tuple[ast.Name, Any]:
     import pandas as pd
     import scipy.sparse as sparse
-    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+    from sklearn.preprocessing import OneHotEncoder
     from sklearn.utils import _safe_indexing
     from sklearn.utils._indexing import _determine_key_type
     from sklearn.utils.validation import check_array, check_is_fitted
@@ -593,13 +593,7 @@ def _expand_column_transformer(
             )
         selected = _safe_indexing(value, columns, axis=1)
         branch_hint = _branch_hint(ct, hint, name)
-        identity = (
-            type(trans) is FunctionTransformer
-            and trans.func is None
-            and not trans.validate
-            and _output_is_default(trans)
-        )
-        if identity:  # 'passthrough': the selected columns themselves
+        if _is_identity(trans):  # 'passthrough': the selected columns themselves
             out, out_value = ex.assign(f"X_{branch_hint}", selector), selected
         elif _is_composite(trans):
             sel_name = ex.assign(f"{branch_hint}_columns", selector)
@@ -650,6 +644,19 @@ def _expand_column_transformer(
         stacked = _call(ex.module(np, "np"), "hstack", ast.List(elts=names, ctx=ast.Load()))
         result = np.hstack(values)
     return ex.assign(f"X_{hint}", stacked), result
+
+
+def _is_identity(trans: Any) -> bool:
+    """Whether ``trans.transform(X)`` returns ``X`` itself: the ``FunctionTransformer`` that
+    scikit-learn puts in place of ``'passthrough'`` (no function, no validation, default output)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    return (
+        type(trans) is FunctionTransformer
+        and trans.func is None
+        and not trans.validate
+        and _output_is_default(trans)
+    )
 
 
 def _output_is_default(obj: Any) -> bool:
