@@ -211,6 +211,8 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
     # every object taken from the argument is checked at each call, by its path
     paths = {g.name: g.path for g in front.guards}
+    by_path = {g.path: g.name for g in front.guards}
+    assert front.bindings[by_path["model"]] is TABULAR  # the pipeline itself, and each object in it
     assert paths["num"] == "model.steps[0][1].transformers_[0][1]"
     assert paths["logisticregression"] == "model.steps[1][1]"
     assert all(eval(g.path, {"model": TABULAR}) is front.bindings[g.name] for g in front.guards)

@@ -749,6 +749,8 @@ def expand_composites(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.Functi
         saved = ex.checkpoint()
         try:
             _routing_disabled()
+            if ex.guard_root is not None:  # the composite itself is checked too (not only its steps)
+                ex.object(site.composite, _hint(receiver), "")
             result, _ = _expand(ex, site.composite, _hint(receiver), "", X, inputs[site.number], site.method)
         except _NotExpandable as exc:
             ex.rollback(saved)
