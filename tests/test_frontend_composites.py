@@ -203,10 +203,17 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
     front = _check(tabular_proba, arguments, ("frame",), FRAME_INPUTS)
     source = ast.unparse(front.tree)
-    assert "X_num = num.transform(frame[['age', 'income']])" in source
-    assert "X_cat = cat.transform(frame[['colour']]).toarray()" in source
-    assert "X_keep = frame[['flag']]" in source
-    assert "X_remainder = remainder.transform(frame[['score']])" in source
+    assert "X_num = num.transform(frame[num_columns])" in source
+    assert "X_cat = cat.transform(frame[cat_columns]).toarray()" in source
+    assert "X_keep = frame[keep_columns]" in source
+    assert "X_remainder = remainder.transform(frame[remainder_columns])" in source
+    columns = {k: list(v) for k, v in front.bindings.items() if k.endswith("_columns")}
+    assert columns == {
+        "num_columns": ["age", "income"],
+        "cat_columns": ["colour"],
+        "keep_columns": ["flag"],
+        "remainder_columns": ["score"],
+    }
     direct = normalize(tabular_direct, arguments, ("frame",))
     assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
     # every object taken from the argument is checked at each call, by its path
@@ -248,7 +255,8 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
     source = ast.unparse(front.tree)
     assert "selected_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
-    assert "frame[['age', 'score']]" in source and "frame[['colour']]" in source
+    assert list(front.bindings["selected_standardscaler_columns"]) == ["age", "score"]
+    assert list(front.bindings["selected_onehotencoder_columns"]) == ["colour"]
     assert "X_selected_standardscaler * 0.5" in source
     assert "check_array(" in source  # the scaler's dense output made numeric as _hstack does
     assert "flag" not in source
