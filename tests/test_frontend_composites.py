@@ -258,7 +258,10 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     assert list(front.bindings["selected_standardscaler_columns"]) == ["age", "score"]
     assert list(front.bindings["selected_onehotencoder_columns"]) == ["colour"]
     assert "X_selected_standardscaler * 0.5" in source
-    assert "check_array(" in source  # the scaler's dense output made numeric as _hstack does
+    # _hstack's check_array: on the vectorizer's (0 rows pass it) and the passthrough frame, not on
+    # the scaler's output (always a float array, 0 rows refused by the scaler itself)
+    assert "check_array(X_selected_tfidfvectorizer" in source and "check_array(X_selected_remainder" in source
+    assert "check_array(X_selected_standardscaler" not in source
     assert "flag" not in source
     front = _check(selected_proba, {"frame": FRAME}, ("frame",), inputs)
     assert len(_groups(front)) == 4  # text, scaled, encoded, remainder

@@ -543,7 +543,6 @@ def _expand_column_transformer(
 ) -> tuple[ast.Name, Any]:
     import pandas as pd
     import scipy.sparse as sparse
-    from sklearn.preprocessing import OneHotEncoder
     from sklearn.utils import _safe_indexing
     from sklearn.utils._indexing import _determine_key_type
     from sklearn.utils.validation import check_array, check_is_fitted
@@ -616,10 +615,7 @@ def _expand_column_transformer(
         out, out_value = _weighted(ex, out, out_value, weight, branch_hint)
         _two_dimensional(name, out_value)
         if ct.sparse_output_:
-            exempt = (
-                type(trans) is OneHotEncoder and sparse.issparse(out_value) and out_value.dtype.kind in "fiu"
-            )
-            if not exempt:  # ColumnTransformer._hstack converts every output to a numeric array
+            if not _always_numeric(trans, out_value):  # _hstack's conversion to a numeric array
                 checker = ex.ctx.bind(check_array, "check_array")
                 converted = ast.Call(
                     func=checker,
@@ -649,6 +645,23 @@ def _expand_column_transformer(
         stacked = _call(ex.module(np, "np"), "hstack", ast.List(elts=names, ctx=ast.Load()))
         result = np.hstack(values)
     return ex.assign(f"X_{hint}", stacked), result
+
+
+def _always_numeric(trans: Any, value: Any) -> bool:
+    """Whether ``check_array(out, accept_sparse=True, ensure_all_finite=False)``, which a sparse
+    ``ColumnTransformer`` applies to each output, returns every output of ``trans`` unchanged: the
+    transformer always returns a numeric array or sparse matrix (default output) and itself refuses
+    0 rows, as ``check_array`` would."""
+    import scipy.sparse as sparse
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    if type(trans) in (OneHotEncoder, OrdinalEncoder, StandardScaler, MinMaxScaler):
+        always = True
+    else:  # mean and median convert to float; the other strategies keep object input as it is
+        always = type(trans) is SimpleImputer and trans.strategy in ("mean", "median")
+    container = sparse.issparse(value) or type(value) is np.ndarray
+    return always and container and value.dtype.kind in "fiu" and _output_is_default(trans)
 
 
 def _is_identity(trans: Any) -> bool:
