@@ -29,6 +29,11 @@ Under ``set_output(transform="pandas")`` the branches' DataFrames are stacked wi
 ``_hstack`` and output wrapper do (ColumnTransformer's check that the stacked frame kept the input's
 row count is not repeated: it fails only for transformers that return other row labels).
 
+The expansion's statements go right before the statement holding the call, so they run before
+the rest of that statement (``return g(texts) + pipe.predict(texts)`` computes the features before
+``g``); calls inside lambdas, comprehensions, conditional expressions and short-circuited operands,
+which may not run, are left alone.
+
 What is not expanded (and why, in a note): composites with metadata routing enabled or a
 ``set_output`` container other than the default and pandas (or pandas where a branch returns no
 DataFrame), subclasses of the composites, calls with extra
