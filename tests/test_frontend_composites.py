@@ -516,3 +516,20 @@ def test_new_preprocessing_lowerings_compile_inside_an_expanded_pipeline():
     for frame in (_frame(1, seed=44), _frame(100, seed=45, unseen=True, nan=True)):
         _, got = runner.run_all({"frame": frame})
         np.testing.assert_allclose(got, preprocessed_proba(frame), rtol=0, atol=1e-12)
+
+
+LIST_PIPE = make_pipeline(ARRAY_CT, LogisticRegression()).fit(ARRAY, ARRAY[:, 1] > 0)
+
+
+def list_proba(rows):
+    return LIST_PIPE.predict_proba(rows)
+
+
+def test_a_nested_composite_that_cannot_be_expanded_stays_one_call():
+    """A ColumnTransformer given lists (scikit-learn converts them) stays one opaque step: nothing
+    it would have bound is left behind."""
+    rows = ARRAY[:20].tolist()
+    front = _check(list_proba, {"rows": rows}, ("rows",), [{"rows": ARRAY[:1].tolist()}])
+    assert "X_columntransformer = columntransformer.transform(rows)" in ast.unparse(front.tree)
+    assert set(front.bindings) == {"columntransformer", "logisticregression"}
+    assert any("stays one `.transform()` call" in note for note in front.notes)
