@@ -14,9 +14,16 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer, make_column_selector, make_column_transformer
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+)
 
 from willow.compiler.tracing import trace_pipeline
 from willow.frontend.driver import normalize
@@ -196,14 +203,23 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
     front = _check(tabular_proba, arguments, ("frame",), FRAME_INPUTS)
     source = ast.unparse(front.tree)
-    assert "X_num = num.transform(frame[['age', 'income']])" in source
-    assert "X_cat = cat.transform(frame[['colour']]).toarray()" in source
-    assert "X_keep = frame[['flag']]" in source
-    assert "X_remainder = remainder.transform(frame[['score']])" in source
+    assert "X_num = num.transform(frame[num_columns])" in source
+    assert "X_cat = cat.transform(frame[cat_columns]).toarray()" in source
+    assert "X_keep = frame[keep_columns]" in source
+    assert "X_remainder = remainder.transform(frame[remainder_columns])" in source
+    columns = {k: list(v) for k, v in front.bindings.items() if k.endswith("_columns")}
+    assert columns == {
+        "num_columns": ["age", "income"],
+        "cat_columns": ["colour"],
+        "keep_columns": ["flag"],
+        "remainder_columns": ["score"],
+    }
     direct = normalize(tabular_direct, arguments, ("frame",))
     assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
     # every object taken from the argument is checked at each call, by its path
     paths = {g.name: g.path for g in front.guards}
+    by_path = {g.path: g.name for g in front.guards}
+    assert front.bindings[by_path["model"]] is TABULAR  # the pipeline itself, and each object in it
     assert paths["num"] == "model.steps[0][1].transformers_[0][1]"
     assert paths["logisticregression"] == "model.steps[1][1]"
     assert all(eval(g.path, {"model": TABULAR}) is front.bindings[g.name] for g in front.guards)
@@ -238,10 +254,14 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     ]
     front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
     source = ast.unparse(front.tree)
-    assert "SELECTED_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
-    assert "frame[['age', 'score']]" in source and "frame[['colour']]" in source
-    assert "X_SELECTED_standardscaler * 0.5" in source
-    assert "check_array(" in source  # the scaler's dense output made numeric as _hstack does
+    assert "selected_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
+    assert list(front.bindings["selected_standardscaler_columns"]) == ["age", "score"]
+    assert list(front.bindings["selected_onehotencoder_columns"]) == ["colour"]
+    assert "X_selected_standardscaler * 0.5" in source
+    # _hstack's check_array: on the vectorizer's (0 rows pass it) and the passthrough frame, not on
+    # the scaler's output (always a float array, 0 rows refused by the scaler itself)
+    assert "check_array(X_selected_tfidfvectorizer" in source and "check_array(X_selected_remainder" in source
+    assert "check_array(X_selected_standardscaler" not in source
     assert "flag" not in source
     front = _check(selected_proba, {"frame": FRAME}, ("frame",), inputs)
     assert len(_groups(front)) == 4  # text, scaled, encoded, remainder
@@ -292,7 +312,10 @@ NESTED = Pipeline(
             make_union(
                 StandardScaler(with_std=False),
                 Doubler(),
-                FeatureUnion([("drop", "drop"), ("copy", "passthrough")], transformer_weights={"copy": 3}),
+                FeatureUnion(
+                    [("drop", "drop"), ("copy", "passthrough"), ("abs", FunctionTransformer(np.abs))],
+                    transformer_weights={"copy": 3, "abs": np.float32(0.5)},
+                ),
             ),
         ),
         ("clf", LogisticRegression()),
@@ -309,7 +332,9 @@ def test_nested_composites_expand_recursively():
     front = _check(nested_proba, {"X": ARRAY}, ("X",), inputs)
     source = ast.unparse(front.tree)
     assert "doubler.transform(" in source  # opaque, one statement
+    assert "X_union_featureunion_copy = X_scale" in source  # 'passthrough': the input itself
     assert "X_union_featureunion_copy * 3" in source
+    assert "X_union_featureunion_abs * union_featureunion_abs_weight" in source  # the numpy scalar
     assert len(_groups(front)) == 3  # scaler, doubler, the inner union (passthrough, weighted)
 
 
@@ -349,25 +374,58 @@ def test_composite_as_an_attribute_of_an_argument():
     assert {g.path for g in front.guards} >= {"self.pipe.steps[1][1]"}
 
 
+# --------------------------------------------------------------------------- pandas output
+
+
+PANDAS_CT = ColumnTransformer(
+    [
+        ("num", StandardScaler(), ["age", "income"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["colour"]),
+    ],
+    remainder="passthrough",
+).set_output(transform="pandas")
+PANDAS_PIPE = make_pipeline(PANDAS_CT, LogisticRegression()).fit(FRAME.drop(columns="text"), FRAME_LABELS)
+PANDAS_UNION = make_union(StandardScaler(), MinMaxScaler()).set_output(transform="pandas").fit(ARRAY)
+
+
+def pandas_frame(frame):
+    return PANDAS_CT.transform(frame)
+
+
+def pandas_proba(frame):
+    return PANDAS_PIPE.predict_proba(frame)
+
+
+def pandas_union(X):
+    return PANDAS_UNION.transform(X)
+
+
+def test_pandas_output_is_concatenated_and_named_as_scikit_learn_does():
+    frames = [
+        {"frame": _frame(1, seed=30).drop(columns="text")},
+        {"frame": _frame(40, seed=31, unseen=True, nan=True).drop(columns="text").set_axis(range(100, 140))},
+    ]
+    front = _check(pandas_frame, {"frame": FRAME.drop(columns="text")}, ("frame",), frames)
+    source = ast.unparse(front.tree)
+    assert "pd.concat([X_pandas_ct_num, X_pandas_ct_cat, X_pandas_ct_remainder], axis=1)" in source
+    assert "X_pandas_ct.set_axis(pandas_ct_columns, axis=1)" in source
+    _check(pandas_proba, {"frame": FRAME.drop(columns="text")}, ("frame",), frames)
+    front = _check(pandas_union, {"X": ARRAY}, ("X",), [{"X": ARRAY[:1]}, {"X": ARRAY[:9] * 5}])
+    assert "pd.concat([X_pandas_union_standardscaler, X_pandas_union_minmaxscaler], axis=1)" in ast.unparse(
+        front.tree
+    )
+
+
 # --------------------------------------------------------------------------- left alone
 
 
-PANDAS_OUT = make_pipeline(
-    ColumnTransformer([("num", StandardScaler(), ["age"])]).set_output(transform="pandas"),
-    LogisticRegression(),
-).fit(FRAME, FRAME_LABELS)
-
-
-def pandas_out(frame):
-    return PANDAS_OUT.predict_proba(frame)
-
-
 def test_what_cannot_be_expanded_exactly_stays_one_call_with_a_note():
-    front = normalize(pandas_out, {"frame": FRAME}, ("frame",))
-    source = ast.unparse(front.tree)
-    assert "columntransformer.transform(frame)" in source  # opaque step, then the model
-    assert any("'pandas'" in note for note in front.notes)
-    assert_identical(front.function(FRAME[:3]), pandas_out(FRAME[:3]))
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        front = normalize(text_proba, {"texts": TEXTS[:20]}, ("texts",))
+    assert not front.rewritten
+    assert any("metadata routing" in note for note in front.notes)
 
 
 def conditional(texts, fast):
@@ -381,3 +439,97 @@ def test_calls_not_reached_at_calibration_stay_one_call():
     assert any("did not reach" in note for note in front.notes)
     for fast in (False, True):
         assert_identical(front.function(TEXTS[:5], fast), conditional(TEXTS[:5], fast))
+
+
+# --------------------------------------------------------------------------- compiled
+
+
+def test_expanded_column_transformer_compiles_each_transformer():
+    """The compile pass lowers every expanded step (scaler, encoder, model); the compiled pipeline
+    gives the original's probabilities (the model's kernel to 1e-12, the steps exactly)."""
+    from compiling import compiled_runner
+
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+
+    arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
+    front = normalize(tabular_direct, arguments, ("frame",))
+    graph = trace_pipeline(front.function, tree=front.tree, filename=front.filename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no kernel may disagree with the original
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = compile_graph(graph, StatementRunner(graph, front.function), arguments, lower)
+    names = sorted(node.operator.name for node in result.nodes)
+    assert names == [
+        "LogisticRegression.predict_proba",
+        "OneHotEncoder.transform",
+        "StandardScaler.transform",
+        "StandardScaler.transform",
+    ]
+    runner = compiled_runner(result, front.function)
+    for frame in (_frame(1, seed=40), _frame(300, seed=41, unseen=True)):
+        frame = frame.drop(columns="text")
+        _, got = runner.run_all({"frame": frame, "model": TABULAR})
+        np.testing.assert_allclose(got, tabular_direct(frame, TABULAR), rtol=0, atol=1e-12)
+
+
+PREPROCESSED = make_pipeline(
+    ColumnTransformer(
+        [
+            ("log", FunctionTransformer(np.log1p), ["flag", "income"]),
+            ("imputed", make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler()), ["age"]),
+            ("codes", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["colour"]),
+        ]
+    ),
+    LogisticRegression(),
+).fit(_frame(300, seed=42, nan=True), FRAME_LABELS)
+
+
+def preprocessed_proba(frame):
+    return PREPROCESSED.predict_proba(frame)
+
+
+def test_new_preprocessing_lowerings_compile_inside_an_expanded_pipeline():
+    from compiling import compiled_runner
+
+    from willow.compiler.compile_pass import compile_graph
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering import lower
+
+    arguments = {"frame": _frame(200, seed=43, nan=True)}
+    front = normalize(preprocessed_proba, arguments, ("frame",))
+    graph = trace_pipeline(front.function, tree=front.tree, filename=front.filename)
+    assert [g.name for g in graph.groups] == ["X_log", "X_minmaxscaler", "X_codes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no kernel may disagree with the original
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = compile_graph(graph, StatementRunner(graph, front.function), arguments, lower)
+    assert sorted(node.operator.name for node in result.nodes) == [
+        "FunctionTransformer.transform",
+        "LogisticRegression.predict_proba",
+        "MinMaxScaler.transform",
+        "OrdinalEncoder.transform",
+        "SimpleImputer.transform",
+    ]
+    runner = compiled_runner(result, front.function)
+    for frame in (_frame(1, seed=44), _frame(100, seed=45, unseen=True, nan=True)):
+        _, got = runner.run_all({"frame": frame})
+        np.testing.assert_allclose(got, preprocessed_proba(frame), rtol=0, atol=1e-12)
+
+
+LIST_PIPE = make_pipeline(ARRAY_CT, LogisticRegression()).fit(ARRAY, ARRAY[:, 1] > 0)
+
+
+def list_proba(rows):
+    return LIST_PIPE.predict_proba(rows)
+
+
+def test_a_nested_composite_that_cannot_be_expanded_stays_one_call():
+    """A ColumnTransformer given lists (scikit-learn converts them) stays one opaque step: nothing
+    it would have bound is left behind."""
+    rows = ARRAY[:20].tolist()
+    front = _check(list_proba, {"rows": rows}, ("rows",), [{"rows": ARRAY[:1].tolist()}])
+    assert "X_columntransformer = columntransformer.transform(rows)" in ast.unparse(front.tree)
+    assert set(front.bindings) == {"columntransformer", "logisticregression"}
+    assert any("stays one `.transform()` call" in note for note in front.notes)

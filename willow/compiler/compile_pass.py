@@ -276,6 +276,19 @@ def _same(a: Any, b: Any) -> bool:
         if np.issubdtype(b.dtype, np.floating):
             return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
         return bool(np.array_equal(a, b))
+    import pandas as pd
+
+    if isinstance(b, (pd.DataFrame, pd.Series)):  # FunctionTransformer(np.log1p) on a frame's columns
+        if type(a) is not type(b):
+            return False
+        check = (
+            pd.testing.assert_frame_equal if isinstance(b, pd.DataFrame) else pd.testing.assert_series_equal
+        )
+        try:
+            check(a, b, rtol=1e-9, atol=1e-12)
+        except AssertionError:
+            return False
+        return True
     return False
 
 

@@ -24,8 +24,19 @@ once on them). ``ColumnTransformer`` selects each transformer's fitted columns a
 ``_safe_indexing`` does (labels of a frame, a 1-D column for a scalar selection, positions of an
 array).
 
+Under ``set_output(transform="pandas")`` the branches' DataFrames are stacked with
+``pd.concat(axis=1)`` and given the composite's ``get_feature_names_out()`` as columns, as its
+``_hstack`` and output wrapper do (ColumnTransformer's check that the stacked frame kept the input's
+row count is not repeated: it fails only for transformers that return other row labels).
+
+The expansion's statements go right before the statement holding the call, so they run before
+the rest of that statement (``return g(texts) + pipe.predict(texts)`` computes the features before
+``g``); calls inside lambdas, comprehensions, conditional expressions and short-circuited operands,
+which may not run, are left alone.
+
 What is not expanded (and why, in a note): composites with metadata routing enabled or a
-``set_output`` container other than the default, subclasses of the composites, calls with extra
+``set_output`` container other than the default and pandas (or pandas where a branch returns no
+DataFrame), subclasses of the composites, calls with extra
 arguments, calls whose input the calibration run did not reach, and inputs a
 ``ColumnTransformer`` would handle differently from a frame or a 2-D array. A nested composite that
 cannot be expanded stays one opaque ``.transform()`` call (one group). The expansion is
@@ -189,7 +200,7 @@ def _find_sites(body: list[ast.stmt], ctx: FrontEndContext, sites: list[_Site], 
                         )
                 elif obj is not UNRESOLVED and _through_composite(node.func.value, ctx):
                     receivers.append((node.func, obj, stmt))
-            # a composite call whose argument holds another one: only the inner one is expanded
+            # a composite call inside another one's argument stays in the outer one's hoisted input
             sites[:] = [s for s in sites if id(s.call) not in inner]
         elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
@@ -270,6 +281,23 @@ class _Expansion:
     guard_root: str | None  # the user's expression for the composite, when it comes from a parameter
     statements: list[ast.stmt] = field(default_factory=list)
     modules: dict[str, ast.Name] = field(default_factory=dict)
+    final_call: ast.Call | None = None  # a Pipeline's final estimator call, replacing the user's call
+
+    def checkpoint(self) -> tuple[int, set[str], int]:
+        """What :meth:`rollback` needs to undo the statements, bindings and guards added after it."""
+        return len(self.statements), set(self.ctx.bindings), len(self.ctx.guards)
+
+    def rollback(self, saved: tuple[int, set[str], int]) -> None:
+        """Forget what a composite that turned out not to be expandable wrote."""
+        statements, bindings, guards = saved
+        del self.statements[statements:]
+        for name in set(self.ctx.bindings) - bindings:
+            del self.ctx.bindings[name]
+        self.modules = {
+            k: v for k, v in self.modules.items() if v.id in self.ctx.bindings or v.id in self.ctx.constants
+        }
+        del self.ctx.guards[guards:]
+        self.final_call = None
 
     def object(self, obj: Any, hint: str, path: str) -> ast.Name:
         """A name bound to a fitted step (guarded through the user's parameter if it came from one)."""
@@ -314,14 +342,40 @@ def _call(receiver: ast.expr, method: str, *args: ast.expr, **keywords: ast.expr
     )
 
 
-def _default_output(obj: Any) -> None:
-    from sklearn.utils._set_output import _get_output_config
+def _output_mode(obj: Any) -> str:
+    """``"default"`` or ``"pandas"``: the composite's ``set_output`` container (others refused)."""
+    from sklearn.utils._set_output import _auto_wrap_is_configured, _get_output_config
 
     dense = _get_output_config("transform", obj)["dense"]
-    if dense != "default":
+    if dense == "default" or not _auto_wrap_is_configured(obj):
+        return "default"
+    if dense != "pandas":
         raise _NotExpandable(
-            f"its set_output container is {dense!r} (only scikit-learn's default output is expanded)"
+            f"its set_output container is {dense!r} (scikit-learn's default output and pandas are expanded)"
         )
+    return "pandas"
+
+
+def _pandas_stack(
+    ex: _Expansion, composite: Any, hint: str, names: list[ast.Name], values: list[Any]
+) -> tuple[ast.Name, Any]:
+    """``pd.concat(outputs, axis=1)`` then the composite's feature names as columns: what
+    ``_hstack`` and the ``set_output`` wrapper do when every output is a DataFrame."""
+    import pandas as pd
+
+    if not all(isinstance(v, pd.DataFrame) for v in values):
+        raise _NotExpandable(
+            "under set_output(transform='pandas') not every branch returns a DataFrame "
+            "(scikit-learn then stacks arrays and wraps them)"
+        )
+    concat = _call(ex.module(pd, "pd"), "concat", ast.List(elts=names, ctx=ast.Load()))
+    concat.keywords = [ast.keyword(arg="axis", value=ast.Constant(1))]
+    stacked = ex.assign(f"X_{hint}", concat)
+    columns = composite.get_feature_names_out()
+    result = pd.concat(values, axis=1).set_axis(columns, axis=1)
+    named = _call(stacked, "set_axis", ex.ctx.bind(columns, f"{hint}_columns"))
+    named.keywords = [ast.keyword(arg="axis", value=ast.Constant(1))]
+    return ex.assign(f"X_{hint}_named", named), result
 
 
 def _routing_disabled() -> None:
@@ -337,11 +391,11 @@ def _step(
     """``obj.method(X)`` as statements: expanded if ``obj`` is a composite that can be, otherwise
     one call; returns the name of the result and its value on the calibration rows."""
     if _is_composite(obj):
-        saved = len(ex.statements)
+        saved = ex.checkpoint()
         try:
             return _expand(ex, obj, hint, path, X, value, method)
         except _NotExpandable as exc:
-            del ex.statements[saved:]
+            ex.rollback(saved)
             ex.ctx.note(
                 f"line {ex.lineno}: the {type(obj).__name__} {hint!r} stays one `.{method}()` call: {exc}."
             )
@@ -398,7 +452,7 @@ def _expand_pipeline(
         raise _NotExpandable(f"its final step {name!r} has no {method}")
     receiver = ex.object(step, name, f"{path}.steps[{i}][1]")
     # the model call is the expression that replaces the user's call (tracing's model call)
-    ex.final_call = _call(receiver, method, X)  # type: ignore[attr-defined]
+    ex.final_call = _call(receiver, method, X)
     return X, value
 
 
@@ -410,9 +464,11 @@ def _weighted(ex: _Expansion, name: ast.Name, value: Any, weight: Any, hint: str
     """``_transform_one``'s ``res * weight`` (as its own statement, in the branch's group)."""
     if weight is None:
         return name, value
-    product = ast.BinOp(left=name, op=ast.Mult(), right=ast.Constant(weight))
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-        raise _NotExpandable(f"transformer weight {weight!r} is not a number")
+    if type(weight) in (int, float):
+        factor: ast.expr = ast.Constant(weight)
+    else:  # a numpy scalar (its dtype matters) or anything else: the very object
+        factor = ex.ctx.bind(weight, f"{hint}_weight")
+    product = ast.BinOp(left=name, op=ast.Mult(), right=factor)
     return ex.assign(f"{name.id}_weighted", product), value * weight
 
 
@@ -432,7 +488,7 @@ def _expand_union(
 ) -> tuple[ast.Name, Any]:
     import scipy.sparse as sparse
 
-    _default_output(union)
+    mode = _output_mode(union)
     weights = union.transformer_weights or {}
     names: list[ast.Name] = []
     values: list[Any] = []
@@ -440,7 +496,7 @@ def _expand_union(
         if _eq(trans, "drop"):
             continue
         branch_hint = _branch_hint(union, hint, name)
-        if _eq(trans, "passthrough"):  # FunctionTransformer(): the input itself
+        if _eq(trans, "passthrough") or _is_identity(trans):  # FunctionTransformer(): the input itself
             out, out_value = ex.assign(f"X_{branch_hint}", copy.copy(X)), value
         else:
             out, out_value = _step(ex, trans, branch_hint, f"{path}.transformer_list[{j}][1]", X, value)
@@ -450,6 +506,8 @@ def _expand_union(
         values.append(out_value)
     if not names:
         raise _NotExpandable("every transformer is 'drop' (scikit-learn returns an empty array)")
+    if mode == "pandas":
+        return _pandas_stack(ex, union, hint, names, values)
     if any(sparse.issparse(v) for v in values):
         stacked = _call(
             _call(ex.module(sparse, "sparse"), "hstack", ast.List(elts=names, ctx=ast.Load())), "tocsr"
@@ -490,7 +548,6 @@ def _expand_column_transformer(
 ) -> tuple[ast.Name, Any]:
     import pandas as pd
     import scipy.sparse as sparse
-    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
     from sklearn.utils import _safe_indexing
     from sklearn.utils._indexing import _determine_key_type
     from sklearn.utils.validation import check_array, check_is_fitted
@@ -499,7 +556,11 @@ def _expand_column_transformer(
         check_is_fitted(ct)
     except Exception as exc:  # noqa: BLE001
         raise _NotExpandable(f"it is not fitted ({exc})") from None
-    _default_output(ct)
+    mode = _output_mode(ct)
+    if mode == "pandas" and ct.sparse_output_:
+        raise _NotExpandable(
+            "its output is sparse under set_output(transform='pandas') (scikit-learn raises)"
+        )
     if type(value) is pd.DataFrame:
         by_label = hasattr(ct, "feature_names_in_")
     elif type(value) is np.ndarray and value.ndim == 2:
@@ -521,7 +582,12 @@ def _expand_column_transformer(
     values: list[Any] = []
     for name, trans, columns, weight in entries:
         key = _column_key(columns, ex)
-        if type(value) is pd.DataFrame and by_label:  # labels: X[["a", "b"]], X["a"]
+        if type(value) is pd.DataFrame and by_label:  # labels: X[num_columns], X["a"]
+            if isinstance(key, ast.List):
+                # an Index of the frame's own label dtype: pandas then skips building one from a
+                # list at every call (half the cost of a one-row selection); same result
+                labels = pd.Index([c.value for c in key.elts], dtype=value.columns.dtype)
+                key = ex.ctx.bind(labels, f"{_branch_hint(ct, hint, name)}_columns")
             selector = ast.Subscript(value=copy.copy(X), slice=key, ctx=ast.Load())
         elif type(value) is pd.DataFrame:  # _safe_indexing: iloc for positions, loc otherwise
             indexer = "iloc" if _determine_key_type(columns) == "int" else "loc"
@@ -536,13 +602,7 @@ def _expand_column_transformer(
             )
         selected = _safe_indexing(value, columns, axis=1)
         branch_hint = _branch_hint(ct, hint, name)
-        identity = (
-            type(trans) is FunctionTransformer
-            and trans.func is None
-            and not trans.validate
-            and _output_is_default(trans)
-        )
-        if identity:  # 'passthrough': the selected columns themselves
+        if _is_identity(trans):  # 'passthrough': the selected columns themselves
             out, out_value = ex.assign(f"X_{branch_hint}", selector), selected
         elif _is_composite(trans):
             sel_name = ex.assign(f"{branch_hint}_columns", selector)
@@ -560,10 +620,7 @@ def _expand_column_transformer(
         out, out_value = _weighted(ex, out, out_value, weight, branch_hint)
         _two_dimensional(name, out_value)
         if ct.sparse_output_:
-            exempt = (
-                type(trans) is OneHotEncoder and sparse.issparse(out_value) and out_value.dtype.kind in "fiu"
-            )
-            if not exempt:  # ColumnTransformer._hstack converts every output to a numeric array
+            if not _always_numeric(trans, out_value):  # _hstack's conversion to a numeric array
                 checker = ex.ctx.bind(check_array, "check_array")
                 converted = ast.Call(
                     func=checker,
@@ -582,6 +639,8 @@ def _expand_column_transformer(
         values.append(out_value)
     if not names:
         raise _NotExpandable("no transformer selects any column (scikit-learn returns an empty array)")
+    if mode == "pandas":
+        return _pandas_stack(ex, ct, hint, names, values)
     if ct.sparse_output_:
         stacked = _call(
             _call(ex.module(sparse, "sparse"), "hstack", ast.List(elts=names, ctx=ast.Load())), "tocsr"
@@ -593,12 +652,41 @@ def _expand_column_transformer(
     return ex.assign(f"X_{hint}", stacked), result
 
 
+def _always_numeric(trans: Any, value: Any) -> bool:
+    """Whether ``check_array(out, accept_sparse=True, ensure_all_finite=False)``, which a sparse
+    ``ColumnTransformer`` applies to each output, returns every output of ``trans`` unchanged: the
+    transformer always returns a numeric array or sparse matrix (default output) and itself refuses
+    0 rows, as ``check_array`` would."""
+    import scipy.sparse as sparse
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    if type(trans) in (OneHotEncoder, OrdinalEncoder, StandardScaler, MinMaxScaler):
+        always = True
+    else:  # mean and median convert to float; the other strategies keep object input as it is
+        always = type(trans) is SimpleImputer and trans.strategy in ("mean", "median")
+    container = sparse.issparse(value) or type(value) is np.ndarray
+    return always and container and value.dtype.kind in "fiu" and _output_is_default(trans)
+
+
+def _is_identity(trans: Any) -> bool:
+    """Whether ``trans.transform(X)`` returns ``X`` itself: the ``FunctionTransformer`` that
+    scikit-learn puts in place of ``'passthrough'`` (no function, no validation, default output)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    return (
+        type(trans) is FunctionTransformer
+        and trans.func is None
+        and not trans.validate
+        and _output_is_default(trans)
+    )
+
+
 def _output_is_default(obj: Any) -> bool:
     try:
-        _default_output(obj)
+        return _output_mode(obj) == "default"
     except _NotExpandable:
         return False
-    return True
 
 
 # --------------------------------------------------------------------------- the pass
@@ -614,7 +702,12 @@ def _guard_root(expr: ast.expr, ctx: FrontEndContext) -> str | None:
 
 
 def _hint(expr: ast.expr) -> str:
-    """A readable name for the composite: the last attribute or key of the user's expression."""
+    """A readable name for the composite: the last attribute or key of the user's expression,
+    in lower case (``PIPE`` -> ``pipe``)."""
+    return _raw_hint(expr).lower()
+
+
+def _raw_hint(expr: ast.expr) -> str:
     if isinstance(expr, ast.Name):
         return expr.id
     if isinstance(expr, ast.Attribute):
@@ -622,7 +715,7 @@ def _hint(expr: ast.expr) -> str:
     if isinstance(expr, ast.Subscript) and isinstance(expr.slice, ast.Constant):
         return str(expr.slice.value)
     if isinstance(expr, ast.Subscript):
-        return _hint(expr.value)
+        return _raw_hint(expr.value)
     return "composite"
 
 
@@ -676,16 +769,21 @@ def expand_composites(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.Functi
             X = ast.Name(id=argument.id, ctx=ast.Load())
         else:
             X = ex.assign("X", copy.deepcopy(argument))
+        saved = ex.checkpoint()
         try:
             _routing_disabled()
+            if ex.guard_root is not None:  # the composite itself is checked too (not only its steps)
+                ex.object(site.composite, _hint(receiver), "")
             result, _ = _expand(ex, site.composite, _hint(receiver), "", X, inputs[site.number], site.method)
         except _NotExpandable as exc:
+            ex.rollback(saved)
             ctx.note(f"{where}: the {kind} stays one call: {exc}.")
             continue
         except Exception as exc:  # noqa: BLE001 - the composite itself fails here: keep its own call
+            ex.rollback(saved)
             ctx.note(f"{where}: the {kind} stays one call: expanding it raised {type(exc).__name__}: {exc}.")
             continue
-        replacements[id(site.call)] = getattr(ex, "final_call", None) or result
+        replacements[id(site.call)] = ex.final_call or result
         inserts.setdefault(id(site.statement), []).extend(ex.statements)
         ctx.note(
             f"{where}: {kind} expanded into {len(ex.statements)} statements: "
