@@ -18,6 +18,7 @@ import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pytest
 import saved_plans
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -158,3 +159,23 @@ def test_saved_plans_load_in_another_process(sms, tmp_path):
     plan, served = outputs["topk"]
     assert plan == topk.plan_
     np.testing.assert_array_equal(served, topk.top_k(rank_model, *rank_rows, k=10))
+
+
+def test_an_equal_fitted_object_loaded_again_keeps_the_compiled_plan(tmp_path):
+    """Rebinding a compiled global to an equal copy (loaded again from its file) is no change;
+    one with other content runs the original, with a warning."""
+    from willow.cascades.runtime import ServingRuntime
+    from willow.errors import ModelChangedWarning
+
+    texts = ["the cat sat", "a dog ran to you", "cats and dogs"] * 20
+    fitted = TfidfVectorizer(stop_words=list(STOP_WORDS)).fit(texts)
+    runtime = ServingRuntime(None, None, None, None, objects=(fitted,))
+    copy = pickle.loads(pickle.dumps(fitted))
+    copy.transform(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.same_objects(copy) and runtime.same_objects(copy)
+    other = TfidfVectorizer().fit(texts[:2])
+    for _ in range(2):
+        with pytest.warns(ModelChangedWarning, match="other content"):
+            assert not runtime.same_objects(other)

@@ -107,18 +107,39 @@ class ServingRuntime:
         self.same_model = guard
         self.ops = operators
         self._objects = objects
+        self._fingerprints: tuple[str, ...] | None = None  # of the calibrated objects, when needed
+        self._rejected: tuple[Any, ...] = ()
 
     def same_objects(self, *objects: Any) -> bool:
         """Whether the compiled fitted objects (vectorizers...) are still the calibrated ones.
 
-        An identity check: rebinding a global to a newly fitted object makes the pipeline run
-        the original function (with a warning) until it is calibrated again.
+        An identity check first; an object that is another one (a global rebound, a vectorizer
+        loaded again from its file) is compared by :func:`~willow.fingerprints.fingerprint`, and
+        an equal one is adopted. A different one makes the pipeline run the original function
+        (with a warning) until it is calibrated again; it is remembered, so later calls with it
+        are an identity check too.
         """
-        if len(objects) == len(self._objects) and all(a is b for a, b in zip(objects, self._objects)):
+        calibrated = self._objects
+        if len(objects) == len(calibrated) and all(a is b for a, b in zip(objects, calibrated)):
             return True
+        rejected = self._rejected
+        same = False
+        if not (len(objects) == len(rejected) and all(a is b for a, b in zip(objects, rejected))):
+            if len(objects) == len(calibrated):
+                if self._fingerprints is None:
+                    self._fingerprints = tuple(fingerprint(obj) for obj in calibrated)
+                same = all(
+                    a is b or fingerprint(a) == expected
+                    for a, b, expected in zip(objects, calibrated, self._fingerprints)
+                )
+            if same:
+                self._objects = objects
+                return True
+            self._rejected = objects
         warnings.warn(
-            "A fitted object that willow compiled has been replaced since calibration; running the "
-            "original function instead. Call calibrate() again to compile the new object.",
+            "A fitted object that willow compiled has been replaced since calibration by one with "
+            "other content; running the original function instead. Call calibrate() again to "
+            "compile the new object.",
             ModelChangedWarning,
             stacklevel=3,
         )

@@ -4,7 +4,8 @@
 therefore rendered (with astor) to a ``.py`` file named after the hash of its source, inside
 willow's kernel cache directory, and imported from there. A second process that generates the
 same source finds the same file (left untouched, so Numba's cache index stays valid) and loads
-the compiled machine code instead of compiling again.
+the compiled machine code instead of compiling again. Damaged kernel files are written again and
+Numba's cache files are checksummed and repaired (:mod:`willow.compiler.kernel_cache`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import astor
 
-__all__ = ["kernel_cache_dir", "render_module", "load_generated_module"]
+from willow.compiler.kernel_cache import harden_module, write_atomic
+
+__all__ = ["kernel_cache_dir", "render_module", "load_generated_module", "write_kernel_file"]
 
 
 def kernel_cache_dir() -> Path:
@@ -49,11 +51,7 @@ def load_generated_module(source: str, name_hint: str) -> ModuleType:
         return sys.modules[module_name]
     directory = kernel_cache_dir()
     path = directory / f"{module_name}.py"
-    if not path.exists() or path.read_text(encoding="utf-8") != source:
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(source)
-        os.replace(tmp, path)
+    write_kernel_file(path, source)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -63,4 +61,18 @@ def load_generated_module(source: str, name_hint: str) -> ModuleType:
     except BaseException:
         del sys.modules[module_name]
         raise
+    harden_module(module)  # checksummed, self-repairing Numba cache files for its kernels
     return module
+
+
+def write_kernel_file(path: Path, source: str) -> None:
+    """Make ``path`` hold exactly ``source``: a missing, damaged or half-written file (its name
+    carries the hash of the source it must hold) is written again, atomically. A file that is
+    already right is left untouched, so Numba's cache index for it stays valid."""
+    data = source.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data)

@@ -3,7 +3,20 @@
 Layout under a key prefix ``P`` (one table per prefix):
 
 - ``P:<key>`` holds one row as packed little-endian float64 bytes (8 bytes per column);
-- ``P#schema`` holds the columns, key dtype and index name as JSON, written last by ``load``.
+- ``P#schema`` holds the columns, key dtype and index name as JSON;
+- ``P#version`` holds a random version token, written last by ``load``, in the same round trip as
+  the rows: it exists only once the whole table does.
+
+Every lookup reads ``P#version`` in the same round trip as its rows. A missing version means the
+server lost the table (it restarted empty, was flushed, or the prefix was deleted): the lookup
+raises :class:`~willow.errors.TableUnavailableError` (or answers from ``fallback``) instead of
+returning NaN rows for every key. Another version means the table was reloaded: the schema is
+read again and the lookup repeated. A lookup whose share of missing keys jumps far past what the
+first lookups saw (a restore from an old snapshot, keys evicted under ``maxmemory``, a partial
+load) is refused the same way: the first :data:`BASELINE_KEYS` distinct keys looked up (usually
+calibration's) set the expected miss rate, and a later lookup of at least
+:data:`MIN_ALARM_KEYS` keys whose misses exceed it by 25 points and are that unlikely under it
+(binomial tail below 1e-6) raises. ``check_misses=False`` turns that check off.
 
 Why packed rows and MGET rather than one hash per key and HMGET: a lookup of 2,000 keys x 20
 columns on a local server took 6 ms with MGET of packed rows and 149 ms with pipelined HMGETs
@@ -31,6 +44,7 @@ process that unpickles it (a Dask worker) connects on its first lookup.
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +56,13 @@ import pandas as pd
 from willow.errors import TableError, TableFallbackWarning, TableUnavailableError
 from willow.tables.base import FeatureTable, TableSchema, as_float_frame, check_keys, lookup_index
 
-__all__ = ["RedisTable"]
+__all__ = ["RedisTable", "BASELINE_KEYS", "MIN_ALARM_KEYS"]
+
+BASELINE_KEYS = 1000
+"""Distinct keys whose misses set a table's expected miss rate (the first lookups: calibration)."""
+
+MIN_ALARM_KEYS = 50
+"""A lookup of fewer keys is never refused for its miss rate (too few to tell)."""
 
 _ROUND_TRIP_BATCHES = 8  # MGET commands pipelined per round trip
 _HINT = (
@@ -89,7 +109,8 @@ class RedisTable(FeatureTable):
 
     ``socket_timeout`` (seconds) bounds every connect and read; ``batch_size`` is the number of
     keys per MGET; ``fallback`` is a table with the same columns that answers lookups while the
-    server is unavailable.
+    server is unavailable, has lost the table, or misses far more keys than it used to (see the
+    module docstring); ``check_misses=False`` turns the last check off.
     """
 
     def __init__(
@@ -104,6 +125,7 @@ class RedisTable(FeatureTable):
         socket_timeout: float = 1.0,
         batch_size: int = 2000,
         fallback: FeatureTable | None = None,
+        check_misses: bool = True,
     ) -> None:
         if url is not None:
             parsed = urlparse(url)
@@ -131,8 +153,11 @@ class RedisTable(FeatureTable):
         self.socket_timeout = float(socket_timeout)
         self.batch_size = int(batch_size)
         self.fallback = fallback
+        self.check_misses = bool(check_misses)
         self._schema: TableSchema | None = None
+        self._version: str | None = None
         self._client: Any = None
+        self._baseline = [0, 0]  # distinct keys looked up, of which missing, up to BASELINE_KEYS
 
     # ------------------------------------------------------------------ connection and pickling
 
@@ -198,7 +223,7 @@ class RedisTable(FeatureTable):
         """Columns, key dtype and index name, read from the server once (TableError if absent)."""
         if self._schema is None:
             try:
-                raw = self._redis().get(f"{self.prefix}#schema")
+                raw, version = self._redis().mget([f"{self.prefix}#schema", f"{self.prefix}#version"])
             except self._errors() as exc:
                 raise self._unavailable(exc, "reading the schema") from exc
             except _import_redis().exceptions.ResponseError as exc:
@@ -208,7 +233,14 @@ class RedisTable(FeatureTable):
                     f"No table under prefix {self.prefix!r} on Redis {self.server} db {self.db}: "
                     "write one with RedisTable.load(frame) or RedisTable.from_frame(frame, ...) first."
                 )
+            if version is None:
+                raise TableError(
+                    f"The table under prefix {self.prefix!r} on Redis {self.server} db {self.db} has a "
+                    "schema but no version key: it was written by an older willow or its load did not "
+                    "finish. Write it again with RedisTable.load(frame)."
+                )
             self._schema = TableSchema.from_json(json.loads(raw))
+            self._version = version.decode() if isinstance(version, bytes) else str(version)
         return self._schema
 
     @property
@@ -242,7 +274,7 @@ class RedisTable(FeatureTable):
         client = self._redis()
         try:
             if replace:
-                client.delete(f"{self.prefix}#schema")
+                client.delete(f"{self.prefix}#version", f"{self.prefix}#schema")
                 stale = list(client.scan_iter(match=f"{self.prefix}:*", count=10_000))
                 for start in range(0, len(stale), 10_000):
                     client.unlink(*stale[start : start + 10_000])
@@ -250,11 +282,14 @@ class RedisTable(FeatureTable):
             for start in range(0, len(names), self.batch_size):
                 stop = start + self.batch_size
                 pipe.mset({name: row.tobytes() for name, row in zip(names[start:stop], values[start:stop])})
+            version = uuid.uuid4().hex
             pipe.set(f"{self.prefix}#schema", json.dumps(schema.to_json()))
+            pipe.set(f"{self.prefix}#version", version)  # last: the table is complete
             pipe.execute()
         except self._errors() as exc:
             raise self._unavailable(exc, f"loading {len(names)} rows") from exc
-        self._schema = schema
+        self._schema, self._version = schema, version
+        self._baseline = [0, 0]
         return self
 
     # ------------------------------------------------------------------ reading
@@ -264,7 +299,18 @@ class RedisTable(FeatureTable):
         keys = check_keys(keys)
         try:
             schema = self.schema
-            values = self._fetch(keys, schema)
+            try:
+                values = self._fetch(keys, schema)
+            except _Reloaded:  # another version was loaded: read its schema, look up again
+                self._schema = self._version = None
+                self._baseline = [0, 0]
+                schema = self.schema
+                values = self._fetch(keys, schema)
+        except _Reloaded as exc:
+            raise TableError(
+                f"The table under prefix {self.prefix!r} on Redis {self.server} was reloaded twice "
+                "during one lookup; retry the lookup."
+            ) from exc
         except TableUnavailableError as exc:
             if self.fallback is None:
                 raise
@@ -296,9 +342,11 @@ class RedisTable(FeatureTable):
         names = [f"{self.prefix}:{encoded[i]}" for i in wanted]
         step = self.batch_size * _ROUND_TRIP_BATCHES
         client = self._redis()
-        for first in range(0, len(names), step):
+        missing = 0
+        for first in range(0, max(len(names), 1), step):
             chunk = names[first : first + step]
             pipe = client.pipeline(transaction=False)
+            pipe.get(f"{self.prefix}#version")
             for start in range(0, len(chunk), self.batch_size):
                 pipe.mget(chunk[start : start + self.batch_size])
             try:
@@ -307,6 +355,8 @@ class RedisTable(FeatureTable):
                 n_batches = -(-len(names) // self.batch_size)
                 batch = first // self.batch_size + 1
                 last = min(batch + _ROUND_TRIP_BATCHES - 1, n_batches)
+                if not chunk:
+                    raise self._unavailable(exc, "checking the table's version") from exc
                 first_key = uniques[wanted[first]]
                 first_key = first_key.item() if hasattr(first_key, "item") else first_key
                 raise self._unavailable(
@@ -316,8 +366,10 @@ class RedisTable(FeatureTable):
                 ) from exc
             except _import_redis().exceptions.ResponseError as exc:
                 raise self._refused(exc, f"fetching keys starting at {chunk[0]!r}") from exc
-            rows = [row for reply in replies for row in reply]
+            self._check_version(replies[0])
+            rows = [row for reply in replies[1:] for row in reply]
             found = [i for i, row in enumerate(rows) if row is not None]
+            missing += len(rows) - len(found)
             if not found:
                 continue
             packed = b"".join(rows[i] for i in found)
@@ -330,4 +382,46 @@ class RedisTable(FeatureTable):
                 )
             positions = wanted[np.asarray(found) + first]
             table[positions] = np.frombuffer(packed, dtype="<f8").reshape(len(found), n_cols)
+        self._check_misses(missing, len(names))
         return table[codes]
+
+    def _check_version(self, reply: Any) -> None:
+        """Refuse a lookup from a server that lost the table; signal a reloaded one."""
+        if reply is None:
+            raise TableUnavailableError(
+                f"Redis server {self.server} (db {self.db}) no longer holds the table under prefix "
+                f"{self.prefix!r} (its version key is gone: the server restarted empty, was flushed, "
+                "or the table was deleted), so every key would read as missing. Reload the table "
+                "with RedisTable.load(frame), or pass fallback=MemoryTable(frame) to serve from memory."
+            )
+        version = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if version != self._version:
+            raise _Reloaded(version)
+
+    def _check_misses(self, missing: int, sent: int) -> None:
+        """Learn the usual miss rate from the first lookups; refuse one that jumps far past it."""
+        seen, seen_missing = self._baseline
+        if seen < BASELINE_KEYS:
+            self._baseline = [seen + sent, seen_missing + missing]
+            return
+        if not self.check_misses or sent < MIN_ALARM_KEYS:
+            return
+        usual = seen_missing / seen
+        rate = missing / sent
+        if rate < usual + 0.25:
+            return
+        from scipy.stats import binom
+
+        if binom.sf(missing - 1, sent, max(usual, 0.01)) >= 1e-6:
+            return
+        raise TableUnavailableError(
+            f"Redis server {self.server} (db {self.db}, table prefix {self.prefix!r}) had no row for "
+            f"{missing} of {sent} keys ({rate:.1%}), far more than the {usual:.1%} of the first {seen} "
+            "keys looked up: it has probably lost rows (restored from an old snapshot, evicted under "
+            "maxmemory, or a load that did not finish). Reload the table with RedisTable.load(frame), "
+            "pass fallback=MemoryTable(frame), or check_misses=False if such lookups are expected."
+        )
+
+
+class _Reloaded(Exception):
+    """The table's version changed between reading its schema and a lookup (it was reloaded)."""

@@ -77,6 +77,8 @@ class TopKRuntime:
         self.same_model = guard
         self.ops = operators  # the compiled operators the generated code calls as _willow.ops.<name>
         self._objects = objects
+        self._fingerprints: tuple[str, ...] | None = None  # see ServingRuntime.same_objects
+        self._rejected: tuple[Any, ...] = ()
 
     count_rows = staticmethod(ServingRuntime.count_rows)
     take_rows = staticmethod(ServingRuntime.take_rows)

@@ -21,7 +21,11 @@ element (the kernel refuses width 0: numpy raises).
 
 from __future__ import annotations
 
+import sys
+
 import numba
+
+from willow.compiler.kernel_cache import harden_module
 
 __all__ = [
     "minimum",
@@ -181,3 +185,6 @@ def row_nanmin(buf, width, pairwise):  # pragma: no cover - numba
     for k in range(1, width):
         res = fmin(res, buf[k])
     return res
+
+
+harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files

@@ -37,6 +37,7 @@ NaN label, ``1`` matches ``1.0``), except for integer keys into an integer index
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from willow.compiler.kernel_cache import harden_module
 from willow.compiler.lowering.base import NotLowerable
 
 __all__ = ["DENSE_SPAN", "KeyIndex", "Lookup", "match_lookup", "unwrap_float", "dense_rows"]
@@ -528,3 +530,6 @@ def _build(
     return Lookup(
         mode, ast.unparse(table_expr), keys, values, KeyIndex.build(index, what), float_table=float_table
     )
+
+
+harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files

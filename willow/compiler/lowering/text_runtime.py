@@ -43,10 +43,13 @@ would otherwise pay a dozen allocations, as much as its n-gram lookups.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterable, Sequence
 
 import numba
 import numpy as np
+
+from willow.compiler.kernel_cache import harden_module
 
 KERNEL_HELPERS = (
     "word_spans",
@@ -612,3 +615,6 @@ def hash_spans(buf, span_starts, span_ends, n_features, alternate_sign):
             columns[i] = abs(h) % n_features
         signs[i] = -1.0 if (alternate_sign and h < 0) else 1.0
     return columns, signs
+
+
+harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files

@@ -30,12 +30,14 @@ for deep random forests).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from willow.compiler.kernel_cache import harden_module
 from willow.compiler.lowering.trees_ir import (
     LGBM_ZERO_THRESHOLD,
     CategoricalSplit,
@@ -323,3 +325,6 @@ def score_rows(X, divisor, u64, f64, i64, u16):
             for k in range(n_outputs):
                 out[i, k] = out[i, k] / divisor
     return out
+
+
+harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from willow.compiler.backend import kernel_cache_dir, load_generated_module
+from willow.compiler.backend import kernel_cache_dir, load_generated_module, write_kernel_file
 
 __all__ = ["build_kernels"]
 
@@ -83,8 +83,7 @@ def _compile_in_processes(
     paths = []
     for source in sources:
         path = directory / f"{_module_name(source, name_hint)}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != source:
-            path.write_text(source, encoding="utf-8")
+        write_kernel_file(path, source)
         paths.append(str(path))
     env = dict(os.environ, WILLOW_CACHE_DIR=str(directory.parent))
     root = str(Path(willow.__file__).resolve().parents[1])
