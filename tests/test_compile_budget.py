@@ -110,14 +110,24 @@ def test_compile_rates_are_measured_and_reused(monkeypatch, tmp_path, data):
     assert compile_budget.cold_rate() == compile_budget.DEFAULT_NODES_PER_SECOND
     assert compile_budget.estimate_seconds(model) == pytest.approx(nodes / 1000.0)
     assert compile_budget.estimate_seconds(LogisticRegression()) == 0.0
-    ticks = iter([100.0, 102.0])
+    ticks = iter([100.0, 110.0, 200.0, 201.5])
     monkeypatch.setattr(compile_budget.time, "perf_counter", lambda: next(ticks))
-    assert compile_budget.timed_lower(lambda obj, method: ("kernel", method), model, "predict") == (
-        "kernel",
-        "predict",
-    )
+
+    def lower(obj, method):
+        return ("kernel", method)
+
+    assert compile_budget.timed_lower(lower, model, "predict") == ("kernel", "predict")
+    # a small model's compile is mostly fixed costs: its rate is not recorded
+    assert compile_budget.cold_rate() == compile_budget.DEFAULT_NODES_PER_SECOND
+    # compiled once (10 s cold): its kernels are cached, a load costs a fraction of that
+    assert compile_budget.estimate_seconds(model) == pytest.approx(10.0 * compile_budget.WARM_FRACTION)
+    compile_budget.timed_lower(lower, model, "predict")
+    assert compile_budget.estimate_seconds(model) == pytest.approx(1.5)  # its measured load
+    monkeypatch.setattr(compile_budget, "MIN_RATE_NODES", 1)
+    monkeypatch.setattr(compile_budget, "_fingerprint", lambda obj: "another model")
+    ticks = iter([300.0, 302.0])
+    compile_budget.timed_lower(lower, model, "predict")
     assert compile_budget.cold_rate() == pytest.approx(nodes / 2.0)  # measured: nodes in 2 s
-    assert compile_budget.estimate_seconds(model) == pytest.approx(2.0)  # this model: its own time
 
 
 def test_a_failed_background_compilation_keeps_the_plan_and_says_why():
