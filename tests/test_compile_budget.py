@@ -258,3 +258,23 @@ def test_progress_without_tqdm_prints_one_line_per_stage(monkeypatch, capsys, li
     stages = [line.rsplit(": ", 1)[1] for line in lines if line.startswith("willow: numpy_pipeline: ")]
     assert stages[:2] == ["tracing", "costing"] and stages[-1] == "proof"
     assert set(stages) <= set(progress.STAGES) and len(stages) == len(set(stages))
+
+
+def test_a_top_k_plan_compiles_its_deferred_model_in_the_background(monkeypatch):
+    cheap, extra, y = make_tabular(3_000, seed=5)
+    X = np.hstack([cheap[:800], pipelines.slow_features(extra[:800])])
+    model = lgb.LGBMRegressor(n_estimators=20, num_leaves=7, verbose=-1).fit(X, y[:800].astype(float))
+    calib, test = slice(800, 2_600), slice(2_600, None)
+    options = dict(query="topk", k=10, precision_target=0.9, cost_repeats=1, importance_repeats=1)
+    monkeypatch.setattr(compile_budget, "DEFAULT_BUDGET_SECONDS", 0.0)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **options)
+    pipeline.calibrate(model, cheap[calib], extra[calib])
+    assert [type(obj).__name__ for obj, _ in pipeline._compilation.deferred] == ["LGBMRegressor"]
+    assert pipeline.wait_compiled(timeout=300)
+    assert any(node.recipe[0] is model for node in pipeline._compilation.nodes)
+    assert "Compiled in the background: LGBMRegressor" in pipeline.explain()
+    eager = willow.optimize(pipelines.numpy_pipeline, **options, compile="eager")
+    eager.calibrate(model, cheap[calib], extra[calib])
+    np.testing.assert_array_equal(
+        pipeline(model, cheap[test], extra[test]), eager(model, cheap[test], extra[test])
+    )
