@@ -133,6 +133,47 @@ def measure(booster, X: np.ndarray, label: str, repeats: int, single_rows: int) 
     }
 
 
+def score_rows(model, X):
+    """The default-options pipeline: the model's predictions for the rows."""
+    return model.predict(X)
+
+
+def measure_default_options(booster, X: np.ndarray, calibration_rows: int, repeats: int) -> dict:
+    """``@willow.optimize(accuracy_target=1.0)`` with every other option at its default, as a new
+    user gets it: a fresh (empty) kernel cache, ``compile=True`` with its time budget, the model
+    compiled in the background when it is over it. Reports the calibration time, the time until
+    the compiled kernel serves, the plan that serves then and its throughput next to LightGBM's
+    (medians of interleaved batch runs), and whether it is exact."""
+    import willow
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        os.environ["WILLOW_CACHE_DIR"] = cache_dir
+        pipeline = willow.optimize(score_rows, accuracy_target=1.0)
+        start = time.perf_counter()
+        pipeline.calibrate(booster, X[:calibration_rows], progress=False)
+        calibrate_s = time.perf_counter() - start
+        background = pipeline.__dict__.get("_background") is not None
+        pipeline.wait_compiled()
+        compiled_s = time.perf_counter() - start
+        compiled_model = any(node.statement is None for node in pipeline._compilation.nodes)
+        exact = bool(np.array_equal(pipeline(booster, X), booster.predict(X)))
+        lib_times, willow_times = [], []
+        for _ in range(repeats):
+            lib_times.append(_median_time(booster.predict, X, 1))
+            willow_times.append(_median_time(lambda rows: pipeline(booster, rows), X, 1))
+        lib_batch, willow_batch = float(np.median(lib_times)), float(np.median(willow_times))
+    return {
+        "default_calibrate_s": calibrate_s,
+        "default_compiled_in_background": background,
+        "default_compiled_after_s": compiled_s,
+        "default_model_compiled": compiled_model,
+        "default_plan": pipeline.plan_.reason,
+        "default_rows_per_s": len(X) / willow_batch,
+        "default_speedup": lib_batch / willow_batch,
+        "default_exact": exact,
+    }
+
+
 def _real_data_model(trees: int, leaves: int):
     import lightgbm as lgb
     import pandas as pd
@@ -163,11 +204,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--single-rows", type=int, default=300)
+    parser.add_argument(
+        "--wide-trees",
+        type=int,
+        default=100,
+        help="trees of the second synthetic model, with 256 leaves each (0: skip it)",
+    )
     parser.add_argument("--quick", action="store_true", help="50 trees, 20,000 rows, fewer repeats")
     parser.add_argument("--no-real-data", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.trees, args.rows, args.repeats, args.single_rows = 50, 20_000, 3, 100
+        args.wide_trees = min(args.wide_trees, 10)
+    calibration_rows = min(args.rows // 5, 20_000)
 
     X, y = _synthetic(args.rows, args.features)
     train_rows = min(args.rows, 50_000)
@@ -175,7 +224,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     booster = lgb.train(params, lgb.Dataset(X[:train_rows], y[:train_rows]), num_boost_round=args.trees)
     label = f"synthetic {args.trees} trees x {args.leaves} leaves, {args.features} features"
     results = [measure(booster, X, label, args.repeats, args.single_rows)]
+    results[-1]["split_nodes"] = _split_nodes(booster)
+    results[-1].update(measure_default_options(booster, X, calibration_rows, args.repeats))
     print(json.dumps(results[-1], indent=1), flush=True)
+    if args.wide_trees:
+        params = dict(params, num_leaves=256)
+        train = lgb.Dataset(X[:train_rows], y[:train_rows])
+        wide = lgb.train(params, train, num_boost_round=args.wide_trees)
+        label = f"synthetic {args.wide_trees} trees x 256 leaves, {args.features} features"
+        results.append(measure(wide, X, label, args.repeats, args.single_rows))
+        results[-1]["split_nodes"] = _split_nodes(wide)
+        results[-1].update(measure_default_options(wide, X, calibration_rows, args.repeats))
+        print(json.dumps(results[-1], indent=1), flush=True)
     if not args.no_real_data:
         real = _real_data_model(min(args.trees, 200), 31)
         if real is not None:
@@ -183,6 +243,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(measure(booster, X_real, label, args.repeats, args.single_rows))
             print(json.dumps(results[-1], indent=1), flush=True)
     return results
+
+
+def _split_nodes(booster) -> int:
+    from willow.compiler.lowering.trees import split_nodes
+
+    return split_nodes(booster)
 
 
 if __name__ == "__main__":

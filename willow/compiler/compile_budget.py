@@ -10,10 +10,13 @@ old name ``"all"``) has no budget.
 
 The estimate is ``split nodes / rate``. The rate is measured: every tree ensemble compiled on
 this machine records its split nodes and wall seconds in ``compile_rates.json`` in the kernel
-cache; an ensemble compiled before (same content fingerprint) is estimated at its last measured
-time (its kernels are cached on disk, so that is a warm load), any other at the median rate of
-the first-time compiles recorded (:data:`DEFAULT_NODES_PER_SECOND` before any). The file lives
-in the kernel cache, so clearing the cache forgets the rates with the kernels.
+cache. A first-time compile of at least :data:`MIN_RATE_NODES` split nodes adds its rate to the
+record (smaller ones are dominated by fixed costs, such as Numba's first compile in a process,
+and would understate the rate); an ensemble never compiled here is estimated at the median of
+those rates (:data:`DEFAULT_NODES_PER_SECOND` before any). An ensemble compiled here before
+(same content fingerprint) has its kernels in the disk cache: it is estimated at its last
+measured load, or at :data:`WARM_FRACTION` of its one cold compile until a load was measured.
+The file lives in the kernel cache, so clearing the cache forgets the rates with the kernels.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ DEFAULT_NODES_PER_SECOND = 1000.0
 """Cold compile rate (split nodes per wall second) assumed before any was measured: the rate on
 the project's 2-core development machine, rounded down (500 trees x 63 leaves, 31,000 nodes,
 about 28 s cold)."""
+
+MIN_RATE_NODES = 5_000
+"""Smallest first-time compile whose rate is recorded."""
+
+WARM_FRACTION = 0.2
+"""A cached ensemble's load time as a fraction of its cold compile (28 s cold, about 6 s warm for
+500 trees x 63 leaves on the development machine)."""
 
 _RATES_FILE = "compile_rates.json"
 _LOCK = threading.Lock()
@@ -98,7 +108,8 @@ def estimate_seconds(obj: Any) -> float:
 
     known = _read_rates()["models"].get(_fingerprint(obj))
     if known is not None:
-        return float(known["seconds"])
+        seconds = float(known["seconds"])
+        return seconds if known.get("loads", 1) > 1 else seconds * WARM_FRACTION
     return split_nodes(obj) / cold_rate()
 
 
@@ -110,9 +121,11 @@ def _record(obj: Any, seconds: float) -> None:
     key = _fingerprint(obj)
     with _LOCK:
         data = _read_rates()
-        if key not in data["models"] and seconds > 0:
+        known = data["models"].pop(key, None)
+        if known is None and seconds > 0 and nodes >= MIN_RATE_NODES:
             data["cold"] = ([*data["cold"], nodes / seconds])[-20:]
-        data["models"][key] = {"nodes": nodes, "seconds": round(seconds, 3)}
+        loads = 1 if known is None else int(known.get("loads", 1)) + 1
+        data["models"][key] = {"nodes": nodes, "seconds": round(seconds, 3), "loads": loads}
         if len(data["models"]) > 500:  # keep the file small: drop the oldest entries
             data["models"] = dict(list(data["models"].items())[-500:])
         path = _rates_path()

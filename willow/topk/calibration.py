@@ -32,7 +32,7 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.base import clone
 
-from willow import fingerprints
+from willow import fingerprints, progress
 from willow.cascades.calibration import (
     _node_budget,
     _OpsHolder,
@@ -284,6 +284,7 @@ def calibrate_topk(
     runner = StatementRunner(graph, fn)
     n_tune = len(tune)
     tune_arguments = arguments_for(tune)
+    progress.stage("costing")
     python_costs, ns_tune, _ = profile_costs(
         graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
     )
@@ -297,6 +298,7 @@ def calibrate_topk(
     scorer = ExactScorer(graph, fn, options.score)  # the reference: always the original statements
     costs, compilation = python_costs, None
     if options.compile:
+        progress.stage("compiling")
         compilation, costs, compiled_run = compile_for_calibration(
             graph, fn, runner, tune_arguments, python_costs, options
         )
@@ -346,10 +348,12 @@ def calibrate_topk(
         return exact(" ".join(graph.notes) or "the model reads a single feature group.")
     check_stacker(graph, ns_tune)
     check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
+    progress.stage("importance")
     importances = _score_importance(
         graph, runner, ns_tune, model, spec, full_tune, options.importance_repeats, options.random_state
     )
     plan = replace(plan, importances=importances)
+    progress.stage("candidates")
     subsets = candidates_for(list(graph.group_names), costs, importances, options)
     ns_train, _ = runner.run_all(arguments_for(train))
     target = training_target(spec, spec(model, ns_train[graph.model_call.feature_variable]))
@@ -444,6 +448,7 @@ def calibrate_topk(
     )
 
     # Holdout: rows nothing above saw. Bootstrap queries with the tuned ratios, then real runs.
+    progress.stage("proof")
     holdout_arguments = arguments_for(holdout)
     ns_holdout, _ = runner.run_all(holdout_arguments)
     full_holdout = spec(model, ns_holdout[graph.model_call.feature_variable])
