@@ -20,12 +20,15 @@ from typing import Any
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
+from willow.frontend.frames import split_frame_groups
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
 # The passes, in order. Each module owns one rewrite; register it here (explicitly, not by import
 # side effects) so a reader sees the whole front end in one list.
-PASSES: list[tuple[str, FrontEndPass]] = []
+PASSES: list[tuple[str, FrontEndPass]] = [
+    ("frames", split_frame_groups),
+]
 
 
 @dataclass(frozen=True, eq=False)

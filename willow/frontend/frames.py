@@ -1,0 +1,898 @@
+"""Whole-frame pandas: split one growing DataFrame into a feature group per column family.
+
+People write tabular inference as one frame that grows column by column::
+
+    df = df.merge(user_table, on="userId", how="left")
+    df = df.merge(movie_table, on="movieId", how="left")
+    df["ratio"] = df.user_mean / df.movie_mean
+    df = df.assign(recent=lambda d: d.timestamp > 1.5e9)
+    return model.predict(df[FEATURES])
+
+Traced as written this is a single feature group (everything feeds ``df``): no cascade can skip
+a join, and no lowering sees a lookup on its own. This pass follows *column lineage*: which
+statement adds which column to the frame. Every column belongs to a *family*: the row input's own
+columns, the columns one merge adds (the table's non-key columns), or derived columns, which join
+the family they read, or form a family of their own when they read several. The function is then
+rewritten into willow's idiom, one frame per family computed from the rows, stacked with
+``pd.concat([...], axis=1)`` and re-selected with the user's own column list::
+
+    df_columns = df[["timestamp", "userId", "movieId"]]
+    user_table_columns = pd.DataFrame(df_columns[["userId"]].merge(user_table, on="userId",
+        how="left").drop(columns="userId").to_numpy(dtype=float), columns=["user_mean", ...])
+    ...
+    stacked = pd.concat([df_columns, user_table_columns, ...], axis=1)
+    return model.predict(stacked[FEATURES])
+
+A merge whose table columns are all float64 is written in the form the lookup lowering compiles
+(:mod:`willow.compiler.lowering.lookups`); other merges stay pandas merges of the key column alone.
+
+Exactness: the selected frame must equal the original's (columns, order, dtypes, values, index).
+Merges on a key that repeats in the table would change the row count, merges whose columns
+collide with the frame's would add suffixes, and a frame read in any way other than by column
+name (``len(df)``, ``df.sum(axis=1)``, ``df.index``) has no column lineage: each of these leaves
+the function as written, with a note for ``explain()``. The rewrite is checked at calibration on
+the calibration rows (as given, with another index, and 0 and 1 rows) against the original
+statements; any difference, or an error on one side only, also leaves the function as written.
+The original mutates the caller's frame when it assigns a column to the row input itself
+(``df["x"] = ...`` before any merge); the rewritten function does not.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from willow.frontend.context import UNRESOLVED, FrontEndContext
+
+__all__ = ["split_frame_groups"]
+
+# Frame methods that return the same columns and rows (a copy) and so change no lineage.
+_NO_OP_METHODS = frozenset({"copy"})
+# Methods that turn the selected frame into what the model reads, kept after the selection.
+_SELECTION_SUFFIXES = frozenset({"values", "to_numpy", "copy", "astype"})
+_PROBE_ROWS = 5000
+
+
+class _Refuse(Exception):
+    """The function cannot be rewritten exactly; the message says why (with the line)."""
+
+    def __init__(self, message: str, lineno: int | None) -> None:
+        super().__init__(message)
+        self.lineno = lineno
+
+
+@dataclass(eq=False)
+class _Family:
+    """Columns computed together in one frame of the rewritten function."""
+
+    var: str  # the frame variable in the rewritten function (a new name for each new version)
+    kind: str  # "input", "merge" or "derived"
+    state: str  # the frame's index: "input" (the row input's) or "range" (RangeIndex(n))
+    lineno: int
+    hint: str = ""  # the name each version is derived from
+    frame: set[Any] = field(default_factory=set)  # the columns its frame holds (input family: see _Rewriter)
+
+    def __post_init__(self) -> None:
+        self.hint = self.hint or self.var
+
+
+def split_frame_groups(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.FunctionDef:
+    """Rewrite a whole-frame pandas pipeline into one feature group per column family.
+
+    Leaves ``tree`` unchanged (with a note when it looked like a frame pipeline) when no row input
+    is a DataFrame, the model reads a single family, or the rewrite cannot be proven exact.
+    """
+    frames = [
+        p
+        for p in ctx.row_parameters
+        if isinstance(ctx.arguments.get(p), pd.DataFrame) and p in ctx.parameters
+    ]
+    for parameter in frames:
+        bindings = dict(ctx.bindings)
+        try:
+            rewritten = _Rewriter(tree, ctx, parameter).run()
+        except _Refuse as refusal:
+            ctx.bindings.clear()
+            ctx.bindings.update(bindings)  # nothing of a refused rewrite stays bound
+            where = f"{ctx.filename}:{refusal.lineno}: " if refusal.lineno is not None else ""
+            ctx.note(
+                f"{where}whole-frame pandas on `{parameter}` left as written (one feature group): {refusal}"
+            )
+            continue
+        if rewritten is not None:
+            return rewritten
+        ctx.bindings.clear()
+        ctx.bindings.update(bindings)
+    return tree
+
+
+def _columns_of(node: ast.expr, ctx: FrontEndContext) -> list[Any] | None:
+    """The column labels a selection key denotes (a literal list or a constant list/tuple)."""
+    if isinstance(node, (ast.List, ast.Tuple)) and all(isinstance(e, ast.Constant) for e in node.elts):
+        return [e.value for e in node.elts]  # type: ignore[attr-defined]
+    value = ctx.resolve(node)
+    if isinstance(value, (list, tuple, pd.Index)) and all(isinstance(v, (str, int)) for v in value):
+        return list(value)
+    return None
+
+
+def _column_of(node: ast.expr, ctx: FrontEndContext) -> Any:
+    """The single column label ``node`` denotes, or ``UNRESOLVED``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)):
+        return node.value
+    value = ctx.resolve(node)
+    return value if isinstance(value, (str, int)) else UNRESOLVED
+
+
+def _load(name: str) -> ast.Name:
+    return ast.Name(id=name, ctx=ast.Load())
+
+
+def _store(name: str) -> ast.Name:
+    return ast.Name(id=name, ctx=ast.Store())
+
+
+def _assign(name: str, value: ast.expr, where: ast.stmt) -> ast.Assign:
+    node = ast.Assign(targets=[_store(name)], value=value)
+    ast.copy_location(node, where)
+    ast.fix_missing_locations(node)
+    return node
+
+
+def _select(frame: ast.expr, columns: list[Any]) -> ast.Subscript:
+    return ast.Subscript(
+        value=frame, slice=ast.List(elts=[ast.Constant(c) for c in columns], ctx=ast.Load()), ctx=ast.Load()
+    )
+
+
+def _method(value: ast.expr, name: str, *args: ast.expr, **keywords: ast.expr) -> ast.Call:
+    return ast.Call(
+        func=ast.Attribute(value=value, attr=name, ctx=ast.Load()),
+        args=list(args),
+        keywords=[ast.keyword(arg=k, value=v) for k, v in keywords.items()],
+    )
+
+
+class _Rewriter:
+    """One lineage walk over the function body for one row-input frame ``parameter``."""
+
+    def __init__(self, tree: ast.FunctionDef, ctx: FrontEndContext, parameter: str) -> None:
+        self.tree = tree
+        self.ctx = ctx
+        self.parameter = parameter
+        self.frame: pd.DataFrame = ctx.arguments[parameter]
+        self.current = parameter  # the name holding the frame as the original builds it
+        self.stale: set[str] = set()  # names that held an earlier version of the frame
+        self.parameter_mutated = False
+        self.state = "input"  # the original frame's index
+        self.columns: dict[Any, _Family] = {}  # the original frame's columns -> owning family
+        self.families: list[_Family] = []
+        self.base_columns: list[Any] = []
+        self.base_derived: set[Any] = set()  # columns the input family's frame computes itself
+        self.changed = False
+        self.groups = 0
+        self.group_names: list[str] = []
+        self.pd = self._pandas()
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> ast.FunctionDef | None:
+        if self.frame.columns.has_duplicates:
+            raise _Refuse("the row frame has duplicate column names", self.tree.lineno)
+        body = list(self.tree.body)
+        start = 1 if _is_docstring(body[0]) else 0
+        base = _Family(self.ctx.fresh_name(f"{self.parameter}_columns"), "input", "input", self.tree.lineno)
+        self.base = base
+        first_name = base.var  # the input family's first version, made before the first frame statement
+        self.families.append(base)
+        for column in self.frame.columns:
+            self.columns[column] = base
+        out: list[ast.stmt] = body[:start]
+        first_frame: int | None = None
+        selection_done = False
+        for node in body[start:]:
+            if selection_done:
+                self._check_untouched(node)
+                out.append(node)
+                continue
+            emitted = self._frame_statement(node)
+            if emitted is not None:
+                if first_frame is None:
+                    first_frame = len(out)
+                out.extend(emitted)
+                continue
+            selection = self._selection(node)
+            if selection is not None:
+                if not self.changed:
+                    return None  # the model reads the row frame itself: nothing to split
+                if first_frame is None:
+                    first_frame = len(out)
+                out.extend(selection)
+                selection_done = True
+                continue
+            self._check_untouched(node)
+            out.append(node)
+        if not selection_done:
+            if self.changed:
+                raise _Refuse(
+                    f"the frame `{self.current}` is never selected by a column list (`{self.current}[FEATURES]`)",
+                    body[-1].lineno,
+                )
+            return None
+        if self.groups < 2:
+            if self.changed:
+                self.ctx.note(
+                    f"{self.ctx.filename}:{self.tree.lineno}: whole-frame pandas on `{self.parameter}`: the model "
+                    "reads one column family, so the function is left as written."
+                )
+            return None
+        assert first_frame is not None
+        base_node = _assign(first_name, _select(_load(self.parameter), self.base_columns), out[first_frame])
+        out.insert(first_frame, base_node)
+        rewritten = copy.copy(self.tree)
+        rewritten.body = out
+        ast.fix_missing_locations(rewritten)
+        self._verify(rewritten)
+        self.ctx.note(
+            f"{self.ctx.filename}:{self.tree.lineno}: whole-frame pandas on `{self.parameter}` split into "
+            f"{self.groups} feature groups by column family: {', '.join(self.group_names)}."
+        )
+        return rewritten
+
+    # ------------------------------------------------------------------ names
+
+    def _pandas(self) -> ast.Name:
+        node = _load("pd")
+        if not self.ctx.is_local("pd") and self.ctx.resolve(node) is pd:
+            return node
+        return self.ctx.bind(pd, "pd")
+
+    def _pd(self, attr: str) -> ast.Attribute:
+        return ast.Attribute(value=copy.copy(self.pd), attr=attr, ctx=ast.Load())
+
+    def _check_untouched(self, node: ast.stmt) -> None:
+        """A statement the rewrite keeps as written must not see the frame being built (the
+        rewritten function never binds the original's intermediate frames)."""
+        forbidden = set(self.stale)
+        if self.changed or self.current != self.parameter:
+            forbidden.add(self.current)
+        if self.parameter_mutated:
+            forbidden.add(self.parameter)
+        else:
+            forbidden.discard(self.parameter)
+        touched = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & forbidden
+        if touched:
+            name = sorted(touched)[0]
+            raise _Refuse(
+                f"`{ast.unparse(node).splitlines()[0]}` uses the frame `{name}` other than by selecting "
+                "columns, so its column lineage is unknown",
+                node.lineno,
+            )
+
+    # ------------------------------------------------------------------ frame statements
+
+    def _frame_statement(self, node: ast.stmt) -> list[ast.stmt] | None:
+        """The rewritten statements for a statement that grows the frame, or ``None`` if it is not one."""
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            return None
+        target = node.targets[0]
+        # df["x"] = expr
+        if (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == self.current
+        ):
+            column = _column_of(target.slice, self.ctx)
+            if column is UNRESOLVED:
+                raise _Refuse(
+                    f"`{ast.unparse(target)}` assigns a column whose name is not a constant", node.lineno
+                )
+            out: list[ast.stmt] = []
+            self._derive({column: node.value}, node, out, callables=False)
+            if self.current == self.parameter:
+                self.parameter_mutated = True
+            self.changed = True
+            return out
+        if not isinstance(target, ast.Name):
+            return None
+        ops = self._chain(node.value)
+        if ops is None:
+            return None
+        out = []
+        for op in ops:
+            self._operation(op, node, out)
+        if target.id != self.current:
+            if self.current != self.parameter:
+                self.stale.add(self.current)
+            self.stale.discard(target.id)
+            self.current = target.id
+        if target.id == self.parameter and ops:
+            self.parameter_mutated = True  # rebound: later reads of the name see the new frame
+        return out
+
+    def _chain(self, value: ast.expr) -> list[ast.Call] | None:
+        """``[call, ...]`` when ``value`` is ``<current>.m1(...).m2(...)`` with frame methods this
+        pass follows (an alias ``<current>`` alone is ``[]``); ``None`` otherwise."""
+        calls: list[ast.Call] = []
+        node = value
+        while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if (
+                node.func.attr not in ("merge", "assign", "reset_index")
+                and node.func.attr not in _NO_OP_METHODS
+            ):
+                return None
+            calls.append(node)
+            node = node.func.value
+        if not (isinstance(node, ast.Name) and node.id == self.current):
+            return None
+        return calls[::-1]
+
+    def _operation(self, call: ast.Call, node: ast.stmt, out: list[ast.stmt]) -> None:
+        method = call.func.attr  # type: ignore[attr-defined]
+        if method in _NO_OP_METHODS:
+            if call.args or call.keywords:
+                raise _Refuse(f"`{method}` with arguments is not followed", node.lineno)
+            return
+        self.changed = True
+        if method == "reset_index":
+            options = {k.arg: k.value for k in call.keywords}
+            if (
+                call.args
+                or set(options) != {"drop"}
+                or not (isinstance(options["drop"], ast.Constant) and options["drop"].value is True)
+            ):
+                raise _Refuse("only `reset_index(drop=True)` is followed", node.lineno)
+            self.state = "range"
+            return
+        if method == "assign":
+            if call.args or any(k.arg is None for k in call.keywords):
+                raise _Refuse("`assign` with positional or ** arguments is not followed", node.lineno)
+            self._derive({k.arg: k.value for k in call.keywords}, node, out, callables=True)
+            return
+        self._merge(call, node, out)
+
+    # ------------------------------------------------------------------ merges
+
+    def _merge(self, call: ast.Call, node: ast.stmt, out: list[ast.stmt]) -> None:
+        lineno = node.lineno
+        args = list(call.args)
+        keywords = {k.arg: k.value for k in call.keywords}
+        if None in keywords:
+            raise _Refuse("`merge` with ** arguments is not followed", lineno)
+        if "right" in keywords:
+            args.insert(0, keywords.pop("right"))
+        if len(args) != 1:
+            raise _Refuse("`merge` needs the table as its one positional argument", lineno)
+        table_expr = args[0]
+        table = self.ctx.resolve(table_expr)
+        what = f"`{ast.unparse(table_expr)}`"
+        if not isinstance(table, pd.DataFrame):
+            raise _Refuse(f"the merged table {what} is not a fitted DataFrame known at calibration", lineno)
+        options: dict[str, Any] = {}
+        for key, value in keywords.items():
+            if not isinstance(value, ast.Constant):
+                resolved = self.ctx.resolve(value)
+                if resolved is UNRESOLVED:
+                    raise _Refuse(f"merge with {what}: option {key}= is not a constant", lineno)
+                options[key] = resolved
+            else:
+                options[key] = value.value
+        if options.get("how") != "left":
+            raise _Refuse(f"merge with {what}: only how='left' keeps one row per input row", lineno)
+        if options.get("sort") or options.get("indicator"):
+            raise _Refuse(f"merge with {what}: sort= and indicator= are not followed", lineno)
+        allowed = {"how", "on", "left_on", "right_index", "suffixes", "validate", "copy", "sort", "indicator"}
+        if set(options) - allowed:
+            raise _Refuse(
+                f"merge with {what}: options {sorted(set(options) - allowed)} are not followed", lineno
+            )
+        if "on" in options and not ({"left_on", "right_index"} & set(options)):
+            key = options["on"]
+            if not isinstance(key, (str, int)) or key not in table.columns:
+                raise _Refuse(f"merge with {what}: on= must name one column of the table", lineno)
+            if not table[key].is_unique:
+                raise _Refuse(
+                    f"merge with {what}: its key column {key!r} repeats values, which changes the row count",
+                    lineno,
+                )
+            added = [c for c in table.columns if c != key]
+            right_index = False
+        elif options.get("right_index") is True and set(options) & {"left_on"} and "on" not in options:
+            key = options["left_on"]
+            if not isinstance(key, (str, int)):
+                raise _Refuse(f"merge with {what}: left_on= must name one column", lineno)
+            if not table.index.is_unique:
+                raise _Refuse(
+                    f"merge with {what}: the table's index repeats labels, which changes the row count",
+                    lineno,
+                )
+            added = list(table.columns)
+            right_index = True
+        else:
+            raise _Refuse(
+                f"merge with {what}: followed forms are on=<column> and left_on=<column>, right_index=True",
+                lineno,
+            )
+        if key not in self.columns:
+            raise _Refuse(f"merge with {what}: the frame has no column {key!r} at this point", lineno)
+        collide = [c for c in added if c in self.columns]
+        if collide or table.columns.has_duplicates:
+            raise _Refuse(
+                f"merge with {what}: its columns {collide} are already in the frame (suffixes)", lineno
+            )
+        owner = self.columns[key]
+        self._need(owner, [key])
+        if right_index:
+            self._align(owner, out, node)  # the result keeps the left frame's index
+        left = _select(_load(owner.var), [key])
+        merged = _method(
+            left, "merge", copy.deepcopy(table_expr), **{k: copy.deepcopy(v) for k, v in keywords.items()}
+        )
+        family = _Family(
+            self.ctx.fresh_name(f"{_hint(table_expr)}_columns"),
+            "merge",
+            owner.state if right_index else "range",
+            lineno,
+        )
+        floats = all(isinstance(d, np.dtype) and d == np.float64 for d in table[added].dtypes)
+        labels_ok = all(isinstance(c, str) for c in added)
+        if floats and labels_ok and not right_index and added:
+            # the form the lookup lowering compiles: every table column is float64, so the merged
+            # columns are float64 with NaN for a missing key, whatever the rows
+            dropped = _method(merged, "drop", columns=ast.Constant(key))
+            values = _method(dropped, "to_numpy", dtype=_load("float"))
+            value = ast.Call(
+                func=self._pd("DataFrame"),
+                args=[values],
+                keywords=[
+                    ast.keyword(
+                        arg="columns", value=ast.List(elts=[ast.Constant(c) for c in added], ctx=ast.Load())
+                    )
+                ],
+            )
+        else:
+            value = merged
+        out.append(_assign(family.var, value, node))
+        family.frame = set(added) if value is not merged else {key, *added}
+        self.families.append(family)
+        for column in added:
+            self.columns[column] = family
+        if not right_index:
+            self.state = "range"
+
+    # ------------------------------------------------------------------ derived columns
+
+    def _derive(
+        self, assignments: dict[Any, ast.expr], node: ast.stmt, out: list[ast.stmt], callables: bool
+    ) -> None:
+        """Columns computed by expressions (``df[c] = e`` or ``assign(c=e, ...)``)."""
+        before = dict(self.columns)
+        assigned: list[Any] = []
+        for column, expr in assignments.items():
+            if isinstance(expr, ast.Lambda):
+                if not callables:
+                    raise _Refuse("a lambda assigned as a column is not followed", node.lineno)
+                args = expr.args
+                if len(args.args) != 1 or args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+                    raise _Refuse("`assign` lambdas must take the frame as their one argument", node.lineno)
+                reads = self._reads(expr.body, args.args[0].arg, self.columns, node.lineno)
+                frame_name = None
+            else:
+                reads = self._reads(expr, self.current, before, node.lineno)
+                if set(reads) & set(assigned):
+                    raise _Refuse(
+                        f"`{column}` reads a column assigned earlier in the same `assign` call", node.lineno
+                    )
+                frame_name = self.current
+            if not isinstance(column, str):
+                raise _Refuse(f"column {column!r} is not a string", node.lineno)
+            source = before if frame_name is not None else self.columns
+            families = []
+            for c in reads:
+                if source[c] not in families:
+                    families.append(source[c])
+            rewritten = copy.deepcopy(expr)
+            spans = frame_name is not None and any(
+                len({source[c] for c in columns}) > 1 for columns in self._node_reads(expr, frame_name)
+            )
+            if len(families) > 1 and frame_name is not None and not spans:
+                # each read goes to its family's frame (the frames share the original's index at
+                # this point, so the Series are the original's); the column gets a frame of its own
+                for family in families:
+                    self._align(family, out, node)
+                    self._need(family, [c for c in reads if source[c] is family])
+                rewritten = self._redirect(expr, rewritten, frame_name, source)
+                target = _Family(self.ctx.fresh_name(f"{column}_columns"), "derived", self.state, node.lineno)
+                holder = _method(_select(_load(families[0].var), []), "assign", **{column: rewritten})
+                out.append(_assign(target.var, holder, node))
+                self.families.append(target)
+            else:
+                if not families:
+                    target = self.base
+                elif len(families) == 1:
+                    target = families[0]
+                else:
+                    target = self._join(families, reads, source, node, out, column)
+                self._need(target, [c for c in reads if source[c] is target])
+                self._align(target, out, node)
+                if frame_name is not None:
+                    rewritten = _Rename(frame_name, target.var).visit(rewritten)
+                self._update(target, _method(_load(target.var), "assign", **{column: rewritten}), node, out)
+            target.frame.add(column)
+            self.columns[column] = target
+            if target is self.base:
+                self.base_derived.add(column)
+            assigned.append(column)
+
+    def _node_reads(self, expr: ast.expr, frame: str) -> list[list[Any]]:
+        """The columns each use of ``frame`` in ``expr`` selects (``_reads`` checked them)."""
+        reads = []
+        for sub in ast.walk(expr):
+            if isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name) and sub.value.id == frame:
+                reads.append(self._selected(sub, 0))
+            elif isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == frame:
+                reads.append([sub.attr])
+        return reads
+
+    def _redirect(self, expr: ast.expr, copied: ast.expr, frame: str, source: dict[Any, _Family]) -> ast.expr:
+        """``copied`` (a deep copy of ``expr``) with each use of ``frame`` reading from the frame
+        of the family that owns the columns it selects."""
+        for original, twin in zip(ast.walk(expr), ast.walk(copied)):
+            if not (
+                isinstance(original, (ast.Subscript, ast.Attribute)) and isinstance(original.value, ast.Name)
+            ):
+                continue
+            if original.value.id != frame:
+                continue
+            column = original.attr if isinstance(original, ast.Attribute) else self._selected(original, 0)[0]
+            twin.value.id = source[column].var  # type: ignore[attr-defined]
+        return copied
+
+    def _selected(self, sub: ast.Subscript, lineno: int | None) -> list[Any]:
+        """The columns ``frame[key]`` selects."""
+        names = _columns_of(sub.slice, self.ctx) if not isinstance(sub.slice, ast.Constant) else None
+        single = _column_of(sub.slice, self.ctx)
+        if single is not UNRESOLVED and not isinstance(sub.slice, (ast.List, ast.Tuple)):
+            names = [single]
+        if names is None:
+            raise _Refuse(f"`{ast.unparse(sub)}` selects columns that are not constants", lineno)
+        return names
+
+    def _join(
+        self,
+        families: list[_Family],
+        reads: list[Any],
+        source: dict[Any, _Family],
+        node: ast.stmt,
+        out: list[ast.stmt],
+        column: Any,
+    ) -> _Family:
+        """A new family holding the columns a derived column reads from several families."""
+        parts = []
+        for family in families:
+            self._align(family, out, node)
+            columns = [c for c in reads if source[c] is family]
+            self._need(family, columns)
+            parts.append(_select(_load(family.var), columns))
+        joined = _Family(self.ctx.fresh_name(f"{column}_columns"), "derived", self.state, node.lineno)
+        concat = ast.Call(
+            func=self._pd("concat"),
+            args=[ast.List(elts=parts, ctx=ast.Load())],
+            keywords=[ast.keyword(arg="axis", value=ast.Constant(1))],
+        )
+        out.append(_assign(joined.var, concat, node))
+        joined.frame = set(reads)
+        self.families.append(joined)
+        return joined
+
+    def _reads(self, expr: ast.expr, frame: str, columns: dict[Any, _Family], lineno: int) -> list[Any]:
+        """The columns ``expr`` reads from ``frame``: every use of the name must select a column
+        (``frame["c"]``, ``frame[["a", "b"]]``, ``frame.c``)."""
+        found: list[Any] = []
+        allowed: set[int] = set()
+        for sub in ast.walk(expr):
+            if (
+                isinstance(sub, (ast.Lambda, ast.FunctionDef))
+                and any(isinstance(n, ast.Name) and n.id == frame for n in ast.walk(sub))
+                and sub is not expr
+            ):
+                raise _Refuse(f"a nested function reads `{frame}`", lineno)
+            if isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name) and sub.value.id == frame:
+                found.extend(self._selected(sub, lineno))
+                allowed.add(id(sub.value))
+            elif isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == frame:
+                if hasattr(pd.DataFrame, sub.attr) or sub.attr not in columns:
+                    raise _Refuse(f"`{ast.unparse(sub)}` is not a column read", lineno)
+                found.append(sub.attr)
+                allowed.add(id(sub.value))
+        for sub in ast.walk(expr):
+            if isinstance(sub, ast.Name) and sub.id == frame and id(sub) not in allowed:
+                raise _Refuse(f"`{frame}` is used other than by selecting columns", lineno)
+            if isinstance(sub, ast.Name) and (
+                sub.id in self.stale
+                or (sub.id == self.parameter and self.parameter_mutated and frame != self.parameter)
+            ):
+                raise _Refuse(f"`{sub.id}` (an earlier version of the frame) is read", lineno)
+        missing = [c for c in found if c not in columns]
+        if missing:
+            raise _Refuse(f"columns {missing} are not in the frame at this point", lineno)
+        unique: list[Any] = []
+        for c in found:
+            if c not in unique:
+                unique.append(c)
+        return unique
+
+    # ------------------------------------------------------------------ index and base columns
+
+    def _update(self, family: _Family, value: ast.expr, node: ast.stmt, out: list[ast.stmt]) -> None:
+        """A new version of ``family``'s frame, under a new name: the rewritten function assigns
+        each name once, so a cascade may reorder its statements freely."""
+        family.var = self.ctx.fresh_name(family.hint)
+        out.append(_assign(family.var, value, node))
+
+    def _need(self, family: _Family, columns: list[Any]) -> None:
+        """Columns read from the input family's frame: those still holding the row input's values
+        are selected from it when the frame is made."""
+        if family is self.base:
+            for c in columns:
+                if c not in self.base_columns and c not in self.base_derived:
+                    self.base_columns.append(c)
+
+    def _align(self, family: _Family, out: list[ast.stmt], node: ast.stmt) -> None:
+        """Give ``family``'s frame the index the original frame has at this point."""
+        if family.state == self.state:
+            return
+        if family.state == "input" and self.state == "range":
+            reset = _method(_load(family.var), "reset_index", drop=ast.Constant(True))
+            self._update(family, reset, node, out)
+            family.state = "range"
+            return
+        raise _Refuse("a frame would need the row input's index back", node.lineno)  # pragma: no cover
+
+    # ------------------------------------------------------------------ the final selection
+
+    def _selection(self, node: ast.stmt) -> list[ast.stmt] | None:
+        """The stack and the rewritten statement, when ``node`` selects the model's columns."""
+        uses = [n for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == self.current]
+        if not uses:
+            return None
+        found = None
+        for sub in ast.walk(node):
+            if (
+                isinstance(sub, ast.Subscript)
+                and isinstance(sub.value, ast.Name)
+                and sub.value.id == self.current
+            ):
+                key, holder = sub.slice, sub
+            elif (
+                isinstance(sub, ast.Subscript)
+                and isinstance(sub.value, ast.Attribute)
+                and sub.value.attr == "loc"
+                and isinstance(sub.value.value, ast.Name)
+                and sub.value.value.id == self.current
+                and isinstance(sub.slice, ast.Tuple)
+                and len(sub.slice.elts) == 2
+                and isinstance(sub.slice.elts[0], ast.Slice)
+                and sub.slice.elts[0].lower is None
+                and sub.slice.elts[0].upper is None
+                and sub.slice.elts[0].step is None
+            ):
+                key, holder = sub.slice.elts[1], sub
+            else:
+                continue
+            if isinstance(key, ast.Constant):
+                continue
+            columns = _columns_of(key, self.ctx)
+            if columns is not None:
+                found = (holder, columns)
+                break
+        if found is None or len(uses) != 1:
+            self._check_untouched(node)
+            return None
+        holder, columns = found
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise _Refuse(f"the selected columns {missing} are not in the frame", node.lineno)
+        if not self.changed:
+            return []
+        out: list[ast.stmt] = []
+        order: list[_Family] = []
+        for c in columns:
+            if self.columns[c] not in order:
+                order.append(self.columns[c])
+        self.groups = len(order)
+        self.group_names = []
+        elements = []
+        for family in order:
+            self._align(family, out, node)
+            owned = []
+            for c in columns:
+                if self.columns[c] is family and c not in owned:
+                    owned.append(c)
+            self._need(family, owned)
+            held = set(self.base_columns) | self.base_derived if family is self.base else family.frame
+            if held == set(owned):  # the frame holds just these columns (the final selection orders them)
+                elements.append(_load(family.var))
+                self.group_names.append(family.var)
+                continue
+            group = self.ctx.fresh_name(family.hint.removesuffix("_columns") + "_features")
+            out.append(_assign(group, _select(_load(family.var), owned), node))
+            elements.append(_load(group))
+            self.group_names.append(group)
+        stacked = self.ctx.fresh_name("stacked")
+        concat = ast.Call(
+            func=self._pd("concat"),
+            args=[ast.List(elts=elements, ctx=ast.Load())],
+            keywords=[ast.keyword(arg="axis", value=ast.Constant(1))],
+        )
+        out.append(_assign(stacked, concat, node))
+        statement = copy.deepcopy(node)
+        for sub in ast.walk(statement):
+            if isinstance(sub, ast.Name) and sub.id == self.current:
+                sub.id = stacked
+        out.append(statement)
+        return out
+
+    # ------------------------------------------------------------------ verification
+
+    def _verify(self, rewritten: ast.FunctionDef) -> None:
+        """Run the original and rewritten statements up to the selection on calibration rows."""
+        original = _probe(self.tree, self.ctx)
+        candidate = _probe(rewritten, self.ctx)
+        if original is None or candidate is None:
+            raise _Refuse("the selection could not be isolated for the calibration check", self.tree.lineno)
+        for position, (label, arguments) in enumerate(_probe_arguments(self.ctx, self.parameter)):
+            expected = _outcome(original, arguments)
+            found = _outcome(candidate, arguments)
+            if position == 0 and expected[0] != "value":
+                raise _Refuse(
+                    "the original statements did not reach the model call on the calibration rows, so the "
+                    "rewrite could not be checked",
+                    self.tree.lineno,
+                )
+            difference = _difference(expected, found)
+            if difference:
+                raise _Refuse(
+                    f"the rewrite differs from the original on {label} ({difference})", self.tree.lineno
+                )
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, old: str, new: str) -> None:
+        self.old, self.new = old, new
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        if node.id == self.old:
+            return ast.copy_location(ast.Name(id=self.new, ctx=node.ctx), node)
+        return node
+
+
+def _hint(expr: ast.expr) -> str:
+    node = expr
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else "table"
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+# --------------------------------------------------------------------------- calibration check
+
+
+class _Selected(Exception):
+    """Raised by a probe with the value the model would read."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("selected")
+        self.value = value
+
+
+def _probe(tree: ast.FunctionDef, ctx: FrontEndContext) -> Any:
+    """A function running ``tree``'s statements up to the model's input, which it raises as
+    :class:`_Selected` (the model itself is never called)."""
+    probe = copy.deepcopy(tree)
+    probe.name = "__willow_frames_probe__"
+    probe.decorator_list = []
+    marker = "__willow_selected__"
+    # the statement holding the model call: its first argument is what the model reads
+    for index, node in enumerate(probe.body):
+        for sub in ast.walk(node):
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Attribute)
+                and sub.func.attr in ("predict", "predict_proba", "decision_function")
+                and sub.args
+            ):
+                raise_node = ast.Raise(
+                    exc=ast.Call(func=_load(marker), args=[sub.args[0]], keywords=[]), cause=None
+                )
+                probe.body = probe.body[:index] + [ast.copy_location(raise_node, node)]
+                ast.fix_missing_locations(probe)
+                namespace = dict(ctx.constants)
+                namespace.update(ctx.bindings)
+                namespace[marker] = _Selected
+                module = ast.Module(body=[probe], type_ignores=[])
+                ast.fix_missing_locations(module)
+                exec(compile(module, ctx.filename, "exec"), namespace)
+                return namespace[probe.name]
+    return None
+
+
+def _probe_arguments(ctx: FrontEndContext, parameter: str) -> list[tuple[str, dict[str, Any]]]:
+    from willow.rows import n_rows, take_rows
+
+    arguments = dict(ctx.arguments)
+    rows = n_rows(arguments[parameter])
+    count = min(rows, _PROBE_ROWS)
+    sample = dict(arguments)
+    for name in ctx.row_parameters:
+        if name in sample:
+            sample[name] = take_rows(sample[name], np.arange(count))
+    variants = [("the calibration rows", sample)]
+    shifted = dict(sample)
+    frame = sample[parameter]
+    shifted[parameter] = frame.set_axis(pd.Index(np.arange(len(frame), dtype=np.int64) * 3 + 7), axis=0)
+    variants.append(("the calibration rows with another index", shifted))
+    for size in (0, 1):
+        small = dict(arguments)
+        for name in ctx.row_parameters:
+            if name in small:
+                small[name] = take_rows(small[name], np.arange(min(size, rows)))
+        variants.append((f"{size} rows", small))
+    return variants
+
+
+def _outcome(function: Any, arguments: dict[str, Any]) -> tuple[str, Any]:
+    # each run gets its own frames: the original may add columns to its input
+    arguments = {k: v.copy() if isinstance(v, (pd.DataFrame, pd.Series)) else v for k, v in arguments.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            function(**arguments)
+        except _Selected as selected:
+            return "value", selected.value
+        except Exception as exc:  # noqa: BLE001 - the original's own error: compared by type
+            return "error", type(exc)
+    return "returned", None
+
+
+def _difference(expected: tuple[str, Any], found: tuple[str, Any]) -> str | None:
+    if expected[0] != found[0]:
+        return f"{expected[0]} {_describe(expected)} vs {found[0]} {_describe(found)}"
+    if expected[0] == "error":
+        return None if expected[1] is found[1] else f"{expected[1].__name__} vs {found[1].__name__}"
+    if expected[0] == "returned":
+        return None
+    a, b = expected[1], found[1]
+    if type(a) is not type(b):
+        return f"{type(a).__name__} vs {type(b).__name__}"
+    try:
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b, check_exact=True, check_flags=True)
+        elif isinstance(a, pd.Series):
+            pd.testing.assert_series_equal(a, b, check_exact=True)
+        elif isinstance(a, np.ndarray):
+            if a.dtype != b.dtype:
+                return f"dtype {a.dtype} vs {b.dtype}"
+            pd.testing.assert_numpy_array_equal(a, b)
+        else:
+            return "a value that is not a frame or array"
+    except AssertionError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _describe(outcome: tuple[str, Any]) -> str:
+    return outcome[1].__name__ if outcome[0] == "error" else ""
