@@ -886,7 +886,7 @@ def _difference(expected: tuple[str, Any], found: tuple[str, Any]) -> str | None
         elif isinstance(a, np.ndarray):
             if a.dtype != b.dtype:
                 return f"dtype {a.dtype} vs {b.dtype}"
-            pd.testing.assert_numpy_array_equal(a, b)
+            np.testing.assert_array_equal(a, b, strict=True)
         else:
             return "a value that is not a frame or array"
     except AssertionError as exc:

@@ -1,0 +1,212 @@
+"""Whole-frame pandas split by column family (willow.frontend.frames).
+
+The normalized function must build the very frame the original hands its model (columns, order,
+dtypes, values, index) on every batch: the calibration rows, unseen keys (NaN after a left merge),
+0 and 1 rows, and frames with other indexes. Tracing it gives one feature group per family; what
+cannot be rewritten exactly stays as written, with a note.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from lightgbm import LGBMClassifier
+
+import willow
+from willow.compiler.tracing import trace_pipeline
+from willow.frontend.driver import normalize
+from willow.frontend.frames import split_frame_groups
+
+PASSES = [("frames", split_frame_groups)]
+_rng = np.random.default_rng(0)
+# user_count is int64: pandas gives the merged column int64 without a missing key, else float64
+USER_TABLE = pd.DataFrame(
+    {"userId": np.arange(40), "user_mean": _rng.random(40), "user_count": _rng.integers(1, 9, 40)}
+)
+# all float64: merged in the form the lookup lowering compiles
+MOVIE_TABLE = pd.DataFrame(
+    {"movieId": np.arange(60), "movie_mean": _rng.random(60), "movie_year": _rng.random(60)}
+)
+DUPLICATED = pd.DataFrame({"userId": [1, 1, 2], "extra": [0.5, 0.6, 0.7]})
+FEATURES = ["movie_mean", "ratio", "user_count", "timestamp", "late", "movie_year", "user_mean", "scaled"]
+
+
+class Passthrough:
+    """A 'model' returning what it reads, to compare the frames themselves."""
+
+    def predict(self, X):
+        return X
+
+    def predict_proba(self, X):
+        return X
+
+
+def whole_frame(model, df):
+    df = df.merge(USER_TABLE, on="userId", how="left")
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["ratio"] = df.user_mean / df["movie_mean"]
+    df = df.assign(late=df["timestamp"] > 5.0, scaled=lambda d: d.movie_year * 2.0)
+    X = df[FEATURES]
+    return model.predict_proba(X)
+
+
+def inlined_helper(model, rows):
+    # the shape helper inlining leaves for `X = make_features(rows)[FEATURES]`
+    frame = rows.copy()
+    frame["ratio"] = frame["timestamp"] / 10.0
+    frame = frame.merge(MOVIE_TABLE, how="left", on="movieId")
+    features = frame
+    return model.predict(features.loc[:, ["ratio", "movie_mean", "timestamp"]].to_numpy())
+
+
+def mutates_input(model, df):
+    df["late"] = df.timestamp > 5.0
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    return model.predict(df[["late", "movie_mean", "movie_year"]])
+
+
+def duplicated_keys(model, df):
+    df = df.merge(DUPLICATED, on="userId", how="left")
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    return model.predict(df[["extra", "movie_mean"]])
+
+
+def reads_whole_frame(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["total"] = df.sum(axis=1)
+    return model.predict(df[["total", "movie_mean", "timestamp"]])
+
+
+def one_family(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    return model.predict(df[["movie_mean", "movie_year"]])
+
+
+def rows(n, seed=1, index=None):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "userId": rng.integers(0, 50, n),  # 40..49 are not in USER_TABLE: NaN after the merge
+            "movieId": rng.integers(0, 70, n),
+            "timestamp": rng.random(n) * 10,
+        }
+    )
+    return frame if index is None else frame.set_axis(index, axis=0)
+
+
+def batches():
+    yield "calibration-like", rows(300, seed=2)
+    yield "0 rows", rows(0)
+    yield "1 row", rows(1, seed=3)
+    yield "1 row, known keys", pd.DataFrame({"userId": [3], "movieId": [4], "timestamp": [7.0]})
+    yield "labelled index", rows(50, seed=4, index=pd.Index(np.arange(50) * 7 + 100))
+    yield "repeated labels", rows(20, seed=5, index=pd.Index([5] * 20))
+    yield "string index", rows(10, seed=6, index=pd.Index([f"r{i}" for i in range(10)]))
+
+
+def normalized(fn, model, calibration, parameter="df"):
+    return normalize(fn, {"model": model, parameter: calibration}, (parameter,), passes=PASSES)
+
+
+def assert_same(expected, found):
+    assert type(found) is type(expected)
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(found, expected, check_exact=True)
+    else:
+        assert found.dtype == expected.dtype
+        np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("fn", [whole_frame, inlined_helper, mutates_input], ids=lambda f: f.__name__)
+def test_normalized_frame_equals_the_original(fn):
+    parameter = "rows" if fn is inlined_helper else "df"
+    front = normalized(fn, Passthrough(), rows(400), parameter)
+    assert front.rewritten, front.notes
+    assert "split into" in front.notes[-1]
+    for _, batch in batches():
+        assert_same(fn(Passthrough(), batch.copy()), front.function(Passthrough(), batch.copy()))
+
+
+def test_tracing_the_normalized_function_gives_one_group_per_family():
+    front = normalized(whole_frame, Passthrough(), rows(400))
+    graph = trace_pipeline(front.function, ("df",), tree=front.tree, filename=front.filename)
+    groups = {g.name for g in graph.groups}
+    # the input's own columns (and what is derived from them alone), each merge, and the column
+    # that reads two merges
+    assert len(groups) == 4, groups
+    assert sorted(name.split("_")[0] for name in groups) == ["MOVIE", "USER", "df", "ratio"], groups
+    source = ast.unparse(front.tree)
+    # the float table is merged in the form the lookup lowering compiles, the int one as pandas
+    assert (
+        "merge(MOVIE_TABLE, on='movieId', how='left').drop(columns='movieId').to_numpy(dtype=float)" in source
+    )
+    assert "merge(USER_TABLE, on='userId', how='left')" in source
+    assert "merge(USER_TABLE, on='userId', how='left').drop" not in source
+    # statements keep the user's line numbers
+    lines = {node.lineno for node in front.tree.body}
+    first = whole_frame.__code__.co_firstlineno
+    assert lines <= set(range(first, first + 8))
+
+
+@pytest.mark.parametrize(
+    ("fn", "reason"),
+    [
+        (duplicated_keys, "repeats values"),
+        (reads_whole_frame, "is not a column read"),
+        (one_family, None),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_what_cannot_be_split_exactly_stays_as_written(fn, reason):
+    front = normalized(fn, Passthrough(), rows(100))
+    assert not front.rewritten
+    if reason is None:
+        assert any("one column family" in note for note in front.notes), front.notes
+    else:
+        assert any(reason in note and "left as written" in note for note in front.notes), front.notes
+
+
+def test_a_table_whose_columns_collide_is_left_as_written():
+    front = normalized(whole_frame, Passthrough(), rows(100).assign(movie_mean=1.0))
+    assert not front.rewritten
+    assert any("already in the frame" in note for note in front.notes), front.notes
+
+
+def test_end_to_end_cascade_on_the_normalized_function():
+    """willow.optimize serves the normalized function: the predictions equal the original's on
+    the rows the full model answers, 0 rows fail as the original fails."""
+    from equivalence import assert_cascade_equivalent, assert_same_outcome
+
+    train = rows(1500, seed=10)
+    X = whole_frame(Passthrough(), train)
+    labels = ((X["movie_mean"].fillna(0.5) + 0.3 * X["late"]) > 0.7).astype(int)
+    model = LGBMClassifier(n_estimators=20, num_leaves=8, verbose=-1, n_jobs=1).fit(X, labels)
+    calibration = rows(1600, seed=11)
+    front = normalize(whole_frame, {"model": model, "df": calibration}, ("df",), passes=PASSES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this file's own source traced before the tree is swapped in
+        pipeline = willow.optimize(
+            front.function,
+            compile=False,
+            require_faster=False,
+            accuracy_target=0.9,
+            confidence=0.9,
+            cost_repeats=1,
+            importance_repeats=1,
+            approximate_model=LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1, n_jobs=1),
+        )
+    # until OptimizedPipeline.calibrate runs the front end itself, trace the normalized tree here
+    pipeline.graph_ = trace_pipeline(front.function, ("df",), tree=front.tree, filename=front.filename)
+    pipeline.calibrate(model, calibration)
+    assert len(pipeline.graph_.groups) == 4
+    for _, batch in batches():
+        if len(batch) == 0:
+            assert_same_outcome(pipeline, model, batch)
+            continue
+        expected = whole_frame(model, batch.copy())
+        np.testing.assert_array_equal(front.function(model, batch.copy()), expected)  # exact
+        assert_cascade_equivalent(pipeline, model, batch.copy())
