@@ -63,6 +63,17 @@ def inlined_helper(model, rows):
     return model.predict(features.loc[:, ["ratio", "movie_mean", "timestamp"]].to_numpy())
 
 
+MOVIES_BY_ID = MOVIE_TABLE.set_index("movieId")
+KEY = "userId"
+
+
+def indexed_table(model, df):
+    # right_index=True: pandas keeps the left frame's index; options through constants
+    df = df.merge(MOVIES_BY_ID, how="left", left_on="movieId", right_index=True)
+    df = df.merge(USER_TABLE, how="left", on=KEY)
+    return model.predict(df[["movie_mean", "user_mean", "timestamp"]])
+
+
 def mutates_input(model, df):
     df["late"] = df.timestamp > 5.0
     df = df.merge(MOVIE_TABLE, on="movieId", how="left")
@@ -121,7 +132,9 @@ def assert_same(expected, found):
         np.testing.assert_array_equal(found, expected)
 
 
-@pytest.mark.parametrize("fn", [whole_frame, inlined_helper, mutates_input], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fn", [whole_frame, inlined_helper, mutates_input, indexed_table], ids=lambda f: f.__name__
+)
 def test_normalized_frame_equals_the_original(fn):
     parameter = "rows" if fn is inlined_helper else "df"
     front = normalized(fn, Passthrough(), rows(400), parameter)

@@ -431,9 +431,13 @@ class _Rewriter:
         if right_index:
             self._align(owner, out, node)  # the result keeps the left frame's index
         left = _select(_load(owner.var), [key])
-        merged = _method(
-            left, "merge", copy.deepcopy(table_expr), **{k: copy.deepcopy(v) for k, v in keywords.items()}
-        )
+        # options resolved to plain constants are written as literals (the lookup lowering compiles
+        # only literal options); others are kept as written
+        written = {
+            k: ast.Constant(options[k]) if isinstance(options[k], (str, bool)) else copy.deepcopy(v)
+            for k, v in keywords.items()
+        }
+        merged = _method(left, "merge", copy.deepcopy(table_expr), **written)
         family = _Family(
             self.ctx.fresh_name(f"{_hint(table_expr)}_columns"),
             "merge",
