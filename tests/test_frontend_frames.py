@@ -23,16 +23,40 @@ from willow.frontend.frames import split_frame_groups
 
 PASSES = [("frames", split_frame_groups)]
 _rng = np.random.default_rng(0)
-# user_count is int64: pandas gives the merged column int64 without a missing key, else float64
+# a bool column: pandas makes it object (NaN for a missing key), so this table stays a pandas merge
 USER_TABLE = pd.DataFrame(
-    {"userId": np.arange(40), "user_mean": _rng.random(40), "user_count": _rng.integers(1, 9, 40)}
+    {
+        "userId": np.arange(40),
+        "user_mean": _rng.random(40),
+        "user_count": _rng.integers(1, 9, 40),
+        "user_active": _rng.random(40) > 0.5,
+    }
 )
-# all float64: merged in the form the lookup lowering compiles
+# numeric: merged in the form the lookup lowering compiles; movie_votes is int64 (pandas gives the
+# merged column int64 when every key matched, else float64), movie_score float32
 MOVIE_TABLE = pd.DataFrame(
-    {"movieId": np.arange(60), "movie_mean": _rng.random(60), "movie_year": _rng.random(60)}
+    {
+        "movieId": np.arange(60),
+        "movie_mean": _rng.random(60),
+        "movie_year": _rng.random(60),
+        "movie_votes": _rng.integers(0, 10**6, 60),
+        "movie_score": _rng.random(60).astype(np.float32),
+    }
 )
 DUPLICATED = pd.DataFrame({"userId": [1, 1, 2], "extra": [0.5, 0.6, 0.7]})
-FEATURES = ["movie_mean", "ratio", "user_count", "timestamp", "late", "movie_year", "user_mean", "scaled"]
+FEATURES = [
+    "movie_mean",
+    "ratio",
+    "user_count",
+    "timestamp",
+    "late",
+    "movie_year",
+    "user_mean",
+    "scaled",
+    "movie_votes",
+    "user_active",
+    "movie_score",
+]
 
 
 class Passthrough:
@@ -52,6 +76,17 @@ def whole_frame(model, df):
     df = df.assign(late=df["timestamp"] > 5.0, scaled=lambda d: d.movie_year * 2.0)
     X = df[FEATURES]
     return model.predict_proba(X)
+
+
+MODEL_FEATURES = [c for c in FEATURES if c != "user_active"]  # LightGBM refuses object columns
+
+
+def scored(model, df):
+    df = df.merge(USER_TABLE, on="userId", how="left")
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["ratio"] = df.user_mean / df["movie_mean"]
+    df = df.assign(late=df["timestamp"] > 5.0, scaled=lambda d: d.movie_year * 2.0)
+    return model.predict_proba(df[MODEL_FEATURES])
 
 
 def inlined_helper(model, rows):
@@ -133,7 +168,7 @@ def assert_same(expected, found):
 
 
 @pytest.mark.parametrize(
-    "fn", [whole_frame, inlined_helper, mutates_input, indexed_table], ids=lambda f: f.__name__
+    "fn", [whole_frame, scored, inlined_helper, mutates_input, indexed_table], ids=lambda f: f.__name__
 )
 def test_normalized_frame_equals_the_original(fn):
     parameter = "rows" if fn is inlined_helper else "df"
@@ -153,10 +188,12 @@ def test_tracing_the_normalized_function_gives_one_group_per_family():
     assert len(groups) == 4, groups
     assert sorted(name.split("_")[0] for name in groups) == ["MOVIE", "USER", "df", "ratio"], groups
     source = ast.unparse(front.tree)
-    # the float table is merged in the form the lookup lowering compiles, the int one as pandas
+    # the numeric table is merged in the form the lookup lowering compiles, its int64 and float32
+    # columns given back as pandas gives them; the table with a bool column as pandas
     assert (
         "merge(MOVIE_TABLE, on='movieId', how='left').drop(columns='movieId').to_numpy(dtype=float)" in source
     )
+    assert "{'movie_votes': 'int64', 'movie_score': 'float32'})" in source
     assert "merge(USER_TABLE, on='userId', how='left')" in source
     assert "merge(USER_TABLE, on='userId', how='left').drop" not in source
     # statements keep the user's line numbers
@@ -195,11 +232,11 @@ def test_end_to_end_cascade_on_the_normalized_function():
     from equivalence import assert_cascade_equivalent, assert_same_outcome
 
     train = rows(1500, seed=10)
-    X = whole_frame(Passthrough(), train)
+    X = scored(Passthrough(), train)
     labels = ((X["movie_mean"].fillna(0.5) + 0.3 * X["late"]) > 0.7).astype(int)
     model = LGBMClassifier(n_estimators=20, num_leaves=8, verbose=-1, n_jobs=1).fit(X, labels)
     calibration = rows(1600, seed=11)
-    front = normalize(whole_frame, {"model": model, "df": calibration}, ("df",), passes=PASSES)
+    front = normalize(scored, {"model": model, "df": calibration}, ("df",), passes=PASSES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # this file's own source traced before the tree is swapped in
         pipeline = willow.optimize(
@@ -220,6 +257,6 @@ def test_end_to_end_cascade_on_the_normalized_function():
         if len(batch) == 0:
             assert_same_outcome(pipeline, model, batch)
             continue
-        expected = whole_frame(model, batch.copy())
+        expected = scored(model, batch.copy())
         np.testing.assert_array_equal(front.function(model, batch.copy()), expected)  # exact
         assert_cascade_equivalent(pipeline, model, batch.copy())

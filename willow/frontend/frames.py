@@ -50,7 +50,7 @@ import pandas as pd
 
 from willow.frontend.context import UNRESOLVED, FrontEndContext
 
-__all__ = ["split_frame_groups"]
+__all__ = ["split_frame_groups", "restore_dtypes"]
 
 # Frame methods that return the same columns and rows (a copy) and so change no lineage.
 _NO_OP_METHODS = frozenset({"copy"})
@@ -444,11 +444,10 @@ class _Rewriter:
             owner.state if right_index else "range",
             lineno,
         )
-        floats = all(isinstance(d, np.dtype) and d == np.float64 for d in table[added].dtypes)
-        labels_ok = all(isinstance(c, str) for c in added)
-        if floats and labels_ok and not right_index and added:
-            # the form the lookup lowering compiles: every table column is float64, so the merged
-            # columns are float64 with NaN for a missing key, whatever the rows
+        restore = _restorable(table[added]) if added and not right_index else None
+        if restore is not None and all(isinstance(c, str) for c in added):
+            # the form the lookup lowering compiles: the merged columns as float64, NaN for a missing
+            # key; other numeric dtypes are given back as pandas gives them (restore_dtypes)
             dropped = _method(merged, "drop", columns=ast.Constant(key))
             values = _method(dropped, "to_numpy", dtype=_load("float"))
             value = ast.Call(
@@ -460,6 +459,14 @@ class _Rewriter:
                     )
                 ],
             )
+            if restore:
+                dtypes = ast.Dict(
+                    keys=[ast.Constant(c) for c in restore],
+                    values=[ast.Constant(d) for d in restore.values()],
+                )
+                value = ast.Call(
+                    func=self.ctx.bind(restore_dtypes, "restore_dtypes"), args=[value, dtypes], keywords=[]
+                )
         else:
             value = merged
         out.append(_assign(family.var, value, node))
@@ -765,6 +772,37 @@ class _Rewriter:
                 raise _Refuse(
                     f"the rewrite differs from the original on {label} ({difference})", self.tree.lineno
                 )
+
+
+_EXACT_INTEGERS = 2**53
+
+
+def _restorable(columns: pd.DataFrame) -> dict[str, str] | None:
+    """The dtypes to give back to a float64 lookup of ``columns`` (``{}`` when all are float64),
+    or ``None`` when the float form cannot reproduce pandas' merge: a column that is not float or
+    integer, or integers that float64 does not hold exactly."""
+    restore: dict[str, str] = {}
+    for name, dtype in columns.dtypes.items():
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "iuf":
+            return None
+        if dtype.kind in "iu":
+            values = columns[name].to_numpy()
+            if len(values) and max(abs(int(values.min())), abs(int(values.max()))) > _EXACT_INTEGERS:
+                return None
+        if dtype != np.float64:
+            restore[name] = dtype.name
+    return restore
+
+
+def restore_dtypes(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """``frame`` (a left merge computed as float64) with the dtypes pandas' merge gives: float32
+    columns stay float32; integer columns keep their dtype when every key matched, and are float64
+    (NaN for the missing keys) otherwise. An integer column holds NaN only where a key is missing,
+    so the first one tells. Exact: the integers were checked to fit float64 (53 bits)."""
+    integers = [c for c, d in dtypes.items() if np.dtype(d).kind in "iu"]
+    missing = bool(integers) and bool(np.isnan(frame[integers[0]].to_numpy()).any())
+    casts = {c: d for c, d in dtypes.items() if not (missing and c in integers)}
+    return frame.astype(casts) if casts else frame
 
 
 class _Rename(ast.NodeTransformer):
