@@ -193,7 +193,7 @@ def test_tracing_the_normalized_function_gives_one_group_per_family():
     assert (
         "merge(MOVIE_TABLE, on='movieId', how='left').drop(columns='movieId').to_numpy(dtype=float)" in source
     )
-    assert "{'movie_votes': 'int64', 'movie_score': 'float32'})" in source
+    assert "{'movie_votes': 'int64', 'movie_score': 'float32'})" in source and 'merged_frame(' in source
     assert "merge(USER_TABLE, on='userId', how='left')" in source
     assert "merge(USER_TABLE, on='userId', how='left').drop" not in source
     # statements keep the user's line numbers

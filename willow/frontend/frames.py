@@ -50,7 +50,7 @@ import pandas as pd
 
 from willow.frontend.context import UNRESOLVED, FrontEndContext
 
-__all__ = ["split_frame_groups", "restore_dtypes"]
+__all__ = ["split_frame_groups", "merged_frame"]
 
 # Frame methods that return the same columns and rows (a copy) and so change no lineage.
 _NO_OP_METHODS = frozenset({"copy"})
@@ -62,9 +62,10 @@ _PROBE_ROWS = 5000
 class _Refuse(Exception):
     """The function cannot be rewritten exactly; the message says why (with the line)."""
 
-    def __init__(self, message: str, lineno: int | None) -> None:
+    def __init__(self, message: str, lineno: int | None, verification: bool = False) -> None:
         super().__init__(message)
         self.lineno = lineno
+        self.verification = verification  # the calibration check failed (not the analysis)
 
 
 @dataclass(eq=False)
@@ -76,7 +77,8 @@ class _Family:
     state: str  # the frame's index: "input" (the row input's) or "range" (RangeIndex(n))
     lineno: int
     hint: str = ""  # the name each version is derived from
-    frame: set[Any] = field(default_factory=set)  # the columns its frame holds (input family: see _Rewriter)
+    frame: list[Any] = field(default_factory=list)  # the columns its frame holds, in order (not known
+    # for the input family: the row frame's own columns at serving)
 
     def __post_init__(self) -> None:
         self.hint = self.hint or self.var
@@ -94,21 +96,27 @@ def split_frame_groups(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.Funct
         if isinstance(ctx.arguments.get(p), pd.DataFrame) and p in ctx.parameters
     ]
     for parameter in frames:
-        bindings = dict(ctx.bindings)
-        try:
-            rewritten = _Rewriter(tree, ctx, parameter).run()
-        except _Refuse as refusal:
+        bindings, taken = dict(ctx.bindings), set(ctx.taken)
+        refusal: _Refuse | None = None
+        # first with the stacked groups as the model's frame when they are already in its column
+        # order (no final selection), then with the user's own selection
+        for stacked_as_is in (True, False):
+            try:
+                rewritten = _Rewriter(tree, ctx, parameter, stacked_as_is).run()
+            except _Refuse as exc:
+                refusal, rewritten = exc, None
+            if rewritten is not None:
+                return rewritten
             ctx.bindings.clear()
             ctx.bindings.update(bindings)  # nothing of a refused rewrite stays bound
+            ctx.taken = set(taken)
+            if refusal is None or not refusal.verification:
+                break
+        if refusal is not None:
             where = f"{ctx.filename}:{refusal.lineno}: " if refusal.lineno is not None else ""
             ctx.note(
                 f"{where}whole-frame pandas on `{parameter}` left as written (one feature group): {refusal}"
             )
-            continue
-        if rewritten is not None:
-            return rewritten
-        ctx.bindings.clear()
-        ctx.bindings.update(bindings)
     return tree
 
 
@@ -162,8 +170,11 @@ def _method(value: ast.expr, name: str, *args: ast.expr, **keywords: ast.expr) -
 class _Rewriter:
     """One lineage walk over the function body for one row-input frame ``parameter``."""
 
-    def __init__(self, tree: ast.FunctionDef, ctx: FrontEndContext, parameter: str) -> None:
+    def __init__(
+        self, tree: ast.FunctionDef, ctx: FrontEndContext, parameter: str, stacked_as_is: bool
+    ) -> None:
         self.tree = tree
+        self.stacked_as_is = stacked_as_is
         self.ctx = ctx
         self.parameter = parameter
         self.frame: pd.DataFrame = ctx.arguments[parameter]
@@ -173,8 +184,7 @@ class _Rewriter:
         self.state = "input"  # the original frame's index
         self.columns: dict[Any, _Family] = {}  # the original frame's columns -> owning family
         self.families: list[_Family] = []
-        self.base_columns: list[Any] = []
-        self.base_derived: set[Any] = set()  # columns the input family's frame computes itself
+        self.key_frames: dict[tuple[str, Any], str] = {}  # (frame variable, key) -> its key frame
         self.changed = False
         self.groups = 0
         self.group_names: list[str] = []
@@ -187,9 +197,9 @@ class _Rewriter:
             raise _Refuse("the row frame has duplicate column names", self.tree.lineno)
         body = list(self.tree.body)
         start = 1 if _is_docstring(body[0]) else 0
-        base = _Family(self.ctx.fresh_name(f"{self.parameter}_columns"), "input", "input", self.tree.lineno)
+        # the input family starts as the row frame itself (the rewritten function never changes it)
+        base = _Family(self.parameter, "input", "input", self.tree.lineno, hint=f"{self.parameter}_columns")
         self.base = base
-        first_name = base.var  # the input family's first version, made before the first frame statement
         self.families.append(base)
         for column in self.frame.columns:
             self.columns[column] = base
@@ -232,9 +242,6 @@ class _Rewriter:
                     "reads one column family, so the function is left as written."
                 )
             return None
-        assert first_frame is not None
-        base_node = _assign(first_name, _select(_load(self.parameter), self.base_columns), out[first_frame])
-        out.insert(first_frame, base_node)
         rewritten = copy.copy(self.tree)
         rewritten.body = out
         ast.fix_missing_locations(rewritten)
@@ -421,16 +428,17 @@ class _Rewriter:
             )
         if key not in self.columns:
             raise _Refuse(f"merge with {what}: the frame has no column {key!r} at this point", lineno)
+        if not isinstance(key, str):
+            raise _Refuse(f"merge with {what}: the key {key!r} is not a string", lineno)
         collide = [c for c in added if c in self.columns]
         if collide or table.columns.has_duplicates:
             raise _Refuse(
                 f"merge with {what}: its columns {collide} are already in the frame (suffixes)", lineno
             )
         owner = self.columns[key]
-        self._need(owner, [key])
         if right_index:
             self._align(owner, out, node)  # the result keeps the left frame's index
-        left = _select(_load(owner.var), [key])
+        left = self._key_frame(owner, key, node, out)
         # options resolved to plain constants are written as literals (the lookup lowering compiles
         # only literal options); others are kept as written
         written = {
@@ -447,30 +455,30 @@ class _Rewriter:
         restore = _restorable(table[added]) if added and not right_index else None
         if restore is not None and all(isinstance(c, str) for c in added):
             # the form the lookup lowering compiles: the merged columns as float64, NaN for a missing
-            # key; other numeric dtypes are given back as pandas gives them (restore_dtypes)
+            # key; other numeric dtypes are given back as pandas gives them (merged_frame)
             dropped = _method(merged, "drop", columns=ast.Constant(key))
             values = _method(dropped, "to_numpy", dtype=_load("float"))
-            value = ast.Call(
-                func=self._pd("DataFrame"),
-                args=[values],
-                keywords=[
-                    ast.keyword(
-                        arg="columns", value=ast.List(elts=[ast.Constant(c) for c in added], ctx=ast.Load())
-                    )
-                ],
-            )
+            labels = ast.List(elts=[ast.Constant(c) for c in added], ctx=ast.Load())
             if restore:
                 dtypes = ast.Dict(
                     keys=[ast.Constant(c) for c in restore],
                     values=[ast.Constant(d) for d in restore.values()],
                 )
                 value = ast.Call(
-                    func=self.ctx.bind(restore_dtypes, "restore_dtypes"), args=[value, dtypes], keywords=[]
+                    func=self.ctx.bind(merged_frame, "merged_frame"),
+                    args=[values, labels, dtypes],
+                    keywords=[],
+                )
+            else:
+                value = ast.Call(
+                    func=self._pd("DataFrame"),
+                    args=[values],
+                    keywords=[ast.keyword(arg="columns", value=labels)],
                 )
         else:
             value = merged
         out.append(_assign(family.var, value, node))
-        family.frame = set(added) if value is not merged else {key, *added}
+        family.frame = list(added) if value is not merged else [key, *added]
         self.families.append(family)
         for column in added:
             self.columns[column] = family
@@ -517,10 +525,18 @@ class _Rewriter:
                 # this point, so the Series are the original's); the column gets a frame of its own
                 for family in families:
                     self._align(family, out, node)
-                    self._need(family, [c for c in reads if source[c] is family])
                 rewritten = self._redirect(expr, rewritten, frame_name, source)
                 target = _Family(self.ctx.fresh_name(f"{column}_columns"), "derived", self.state, node.lineno)
-                holder = _method(_select(_load(families[0].var), []), "assign", **{column: rewritten})
+                empty = ast.Call(
+                    func=self._pd("DataFrame"),
+                    args=[],
+                    keywords=[
+                        ast.keyword(
+                            arg="index", value=ast.Attribute(_load(families[0].var), "index", ast.Load())
+                        )
+                    ],
+                )
+                holder = _method(empty, "assign", **{column: rewritten})
                 out.append(_assign(target.var, holder, node))
                 self.families.append(target)
             else:
@@ -530,15 +546,13 @@ class _Rewriter:
                     target = families[0]
                 else:
                     target = self._join(families, reads, source, node, out, column)
-                self._need(target, [c for c in reads if source[c] is target])
                 self._align(target, out, node)
                 if frame_name is not None:
                     rewritten = _Rename(frame_name, target.var).visit(rewritten)
                 self._update(target, _method(_load(target.var), "assign", **{column: rewritten}), node, out)
-            target.frame.add(column)
+            if column not in target.frame:
+                target.frame.append(column)
             self.columns[column] = target
-            if target is self.base:
-                self.base_derived.add(column)
             assigned.append(column)
 
     def _node_reads(self, expr: ast.expr, frame: str) -> list[list[Any]]:
@@ -589,7 +603,6 @@ class _Rewriter:
         for family in families:
             self._align(family, out, node)
             columns = [c for c in reads if source[c] is family]
-            self._need(family, columns)
             parts.append(_select(_load(family.var), columns))
         joined = _Family(self.ctx.fresh_name(f"{column}_columns"), "derived", self.state, node.lineno)
         concat = ast.Call(
@@ -598,7 +611,7 @@ class _Rewriter:
             keywords=[ast.keyword(arg="axis", value=ast.Constant(1))],
         )
         out.append(_assign(joined.var, concat, node))
-        joined.frame = set(reads)
+        joined.frame = list(reads)
         self.families.append(joined)
         return joined
 
@@ -641,19 +654,22 @@ class _Rewriter:
 
     # ------------------------------------------------------------------ index and base columns
 
+    def _key_frame(self, owner: _Family, key: str, node: ast.stmt, out: list[ast.stmt]) -> ast.Name:
+        """A one-column frame of the merge key (``frame[key].to_frame()``: what ``frame[[key]]``
+        holds, several times cheaper in pandas), made once per frame version and key."""
+        name = self.key_frames.get((owner.var, key))
+        if name is None:
+            name = self.ctx.fresh_name(f"{owner.hint.removesuffix('_columns')}_{key}")
+            column = ast.Subscript(value=_load(owner.var), slice=ast.Constant(key), ctx=ast.Load())
+            out.append(_assign(name, _method(column, "to_frame"), node))
+            self.key_frames[(owner.var, key)] = name
+        return _load(name)
+
     def _update(self, family: _Family, value: ast.expr, node: ast.stmt, out: list[ast.stmt]) -> None:
         """A new version of ``family``'s frame, under a new name: the rewritten function assigns
         each name once, so a cascade may reorder its statements freely."""
         family.var = self.ctx.fresh_name(family.hint)
         out.append(_assign(family.var, value, node))
-
-    def _need(self, family: _Family, columns: list[Any]) -> None:
-        """Columns read from the input family's frame: those still holding the row input's values
-        are selected from it when the frame is made."""
-        if family is self.base:
-            for c in columns:
-                if c not in self.base_columns and c not in self.base_derived:
-                    self.base_columns.append(c)
 
     def _align(self, family: _Family, out: list[ast.stmt], node: ast.stmt) -> None:
         """Give ``family``'s frame the index the original frame has at this point."""
@@ -714,6 +730,7 @@ class _Rewriter:
             return []
         out: list[ast.stmt] = []
         order: list[_Family] = []
+        layout: list[Any] = []  # the stacked frame's columns
         for c in columns:
             if self.columns[c] not in order:
                 order.append(self.columns[c])
@@ -726,16 +743,17 @@ class _Rewriter:
             for c in columns:
                 if self.columns[c] is family and c not in owned:
                     owned.append(c)
-            self._need(family, owned)
-            held = set(self.base_columns) | self.base_derived if family is self.base else family.frame
-            if held == set(owned):  # the frame holds just these columns (the final selection orders them)
+            if family is not self.base and set(family.frame) == set(owned):
+                # the frame holds just these columns (the final selection orders them)
                 elements.append(_load(family.var))
                 self.group_names.append(family.var)
+                layout.extend(family.frame)
                 continue
             group = self.ctx.fresh_name(family.hint.removesuffix("_columns") + "_features")
             out.append(_assign(group, _select(_load(family.var), owned), node))
             elements.append(_load(group))
             self.group_names.append(group)
+            layout.extend(owned)
         stacked = self.ctx.fresh_name("stacked")
         concat = ast.Call(
             func=self._pd("concat"),
@@ -744,9 +762,13 @@ class _Rewriter:
         )
         out.append(_assign(stacked, concat, node))
         statement = copy.deepcopy(node)
-        for sub in ast.walk(statement):
-            if isinstance(sub, ast.Name) and sub.id == self.current:
-                sub.id = stacked
+        if self.stacked_as_is and layout == list(columns):
+            # the stack is already the selected frame: the model reads it as it is
+            statement = _Replace(holder, _load(stacked)).replace(node, statement)
+        else:
+            for sub in ast.walk(statement):
+                if isinstance(sub, ast.Name) and sub.id == self.current:
+                    sub.id = stacked
         out.append(statement)
         return out
 
@@ -770,7 +792,9 @@ class _Rewriter:
             difference = _difference(expected, found)
             if difference:
                 raise _Refuse(
-                    f"the rewrite differs from the original on {label} ({difference})", self.tree.lineno
+                    f"the rewrite differs from the original on {label} ({difference})",
+                    self.tree.lineno,
+                    verification=True,
                 )
 
 
@@ -794,15 +818,37 @@ def _restorable(columns: pd.DataFrame) -> dict[str, str] | None:
     return restore
 
 
-def restore_dtypes(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
-    """``frame`` (a left merge computed as float64) with the dtypes pandas' merge gives: float32
-    columns stay float32; integer columns keep their dtype when every key matched, and are float64
-    (NaN for the missing keys) otherwise. An integer column holds NaN only where a key is missing,
-    so the first one tells. Exact: the integers were checked to fit float64 (53 bits)."""
-    integers = [c for c, d in dtypes.items() if np.dtype(d).kind in "iu"]
-    missing = bool(integers) and bool(np.isnan(frame[integers[0]].to_numpy()).any())
-    casts = {c: d for c, d in dtypes.items() if not (missing and c in integers)}
-    return frame.astype(casts) if casts else frame
+def merged_frame(values: np.ndarray, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    """The frame pandas' left merge gives, from its columns computed as float64 (``values``):
+    float32 columns are float32; integer columns keep their dtype when every key matched, and are
+    float64 (NaN for the missing keys) otherwise. An integer column holds NaN only where a key is
+    missing, so the first one tells. Exact: the integers were checked to fit float64 (53 bits)."""
+    integers = [columns.index(c) for c, d in dtypes.items() if np.dtype(d).kind in "iu"]
+    missing = bool(integers) and bool(np.isnan(values[:, integers[0]]).any())
+    data = {}
+    for position, column in enumerate(columns):
+        dtype = dtypes.get(column)
+        keep = dtype is None or (missing and np.dtype(dtype).kind in "iu")
+        data[column] = values[:, position] if keep else values[:, position].astype(dtype)
+    return pd.DataFrame(data, columns=columns)
+
+
+class _Replace:
+    """Replace one node of a statement in its deep copy (found by its position in a walk)."""
+
+    def __init__(self, target: ast.AST, replacement: ast.expr) -> None:
+        self.target, self.replacement = target, replacement
+
+    def replace(self, original: ast.stmt, copied: ast.stmt) -> ast.stmt:
+        for parent, twin in zip(ast.walk(original), ast.walk(copied)):
+            for name, value in ast.iter_fields(parent):
+                if value is self.target:
+                    setattr(twin, name, ast.copy_location(self.replacement, self.target))
+                elif isinstance(value, list) and any(v is self.target for v in value):
+                    getattr(twin, name)[[v is self.target for v in value].index(True)] = ast.copy_location(
+                        self.replacement, self.target
+                    )
+        return copied
 
 
 class _Rename(ast.NodeTransformer):
