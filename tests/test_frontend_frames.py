@@ -109,6 +109,11 @@ def indexed_table(model, df):
     return model.predict(df[["movie_mean", "user_mean", "timestamp"]])
 
 
+def in_model_order(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    return model.predict(df[["movie_mean", "movie_year", "movie_votes", "movie_score", "timestamp"]])
+
+
 def mutates_input(model, df):
     df["late"] = df.timestamp > 5.0
     df = df.merge(MOVIE_TABLE, on="movieId", how="left")
@@ -168,7 +173,9 @@ def assert_same(expected, found):
 
 
 @pytest.mark.parametrize(
-    "fn", [whole_frame, scored, inlined_helper, mutates_input, indexed_table], ids=lambda f: f.__name__
+    "fn",
+    [whole_frame, scored, inlined_helper, mutates_input, indexed_table, in_model_order],
+    ids=lambda f: f.__name__,
 )
 def test_normalized_frame_equals_the_original(fn):
     parameter = "rows" if fn is inlined_helper else "df"
@@ -177,6 +184,12 @@ def test_normalized_frame_equals_the_original(fn):
     assert "split into" in front.notes[-1]
     for _, batch in batches():
         assert_same(fn(Passthrough(), batch.copy()), front.function(Passthrough(), batch.copy()))
+
+
+def test_a_stack_already_in_the_models_order_is_not_selected_again():
+    front = normalized(in_model_order, Passthrough(), rows(100))
+    returned = front.tree.body[-1]
+    assert isinstance(returned, ast.Return) and ast.unparse(returned) == "return model.predict(stacked)"
 
 
 def test_tracing_the_normalized_function_gives_one_group_per_family():
@@ -193,7 +206,7 @@ def test_tracing_the_normalized_function_gives_one_group_per_family():
     assert (
         "merge(MOVIE_TABLE, on='movieId', how='left').drop(columns='movieId').to_numpy(dtype=float)" in source
     )
-    assert "{'movie_votes': 'int64', 'movie_score': 'float32'})" in source and 'merged_frame(' in source
+    assert "{'movie_votes': 'int64', 'movie_score': 'float32'})" in source and "merged_frame(" in source
     assert "merge(USER_TABLE, on='userId', how='left')" in source
     assert "merge(USER_TABLE, on='userId', how='left').drop" not in source
     # statements keep the user's line numbers
