@@ -188,7 +188,6 @@ class _Rewriter:
         self.changed = False
         self.groups = 0
         self.group_names: list[str] = []
-        self.pd = self._pandas()
 
     # ------------------------------------------------------------------ driver
 
@@ -254,14 +253,17 @@ class _Rewriter:
 
     # ------------------------------------------------------------------ names
 
-    def _pandas(self) -> ast.Name:
-        node = _load("pd")
-        if not self.ctx.is_local("pd") and self.ctx.resolve(node) is pd:
-            return node
-        return self.ctx.bind(pd, "pd")
-
-    def _pd(self, attr: str) -> ast.Attribute:
-        return ast.Attribute(value=copy.copy(self.pd), attr=attr, ctx=ast.Load())
+    def _pd(self, attr: str) -> ast.expr:
+        """``pd.<attr>`` when the function's module has pandas as ``pd``; otherwise a new name
+        bound to the function or class itself (picklable by reference, unlike a module)."""
+        if not self.ctx.is_local("pd") and self.ctx.resolve(_load("pd")) is pd:
+            return ast.Attribute(value=_load("pd"), attr=attr, ctx=ast.Load())
+        if attr == "concat":  # tracing finds the stack by the function's name
+            name = self.ctx.bind(pd.concat, "concat")
+            if name.id != "concat":
+                raise _Refuse("`pd` is not pandas here and the name `concat` is taken", self.tree.lineno)
+            return name
+        return self.ctx.bind(getattr(pd, attr), f"pd_{attr}")
 
     def _check_untouched(self, node: ast.stmt) -> None:
         """A statement the rewrite keeps as written must not see the frame being built (the
