@@ -14,25 +14,35 @@ statement adds which column to the frame. Every column belongs to a *family*: th
 columns, the columns one merge adds (the table's non-key columns), or derived columns, which join
 the family they read, or form a family of their own when they read several. The function is then
 rewritten into willow's idiom, one frame per family computed from the rows, stacked with
-``pd.concat([...], axis=1)`` and re-selected with the user's own column list::
+``pd.concat([...], axis=1)`` and re-selected with the user's own column list (not even that when
+the stack is already in its order)::
 
-    df_columns = df[["timestamp", "userId", "movieId"]]
-    user_table_columns = pd.DataFrame(df_columns[["userId"]].merge(user_table, on="userId",
-        how="left").drop(columns="userId").to_numpy(dtype=float), columns=["user_mean", ...])
+    df_userId = df["userId"].to_frame()
+    user_table_columns = pd.DataFrame(df_userId.merge(user_table, on="userId", how="left")
+        .drop(columns="userId").to_numpy(dtype=float), columns=["user_mean", ...])
     ...
-    stacked = pd.concat([df_columns, user_table_columns, ...], axis=1)
+    ratio_columns = pd.DataFrame(index=user_table_columns.index).assign(
+        ratio=user_table_columns.user_mean / movie_table_columns.movie_mean)
+    df_columns = df.reset_index(drop=True).assign(recent=lambda d: d.timestamp > 1.5e9)
+    stacked = pd.concat([user_table_columns, ..., df_columns[["timestamp", "recent"]]], axis=1)
     return model.predict(stacked[FEATURES])
 
-A merge whose table columns are all float64 is written in the form the lookup lowering compiles
-(:mod:`willow.compiler.lowering.lookups`); other merges stay pandas merges of the key column alone.
+A merge of a table whose columns are all numeric (float, or integers within 53 bits) is written
+in the float form the lookup lowering compiles (:mod:`willow.compiler.lowering.lookups`), with
+:func:`merged_frame` giving back the dtypes pandas' merge gives (integers stay integers when every
+key matched); other merges stay pandas merges of the key column alone. The input family is the
+row frame itself, and the rewritten function never changes it.
 
 Exactness: the selected frame must equal the original's (columns, order, dtypes, values, index).
 Merges on a key that repeats in the table would change the row count, merges whose columns
 collide with the frame's would add suffixes, and a frame read in any way other than by column
 name (``len(df)``, ``df.sum(axis=1)``, ``df.index``) has no column lineage: each of these leaves
-the function as written, with a note for ``explain()``. The rewrite is checked at calibration on
-the calibration rows (as given, with another index, and 0 and 1 rows) against the original
-statements; any difference, or an error on one side only, also leaves the function as written.
+the function as written, with a note for ``explain()``. The rewrite is checked at calibration
+(:mod:`willow.frontend.frames_check`) against the original statements on the calibration rows (as
+given, with another index, and 0 and 1 rows); any difference, or an error on one side only, also
+leaves the function as written. Column lineage is read from the calibration frame's columns: a
+serving frame with other columns that collide with a table's would make the original add
+suffixes where the rewritten function does not.
 The original mutates the caller's frame when it assigns a column to the row input itself
 (``df["x"] = ...`` before any merge); the rewritten function does not.
 """
@@ -41,7 +51,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from willow.frontend.context import UNRESOLVED, FrontEndContext
+from willow.frontend.frames_check import check_rewrite
 
 __all__ = ["split_frame_groups", "merged_frame"]
 
@@ -56,7 +66,6 @@ __all__ = ["split_frame_groups", "merged_frame"]
 _NO_OP_METHODS = frozenset({"copy"})
 # Methods that turn the selected frame into what the model reads, kept after the selection.
 _SELECTION_SUFFIXES = frozenset({"values", "to_numpy", "copy", "astype"})
-_PROBE_ROWS = 5000
 
 
 class _Refuse(Exception):
@@ -777,27 +786,11 @@ class _Rewriter:
     # ------------------------------------------------------------------ verification
 
     def _verify(self, rewritten: ast.FunctionDef) -> None:
-        """Run the original and rewritten statements up to the selection on calibration rows."""
-        original = _probe(self.tree, self.ctx)
-        candidate = _probe(rewritten, self.ctx)
-        if original is None or candidate is None:
-            raise _Refuse("the selection could not be isolated for the calibration check", self.tree.lineno)
-        for position, (label, arguments) in enumerate(_probe_arguments(self.ctx, self.parameter)):
-            expected = _outcome(original, arguments)
-            found = _outcome(candidate, arguments)
-            if position == 0 and expected[0] != "value":
-                raise _Refuse(
-                    "the original statements did not reach the model call on the calibration rows, so the "
-                    "rewrite could not be checked",
-                    self.tree.lineno,
-                )
-            difference = _difference(expected, found)
-            if difference:
-                raise _Refuse(
-                    f"the rewrite differs from the original on {label} ({difference})",
-                    self.tree.lineno,
-                    verification=True,
-                )
+        """Run the original and rewritten statements up to the model call on calibration rows."""
+        problem = check_rewrite(self.tree, rewritten, self.ctx, self.parameter)
+        if problem is not None:
+            kind, message = problem
+            raise _Refuse(message, self.tree.lineno, verification=kind == "different")
 
 
 _EXACT_INTEGERS = 2**53
@@ -876,113 +869,3 @@ def _is_docstring(node: ast.stmt) -> bool:
         and isinstance(node.value, ast.Constant)
         and isinstance(node.value.value, str)
     )
-
-
-# --------------------------------------------------------------------------- calibration check
-
-
-class _Selected(Exception):
-    """Raised by a probe with the value the model would read."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__("selected")
-        self.value = value
-
-
-def _probe(tree: ast.FunctionDef, ctx: FrontEndContext) -> Any:
-    """A function running ``tree``'s statements up to the model's input, which it raises as
-    :class:`_Selected` (the model itself is never called)."""
-    probe = copy.deepcopy(tree)
-    probe.name = "__willow_frames_probe__"
-    probe.decorator_list = []
-    marker = "__willow_selected__"
-    # the statement holding the model call: its first argument is what the model reads
-    for index, node in enumerate(probe.body):
-        for sub in ast.walk(node):
-            if (
-                isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Attribute)
-                and sub.func.attr in ("predict", "predict_proba", "decision_function")
-                and sub.args
-            ):
-                raise_node = ast.Raise(
-                    exc=ast.Call(func=_load(marker), args=[sub.args[0]], keywords=[]), cause=None
-                )
-                probe.body = probe.body[:index] + [ast.copy_location(raise_node, node)]
-                ast.fix_missing_locations(probe)
-                namespace = dict(ctx.constants)
-                namespace.update(ctx.bindings)
-                namespace[marker] = _Selected
-                module = ast.Module(body=[probe], type_ignores=[])
-                ast.fix_missing_locations(module)
-                exec(compile(module, ctx.filename, "exec"), namespace)
-                return namespace[probe.name]
-    return None
-
-
-def _probe_arguments(ctx: FrontEndContext, parameter: str) -> list[tuple[str, dict[str, Any]]]:
-    from willow.rows import n_rows, take_rows
-
-    arguments = dict(ctx.arguments)
-    rows = n_rows(arguments[parameter])
-    count = min(rows, _PROBE_ROWS)
-    sample = dict(arguments)
-    for name in ctx.row_parameters:
-        if name in sample:
-            sample[name] = take_rows(sample[name], np.arange(count))
-    variants = [("the calibration rows", sample)]
-    shifted = dict(sample)
-    frame = sample[parameter]
-    shifted[parameter] = frame.set_axis(pd.Index(np.arange(len(frame), dtype=np.int64) * 3 + 7), axis=0)
-    variants.append(("the calibration rows with another index", shifted))
-    for size in (0, 1):
-        small = dict(arguments)
-        for name in ctx.row_parameters:
-            if name in small:
-                small[name] = take_rows(small[name], np.arange(min(size, rows)))
-        variants.append((f"{size} rows", small))
-    return variants
-
-
-def _outcome(function: Any, arguments: dict[str, Any]) -> tuple[str, Any]:
-    # each run gets its own frames: the original may add columns to its input
-    arguments = {k: v.copy() if isinstance(v, (pd.DataFrame, pd.Series)) else v for k, v in arguments.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            function(**arguments)
-        except _Selected as selected:
-            return "value", selected.value
-        except Exception as exc:  # noqa: BLE001 - the original's own error: compared by type
-            return "error", type(exc)
-    return "returned", None
-
-
-def _difference(expected: tuple[str, Any], found: tuple[str, Any]) -> str | None:
-    if expected[0] != found[0]:
-        return f"{expected[0]} {_describe(expected)} vs {found[0]} {_describe(found)}"
-    if expected[0] == "error":
-        return None if expected[1] is found[1] else f"{expected[1].__name__} vs {found[1].__name__}"
-    if expected[0] == "returned":
-        return None
-    a, b = expected[1], found[1]
-    if type(a) is not type(b):
-        return f"{type(a).__name__} vs {type(b).__name__}"
-    try:
-        if isinstance(a, pd.DataFrame):
-            pd.testing.assert_frame_equal(a, b, check_exact=True, check_flags=True)
-        elif isinstance(a, pd.Series):
-            pd.testing.assert_series_equal(a, b, check_exact=True)
-        elif isinstance(a, np.ndarray):
-            if a.dtype != b.dtype:
-                return f"dtype {a.dtype} vs {b.dtype}"
-            np.testing.assert_array_equal(a, b, strict=True)
-        else:
-            return "a value that is not a frame or array"
-    except AssertionError as exc:
-        return str(exc).splitlines()[0]
-    return None
-
-
-def _describe(outcome: tuple[str, Any]) -> str:
-    return outcome[1].__name__ if outcome[0] == "error" else ""
