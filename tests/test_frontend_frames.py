@@ -114,6 +114,22 @@ def in_model_order(model, df):
     return model.predict(df[["movie_mean", "movie_year", "movie_votes", "movie_score", "timestamp"]])
 
 
+def predict_helper(model, X):
+    if len(X) == 0:
+        return np.zeros(0)
+    return model.predict(X)
+
+
+def willump_style(model, combi):
+    # Willump's music do_merge: the selection rebinds the frame's name, then more steps on it
+    combi = combi.merge(USER_TABLE, how="left", on="userId")
+    combi = combi.merge(MOVIE_TABLE, how="left", on="movieId")
+    combi = combi[["user_mean", "movie_mean", "movie_votes"]]
+    combi = combi.fillna(0)
+    preds = predict_helper(model, combi)
+    return preds
+
+
 def mutates_input(model, df):
     df["late"] = df.timestamp > 5.0
     df = df.merge(MOVIE_TABLE, on="movieId", how="left")
@@ -174,11 +190,11 @@ def assert_same(expected, found):
 
 @pytest.mark.parametrize(
     "fn",
-    [whole_frame, scored, inlined_helper, mutates_input, indexed_table, in_model_order],
+    [whole_frame, scored, inlined_helper, mutates_input, indexed_table, in_model_order, willump_style],
     ids=lambda f: f.__name__,
 )
 def test_normalized_frame_equals_the_original(fn):
-    parameter = "rows" if fn is inlined_helper else "df"
+    parameter = {inlined_helper: "rows", willump_style: "combi"}.get(fn, "df")
     front = normalized(fn, Passthrough(), rows(400), parameter)
     assert front.rewritten, front.notes
     assert "split into" in front.notes[-1]

@@ -196,6 +196,8 @@ class _Rewriter:
         self.key_frames: dict[tuple[str, Any], str] = {}  # (frame variable, key) -> its key frame
         self.changed = False
         self.groups = 0
+        self.stored: set[str] = set()  # names the selection statement binds
+        self.selections: tuple[ast.expr, ast.expr] | None = None  # (original, rewritten) selection
         self.group_names: list[str] = []
 
     # ------------------------------------------------------------------ driver
@@ -231,7 +233,9 @@ class _Rewriter:
                     return None  # the model reads the row frame itself: nothing to split
                 if first_frame is None:
                     first_frame = len(out)
+                original_prefix = body[: body.index(node)]
                 out.extend(selection)
+                rewritten_prefix = out[:-1]
                 selection_done = True
                 continue
             self._check_untouched(node)
@@ -253,7 +257,7 @@ class _Rewriter:
         rewritten = copy.copy(self.tree)
         rewritten.body = out
         ast.fix_missing_locations(rewritten)
-        self._verify(rewritten)
+        self._verify(original_prefix, rewritten_prefix)
         self.ctx.note(
             f"{self.ctx.filename}:{self.tree.lineno}: whole-frame pandas on `{self.parameter}` split into "
             f"{self.groups} feature groups by column family: {', '.join(self.group_names)}."
@@ -284,6 +288,7 @@ class _Rewriter:
             forbidden.add(self.parameter)
         else:
             forbidden.discard(self.parameter)
+        forbidden -= self.stored  # rebound by the selection: they hold the selected frame now
         touched = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & forbidden
         if touched:
             name = sorted(touched)[0]
@@ -697,7 +702,11 @@ class _Rewriter:
 
     def _selection(self, node: ast.stmt) -> list[ast.stmt] | None:
         """The stack and the rewritten statement, when ``node`` selects the model's columns."""
-        uses = [n for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == self.current]
+        uses = [
+            n
+            for n in ast.walk(node)
+            if isinstance(n, ast.Name) and n.id == self.current and isinstance(n.ctx, ast.Load)
+        ]
         if not uses:
             return None
         found = None
@@ -776,18 +785,27 @@ class _Rewriter:
         if self.stacked_as_is and layout == list(columns):
             # the stack is already the selected frame: the model reads it as it is
             statement = _Replace(holder, _load(stacked)).replace(node, statement)
+            selected: ast.expr = _load(stacked)
         else:
             for sub in ast.walk(statement):
-                if isinstance(sub, ast.Name) and sub.id == self.current:
+                if isinstance(sub, ast.Name) and sub.id == self.current and isinstance(sub.ctx, ast.Load):
                     sub.id = stacked
+            selected = _Rename(self.current, stacked).visit(copy.deepcopy(holder))
+        self.selections = (holder, selected)
+        self.stored = {
+            n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
         out.append(statement)
         return out
 
     # ------------------------------------------------------------------ verification
 
-    def _verify(self, rewritten: ast.FunctionDef) -> None:
-        """Run the original and rewritten statements up to the model call on calibration rows."""
-        problem = check_rewrite(self.tree, rewritten, self.ctx, self.parameter)
+    def _verify(self, original: list[ast.stmt], rewritten: list[ast.stmt]) -> None:
+        """Run the original and rewritten statements up to the selection on calibration rows."""
+        holder, selected = self.selections
+        problem = check_rewrite(
+            self.tree, (original, holder), (rewritten, selected), self.ctx, self.parameter
+        )
         if problem is not None:
             kind, message = problem
             raise _Refuse(message, self.tree.lineno, verification=kind == "different")

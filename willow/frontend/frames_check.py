@@ -1,9 +1,10 @@
 """The calibration check of a rewritten whole-frame pipeline (:mod:`willow.frontend.frames`).
 
-The original and the rewritten function bodies both run up to their model call, on the calibration
-rows as given, with another index, and on 0 and 1 rows; what the model would read must be identical
-(``assert_frame_equal`` with exact values, or equal arrays of the same dtype), and an error must be
-raised by both or neither (same type). The model itself is never called.
+The original and the rewritten function bodies both run up to the statement that selects the
+model's columns, on the calibration rows as given, with another index, and on 0 and 1 rows; the
+selected frames must be identical (``assert_frame_equal`` with exact values), and an error must be
+raised by both or neither (same type). What follows the selection is the same code in both, and
+the model is never called.
 """
 
 from __future__ import annotations
@@ -23,24 +24,26 @@ __all__ = ["check_rewrite", "PROBE_ROWS"]
 
 PROBE_ROWS = 5000
 """Calibration rows the check runs on (the first ones)."""
-_MODEL_METHODS = ("predict", "predict_proba", "decision_function")
 
 
 def check_rewrite(
-    original: ast.FunctionDef, rewritten: ast.FunctionDef, ctx: FrontEndContext, parameter: str
+    function: ast.FunctionDef,
+    original: tuple[list[ast.stmt], ast.expr],
+    rewritten: tuple[list[ast.stmt], ast.expr],
+    ctx: FrontEndContext,
+    parameter: str,
 ) -> tuple[str, str] | None:
-    """``None`` when both bodies give the model the same input on every probe batch; otherwise
-    ``("unchecked", why)`` (the original does not reach its model call on the calibration rows)
-    or ``("different", where and how)``."""
-    expected_fn, found_fn = _probe(original, ctx), _probe(rewritten, ctx)
-    if expected_fn is None or found_fn is None:
-        return "unchecked", "the model's input could not be isolated for the calibration check"
+    """``None`` when the original statements before the selection and its selected frame
+    (``original``: statements, expression) equal the rewritten ones (``rewritten``) on every probe
+    batch; otherwise ``("unchecked", why)`` (the original does not reach the selection on the
+    calibration rows) or ``("different", where and how)``. ``function`` gives the signature."""
+    expected_fn, found_fn = _probe(function, *original, ctx), _probe(function, *rewritten, ctx)
     for position, (label, arguments) in enumerate(_probe_arguments(ctx, parameter)):
         expected = _outcome(expected_fn, arguments)
         found = _outcome(found_fn, arguments)
         if position == 0 and expected[0] != "value":
             return "unchecked", (
-                "the original statements did not reach the model call on the calibration rows, so the "
+                "the original statements did not reach the column selection on the calibration rows, so the "
                 "rewrite could not be checked"
             )
         difference = _difference(expected, found)
@@ -61,35 +64,24 @@ class _Selected(Exception):
         self.value = value
 
 
-def _probe(tree: ast.FunctionDef, ctx: FrontEndContext) -> Any:
-    """A function running ``tree``'s statements up to the model's input, which it raises as
-    :class:`_Selected` (the model itself is never called)."""
-    probe = copy.deepcopy(tree)
+def _probe(function: ast.FunctionDef, body: list[ast.stmt], selected: ast.expr, ctx: FrontEndContext) -> Any:
+    """A function with ``function``'s signature running ``body``, then raising the value of
+    ``selected`` as :class:`_Selected`."""
+    marker = "__willow_selected__"
+    probe = copy.deepcopy(function)
     probe.name = "__willow_frames_probe__"
     probe.decorator_list = []
-    marker = "__willow_selected__"
-    # the statement holding the model call: its first argument is what the model reads
-    for index, node in enumerate(probe.body):
-        for sub in ast.walk(node):
-            if (
-                isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Attribute)
-                and sub.func.attr in _MODEL_METHODS
-                and sub.args
-            ):
-                raise_node = ast.Raise(
-                    exc=ast.Call(func=_load(marker), args=[sub.args[0]], keywords=[]), cause=None
-                )
-                probe.body = probe.body[:index] + [ast.copy_location(raise_node, node)]
-                ast.fix_missing_locations(probe)
-                namespace = dict(ctx.constants)
-                namespace.update(ctx.bindings)
-                namespace[marker] = _Selected
-                module = ast.Module(body=[probe], type_ignores=[])
-                ast.fix_missing_locations(module)
-                exec(compile(module, ctx.filename, "exec"), namespace)
-                return namespace[probe.name]
-    return None
+    raise_node = ast.Raise(
+        exc=ast.Call(func=_load(marker), args=[copy.deepcopy(selected)], keywords=[]), cause=None
+    )
+    probe.body = [copy.deepcopy(node) for node in body] + [ast.copy_location(raise_node, function)]
+    namespace = dict(ctx.constants)
+    namespace.update(ctx.bindings)
+    namespace[marker] = _Selected
+    module = ast.Module(body=[probe], type_ignores=[])
+    ast.fix_missing_locations(module)
+    exec(compile(module, ctx.filename, "exec"), namespace)
+    return namespace[probe.name]
 
 
 def _probe_arguments(ctx: FrontEndContext, parameter: str) -> list[tuple[str, dict[str, Any]]]:
