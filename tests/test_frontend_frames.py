@@ -130,6 +130,14 @@ def willump_style(model, combi):
     return preds
 
 
+def empty_guard(model, df):
+    if len(df) == 0:
+        return np.zeros(0)
+    df = df.merge(USER_TABLE, on="userId", how="left")
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    return model.predict(df[["user_mean", "movie_mean"]])
+
+
 def mutates_input(model, df):
     df["late"] = df.timestamp > 5.0
     df = df.merge(MOVIE_TABLE, on="movieId", how="left")
@@ -190,7 +198,16 @@ def assert_same(expected, found):
 
 @pytest.mark.parametrize(
     "fn",
-    [whole_frame, scored, inlined_helper, mutates_input, indexed_table, in_model_order, willump_style],
+    [
+        whole_frame,
+        scored,
+        inlined_helper,
+        mutates_input,
+        indexed_table,
+        in_model_order,
+        willump_style,
+        empty_guard,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_normalized_frame_equals_the_original(fn):
@@ -282,6 +299,9 @@ def test_end_to_end_cascade_on_the_normalized_function():
     pipeline.graph_ = trace_pipeline(front.function, ("df",), tree=front.tree, filename=front.filename)
     pipeline.calibrate(model, calibration)
     assert len(pipeline.graph_.groups) == 4
+    # the labels follow two families, so a cascade on them alone is proven (and served: require_faster=False)
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    assert 0 < len(pipeline.plan_.selected) < 4
     for _, batch in batches():
         if len(batch) == 0:
             assert_same_outcome(pipeline, model, batch)
