@@ -21,6 +21,7 @@ from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
+from willow.frontend.frames import split_frame_groups
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
@@ -28,6 +29,7 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 # side effects) so a reader sees the whole front end in one list.
 PASSES: list[tuple[str, FrontEndPass]] = [
     ("composites", expand_composites),
+    ("frames", split_frame_groups),
 ]
 
 
