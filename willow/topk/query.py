@@ -138,16 +138,13 @@ def answer(
     if calibration is not None and calibration.function is not None:
         positions, scores = calibration.function(k, *args, **kwargs)
     else:
-        if pipeline.graph_ is None:
+        graph, fn = pipeline.exact_graph(args, kwargs)
+        if graph is None:
             raise UnsupportedPipelineError(
                 f"top_k() needs the model's scores, but willow could not trace {pipeline.__qualname__}: "
-                f"{pipeline._unsupported}"
+                f"{pipeline._unsupported or pipeline._deferred}"
             )
-        scorer = (
-            calibration.scorer
-            if calibration is not None
-            else ExactScorer(pipeline.graph_, pipeline.__wrapped__, pipeline.score)
-        )
+        scorer = calibration.scorer if calibration is not None else ExactScorer(graph, fn, pipeline.score)
         arguments = bind_arguments(pipeline.__wrapped__, args, kwargs)
         if scorer.count_rows(arguments) == 0:
             positions, scores = np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
