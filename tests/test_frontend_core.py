@@ -107,6 +107,7 @@ def test_arguments_and_globals_build_the_same_plan(toxic, text_parts):
     fp.WORDS, fp.CHARS = words, chars
     plain = willow.optimize(fp.toxic_globals, **EXACT).calibrate(model, calibration)
     assert plain.plan_.compiled_nodes == toxic.plan_.compiled_nodes
+    assert (plain._compilation.fused is None) == (toxic._compilation.fused is None)
     np.testing.assert_array_equal(plain(model, batch), toxic(model, words, chars, batch))
 
 
@@ -194,6 +195,8 @@ def test_helpers_are_inlined_and_compute_the_same(text_parts):
         np.testing.assert_array_equal(
             front.function(model, words, chars, batch), fn(model, words, chars, batch)
         )
+    # `X = vectorizer_transform(...)`: the helper's returned local takes the caller's name X
+    assert "combined" not in _normalized(fp.toxic_arguments, arguments, ("texts",))[1]
     front, source = _normalized(fp.toxic_opaque, arguments, ("texts",))
     assert "predict_checked(model" in source  # control flow returning values: opaque
 

@@ -160,22 +160,40 @@ class _Inliner:
                 out.append(st)
                 continue
             prelude: list[ast.stmt] = []
-            new = _CallRewriter(self, prelude, depth, st).visit(st)
+            rewriter = _CallRewriter(self, prelude, depth, st)
+            if (
+                isinstance(st, ast.Assign)
+                and len(st.targets) == 1
+                and isinstance(st.targets[0], ast.Name)
+                and isinstance(st.value, ast.Call)
+            ):
+                rewriter.target = (st.value, st.targets[0].id)
+            new = rewriter.visit(st)
             out.extend(prelude)
-            out.append(new)
+            if not (
+                isinstance(new, ast.Assign)
+                and isinstance(new.value, ast.Name)
+                and isinstance(new.targets[0], ast.Name)
+                and new.value.id == new.targets[0].id
+            ):
+                out.append(new)
         return out
 
     # ------------------------------------------------------------------ one call
 
     def inline_call(
-        self, call: ast.Call, depth: int, where: ast.stmt, prelude: list[ast.stmt]
+        self, call: ast.Call, depth: int, where: ast.stmt, prelude: list[ast.stmt], target: str | None = None
     ) -> ast.expr | None:
+        """Inline ``call`` (its statements go to ``prelude``) and return its value expression, or
+        ``None`` to keep the call. ``target`` is the caller name the value is assigned to
+        (``v = call(...)``): the helper's returned local then takes that name directly, so the
+        caller's statements read the helper's own (``v = v`` is dropped by the caller)."""
         if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
             return None
-        target = self.ctx.resolve(call.func)
-        if target is UNRESOLVED:
+        callee = self.ctx.resolve(call.func)
+        if callee is UNRESOLVED:
             return None
-        found = inlinable(target)
+        found = inlinable(callee)
         if found is None:
             return None
         fn, bound = found
@@ -224,14 +242,32 @@ class _Inliner:
                     assignments.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=value))
                     value = ast.Name(id=fresh, ctx=ast.Load())
                 mapping[name] = value
-        for name in sorted(stored - set(mapping)):
-            mapping[name] = ast.Name(id=self.ctx.fresh_name(name), ctx=ast.Load())
         free = {
             n.id
             for st in body
             for n in ast.walk(st)
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in mapping
+            if isinstance(n, ast.Name)
+            and isinstance(n.ctx, ast.Load)
+            and n.id not in mapping
+            and n.id not in stored
         }
+        returned = body[-1].value
+        if (
+            target is not None
+            and isinstance(returned, ast.Name)
+            and returned.id in stored
+            and returned.id not in mapping
+            and target not in free
+            and not any(
+                isinstance(n, ast.Name) and n.id == target
+                for value in mapping.values()
+                for n in ast.walk(value)
+            )
+            and not any(isinstance(n, ast.Name) and n.id == target for a in assignments for n in ast.walk(a))
+        ):
+            mapping[returned.id] = ast.Name(id=target, ctx=ast.Load())
+        for name in sorted(stored - set(mapping)):
+            mapping[name] = ast.Name(id=self.ctx.fresh_name(name), ctx=ast.Load())
         closure = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
         for name in sorted(free):
             if name in closure:
@@ -295,6 +331,7 @@ class _CallRewriter(ast.NodeTransformer):
         self.prelude = prelude
         self.depth = depth
         self.where = where
+        self.target: tuple[ast.Call, str] | None = None
 
     def _skip(self, node: ast.AST) -> ast.AST:
         return node
@@ -304,7 +341,8 @@ class _CallRewriter(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
-        replaced = self.inliner.inline_call(node, self.depth, self.where, self.prelude)
+        target = self.target[1] if self.target is not None and self.target[0] is node else None
+        replaced = self.inliner.inline_call(node, self.depth, self.where, self.prelude, target)
         return node if replaced is None else replaced
 
 
