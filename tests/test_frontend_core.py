@@ -42,7 +42,7 @@ def make_texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
 def text_parts():
     train, labels = make_texts(600, 0)
     words = TfidfVectorizer(sublinear_tf=True).fit(train)
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3), sublinear_tf=True).fit(train)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True).fit(train)
     X = sp.hstack([words.transform(train), chars.transform(train)], format="csr")
     model = LogisticRegression(max_iter=500).fit(X, labels)
     calibration, _ = make_texts(500, 1)
@@ -275,3 +275,13 @@ def test_save_load_and_pickle_round_trips(toxic, text_parts, tmp_path):
     np.testing.assert_array_equal(out, fp.toxic_arguments(model, other, chars, batch))
     same_labels(again, model, words, chars, batch)
     assert again._compilation is not None
+
+
+def test_exact_top_k_uses_the_call_s_objects(toxic, text_parts):
+    model, words, chars, _, batch = text_parts
+    other = TfidfVectorizer(binary=True).fit(batch + [" ".join(VOCABULARY)])
+    for word_vect in (words, other):
+        X = fp.vectorizer_transform(word_vect, chars, batch)
+        scores = model.predict_proba(X)[:, 1]
+        expected = np.lexsort((np.arange(len(scores)), -scores))[:5]
+        np.testing.assert_array_equal(toxic.top_k(model, word_vect, chars, batch, k=5), expected)

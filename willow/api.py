@@ -426,13 +426,15 @@ class OptimizedPipeline:
     def exact_graph(self, args: tuple, kwargs: dict) -> tuple[PipelineGraph | None, Callable]:
         """A graph and function that compute exactly what the original computes on this call (for
         exact top-K answers): the calibrated ones when this call's guarded objects are the
-        calibrated ones, otherwise the front end run again on this call's objects."""
+        calibrated ones, otherwise the front end run again on this call's objects (``None`` for
+        the graph when the function cannot be traced at all)."""
         front = self._frontend
-        if front is None:
-            return self.graph_ if self._pending is None else self._traced, self.__wrapped__
-        guards = self._guards
-        if guards is None or guards.check(args, kwargs):
+        if front is not None and (self._guards is None or self._guards.check(args, kwargs, warn=False)):
             return self.graph_, front.function
+        if front is None and self._pending is None and self.graph_ is not None:
+            return self.graph_, self.__wrapped__
+        if self.graph_ is None and self._deferred is None and self._pending is None:
+            return None, self.__wrapped__
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
         graph, fresh = self._front_end(arguments)
         return graph, fresh.function if fresh is not None else self.__wrapped__

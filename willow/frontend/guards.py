@@ -88,9 +88,9 @@ class ArgumentGuards:
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def check(self, args: tuple, kwargs: dict) -> bool:
+    def check(self, args: tuple, kwargs: dict, warn: bool = True) -> bool:
         """Whether every guarded object of this call is the calibrated one (or an equal copy);
-        warns and returns ``False`` on the first that is not."""
+        returns ``False`` (with a warning unless ``warn=False``) on the first that is not."""
         if not self._paths:
             return True
         try:
@@ -101,7 +101,8 @@ class ArgumentGuards:
             try:
                 value = path.value(arguments)
             except Exception as exc:  # noqa: BLE001
-                self._warn(path, f"evaluating it raised {type(exc).__name__}: {exc}")
+                if warn:
+                    self._warn(path, f"evaluating it raised {type(exc).__name__}: {exc}")
                 return False
             if value is path.verified:
                 continue
@@ -110,7 +111,8 @@ class ArgumentGuards:
                 with self._lock:
                     path.verified = value
                 continue
-            self._warn(path, f"a {type(value).__name__} whose content differs")
+            if warn:
+                self._warn(path, f"a {type(value).__name__} whose content differs")
             return False
         return True
 
