@@ -37,6 +37,11 @@ def toxic_arguments(model, word_vect, char_vect, texts):
     return predict_function(model, X)
 
 
+def toxic_scores(model, word_vect, char_vect, texts):
+    X = vectorizer_transform(word_vect, char_vect, texts)
+    return model.predict_proba(X)
+
+
 def toxic_globals(model, texts):
     """The same pipeline with the vectorizers as globals (willow's own idiom)."""
     word_features = WORDS.transform(texts)

@@ -285,3 +285,29 @@ def test_exact_top_k_uses_the_call_s_objects(toxic, text_parts):
         scores = model.predict_proba(X)[:, 1]
         expected = np.lexsort((np.arange(len(scores)), -scores))[:5]
         np.testing.assert_array_equal(toxic.top_k(model, word_vect, chars, batch, k=5), expected)
+
+
+def test_a_top_k_query_over_arguments(text_parts, tmp_path):
+    model, words, chars, calibration, batch = text_parts
+    rank = willow.optimize(
+        fp.toxic_scores, query="topk", k=60, precision_target=0.8, confidence=0.8, cost_repeats=1
+    ).calibrate(model, words, chars, calibration)
+    assert rank.graph_.row_parameters == ("texts",) and rank._guards.paths == ("word_vect", "char_vect")
+
+    def reference(word_vect, k):
+        scores = fp.toxic_scores(model, word_vect, chars, batch)[:, 1]
+        return np.lexsort((np.arange(len(scores)), -scores))[:k]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(rank.top_k(model, words, chars, batch, k=80), reference(words, 80))
+    other = TfidfVectorizer(binary=True).fit(batch + [" ".join(VOCABULARY)])
+    with pytest.warns(willow.ModelChangedWarning, match="`word_vect`"):
+        found = rank.top_k(model, other, chars, batch, k=10)
+    np.testing.assert_array_equal(found, reference(other, 10))
+    path = tmp_path / "rank.willow"
+    rank.save(path)
+    loaded = willow.load(path, fp.toxic_scores)
+    assert loaded._pending is not None
+    np.testing.assert_array_equal(loaded(model, words, chars, batch), rank(model, words, chars, batch))
+    assert loaded._pending is None and loaded.plan_ == rank.plan_

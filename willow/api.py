@@ -171,7 +171,7 @@ class OptimizedPipeline:
         try:
             self.graph_ = self._traced = trace_pipeline(fn, self.row_args)
         except UnsupportedPipelineError as exc:
-            if query == "topk" or not _has_source(fn):
+            if not _has_source(fn):
                 self._fall_back(exc)
             else:
                 self._deferred = exc
@@ -318,10 +318,15 @@ class OptimizedPipeline:
                     stacklevel=2,
                 )
             try:
-                topk = topk_query.calibrate_pipeline(self, arguments)
+                graph, front = self._front_end(arguments)
+                fn = front.function if front is not None else self.__wrapped__
+                topk = topk_query.calibrate_pipeline(self, arguments, graph, fn)
             except UnsupportedPipelineError as exc:
                 self._fall_back(exc)
                 return self
+            self.graph_ = graph
+            self._unsupported = None
+            self._set_frontend(front)
             topk_query.install(self, topk)
             return self
         try:
@@ -758,16 +763,22 @@ def _restore_or_defer(pipeline: OptimizedPipeline, original: Callable, state: di
     """Install a saved plan now, or, when the front end rewrote the function for its calibration
     objects, keep it until the first call brings those objects (:meth:`_restore_pending`)."""
     if state.get("frontend") is not None:
-        pipeline._install(
-            state["plan"],
-            state["costs"],
-            state["approximate"],
-            state["output"],
-            state["model_fingerprint"],
-            None,
-            None,
-            None,
-        )
+        if pipeline.query == "topk":
+            pipeline.plan_, pipeline.costs_ = state["plan"], state["costs"]
+            approximate = state["approximate"]
+            pipeline.approximate_model_ = approximate.estimator_ if approximate is not None else None
+            pipeline.generated_source_ = None
+        else:
+            pipeline._install(
+                state["plan"],
+                state["costs"],
+                state["approximate"],
+                state["output"],
+                state["model_fingerprint"],
+                None,
+                None,
+                None,
+            )
         pipeline._pending = state
         return
     graph = pipeline.graph_
@@ -788,7 +799,7 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
     compile the saved operators again (kernels come from the on-disk cache) and generate the
     serving function. Shared by :func:`load` and unpickling."""
     if pipeline.query == "topk":
-        topk_query.restore(pipeline, state)
+        topk_query.restore(pipeline, state, graph, original)
         return
     plan: CascadePlan = state["plan"]
     function = source = compilation = None
