@@ -158,7 +158,7 @@ def oracle_bound(
     if not plan.cascade:
         return {"status": "n/a", "note": f"no cascade: {plan.reason}"}
     graph = pipeline.graph_
-    function = pipeline.__wrapped__
+    function = pipeline.traced_function  # the normalized function when the front end rewrote it
     runner = StatementRunner(graph, function)
     ns = runner.run(runner.namespace(bind_arguments(function, (model, rows), {})))
     expression = compile(ast.Expression(body=stack_expression(graph, plan.selected)), graph.filename, "eval")

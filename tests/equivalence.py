@@ -21,7 +21,7 @@ from willow.compiler.execution import StatementRunner, bind_arguments
 def routed_rows(pipeline, args, kwargs):
     """(approximate output, boolean mask of rows the approximate model answers)."""
     graph = pipeline.graph_
-    runner = StatementRunner(graph, pipeline.__wrapped__)
+    runner = StatementRunner(graph, getattr(pipeline, "traced_function", pipeline.__wrapped__))
     ns = runner.run(runner.namespace(bind_arguments(pipeline.__wrapped__, args, kwargs)))
     expression = compile(ast.Expression(stack_expression(graph, pipeline.plan_.selected)), "<test>", "eval")
     approx, confidence = pipeline._approximate.predict_with_confidence(eval(expression, ns))

@@ -6,10 +6,12 @@ calibration and code generation live in :mod:`willow.compiler` and :mod:`willow.
 
 from __future__ import annotations
 
+import ast
 import functools
+import inspect
 import os
 import pickle
-import types
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,11 +33,16 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.errors import (
+    ModelChangedWarning,
     NotCalibratedError,
     PlanMismatchError,
     UnsupportedPipelineError,
     UnsupportedPipelineWarning,
 )
+from willow.frontend.arguments import classify_arguments
+from willow.frontend.driver import FrontEnd, normalize, parse_function
+from willow.frontend.guards import ArgumentGuards
+from willow.frontend.methods import BoundPipeline
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
 from willow.topk import query as topk_query
@@ -54,6 +61,10 @@ _DERIVED = _FITTED + (
     "_output",
     "_fingerprint",
     "_background",
+    "_frontend",
+    "_guards",
+    "_pending",
+    "_lock",
 )
 _COMPILE_OPTIONS = (True, False, "eager", "all")
 
@@ -157,11 +168,25 @@ class OptimizedPipeline:
         self.k_fractions = tuple(k_fractions)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
+        # The function as written, traced at decoration (None when it is not in willow's idiom:
+        # then ``_deferred`` holds why, and calibrate() runs the front end on the real objects).
         self.graph_: PipelineGraph | None = None
+        self._traced: PipelineGraph | None = None
+        self._deferred: UnsupportedPipelineError | None = None
+        self._init_frontend_state()
         try:
-            self.graph_ = trace_pipeline(fn, self.row_args)
+            self.graph_ = self._traced = trace_pipeline(fn, self.row_args)
         except UnsupportedPipelineError as exc:
-            self._fall_back(exc)
+            if not _has_source(fn):
+                self._fall_back(exc)
+            else:
+                self._deferred = exc
+
+    def _init_frontend_state(self) -> None:
+        self._frontend: FrontEnd | None = None
+        self._guards: ArgumentGuards | None = None
+        self._pending: dict[str, Any] | None = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ sklearn-style plumbing
 
@@ -207,7 +232,7 @@ class OptimizedPipeline:
         return f"<OptimizedPipeline {self.__qualname__} ({state})>"
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        return self if obj is None else types.MethodType(self, obj)
+        return self if obj is None else BoundPipeline(self, obj)
 
     @property
     def is_calibrated(self) -> bool:
@@ -230,6 +255,13 @@ class OptimizedPipeline:
             return self.top_k(*args, k=self.k, **kwargs)
         serving = self._serving
         if serving is None:
+            if self._pending is None or not self._restore_pending(args, kwargs):
+                return self.__wrapped__(*args, **kwargs)
+            serving = self._serving
+            if serving is None:
+                return self.__wrapped__(*args, **kwargs)
+        guards = self._guards
+        if guards is not None and not guards.check(args, kwargs):
             return self.__wrapped__(*args, **kwargs)
         return serving(*args, **kwargs)
 
@@ -303,7 +335,7 @@ class OptimizedPipeline:
         """Calibrate again with ``compile="eager"`` on a background thread and serve that plan
         once it is built and verified (:mod:`willow.compiler.background`)."""
         arguments = bind_arguments(self.__wrapped__, args, kwargs)
-        graph, fn = self.graph_, self.__wrapped__
+        graph, fn = self.graph_, self.traced_function
         assert graph is not None
         if self.query == "topk":
             from willow.topk.calibration import calibrate_topk
@@ -348,7 +380,7 @@ class OptimizedPipeline:
         return True if background is None else background.wait(timeout)
 
     def _calibrate(self, args: tuple, y: Any, kwargs: dict) -> OptimizedPipeline:
-        if self.graph_ is None:
+        if self.graph_ is None and self._deferred is None:  # no source: no front end can help
             warnings.warn(
                 f"calibrate() does nothing: {self._unsupported}", UnsupportedPipelineWarning, stacklevel=3
             )
@@ -363,17 +395,27 @@ class OptimizedPipeline:
                     stacklevel=3,
                 )
             try:
-                topk = topk_query.calibrate_pipeline(self, arguments)
+                graph, front = self._front_end(arguments)
+                fn = front.function if front is not None else self.__wrapped__
+                topk = topk_query.calibrate_pipeline(self, arguments, graph, fn)
             except UnsupportedPipelineError as exc:
                 self._fall_back(exc)
                 return self
+            self.graph_ = graph
+            self._unsupported = None
+            self._set_frontend(front)
             topk_query.install(self, topk)
             return self
         try:
-            result = calibrate_cascade(self.graph_, self.__wrapped__, arguments, y, self._options())
+            graph, front = self._front_end(arguments)
+            fn = front.function if front is not None else self.__wrapped__
+            result = calibrate_cascade(graph, fn, arguments, y, self._options())
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
+        self.graph_ = graph
+        self._unsupported = None
+        self._set_frontend(front)
         self._install(
             result.plan,
             result.costs,
@@ -385,6 +427,99 @@ class OptimizedPipeline:
             result.compilation,
         )
         return self
+
+    def _front_end(self, arguments: dict[str, Any]) -> tuple[PipelineGraph, FrontEnd | None]:
+        """The graph to calibrate, traced from the function the front end normalized for these
+        calibration ``arguments`` (``None`` for the front end when it changed nothing).
+
+        The arguments are classified (rows vs. constants); the front end's passes rewrite the
+        function; tracing reads the rewritten tree. When the front end refuses but the function as
+        written was traced at decoration (its row inputs really hold rows), that graph is used.
+        """
+        fn = self.__wrapped__
+        tree, _ = parse_function(fn)
+        row_parameters = classify_arguments(fn, tree, arguments, self.row_args)
+        try:
+            front = normalize(fn, arguments, row_parameters)
+            if not front.rewritten:
+                return trace_pipeline(fn, row_parameters), None
+            return (
+                trace_pipeline(front.function, row_parameters, tree=front.tree, filename=front.filename),
+                front,
+            )
+        except UnsupportedPipelineError:
+            plain = self._traced
+            if plain is None or not set(plain.row_parameters) <= set(row_parameters):
+                raise
+            return plain, None
+
+    def _restore_pending(self, args: tuple, kwargs: dict) -> bool:
+        """Build serving for a loaded plan whose function the front end rewrote, from this first
+        call's objects: normalize and trace again, check the result and the guarded objects
+        against what was calibrated, then restore the plan. Returns whether it is served; when
+        this call's objects differ, warns and leaves the plan pending (the original runs)."""
+        with self._lock:
+            state = self._pending
+            if state is None:
+                return self._serving is not None
+            fn = self.__wrapped__
+            saved = state["frontend"]
+            rows = tuple(state["row_parameters"])
+            try:
+                arguments = bind_arguments(fn, args, kwargs)
+                front = normalize(fn, arguments, rows)
+                graph = trace_pipeline(front.function, rows, tree=front.tree, filename=front.filename)
+            except (TypeError, ValueError) as exc:
+                reason = f"the front end could not rewrite it for this call ({type(exc).__name__}: {exc})"
+            else:
+                guards = ArgumentGuards(fn, front.guards, front.bindings)
+                if source_fingerprint(graph.source) != saved["normalized"]:
+                    reason = "rewritten for this call's objects, it differs from the calibrated form"
+                elif dict(zip(guards.paths, guards.fingerprints)) != saved["guards"]:
+                    changed = [
+                        p for p, f in zip(guards.paths, guards.fingerprints) if saved["guards"].get(p) != f
+                    ]
+                    reason = f"argument(s) {', '.join(f'`{p}`' for p in changed) or '?'} differ from the calibrated ones"
+                else:
+                    _restore_plan(self, graph, front.function, state)
+                    self.graph_ = graph
+                    self._set_frontend(front)
+                    return True
+        warnings.warn(
+            f"The loaded plan of {self.__qualname__} does not fit this call: {reason}; running the "
+            "original function instead. Call calibrate() with these objects to optimize them.",
+            ModelChangedWarning,
+            stacklevel=3,
+        )
+        return False
+
+    def _set_frontend(self, front: FrontEnd | None) -> None:
+        self._frontend = front
+        self._guards = ArgumentGuards(self.__wrapped__, front.guards, front.bindings) if front else None
+        self._pending = None
+
+    @property
+    def traced_function(self) -> Callable:
+        """The function ``graph_`` was traced from: the front end's normalized function after a
+        calibration that rewrote the function, otherwise the original."""
+        front = self._frontend
+        return front.function if front is not None else self.__wrapped__
+
+    def exact_graph(self, args: tuple, kwargs: dict) -> tuple[PipelineGraph | None, Callable]:
+        """A graph and function that compute exactly what the original computes on this call (for
+        exact top-K answers): the calibrated ones when this call's guarded objects are the
+        calibrated ones, otherwise the front end run again on this call's objects (``None`` for
+        the graph when the function cannot be traced at all)."""
+        front = self._frontend
+        if front is not None and (self._guards is None or self._guards.check(args, kwargs, warn=False)):
+            return self.graph_, front.function
+        if front is None and self._pending is None and self.graph_ is not None:
+            return self.graph_, self.__wrapped__
+        if self.graph_ is None and self._deferred is None and self._pending is None:
+            return None, self.__wrapped__
+        arguments = bind_arguments(self.__wrapped__, args, kwargs)
+        graph, fresh = self._front_end(arguments)
+        return graph, fresh.function if fresh is not None else self.__wrapped__
 
     def _install(
         self,
@@ -415,7 +550,22 @@ class OptimizedPipeline:
         if self._unsupported:
             lines.append(f"Runs unoptimized: {self._unsupported}")
             return "\n".join(lines)
-        assert self.graph_ is not None
+        if self._pending is not None:
+            lines += [
+                "",
+                "Plan loaded; the front end rewrote this function for its calibration objects, so "
+                "serving is rebuilt at the first call, from that call's objects (checked against the "
+                "calibrated ones).",
+            ]
+        if self.graph_ is None:
+            lines += [
+                "",
+                f"Not traced yet: as written, {self._deferred}",
+                "",
+                "calibrate() runs willow's front end on the real arguments and traces the result.",
+            ]
+            return "\n".join(lines)
+        lines += self._frontend_lines()
         lines += ["", self.graph_.describe()]
         if not self.is_calibrated:
             lines += [
@@ -451,6 +601,18 @@ class OptimizedPipeline:
             ]
         return "\n".join(lines)
 
+    def _frontend_lines(self) -> list[str]:
+        front = self._frontend
+        if front is None:
+            return []
+        lines = ["", "Front end (the function as written, rewritten before tracing):"]
+        lines += [f"  - {note}" for note in front.notes]
+        if front.guards:
+            paths = ", ".join(f"`{g.path}`" for g in front.guards)
+            lines.append(f"  Checked at every call (identity, else content fingerprint): {paths}")
+        lines += ["", "Normalized source (what is traced):", "", ast.unparse(front.tree)]
+        return lines
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | os.PathLike) -> None:
@@ -470,14 +632,23 @@ class OptimizedPipeline:
         """The calibrated plan (cascade, compiled or top-K) as plain picklable data (what
         :meth:`save` writes and a pickled pipeline carries); :func:`_restore_plan` rebuilds serving
         from it."""
+        if self._pending is not None:
+            return dict(self._pending)
         assert self.graph_ is not None
         state = {
             "format": _FORMAT,
             "willow_version": __version__,
             "function": self.__qualname__,
-            "source_fingerprint": source_fingerprint(self.graph_.source),
+            "source_fingerprint": _source_fingerprint(self.__wrapped__),
             "params": self.get_params(),
+            "row_parameters": self.graph_.row_parameters,
         }
+        if self._frontend is not None:
+            guards = self._guards
+            state["frontend"] = {
+                "normalized": source_fingerprint(self.graph_.source),
+                "guards": dict(zip(guards.paths, guards.fingerprints)) if guards is not None else {},
+            }
         if self.query == "topk":
             state.update(topk_query.saved_state(self))
         else:
@@ -499,6 +670,7 @@ class OptimizedPipeline:
         receiving machine's kernel cache (compiling them there once)."""
         attributes = {k: v for k, v in self.__dict__.items() if k not in _DERIVED}
         attributes["__wrapped__"] = portable_function(self.__wrapped__)
+        attributes["graph_"] = self._traced  # a normalized graph is rebuilt from the arguments
         plan = None
         if self.is_calibrated:
             plan = self._plan_state()
@@ -516,11 +688,11 @@ class OptimizedPipeline:
         self.__dict__.update(attributes)
         self._serving = None
         self._compilation = None
+        self._init_frontend_state()
         plan = state["plan"]
         if plan is None:
             return
-        assert self.graph_ is not None
-        _restore_plan(self, self.graph_, self.__wrapped__, plan)
+        _restore_or_defer(self, self.__wrapped__, plan)
 
 
 def optimize(
@@ -647,15 +819,66 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
     original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
     params = dict(state["params"])
     pipeline = OptimizedPipeline(original, **params)
-    graph = pipeline.graph_
-    if graph is None or source_fingerprint(graph.source) != state["source_fingerprint"]:
+    if _source_fingerprint(original) != state["source_fingerprint"]:
         raise PlanMismatchError(
             f"{os.fspath(path)!r} holds a plan for {state['function']} as it was when saved, but the "
             f"source of {getattr(original, '__qualname__', original)} differs from it. Recalibrate "
             "the edited function and save it again."
         )
-    _restore_plan(pipeline, graph, original, state)
+    _restore_or_defer(pipeline, original, state)
     return pipeline
+
+
+def _has_source(fn: Callable) -> bool:
+    """Whether ``fn`` is a ``def`` whose source willow can read (else no front end can help)."""
+    try:
+        parse_function(fn)
+    except UnsupportedPipelineError:
+        return False
+    return True
+
+
+def _source_fingerprint(fn: Callable) -> str | None:
+    """The fingerprint of ``fn``'s source as written (what a saved plan is matched against)."""
+    try:
+        return source_fingerprint("".join(inspect.getsourcelines(fn)[0]))
+    except (OSError, TypeError):
+        return None
+
+
+def _restore_or_defer(pipeline: OptimizedPipeline, original: Callable, state: dict) -> None:
+    """Install a saved plan now, or, when the front end rewrote the function for its calibration
+    objects, keep it until the first call brings those objects (:meth:`_restore_pending`)."""
+    if state.get("frontend") is not None:
+        if pipeline.query == "topk":
+            pipeline.plan_, pipeline.costs_ = state["plan"], state["costs"]
+            approximate = state["approximate"]
+            pipeline.approximate_model_ = approximate.estimator_ if approximate is not None else None
+            pipeline.generated_source_ = None
+        else:
+            pipeline._install(
+                state["plan"],
+                state["costs"],
+                state["approximate"],
+                state["output"],
+                state["model_fingerprint"],
+                None,
+                None,
+                None,
+            )
+        pipeline._pending = state
+        return
+    graph = pipeline.graph_
+    rows = tuple(state.get("row_parameters") or ())
+    if graph is None or (rows and graph.row_parameters != rows):
+        try:
+            graph = trace_pipeline(original, rows or None)
+        except UnsupportedPipelineError as exc:
+            raise PlanMismatchError(
+                f"The saved plan for {state['function']} cannot be applied: {exc}"
+            ) from exc
+        pipeline.graph_ = graph
+    _restore_plan(pipeline, graph, original, state)
 
 
 def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: Callable, state: dict) -> None:
@@ -663,7 +886,7 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
     compile the saved operators again (kernels come from the on-disk cache) and generate the
     serving function. Shared by :func:`load` and unpickling."""
     if pipeline.query == "topk":
-        topk_query.restore(pipeline, state)
+        topk_query.restore(pipeline, state, graph, original)
         return
     plan: CascadePlan = state["plan"]
     function = source = compilation = None

@@ -19,15 +19,19 @@ from typing import Any
 
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
+from willow.frontend.arguments import bind_argument_reads
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
 from willow.frontend.frames import split_frame_groups
+from willow.frontend.inline import inline_helpers
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
 # The passes, in order. Each module owns one rewrite; register it here (explicitly, not by import
-# side effects) so a reader sees the whole front end in one list.
+# side effects) so a reader sees the whole front end in one list. After them, the non-row
+# arguments still read become constants (willow.frontend.arguments.bind_argument_reads).
 PASSES: list[tuple[str, FrontEndPass]] = [
+    ("helpers", inline_helpers),
     ("composites", expand_composites),
     ("frames", split_frame_groups),
 ]
@@ -160,9 +164,19 @@ def normalize(
         taken={n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | set(parameters),
     )
     rewritten = copy.deepcopy(tree)
-    for _, run_pass in PASSES if passes is None else passes:
-        rewritten = run_pass(rewritten, ctx)
+    for name, run_pass in PASSES if passes is None else passes:
+        try:
+            rewritten = run_pass(rewritten, ctx)
+        except UnsupportedPipelineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a front-end bug must not break the pipeline
+            raise UnsupportedPipelineError(
+                f"{filename}:{tree.lineno}: willow's front end failed in its `{name}` pass "
+                f"({type(exc).__name__}: {exc}); this is a bug in willow, please report it. Pass "
+                "strict=False to willow.optimize to run this function unoptimized (with a warning)."
+            ) from exc
         ctx.locals_ = _assigned_names(rewritten)
+    rewritten = bind_argument_reads(rewritten, ctx, tree)
     changed = ast.dump(rewritten) != ast.dump(tree) or bool(ctx.bindings)
     function = build_function(rewritten, fn, ctx.bindings, filename) if changed else fn
     return FrontEnd(

@@ -61,10 +61,18 @@ def topk_options(pipeline: OptimizedPipeline) -> TopKOptions:
     )
 
 
-def calibrate_pipeline(pipeline: OptimizedPipeline, arguments: dict[str, Any]) -> TopKCalibration:
-    """Calibrate a ``query="topk"`` pipeline on bound calibration ``arguments``."""
-    assert pipeline.graph_ is not None
-    return calibrate_topk(pipeline.graph_, pipeline.__wrapped__, arguments, topk_options(pipeline))
+def calibrate_pipeline(
+    pipeline: OptimizedPipeline,
+    arguments: dict[str, Any],
+    graph: Any = None,
+    fn: Callable | None = None,
+) -> TopKCalibration:
+    """Calibrate a ``query="topk"`` pipeline on bound calibration ``arguments`` (``graph`` and
+    ``fn``: the front end's normalized function and its graph, default the pipeline's own)."""
+    graph = graph if graph is not None else pipeline.graph_
+    assert graph is not None
+    fn = fn if fn is not None else pipeline.__wrapped__
+    return calibrate_topk(graph, fn, arguments, topk_options(pipeline))
 
 
 RESERVED = ("k", "return_scores")
@@ -134,20 +142,22 @@ def answer(
     """Answer a top-K query with the calibrated plan, or exactly when there is none."""
     k = check_k(k)
     check_call(pipeline, args, {})
+    if pipeline._pending is not None:
+        pipeline._restore_pending(args, kwargs)
     calibration: TopKCalibration | None = pipeline.__dict__.get("_topk")
+    guards = pipeline._guards
+    if calibration is not None and guards is not None and not guards.check(args, kwargs):
+        calibration = None  # another object than the calibrated one: answer exactly, with it
     if calibration is not None and calibration.function is not None:
         positions, scores = calibration.function(k, *args, **kwargs)
     else:
-        if pipeline.graph_ is None:
+        graph, fn = pipeline.exact_graph(args, kwargs)
+        if graph is None:
             raise UnsupportedPipelineError(
                 f"top_k() needs the model's scores, but willow could not trace {pipeline.__qualname__}: "
-                f"{pipeline._unsupported}"
+                f"{pipeline._unsupported or pipeline._deferred}"
             )
-        scorer = (
-            calibration.scorer
-            if calibration is not None
-            else ExactScorer(pipeline.graph_, pipeline.__wrapped__, pipeline.score)
-        )
+        scorer = calibration.scorer if calibration is not None else ExactScorer(graph, fn, pipeline.score)
         arguments = bind_arguments(pipeline.__wrapped__, args, kwargs)
         if scorer.count_rows(arguments) == 0:
             positions, scores = np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
@@ -185,8 +195,9 @@ def saved_state(pipeline: OptimizedPipeline) -> dict[str, Any]:
     }
 
 
-def restore(pipeline: OptimizedPipeline, state: dict[str, Any]) -> None:
-    """Rebuild a saved top-K plan on a freshly traced ``pipeline`` (see :func:`willow.load`).
+def restore(pipeline: OptimizedPipeline, state: dict[str, Any], graph: Any = None, fn: Any = None) -> None:
+    """Rebuild a saved top-K plan on a freshly traced ``pipeline`` (see :func:`willow.load`);
+    ``graph`` and ``fn`` default to the pipeline's own (the front end passes its normalized ones).
 
     Raises :class:`~willow.PlanMismatchError` (from the compiler) when a fitted object the plan
     compiled is no longer the same.
@@ -194,10 +205,11 @@ def restore(pipeline: OptimizedPipeline, state: dict[str, Any]) -> None:
     from willow.compiler.compile_pass import apply_compilation
     from willow.topk.calibration import build_topk
 
-    assert pipeline.graph_ is not None
-    fn = pipeline.__wrapped__
+    traced = graph if graph is not None else pipeline.graph_
+    assert traced is not None
+    fn = fn if fn is not None else pipeline.__wrapped__
     plan: TopKPlan = state["plan"]
-    graph, compilation = pipeline.graph_, None
+    graph, compilation = traced, None
     if state["compiled"]:
         from willow.compiler.lowering import lower
 
@@ -210,7 +222,7 @@ def restore(pipeline: OptimizedPipeline, state: dict[str, Any]) -> None:
             if compilation is not None and compilation.fused is not None
             else None
         )
-    scorer = ExactScorer(pipeline.graph_, fn, pipeline.score)
+    scorer = ExactScorer(traced, fn, pipeline.score)
     function = source = None
     if plan.approximate:
         assert approximate is not None

@@ -1,0 +1,127 @@
+"""Checking, at every call, that the objects the front end bound are still the ones passed.
+
+The normalized function reads fitted objects passed as arguments (``word_vect``, ``self.model``)
+from closure bindings fixed at calibration. A later call may pass other objects: then the plan
+does not apply and the original function must run. :class:`ArgumentGuards` evaluates each
+:class:`~willow.frontend.context.ObjectGuard`'s path on the call's arguments: the same object is
+accepted at once (identity); another object is accepted when its content fingerprint equals the
+calibrated one's (an equal copy, e.g. unpickled), and remembered so the next call is an identity
+check again; otherwise the call is refused with a :class:`~willow.ModelChangedWarning` naming the
+argument.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from willow.errors import ModelChangedWarning
+from willow.frontend.context import ObjectGuard
+
+__all__ = ["ArgumentGuards", "fingerprint"]
+
+
+def fingerprint(obj: Any) -> str | None:
+    """A content fingerprint of ``obj`` (``None`` when it cannot be computed)."""
+    from willow.cascades.runtime import model_fingerprint
+
+    try:
+        return model_fingerprint(obj)
+    except Exception:  # noqa: BLE001 - an object that cannot be hashed is never "the same"
+        return None
+
+
+class _Path:
+    def __init__(self, guard: ObjectGuard, expected: Any) -> None:
+        self.path = guard.path
+        self.lineno = guard.lineno
+        tree = ast.parse(guard.path, mode="eval").body
+        self.root = tree.id if isinstance(tree, ast.Name) else None
+        self.code = None if self.root else compile(ast.Expression(body=tree), "<willow guard>", "eval")
+        self.fingerprint = fingerprint(expected)
+        self.verified = expected
+
+    def value(self, arguments: dict[str, Any]) -> Any:
+        if self.root is not None:
+            return arguments[self.root]
+        return eval(self.code, {"__builtins__": {}}, arguments)  # noqa: S307 - a path we parsed
+
+
+class ArgumentGuards:
+    """The guards of one normalized function (see the module doc)."""
+
+    def __init__(self, fn: Callable, guards: Sequence[ObjectGuard], bindings: dict[str, Any]) -> None:
+        self._signature = inspect.signature(fn)
+        self._positional = [
+            p.name
+            for p in self._signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self._simple = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in self._signature.parameters.values()
+        )
+        self._paths = [_Path(g, bindings[g.name]) for g in guards]
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Each guarded object's path over the parameters, in guard order."""
+        return tuple(p.path for p in self._paths)
+
+    @property
+    def fingerprints(self) -> tuple[str | None, ...]:
+        """Each guarded calibration object's content fingerprint, in guard order."""
+        return tuple(p.fingerprint for p in self._paths)
+
+    def _arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if self._simple and not kwargs and len(args) == len(self._positional):
+            return dict(zip(self._positional, args))
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def check(self, args: tuple, kwargs: dict, warn: bool = True) -> bool:
+        """Whether every guarded object of this call is the calibrated one (or an equal copy);
+        returns ``False`` (with a warning unless ``warn=False``) on the first that is not."""
+        if not self._paths:
+            return True
+        try:
+            arguments = self._arguments(args, kwargs)
+        except TypeError:
+            return False  # the original raises the binding error itself
+        for path in self._paths:
+            try:
+                value = path.value(arguments)
+            except Exception as exc:  # noqa: BLE001
+                if warn:
+                    self._warn(path, f"evaluating it raised {type(exc).__name__}: {exc}")
+                return False
+            if value is path.verified:
+                continue
+            found = fingerprint(value)
+            if found is not None and found == path.fingerprint:
+                with self._lock:
+                    path.verified = value
+                continue
+            if warn:
+                self._warn(path, f"a {type(value).__name__} whose content differs")
+            return False
+        return True
+
+    @staticmethod
+    def _warn(path: _Path, found: str) -> None:
+        warnings.warn(
+            f"Argument `{path.path}` is not the object this pipeline was calibrated with (found "
+            f"{found}); the plan compiled and cascaded the calibration object, so the original "
+            "function runs instead. Call calibrate() with the new object to optimize it.",
+            ModelChangedWarning,
+            stacklevel=4,
+        )

@@ -1,0 +1,358 @@
+"""Helper inlining: calls to the user's own plain functions become their statements.
+
+``X = make_features(df)`` or ``return predict_function(model, X)`` hide the pipeline's structure
+inside a helper; tracing sees one opaque statement. This pass replaces such a call by the
+helper's body: parameters are bound (a caller name or constant argument is substituted, any
+other argument expression is assigned to a fresh name, so it is evaluated once and in order),
+the helper's locals get fresh names, its globals are read from *its own* module (bound as
+constants where the caller's names differ), and its final ``return e`` becomes the value of the
+call. Helpers called by a helper are inlined too, up to :data:`MAX_DEPTH` levels.
+
+Only straight-line helpers are inlined: a body of assignments and expression statements ending
+in one ``return``. A helper with other control flow (an ``if`` returning early, a loop), a
+generator, a lambda or nested function, variadic parameters, no readable source, or one that
+lives in a library (numpy, pandas, scikit-learn, willow, the standard library, site-packages)
+stays an opaque call, as before.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import inspect
+import os
+import sysconfig
+import types
+from typing import Any
+
+from willow.errors import UnsupportedPipelineError
+from willow.frontend.context import UNRESOLVED, FrontEndContext
+
+__all__ = ["MAX_DEPTH", "inline_helpers", "inlinable"]
+
+MAX_DEPTH = 3
+_LIBRARIES = frozenset(
+    {
+        "numpy",
+        "pandas",
+        "scipy",
+        "sklearn",
+        "willow",
+        "pyarrow",
+        "numba",
+        "joblib",
+        "lightgbm",
+        "xgboost",
+        "polars",
+        "torch",
+    }
+)
+_SIMPLE = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr, ast.Pass)
+_CONSTANT_TYPES = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return tuple(sorted(dirs))
+
+
+def _in_library(fn: types.FunctionType) -> bool:
+    module = (getattr(fn, "__module__", None) or "").split(".")[0]
+    if module in _LIBRARIES or module == "builtins":
+        return True
+    filename = os.path.realpath(fn.__code__.co_filename)
+    parts = filename.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return any(filename.startswith(d + os.sep) for d in _library_dirs())
+
+
+def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
+    """``fn``'s ``def`` if it can be inlined (see the module doc), else ``None``."""
+    from willow.frontend.driver import parse_function
+
+    flags = fn.__code__.co_flags
+    if flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
+        return None
+    if flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or hasattr(fn, "__wrapped__"):
+        return None
+    if _in_library(fn):
+        return None
+    try:
+        tree, _ = parse_function(fn)
+    except (UnsupportedPipelineError, SyntaxError):
+        return None
+    if tree.name != fn.__code__.co_name:
+        return None
+    body = _without_docstring(tree.body)
+    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+        return None
+    if not all(isinstance(st, _SIMPLE) for st in body[:-1]):
+        return None
+    forbidden = (
+        ast.Return,
+        ast.Yield,
+        ast.YieldFrom,
+        ast.Await,
+        ast.Lambda,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.Global,
+        ast.Nonlocal,
+    )
+    for st in body[:-1]:
+        if any(isinstance(n, forbidden) for n in ast.walk(st)):
+            return None
+    if any(isinstance(n, forbidden) for n in ast.walk(body[-1].value)):
+        return None
+    return tree
+
+
+def inlinable(obj: Any) -> tuple[types.FunctionType, Any] | None:
+    """``(function, bound self or None)`` when ``obj`` is a plain user function or a method bound
+    to an object, else ``None``."""
+    bound = None
+    if isinstance(obj, types.MethodType):
+        bound, obj = obj.__self__, obj.__func__
+    if not isinstance(obj, types.FunctionType):
+        return None
+    return obj, bound
+
+
+def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    first = body[0] if body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return body[1:]
+    return body
+
+
+def _relocate(node: ast.AST, where: ast.AST) -> None:
+    """Give every node under ``node`` the location of the user statement ``where``."""
+    for sub in ast.walk(node):
+        if "lineno" in sub._attributes:
+            sub.lineno = where.lineno  # type: ignore[attr-defined]
+            sub.col_offset = where.col_offset  # type: ignore[attr-defined]
+            sub.end_lineno = getattr(where, "end_lineno", where.lineno)  # type: ignore[attr-defined]
+            sub.end_col_offset = getattr(where, "end_col_offset", where.col_offset)  # type: ignore[attr-defined]
+
+
+_MISSING = object()
+
+
+class _Inliner:
+    def __init__(self, ctx: FrontEndContext) -> None:
+        self.ctx = ctx
+        self.count = 0
+
+    # ------------------------------------------------------------------ statements
+
+    def statements(self, body: list[ast.stmt], depth: int) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for st in body:
+            if depth > MAX_DEPTH or not isinstance(st, (*_SIMPLE, ast.Return)):
+                out.append(st)
+                continue
+            prelude: list[ast.stmt] = []
+            rewriter = _CallRewriter(self, prelude, depth, st)
+            if (
+                isinstance(st, ast.Assign)
+                and len(st.targets) == 1
+                and isinstance(st.targets[0], ast.Name)
+                and isinstance(st.value, ast.Call)
+            ):
+                rewriter.target = (st.value, st.targets[0].id)
+            new = rewriter.visit(st)
+            out.extend(prelude)
+            if not (
+                isinstance(new, ast.Assign)
+                and isinstance(new.value, ast.Name)
+                and isinstance(new.targets[0], ast.Name)
+                and new.value.id == new.targets[0].id
+            ):
+                out.append(new)
+        return out
+
+    # ------------------------------------------------------------------ one call
+
+    def inline_call(
+        self, call: ast.Call, depth: int, where: ast.stmt, prelude: list[ast.stmt], target: str | None = None
+    ) -> ast.expr | None:
+        """Inline ``call`` (its statements go to ``prelude``) and return its value expression, or
+        ``None`` to keep the call. ``target`` is the caller name the value is assigned to
+        (``v = call(...)``): the helper's returned local then takes that name directly, so the
+        caller's statements read the helper's own (``v = v`` is dropped by the caller)."""
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            return None
+        callee = self.ctx.resolve(call.func)
+        if callee is UNRESOLVED:
+            return None
+        found = inlinable(callee)
+        if found is None:
+            return None
+        fn, bound = found
+        helper = _helper_def(fn)
+        if helper is None:
+            return None
+        args = list(call.args)
+        if bound is not None:
+            if not isinstance(call.func, ast.Attribute):
+                return None
+            args = [call.func.value, *args]
+        try:
+            binding = inspect.signature(fn).bind(*args, **{k.arg: k.value for k in call.keywords})
+        except TypeError:
+            return None  # the call fails as written; let it fail the same way
+        helper = copy.deepcopy(helper)
+        body = _without_docstring(helper.body)
+        stored = {
+            n.id
+            for st in body
+            for n in ast.walk(st)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
+        parameters = [a.arg for a in helper.args.posonlyargs + helper.args.args + helper.args.kwonlyargs]
+        mapping: dict[str, ast.expr] = {}
+        assignments: list[ast.stmt] = []
+        signature = inspect.signature(fn)
+        for name in parameters:
+            if name in binding.arguments:
+                value = binding.arguments[name]
+                if isinstance(value, (ast.Name, ast.Constant)) and name not in stored:
+                    mapping[name] = value
+                    continue
+                fresh = self.ctx.fresh_name(name)
+                assignments.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=value))
+                mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
+            else:
+                default = signature.parameters[name].default
+                value = (
+                    ast.Constant(value=default)
+                    if isinstance(default, _CONSTANT_TYPES)
+                    else self.ctx.bind(default, name)
+                )
+                if name in stored:
+                    fresh = self.ctx.fresh_name(name)
+                    assignments.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=value))
+                    value = ast.Name(id=fresh, ctx=ast.Load())
+                mapping[name] = value
+        free = {
+            n.id
+            for st in body
+            for n in ast.walk(st)
+            if isinstance(n, ast.Name)
+            and isinstance(n.ctx, ast.Load)
+            and n.id not in mapping
+            and n.id not in stored
+        }
+        returned = body[-1].value
+        if (
+            target is not None
+            and isinstance(returned, ast.Name)
+            and returned.id in stored
+            and returned.id not in mapping
+            and target not in free
+            and not any(
+                isinstance(n, ast.Name) and n.id == target
+                for value in mapping.values()
+                for n in ast.walk(value)
+            )
+            and not any(isinstance(n, ast.Name) and n.id == target for a in assignments for n in ast.walk(a))
+        ):
+            mapping[returned.id] = ast.Name(id=target, ctx=ast.Load())
+        for name in sorted(stored - set(mapping)):
+            mapping[name] = ast.Name(id=self.ctx.fresh_name(name), ctx=ast.Load())
+        closure = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        for name in sorted(free):
+            if name in closure:
+                try:
+                    value = closure[name].cell_contents
+                except ValueError:
+                    return None
+            elif name in fn.__globals__:
+                value = fn.__globals__[name]
+            elif hasattr(builtins, name):
+                value = getattr(builtins, name)
+            else:
+                value = _MISSING
+            if value is _MISSING:
+                continue  # a NameError in the helper stays a NameError
+            shadowed = self.ctx.is_local(name) or name in self.ctx.parameters or name in self.ctx.bindings
+            same = self.ctx.constants.get(name, _MISSING) is value or (
+                name not in self.ctx.constants and getattr(builtins, name, _MISSING) is value
+            )
+            if shadowed or not same:
+                mapping[name] = self.ctx.bind(value, name)
+        renamed = [_Rename(mapping).visit(st) for st in body]
+        result = renamed.pop()
+        assert isinstance(result, ast.Return) and result.value is not None
+        inner = self.statements([*assignments, *renamed, result], depth + 1)
+        final = inner.pop()
+        assert isinstance(final, ast.Return) and final.value is not None
+        for st in inner:
+            _relocate(st, where)
+        _relocate(final, where)
+        prelude.extend(inner)
+        self.count += 1
+        module = getattr(fn, "__module__", "?")
+        self.ctx.note(
+            f"line {where.lineno}: inlined {module}.{fn.__qualname__}() "
+            f"({len(body) - 1} statement(s) and its return value)"
+        )
+        return final.value
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, ast.expr]) -> None:
+        self.mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        target = self.mapping.get(node.id)
+        if target is None:
+            return node
+        if isinstance(node.ctx, ast.Load):
+            return ast.copy_location(copy.deepcopy(target), node)
+        assert isinstance(target, ast.Name)
+        return ast.copy_location(ast.Name(id=target.id, ctx=node.ctx), node)
+
+
+class _CallRewriter(ast.NodeTransformer):
+    """Inline the helper calls of one statement, innermost first, skipping sub-expressions that
+    are evaluated conditionally or in their own scope."""
+
+    def __init__(self, inliner: _Inliner, prelude: list[ast.stmt], depth: int, where: ast.stmt) -> None:
+        self.inliner = inliner
+        self.prelude = prelude
+        self.depth = depth
+        self.where = where
+        self.target: tuple[ast.Call, str] | None = None
+
+    def _skip(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_IfExp = visit_BoolOp = visit_Lambda = _skip
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _skip
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        self.generic_visit(node)
+        target = self.target[1] if self.target is not None and self.target[0] is node else None
+        replaced = self.inliner.inline_call(node, self.depth, self.where, self.prelude, target)
+        return node if replaced is None else replaced
+
+
+def inline_helpers(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.FunctionDef:
+    """The front-end pass (see the module doc)."""
+    inliner = _Inliner(ctx)
+    body = list(tree.body)
+    docstring = body[: len(body) - len(_without_docstring(body))]
+    new_body = inliner.statements(_without_docstring(body), 1)
+    if not inliner.count:
+        return tree
+    tree.body = docstring + new_body
+    return ast.fix_missing_locations(tree)
