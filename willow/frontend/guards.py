@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from willow import fingerprints
 from willow.errors import ModelChangedWarning
 from willow.frontend.context import ObjectGuard
 
@@ -26,11 +27,10 @@ __all__ = ["ArgumentGuards", "fingerprint"]
 
 
 def fingerprint(obj: Any) -> str | None:
-    """A content fingerprint of ``obj`` (``None`` when it cannot be computed)."""
-    from willow.cascades.runtime import model_fingerprint
-
+    """The stable content fingerprint of ``obj`` (:func:`willow.fingerprints.fingerprint`), or
+    ``None`` when it cannot be computed."""
     try:
-        return model_fingerprint(obj)
+        return fingerprints.fingerprint(obj)
     except Exception:  # noqa: BLE001 - an object that cannot be hashed is never "the same"
         return None
 
