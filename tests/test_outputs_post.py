@@ -489,3 +489,35 @@ def test_guard_firing_on_calibration_rows_is_refused(data):
 
     with pytest.raises(willow.UnsupportedPipelineError, match="early return"):
         calibrate(small_batches, model, cal)
+
+
+def test_save_load_and_pickle_keep_the_output_handling(data, tmp_path):
+    import pickle
+
+    model, cal, test = data
+    pipeline = calibrate(threshold_global_left, model, cal)
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    assert "distance of column 1 from the threshold 0.3" in pipeline.explain()
+    cheap, extra, _ = test
+    served = pipeline(model, cheap, extra)
+    pipeline.save(tmp_path / "plan.willow")
+    loaded = willow.load(tmp_path / "plan.willow", threshold_global_left)
+    assert loaded.generated_source_ == pipeline.generated_source_
+    np.testing.assert_array_equal(loaded(model, cheap, extra), served)
+    unpickled = pickle.loads(pickle.dumps(pipeline))
+    np.testing.assert_array_equal(unpickled(model, cheap, extra), served)
+
+
+def test_generated_functions_apply_the_post_processing_at_every_exit():
+    from willow.compiler.codegen import build_cascade_source, build_compiled_source, layout_cascade, render
+
+    graph = trace_pipeline(where_labels)
+    compiled = render(build_compiled_source(graph))
+    assert compiled.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 2  # 0 rows, all rows
+    assert "p = model.predict_proba(X)" in compiled and "p = _willow.empty_output()" in compiled
+    cascade = render(build_cascade_source(graph, layout_cascade(graph, ["a"]), 0.1, (), None, "THRESHOLD"))
+    assert (
+        cascade.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 3
+    )  # 0 rows, confident, merged
+    assert "_willow.same_threshold(THRESHOLD)" in cascade
+    assert "p = _willow.merge(approx_output, uncertain, model.predict_proba(X))" in cascade

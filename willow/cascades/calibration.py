@@ -561,7 +561,11 @@ class _Context:
             return self.finish(dropped, None, None)
         return replace(
             base,
-            plan=replace(measured, cascade=True, reason="cascade proven on the holdout split"),
+            plan=replace(
+                measured,
+                cascade=True,
+                reason=f"cascade proven on the holdout split, judged on {self.output.describe()}",
+            ),
             approximate=approx,
             layout=layout,
             function=function,
