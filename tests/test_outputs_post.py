@@ -521,3 +521,52 @@ def test_generated_functions_apply_the_post_processing_at_every_exit():
     )  # 0 rows, confident, merged
     assert "_willow.same_threshold(THRESHOLD)" in cascade
     assert "p = _willow.merge(approx_output, uncertain, model.predict_proba(X))" in cascade
+
+
+def two_model_calls(model, cheap, extra):
+    X = np.hstack([cheap * 1.0, slow_features(extra)])
+    return model.predict(X) + model.predict_proba(X)[:, 1]
+
+
+def late_early_return(model, cheap, extra):
+    a = cheap * 1.0
+    if len(a) == 0:
+        return []
+    return model.predict(np.hstack([a, slow_features(extra)]))
+
+
+def context_reads_a_local(model, cheap, extra):
+    name = "features"
+    with open_context(name):
+        a = cheap * 1.0
+    return model.predict(np.hstack([a, slow_features(extra)]))
+
+
+def open_context(name):
+    return warnings.catch_warnings()
+
+
+@pytest.mark.parametrize(
+    ("fn", "reason"),
+    [
+        (two_model_calls, "calls the model more than once"),
+        (late_early_return, "returns or yields before the final model call"),
+        (context_reads_a_local, "control flow"),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_tracing_still_refuses_what_it_cannot_keep_exact(fn, reason):
+    with pytest.raises(willow.UnsupportedPipelineError, match=reason):
+        trace_pipeline(fn)
+
+
+def test_tracing_splits_guards_contexts_and_post_processing():
+    graph = trace_pipeline(guarded)
+    assert [type(n).__name__ for n in graph.prologue] == ["If"]
+    assert ast.unparse(graph.contexts[0]) == "warnings.catch_warnings()"
+    assert graph.post.variable == "proba" and graph.post.reads == {"THRESHOLD"}
+    assert graph.group_names == ("a", "b") and graph.row_parameters == ("cheap", "extra")
+    kept = [st.source for st in graph.statements if st.index not in graph.consumers]
+    assert any(s.startswith("assert cheap.shape[1] == 2") for s in kept)
+    assert "[output]  return proba[:, 1] > THRESHOLD" in graph.describe()
+    assert trace_pipeline(assign_then_return).post is None  # `preds = ...; return preds`
