@@ -36,6 +36,7 @@ __all__ = [
     "build_cascade_source",
     "build_compiled_source",
     "output_exit",
+    "with_contexts",
     "materialize",
 ]
 
@@ -220,7 +221,7 @@ def _prelude(
     Returns ``(head, work, guard, guard_late)``: ``head`` runs first (the guard, then the
     function's own early-return guards, unchanged); ``work`` (counting rows, the 0-row answer and
     whatever the caller appends) runs inside the function's ``with`` contexts (see
-    :func:`_assemble`). The guard runs the original function when the model (or a compiled fitted
+    :func:`with_contexts`). The guard runs the original function when the model (or a compiled fitted
     object, or the threshold the output is compared to) is not the one the plan was made for; it
     comes first unless the model is computed inside the body, in which case the caller places it
     after the statements that run on every row.
@@ -267,7 +268,7 @@ def output_exit(
     return exit_
 
 
-def _assemble(graph: PipelineGraph, head: list[ast.stmt], work: list[ast.stmt]) -> list[ast.stmt]:
+def with_contexts(graph: PipelineGraph, head: list[ast.stmt], work: list[ast.stmt]) -> list[ast.stmt]:
     """``head`` then ``work``, the latter inside the function's unwrapped ``with`` contexts."""
     if not graph.contexts:
         return head + work
@@ -318,12 +319,12 @@ def build_compiled_source(
     if fused is None:
         body += [copy.deepcopy(st.node) for st in graph.statements]
         body += output_exit(graph, copy.deepcopy(graph.model_call.node.value))  # type: ignore[arg-type]
-        return _function(original_def, _assemble(graph, head, body))
+        return _function(original_def, with_contexts(graph, head, body))
     assert graph.stack is not None
     skip = set(fused.statements) | {graph.stack.statement}
     body += [copy.deepcopy(st.node) for st in graph.statements if st.index not in skip]
     body += output_exit(graph, _ops_call(fused.attribute, name_node(fused.text)))
-    return _function(original_def, _assemble(graph, head, body))
+    return _function(original_def, with_contexts(graph, head, body))
 
 
 def build_cascade_source(
@@ -393,7 +394,7 @@ def build_cascade_source(
         full = _ops_call(fused.attribute, name_node(fused.text))
         merged = runtime_call("merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full)
         body += output_exit(graph, merged, restore)
-        return _function(original_def, _assemble(graph, head, body))
+        return _function(original_def, with_contexts(graph, head, body))
     for name in layout.row_subsets:
         body.append(
             assign_node(
@@ -411,7 +412,7 @@ def build_cascade_source(
         "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full_call
     )
     body += output_exit(graph, merged, restore)
-    return _function(original_def, _assemble(graph, head, body))
+    return _function(original_def, with_contexts(graph, head, body))
 
 
 def render(func: ast.FunctionDef) -> str:
