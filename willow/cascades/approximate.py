@@ -3,7 +3,9 @@
 By default it is ``sklearn.base.clone`` of the user's model, fitted on the selected groups only;
 ``approximate_model=`` replaces it. It is trained on labels when the user gives ``y`` and on the
 full model's own predictions otherwise (distillation). Its *confidence* in a row is the largest
-class probability (or, for models without ``predict_proba``, the decision-function margin).
+class probability (or, for models without ``predict_proba``, the decision-function margin); when
+the function thresholds the output (``proba[:, c] > t``, ``margin > t``), it is the distance
+from that threshold, ``|p_c - t|``, since that is what decides the returned value.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ class ApproximateModel:
         self._has_proba = hasattr(estimator, "predict_proba")
         self._scores: Any = None  # a compiled predict_proba / decision_function, when there is one
         self._column_map: np.ndarray | None = None
+        if output.method == "decision_function":
+            if not hasattr(estimator, "decision_function"):
+                raise ValueError(
+                    "The pipeline returns decision_function(), but the approximate model "
+                    f"{type(estimator).__name__} has none; pass an approximate_model= that has one."
+                )
+            if output.classes is not None and not np.array_equal(self.classes_, output.classes):
+                raise ValueError(
+                    f"The approximate model learned classes {self.classes_.tolist()}, not the full "
+                    f"model's {output.classes.tolist()}, so its decision_function() columns differ."
+                )
         if output.method == "predict_proba":
             assert output.classes is not None
             position = {c: i for i, c in enumerate(output.classes.tolist())}
@@ -52,6 +65,8 @@ class ApproximateModel:
     @property
     def score_method(self) -> str:
         """The estimator method confidences come from."""
+        if self.output_.method == "decision_function":
+            return "decision_function"
         return "predict_proba" if self._has_proba else "decision_function"
 
     @property
@@ -127,6 +142,21 @@ class ApproximateModel:
         return self._rows_and_confidence(np.asarray(method(X)))
 
     def _rows_and_confidence(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, confidence = self._default_rows_and_confidence(scores)
+        threshold = getattr(self.output_, "margin_threshold", None)
+        if threshold is not None:
+            column = self.output_.margin_column
+            values = np.asarray(rows if column is None else rows[:, column], dtype=np.float64)
+            confidence = np.abs(values - threshold)
+        return rows, confidence
+
+    def _default_rows_and_confidence(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.output_.method == "decision_function":
+            decision = scores.astype(self.output_.dtype, copy=False)
+            if decision.ndim == 1:
+                return decision, np.abs(decision)
+            top2 = np.sort(decision, axis=1)[:, -2:]
+            return decision, top2[:, 1] - top2[:, 0]
         if self._has_proba:
             proba = scores
             best = np.argmax(proba, axis=1)

@@ -30,7 +30,7 @@ from willow.cascades.approximate import ApproximateModel, fit_approximate_model
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.cascades.duplicates import row_groups
 from willow.cascades.importance import permutation_importance
-from willow.cascades.outputs import OutputSpec
+from willow.cascades.outputs import OutputSpec, find_margin, same_output
 from willow.cascades.plan import CandidateResult, CascadePlan
 from willow.cascades.runtime import ModelGuard, ServingRuntime, with_original_errors
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
@@ -273,12 +273,13 @@ def calibrate_cascade(
     n_tune = len(split.tune)
     tune_arguments = arguments_for(split.tune)
     runner = StatementRunner(graph, fn)
+    check_prologue(graph, runner, [arguments, tune_arguments, arguments_for(split.holdout)])
     progress.stage("costing")
     python_costs, ns_tune, out_tune = profile_costs(
         graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
     )
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
-    output = OutputSpec.from_output(graph.model_call.method, out_tune, model)
+    output = describe_output(graph, runner, ns_tune, out_tune, model)
     labels = _labels(y, n, output)
     fingerprint = fingerprints.fingerprint(model)
 
@@ -328,6 +329,15 @@ def calibrate_cascade(
 
     if not options.cascade:
         return no_cascade("cascades are disabled (cascade=False).")
+    if output.decision == "numbers":
+        return no_cascade(
+            f"the function returns numbers ({_returned(graph)}), not a decision per row: a cascade "
+            "would change those values, so the compiled pipeline serves every row (exactly)."
+        )
+    if graph.post is not None:
+        problem = post_rowwise_problem(graph, runner, ns_tune, out_tune, n_tune, options.random_state)
+        if problem:
+            return no_cascade(problem)
     if output.classes is None:
         return no_cascade(
             f"the model ({type(model).__name__}) has no classes_: classification cascades need a "
@@ -352,7 +362,7 @@ def calibrate_cascade(
     progress.stage("candidates")
     ns_train, out_train = runner.run_all(arguments_for(split.train))
     train_labels = labels[split.train] if labels is not None else output.labels(out_train)
-    tune_reference = output.labels(out_tune)
+    tune_reference = output.decisions(runner.post(ns_tune, out_tune))
     full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
 
     results: list[CandidateResult] = []
@@ -372,7 +382,7 @@ def calibrate_cascade(
             )
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
-        agrees = output.labels(rows) == tune_reference
+        agrees = _row_equal(output.decisions(runner.post(ns_tune, rows)), tune_reference)
         choice = tune_threshold(
             confidence,
             agrees,
@@ -477,14 +487,14 @@ class _Context:
             self.graph, self.fn, layout, plan.threshold, approx, self.output, guard, self.compilation
         )
         holdout = self.arguments_for(self.split.holdout)
-        original_out = np.asarray(call_with(self.fn, holdout))
+        original_out = call_with(self.fn, holdout)
         optimized_out = call_with(function.__wrapped__, holdout)  # its own errors surface here
         n_holdout = len(self.split.holdout)
         agreements = int(self.output.agreement(optimized_out, original_out).sum())
         lower = float(clopper_pearson_lower(agreements, n_holdout, self.options.confidence))
         measured = replace(plan, agreement=agreements / n_holdout, lower_bound=lower, holdout_rows=n_holdout)
         if not cascade:
-            if not _same_rows(self.output, optimized_out, original_out):
+            if not same_output(optimized_out, original_out):
                 return replace(
                     base,
                     plan=replace(
@@ -543,7 +553,8 @@ class _Context:
             expected_speedup=plan.original_seconds_per_row / expected,
             confident_fraction=confident_fraction,
         )
-        if not _same_rows(self.output, optimized_out[uncertain], original_out[uncertain]):
+        rows = np.flatnonzero(uncertain)
+        if not same_output(take_rows(optimized_out, rows), take_rows(original_out, rows)):
             reason = (
                 "on the holdout rows the full pipeline gave different outputs for a subset of rows "
                 "than for the whole batch, so this function does not compute its rows independently "
@@ -582,7 +593,11 @@ class _Context:
             return self.finish(dropped, None, None)
         return replace(
             base,
-            plan=replace(measured, cascade=True, reason="cascade proven on the holdout split"),
+            plan=replace(
+                measured,
+                cascade=True,
+                reason=f"cascade proven on the holdout split, judged on {self.output.describe()}",
+            ),
             approximate=approx,
             layout=layout,
             function=function,
@@ -634,14 +649,84 @@ def build_cascade(
     fused = compilation.fused if compilation is not None else None
     if layout is not None:
         use_fused = fused if approximate is not None and approximate.fused else None
-        func_ast = build_cascade_source(graph, layout, threshold, exprs, use_fused)
+        func_ast = build_cascade_source(
+            graph, layout, threshold, exprs, use_fused, getattr(output, "threshold_source", None)
+        )
     else:
         func_ast = build_compiled_source(graph, exprs, fused)
     function, source = materialize(func_ast, fn, runtime, graph.function_name)
     return with_original_errors(function, fn), source
 
 
-def _same_rows(output: OutputSpec, a: np.ndarray, b: np.ndarray) -> bool:
-    if output.method == "predict":
-        return bool(np.array_equal(a, b))
-    return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12))
+def _row_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    same = np.asarray(a == b)
+    return same.reshape(len(a), -1).all(axis=1) if same.ndim > 1 else same
+
+
+def _returned(graph: PipelineGraph) -> str:
+    node = graph.post.statements[-1] if graph.post is not None else graph.model_call.node
+    return f"line {node.lineno}: `{ast.unparse(node).splitlines()[0]}`"
+
+
+def describe_output(
+    graph: PipelineGraph, runner: StatementRunner, ns: dict[str, Any], raw: Any, model: Any
+) -> OutputSpec:
+    """The :class:`OutputSpec` of the model's raw output ``raw`` (a completed run in ``ns``), with
+    what the cascade is judged on: what the function returns from it."""
+    output = OutputSpec.from_output(graph.model_call.method, raw, model)
+    margin = None
+    if graph.post is not None and output.method in ("predict_proba", "decision_function"):
+        assigned = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
+        margin = find_margin(graph.post.statements, graph.post.variable, ns, output.n_columns, assigned)
+    return output.judged_on(runner.post(ns, raw), raw, margin)
+
+
+def check_prologue(graph: PipelineGraph, runner: StatementRunner, batches: Sequence[dict[str, Any]]) -> None:
+    """The function's leading early-return guards must let calibration batches through."""
+    for batch in batches:
+        if runner.prologue_returns(batch):
+            node = graph.prologue[-1]
+            raise UnsupportedPipelineError(
+                f"{graph.filename}:{node.lineno}: the early return `{ast.unparse(node).splitlines()[0]}` "
+                "answers a calibration batch itself, so willow cannot measure the pipeline behind it. "
+                "Calibrate on a batch the guard lets through (more rows), or pass strict=False."
+            )
+
+
+def post_rowwise_problem(
+    graph: PipelineGraph,
+    runner: StatementRunner,
+    ns: dict[str, Any],
+    raw: Any,
+    n: int,
+    random_state: int | None,
+) -> str:
+    """Why the post-processing is not row by row ("" when it is): a cascade applies it to the
+    merged output of two row sets, which is only right when ``post(rows)`` equals ``post(all)``
+    restricted to those rows. Checked on a seeded half of the calibration rows."""
+    assert graph.post is not None
+    try:
+        everything = runner.post(ns, raw)
+        rows = np.sort(np.random.default_rng(random_state).permutation(n)[: max(1, n // 2)])
+        narrowed = dict(ns)
+        for name in graph.post.reads:
+            definition = next((st.index for st in reversed(graph.statements) if name in st.defines), None)
+            row_aligned = (definition is None and name in graph.row_parameters) or (
+                definition is not None and definition in graph.row_dependent
+            )
+            if row_aligned:
+                narrowed[name] = take_rows(ns[name], rows)
+        part = runner.post(narrowed, take_rows(raw, rows))
+        same = n_rows(everything) == n and same_output(part, take_rows(everything, rows))
+    except Exception as exc:  # noqa: BLE001 - whatever fails here, the output is not row by row
+        same, detail = False, f" ({type(exc).__name__}: {exc})"
+    else:
+        detail = ""
+    if same:
+        return ""
+    return (
+        f"what the function does with the model's output (line {graph.post.lineno}) is not row by row"
+        f"{detail}: on half of the calibration rows it did not return those rows' part of the result "
+        "on all of them, so a cascade could not merge its two row sets; the compiled pipeline serves "
+        "every row (exactly)."
+    )

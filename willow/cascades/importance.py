@@ -27,7 +27,7 @@ def _output_change(spec: OutputSpec, output: np.ndarray, baseline: np.ndarray) -
         return float(
             np.mean(0.5 * np.abs(np.asarray(output, float) - np.asarray(baseline, float)).sum(axis=1))
         )
-    return float(np.mean(output != baseline))
+    return float(np.mean(spec.labels(output) != spec.labels(baseline)))
 
 
 def permutation_importance(

@@ -72,6 +72,8 @@ class CascadePlan:
                 f"Cascade: approximate model on {', '.join(self.selected)}; rows with confidence "
                 f">= {self.threshold:.6g} are answered by it, the rest run the full pipeline."
             )
+            if ", judged on " in self.reason:
+                lines.append(f"Agreement is judged on {self.reason.split(', judged on ', 1)[1]}.")
         else:
             lines.append(f"No cascade: {self.reason}")
         if self.groups:

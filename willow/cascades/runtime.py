@@ -145,6 +145,25 @@ class ServingRuntime:
         )
         return False
 
+    def same_threshold(self, value: Any) -> bool:
+        """Whether the threshold the function compares its output to (a global such as
+        ``THRESHOLD``) still has the value the cascade was proven for."""
+        expected = self.output.margin_threshold
+        try:
+            same = float(value) == expected
+        except (TypeError, ValueError):
+            same = False
+        if same:
+            return True
+        warnings.warn(
+            f"The threshold this pipeline compares its output to is now {value!r}, but its cascade "
+            f"was proven for {expected!r}; running the original function instead. Call calibrate() "
+            "again to cascade the new threshold.",
+            ModelChangedWarning,
+            stacklevel=3,
+        )
+        return False
+
     @staticmethod
     def count_rows(**inputs: Any) -> int:
         """The batch's row count; every row input must have the same number of rows."""

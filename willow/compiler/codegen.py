@@ -35,6 +35,8 @@ __all__ = [
     "stack_expression",
     "build_cascade_source",
     "build_compiled_source",
+    "output_exit",
+    "with_contexts",
     "materialize",
 ]
 
@@ -75,13 +77,17 @@ def layout_cascade(graph: PipelineGraph, selected: Sequence[str]) -> CascadeLayo
     remaining = other_slice - selected_slice
     full_model = {graph.stack.statement, *graph.tail}
     placed = selected_slice | remaining | full_model
-    every_row = [st.index for st in graph.statements if st.index not in placed]
-    sections = (
-        tuple(every_row),
-        tuple(sorted(selected_slice)),
-        tuple(sorted(remaining)),
-        tuple(sorted(full_model)),
-    )
+    section_of = {i: 1 for i in selected_slice} | {i: 2 for i in remaining} | {i: 3 for i in full_model}
+    members: list[list[int]] = [[], sorted(selected_slice), sorted(remaining), sorted(full_model)]
+    for st in graph.statements:
+        if st.index in placed:
+            continue
+        # A statement that binds nothing (an assert, a log call) runs after what it reads: in a
+        # later section it sees the values of the uncertain rows only.
+        section = max((section_of.get(d, 0) for d in st.depends_on), default=0) if not st.defines else 0
+        section_of[st.index] = section
+        members[section].append(st.index)
+    sections = tuple(tuple(sorted(m)) for m in members)
     # Each statement must still see the same definitions after reordering.
     order = [i for section in sections for i in section]
     last_def: dict[str, int] = {}
@@ -204,29 +210,41 @@ def unique_names(graph: PipelineGraph, wanted: Sequence[str]) -> dict[str, str]:
 
 
 def _prelude(
-    graph: PipelineGraph, original_def: ast.FunctionDef, guarded: Sequence[str], n_rows: str
-) -> tuple[list[ast.stmt], ast.If, bool]:
-    """Statements every generated function starts with, and the fallback guard.
+    graph: PipelineGraph,
+    original_def: ast.FunctionDef,
+    guarded: Sequence[str],
+    n_rows: str,
+    threshold_source: str | None = None,
+) -> tuple[list[ast.stmt], list[ast.stmt], ast.If, bool]:
+    """The statements every generated function starts with, and the fallback guard.
 
-    The guard runs the original function when the model (or a compiled fitted object) is not the
-    one the plan was made for; it comes first unless the model is computed inside the body, in
-    which case the caller places it after the statements that run on every row.
+    Returns ``(head, work, guard, guard_late)``: ``head`` runs first (the guard, then the
+    function's own early-return guards, unchanged); ``work`` (counting rows, the 0-row answer and
+    whatever the caller appends) runs inside the function's ``with`` contexts (see
+    :func:`with_contexts`). The guard runs the original function when the model (or a compiled fitted
+    object, or the threshold the output is compared to) is not the one the plan was made for; it
+    comes first unless the model is computed inside the body, in which case the caller places it
+    after the statements that run on every row.
     """
     model_expr = copy.deepcopy(graph.model_call.model)
     test: ast.expr = ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_model", model_expr))
+    checks = [test]
     if guarded:
         objects = [ast.parse(expr, mode="eval").body for expr in guarded]
-        test = ast.BoolOp(
-            op=ast.Or(),
-            values=[test, ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects))],
-        )
+        checks.append(ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects)))
+    if threshold_source is not None:
+        value = ast.parse(threshold_source, mode="eval").body
+        checks.append(ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_threshold", value)))
+    if len(checks) > 1:
+        test = ast.BoolOp(op=ast.Or(), values=checks)
     guard = ast.If(test=test, body=[ast.Return(value=forward_call(original_def))], orelse=[])
     guard_late = model_defined_in_body(graph)
-    body: list[ast.stmt] = [] if guard_late else [guard]
-    body.append(
+    head: list[ast.stmt] = [] if guard_late else [guard]
+    head += [copy.deepcopy(node) for node in graph.prologue]
+    work: list[ast.stmt] = [
         assign_node(n_rows, runtime_call("count_rows", **{p: name_node(p) for p in graph.row_parameters}))
-    )
-    body.append(
+    ]
+    work.append(
         ast.If(
             test=ast.Compare(left=name_node(n_rows), ops=[ast.Eq()], comparators=[ast.Constant(0)]),
             # 0 rows: whatever the original does with them (an empty result, or its exception)
@@ -234,7 +252,29 @@ def _prelude(
             orelse=[],
         )
     )
-    return body, guard, guard_late
+    return head, work, guard, guard_late
+
+
+def output_exit(
+    graph: PipelineGraph, raw: ast.expr, restore: Sequence[tuple[str, str]] = ()
+) -> list[ast.stmt]:
+    """Return what the function returns when the model's output is ``raw``: ``return raw``, or,
+    when the function post-processes the output, ``<variable> = raw`` and its post statements
+    (after restoring the full-batch values ``restore`` lists as ``(name, saved name)``)."""
+    if graph.post is None:
+        return [ast.Return(value=raw)]
+    exit_: list[ast.stmt] = [assign_node(graph.post.variable, raw)]
+    exit_ += [assign_node(name, name_node(saved)) for name, saved in restore]
+    exit_ += [copy.deepcopy(node) for node in graph.post.statements]
+    return exit_
+
+
+def with_contexts(graph: PipelineGraph, head: list[ast.stmt], work: list[ast.stmt]) -> list[ast.stmt]:
+    """``head`` then ``work``, the latter inside the function's unwrapped ``with`` contexts."""
+    if not graph.contexts:
+        return head + work
+    items = [copy.deepcopy(item) for item in graph.contexts]
+    return head + [ast.With(items=items, body=work, type_comment=None)]
 
 
 def _function(original_def: ast.FunctionDef, body: list[ast.stmt]) -> ast.FunctionDef:
@@ -274,18 +314,18 @@ def build_compiled_source(
     """
     original_def = _original_def(graph)
     local = unique_names(graph, ["n_rows"])
-    body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
+    head, body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
     if guard_late:
-        body.insert(0, guard)
+        head.insert(0, guard)
     if fused is None:
         body += [copy.deepcopy(st.node) for st in graph.statements]
-        body.append(copy.deepcopy(graph.model_call.node))
-        return _function(original_def, body)
+        body += output_exit(graph, copy.deepcopy(graph.model_call.node.value))  # type: ignore[arg-type]
+        return _function(original_def, with_contexts(graph, head, body))
     assert graph.stack is not None
     skip = set(fused.statements) | {graph.stack.statement}
     body += [copy.deepcopy(st.node) for st in graph.statements if st.index not in skip]
-    body.append(ast.Return(value=_ops_call(fused.attribute, name_node(fused.text))))
-    return _function(original_def, body)
+    body += output_exit(graph, _ops_call(fused.attribute, name_node(fused.text)))
+    return _function(original_def, with_contexts(graph, head, body))
 
 
 def build_cascade_source(
@@ -294,6 +334,7 @@ def build_cascade_source(
     threshold: float,
     guarded: Sequence[str] = (),
     fused: Any = None,
+    threshold_source: str | None = None,
 ) -> ast.FunctionDef:
     """The cascaded function as an AST with the original's name and signature.
 
@@ -302,7 +343,12 @@ def build_cascade_source(
     """
     original_def = _original_def(graph)
     local = unique_names(graph, ["n_rows", "approx_features", "approx_output", "confidence", "uncertain"])
-    body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
+    head, body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"], threshold_source)
+    # Full-batch values the post-processing reads that the uncertain section narrows.
+    narrowed = list(layout.row_subsets) if fused is None else [fused.text]
+    post_reads = graph.post.reads if graph.post is not None else frozenset()
+    kept_names = unique_names(graph, [f"{n}_all_rows" for n in narrowed if n in post_reads])
+    restore = [(n, kept_names[f"{n}_all_rows"]) for n in narrowed if n in post_reads]
     for i in layout.every_row:
         body.append(copy.deepcopy(graph.statements[i].node))
     if guard_late:
@@ -329,10 +375,11 @@ def build_cascade_source(
                 ops=[ast.Eq()],
                 comparators=[ast.Constant(0)],
             ),
-            body=[ast.Return(value=name_node(local["approx_output"]))],
+            body=output_exit(graph, name_node(local["approx_output"])),
             orelse=[],
         )
     )
+    body += [assign_node(saved, name_node(name)) for name, saved in restore]
     if fused is not None:
         body.append(
             assign_node(
@@ -346,14 +393,9 @@ def build_cascade_source(
             )
         )
         full = _ops_call(fused.attribute, name_node(fused.text))
-        body.append(
-            ast.Return(
-                value=runtime_call(
-                    "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full
-                )
-            )
-        )
-        return _function(original_def, body)
+        merged = runtime_call("merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full)
+        body += output_exit(graph, merged, restore)
+        return _function(original_def, with_contexts(graph, head, body))
     for name in layout.row_subsets:
         body.append(
             assign_node(
@@ -367,14 +409,11 @@ def build_cascade_source(
         body.append(copy.deepcopy(graph.statements[i].node))
     full_call = copy.deepcopy(graph.model_call.node.value)
     assert full_call is not None
-    body.append(
-        ast.Return(
-            value=runtime_call(
-                "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full_call
-            )
-        )
+    merged = runtime_call(
+        "merge", name_node(local["approx_output"]), name_node(local["uncertain"]), full_call
     )
-    return _function(original_def, body)
+    body += output_exit(graph, merged, restore)
+    return _function(original_def, with_contexts(graph, head, body))
 
 
 def render(func: ast.FunctionDef) -> str:

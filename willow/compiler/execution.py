@@ -10,9 +10,11 @@ namespace built from the function's globals, closure and arguments.
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import time
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -66,6 +68,35 @@ class StatementRunner:
         model_call = graph.model_call.node.value
         assert model_call is not None
         self._model_code = compile(ast.Expression(body=model_call), graph.filename, "eval")
+        self._contexts = [
+            (compile(ast.Expression(body=item.context_expr), graph.filename, "eval"), item.optional_vars)
+            for item in graph.contexts
+        ]
+        self._post = (
+            _function_code("__willow_post__", list(graph.post.statements), graph.filename)
+            if graph.post
+            else None
+        )
+        self._prologue = (
+            _function_code(
+                "__willow_prologue__",
+                [*graph.prologue, ast.Return(value=ast.Name(id="__willow_no_return__", ctx=ast.Load()))],
+                graph.filename,
+            )
+            if graph.prologue
+            else None
+        )
+
+    @contextlib.contextmanager
+    def entered(self, ns: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Enter the function's unwrapped ``with`` contexts (``timer()``...) in ``ns``, as the
+        original runs its statements inside them."""
+        with contextlib.ExitStack() as stack:
+            for code, target in self._contexts:
+                value = stack.enter_context(eval(code, ns))
+                if isinstance(target, ast.Name):
+                    ns[target.id] = value
+            yield ns
 
     def namespace(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """A fresh namespace: the function's globals, then its closure, willow's own names (the
@@ -78,9 +109,31 @@ class StatementRunner:
 
     def run(self, ns: dict[str, Any], indices: Iterable[int] | None = None) -> dict[str, Any]:
         """Execute the given statements (all, in order, by default) in ``ns``; return ``ns``."""
-        for i in range(len(self.graph.statements)) if indices is None else indices:
-            exec(self._code[i], ns)
+        with self.entered(ns):
+            for i in range(len(self.graph.statements)) if indices is None else indices:
+                exec(self._code[i], ns)
         return ns
+
+    def post(self, ns: dict[str, Any], output: Any) -> Any:
+        """What the function returns when the model's output is ``output``: the graph's
+        post-processing run in (a copy of) the completed namespace ``ns``; ``output`` itself when
+        the function returns the model's output as it is."""
+        if self._post is None:
+            return output
+        assert self.graph.post is not None
+        scope = dict(ns)
+        scope[self.graph.post.variable] = output
+        with self.entered(scope):
+            return _call_code(self._post, scope)
+
+    def prologue_returns(self, arguments: dict[str, Any]) -> bool:
+        """Whether the function's leading early-return guards answer this call themselves."""
+        if self._prologue is None:
+            return False
+        marker = object()
+        scope = self.namespace(arguments)
+        scope["__willow_no_return__"] = marker
+        return _call_code(self._prologue, scope) is not marker
 
     def model_output(self, ns: dict[str, Any]) -> Any:
         """Evaluate the final ``<model>.<method>(X)`` in ``ns``."""
@@ -102,12 +155,13 @@ class StatementRunner:
         output: Any = None
         for run in range(warmup + repeats):
             ns = self.namespace(arguments)
-            for st in self.graph.statements:
-                start = time.perf_counter()
-                exec(self._code[st.index], ns)
-                elapsed = time.perf_counter() - start
-                if run >= warmup:
-                    samples[st.index].append(elapsed)
+            with self.entered(ns):
+                for st in self.graph.statements:
+                    start = time.perf_counter()
+                    exec(self._code[st.index], ns)
+                    elapsed = time.perf_counter() - start
+                    if run >= warmup:
+                        samples[st.index].append(elapsed)
             start = time.perf_counter()
             output = self.model_output(ns)
             if run >= warmup:
@@ -118,3 +172,28 @@ class StatementRunner:
             repeats=repeats,
         )
         return times, ns, output
+
+
+def _function_code(name: str, body: list[ast.stmt], filename: str) -> CodeType:
+    """The code object of ``def <name>(): <body>`` (its free names are looked up as globals)."""
+    func = ast.FunctionDef(
+        name=name,
+        args=ast.arguments(
+            posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+        ),
+        body=body,
+        decorator_list=[],
+        returns=None,
+        type_comment=None,
+        type_params=[],
+    )
+    ast.copy_location(func, body[0])
+    module = ast.Module(body=[func], type_ignores=[])
+    ast.fix_missing_locations(module)
+    code = compile(module, filename, "exec")
+    return next(c for c in code.co_consts if isinstance(c, CodeType) and c.co_name == name)
+
+
+def _call_code(code: CodeType, scope: dict[str, Any]) -> Any:
+    """Run a code object from :func:`_function_code` with ``scope`` as its globals."""
+    return types.FunctionType(code, scope)()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-__all__ = ["Statement", "FeatureGroup", "StackCall", "ModelCall", "PipelineGraph"]
+__all__ = ["Statement", "FeatureGroup", "StackCall", "ModelCall", "PostProcessing", "PipelineGraph"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +75,13 @@ class StackCall:
 
 @dataclass(frozen=True, eq=False)
 class ModelCall:
-    """The ``return <model>.<method>(X, ...)`` that ends the function."""
+    """The model call ``<model>.<method>(X, ...)`` whose output the function returns.
+
+    ``node`` is always ``return <model>.<method>(X)``: when the function transforms the output
+    before returning it, the transformation is the graph's :attr:`PipelineGraph.post`, and the
+    call is kept here on its own. ``method`` is ``predict``, ``predict_proba`` or
+    ``decision_function``.
+    """
 
     lineno: int
     node: ast.Return
@@ -83,6 +89,28 @@ class ModelCall:
     method: str
     feature_variable: str
     model_parameter: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class PostProcessing:
+    """What the function does with the model's output before returning it.
+
+    ``statements`` run with ``variable`` bound to the model's raw output and end in a
+    ``return``: ``proba = model.predict_proba(X); return proba[:, 1] > 0.3`` has ``variable``
+    ``proba`` and the statement ``return proba[:, 1] > 0.3``. They read only that output, names
+    defined by earlier post statements, and names from outside the feature computation
+    (parameters, globals, statements that feed no feature group). A cascade merges the raw
+    outputs of its confident and uncertain rows and runs these statements once on the merge.
+    """
+
+    variable: str
+    statements: tuple[ast.stmt, ...]
+    reads: frozenset[str]
+    lineno: int
+
+    @property
+    def source(self) -> str:
+        return "\n".join(ast.unparse(s) for s in self.statements)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +134,14 @@ class PipelineGraph:
     row_parameters: tuple[str, ...]
     row_dependent: frozenset[int]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What the function does around the pipeline (willow keeps and runs it, see tracing):
+    # ``post`` transforms the model's output; ``prologue`` holds the leading early-return guards
+    # (``if len(texts) == 0: return []``) and the statements before them, run first and unchanged;
+    # ``contexts`` are the ``with`` items (``timer()``, ``warnings.catch_warnings()``) whose
+    # blocks were unwrapped for analysis; the generated function runs its work inside them.
+    post: PostProcessing | None = None
+    prologue: tuple[ast.stmt, ...] = ()
+    contexts: tuple[ast.withitem, ...] = ()
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -125,6 +161,10 @@ class PipelineGraph:
     def describe(self) -> str:
         """A readable listing of the graph: statements, what they read, which groups need them."""
         lines = [f"PipelineGraph of {self.function_name}({', '.join(self.parameters)})"]
+        for node in self.prologue:
+            lines.append(f"  line {node.lineno:>4}  [guard]  {ast.unparse(node).splitlines()[0]}")
+        for item in self.contexts:
+            lines.append(f"  line {item.context_expr.lineno:>4}  [with]  {ast.unparse(item)}")
         for st in self.statements:
             owners = self.consumers.get(st.index, frozenset())
             if st.index in self.tail or (self.stack and st.index == self.stack.statement):
@@ -134,5 +174,11 @@ class PipelineGraph:
             else:
                 role = "kept"
             lines.append(f"  line {st.lineno:>4}  [{role}]  {st.source.splitlines()[0]}")
-        lines.append(f"  line {self.model_call.lineno:>4}  [model]  {ast.unparse(self.model_call.node)}")
+        model = ast.unparse(self.model_call.node)
+        if self.post is not None:
+            model = f"{self.post.variable} = {ast.unparse(self.model_call.node.value)}"  # type: ignore[arg-type]
+        lines.append(f"  line {self.model_call.lineno:>4}  [model]  {model}")
+        if self.post is not None:
+            for node in self.post.statements:
+                lines.append(f"  line {node.lineno:>4}  [output]  {ast.unparse(node).splitlines()[0]}")
         return "\n".join(lines)

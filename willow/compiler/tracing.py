@@ -17,12 +17,19 @@ import inspect
 import textwrap
 from collections.abc import Callable
 
-from willow.compiler.graph import FeatureGroup, ModelCall, PipelineGraph, StackCall, Statement
+from willow.compiler.graph import (
+    FeatureGroup,
+    ModelCall,
+    PipelineGraph,
+    PostProcessing,
+    StackCall,
+    Statement,
+)
 from willow.errors import UnsupportedPipelineError
 
 __all__ = ["trace_pipeline", "source_fingerprint", "unwrap_stack_call", "names_read", "STACK_FUNCTIONS"]
 
-MODEL_METHODS = ("predict", "predict_proba")
+MODEL_METHODS = ("predict", "predict_proba", "decision_function")
 # Methods and attributes that only change the format of the stacked matrix: ``sp.hstack(...).tocsr()``.
 FORMAT_METHODS = frozenset({"tocsr", "tocsc", "tocoo", "toarray", "todense", "astype", "to_numpy", "copy"})
 FORMAT_ATTRIBUTES = frozenset({"values"})
@@ -326,6 +333,212 @@ def _hoist(expr: ast.expr, name: str, lineno: int) -> ast.Assign:
     return node
 
 
+# --------------------------------------------------------------------------- around the pipeline
+# Guards, ``with`` blocks and what the function does with the model's output are not features:
+# willow keeps and runs them, and traces the pipeline between them.
+
+# Calls that only observe (log, print, warn): kept wherever they are, never a reason to refuse.
+OBSERVER_ROOTS = frozenset({"print", "logging", "logger", "log", "LOGGER", "LOG", "warnings"})
+
+
+def _assigned(tree: ast.AST) -> set[str]:
+    return {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))
+    }
+
+
+def _is_observer(node: ast.stmt, parameters: tuple[str, ...]) -> bool:
+    """An ``assert``, ``pass`` or a call statement that binds nothing (``print(...)``,
+    ``logger.info(...)``) and mutates no parameter."""
+    if isinstance(node, (ast.Assert, ast.Pass)):
+        return True
+    if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)) or _assigned(node):
+        return False
+    base = node.value.func
+    while isinstance(base, (ast.Attribute, ast.Subscript, ast.Call)):
+        base = base.func if isinstance(base, ast.Call) else base.value
+    return isinstance(base, ast.Name) and base.id not in parameters
+
+
+def _is_early_return(node: ast.stmt) -> bool:
+    """``if <test>: ... return ...`` that binds no name: a guard for inputs willow need not see."""
+    if not isinstance(node, ast.If) or _assigned(node):
+        return False
+    found = False
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.Yield, ast.YieldFrom, ast.Await)):
+            return False
+        if isinstance(sub, ast.Return) and not _inside_nested_def(node, sub):
+            found = True
+    return found
+
+
+def split_prologue(
+    body: list[ast.stmt], parameters: tuple[str, ...]
+) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """The leading early-return guards (``if len(texts) == 0: return []``), with the asserts and
+    log calls before them, and the rest of the body. The generated function runs the guards first,
+    exactly as written, so an input they answer gets the original's answer."""
+    last = -1
+    for i, node in enumerate(body[:-1]):
+        if _is_early_return(node):
+            last = i
+        elif not _is_observer(node, parameters):
+            break
+    return body[: last + 1], body[last + 1 :]
+
+
+def unwrap_contexts(body: list[ast.stmt], assigned: set[str]) -> tuple[list[ast.stmt], list[ast.withitem]]:
+    """Statements of top-level ``with`` blocks (``with timer():``, ``with warnings.catch_warnings():``)
+    spliced into the body, and the ``with`` items. Only blocks whose context expressions read no
+    name the function assigns are unwrapped (they can be entered before any statement runs); the
+    generated function enters them, in order, around all of its work."""
+    out: list[ast.stmt] = []
+    items: list[ast.withitem] = []
+    for node in body:
+        if (
+            isinstance(node, ast.With)
+            and all(not (names_read(item.context_expr) & assigned) for item in node.items)
+            and all(
+                item.optional_vars is None or isinstance(item.optional_vars, ast.Name) for item in node.items
+            )
+        ):
+            inner, inner_items = unwrap_contexts(list(node.body), assigned)
+            items.extend(node.items)
+            items.extend(inner_items)
+            out.extend(inner)
+        else:
+            out.append(node)
+    return out, items
+
+
+def _model_calls(node: ast.AST) -> list[ast.Call]:
+    calls = []
+    for sub in ast.walk(node):
+        if (
+            isinstance(sub, ast.Call)
+            and isinstance(sub.func, ast.Attribute)
+            and sub.func.attr in MODEL_METHODS
+            and sub.args
+            and not _inside_nested_def(node, sub)
+            and not _inside_comprehension(node, sub)
+        ):
+            calls.append(sub)
+    return calls
+
+
+def _inside_comprehension(root: ast.AST, target: ast.AST) -> bool:
+    kinds = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    return any(
+        sub is not root and isinstance(sub, kinds) and any(n is target for n in ast.walk(sub))
+        for sub in ast.walk(root)
+    )
+
+
+class _Replace(ast.NodeTransformer):
+    def __init__(self, target: ast.AST, replacement: ast.expr) -> None:
+        self.target = target
+        self.replacement = replacement
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if node is self.target:
+            return ast.copy_location(self.replacement, node)
+        return super().visit(node)
+
+
+def split_model_output(
+    body: list[ast.stmt], taken: set[str], filename: str
+) -> tuple[list[ast.stmt], ast.Return, PostProcessing | None]:
+    """Find the model call whose output the function returns and split the body around it.
+
+    The model call is the last ``<model>.predict / .predict_proba / .decision_function(X)`` of
+    the body. Returns the statements before it, ``return <model>.<method>(X)`` and the
+    :class:`PostProcessing` after it (``None`` when the output is returned as it is).
+    """
+    for k in range(len(body) - 1, -1, -1):
+        calls = _model_calls(body[k])
+        if calls:
+            break
+    else:
+        found = ast.unparse(body[-1]).splitlines()[0]
+        raise _fail(
+            "no recognisable model call: expected the function to return the output of "
+            "`<model>.predict(X)`, `<model>.predict_proba(X)` or `<model>.decision_function(X)` "
+            f"(possibly transformed), found `{found}`.",
+            filename,
+            body[-1].lineno,
+        )
+    node = body[k]
+    if len(calls) > 1:
+        raise _fail(
+            f"`{ast.unparse(node).splitlines()[0]}` calls the model more than once "
+            f"({', '.join(ast.unparse(c.func) for c in calls)}); willow needs one model call whose "
+            "output the function returns. Call the model once and derive the rest from its output.",
+            filename,
+            node.lineno,
+        )
+    call = copy.deepcopy(calls[0])
+    ret = ast.copy_location(ast.Return(value=call), node)
+    ast.fix_missing_locations(ret)
+    after = list(body[k + 1 :])
+    if isinstance(node, ast.Return) and node.value is calls[0]:
+        return list(body[:k]), ret, None
+    if (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and node.value is calls[0]
+    ):
+        variable = node.targets[0].id
+        statements = after
+    else:
+        variable = _unique(f"{call.func.attr}_output", taken)  # type: ignore[union-attr]
+        rewritten = copy.deepcopy(node)
+        target = _model_calls(rewritten)[0]
+        rewritten = _Replace(target, ast.Name(id=variable, ctx=ast.Load())).visit(rewritten)
+        ast.fix_missing_locations(rewritten)
+        statements = [rewritten, *after]
+    if (
+        len(statements) == 1
+        and isinstance(statements[0], ast.Return)
+        and isinstance(statements[0].value, ast.Name)
+        and statements[0].value.id == variable
+    ):
+        return list(body[:k]), ret, None  # ``preds = model.predict(X); return preds``
+    for st in statements:
+        for sub in ast.walk(st):
+            if isinstance(sub, (ast.Yield, ast.YieldFrom)) and not _inside_nested_def(st, sub):
+                raise _fail(
+                    f"`{ast.unparse(sub)}` yields after the model call; willow needs the function "
+                    "to return its result.",
+                    filename,
+                    sub.lineno,
+                )
+    module = ast.Module(body=list(statements), type_ignores=[])
+    reads = names_read(module) - _assigned(module) - {variable}
+    post = PostProcessing(variable, tuple(statements), frozenset(reads), statements[0].lineno)
+    return list(body[:k]), ret, post
+
+
+def _check_post_reads(
+    post: PostProcessing, statements: list[Statement], slice_all: set[int], filename: str
+) -> None:
+    """What follows the model call may read its output and anything the features do not compute."""
+    for name in sorted(post.reads):
+        definition = _reaching(statements, name, len(statements))
+        if definition is not None and definition in slice_all:
+            where = next((s for s in post.statements if name in names_read(s)), post.statements[0])
+            raise _fail(
+                f"`{ast.unparse(where).splitlines()[0]}` (after the model call) reads `{name}`, "
+                f"which the feature computation defines (line {statements[definition].lineno}); "
+                "willow needs what follows the model call to read only the model's output "
+                f"(`{post.variable}`), the inputs and values that feed no feature. Compute it from "
+                "the inputs instead.",
+                filename,
+                where.lineno,
+            )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -384,40 +597,28 @@ def trace_pipeline(
                 filename,
                 node.lineno,
             )
+    prologue, body = split_prologue(body, parameters)
+    body, contexts = unwrap_contexts(body, _assigned(func))
     if not body or not isinstance(body[-1], ast.Return):
         lineno = body[-1].lineno if body else func.lineno
         raise _fail(
-            "no recognisable model call: the function must end with "
-            "`return <model>.predict(X)` or `return <model>.predict_proba(X)`.",
+            "no recognisable model call: the function must end with a `return` of "
+            "`<model>.predict(X)`, `.predict_proba(X)` or `.decision_function(X)` (or of what it "
+            "computes from that output).",
             filename,
             lineno,
         )
-    ret = body.pop()
+    body, ret, post = split_model_output(body, taken, filename)
     for node in body:
         for sub in ast.walk(node):
             if isinstance(sub, (ast.Return, ast.Yield, ast.YieldFrom)) and not _inside_nested_def(node, sub):
                 raise _fail(
                     f"`{ast.unparse(sub).splitlines()[0]}` returns or yields before the final model "
-                    "call; willow needs a single `return <model>.predict(X)` at the end.",
+                    "call; willow needs a single `return <model>.predict(X)` at the end (an early "
+                    "`if ...: return ...` guard is fine as the function's first statement).",
                     filename,
                     sub.lineno,
                 )
-
-    call = ret.value
-    if not (
-        isinstance(call, ast.Call)
-        and isinstance(call.func, ast.Attribute)
-        and call.func.attr in MODEL_METHODS
-        and call.args
-    ):
-        found = ast.unparse(ret)
-        raise _fail(
-            "no recognisable model call: expected `return <model>.predict(X)` or "
-            f"`return <model>.predict_proba(X)`, found `{found}`.",
-            filename,
-            ret.lineno,
-        )
-    ret = copy.deepcopy(ret)
     call = ret.value
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
     if not isinstance(call.args[0], ast.Name):
@@ -466,6 +667,8 @@ def trace_pipeline(
             assert stack_index is not None
 
     slice_all = _backward_slice(statements, {feature_def} if feature_def is not None else set())
+    if post is not None:
+        _check_post_reads(post, statements, slice_all, filename)
     row_parameters = _row_parameters(statements, slice_all, model_parameter, parameters)
     if feature_def is None and feature_variable in parameters:
         row_parameters = tuple(p for p in parameters if p in set(row_parameters) | {feature_variable})
@@ -582,6 +785,9 @@ def trace_pipeline(
         row_parameters=row_parameters,
         row_dependent=frozenset(row_dependent),
         notes=tuple(notes),
+        post=post,
+        prologue=tuple(prologue),
+        contexts=tuple(contexts),
     )
 
 

@@ -26,6 +26,7 @@ from willow.compiler.codegen import (
     runtime_call,
     stack_expression,
     unique_names,
+    with_contexts,
 )
 from willow.compiler.graph import PipelineGraph
 
@@ -128,7 +129,7 @@ def build_topk_source(
     func = ast.FunctionDef(
         name=f"{original.name}_top_k",
         args=args,
-        body=body,
+        body=with_contexts(graph, [], body),  # the function's own `with` blocks (timer()...)
         decorator_list=[],
         returns=None,
         type_comment=None,
