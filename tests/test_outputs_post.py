@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_tabular
+from equivalence import assert_same_as_original
 from pipelines import slow_features
 from sklearn.linear_model import LogisticRegression
 
@@ -269,20 +270,7 @@ def check_batches(pipeline, model, test):
     cheap, extra, _ = test
     agreement = check_against_original(pipeline, model, cheap, extra)
     check_against_original(pipeline, model, cheap[:1], extra[:1])
-    try:
-        original = pipeline.__wrapped__(model, cheap[:0], extra[:0])
-    except ValueError:  # scikit-learn refuses 0 samples; the original pipeline raises
-        original = None
-    if pipeline.generated_source_ is None:  # the original serves: the very same behaviour
-        if original is None:
-            with pytest.raises(ValueError):
-                pipeline(model, cheap[:0], extra[:0])
-        else:
-            _same(pipeline(model, cheap[:0], extra[:0]), original)
-    else:  # a generated function answers 0 rows with the post-processed empty model output
-        empty = pipeline(model, cheap[:0], extra[:0])
-        assert len(empty) == 0
-        assert type(empty) is type(pipeline.__wrapped__(model, cheap[:1], extra[:1]))
+    assert_same_as_original(pipeline, model, cheap[:0], extra[:0])  # 0 rows: as the original
     return agreement
 
 
@@ -461,8 +449,7 @@ def test_series_with_the_frame_index(data):
     assert served.name == "label"
     assert float((served == original).mean()) >= 0.9
     _same(pipeline(model, batch.iloc[:1]), frame_series(model, batch.iloc[:1]))
-    empty = pipeline(model, batch.iloc[:0])
-    assert isinstance(empty, pd.Series) and len(empty) == 0 and empty.index.name == "id"
+    assert_same_as_original(pipeline, model, batch.iloc[:0])  # 0 rows: as the original
 
 
 def test_tracing_refuses_post_processing_that_reads_features():
@@ -513,12 +500,12 @@ def test_generated_functions_apply_the_post_processing_at_every_exit():
 
     graph = trace_pipeline(where_labels)
     compiled = render(build_compiled_source(graph))
-    assert compiled.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 2  # 0 rows, all rows
-    assert "p = model.predict_proba(X)" in compiled and "p = _willow.empty_output()" in compiled
+    assert compiled.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 1  # 0 rows: the original
+    assert "p = model.predict_proba(X)" in compiled
     cascade = render(build_cascade_source(graph, layout_cascade(graph, ["a"]), 0.1, (), None, "THRESHOLD"))
     assert (
-        cascade.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 3
-    )  # 0 rows, confident, merged
+        cascade.count("return np.where(p[:, 1] > THRESHOLD, 'spam', 'ham')") == 2
+    )  # confident, merged (0 rows run the original)
     assert "_willow.same_threshold(THRESHOLD)" in cascade
     assert "p = _willow.merge(approx_output, uncertain, model.predict_proba(X))" in cascade
 
