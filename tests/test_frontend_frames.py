@@ -275,7 +275,7 @@ def test_a_table_whose_columns_collide_is_left_as_written():
 def test_end_to_end_cascade_on_the_normalized_function():
     """willow.optimize serves the normalized function: the predictions equal the original's on
     the rows the full model answers, 0 rows fail as the original fails."""
-    from equivalence import assert_cascade_equivalent, assert_same_outcome
+    from equivalence import assert_cascade_equivalent, assert_same_as_original
 
     train = rows(1500, seed=10)
     X = scored(Passthrough(), train)
@@ -304,7 +304,7 @@ def test_end_to_end_cascade_on_the_normalized_function():
     assert 0 < len(pipeline.plan_.selected) < 4
     for _, batch in batches():
         if len(batch) == 0:
-            assert_same_outcome(pipeline, model, batch)
+            assert_same_as_original(pipeline, model, batch)
             continue
         expected = scored(model, batch.copy())
         np.testing.assert_array_equal(front.function(model, batch.copy()), expected)  # exact

@@ -214,7 +214,6 @@ class _Rewriter:
         for column in self.frame.columns:
             self.columns[column] = base
         out: list[ast.stmt] = body[:start]
-        first_frame: int | None = None
         selection_done = False
         for node in body[start:]:
             if selection_done:
@@ -223,16 +222,12 @@ class _Rewriter:
                 continue
             emitted = self._frame_statement(node)
             if emitted is not None:
-                if first_frame is None:
-                    first_frame = len(out)
                 out.extend(emitted)
                 continue
             selection = self._selection(node)
             if selection is not None:
                 if not self.changed:
                     return None  # the model reads the row frame itself: nothing to split
-                if first_frame is None:
-                    first_frame = len(out)
                 original_prefix = body[: body.index(node)]
                 out.extend(selection)
                 rewritten_prefix = out[:-1]
