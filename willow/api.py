@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import types
 import warnings
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
+from willow import planfile
 from willow.errors import (
     NotCalibratedError,
     PlanMismatchError,
@@ -366,18 +366,20 @@ class OptimizedPipeline:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, key: bytes | str | None = None) -> None:
         """Write the calibrated plan to ``path`` (reload it with :func:`willow.load`).
 
         The file holds the plan, the cost profile and the fitted approximate model, not the full
-        model: pass that at call time as before. It is a pickle; load only files you trust.
+        model: pass that at call time as before. It is not a pickle (see :mod:`willow.planfile`):
+        a JSON manifest, arrays, skops / LightGBM model files and a SHA-256 seal that loading
+        checks. With ``key=`` (bytes or str) the seal also carries an HMAC-SHA256, and
+        ``willow.load(path, fn, key=...)`` refuses any file not signed with that key.
         """
         if not self.is_calibrated:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
             )
-        with open(path, "wb") as fh:
-            pickle.dump(self._plan_state(), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        planfile.write_plan(path, self._plan_state(), key=key)
 
     def _plan_state(self) -> dict[str, Any]:
         """The calibrated plan (cascade, compiled or top-K) as plain picklable data (what
@@ -534,15 +536,17 @@ def optimize(
     return OptimizedPipeline(fn, **options)
 
 
-def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
+def load(path: str | os.PathLike, fn: Callable, *, key: bytes | str | None = None) -> OptimizedPipeline:
     """Reload a plan saved by :meth:`OptimizedPipeline.save` for the function ``fn``.
 
     ``fn`` is the original function (or an ``OptimizedPipeline`` wrapping it). Raises
     :class:`~willow.PlanMismatchError` when the file was written by another willow version or for
-    a function whose source differs from ``fn``'s.
+    a function whose source differs from ``fn``'s, and when it is not an intact plan file (damaged,
+    truncated, edited after saving) or, with ``key=``, not signed with that key. Nothing in the
+    file is executed (see :mod:`willow.planfile`).
     """
-    with open(path, "rb") as fh:
-        state = pickle.load(fh)
+    original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
+    state = planfile.read_plan(path, key=key, namespace=planfile.loader_namespace(original))
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise PlanMismatchError(f"{os.fspath(path)!r} is not a willow plan file (expected format {_FORMAT}).")
     if state["willow_version"] != __version__:
@@ -550,7 +554,6 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             f"{os.fspath(path)!r} was saved by willow {state['willow_version']}, but this is willow "
             f"{__version__}. Recalibrate the pipeline with this version and save it again."
         )
-    original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
     params = dict(state["params"])
     pipeline = OptimizedPipeline(original, **params)
     graph = pipeline.graph_
