@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from willow import planfile
 from willow._version import __version__
 from willow.cascades.approximate import ApproximateModel
 from willow.cascades.calibration import CascadeOptions, build_cascade, calibrate_cascade
@@ -26,7 +27,6 @@ from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
-from willow import planfile
 from willow.errors import (
     NotCalibratedError,
     PlanMismatchError,

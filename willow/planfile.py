@@ -136,7 +136,10 @@ class _Encoder:
         if isinstance(value, dict):
             return self._dict(value, where)
         if dataclasses.is_dataclass(value) and _name(type(value)) in DATACLASSES:
-            fields = {f.name: self.encode(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+            fields = {
+                f.name: self.encode(getattr(value, f.name), f"{where}.{f.name}")
+                for f in dataclasses.fields(value)
+            }
             return {"$": "dataclass", "class": _name(type(value)), "fields": fields}
         if _name(type(value)) in OBJECTS:
             state = value.__getstate__()
@@ -311,7 +314,9 @@ class _Decoder:
         }
         if not isinstance(fields, dict) or not set(fields) <= expected or not required <= set(fields):
             found = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
-            raise PlanMismatchError(f"{cls.__name__} in the manifest has fields {found}, expected {sorted(expected)}")
+            raise PlanMismatchError(
+                f"{cls.__name__} in the manifest has fields {found}, expected {sorted(expected)}"
+            )
         return cls(**{k: self.decode(v) for k, v in fields.items()})
 
     def _object(self, value: dict) -> Any:
@@ -378,8 +383,19 @@ class _Decoder:
 _Decoder._DECODERS = {
     tag: getattr(_Decoder, f"_{tag}")
     for tag in (
-        "tuple", "frozenset", "dict", "dtype", "scalar", "array", "objects",
-        "dataclass", "object", "sklearn", "booster", "lightgbm", "function",
+        "tuple",
+        "frozenset",
+        "dict",
+        "dtype",
+        "scalar",
+        "array",
+        "objects",
+        "dataclass",
+        "object",
+        "sklearn",
+        "booster",
+        "lightgbm",
+        "function",
     )
 }
 
@@ -521,7 +537,9 @@ def write_plan(path: str | os.PathLike, state: dict[str, Any], key: bytes | str 
         "container": CONTAINER,
         "members": sorted(members),
         "sha256": hashlib.sha256(canonical).hexdigest(),
-        "hmac_sha256": None if key_bytes is None else hmac.new(key_bytes, canonical, hashlib.sha256).hexdigest(),
+        "hmac_sha256": None
+        if key_bytes is None
+        else hmac.new(key_bytes, canonical, hashlib.sha256).hexdigest(),
     }
     members[SEAL] = json.dumps(seal, indent=1, sort_keys=True).encode("utf-8")
     target = os.fspath(path)
@@ -551,7 +569,9 @@ def read_plan(
     members = _read_members(path, where)
     seal = _parse_json(members.pop(SEAL), SEAL, where)
     if not isinstance(seal, dict) or seal.get("container") != CONTAINER:
-        raise PlanMismatchError(f"{where} is not a willow plan file (its seal names no {CONTAINER} container).")
+        raise PlanMismatchError(
+            f"{where} is not a willow plan file (its seal names no {CONTAINER} container)."
+        )
     if seal.get("members") != sorted(members):
         raise PlanMismatchError(
             f"{where} was altered after it was saved: it holds {sorted(members)}, but its seal lists "
