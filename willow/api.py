@@ -42,7 +42,15 @@ __all__ = ["optimize", "OptimizedPipeline", "load"]
 _FORMAT = "willow-plan/1"
 _FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_")
 # Rebuilt from the plan state when a pipeline is unpickled, never pickled themselves.
-_DERIVED = _FITTED + ("_serving", "_compilation", "_topk", "_approximate", "_output", "_fingerprint")
+_DERIVED = _FITTED + (
+    "_serving",
+    "_compilation",
+    "_topk",
+    "_approximate",
+    "_output",
+    "_fingerprint",
+    "_monitor",
+)
 
 
 def _check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
@@ -102,6 +110,7 @@ class OptimizedPipeline:
         query_size: int | None = None,
         score: Any = None,
         k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+        monitor: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -142,6 +151,8 @@ class OptimizedPipeline:
         self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
         self.score = score
         self.k_fractions = tuple(k_fractions)
+        self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
+        self._monitor: Any = None
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         self.graph_: PipelineGraph | None = None
@@ -175,6 +186,7 @@ class OptimizedPipeline:
             "query_size": self.query_size,
             "score": self.score,
             "k_fractions": self.k_fractions,
+            "monitor": self.monitor,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -322,6 +334,31 @@ class OptimizedPipeline:
         self._fingerprint = fingerprint
         self._compilation = compilation
         self._serving = function
+        self._monitor = None
+        if self.monitor is not None and plan.cascade and function is not None:
+            from willow import monitor
+
+            self._monitor = monitor.attach(self, plan, output, fingerprint, function, compilation)
+            self._serving = self._monitor
+
+    @property
+    def monitor_(self) -> Any:
+        """What the serving-time monitor (``monitor=``) has seen: a :class:`willow.monitor.MonitorState`
+        (rows seen, sampled, agreement, its confidence sequence, state, since when), or ``None``
+        when no monitored cascade serves."""
+        monitor = self.__dict__.get("_monitor")
+        return None if monitor is None else monitor.state
+
+    def recalibrate_from_monitor(self) -> OptimizedPipeline:
+        """Calibrate again on the rows the monitor kept (its most recent samples, with the other
+        arguments of the last checked call), without labels; return ``self``."""
+        monitor = self.__dict__.get("_monitor")
+        if monitor is None:
+            raise NotCalibratedError(
+                f"{self.__qualname__} has no serving monitor: optimize it with monitor=<fraction> "
+                "and serve calls through its cascade before recalibrate_from_monitor()."
+            )
+        return self.calibrate(**monitor.kept_arguments())
 
     # ------------------------------------------------------------------ reporting
 
@@ -462,6 +499,7 @@ def optimize(
     query_size: int | None = None,
     score: Any = None,
     k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+    monitor: float | None = None,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -508,6 +546,12 @@ def optimize(
         classifier, or a regressor's prediction), a class label, or a callable on the model's
         ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
     k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
+    monitor : ``None`` (default: off) or the fraction of served rows (e.g. ``0.01``) on which a
+        cascade is checked against the pipeline without it while serving (see
+        :mod:`willow.monitor`). When an anytime-valid confidence sequence shows the cascade below
+        ``accuracy_target`` at ``confidence``, serving switches to the pipeline without the
+        cascade and warns; ``pipeline.monitor_`` shows the state and
+        ``pipeline.recalibrate_from_monitor()`` plans again on the rows it kept.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -530,6 +574,7 @@ def optimize(
         query_size=query_size,
         score=score,
         k_fractions=k_fractions,
+        monitor=monitor,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
