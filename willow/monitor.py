@@ -51,7 +51,15 @@ from scipy.special import betaln
 from willow.errors import CalibrationError
 from willow.rows import n_rows, take_rows
 
-__all__ = ["MonitorState", "ServingMonitor", "MonitorFallbackWarning", "agreement_bounds", "concat_rows"]
+__all__ = [
+    "MonitorState",
+    "ServingMonitor",
+    "MonitorFallbackWarning",
+    "agreement_bounds",
+    "excludes",
+    "concat_rows",
+    "attach",
+]
 
 PRIOR_STRENGTH = 10.0
 """a + b of the Beta mixing prior (its mean is the target); any fixed prior keeps the bound valid,
@@ -63,42 +71,56 @@ class MonitorFallbackWarning(UserWarning):
     pipeline without the cascade."""
 
 
-def _log_mixture(p: float, agreed: int, disagreed: int, a: float, b: float) -> float:
-    """log M_t(p) of the beta-binomial mixture (see the module doc)."""
-    value = betaln(a + agreed, b + disagreed) - betaln(a, b)
-    if agreed:
-        value -= agreed * math.log(p) if p > 0 else -math.inf
-    if disagreed:
-        value -= disagreed * math.log1p(-p) if p < 1 else -math.inf
-    return value
+def _prior(target: float) -> tuple[float, float]:
+    return max(PRIOR_STRENGTH * target, 1e-3), max(PRIOR_STRENGTH * (1.0 - target), 1e-3)
+
+
+def _excess(agreed: int, sampled: int, confidence: float, target: float) -> Callable[[float], float]:
+    """``p -> log M_t(p) - log(1 / alpha)``: the rate ``p`` is outside the confidence set where it
+    is >= 0. Convex in ``p``, lowest at ``agreed / sampled``."""
+    a, b = _prior(target)
+    disagreed = sampled - agreed
+    mixture = float(betaln(a + agreed, b + disagreed) - betaln(a, b)) - math.log(1.0 / (1.0 - confidence))
+
+    def excess(p: float) -> float:
+        if (p <= 0.0 and agreed) or (p >= 1.0 and disagreed):
+            return math.inf
+        value = mixture
+        if agreed:
+            value -= agreed * math.log(p)
+        if disagreed:
+            value -= disagreed * math.log1p(-p)
+        return value
+
+    return excess
+
+
+def excludes(agreed: int, sampled: int, confidence: float, target: float, rate: float) -> bool:
+    """Whether the confidence set after ``agreed`` of ``sampled`` excludes the agreement ``rate``
+    (one evaluation: what the monitor checks after each call, with ``rate`` = the target)."""
+    return sampled > 0 and _excess(agreed, sampled, confidence, target)(rate) >= 0.0
 
 
 def agreement_bounds(agreed: int, sampled: int, confidence: float, target: float) -> tuple[float, float]:
     """The anytime-valid confidence set ``[lower, upper]`` for the agreement rate after ``agreed``
-    agreements among ``sampled`` checked rows, at level ``confidence`` (see the module doc)."""
+    agreements among ``sampled`` checked rows, at level ``confidence`` (see the module doc);
+    ``target`` centres the mixing prior."""
     if sampled == 0:
         return 0.0, 1.0
-    a = max(PRIOR_STRENGTH * target, 1e-3)
-    b = max(PRIOR_STRENGTH * (1.0 - target), 1e-3)
-    disagreed = sampled - agreed
-    level = math.log(1.0 / (1.0 - confidence))
-    centre = agreed / sampled
-
-    def outside(p: float) -> bool:
-        return _log_mixture(p, agreed, disagreed, a, b) >= level
+    excess = _excess(agreed, sampled, confidence, target)
 
     def edge(inside: float, out: float) -> float:
-        # log M is convex in p with its minimum at the centre: one crossing on each side
-        for _ in range(60):
+        for _ in range(48):  # bisection to 2**-48: one crossing on each side of the centre
             middle = 0.5 * (inside + out)
-            if outside(middle):
+            if excess(middle) >= 0.0:
                 out = middle
             else:
                 inside = middle
         return inside
 
-    lower = 0.0 if not outside(0.0) else edge(centre, 0.0)
-    upper = 1.0 if not outside(1.0) else edge(centre, 1.0)
+    centre = agreed / sampled
+    lower = edge(centre, 0.0) if excess(0.0) >= 0.0 else 0.0
+    upper = edge(centre, 1.0) if excess(1.0) >= 0.0 else 1.0
     return lower, upper
 
 
@@ -189,7 +211,6 @@ class ServingMonitor:
         self._state, self._reason = "watching", ""
         self._since = _dt.datetime.now(_dt.UTC)
         self._calls = self._seen = self._sampled = self._agreed = 0
-        self._bounds = (0.0, 1.0)
 
     @property
     def fallen_back(self) -> bool:
@@ -243,8 +264,7 @@ class ServingMonitor:
             warnings.warn(
                 f"willow's serving monitor is {self.confidence:.0%} confident that the cascade now "
                 f"agrees with the full pipeline on fewer than {self.accuracy_target} of rows "
-                f"({self._agreed} of {self._sampled} sampled rows agreed, upper bound "
-                f"{self._bounds[1]:.4f}); the served rows no longer look like the calibration rows. "
+                f"({self._agreed} of {self._sampled} sampled rows agreed); the served rows no longer look like the calibration rows. "
                 "Serving the pipeline without the cascade from now on; call "
                 "recalibrate_from_monitor() to plan a cascade for the new rows.",
                 MonitorFallbackWarning,
@@ -277,6 +297,7 @@ class ServingMonitor:
     def state(self) -> MonitorState:
         with self._lock:
             sampled = self._sampled
+            lower, upper = agreement_bounds(self._agreed, sampled, self.confidence, self.accuracy_target)
             return MonitorState(
                 state=self._state,
                 since=self._since,
@@ -285,8 +306,8 @@ class ServingMonitor:
                 rows_sampled=sampled,
                 rows_agreed=self._agreed,
                 agreement=self._agreed / sampled if sampled else float("nan"),
-                lower_bound=self._bounds[0],
-                upper_bound=self._bounds[1],
+                lower_bound=lower,
+                upper_bound=upper,
                 accuracy_target=self.accuracy_target,
                 confidence=self.confidence,
                 fraction=self.fraction,
