@@ -36,13 +36,19 @@ def _served_in_batches(pipeline: Any, model: Any, rows: list, batch: int) -> flo
     return time.perf_counter() - start
 
 
-def overhead(repeats: int, batches: tuple[int, ...], fraction: float, compile: bool) -> list[str]:
+def overhead(
+    repeats: int, batches: tuple[int, ...], fraction: float, compile: bool, target: float
+) -> list[str]:
     prepared = toxic.prepare("quick")
-    pipeline = prepared.make_pipeline(monitor=fraction, compile=compile, require_faster=False)
+    pipeline = prepared.make_pipeline(
+        monitor=fraction, compile=compile, require_faster=False, accuracy_target=target
+    )
     pipeline.calibrate(prepared.model, prepared.calibration_rows)
     plan = pipeline.plan_
+    if not plan.cascade:
+        return [f"toxic (compile={compile}): no cascade to monitor: {plan.reason}"]
     lines = [
-        f"toxic cascade (compile={compile}): {plan.confident_fraction:.1%} of holdout rows answered "
+        f"toxic cascade (compile={compile}, accuracy_target={target}): {plan.confident_fraction:.1%} of holdout rows answered "
         f"approximately, holdout agreement {plan.agreement:.4f}",
         f"{'rows/call':>10} {'no monitor ms':>14} {f'monitor {fraction:.0%} ms':>16} {'overhead':>9}",
     ]
@@ -138,12 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 100])
     parser.add_argument("--fraction", type=float, default=0.01)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--overhead-target", type=float, default=0.97)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--target", type=float, default=0.99)
     args = parser.parse_args(argv)
     if args.part in ("overhead", "both"):
-        print("\n".join(overhead(args.repeats, tuple(args.batches), args.fraction, args.compile)))
+        print(
+            "\n".join(
+                overhead(args.repeats, tuple(args.batches), args.fraction, args.compile, args.overhead_target)
+            )
+        )
     if args.part in ("shift", "both"):
         print("\n".join(shift(tuple(args.fractions), args.calls, args.target)))
 

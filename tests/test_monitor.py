@@ -112,7 +112,8 @@ def test_same_distribution_keeps_the_cascade_and_outputs(setting):
         )
     state = pipeline.monitor_
     assert state.state == "watching" and state.calls == 10 and state.rows_seen == 5000
-    assert 300 <= state.rows_sampled <= 700 and state.rows_kept == state.rows_sampled
+    assert 300 <= state.rows_sampled + state.rows_pending <= 700 and state.rows_kept == state.rows_sampled
+    assert state.rows_pending < 100
     assert state.lower_bound <= state.agreement <= state.upper_bound and state.upper_bound >= 0.9
     assert "watching" in state.describe()
 
@@ -148,7 +149,7 @@ def test_cost_per_call_is_bounded_and_state_survives_pickling(setting):
     pipeline = calibrated(setting, monitor=1.0)
     pipeline._monitor.max_rows_per_call = 50
     serve(pipeline, model, cheap, extra, calls=3, size=2000)
-    assert pipeline.monitor_.rows_sampled == 150
+    assert pipeline.monitor_.rows_sampled == 100 and pipeline.monitor_.rows_pending == 50
     clone = pickle.loads(pickle.dumps(pipeline))
     assert clone.monitor == 1.0 and clone.monitor_.rows_seen == 0
     np.testing.assert_array_equal(

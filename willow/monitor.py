@@ -2,11 +2,13 @@
 
 A cascade's guarantee is proven on held-out calibration rows, so it covers rows drawn like them.
 Served rows may drift (another population, a feature table going stale); the monitor notices.
-With ``willow.optimize(..., monitor=0.01)`` every call that the cascade answers also runs the
-pipeline without the cascade (the compiled pipeline, which calibration verified reproduces the
-original exactly, or the original when nothing was compiled) on a random ``fraction`` of its rows
-(each row independently, at most ``max_rows_per_call`` per call, so the cost per call is bounded),
-and counts how often the cascade agreed.
+With ``willow.optimize(..., monitor=0.01)`` the monitor samples a random ``fraction`` of the rows
+each call serves through the cascade (each row independently, at most ``max_rows_per_call`` per
+call) and keeps them with the cascade's answers; once ``check_rows`` (100) sampled rows are
+pending, that call also runs the pipeline without the cascade (the compiled pipeline, which
+calibration verified reproduces the original exactly, or the original when nothing was compiled)
+on them, in one call (so its fixed per-call cost is paid once per 100 sampled rows, and no call
+does more than one such run), and counts how often the cascade agreed.
 
 The counts feed an anytime-valid confidence sequence for the agreement rate: Robbins' beta-binomial
 mixture (H. Robbins, "Statistical methods related to the law of the iterated logarithm", Ann.
@@ -130,8 +132,10 @@ class MonitorState:
 
     ``state`` is ``"watching"`` (the cascade serves), ``"fallen back"`` (the pipeline without the
     cascade serves, since ``since``) or ``"stopped"`` (checking failed; ``reason`` says why, the
-    cascade keeps serving). ``agreement`` is the fraction of sampled rows on which the cascade
-    agreed with the pipeline; ``lower_bound`` / ``upper_bound`` its anytime-valid confidence set.
+    cascade keeps serving). ``rows_sampled`` counts the rows checked against the pipeline (and
+    ``rows_pending`` those sampled but not yet checked); ``agreement`` is the fraction of checked
+    rows on which the cascade agreed with it; ``lower_bound`` / ``upper_bound`` its anytime-valid
+    confidence set; ``rows_kept`` the checked rows kept for ``recalibrate_from_monitor()``.
     """
 
     state: str
@@ -146,6 +150,7 @@ class MonitorState:
     accuracy_target: float
     confidence: float
     fraction: float
+    rows_pending: int
     rows_kept: int
     reason: str = ""
 
@@ -195,6 +200,7 @@ class ServingMonitor:
         accuracy_target: float,
         confidence: float,
         max_rows_per_call: int = 1000,
+        check_rows: int = 100,
         keep_rows: int = 20_000,
         random_state: int | None = 0,
     ) -> None:
@@ -202,11 +208,13 @@ class ServingMonitor:
         self._cascade, self._fallback, self._agree = cascade, fallback, labels_agree
         self._row_parameters = tuple(row_parameters)
         self.fraction, self.accuracy_target, self.confidence = fraction, accuracy_target, confidence
-        self.max_rows_per_call, self.keep_rows = max_rows_per_call, keep_rows
+        self.max_rows_per_call, self.check_rows, self.keep_rows = max_rows_per_call, check_rows, keep_rows
         self._rng = np.random.default_rng(random_state)
         self._lock = threading.Lock()
-        self._kept: deque[dict[str, Any]] = deque()
+        self._kept: deque[tuple[dict[str, Any], int]] = deque()
         self._kept_rows = 0
+        self._pending: list[tuple[dict[str, Any], np.ndarray]] = []
+        self._pending_rows = 0
         self._last_arguments: dict[str, Any] = {}
         self._state, self._reason = "watching", ""
         self._since = _dt.datetime.now(_dt.UTC)
@@ -235,7 +243,6 @@ class ServingMonitor:
     def _check(self, args: tuple, kwargs: dict, output: Any) -> None:
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        rows = {name: bound.arguments[name] for name in self._row_parameters if name in bound.arguments}
         total = n_rows(output)
         with self._lock:
             self._calls += 1
@@ -244,54 +251,66 @@ class ServingMonitor:
             positions = np.sort(self._rng.choice(total, size=count, replace=False)) if count else None
         if positions is None:
             return
-        sampled = {name: take_rows(value, positions) for name, value in rows.items()}
-        bound.arguments.update(sampled)
-        reference = self._fallback(*bound.args, **bound.kwargs)
-        agree = np.asarray(self._agree(take_rows(np.asarray(output), positions), np.asarray(reference)))
+        sampled = {
+            name: take_rows(bound.arguments[name], positions)
+            for name in self._row_parameters
+            if name in bound.arguments
+        }
+        others = {k: v for k, v in bound.arguments.items() if k not in self._row_parameters}
         with self._lock:
-            self._sampled += count
+            self._pending.append((sampled, take_rows(np.asarray(output), positions)))
+            self._pending_rows += count
+            if self._pending_rows < self.check_rows:
+                return
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+        # one call of the pipeline without the cascade on every pending sampled row
+        rows = {name: concat_rows([part[name] for part, _ in pending]) for name in pending[0][0]}
+        bound.arguments.update(rows)
+        reference = np.asarray(self._fallback(*bound.args, **bound.kwargs))
+        served = np.concatenate([out for _, out in pending], axis=0)
+        agree = np.asarray(self._agree(served, reference))
+        checked = len(agree)
+        with self._lock:
+            self._sampled += checked
             self._agreed += int(agree.sum())
-            self._bounds = agreement_bounds(
-                self._agreed, self._sampled, self.confidence, self.accuracy_target
+            self._keep(rows, checked, others)
+            below = self._agreed < self.accuracy_target * self._sampled and excludes(
+                self._agreed, self._sampled, self.confidence, self.accuracy_target, self.accuracy_target
             )
-            self._keep(sampled, count, bound.arguments)
-            if self._bounds[1] < self.accuracy_target and self._state == "watching":
+            fell = below and self._state == "watching"
+            if fell:
                 self._state, self._since = "fallen back", _dt.datetime.now(_dt.UTC)
-                fell = True
-            else:
-                fell = False
         if fell:
             warnings.warn(
                 f"willow's serving monitor is {self.confidence:.0%} confident that the cascade now "
                 f"agrees with the full pipeline on fewer than {self.accuracy_target} of rows "
-                f"({self._agreed} of {self._sampled} sampled rows agreed); the served rows no longer look like the calibration rows. "
-                "Serving the pipeline without the cascade from now on; call "
-                "recalibrate_from_monitor() to plan a cascade for the new rows.",
+                f"({self._agreed} of {self._sampled} checked rows agreed): the served rows no longer "
+                "look like the calibration rows. Serving the pipeline without the cascade from now "
+                "on; call recalibrate_from_monitor() to plan a cascade for the new rows.",
                 MonitorFallbackWarning,
                 stacklevel=4,
             )
 
-    def _keep(self, sampled: dict[str, Any], count: int, arguments: dict[str, Any]) -> None:
-        self._last_arguments = {k: v for k, v in arguments.items() if k not in self._row_parameters}
-        self._kept.append(sampled)
+    def _keep(self, rows: dict[str, Any], count: int, others: dict[str, Any]) -> None:
+        self._last_arguments = others
+        self._kept.append((rows, count))
         self._kept_rows += count
-        while self._kept and self._kept_rows - n_rows(next(iter(self._kept[0].values()))) >= self.keep_rows:
-            dropped = self._kept.popleft()
-            self._kept_rows -= n_rows(next(iter(dropped.values())))
+        while self._kept and self._kept_rows - self._kept[0][1] >= self.keep_rows:
+            self._kept_rows -= self._kept.popleft()[1]
 
     def kept_arguments(self) -> dict[str, Any]:
-        """The kept sampled rows (most recent first dropped last) as the function's arguments,
-        with the other arguments of the most recent checked call (the model...)."""
+        """The kept checked rows (the oldest dropped first beyond ``keep_rows``) as the function's
+        arguments, with the other arguments of the most recent check (the model...)."""
         with self._lock:
             if not self._kept:
                 raise CalibrationError(
-                    "The serving monitor has not kept any rows yet: serve more calls (it keeps a "
-                    f"{self.fraction:.2%} sample of them) before recalibrate_from_monitor()."
+                    "The serving monitor has not kept any rows yet: serve more calls (it checks a "
+                    f"{self.fraction:.2%} sample of their rows, {self.check_rows} at a time) before "
+                    "recalibrate_from_monitor()."
                 )
-            parts = list(self._kept)
+            parts = [rows for rows, _ in self._kept]
             others = dict(self._last_arguments)
-        names = list(parts[0])
-        return {**others, **{name: concat_rows([part[name] for part in parts]) for name in names}}
+        return {**others, **{name: concat_rows([part[name] for part in parts]) for name in parts[0]}}
 
     @property
     def state(self) -> MonitorState:
@@ -311,6 +330,7 @@ class ServingMonitor:
                 accuracy_target=self.accuracy_target,
                 confidence=self.confidence,
                 fraction=self.fraction,
+                rows_pending=self._pending_rows,
                 rows_kept=self._kept_rows,
                 reason=self._reason,
             )
