@@ -184,6 +184,7 @@ def test_tree_and_lightgbm_approximate_models_round_trip(estimator, cascade, tmp
 # here would add minutes of cold Numba compilation to the suite.
 
 
+@pytest.mark.filterwarnings("ignore:The top-K plan of rank_text met:UserWarning")
 def test_top_k_plan_round_trip(text_model, tmp_path):
     texts, _ = make_texts(900, 2)
     pipeline = willow.optimize(rank_text, query="topk", k=20, compile=False, **FAST).calibrate(
