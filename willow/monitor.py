@@ -241,16 +241,16 @@ class ServingMonitor:
         return output
 
     def _check(self, args: tuple, kwargs: dict, output: Any) -> None:
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
         total = n_rows(output)
         with self._lock:
             self._calls += 1
             self._seen += total
             count = min(int(self._rng.binomial(total, self.fraction)) if total else 0, self.max_rows_per_call)
             positions = np.sort(self._rng.choice(total, size=count, replace=False)) if count else None
-        if positions is None:
+        if positions is None:  # most calls: nothing sampled, nothing more to do
             return
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
         sampled = {
             name: take_rows(bound.arguments[name], positions)
             for name in self._row_parameters
