@@ -10,13 +10,13 @@ import ast
 import functools
 import inspect
 import os
-import pickle
 import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from willow import planfile
 from willow._version import __version__
 from willow.cascades.approximate import ApproximateModel
 from willow.cascades.calibration import CascadeOptions, build_cascade, calibrate_cascade
@@ -65,6 +65,7 @@ _DERIVED = _FITTED + (
     "_guards",
     "_pending",
     "_lock",
+    "_monitor",
 )
 _COMPILE_OPTIONS = (True, False, "eager", "all")
 
@@ -126,6 +127,7 @@ class OptimizedPipeline:
         query_size: int | None = None,
         score: Any = None,
         k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+        monitor: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -166,6 +168,8 @@ class OptimizedPipeline:
         self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
         self.score = score
         self.k_fractions = tuple(k_fractions)
+        self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
+        self._monitor: Any = None
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         # The function as written, traced at decoration (None when it is not in willow's idiom:
@@ -213,6 +217,7 @@ class OptimizedPipeline:
             "query_size": self.query_size,
             "score": self.score,
             "k_fractions": self.k_fractions,
+            "monitor": self.monitor,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -541,6 +546,31 @@ class OptimizedPipeline:
         self._fingerprint = fingerprint
         self._compilation = compilation
         self._serving = function
+        self._monitor = None
+        if self.monitor is not None and plan.cascade and function is not None:
+            from willow import monitor
+
+            self._monitor = monitor.attach(self, plan, output, fingerprint, function, compilation)
+            self._serving = self._monitor
+
+    @property
+    def monitor_(self) -> Any:
+        """What the serving-time monitor (``monitor=``) has seen: a :class:`willow.monitor.MonitorState`
+        (rows seen, sampled, agreement, its confidence sequence, state, since when), or ``None``
+        when no monitored cascade serves."""
+        monitor = self.__dict__.get("_monitor")
+        return None if monitor is None else monitor.state
+
+    def recalibrate_from_monitor(self) -> OptimizedPipeline:
+        """Calibrate again on the rows the monitor kept (its most recent samples, with the other
+        arguments of the last checked call), without labels; return ``self``."""
+        monitor = self.__dict__.get("_monitor")
+        if monitor is None:
+            raise NotCalibratedError(
+                f"{self.__qualname__} has no serving monitor: optimize it with monitor=<fraction> "
+                "and serve calls through its cascade before recalibrate_from_monitor()."
+            )
+        return self.calibrate(**monitor.kept_arguments())
 
     # ------------------------------------------------------------------ reporting
 
@@ -615,18 +645,20 @@ class OptimizedPipeline:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, key: bytes | str | None = None) -> None:
         """Write the calibrated plan to ``path`` (reload it with :func:`willow.load`).
 
         The file holds the plan, the cost profile and the fitted approximate model, not the full
-        model: pass that at call time as before. It is a pickle; load only files you trust.
+        model: pass that at call time as before. It is not a pickle (see :mod:`willow.planfile`):
+        a JSON manifest, arrays, skops / LightGBM model files and a SHA-256 seal that loading
+        checks. With ``key=`` (bytes or str) the seal also carries an HMAC-SHA256, and
+        ``willow.load(path, fn, key=...)`` refuses any file not signed with that key.
         """
         if not self.is_calibrated:
             raise NotCalibratedError(
                 f"Cannot save {self.__qualname__}: it is not calibrated. Call .calibrate(...) first."
             )
-        with open(path, "wb") as fh:
-            pickle.dump(self._plan_state(), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        planfile.write_plan(path, self._plan_state(), key=key)
 
     def _plan_state(self) -> dict[str, Any]:
         """The calibrated plan (cascade, compiled or top-K) as plain picklable data (what
@@ -719,6 +751,7 @@ def optimize(
     query_size: int | None = None,
     score: Any = None,
     k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+    monitor: float | None = None,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -772,6 +805,12 @@ def optimize(
         classifier, or a regressor's prediction), a class label, or a callable on the model's
         ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
     k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
+    monitor : ``None`` (default: off) or the fraction of served rows (e.g. ``0.01``) on which a
+        cascade is checked against the pipeline without it while serving (see
+        :mod:`willow.monitor`). When an anytime-valid confidence sequence shows the cascade below
+        ``accuracy_target`` at ``confidence``, serving switches to the pipeline without the
+        cascade and warns; ``pipeline.monitor_`` shows the state and
+        ``pipeline.recalibrate_from_monitor()`` plans again on the rows it kept.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -794,21 +833,24 @@ def optimize(
         query_size=query_size,
         score=score,
         k_fractions=k_fractions,
+        monitor=monitor,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
     return OptimizedPipeline(fn, **options)
 
 
-def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
+def load(path: str | os.PathLike, fn: Callable, *, key: bytes | str | None = None) -> OptimizedPipeline:
     """Reload a plan saved by :meth:`OptimizedPipeline.save` for the function ``fn``.
 
     ``fn`` is the original function (or an ``OptimizedPipeline`` wrapping it). Raises
     :class:`~willow.PlanMismatchError` when the file was written by another willow version or for
-    a function whose source differs from ``fn``'s.
+    a function whose source differs from ``fn``'s, and when it is not an intact plan file (damaged,
+    truncated, edited after saving) or, with ``key=``, not signed with that key. Nothing in the
+    file is executed (see :mod:`willow.planfile`).
     """
-    with open(path, "rb") as fh:
-        state = pickle.load(fh)
+    original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
+    state = planfile.read_plan(path, key=key, namespace=planfile.loader_namespace(original))
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise PlanMismatchError(f"{os.fspath(path)!r} is not a willow plan file (expected format {_FORMAT}).")
     if state["willow_version"] != __version__:
@@ -816,7 +858,6 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
             f"{os.fspath(path)!r} was saved by willow {state['willow_version']}, but this is willow "
             f"{__version__}. Recalibrate the pipeline with this version and save it again."
         )
-    original = fn.__wrapped__ if isinstance(fn, OptimizedPipeline) else fn
     params = dict(state["params"])
     pipeline = OptimizedPipeline(original, **params)
     if _source_fingerprint(original) != state["source_fingerprint"]:

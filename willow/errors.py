@@ -56,3 +56,8 @@ class ModelChangedWarning(UserWarning):
 
 class TableFallbackWarning(UserWarning):
     """A remote feature table was unavailable and a lookup was answered by its ``fallback``."""
+
+
+class UnsavablePlanError(WillowError, TypeError):
+    """``save()`` met something a plan file cannot store without pickle (a custom estimator
+    class, a lambda ``score=``...). The message names it and what to do."""
