@@ -214,7 +214,7 @@ def test_normalized_frame_equals_the_original(fn):
     parameter = {inlined_helper: "rows", willump_style: "combi"}.get(fn, "df")
     front = normalized(fn, Passthrough(), rows(400), parameter)
     assert front.rewritten, front.notes
-    assert "split into" in front.notes[-1]
+    assert any("split into" in note for note in front.notes), front.notes
     for _, batch in batches():
         assert_same(fn(Passthrough(), batch.copy()), front.function(Passthrough(), batch.copy()))
 
