@@ -33,6 +33,7 @@ from willow.errors import (
     UnsupportedPipelineError,
     UnsupportedPipelineWarning,
 )
+from willow.gpu.runtime import check_device, on_pipeline_device
 from willow.pickling import portable_function, restore_function
 from willow.topk import query as topk_query
 from willow.topk.plan import TopKPlan
@@ -102,6 +103,7 @@ class OptimizedPipeline:
         query_size: int | None = None,
         score: Any = None,
         k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+        device: str = "cpu",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -142,6 +144,7 @@ class OptimizedPipeline:
         self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
         self.score = score
         self.k_fractions = tuple(k_fractions)
+        self.device = check_device(device)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         self.graph_: PipelineGraph | None = None
@@ -175,6 +178,7 @@ class OptimizedPipeline:
             "query_size": self.query_size,
             "score": self.score,
             "k_fractions": self.k_fractions,
+            "device": self.device,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -256,6 +260,7 @@ class OptimizedPipeline:
             require_faster=self.require_faster,
         )
 
+    @on_pipeline_device
     def calibrate(self, *args: Any, y: Any = None, **kwargs: Any) -> OptimizedPipeline:
         """Plan and prove a cascade on calibration data; return ``self``.
 
@@ -460,6 +465,7 @@ def optimize(
     query_size: int | None = None,
     score: Any = None,
     k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
+    device: str = "cpu",
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -506,6 +512,11 @@ def optimize(
         classifier, or a regressor's prediction), a class label, or a callable on the model's
         ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
     k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
+    device : ``"cpu"`` (default) or ``"cuda"``: compiled operators that have a CUDA lowering (tree
+        ensembles) run on the GPU, one thread per row, everything else on the CPU. Needs CuPy and
+        an NVIDIA GPU (``pip install willow[gpu]``), or Numba's CUDA simulator
+        (``NUMBA_ENABLE_CUDASIM=1``, for tests); otherwise raises
+        :class:`~willow.errors.DeviceUnavailableError` here, at decoration.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -528,6 +539,7 @@ def optimize(
         query_size=query_size,
         score=score,
         k_fractions=k_fractions,
+        device=device,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
@@ -564,6 +576,7 @@ def load(path: str | os.PathLike, fn: Callable) -> OptimizedPipeline:
     return pipeline
 
 
+@on_pipeline_device
 def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: Callable, state: dict) -> None:
     """Install the plan ``state`` (from :meth:`OptimizedPipeline._plan_state`) on ``pipeline``:
     compile the saved operators again (kernels come from the on-disk cache) and generate the

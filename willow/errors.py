@@ -56,3 +56,9 @@ class ModelChangedWarning(UserWarning):
 
 class TableFallbackWarning(UserWarning):
     """A remote feature table was unavailable and a lookup was answered by its ``fallback``."""
+
+
+class DeviceUnavailableError(WillowError, RuntimeError):
+    """``device="cuda"`` was asked for but this process cannot run CUDA kernels (no CuPy, no NVIDIA
+    GPU, and Numba's CUDA simulator is off). The message names what is missing and how to install
+    the ``gpu`` extra (``pip install willow[gpu]``)."""
