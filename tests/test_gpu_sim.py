@@ -214,3 +214,14 @@ def test_device_errors(monkeypatch):
         willow.optimize(_features, device="cuda")
     assert isinstance(caught.value, WillowError) and isinstance(caught.value, RuntimeError)
     assert "CuPy" in str(caught.value)
+
+
+def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
+    from benchmarks import gpu as bench
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--rows", "10", "--trees", "2"])  # the simulator is on here: not a GPU
+    assert exit_.value.code == 2 and "simulator" in capsys.readouterr().err
+    monkeypatch.setattr(runtime, "simulator_active", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert "pip install willow[gpu]" in bench.refusal()

@@ -145,7 +145,9 @@ def to_host(array: Any) -> Any:
 def synchronize() -> None:
     """Wait for the device's queued work (a no-op under the simulator)."""
     if not simulator_active():
-        cuda_module().synchronize()
+        import cupy
+
+        cupy.cuda.Device().synchronize()
 
 
 def on_pipeline_device(function: Callable[..., T]) -> Callable[..., T]:

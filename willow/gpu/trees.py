@@ -77,7 +77,7 @@ def build_cuda_tree_source(ensemble: TreeEnsemble, group_nodes: int = GROUP_NODE
         module.body.append(ast.parse(f"{name} = np.array({words!r}, dtype=np.int64)").body[0])
     module.body.extend(functions)
     kernel = ast.parse(
-        "@cuda.jit\n"
+        "@cuda.jit(cache=True)\n"
         "def kernel(X, out):\n"
         "    'Row cuda.grid(1): add every group of trees, in tree order.'\n"
         "    i = cuda.grid(1)\n"
