@@ -225,3 +225,42 @@ def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
     monkeypatch.setattr(runtime, "simulator_active", lambda: False)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert "pip install willow[gpu]" in bench.refusal()
+
+
+def test_linear_models_dense_rows_on_the_device():
+    import scipy.sparse as sparse
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    from willow.compiler.lowering.linear import lower_linear_model
+    from willow.gpu.linear import lower_linear_model_cuda
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((120, 7))
+    y3 = np.digitize(X[:, 0] + X[:, 1], [-0.5, 0.5])
+    rows = X[:30]
+    for model, methods in (
+        (LogisticRegression().fit(X, y3 > 0), ("predict", "predict_proba", "decision_function")),
+        (LogisticRegression().fit(X, y3), ("predict", "predict_proba", "decision_function")),
+        (LinearSVC().fit(X, y3), ("predict", "decision_function")),
+        (Ridge().fit(X, np.column_stack([X[:, 0], X[:, 2] * 3])), ("predict",)),
+    ):
+        for method in methods:
+            gpu = lower_linear_model_cuda(model, method)
+            got = gpu(rows)
+            np.testing.assert_array_equal(got, lower_linear_model(model, method)(rows))
+            reference = getattr(model, method)(rows)
+            if got.dtype.kind == "f":
+                np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12)
+            else:
+                np.testing.assert_array_equal(got, reference)
+            assert got.shape == reference.shape and got.dtype == reference.dtype
+    assert "@cuda.jit" in gpu.source and gpu.device == "cuda"
+    sparse_rows = sparse.csr_matrix(rows)  # CSR rows run the CPU kernel
+    np.testing.assert_array_equal(gpu(sparse_rows), lower_linear_model(model, "predict")(sparse_rows))
+    bad = rows.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        gpu(bad)
+    with pytest.raises(ValueError, match="features"):
+        gpu(rows[:, :3])

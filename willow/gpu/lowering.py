@@ -15,10 +15,15 @@ __all__ = ["cuda_lowerings", "lower_cuda"]
 
 def cuda_lowerings() -> dict[type, Callable[[Any, str], Any]]:
     """Operator type -> CUDA lowering (exact types, as the CPU registry)."""
+    from willow.compiler.lowering.linear import LINEAR_LOWERINGS
     from willow.compiler.lowering.trees import TREE_LOWERINGS
+    from willow.gpu.linear import lower_linear_model_cuda
     from willow.gpu.trees import lower_tree_model_cuda
 
-    return dict.fromkeys(TREE_LOWERINGS, lower_tree_model_cuda)
+    return {
+        **dict.fromkeys(TREE_LOWERINGS, lower_tree_model_cuda),
+        **dict.fromkeys(LINEAR_LOWERINGS, lower_linear_model_cuda),
+    }
 
 
 def lower_cuda(obj: Any, method: str) -> Any | None:

@@ -37,6 +37,7 @@ __all__ = [
     "to_host",
     "synchronize",
     "on_pipeline_device",
+    "threads_per_block",
 ]
 
 T = TypeVar("T")
@@ -112,6 +113,15 @@ def check_device(device: Any) -> str:
             '(check the CUDA toolkit / `pip install numba-cuda`), or use device="cpu".'
         )
     return device
+
+
+THREADS_PER_BLOCK = 128  # on a GPU
+SIMULATOR_THREADS_PER_BLOCK = 16  # the simulator runs a Python thread per CUDA thread
+
+
+def threads_per_block() -> int:
+    """CUDA threads per block for the one-thread-per-row kernels."""
+    return SIMULATOR_THREADS_PER_BLOCK if simulator_active() else THREADS_PER_BLOCK
 
 
 def array_module() -> ModuleType:

@@ -30,10 +30,8 @@ from willow.compiler.lowering.trees_codegen import _GroupBuilder, group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
 from willow.gpu import runtime
 
-__all__ = ["CudaTreeOperator", "build_cuda_tree_source", "lower_tree_model_cuda", "THREADS_PER_BLOCK"]
+__all__ = ["CudaTreeOperator", "build_cuda_tree_source", "lower_tree_model_cuda"]
 
-THREADS_PER_BLOCK = 128  # on a GPU; the simulator runs a Python thread per CUDA thread, see _threads
-SIMULATOR_THREADS_PER_BLOCK = 16
 # internal nodes per device function: the CPU kernels' grouping (kept small for the compiler)
 GROUP_NODES = 320
 
@@ -90,10 +88,6 @@ def build_cuda_tree_source(ensemble: TreeEnsemble, group_nodes: int = GROUP_NODE
     return render_module(module)
 
 
-def _threads() -> int:
-    return SIMULATOR_THREADS_PER_BLOCK if runtime.simulator_active() else THREADS_PER_BLOCK
-
-
 class CudaTreeOperator:
     """A ``model.method`` whose trees run on the device: ``op(X)`` returns what the library returns.
 
@@ -135,7 +129,7 @@ class CudaTreeOperator:
         out = xp.empty((rows.shape[0], self.ensemble.n_outputs), dtype=xp.float64)
         out[:] = xp.asarray(self._base)
         if rows.shape[0]:
-            threads = _threads()
+            threads = runtime.threads_per_block()
             self._kernel[(rows.shape[0] + threads - 1) // threads, threads](rows, out)
         if self._divisor != 1.0:
             out /= self._divisor
