@@ -9,6 +9,7 @@ The simulator runs every CUDA thread as a Python thread, so models and batches s
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 
 if "numba.cuda" not in sys.modules:
@@ -199,6 +200,10 @@ def test_optimize_device_cuda_end_to_end():
     assert "LGBMClassifier.predict_proba on cuda" in report
     assert "On the device: _willow.ops." in report and "(cuda)" in report
     assert "@cuda.jit" in report and "def kernel(X, out):" in report
+    # unpickling compiles the plan again for the pipeline's device
+    restored = pickle.loads(pickle.dumps(fast))
+    np.testing.assert_array_equal(restored(rows), fast(rows))
+    assert "LGBMClassifier.predict_proba on cuda" in restored.explain()
     # device="cpu" keeps the CPU kernels
     slow = willow.optimize(predict, cascade=False, accuracy_target=0.8, confidence=0.5, **_QUICK)
     slow.calibrate(X[:120])
