@@ -513,7 +513,8 @@ def optimize(
         ``predict_proba`` (classifiers) or ``predict`` (regressors) output.
     k_fractions : the K/N grid the candidate ratio is tuned on (the guarantee covers its range).
     device : ``"cpu"`` (default) or ``"cuda"``: compiled operators that have a CUDA lowering (tree
-        ensembles) run on the GPU, one thread per row, everything else on the CPU. Needs CuPy and
+        ensembles, linear models) run on the GPU, one thread per row, everything else on the CPU
+        (see :mod:`willow.gpu`; GPU speed not measured yet). Needs CuPy and
         an NVIDIA GPU (``pip install willow[gpu]``), or Numba's CUDA simulator
         (``NUMBA_ENABLE_CUDASIM=1``, for tests); otherwise raises
         :class:`~willow.errors.DeviceUnavailableError` here, at decoration.
