@@ -123,6 +123,22 @@ def test_lightgbm_multiclass_and_regression_several_groups():
     np.testing.assert_array_equal(gpu(rows), lower_tree_model(regressor, "predict")(rows))
 
 
+def test_lightgbm_many_categories_multiword_bitsets():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((400, 3))
+    X[:, 2] = rng.integers(0, 70, 400)
+    y = X[:, 0] + (X[:, 2] % 3 == 0) * 2.0 + (X[:, 2] > 40)
+    X[rng.random(X.shape) < 0.08] = np.nan
+    model = lgb.LGBMRegressor(
+        n_estimators=5, num_leaves=8, min_child_samples=3, min_data_per_group=2, cat_smooth=1, verbose=-1
+    ).fit(X, y, categorical_feature=[2])
+    rows = X[:30].copy()
+    rows[0, 2], rows[1, 2], rows[2, 2] = 69.0, 200.0, 2.0**31 + 5  # last word, past it, past int32
+    gpu = _check(model, "predict", rows, model.predict(rows))
+    words = [line.count(",") + 1 for line in gpu.source.splitlines() if line.startswith("CATEGORIES_")]
+    assert max(words) > 1  # bitsets of several 32-bit words
+
+
 def test_lightgbm_pandas_categories_and_empty_batches():
     X, signal = _data(300, 2)
     frame = pd.DataFrame(X[:, :4], columns=list("abcd"))
@@ -151,7 +167,8 @@ def test_sklearn_forests_and_boosting():
     regressor = RandomForestRegressor(n_estimators=3, max_depth=4, random_state=0).fit(X, signal)
     _check(regressor, "predict", rows, regressor.predict(rows))
     hgb = HistGradientBoostingClassifier(max_iter=4, max_leaf_nodes=6, categorical_features=[4]).fit(X, y)
-    _check(hgb, "decision_function", rows, hgb.decision_function(rows))
+    hgb_gpu = _check(hgb, "decision_function", rows, hgb.decision_function(rows))
+    assert "& 255)" in hgb_gpu.source  # HistGradientBoosting's categorical rule is exercised
     _check(hgb, "predict", rows, hgb.predict(rows))
     dense = np.nan_to_num(X)  # GradientBoosting refuses NaN
     gb = GradientBoostingClassifier(n_estimators=4, max_depth=3, random_state=0).fit(dense, y)
