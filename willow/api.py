@@ -43,6 +43,7 @@ from willow.frontend.arguments import classify_arguments
 from willow.frontend.driver import FrontEnd, normalize, parse_function
 from willow.frontend.guards import ArgumentGuards
 from willow.frontend.methods import BoundPipeline
+from willow.gpu.runtime import check_device, on_pipeline_device
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
 from willow.topk import query as topk_query
@@ -128,6 +129,7 @@ class OptimizedPipeline:
         score: Any = None,
         k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
         monitor: float | None = None,
+        device: str = "cpu",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -170,6 +172,7 @@ class OptimizedPipeline:
         self.k_fractions = tuple(k_fractions)
         self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
         self._monitor: Any = None
+        self.device = check_device(device)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         # The function as written, traced at decoration (None when it is not in willow's idiom:
@@ -218,6 +221,7 @@ class OptimizedPipeline:
             "score": self.score,
             "k_fractions": self.k_fractions,
             "monitor": self.monitor,
+            "device": self.device,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -306,6 +310,7 @@ class OptimizedPipeline:
             require_faster=self.require_faster,
         )
 
+    @on_pipeline_device
     def calibrate(
         self, *args: Any, y: Any = None, progress: bool | None = None, **kwargs: Any
     ) -> OptimizedPipeline:
@@ -752,6 +757,7 @@ def optimize(
     score: Any = None,
     k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
     monitor: float | None = None,
+    device: str = "cpu",
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -811,6 +817,12 @@ def optimize(
         ``accuracy_target`` at ``confidence``, serving switches to the pipeline without the
         cascade and warns; ``pipeline.monitor_`` shows the state and
         ``pipeline.recalibrate_from_monitor()`` plans again on the rows it kept.
+    device : ``"cpu"`` (default) or ``"cuda"``: compiled operators that have a CUDA lowering (tree
+        ensembles, linear models) run on the GPU, one thread per row, everything else on the CPU
+        (see :mod:`willow.gpu`; GPU speed not measured yet). Needs CuPy and
+        an NVIDIA GPU (``pip install willow[gpu]``), or Numba's CUDA simulator
+        (``NUMBA_ENABLE_CUDASIM=1``, for tests); otherwise raises
+        :class:`~willow.errors.DeviceUnavailableError` here, at decoration.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -834,6 +846,7 @@ def optimize(
         score=score,
         k_fractions=k_fractions,
         monitor=monitor,
+        device=device,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)
@@ -922,6 +935,7 @@ def _restore_or_defer(pipeline: OptimizedPipeline, original: Callable, state: di
     _restore_plan(pipeline, graph, original, state)
 
 
+@on_pipeline_device
 def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: Callable, state: dict) -> None:
     """Install the plan ``state`` (from :meth:`OptimizedPipeline._plan_state`) on ``pipeline``:
     compile the saved operators again (kernels come from the on-disk cache) and generate the

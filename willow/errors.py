@@ -61,3 +61,9 @@ class TableFallbackWarning(UserWarning):
 class UnsavablePlanError(WillowError, TypeError):
     """``save()`` met something a plan file cannot store without pickle (a custom estimator
     class, a lambda ``score=``...). The message names it and what to do."""
+
+
+class DeviceUnavailableError(WillowError, RuntimeError):
+    """``device="cuda"`` was asked for but this process cannot run CUDA kernels (no CuPy, no NVIDIA
+    GPU, and Numba's CUDA simulator is off). The message names what is missing and how to install
+    the ``gpu`` extra (``pip install willow[gpu]``)."""

@@ -190,6 +190,10 @@ class CompilationResult:
             lines.append("Kept as Python:")
             for skip in self.skipped:
                 lines.append(f"  line {skip.lineno:>4}  {skip.original}: {skip.reason}")
+        on_device = [n for n in self.nodes if getattr(n.operator, "device", "cpu") != "cpu"]
+        if on_device:
+            names = ", ".join(f"_willow.ops.{n.attribute} ({n.operator.device})" for n in on_device)
+            lines.append(f"On the device: {names}; every other statement runs on the CPU.")
         if self.fused is not None:
             lines.append(
                 f"Fused: {' + '.join(self.fused.vectorizers.values())} -> model, from `{self.fused.text}` "
@@ -730,7 +734,10 @@ def keep_faster(
         else:
             before = python_by_index[node.statement].seconds_per_row
             after = compiled_by_index[node.statement].seconds_per_row
-        if after < before:
+        # a node lowered for the GPU was asked for with device="cuda": calibration batches time
+        # per-call transfers and launches, not the large batches it is for (nor anything under
+        # the CUDA simulator), so it is kept whatever they measured
+        if after < before or getattr(node.operator, "device", "cpu") != "cpu":
             kept.append(node)
         else:
             skipped.append(

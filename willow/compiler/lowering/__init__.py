@@ -31,5 +31,17 @@ LOWERINGS: dict[type, Lowering] = {
 
 
 def lower(obj: Any, method: str) -> CompiledOperator:
-    """Compile ``obj.method`` (e.g. ``lower(tfidf, "transform")``) or raise :class:`NotLowerable`."""
+    """Compile ``obj.method`` (e.g. ``lower(tfidf, "transform")``) or raise :class:`NotLowerable`.
+
+    Inside ``willow.gpu.use_device("cuda")`` types with a CUDA lowering get it (see
+    :mod:`willow.gpu.lowering`); the others are compiled for the CPU.
+    """
+    from willow.gpu.runtime import current_device
+
+    if current_device() == "cuda":
+        from willow.gpu.lowering import lower_cuda
+
+        operator = lower_cuda(obj, method)
+        if operator is not None:
+            return operator
     return lower_with(LOWERINGS, obj, method)

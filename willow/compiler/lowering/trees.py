@@ -361,9 +361,12 @@ def _compile(
     n_jobs: int | None = None,
     n_threads: int | None = None,
     arrays_as_is: bool = False,
+    builder: Callable[..., Any] | None = None,
 ) -> CompiledTreeOperator:
     if not ensemble.trees:
         raise NotLowerable(f"{name}: the model has no trees.")
+    if builder is not None:  # another target (willow.gpu) compiles the same ensemble and conversions
+        return builder(name, ensemble, prepare, finish)
     groups = group_trees(ensemble, group_nodes)
     sources = [build_group_source(ensemble, g) for g in groups]
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
@@ -389,7 +392,9 @@ def lower_tree_model(model: Any, method: str = "predict", **options: Any) -> Com
     boosting) or ``"raw"`` (LightGBM raw scores, like ``predict(raw_score=True)``).
     Options: ``group_nodes`` (internal nodes per generated function), ``n_jobs`` (worker
     processes compiling cold kernels), ``n_threads`` (threads for large batches; default
-    ``numba.get_num_threads()``, as the other chunked kernels).
+    ``numba.get_num_threads()``, as the other chunked kernels), ``builder`` (called as
+    ``builder(name, ensemble, prepare, finish)`` instead of compiling CPU kernels: how
+    :mod:`willow.gpu.trees` reuses the parsing and the input/output conversions).
     Raises :class:`NotLowerable` naming the reason when the model or method is not supported.
     """
     lowering = TREE_LOWERINGS.get(type(model))

@@ -1,0 +1,144 @@
+"""Benchmark: tree ensembles on the GPU (willow's CUDA kernels) against LightGBM and willow on the CPU.
+
+    python -m benchmarks.gpu [--trees 500 --leaves 63 --features 100 --rows 1000000 --repeats 5]
+
+Needs an NVIDIA GPU and CuPy (``pip install willow[gpu]``); it refuses, with the reason, anywhere
+else, Numba's CUDA simulator included (which runs the kernels on the CPU, for tests only).
+
+Reports, as medians of ``--repeats`` alternating runs: LightGBM's own ``predict`` (CPU), willow's
+CPU kernels and willow's CUDA kernel on ``--rows`` rows of a synthetic regression model, with the
+GPU time split into host -> device transfer (``to_device``), the kernel (``raw_device``) and
+device -> host (``to_host``), plus the end-to-end call; the CUDA kernel's first-call compile time;
+and exactness (the CUDA raw scores against LightGBM's and willow CPU's, max |difference|).
+
+Not measured yet: no session has been lent a GPU since this was written, so there are no figures
+here; the issue's target is trees >= 10x willow CPU at 10^6 rows, exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _synthetic(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, features))
+    y = X @ rng.standard_normal(features) + np.sin(3 * X[:, 0]) * X[:, 1] + rng.standard_normal(rows)
+    X[rng.random(X.shape) < 0.02] = np.nan
+    return X, y
+
+
+def refusal() -> str | None:
+    """Why this machine cannot run the benchmark, or ``None`` when it can."""
+    from willow.errors import DeviceUnavailableError
+    from willow.gpu import runtime
+
+    if runtime.simulator_active():
+        return (
+            "benchmarks.gpu needs a real NVIDIA GPU, but Numba's CUDA simulator is enabled "
+            "(NUMBA_ENABLE_CUDASIM=1): it runs the kernels on the CPU, and its timings mean nothing. "
+            "Unset it and run on a machine with a GPU and `pip install willow[gpu]`."
+        )
+    try:
+        runtime.check_device("cuda")
+    except DeviceUnavailableError as exc:
+        return f"benchmarks.gpu needs a real NVIDIA GPU: {exc}"
+    return None
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure(trees: int, leaves: int, features: int, rows: int, repeats: int) -> dict:
+    """Train the synthetic model and time the three ways of predicting ``rows`` rows."""
+    import lightgbm as lgb
+
+    from willow.compiler.lowering.trees import lower_tree_model
+    from willow.gpu import runtime
+    from willow.gpu.trees import lower_tree_model_cuda
+
+    X, y = _synthetic(rows, features)
+    train_rows = min(rows, 100_000)
+    params = dict(objective="regression", num_leaves=leaves, verbose=-1, min_data_in_leaf=5)
+    booster = lgb.train(params, lgb.Dataset(X[:train_rows], y[:train_rows]), num_boost_round=trees)
+
+    start = time.perf_counter()
+    cpu = lower_tree_model(booster, "predict")
+    cpu_compile = time.perf_counter() - start
+    start = time.perf_counter()
+    gpu = lower_tree_model_cuda(booster, "predict")
+    gpu.raw(X[:1])  # the kernel compiles on its first launch
+    gpu_compile = time.perf_counter() - start
+
+    expected = booster.predict(X)
+    on_cpu = cpu(X)
+    device_rows = gpu.to_device(X)
+    raw = runtime.to_host(gpu.raw_device(device_rows))[:, 0]
+    sync = runtime.synchronize
+    none: Callable[[], None] = lambda: None  # noqa: E731 - CPU timings need no device sync
+
+    timings: dict[str, list[float]] = {
+        k: [] for k in ("lightgbm", "willow_cpu", "h2d", "kernel", "d2h", "gpu_call")
+    }
+    for _ in range(repeats):  # alternate, so every variant sees the same machine load
+        timings["lightgbm"].append(_median_seconds(lambda: booster.predict(X), 1, none))
+        timings["willow_cpu"].append(_median_seconds(lambda: cpu(X), 1, none))
+        timings["h2d"].append(_median_seconds(lambda: gpu.to_device(X), 1, sync))
+        timings["kernel"].append(_median_seconds(lambda: gpu.raw_device(device_rows), 1, sync))
+        out = gpu.raw_device(device_rows)
+        timings["d2h"].append(_median_seconds(lambda out=out: runtime.to_host(out), 1, sync))
+        timings["gpu_call"].append(_median_seconds(lambda: gpu(X), 1, sync))
+    medians = {k: float(np.median(v)) for k, v in timings.items()}
+    return {
+        "model": f"synthetic {trees} trees x {leaves} leaves, {features} features",
+        "rows": rows,
+        "median_seconds": medians,
+        "rows_per_s": {k: rows / medians[k] for k in ("lightgbm", "willow_cpu", "kernel", "gpu_call")},
+        "gpu_kernel_vs_willow_cpu": medians["willow_cpu"] / medians["kernel"],
+        "gpu_call_vs_willow_cpu": medians["willow_cpu"] / medians["gpu_call"],
+        "gpu_call_vs_lightgbm": medians["lightgbm"] / medians["gpu_call"],
+        "compile_s": {"willow_cpu": cpu_compile, "willow_gpu_first_call": gpu_compile},
+        "max_abs_diff_gpu_vs_lightgbm": float(np.max(np.abs(raw - expected))),
+        "gpu_equals_willow_cpu": bool(np.array_equal(raw, on_cpu)),
+        "cpu_threads": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark and print its JSON; exits with status 2 and the reason without a GPU."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trees", type=int, default=500)
+    parser.add_argument("--leaves", type=int, default=63)
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    reason = refusal()
+    if reason is not None:
+        print(reason, file=sys.stderr)
+        raise SystemExit(2)
+    result = measure(args.trees, args.leaves, args.features, args.rows, args.repeats)
+    print(json.dumps(result, indent=1), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

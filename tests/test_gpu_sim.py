@@ -1,0 +1,288 @@
+"""CUDA tree kernels run under Numba's CUDA simulator: equal to the CPU kernels and the libraries.
+
+The simulator must be chosen before ``numba.cuda`` is first imported (willow never imports it
+before a CUDA kernel is built), so this module sets ``NUMBA_ENABLE_CUDASIM`` for that import and
+restores the environment: later subprocesses (kernel-compiling workers) do not inherit it.
+The simulator runs every CUDA thread as a Python thread, so models and batches stay tiny.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+
+if "numba.cuda" not in sys.modules:
+    _previous = os.environ.get("NUMBA_ENABLE_CUDASIM")
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config as _config
+
+    _config.reload_config()
+    import numba.cuda  # noqa: F401 - the simulator, from here on in this process
+
+    if _previous is None:
+        del os.environ["NUMBA_ENABLE_CUDASIM"]
+    else:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = _previous
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+
+import willow
+from willow.compiler.lowering.trees import lower_tree_model
+from willow.errors import DeviceUnavailableError, WillowError
+from willow.gpu import runtime
+from willow.gpu.trees import CudaTreeOperator, lower_tree_model_cuda
+
+
+@pytest.fixture(autouse=True)
+def _simulator(tmp_path_factory):
+    if not runtime.simulator_active():
+        pytest.fail(
+            "numba.cuda was imported before tests/test_gpu_sim.py could enable the CUDA simulator; "
+            "run this module on its own or with NUMBA_ENABLE_CUDASIM=1."
+        )
+
+
+def _data(rows: int, seed: int, categories: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, 5))
+    X[:, 4] = rng.integers(0, categories, rows)
+    signal = X[:, 0] + np.where(np.isin(X[:, 4], (1, 3)), 1.5, -0.5) + 0.5 * X[:, 1]
+    X[rng.random(X.shape) < 0.08] = np.nan
+    X[rng.random(rows) < 0.05, 2] = 0.0  # exact zeros: missing for zero_as_missing models
+    return X, signal
+
+
+def _rows(X: np.ndarray) -> np.ndarray:
+    """A small batch with the awkward values: NaN everywhere, unseen and negative categories."""
+    rows = X[:24].copy()
+    rows[0] = np.nan
+    rows[1, 4] = 17.0  # a category never seen in training
+    rows[2, 4] = -3.0
+    rows[3, 4] = 0.5  # truncates to category 0
+    rows[4, 2] = 1e-40  # |x| <= 1e-35: missing under zero_as_missing
+    return rows
+
+
+def _check(model, method, X, reference, exact_library=True):
+    gpu = lower_tree_model_cuda(model, method)
+    cpu = lower_tree_model(model, method)
+    got = gpu(X)
+    np.testing.assert_array_equal(got, cpu(X))  # same bits as the CPU kernel
+    if exact_library:
+        np.testing.assert_array_equal(got, reference)
+    else:  # probabilities: the library's formula in NumPy, a few ulp (as the CPU kernel)
+        np.testing.assert_allclose(got, reference, rtol=1e-12, atol=1e-15)
+    return gpu
+
+
+def test_lightgbm_binary_nan_categorical_zero_missing():
+    X, signal = _data(400, 0)
+    y = (signal > 0).astype(int)
+    model = lgb.LGBMClassifier(
+        n_estimators=6, num_leaves=8, min_child_samples=5, zero_as_missing=True, verbose=-1
+    ).fit(X, y, categorical_feature=[4])
+    dump = model.booster_.dump_model()["tree_info"]
+    assert any("decision_type" in str(t) and "==" in str(t) for t in dump)  # categorical splits exist
+    rows = _rows(X)
+    gpu = _check(model, "raw", rows, model.predict(rows, raw_score=True))
+    _check(model, "predict", rows, model.predict(rows))
+    _check(model, "predict_proba", rows, model.predict_proba(rows), exact_library=False)
+    assert "@cuda.jit" in gpu.source and "in_bitset(CATEGORIES_" in gpu.source
+    assert gpu.device == "cuda" and gpu.name == "LGBMClassifier.raw on cuda"
+    one = rows[5:6]
+    np.testing.assert_array_equal(gpu(one), model.predict(one, raw_score=True))
+
+
+def test_lightgbm_multiclass_and_regression_several_groups():
+    X, signal = _data(300, 1)
+    y = np.digitize(signal, [-0.5, 0.8])
+    model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(
+        X, y, categorical_feature=[4]
+    )
+    rows = _rows(X)
+    _check(model, "raw", rows, model.predict(rows, raw_score=True))
+    _check(model, "predict", rows, model.predict(rows))
+    _check(model, "predict_proba", rows, model.predict_proba(rows), exact_library=False)
+    regressor = lgb.LGBMRegressor(n_estimators=8, num_leaves=6, min_child_samples=5, verbose=-1).fit(
+        X, signal
+    )
+    # 4-node groups: several device functions, called in tree order by one kernel
+    gpu = lower_tree_model_cuda(regressor, "predict", group_nodes=4)
+    assert gpu.source.count("@cuda.jit(device=True)") > 3
+    np.testing.assert_array_equal(gpu(rows), regressor.predict(rows))
+    np.testing.assert_array_equal(gpu(rows), lower_tree_model(regressor, "predict")(rows))
+
+
+def test_lightgbm_many_categories_multiword_bitsets():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((400, 3))
+    X[:, 2] = rng.integers(0, 70, 400)
+    y = X[:, 0] + (X[:, 2] % 3 == 0) * 2.0 + (X[:, 2] > 40)
+    X[rng.random(X.shape) < 0.08] = np.nan
+    model = lgb.LGBMRegressor(
+        n_estimators=5, num_leaves=8, min_child_samples=3, min_data_per_group=2, cat_smooth=1, verbose=-1
+    ).fit(X, y, categorical_feature=[2])
+    rows = X[:30].copy()
+    rows[0, 2], rows[1, 2], rows[2, 2] = 69.0, 200.0, 2.0**31 + 5  # last word, past it, past int32
+    gpu = _check(model, "predict", rows, model.predict(rows))
+    words = [line.count(",") + 1 for line in gpu.source.splitlines() if line.startswith("CATEGORIES_")]
+    assert max(words) > 1  # bitsets of several 32-bit words
+
+
+def test_lightgbm_pandas_categories_and_empty_batches():
+    X, signal = _data(300, 2)
+    frame = pd.DataFrame(X[:, :4], columns=list("abcd"))
+    frame["kind"] = pd.Categorical(np.where(np.isnan(X[:, 4]), None, X[:, 4].astype("U3")))
+    booster = lgb.train(
+        {"objective": "regression", "num_leaves": 6, "min_data_in_leaf": 5, "verbose": -1},
+        lgb.Dataset(frame, signal),
+        num_boost_round=5,
+    )
+    rows = frame.iloc[:20]
+    _check(booster, "predict", rows, booster.predict(rows))
+    empty = np.empty((0, 5))
+    assert lower_tree_model_cuda(booster, "predict")(empty).shape == booster.predict(empty).shape == (0,)
+    classifier = lgb.LGBMClassifier(n_estimators=2, num_leaves=4, verbose=-1).fit(X, signal > 0)
+    with pytest.raises(ValueError, match="0 sample"):  # as the library (and the CPU kernel) refuse
+        lower_tree_model_cuda(classifier, "predict")(X[:0])
+
+
+def test_sklearn_forests_and_boosting():
+    X, signal = _data(200, 3)
+    y = (signal > 0).astype(int)
+    rows = _rows(X)
+    forest = RandomForestClassifier(n_estimators=3, max_depth=4, random_state=0).fit(X, y)
+    _check(forest, "predict_proba", rows, forest.predict_proba(rows))
+    _check(forest, "predict", rows, forest.predict(rows))
+    regressor = RandomForestRegressor(n_estimators=3, max_depth=4, random_state=0).fit(X, signal)
+    _check(regressor, "predict", rows, regressor.predict(rows))
+    hgb = HistGradientBoostingClassifier(max_iter=4, max_leaf_nodes=6, categorical_features=[4]).fit(X, y)
+    hgb_gpu = _check(hgb, "decision_function", rows, hgb.decision_function(rows))
+    assert "& 255)" in hgb_gpu.source  # HistGradientBoosting's categorical rule is exercised
+    _check(hgb, "predict", rows, hgb.predict(rows))
+    dense = np.nan_to_num(X)  # GradientBoosting refuses NaN
+    gb = GradientBoostingClassifier(n_estimators=4, max_depth=3, random_state=0).fit(dense, y)
+    _check(gb, "decision_function", dense[:24], gb.decision_function(dense[:24]))
+    _check(gb, "predict_proba", dense[:24], gb.predict_proba(dense[:24]), exact_library=False)
+
+
+def test_operator_transfer_seam():
+    X, signal = _data(100, 4)
+    model = lgb.LGBMRegressor(n_estimators=3, num_leaves=4, verbose=-1).fit(X, signal)
+    gpu = lower_tree_model_cuda(model, "predict")
+    assert isinstance(gpu, CudaTreeOperator)
+    rows = gpu.to_device(X[:10].astype(np.float32).astype(np.float64).T.copy().T)  # Fortran in
+    assert rows.dtype == np.float64 and rows.flags.c_contiguous
+    raw = gpu.raw_device(rows)
+    np.testing.assert_array_equal(runtime.to_host(raw)[:, 0], model.predict(X[:10].astype(np.float32)))
+
+
+_QUICK = {"cost_repeats": 1, "importance_repeats": 1}
+
+
+def _features(X):
+    scaled = X * 2.0
+    return scaled
+
+
+def test_optimize_device_cuda_end_to_end():
+    X, signal = _data(300, 5)
+    y = (signal > 0).astype(int)
+    model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(
+        X * 2.0, y, categorical_feature=[4]
+    )
+
+    def predict(X):
+        features = X * 2.0
+        return model.predict_proba(features)
+
+    fast = willow.optimize(
+        predict, device="cuda", cascade=False, accuracy_target=0.8, confidence=0.5, **_QUICK
+    )
+    assert fast.get_params()["device"] == "cuda"
+    fast.calibrate(X[:120])
+    rows = _rows(X)
+    np.testing.assert_allclose(fast(rows), predict(rows), rtol=1e-12, atol=1e-15)
+    report = fast.explain()
+    assert "LGBMClassifier.predict_proba on cuda" in report
+    assert "On the device: _willow.ops." in report and "(cuda)" in report
+    assert "@cuda.jit" in report and "def kernel(X, out):" in report
+    # unpickling compiles the plan again for the pipeline's device
+    restored = pickle.loads(pickle.dumps(fast))
+    np.testing.assert_array_equal(restored(rows), fast(rows))
+    assert "LGBMClassifier.predict_proba on cuda" in restored.explain()
+    # device="cpu" keeps the CPU kernels
+    slow = willow.optimize(predict, cascade=False, accuracy_target=0.8, confidence=0.5, **_QUICK)
+    slow.calibrate(X[:120])
+    assert "on cuda" not in slow.explain() and slow.get_params()["device"] == "cpu"
+
+
+def test_device_errors(monkeypatch):
+    with pytest.raises(ValueError, match="device must be one of"):
+        willow.optimize(_features, device="tpu")
+    monkeypatch.setattr(runtime, "simulator_active", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(DeviceUnavailableError, match=r"pip install willow\[gpu\]") as caught:
+        willow.optimize(_features, device="cuda")
+    assert isinstance(caught.value, WillowError) and isinstance(caught.value, RuntimeError)
+    assert "CuPy" in str(caught.value)
+
+
+def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
+    from benchmarks import gpu as bench
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--rows", "10", "--trees", "2"])  # the simulator is on here: not a GPU
+    assert exit_.value.code == 2 and "simulator" in capsys.readouterr().err
+    monkeypatch.setattr(runtime, "simulator_active", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert "pip install willow[gpu]" in bench.refusal()
+
+
+def test_linear_models_dense_rows_on_the_device():
+    import scipy.sparse as sparse
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    from willow.compiler.lowering.linear import lower_linear_model
+    from willow.gpu.linear import lower_linear_model_cuda
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((120, 7))
+    y3 = np.digitize(X[:, 0] + X[:, 1], [-0.5, 0.5])
+    rows = X[:30]
+    for model, methods in (
+        (LogisticRegression().fit(X, y3 > 0), ("predict", "predict_proba", "decision_function")),
+        (LogisticRegression().fit(X, y3), ("predict", "predict_proba", "decision_function")),
+        (LinearSVC().fit(X, y3), ("predict", "decision_function")),
+        (Ridge().fit(X, np.column_stack([X[:, 0], X[:, 2] * 3])), ("predict",)),
+    ):
+        for method in methods:
+            gpu = lower_linear_model_cuda(model, method)
+            got = gpu(rows)
+            np.testing.assert_array_equal(got, lower_linear_model(model, method)(rows))
+            reference = getattr(model, method)(rows)
+            if got.dtype.kind == "f":
+                np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12)
+            else:
+                np.testing.assert_array_equal(got, reference)
+            assert got.shape == reference.shape and got.dtype == reference.dtype
+    assert "@cuda.jit" in gpu.source and gpu.device == "cuda"
+    sparse_rows = sparse.csr_matrix(rows)  # CSR rows run the CPU kernel
+    np.testing.assert_array_equal(gpu(sparse_rows), lower_linear_model(model, "predict")(sparse_rows))
+    bad = rows.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        gpu(bad)
+    with pytest.raises(ValueError, match="features"):
+        gpu(rows[:, :3])
