@@ -88,9 +88,9 @@ def _is_tree(obj: Any) -> bool:
 
 
 def _fingerprint(obj: Any) -> str:
-    from willow.cascades.runtime import model_fingerprint
+    from willow.fingerprints import fingerprint
 
-    return model_fingerprint(obj)
+    return fingerprint(obj)
 
 
 def cold_rate() -> float:
