@@ -187,7 +187,7 @@ def test_operator_transfer_seam():
     np.testing.assert_array_equal(runtime.to_host(raw)[:, 0], model.predict(X[:10].astype(np.float32)))
 
 
-_QUICK = {"cost_repeats": 1, "importance_repeats": 1}
+_QUICK = {"cost_repeats": 1, "importance_repeats": 1, "require_faster": False}  # device logic, not speed
 
 
 def _features(X):
