@@ -18,6 +18,7 @@ import cloudpickle
 import numpy as np
 import pipelines
 import pytest
+from equivalence import assert_same_as_original
 from picklable import frame_cascade, make_text_pipeline, tabular_frame, text_setup
 from sklearn.linear_model import LogisticRegression
 
@@ -69,8 +70,9 @@ def test_cascade_by_reference_round_trip(frame_setup, dumps):
     clone = pickle.loads(DUMPS[dumps](pipeline))
     assert clone.__wrapped__ is pipelines.frame_pipeline
     assert clone.plan_ == pipeline.plan_ and clone.generated_source_ == pipeline.generated_source_
-    for rows in (batch, batch.iloc[[7]], batch.iloc[:0]):
+    for rows in (batch, batch.iloc[[7]]):
         assert_same_output(clone(copy_of(model), rows), pipeline(model, rows))
+    assert_same_as_original(clone, copy_of(model), batch.iloc[:0])  # 0 rows: the original's error
     assert "cascade" in repr(clone)
 
 
@@ -91,8 +93,9 @@ def test_compiled_text_closure_by_value_round_trip(text, variant, dumps):
     fresh = copy_of(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "model changed" fallback to the original function
-        for rows in (batch, batch[:1], np.array(batch, dtype=object), []):
+        for rows in (batch, batch[:1], np.array(batch, dtype=object)):
             assert_same_output(clone(fresh, rows), pipeline(model, rows))
+        assert_same_as_original(clone, fresh, [])  # 0 rows: the original's error
 
 
 def test_uncalibrated_round_trip(text, frame_setup):
