@@ -72,7 +72,7 @@ def test_cascade_by_reference_round_trip(frame_setup, dumps):
     assert clone.plan_ == pipeline.plan_ and clone.generated_source_ == pipeline.generated_source_
     for rows in (batch, batch.iloc[[7]]):
         assert_same_output(clone(copy_of(model), rows), pipeline(model, rows))
-    assert_same_as_original(clone, copy_of(model), batch.iloc[:0])
+    assert_same_as_original(clone, copy_of(model), batch.iloc[:0])  # 0 rows: the original's error
     assert "cascade" in repr(clone)
 
 
@@ -95,7 +95,7 @@ def test_compiled_text_closure_by_value_round_trip(text, variant, dumps):
         warnings.simplefilter("error")  # no "model changed" fallback to the original function
         for rows in (batch, batch[:1], np.array(batch, dtype=object)):
             assert_same_output(clone(fresh, rows), pipeline(model, rows))
-    assert_same_as_original(clone, fresh, [])  # 0 rows: as the original
+        assert_same_as_original(clone, fresh, [])  # 0 rows: the original's error
 
 
 def test_uncalibrated_round_trip(text, frame_setup):
