@@ -78,12 +78,14 @@ def test_a_model_over_the_budget_compiles_in_the_background_and_switches(monkeyp
 def test_eager_and_all_compile_during_calibration_whatever_the_budget(monkeypatch, data):
     model, (cc, ce), (xc, xe) = data
     monkeypatch.setattr(compile_budget, "DEFAULT_BUDGET_SECONDS", 0.0)
-    for option in ("eager", "all"):
-        pipeline = willow.optimize(pipelines.numpy_pipeline, **OPTIONS, compile=option, require_faster=False)
-        pipeline.calibrate(model, cc, ce)
-        assert pipeline.__dict__.get("_background") is None and pipeline.wait_compiled(0)
-        assert any(node.recipe[0] is model for node in pipeline._compilation.nodes), option
-        np.testing.assert_array_equal(pipeline(model, xc, xe), pipelines.numpy_pipeline(model, xc, xe))
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **OPTIONS, compile="eager", require_faster=False)
+    pipeline.calibrate(model, cc, ce)
+    assert pipeline.__dict__.get("_background") is None and pipeline.wait_compiled(0)
+    assert any(node.recipe[0] is model for node in pipeline._compilation.nodes)
+    np.testing.assert_array_equal(pipeline(model, xc, xe), pipelines.numpy_pipeline(model, xc, xe))
+    with compile_budget.calibration_budget("all") as budget:  # "all": the old name of "eager"
+        assert budget.seconds is None and compile_budget.current_budget(True) is budget
+    assert compile_budget.current_budget(True).seconds == 0.0
     with pytest.raises(ValueError, match="compile must be True, False, 'eager' or 'all'"):
         willow.optimize(pipelines.numpy_pipeline, compile="yes")
 
@@ -241,7 +243,7 @@ def test_progress_is_shown_in_a_terminal_or_notebook_but_never_in_ci(monkeypatch
 
 def test_calibrate_shows_its_stages(capsys, linear):
     model, (cc, ce), _ = linear
-    options = dict(OPTIONS, cascade=True, compile=False, require_faster=False)
+    options = dict(OPTIONS, compile=False)
     willow.optimize(pipelines.numpy_pipeline, **options).calibrate(model, cc, ce, progress=True)
     shown = capsys.readouterr().err
     assert "willow: numpy_pipeline" in shown and "proof" in shown
@@ -252,11 +254,11 @@ def test_calibrate_shows_its_stages(capsys, linear):
 def test_progress_without_tqdm_prints_one_line_per_stage(monkeypatch, capsys, linear):
     model, (cc, ce), _ = linear
     monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)  # import fails
-    options = dict(OPTIONS, cascade=True, compile=False, require_faster=False)
+    options = dict(OPTIONS, compile=False)
     willow.optimize(pipelines.numpy_pipeline, **options).calibrate(model, cc, ce, progress=True)
     lines = capsys.readouterr().err.splitlines()
     stages = [line.rsplit(": ", 1)[1] for line in lines if line.startswith("willow: numpy_pipeline: ")]
-    assert stages[:2] == ["tracing", "costing"] and stages[-1] == "proof"
+    assert stages == ["tracing", "costing", "proof"]  # cascade=False, compile=False: no other stage
     assert set(stages) <= set(progress.STAGES) and len(stages) == len(set(stages))
 
 

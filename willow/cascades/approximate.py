@@ -73,14 +73,14 @@ class ApproximateModel:
     def compiled(self) -> bool:
         return self._scores is not None
 
-    def compile(self, lower: Any, X: Any | None = None, tree_node_budget: int | None = None) -> str:
+    def compile(self, lower: Any, X: Any | None = None, budget: Any = None) -> str:
         """Use a compiled kernel for the estimator's scores; verified on ``X`` when given.
 
         Returns "" on success, otherwise why the estimator keeps running as Python.
         """
         from willow.compiler.compile_pass import compile_budget_refusal
 
-        refusal = compile_budget_refusal(self.estimator_, tree_node_budget)
+        refusal = compile_budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
         if refusal is not None:
             return refusal
         method = self.score_method

@@ -61,13 +61,13 @@ class ApproximateScorer:
         """The approximate score of every text, through the fused kernel."""
         return np.asarray(self._fused(texts), dtype=np.float64).reshape(-1)
 
-    def compile(self, lower: Any, X: Any = None, tree_node_budget: int | None = None) -> str:
+    def compile(self, lower: Any, X: Any = None, budget: Any = None) -> str:
         """Serve ``predict`` with a compiled kernel when it reproduces the estimator on ``X`` and,
         with ``X`` given, measures faster on it. Returns "" on success, otherwise why not."""
         from willow.cascades.approximate import verified_kernel
         from willow.compiler.compile_pass import compile_budget_refusal
 
-        refusal = compile_budget_refusal(self.estimator_, tree_node_budget)
+        refusal = compile_budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
         if refusal is None:
             build = lambda: lower(self.estimator_, "predict")  # noqa: E731
             refusal, kernel = verified_kernel(build, X, X, self.estimator_, "predict")
