@@ -7,19 +7,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["assert_same", "assert_same_kind", "row_agreement"]
+__all__ = ["RTOL", "ATOL", "assert_same", "assert_same_kind", "row_agreement"]
+
+
+# Floating-point outputs (probabilities, decision values, regressions) may differ in the last bits:
+# compiled kernels sum in their own order. The tolerance is the project's for probabilities.
+RTOL, ATOL = 1e-9, 1e-12
 
 
 def assert_same(output: Any, reference: Any) -> None:
-    """``output`` is ``reference``'s type and equals it exactly (values, dtype, shape, index)."""
+    """``output`` is ``reference``'s type and equals it (values, dtype, shape, index): exactly,
+    floating-point values to ``RTOL``/``ATOL``."""
     assert_same_kind(output, reference)
     if isinstance(reference, pd.Series | pd.DataFrame):
-        if isinstance(reference, pd.Series):
-            pd.testing.assert_series_equal(output, reference, check_exact=True)
-        else:
-            pd.testing.assert_frame_equal(output, reference, check_exact=True)
+        exact = not any(
+            np.dtype(d).kind in "fc" for d in np.atleast_1d(reference.dtypes) if isinstance(d, np.dtype)
+        )
+        check = (
+            pd.testing.assert_series_equal
+            if isinstance(reference, pd.Series)
+            else pd.testing.assert_frame_equal
+        )
+        check(output, reference, check_exact=exact, rtol=RTOL, atol=ATOL)
+    elif isinstance(reference, np.ndarray) and reference.dtype.kind in "fc":
+        np.testing.assert_allclose(output, reference, rtol=RTOL, atol=ATOL, strict=True)
     elif isinstance(reference, np.ndarray):
         np.testing.assert_array_equal(output, reference, strict=True)
+    elif isinstance(reference, list) and any(isinstance(v, float) for v in reference):
+        np.testing.assert_allclose(np.asarray(output), np.asarray(reference), rtol=RTOL, atol=ATOL)
     else:
         assert output == reference
 
