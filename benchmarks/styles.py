@@ -4,7 +4,8 @@ Every pipeline of tests/realworld (the Willump ports and one function per writin
 decorated with default options (a decorated method as its class decorated it), calibrated on
 calibration rows, and measured against its undecorated self in one process on fresh rows: batch
 seconds as medians of interleaved runs (:func:`benchmarks.measure.time_batches`), the row
-agreement with the original, and the plan. A pipeline willow refuses is listed with the refusal.
+agreement with the original ("equal": the whole output equals the original's, floating-point
+values to 1e-9 relative), and the plan. A pipeline willow refuses is listed with the refusal.
 
 Writes ``styles.md`` and ``styles.json`` under ``--out`` (default ``results/``) and prints the
 table. Targets (issue 13): every text pipeline >= 5x, every tabular pipeline >= 2x, and Willump's
@@ -131,7 +132,7 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], header: str) -
         speedup = f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-"
         agreement = f"{r['agreement']:.4f}" if r.get("agreement") is not None else "-"
         if r.get("exact"):
-            agreement += " (exact)"
+            agreement += " (equal)"
         met = "met" if r["meets_target"] else "missed"
         lines.append(
             f"| {r['name']} | {_cell(r['style'], 70)} | {r['kind']} | {accepted} | {_cell(r.get('plan', '-'))} "
