@@ -83,36 +83,34 @@ def test_pipeline_is_accepted_and_agrees(name: str) -> None:
 
 
 def test_swapped_argument_runs_the_original() -> None:
-    """Willump's toxic takes its vectorizers as arguments: a call with a different vectorizer
-    than the one calibrated must run the original function (with a warning), not the plan."""
+    """Fitted objects passed as arguments are checked at every call: the same fitted state in a
+    new object gives the same output; a different vectorizer and model than the calibrated ones
+    run the original function (with a warning), not the plan."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tests.realworld.willump import toxic
+    from tests.realworld import styles
 
-    loaded = calibrated("willump_toxic")
+    loaded = calibrated("arguments")
     data = rw_data.sms()
-    other = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True)
-    other.fit(data.texts[data.split.train])
     fitted = rw_data.sms_fitted()
-    swapped_word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(
-        data.texts[data.split.train]
-    )
-    rows = data.texts[split_of("sms_array").fresh[:200]]
-    # The same fitted state in a new object: the same output, whichever path serves it.
-    reference = toxic.vectorizer_transform(rows, swapped_word, fitted.char_vectorizer)
+    train = data.texts[data.split.train]
+    rows = list(data.texts[split_of("sms_list").fresh[:200]])
+
+    refitted_word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(train)
+    reference = styles.arguments_predict(fitted.classifier, refitted_word, fitted.char_vectorizer, rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        np.testing.assert_array_equal(loaded.pipeline(rows, swapped_word, fitted.char_vectorizer), reference)
-    # A different vectorizer (another vocabulary): the original runs, with a warning.
-    classifier = toxic.classifier
-    try:
-        toxic.classifier = _classifier_for(fitted.word_vectorizer, other, data)
-        reference = toxic.vectorizer_transform(rows, fitted.word_vectorizer, other)
-        with pytest.warns(UserWarning):
-            output = loaded.pipeline(rows, fitted.word_vectorizer, other)
-        np.testing.assert_array_equal(output, reference)
-    finally:
-        toxic.classifier = classifier
+        output = loaded.pipeline(fitted.classifier, refitted_word, fitted.char_vectorizer, rows)
+    np.testing.assert_array_equal(output, reference)
+
+    other_char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True).fit(
+        train
+    )
+    other_model = _classifier_for(fitted.word_vectorizer, other_char, data)
+    reference = styles.arguments_predict(other_model, fitted.word_vectorizer, other_char, rows)
+    with pytest.warns(UserWarning):
+        output = loaded.pipeline(other_model, fitted.word_vectorizer, other_char, rows)
+    np.testing.assert_array_equal(output, reference)
 
 
 def _classifier_for(word, char, data):
