@@ -60,13 +60,15 @@ def _rows(value: Any) -> np.ndarray:
 
 
 def row_agreement(output: Any, reference: Any) -> float:
-    """Fraction of rows on which the two outputs make the same decision: equal values, or for 2-D
-    probabilities the same most likely class."""
+    """Fraction of rows on which the two outputs make the same decision: equal values (numbers to
+    ``RTOL``/``ATOL``), or for 2-D probabilities the same most likely class."""
     out, ref = _rows(output), _rows(reference)
     if len(ref) == 0:
         return 1.0
     if ref.ndim == 2 and ref.dtype.kind == "f":
         agree = np.argmax(out, axis=1) == np.argmax(ref, axis=1)
+    elif ref.dtype.kind == "f":  # decision values, regressions: equal to the stated tolerance
+        agree = np.isclose(out, ref, rtol=RTOL, atol=ATOL)
     elif ref.ndim == 2:
         agree = np.all(out == ref, axis=1)
     else:
