@@ -637,10 +637,11 @@ def build_cascade(
     does: on 0 rows it runs ``fn``, and when it raises, ``fn``'s own error is raised
     (:func:`~willow.cascades.runtime.with_original_errors`)."""
     objects = compilation.guarded if compilation is not None else ()
+    original = getattr(fn, "__willow_original__", fn)  # the function as written (see frontend.driver)
     runtime = ServingRuntime(
         approximate,
         output,
-        fn,
+        original,
         guard,
         operators=compilation.operators if compilation is not None else None,
         objects=tuple(obj for _, obj in objects),
@@ -655,7 +656,7 @@ def build_cascade(
     else:
         func_ast = build_compiled_source(graph, exprs, fused)
     function, source = materialize(func_ast, fn, runtime, graph.function_name)
-    return with_original_errors(function, fn), source
+    return with_original_errors(function, original), source
 
 
 def _row_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:

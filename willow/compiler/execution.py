@@ -72,8 +72,22 @@ class StatementRunner:
             (compile(ast.Expression(body=item.context_expr), graph.filename, "eval"), item.optional_vars)
             for item in graph.contexts
         ]
+        # Names the post-processing assigns (``y = f(y)``, ``y[y < 0] = 0``) are parameters of its
+        # code, given their values from the completed run, so a statement may read one before
+        # assigning it, as in the function itself.
+        self._post_parameters: tuple[str, ...] = ()
+        if graph.post:
+            stored = {
+                n.id
+                for st in graph.post.statements
+                for n in ast.walk(st)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
+            self._post_parameters = tuple(sorted(stored | {graph.post.variable}))
         self._post = (
-            _function_code("__willow_post__", list(graph.post.statements), graph.filename)
+            _function_code(
+                "__willow_post__", list(graph.post.statements), graph.filename, self._post_parameters
+            )
             if graph.post
             else None
         )
@@ -124,7 +138,7 @@ class StatementRunner:
         scope = dict(ns)
         scope[self.graph.post.variable] = output
         with self.entered(scope):
-            return _call_code(self._post, scope)
+            return _call_code(self._post, scope, *(scope.get(n) for n in self._post_parameters))
 
     def prologue_returns(self, arguments: dict[str, Any]) -> bool:
         """Whether the function's leading early-return guards answer this call themselves."""
@@ -174,12 +188,21 @@ class StatementRunner:
         return times, ns, output
 
 
-def _function_code(name: str, body: list[ast.stmt], filename: str) -> CodeType:
-    """The code object of ``def <name>(): <body>`` (its free names are looked up as globals)."""
+def _function_code(
+    name: str, body: list[ast.stmt], filename: str, parameters: tuple[str, ...] = ()
+) -> CodeType:
+    """The code object of ``def <name>(<parameters>): <body>`` (its free names are looked up as
+    globals)."""
     func = ast.FunctionDef(
         name=name,
         args=ast.arguments(
-            posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+            posonlyargs=[],
+            args=[ast.arg(arg=p) for p in parameters],
+            vararg=None,
+            kwonlyargs=[],
+            kw_defaults=[],
+            kwarg=None,
+            defaults=[],
         ),
         body=body,
         decorator_list=[],
@@ -194,6 +217,6 @@ def _function_code(name: str, body: list[ast.stmt], filename: str) -> CodeType:
     return next(c for c in code.co_consts if isinstance(c, CodeType) and c.co_name == name)
 
 
-def _call_code(code: CodeType, scope: dict[str, Any]) -> Any:
+def _call_code(code: CodeType, scope: dict[str, Any], *arguments: Any) -> Any:
     """Run a code object from :func:`_function_code` with ``scope`` as its globals."""
-    return types.FunctionType(code, scope)()
+    return types.FunctionType(code, scope)(*arguments)

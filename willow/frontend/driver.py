@@ -129,6 +129,9 @@ def build_function(
     function.__qualname__ = original.__qualname__
     function.__doc__ = original.__doc__
     function.__module__ = original.__module__
+    # What serving falls back to (0 rows, a changed model, an error) is the function as written,
+    # not this rewrite: a rewrite may leave a helper's empty-batch guard to the original.
+    function.__willow_original__ = getattr(original, "__willow_original__", original)
     return function
 
 

@@ -168,7 +168,7 @@ def _select(frame: ast.expr, columns: list[Any]) -> ast.Subscript:
     )
 
 
-def _method(value: ast.expr, name: str, *args: ast.expr, **keywords: ast.expr) -> ast.Call:
+def _method(value: ast.expr, name: str, /, *args: ast.expr, **keywords: ast.expr) -> ast.Call:
     return ast.Call(
         func=ast.Attribute(value=value, attr=name, ctx=ast.Load()),
         args=list(args),

@@ -86,7 +86,10 @@ def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
         return None
     if tree.name != fn.__code__.co_name:
         return None
-    body = _without_docstring(tree.body)
+    body, guard = _without_empty_guard(_without_docstring(tree.body), tree)
+    if guard is not None:
+        tree.body = body
+        tree._willow_empty_guard = guard  # type: ignore[attr-defined]
     if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
         return None
     if not all(isinstance(st, _SIMPLE) for st in body[:-1]):
@@ -109,6 +112,62 @@ def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
     if any(isinstance(n, forbidden) for n in ast.walk(body[-1].value)):
         return None
     return tree
+
+
+def _is_empty_test(test: ast.expr, parameters: set[str]) -> bool:
+    """Whether ``test`` asks if a parameter holds no rows: ``len(p) == 0``, ``p.shape[0] == 0``,
+    ``p.size == 0`` (also ``< 1``, ``<= 0``), ``not len(p)``, ``not p.shape[0]``."""
+
+    def counts_rows(node: ast.expr) -> bool:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len":
+            return (
+                len(node.args) == 1 and isinstance(node.args[0], ast.Name) and node.args[0].id in parameters
+            )
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "shape"
+            and isinstance(node.slice, ast.Constant)
+            and node.slice.value == 0
+        ):
+            base = node.value.value
+            return isinstance(base, ast.Name) and base.id in parameters
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == "size"
+            and isinstance(node.value, ast.Name)
+            and node.value.id in parameters
+        )
+
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return counts_rows(test.operand)
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and counts_rows(test.left)):
+        return False
+    right = test.comparators[0]
+    if not isinstance(right, ast.Constant) or isinstance(right.value, bool):
+        return False
+    op = type(test.ops[0])
+    return (op in (ast.Eq, ast.LtE) and right.value == 0) or (op is ast.Lt and right.value == 1)
+
+
+def _without_empty_guard(body: list[ast.stmt], helper: ast.FunctionDef) -> tuple[list[ast.stmt], int | None]:
+    """The helper's body for a non-empty batch, and the line of the empty-batch guard it skips.
+
+    Willump's helpers answer an empty batch before calling the model (``if X.shape[0] == 0:
+    return np.zeros(0)`` / ``else: return model.predict(X)``). willow never runs the inlined
+    statements on 0 rows: a generated function hands a 0-row call to the original function,
+    which runs the guard as written. So for inlining, such a guard is dropped and its ``else``
+    (or what follows it) is the helper's body."""
+    first = body[0] if body else None
+    if not (isinstance(first, ast.If) and len(first.body) == 1 and isinstance(first.body[0], ast.Return)):
+        return body, None
+    parameters = {a.arg for a in helper.args.posonlyargs + helper.args.args + helper.args.kwonlyargs}
+    if not _is_empty_test(first.test, parameters):
+        return body, None
+    rest = list(first.orelse) + body[1:]
+    if not rest:
+        return body, None
+    return rest, first.lineno
 
 
 def inlinable(obj: Any) -> tuple[types.FunctionType, Any] | None:
@@ -305,6 +364,12 @@ class _Inliner:
             f"line {where.lineno}: inlined {module}.{fn.__qualname__}() "
             f"({len(body) - 1} statement(s) and its return value)"
         )
+        guard = getattr(helper, "_willow_empty_guard", None)
+        if guard is not None:
+            self.ctx.note(
+                f"line {where.lineno}: {fn.__qualname__}()'s early return for an empty batch (its line "
+                f"{guard}) is left to the original function, which willow runs on 0 rows"
+            )
         return final.value
 
 
