@@ -1,10 +1,15 @@
 """Tracing: turn a decorated function's source into a :class:`PipelineGraph`.
 
 willow reads the function's source with :mod:`ast` rather than running it, so the graph is known
-at decoration time and calibration can time and re-run each statement on its own. Tracing
-recognises one shape: straight-line statements ending in ``return <model>.predict(X)`` (or
-``.predict_proba``), where ``X`` is built by a stacking call over the feature groups, possibly
-followed by statements that only transform ``X``. Anything else raises
+at decoration time and calibration can time and re-run each statement on its own. Tracing finds
+the model call whose output the function returns (``<model>.predict(X)``, ``.predict_proba`` or
+``.decision_function``), where ``X`` is built by a stacking call over the feature groups,
+possibly followed by statements that only transform ``X``. Around that pipeline it keeps, and
+never refuses, what does not feed the features: what the function does with the model's output
+(``proba[:, 1] > 0.3``, ``np.where``, ``.tolist()``, ``pd.Series(...)``: the graph's ``post``),
+leading early-return guards (``if len(texts) == 0: return []``), ``with`` blocks whose statements
+are unwrapped for analysis, asserts and log calls. Functions written otherwise reach it through
+the front end (:mod:`willow.frontend`). Anything else raises
 :class:`~willow.UnsupportedPipelineError` naming the line and the reason.
 """
 
