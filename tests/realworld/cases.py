@@ -34,6 +34,9 @@ class Case:
     cascade: bool = False  # calibrated on the large pool to serve and check a cascade
     min_groups: int = 1  # feature groups the issue asks the front end to find
     willump: bool = False
+    # A refusal that remains (README, "Refusals that remain"): what its message must say. The case
+    # is checked to be refused with that message, naming the file and line.
+    refused: str | None = None
 
 
 # Cascade cases check the cascade's logic on the served plan, whatever its speed (the battery does
@@ -141,6 +144,8 @@ CASES: dict[str, Case] = {
             _credit_arguments,
             willump=True,
             min_groups=2,
+            # its helper branches on isinstance(X, pd.DataFrame) and calls a second helper: opaque
+            refused="credit.py:43: no recognisable model call",
         ),
         Case(
             "willump_music",
