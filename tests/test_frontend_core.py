@@ -197,8 +197,16 @@ def test_helpers_are_inlined_and_compute_the_same(text_parts):
         )
     # `X = vectorizer_transform(...)`: the helper's returned local takes the caller's name X
     assert "combined" not in _normalized(fp.toxic_arguments, arguments, ("texts",))[1]
+    # a leading empty-batch guard is left to the original (which willow runs on 0 rows)
     front, source = _normalized(fp.toxic_opaque, arguments, ("texts",))
-    assert "predict_checked(model" in source  # control flow returning values: opaque
+    assert "predict_checked(model" not in source and "X.shape[0] == 0" not in source
+    assert any("early return for an empty batch" in note for note in front.notes)
+    np.testing.assert_array_equal(
+        front.function(model, words, chars, batch), fp.toxic_opaque(model, words, chars, batch)
+    )
+    # other control flow returning values keeps the helper opaque
+    front, source = _normalized(fp.toxic_branching, arguments, ("texts",))
+    assert "predict_branching(model" in source
 
 
 def test_helper_globals_come_from_the_helpers_module():
