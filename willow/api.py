@@ -365,16 +365,7 @@ class OptimizedPipeline:
                 return calibrate_cascade(graph, fn, arguments, y, cascade_options)
 
             def install(result: Any) -> None:
-                self._install(
-                    result.plan,
-                    result.costs,
-                    result.approximate,
-                    result.output,
-                    result.model_fingerprint,
-                    result.function,
-                    result.source,
-                    result.compilation,
-                )
+                self._install_result(result)
 
         what = ", ".join(dict.fromkeys(deferred))
         self._background = BackgroundCompile(job, install, what).start()
@@ -426,6 +417,11 @@ class OptimizedPipeline:
         self.graph_ = graph
         self._unsupported = None
         self._set_frontend(front)
+        self._install_result(result)
+        return self
+
+    def _install_result(self, result: Any) -> None:
+        """Serve a cascade calibration's result (:class:`~willow.cascades.calibration.CalibrationResult`)."""
         self._install(
             result.plan,
             result.costs,
@@ -436,7 +432,6 @@ class OptimizedPipeline:
             result.source,
             result.compilation,
         )
-        return self
 
     def _front_end(self, arguments: dict[str, Any]) -> tuple[PipelineGraph, FrontEnd | None]:
         """The graph to calibrate, traced from the function the front end normalized for these

@@ -1,5 +1,5 @@
 """The real-world battery: every pipeline in tests/realworld, in the style a user wrote it,
-decorated with ``willow.optimize``, calibrated on 1,200 rows, then compared with the undecorated
+decorated with ``willow.optimize``, calibrated on 1,400 rows, then compared with the undecorated
 function on fresh rows: equal (numbers to 1e-9 relative) where no cascade is served; where one is,
 the same type, dtype and shape, row agreement at least the target and a proven bound at least the
 target. One row and no rows behave as the original does (a batch the original refuses is refused
@@ -7,7 +7,7 @@ alike).
 
 Options are the defaults, except for the two cascade cases (``cases.CASCADE``): they serve a
 proven cascade even when it is not faster (this test checks the cascade's logic, never speed) and
-target 0.95 agreement, which 1,200 calibration rows can prove; 0.99 needs about 3,000 (a tune
+target 0.95 agreement, which 1,400 calibration rows can prove; 0.99 needs about 3,000 (a tune
 split of 300 rows never passes the 80%-likely-to-prove test at 0.99), too slow for this battery.
 """
 
