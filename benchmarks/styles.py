@@ -33,7 +33,10 @@ TEXT_TARGET = 5.0
 TABULAR_TARGET = 2.0
 ARGUMENTS_VS_GLOBALS = 0.8  # Willump's toxic as written reaches at least 80% of the globals speedup
 # scale -> (calibration rows, test rows, interleaved repeats, least seconds per timed sample)
-SCALES = {"quick": (1400, 500, 5, 0.1), "full": (2400, 1000, 9, 0.25)}  # 1,400: SMS repeats ~5% of its messages
+SCALES = {
+    "quick": (1400, 500, 5, 0.1),
+    "full": (2400, 1000, 9, 0.25),
+}  # 1,400: SMS repeats ~5% of its messages
 
 
 def _error(exc: BaseException) -> str:
