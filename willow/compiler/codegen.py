@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import linecache
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import astor
 
+from willow.closures import function_from_tree
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.tracing import names_read, unwrap_stack_call
 from willow.errors import UnsupportedPipelineError
@@ -425,46 +424,11 @@ def materialize(func: ast.FunctionDef, original: Callable, runtime: Any, label: 
     """Compile the rendered source of ``func`` into a function bound to ``original``'s globals,
     closure cells and defaults, with ``runtime`` as ``_willow``. Returns it and its source."""
     source = render(func)
-    freevars = list(original.__code__.co_freevars)
-    factory = ast.FunctionDef(
-        name="__willow_factory__",
-        args=ast.arguments(
-            posonlyargs=[],
-            args=[ast.arg(arg=n) for n in [RUNTIME, *freevars]],
-            vararg=None,
-            kwonlyargs=[],
-            kw_defaults=[],
-            kwarg=None,
-            defaults=[],
-        ),
-        body=[ast.parse(source).body[0], ast.Return(value=name_node(func.name))],
-        decorator_list=[],
-        returns=None,
-        type_comment=None,
-        type_params=[],
+    compiled = function_from_tree(
+        ast.parse(source).body[0],  # type: ignore[arg-type]
+        original,
+        {RUNTIME: runtime},
+        f"<willow cascade of {label}>",
+        register_source=True,
     )
-    module = ast.Module(body=[factory], type_ignores=[])
-    ast.fix_missing_locations(module)
-    factory_source = astor.to_source(module)
-    filename = f"<willow cascade of {label}>"
-    linecache.cache[filename] = (len(factory_source), None, factory_source.splitlines(True), filename)
-    namespace: dict[str, Any] = {}
-    exec(compile(factory_source, filename, "exec"), namespace)
-    inner = next(
-        c
-        for c in namespace["__willow_factory__"].__code__.co_consts
-        if isinstance(c, types.CodeType) and c.co_name == func.name
-    )
-    cells = []
-    for name in inner.co_freevars:
-        if name == RUNTIME:
-            cells.append(types.CellType(runtime))
-        else:
-            cells.append(original.__closure__[freevars.index(name)])  # type: ignore[index]
-    compiled = types.FunctionType(
-        inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells)
-    )
-    compiled.__kwdefaults__ = original.__kwdefaults__
-    compiled.__qualname__ = original.__qualname__
-    compiled.__doc__ = original.__doc__
     return compiled, source

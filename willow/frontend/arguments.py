@@ -23,6 +23,7 @@ from typing import Any
 
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.context import FrontEndContext, ObjectGuard
+from willow.rows import supports_rows
 
 __all__ = [
     "MODEL_METHODS",
@@ -52,20 +53,9 @@ def is_row_container(obj: Any) -> bool:
     A list or tuple whose entries are all fitted objects (estimators, transformers) is a
     collection of models, not rows.
     """
-    import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
-
-    if isinstance(obj, np.ndarray):
-        return obj.ndim >= 1
-    if sp.issparse(obj):
-        return True
-    if isinstance(obj, (pd.DataFrame, pd.Series, pd.Index, pd.api.extensions.ExtensionArray)):
-        return True
     if isinstance(obj, (list, tuple)):
         return not (len(obj) > 0 and all(_is_fitted_object(x) for x in obj))
-    pyarrow = sys.modules.get("pyarrow")
-    return pyarrow is not None and isinstance(obj, (pyarrow.Array, pyarrow.ChunkedArray))
+    return supports_rows(obj)
 
 
 def _row_count(obj: Any) -> int:

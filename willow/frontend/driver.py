@@ -12,11 +12,11 @@ import ast
 import copy
 import inspect
 import textwrap
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from willow.closures import function_from_tree
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
@@ -87,48 +87,7 @@ def build_function(
 ) -> Callable:
     """Compile ``tree`` into a function with ``original``'s globals, defaults and closure cells,
     where each name in ``bindings`` is a closure cell holding its object."""
-    freevars = list(original.__code__.co_freevars)
-    outer = [*freevars, *bindings]
-    factory = ast.FunctionDef(
-        name="__willow_frontend__",
-        args=ast.arguments(
-            posonlyargs=[],
-            args=[ast.arg(arg=n) for n in outer],
-            vararg=None,
-            kwonlyargs=[],
-            kw_defaults=[],
-            kwarg=None,
-            defaults=[],
-        ),
-        body=[copy.deepcopy(tree), ast.Return(value=ast.Name(id=tree.name, ctx=ast.Load()))],
-        decorator_list=[],
-        returns=None,
-        type_comment=None,
-        type_params=[],
-    )
-    ast.copy_location(factory, tree)
-    module = ast.Module(body=[factory], type_ignores=[])
-    ast.fix_missing_locations(module)
-    namespace: dict[str, Any] = {}
-    exec(compile(module, filename, "exec"), namespace)
-    inner = next(
-        c
-        for c in namespace["__willow_frontend__"].__code__.co_consts
-        if isinstance(c, types.CodeType) and c.co_name == tree.name
-    )
-    cells = []
-    for name in inner.co_freevars:
-        if name in bindings:
-            cells.append(types.CellType(bindings[name]))
-        else:
-            cells.append(original.__closure__[freevars.index(name)])  # type: ignore[index]
-    function = types.FunctionType(
-        inner, original.__globals__, original.__name__, original.__defaults__, tuple(cells)
-    )
-    function.__kwdefaults__ = original.__kwdefaults__
-    function.__qualname__ = original.__qualname__
-    function.__doc__ = original.__doc__
-    function.__module__ = original.__module__
+    function = function_from_tree(copy.deepcopy(tree), original, bindings, filename)
     # What serving falls back to (0 rows, a changed model, an error) is the function as written,
     # not this rewrite: a rewrite may leave a helper's empty-batch guard to the original.
     function.__willow_original__ = getattr(original, "__willow_original__", original)

@@ -45,7 +45,7 @@ from sklearn.preprocessing import OneHotEncoder
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
 from willow.compiler.lowering.lookups import KeyIndex
 
-__all__ = ["lower_one_hot_encoder", "ENCODER_LOWERINGS"]
+__all__ = ["lower_one_hot_encoder", "require_frame_encoder", "frame_codes", "ENCODER_LOWERINGS"]
 
 
 def _category_indexes(encoder: OneHotEncoder) -> list[tuple[KeyIndex, str]]:
@@ -95,21 +95,50 @@ def _default_output(encoder: OneHotEncoder) -> bool:
     return chosen == "default"
 
 
-def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
-    """Compile ``encoder.transform`` for string and numeric categories; see the module docstring."""
+def require_frame_encoder(encoder: Any, method: str) -> None:
+    """Refuse (:class:`NotLowerable`) an encoder the compiled category lookup cannot reproduce:
+    another method than ``transform``, unfitted, fitted on an array, infrequent categories."""
+    name = type(encoder).__name__
     if method != "transform":
-        raise NotLowerable(f"OneHotEncoder.{method} is not compiled; only transform is.")
+        raise NotLowerable(f"{name}.{method} is not compiled; only transform is.")
     if not hasattr(encoder, "categories_"):
-        raise NotLowerable("The OneHotEncoder is not fitted.")
+        raise NotLowerable(f"The {name} is not fitted.")
     if not hasattr(encoder, "feature_names_in_"):
         raise NotLowerable(
-            "The OneHotEncoder was fitted on an array, not a DataFrame; only encoders fitted on "
+            f"The {name} was fitted on an array, not a DataFrame; only encoders fitted on "
             "named columns are compiled."
         )
     if getattr(encoder, "_infrequent_enabled", False):
         raise NotLowerable(
-            "OneHotEncoder with infrequent categories (min_frequency / max_categories) is not compiled."
+            f"{name} with infrequent categories (min_frequency / max_categories) is not compiled."
         )
+
+
+def frame_codes(
+    encoder: Any, names: list[str], indexes: list[tuple[KeyIndex, str]], X: Any
+) -> np.ndarray | None:
+    """Each value's category position (``-1`` when unknown), one column per feature, or ``None``
+    when scikit-learn must encode ``X`` itself: another container or columns, 0 rows, a
+    ``set_output`` container, missing values or values not of the categories' kind."""
+    if not (
+        type(X) is pd.DataFrame and X.shape[0] > 0 and list(X.columns) == names and _default_output(encoder)
+    ):
+        return None
+    codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
+    for j, (index, kind) in enumerate(indexes):
+        column = X.iloc[:, j]
+        if not _matchable(column, kind):
+            return None
+        found = index.rows(column)
+        if found is None:
+            return None
+        codes[:, j] = found
+    return codes
+
+
+def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
+    """Compile ``encoder.transform`` for string and numeric categories; see the module docstring."""
+    require_frame_encoder(encoder, method)
     indexes = _category_indexes(encoder)
     names = list(encoder.feature_names_in_)
     widths = np.asarray(encoder._n_features_outs, dtype=np.int64)
@@ -127,19 +156,9 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
     dtype, sparse_output = encoder.dtype, encoder.sparse_output
 
     def transform(X: Any) -> Any:
-        if not (
-            type(X) is pd.DataFrame
-            and X.shape[0] > 0
-            and list(X.columns) == names
-            and _default_output(encoder)
-        ):
+        codes = frame_codes(encoder, names, indexes, X)
+        if codes is None:
             return encoder.transform(X)
-        codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
-        for j, (index, kind) in enumerate(indexes):
-            column = X.iloc[:, j]
-            if not _matchable(column, kind):
-                return encoder.transform(X)
-            codes[:, j] = index.rows(column)
         known = codes >= 0
         if not zero_unknown and not known.all():
             return encoder.transform(X)  # scikit-learn raises or warns about the unknown ones

@@ -44,7 +44,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OrdinalEncoder, StandardScaler
 
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
-from willow.compiler.lowering.encoders import _default_output, _matchable
+from willow.compiler.lowering.encoders import _default_output, frame_codes, require_frame_encoder
 from willow.compiler.lowering.lookups import KeyIndex
 
 __all__ = [
@@ -203,14 +203,7 @@ def lower_simple_imputer(imputer: Any, method: str) -> CompiledOperator:
 
 def lower_ordinal_encoder(encoder: Any, method: str) -> CompiledOperator:
     """Compile ``OrdinalEncoder.transform`` for string categories; see the module docstring."""
-    _fitted(encoder, "categories_", method)
-    if not hasattr(encoder, "feature_names_in_"):
-        raise NotLowerable(
-            "The OrdinalEncoder was fitted on an array, not a DataFrame; only encoders fitted on "
-            "named columns are compiled."
-        )
-    if getattr(encoder, "_infrequent_enabled", False):
-        raise NotLowerable("OrdinalEncoder with infrequent categories is not compiled.")
+    require_frame_encoder(encoder, method)
     indexes = []
     for name, categories in zip(encoder.feature_names_in_, encoder.categories_):
         if not (categories.dtype == object and all(type(c) is str for c in categories)):
@@ -218,28 +211,15 @@ def lower_ordinal_encoder(encoder: Any, method: str) -> CompiledOperator:
                 f"OrdinalEncoder feature {name!r} has categories that are not all str (numbers, a "
                 "missing-value category); scikit-learn keeps encoding them."
             )
-        indexes.append(KeyIndex.build(pd.Index(categories, dtype=object), f"feature {name!r}"))
+        indexes.append((KeyIndex.build(pd.Index(categories, dtype=object), f"feature {name!r}"), "str"))
     names = list(encoder.feature_names_in_)
     use_unknown = encoder.handle_unknown == "use_encoded_value"
     dtype, unknown_value = encoder.dtype, encoder.unknown_value
 
     def transform(X: Any) -> Any:
-        if not (
-            type(X) is pd.DataFrame
-            and X.shape[0] > 0
-            and list(X.columns) == names
-            and _default_output(encoder)
-        ):
+        codes = frame_codes(encoder, names, indexes, X)
+        if codes is None:
             return encoder.transform(X)
-        codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
-        for j, index in enumerate(indexes):
-            column = X.iloc[:, j]
-            if not _matchable(column, "str"):
-                return encoder.transform(X)
-            found = index.rows(column)
-            if found is None:
-                return encoder.transform(X)
-            codes[:, j] = found
         unknown = codes < 0
         if unknown.any() and not use_unknown:
             return encoder.transform(X)  # scikit-learn raises about the unknown categories
