@@ -43,7 +43,8 @@ from willow.frontend.arguments import classify_arguments
 from willow.frontend.driver import FrontEnd, normalize, parse_function
 from willow.frontend.guards import ArgumentGuards
 from willow.frontend.methods import BoundPipeline
-from willow.gpu.runtime import check_device, on_pipeline_device
+from willow.gpu.device import on_pipeline_device
+from willow.gpu.runtime import check_device
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
 from willow.topk import query as topk_query

@@ -78,9 +78,9 @@ class ApproximateModel:
 
         Returns "" on success, otherwise why the estimator keeps running as Python.
         """
-        from willow.compiler.compile_pass import compile_budget_refusal
+        from willow.compiler.compile_budget import budget_refusal
 
-        refusal = compile_budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
+        refusal = budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
         if refusal is not None:
             return refusal
         method = self.score_method
@@ -187,12 +187,12 @@ def verified_kernel(build: Any, kernel_input: Any, X: Any, estimator: Any, metho
 
     Returns ``("", kernel)`` or ``(reason, None)``: a lowering bug never breaks serving.
     """
-    from willow.compiler.compile_pass import _same
     from willow.compiler.lowering.base import NotLowerable
+    from willow.compiler.verify import reproduces
 
     try:
         operator = build()
-        if kernel_input is not None and not _same(operator(kernel_input), getattr(estimator, method)(X)):
+        if kernel_input is not None and not reproduces(operator(kernel_input), getattr(estimator, method)(X)):
             return "the kernel did not reproduce the approximate model on calibration rows", None
     except NotLowerable as exc:
         return str(exc), None

@@ -17,10 +17,10 @@ from typing import Any
 
 import astor
 
-from willow.closures import function_from_tree
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.tracing import names_read, unwrap_stack_call
 from willow.errors import UnsupportedPipelineError
+from willow.functions import function_from_tree
 
 __all__ = [
     "name_node",

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_NODES_PER_SECOND",
     "CompileBudget",
     "budget_for",
+    "budget_refusal",
     "calibration_budget",
     "current_budget",
     "estimate_seconds",
@@ -213,3 +214,9 @@ def current_budget(compile_option: bool | str) -> CompileBudget:
     """The budget of the calibration run in progress, or a fresh one for ``compile_option``."""
     budget = _CURRENT.get()
     return budget if budget is not None else budget_for(compile_option)
+
+
+def budget_refusal(obj: Any, budget: CompileBudget | None) -> str | None:
+    """Why compiling ``obj`` is deferred past calibration under ``budget``, or ``None``
+    (``budget=None``: no limit)."""
+    return None if budget is None else budget.refusal(obj)

@@ -21,13 +21,13 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from willow.compiler.compile_budget import CompileBudget, timed_lower
+from willow.compiler.compile_budget import CompileBudget, budget_refusal, timed_lower
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import ModelCall, PipelineGraph, Statement
 from willow.compiler.lowering.arithmetic import node_at, replace_at
 from willow.compiler.profiling import group_costs
+from willow.compiler.verify import reproduces
 
 __all__ = [
     "CompiledNode",
@@ -267,35 +267,6 @@ def _candidate_call(
     return node.targets[0].id, obj, call.func.attr, list(call.args), path
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether a compiled result reproduces the original (exact structure, values to 1e-12/1e-9)."""
-    if sp.issparse(b):
-        if not sp.issparse(a) or a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        diff = abs(sp.csr_matrix(a) - sp.csr_matrix(b))
-        return diff.nnz == 0 or float(diff.max()) <= 1e-12 * max(1.0, float(abs(b).max()))
-    if isinstance(b, np.ndarray):
-        if not isinstance(a, np.ndarray) or a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        if np.issubdtype(b.dtype, np.floating):
-            return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
-        return bool(np.array_equal(a, b))
-    import pandas as pd
-
-    if isinstance(b, (pd.DataFrame, pd.Series)):  # FunctionTransformer(np.log1p) on a frame's columns
-        if type(a) is not type(b):
-            return False
-        check = (
-            pd.testing.assert_frame_equal if isinstance(b, pd.DataFrame) else pd.testing.assert_series_equal
-        )
-        try:
-            check(a, b, rtol=1e-9, atol=1e-12)
-        except AssertionError:
-            return False
-        return True
-    return False
-
-
 def _ops_call(attribute: str, args: list[ast.expr]) -> ast.Call:
     ops = ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="ops", ctx=ast.Load())
     return ast.Call(func=ast.Attribute(value=ops, attr=attribute, ctx=ast.Load()), args=args, keywords=[])
@@ -351,12 +322,6 @@ def _rewrite(graph: PipelineGraph, nodes: list[CompiledNode]) -> PipelineGraph:
 
 def _loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-
-
-def compile_budget_refusal(obj: Any, budget: CompileBudget | None) -> str | None:
-    """Why compiling ``obj`` is deferred past calibration under ``budget`` (see
-    :mod:`willow.compiler.compile_budget`), or ``None`` (``budget=None``: no limit)."""
-    return None if budget is None else budget.refusal(obj)
 
 
 def _is_table(obj: Any) -> bool:
@@ -418,7 +383,7 @@ def compile_graph(
         record the node; ``None`` when it stays Python."""
         if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
             return None
-        refusal = compile_budget_refusal(obj, budget)
+        refusal = budget_refusal(obj, budget)
         if refusal is not None:
             skipped.append(SkippedNode(lineno, original, refusal))
             deferred.append((obj, method))
@@ -446,7 +411,7 @@ def compile_graph(
             )
             skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
             return None
-        if not _same(result, expected()):
+        if not reproduces(result, expected()):
             warnings.warn(
                 f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.",
                 CompilationWarning,
@@ -523,7 +488,7 @@ def compile_graph(
                 )
                 skipped.append(SkippedNode(st.lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
                 continue
-            if not _same(result, expected):
+            if not reproduces(result, expected):
                 warnings.warn(
                     f"line {st.lineno}: the kernel for `{original}` did not reproduce the original on the "
                     "calibration rows; it keeps running as Python.",
@@ -699,7 +664,7 @@ def fuse_text_pipeline(
             stacklevel=3,
         )
         return compilation
-    if not _same(fused_output, expected):
+    if not reproduces(fused_output, expected):
         warnings.warn(
             "the fused text kernel did not reproduce the model on calibration rows; it runs unfused.",
             CompilationWarning,

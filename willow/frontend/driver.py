@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import ast
 import copy
-import inspect
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from willow.closures import function_from_tree
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
@@ -24,6 +21,7 @@ from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
+from willow.functions import function_from_tree, parse_function
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
@@ -54,32 +52,6 @@ class FrontEnd:
     def rewritten(self) -> bool:
         """Whether any pass changed the function (otherwise ``function is original``)."""
         return self.function is not self.original
-
-
-def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
-    """``fn``'s ``def`` as a syntax tree whose line numbers are those of its file, and the file."""
-    try:
-        lines, first = inspect.getsourcelines(fn)
-        filename = inspect.getsourcefile(fn) or "<unknown>"
-    except (OSError, TypeError) as exc:
-        name = getattr(fn, "__qualname__", repr(fn))
-        raise UnsupportedPipelineError(
-            f"Cannot read the source of {name}: {exc}. willow traces the function's source, so it "
-            "must be defined in a file (not typed into an interactive prompt, built with exec, or "
-            "be a lambda or builtin). Pass strict=False to willow.optimize to run this function "
-            "unoptimized (with a warning)."
-        ) from exc
-    tree = ast.parse(textwrap.dedent("".join(lines)))
-    ast.increment_lineno(tree, first - 1)
-    func = tree.body[0] if tree.body else None
-    if not isinstance(func, ast.FunctionDef):
-        raise UnsupportedPipelineError(
-            f"{filename}:{first}: willow.optimize needs a plain `def` function (not async, a class "
-            "or a lambda). Pass strict=False to willow.optimize to run this function unoptimized "
-            "(with a warning)."
-        )
-    func.decorator_list = []
-    return func, filename
 
 
 def build_function(

@@ -28,6 +28,7 @@ from typing import Any
 
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.context import UNRESOLVED, FrontEndContext
+from willow.functions import parse_function
 
 __all__ = ["MAX_DEPTH", "inline_helpers", "inlinable"]
 
@@ -71,8 +72,6 @@ def _in_library(fn: types.FunctionType) -> bool:
 
 def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
     """``fn``'s ``def`` if it can be inlined (see the module doc), else ``None``."""
-    from willow.frontend.driver import parse_function
-
     flags = fn.__code__.co_flags
     if flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
         return None

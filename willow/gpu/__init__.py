@@ -8,6 +8,7 @@ first use, so the package and its CI never need either.
 
 from __future__ import annotations
 
-from willow.gpu.runtime import DEVICES, check_device, current_device, simulator_active, use_device
+from willow.gpu.device import use_device
+from willow.gpu.runtime import DEVICES, check_device, current_device, simulator_active
 
 __all__ = ["DEVICES", "check_device", "current_device", "simulator_active", "use_device"]

@@ -1,7 +1,8 @@
 """Which operators have a CUDA lowering, and the entry point the CPU lowering defers to.
 
-:func:`willow.compiler.lowering.lower` calls :func:`lower_cuda` first while the current device
-(:func:`willow.gpu.runtime.current_device`) is ``"cuda"``; ``None`` means "no CUDA lowering for
+:func:`willow.compiler.lowering.lower` calls :func:`lower_cuda` first inside
+``willow.gpu.use_device("cuda")``, which installs it with
+:func:`willow.compiler.lowering.base.lowering_for_device`; ``None`` means "no CUDA lowering for
 this type", and the operator is compiled for the CPU as usual, so one pipeline mixes both.
 """
 

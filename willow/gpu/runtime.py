@@ -8,18 +8,15 @@ on host arrays, so every line of it is exercised without a GPU.
 The simulator must be chosen before ``numba.cuda`` is first imported (Numba picks the simulator
 or the real driver at that import); this module imports it only inside functions.
 
-:func:`use_device` / :func:`current_device` carry the ``device=`` option of
-``willow.optimize`` to :func:`willow.compiler.lowering.lower` while a pipeline is calibrated or
-its plan restored (a context variable, so concurrent calibrations do not see each other's).
+:func:`current_device` is the device operators are lowered for right now (set by
+:func:`willow.gpu.device.use_device`; a context variable, so concurrent calibrations do not see
+each other's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import functools
 import sys
-from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -29,14 +26,12 @@ __all__ = [
     "DEVICES",
     "check_device",
     "current_device",
-    "use_device",
     "simulator_active",
     "cuda_module",
     "array_module",
     "to_device",
     "to_host",
     "synchronize",
-    "on_pipeline_device",
     "threads_per_block",
 ]
 
@@ -48,19 +43,8 @@ _device: contextvars.ContextVar[str] = contextvars.ContextVar("willow_lowering_d
 
 
 def current_device() -> str:
-    """The device operators are lowered for right now: ``"cpu"`` unless inside :func:`use_device`."""
+    """The device operators are lowered for right now: ``"cpu"`` unless inside :func:`willow.gpu.device.use_device`."""
     return _device.get()
-
-
-@contextlib.contextmanager
-def use_device(device: str) -> Iterator[None]:
-    """Lower operators for ``device`` inside the ``with`` block (``"cuda"`` is checked first)."""
-    device = check_device(device)
-    token = _device.set(device)
-    try:
-        yield
-    finally:
-        _device.reset(token)
 
 
 def simulator_active() -> bool:
@@ -158,16 +142,3 @@ def synchronize() -> None:
         import cupy
 
         cupy.cuda.Device().synchronize()
-
-
-def on_pipeline_device(function: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a function whose first argument is an ``OptimizedPipeline``: run it inside
-    :func:`use_device` with the pipeline's ``device`` (``"cpu"`` for pipelines pickled before the
-    option existed), so every operator it lowers is lowered for that device."""
-
-    @functools.wraps(function)
-    def wrapper(pipeline: Any, *args: Any, **kwargs: Any) -> T:
-        with use_device(pipeline.__dict__.get("device", "cpu")):
-            return function(pipeline, *args, **kwargs)
-
-    return wrapper

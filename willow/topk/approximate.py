@@ -65,9 +65,9 @@ class ApproximateScorer:
         """Serve ``predict`` with a compiled kernel when it reproduces the estimator on ``X`` and,
         with ``X`` given, measures faster on it. Returns "" on success, otherwise why not."""
         from willow.cascades.approximate import verified_kernel
-        from willow.compiler.compile_pass import compile_budget_refusal
+        from willow.compiler.compile_budget import budget_refusal
 
-        refusal = compile_budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
+        refusal = budget_refusal(self.estimator_, budget)  # a CompileBudget; None: no limit
         if refusal is None:
             build = lambda: lower(self.estimator_, "predict")  # noqa: E731
             refusal, kernel = verified_kernel(build, X, X, self.estimator_, "predict")

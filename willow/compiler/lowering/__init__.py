@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from willow.compiler.lowering.base import CompiledOperator, Lowering, NotLowerable, lower_with
+from willow.compiler.lowering.base import (
+    CompiledOperator,
+    Lowering,
+    NotLowerable,
+    device_lowering,
+    lower_with,
+)
 from willow.compiler.lowering.encoders import ENCODER_LOWERINGS
 from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
@@ -33,15 +39,13 @@ LOWERINGS: dict[type, Lowering] = {
 def lower(obj: Any, method: str) -> CompiledOperator:
     """Compile ``obj.method`` (e.g. ``lower(tfidf, "transform")``) or raise :class:`NotLowerable`.
 
-    Inside ``willow.gpu.use_device("cuda")`` types with a CUDA lowering get it (see
+    Inside ``willow.gpu.use_device("cuda")`` types with a CUDA lowering get it (the device's
+    lowering installed with :func:`~willow.compiler.lowering.base.lowering_for_device`, see
     :mod:`willow.gpu.lowering`); the others are compiled for the CPU.
     """
-    from willow.gpu.runtime import current_device
-
-    if current_device() == "cuda":
-        from willow.gpu.lowering import lower_cuda
-
-        operator = lower_cuda(obj, method)
+    for_device = device_lowering()
+    if for_device is not None:
+        operator = for_device(obj, method)
         if operator is not None:
             return operator
     return lower_with(LOWERINGS, obj, method)

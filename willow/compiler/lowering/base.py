@@ -10,13 +10,23 @@ which option and why, and the caller keeps running the original method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from willow.errors import WillowError
 
-__all__ = ["NotLowerable", "CompiledOperator", "Lowering", "lower_with"]
+__all__ = [
+    "NotLowerable",
+    "CompiledOperator",
+    "Lowering",
+    "lower_with",
+    "DeviceLowering",
+    "device_lowering",
+    "lowering_for_device",
+]
 
 
 class NotLowerable(WillowError, TypeError):
@@ -57,3 +67,29 @@ def lower_with(registry: Mapping[type, Lowering], obj: Any, method: str) -> Comp
             "the original method keeps running."
         )
     return lowering(obj, method)
+
+
+DeviceLowering = Callable[[Any, str], "CompiledOperator | None"]
+"""A device backend's lowering: ``obj.method`` compiled for the device, or ``None`` when the type
+has none there (the CPU lowering is used). Device backends (:mod:`willow.gpu`) depend on the
+compiler, not the other way round: they install theirs with :func:`lowering_for_device`."""
+
+_device_lowering: contextvars.ContextVar[DeviceLowering | None] = contextvars.ContextVar(
+    "willow_device_lowering", default=None
+)
+
+
+def device_lowering() -> DeviceLowering | None:
+    """The device lowering tried first right now, or ``None`` (CPU only)."""
+    return _device_lowering.get()
+
+
+@contextlib.contextmanager
+def lowering_for_device(lowering: DeviceLowering | None) -> Iterator[None]:
+    """Try ``lowering`` before the CPU lowerings inside the ``with`` block (a context variable,
+    so concurrent calibrations do not see each other's device)."""
+    token = _device_lowering.set(lowering)
+    try:
+        yield
+    finally:
+        _device_lowering.reset(token)

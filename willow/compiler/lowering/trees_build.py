@@ -77,8 +77,6 @@ def _compile_in_processes(
     sources: Sequence[str], name_hint: str, dtype: np.dtype, n_features: int, n_outputs: int, n_jobs: int
 ) -> None:
     """Compile ``sources`` in ``n_jobs`` fresh interpreters (no fork: the parent may hold threads)."""
-    import willow
-
     directory = kernel_cache_dir()
     paths = []
     for source in sources:
@@ -86,7 +84,7 @@ def _compile_in_processes(
         write_kernel_file(path, source)
         paths.append(str(path))
     env = dict(os.environ, WILLOW_CACHE_DIR=str(directory.parent))
-    root = str(Path(willow.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[3])  # the folder holding the willow package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     workers = []
     for k in range(n_jobs):

@@ -1,4 +1,5 @@
-"""Functions built from syntax trees that keep the user's globals, defaults and closure.
+"""A user's function as a syntax tree, and a syntax tree back as a function that keeps the
+user's globals, defaults and closure.
 
 Both the front end (the normalized function) and code generation (the cascaded and compiled
 functions) turn a rewritten ``ast.FunctionDef`` into a real function that must behave as if the
@@ -11,14 +12,44 @@ module does that once, for both.
 from __future__ import annotations
 
 import ast
+import inspect
 import linecache
+import textwrap
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import astor
 
-__all__ = ["function_from_tree"]
+from willow.errors import UnsupportedPipelineError
+
+__all__ = ["parse_function", "function_from_tree"]
+
+
+def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
+    """``fn``'s ``def`` as a syntax tree whose line numbers are those of its file, and the file."""
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        filename = inspect.getsourcefile(fn) or "<unknown>"
+    except (OSError, TypeError) as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise UnsupportedPipelineError(
+            f"Cannot read the source of {name}: {exc}. willow traces the function's source, so it "
+            "must be defined in a file (not typed into an interactive prompt, built with exec, or "
+            "be a lambda or builtin). Pass strict=False to willow.optimize to run this function "
+            "unoptimized (with a warning)."
+        ) from exc
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    ast.increment_lineno(tree, first - 1)
+    func = tree.body[0] if tree.body else None
+    if not isinstance(func, ast.FunctionDef):
+        raise UnsupportedPipelineError(
+            f"{filename}:{first}: willow.optimize needs a plain `def` function (not async, a class "
+            "or a lambda). Pass strict=False to willow.optimize to run this function unoptimized "
+            "(with a warning)."
+        )
+    func.decorator_list = []
+    return func, filename
 
 
 def function_from_tree(
