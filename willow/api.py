@@ -501,7 +501,11 @@ class OptimizedPipeline:
 
     def _set_frontend(self, front: FrontEnd | None) -> None:
         self._frontend = front
-        self._guards = ArgumentGuards(self.__wrapped__, front.guards, front.bindings) if front else None
+        self._guards = (
+            ArgumentGuards(self.__wrapped__, front.guards, front.bindings, front.type_guards)
+            if front
+            else None
+        )
         self._pending = None
 
     @property

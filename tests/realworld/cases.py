@@ -143,9 +143,7 @@ CASES: dict[str, Case] = {
             "adult_credit",
             _credit_arguments,
             willump=True,
-            min_groups=2,
-            # its helper branches on isinstance(X, pd.DataFrame) and calls a second helper: opaque
-            refused="credit.py:43: no recognisable model call",
+            min_groups=6,  # the row frame's own columns and one per merged table
         ),
         Case(
             "willump_music",

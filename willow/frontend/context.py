@@ -19,7 +19,7 @@ from typing import Any
 
 from willow.errors import UnsupportedPipelineError
 
-__all__ = ["FrontEndContext", "FrontEndPass", "ObjectGuard", "Unresolved", "UNRESOLVED"]
+__all__ = ["FrontEndContext", "FrontEndPass", "ObjectGuard", "TypeGuard", "Unresolved", "UNRESOLVED"]
 
 
 class Unresolved:
@@ -58,6 +58,20 @@ class ObjectGuard:
     lineno: int
 
 
+@dataclass(frozen=True)
+class TypeGuard:
+    """A parameter's type (and, for a DataFrame, its column labels) that a front-end rewrite
+    rests on: a type test folded, a comprehension over ``df.columns`` evaluated at calibration
+    (:mod:`willow.frontend.statics`). A call whose ``parameter`` has another type (or other
+    columns) runs the original function. ``reason`` is the expression that was decided."""
+
+    parameter: str
+    type: type
+    columns: tuple[Any, ...] | None
+    lineno: int
+    reason: str
+
+
 FrontEndPass = Callable[[ast.FunctionDef, "FrontEndContext"], ast.FunctionDef]
 
 _SAFE_NAME = re.compile(r"[^0-9A-Za-z_]+")
@@ -84,6 +98,7 @@ class FrontEndContext:
     locals_: set[str] = field(default_factory=set)
     bindings: dict[str, Any] = field(default_factory=dict)
     guards: list[ObjectGuard] = field(default_factory=list)
+    type_guards: list[TypeGuard] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     taken: set[str] = field(default_factory=set)
 

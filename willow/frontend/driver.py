@@ -18,9 +18,11 @@ from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
 from willow.frontend.composites import expand_composites
-from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
+from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard, TypeGuard
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
+from willow.frontend.model_kwargs import drop_neutral_model_kwargs
+from willow.frontend.statics import fold_statics
 from willow.functions import function_from_tree, parse_function
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
@@ -29,8 +31,10 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 # side effects) so a reader sees the whole front end in one list. After them, the non-row
 # arguments still read become constants (willow.frontend.arguments.bind_argument_reads).
 PASSES: list[tuple[str, FrontEndPass]] = [
+    ("statics", fold_statics),
     ("helpers", inline_helpers),
     ("composites", expand_composites),
+    ("model keywords", drop_neutral_model_kwargs),
     ("frames", split_frame_groups),
 ]
 
@@ -47,6 +51,7 @@ class FrontEnd:
     guards: tuple[ObjectGuard, ...]
     row_parameters: tuple[str, ...]
     notes: tuple[str, ...]
+    type_guards: tuple[TypeGuard, ...] = ()  # types/columns the rewrite rests on, checked per call
 
     @property
     def rewritten(self) -> bool:
@@ -122,4 +127,15 @@ def normalize(
         guards=tuple(ctx.guards),
         row_parameters=tuple(row_parameters),
         notes=tuple(ctx.notes),
+        type_guards=_merged(ctx.type_guards),
     )
+
+
+def _merged(guards: Sequence[TypeGuard]) -> tuple[TypeGuard, ...]:
+    """One guard per parameter (the one that also checks columns, when any does)."""
+    by_parameter: dict[str, TypeGuard] = {}
+    for guard in guards:
+        kept = by_parameter.get(guard.parameter)
+        if kept is None or (kept.columns is None and guard.columns is not None):
+            by_parameter[guard.parameter] = guard
+    return tuple(by_parameter.values())

@@ -8,6 +8,10 @@ accepted at once (identity); another object is accepted when its content fingerp
 calibrated one's (an equal copy, e.g. unpickled), and remembered so the next call is an identity
 check again; otherwise the call is refused with a :class:`~willow.ModelChangedWarning` naming the
 argument.
+
+:class:`~willow.frontend.context.TypeGuard` s are checked the same way: a row input (or other
+argument) whose exact type, or, for a DataFrame, whose column labels, differ from the calibration
+call's, on which a folded type test or an evaluated comprehension rested, runs the original.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from willow import fingerprints
 from willow.errors import ModelChangedWarning
-from willow.frontend.context import ObjectGuard
+from willow.frontend.context import ObjectGuard, TypeGuard
 
 __all__ = ["ArgumentGuards", "fingerprint"]
 
@@ -54,7 +58,13 @@ class _Path:
 class ArgumentGuards:
     """The guards of one normalized function (see the module doc)."""
 
-    def __init__(self, fn: Callable, guards: Sequence[ObjectGuard], bindings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        guards: Sequence[ObjectGuard],
+        bindings: dict[str, Any],
+        type_guards: Sequence[TypeGuard] = (),
+    ) -> None:
         self._signature = inspect.signature(fn)
         self._positional = [
             p.name
@@ -66,10 +76,11 @@ class ArgumentGuards:
             for p in self._signature.parameters.values()
         )
         self._paths = [_Path(g, bindings[g.name]) for g in guards]
+        self._types = tuple(type_guards)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._paths) + len(self._types)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -91,12 +102,26 @@ class ArgumentGuards:
     def check(self, args: tuple, kwargs: dict, warn: bool = True) -> bool:
         """Whether every guarded object of this call is the calibrated one (or an equal copy);
         returns ``False`` (with a warning unless ``warn=False``) on the first that is not."""
-        if not self._paths:
+        if not self._paths and not self._types:
             return True
         try:
             arguments = self._arguments(args, kwargs)
         except TypeError:
             return False  # the original raises the binding error itself
+        for guard in self._types:
+            value = arguments.get(guard.parameter)
+            found = _type_difference(guard, value)
+            if found is not None:
+                if warn:
+                    warnings.warn(
+                        f"Argument `{guard.parameter}` is {found}; the plan was calibrated on "
+                        f"{_type_name(guard.type)} (line {guard.lineno}: `{guard.reason}` was decided for it), "
+                        "so the original function runs instead. Call calibrate() with such inputs to "
+                        "optimize them.",
+                        ModelChangedWarning,
+                        stacklevel=3,
+                    )
+                return False
         for path in self._paths:
             try:
                 value = path.value(arguments)
@@ -125,3 +150,21 @@ class ArgumentGuards:
             ModelChangedWarning,
             stacklevel=4,
         )
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _type_difference(guard: TypeGuard, value: Any) -> str | None:
+    """How ``value`` differs from what ``guard`` expects (``None`` when it does not)."""
+    if type(value) is not guard.type:
+        return f"a {_type_name(type(value))}"
+    if guard.columns is not None:
+        try:
+            columns = tuple(value.columns)
+        except Exception:  # noqa: BLE001
+            return "a frame whose columns cannot be read"
+        if columns != guard.columns:
+            return f"a frame with columns {list(columns)[:8]} (expected {list(guard.columns)[:8]})"
+    return None

@@ -28,6 +28,7 @@ from typing import Any
 
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.context import UNRESOLVED, FrontEndContext
+from willow.frontend.statics import FoldReport, Known, StaticTypes, fold_statements
 from willow.functions import parse_function
 
 __all__ = ["MAX_DEPTH", "inline_helpers", "inlinable"]
@@ -71,7 +72,8 @@ def _in_library(fn: types.FunctionType) -> bool:
 
 
 def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
-    """``fn``'s ``def`` if it can be inlined (see the module doc), else ``None``."""
+    """``fn``'s ``def`` if it may be inlined: a plain user function with readable source (its
+    body is checked by :func:`_straight_line` once its type tests are folded), else ``None``."""
     flags = fn.__code__.co_flags
     if flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
         return None
@@ -85,9 +87,15 @@ def _helper_def(fn: types.FunctionType) -> ast.FunctionDef | None:
         return None
     if tree.name != fn.__code__.co_name:
         return None
-    body, guard = _without_empty_guard(_without_docstring(tree.body), tree)
+    return tree
+
+
+def _straight_line(tree: ast.FunctionDef, body: list[ast.stmt]) -> ast.FunctionDef | None:
+    """``tree`` with ``body`` (its statements, type tests folded) when that body can be inlined (see
+    the module doc), else ``None``. A leading empty-batch guard is dropped (and remembered)."""
+    body, guard = _without_empty_guard(body, tree)
+    tree.body = body
     if guard is not None:
-        tree.body = body
         tree._willow_empty_guard = guard  # type: ignore[attr-defined]
     if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
         return None
@@ -149,6 +157,33 @@ def _is_empty_test(test: ast.expr, parameters: set[str]) -> bool:
     return (op in (ast.Eq, ast.LtE) and right.value == 0) or (op is ast.Lt and right.value == 1)
 
 
+# Methods that give one output row per input row: a name computed by them from a parameter is
+# empty exactly when the parameter is.
+_ROW_PRESERVING = frozenset(
+    {"fillna", "copy", "astype", "to_numpy", "reset_index", "rename", "round", "abs", "clip", "replace"}
+)
+
+
+def _row_aliases(prefix: list[ast.stmt], parameters: set[str]) -> set[str]:
+    """``parameters`` and the names ``prefix`` assigns from them by row-preserving methods
+    (``X = X.fillna(0)``); a name assigned anything else is dropped."""
+    rows = set(parameters)
+    for st in prefix:
+        stored = {n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        value = st.value if isinstance(st, ast.Assign) and len(st.targets) == 1 else None
+        keep = False
+        while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+            if value.func.attr not in _ROW_PRESERVING or any(k.arg == "inplace" for k in value.keywords):
+                break
+            value = value.func.value
+        else:
+            keep = isinstance(value, ast.Name) and value.id in rows
+        rows -= stored
+        if keep:
+            rows |= stored
+    return rows
+
+
 def _without_empty_guard(body: list[ast.stmt], helper: ast.FunctionDef) -> tuple[list[ast.stmt], int | None]:
     """The helper's body for a non-empty batch, and the line of the empty-batch guard it skips.
 
@@ -156,17 +191,19 @@ def _without_empty_guard(body: list[ast.stmt], helper: ast.FunctionDef) -> tuple
     return np.zeros(0)`` / ``else: return model.predict(X)``). willow never runs the inlined
     statements on 0 rows: a generated function hands a 0-row call to the original function,
     which runs the guard as written. So for inlining, such a guard is dropped and its ``else``
-    (or what follows it) is the helper's body."""
-    first = body[0] if body else None
-    if not (isinstance(first, ast.If) and len(first.body) == 1 and isinstance(first.body[0], ast.Return)):
+    (or what follows it) is the helper's body. The guard may follow straight-line statements
+    when the name it tests is a parameter or computed from one row for row (``X = X.fillna(0)``)."""
+    at = next((i for i, st in enumerate(body) if not isinstance(st, _SIMPLE)), None)
+    guard = body[at] if at is not None else None
+    if not (isinstance(guard, ast.If) and len(guard.body) == 1 and isinstance(guard.body[0], ast.Return)):
         return body, None
     parameters = {a.arg for a in helper.args.posonlyargs + helper.args.args + helper.args.kwonlyargs}
-    if not _is_empty_test(first.test, parameters):
+    if not _is_empty_test(guard.test, _row_aliases(body[:at], parameters)):
         return body, None
-    rest = list(first.orelse) + body[1:]
+    rest = list(guard.orelse) + body[at + 1 :]
     if not rest:
         return body, None
-    return rest, first.lineno
+    return body[:at] + rest, guard.lineno
 
 
 def inlinable(obj: Any) -> tuple[types.FunctionType, Any] | None:
@@ -208,6 +245,48 @@ class _Inliner:
     def __init__(self, ctx: FrontEndContext) -> None:
         self.ctx = ctx
         self.count = 0
+        # what the calibration call fixes (types, frame columns) of the flattened body's names, as
+        # its statements are emitted: a helper's type tests are decided by its arguments' types
+        self.types = StaticTypes.of_parameters(ctx.arguments, ctx.parameters, ctx.resolve, ctx.is_local)
+        self.roots = dict(self.types.env)
+
+    def _fold(
+        self,
+        fn: types.FunctionType,
+        helper: ast.FunctionDef,
+        binding: inspect.BoundArguments,
+        report: FoldReport,
+    ) -> ast.FunctionDef | None:
+        """``helper`` with the type tests its call decides folded, if it is then straight-line."""
+        parameters = [a.arg for a in helper.args.posonlyargs + helper.args.args + helper.args.kwonlyargs]
+        signature = inspect.signature(fn)
+        known: dict[str, Known] = {}
+        for name in parameters:
+            if name in binding.arguments:
+                found = self.types.infer(binding.arguments[name])
+            else:
+                found = Known(type(signature.parameters[name].default))
+            if found is not None:
+                known[name] = found
+        stored = {n.id for n in ast.walk(helper) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        closure = {}
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                closure[name] = cell.cell_contents
+            except ValueError:
+                continue
+        scope = FrontEndContext(
+            filename=fn.__code__.co_filename,
+            constants={**fn.__globals__, **closure},
+            row_parameters=(),
+            parameters=tuple(parameters),
+            locals_=stored | set(parameters),
+        )
+        local_types = StaticTypes(scope.resolve, scope.is_local, known)
+        body = fold_statements(
+            _without_docstring(helper.body), local_types, report, scope.filename, self.roots
+        )
+        return _straight_line(helper, body)
 
     # ------------------------------------------------------------------ statements
 
@@ -216,6 +295,7 @@ class _Inliner:
         for st in body:
             if depth > MAX_DEPTH or not isinstance(st, (*_SIMPLE, ast.Return)):
                 out.append(st)
+                self.types.step(st)
                 continue
             prelude: list[ast.stmt] = []
             rewriter = _CallRewriter(self, prelude, depth, st)
@@ -228,6 +308,7 @@ class _Inliner:
                 rewriter.target = (st.value, st.targets[0].id)
             new = rewriter.visit(st)
             out.extend(prelude)
+            self.types.step(new)
             if not (
                 isinstance(new, ast.Assign)
                 and isinstance(new.value, ast.Name)
@@ -268,7 +349,11 @@ class _Inliner:
         except TypeError:
             return None  # the call fails as written; let it fail the same way
         helper = copy.deepcopy(helper)
-        body = _without_docstring(helper.body)
+        report = FoldReport([], [])
+        helper = self._fold(fn, helper, binding, report)
+        if helper is None:
+            return None
+        body = helper.body
         stored = {
             n.id
             for st in body
@@ -358,6 +443,9 @@ class _Inliner:
         _relocate(final, where)
         prelude.extend(inner)
         self.count += 1
+        self.ctx.type_guards.extend(report.guards)
+        for note in report.notes:
+            self.ctx.note(note)
         module = getattr(fn, "__module__", "?")
         self.ctx.note(
             f"line {where.lineno}: inlined {module}.{fn.__qualname__}() "
