@@ -347,7 +347,7 @@ def type_test(test: ast.expr, types: StaticTypes) -> tuple[bool, frozenset[str]]
             if getattr(known.type, "__dictoffset__", 1) == 0 and not hasattr(known.type, "__getattr__"):
                 return False, known.basis  # no instance attributes: the type decides
             return None
-        classes = types.resolve(test.args[1])
+        classes = types.resolve(test.args[1]) if not _reads_call_values(test.args[1], types) else UNRESOLVED
         if classes is UNRESOLVED:
             return None
         try:
@@ -361,11 +361,17 @@ def type_test(test: ast.expr, types: StaticTypes) -> tuple[bool, frozenset[str]]
     if not _builtin(type_func, types):
         return None
     known = types.infer(subject)  # type: ignore[arg-type]
-    cls = types.resolve(other)
+    cls = types.resolve(other) if not _reads_call_values(other, types) else UNRESOLVED
     if known is None or cls is UNRESOLVED or not isinstance(cls, type):
         return None
     same = known.type is cls
     return (same if isinstance(test.ops[0], (ast.Is, ast.Eq)) else not same), known.basis
+
+
+def _reads_call_values(expr: ast.expr, types: StaticTypes) -> bool:
+    """Whether ``expr`` reads a name holding a value of the call (a parameter or what is computed
+    from one): its value may differ at the next call, so it is not a constant."""
+    return any(isinstance(n, ast.Name) and n.id in types.env for n in ast.walk(expr))
 
 
 def _builtin(func: ast.expr, types: StaticTypes) -> bool:
@@ -394,6 +400,8 @@ def constant_comprehension(expr: ast.ListComp, types: StaticTypes) -> tuple[list
         items: Any = list(known.shadow.columns)
         basis = known.basis
     else:
+        if _reads_call_values(gen.iter, types):
+            return None
         items = types._constant(gen.iter)
         if items is UNRESOLVED or not isinstance(items, (list, tuple, range, pd.Index, dict, set, frozenset)):
             return None
@@ -415,8 +423,8 @@ def constant_comprehension(expr: ast.ListComp, types: StaticTypes) -> tuple[list
                 if not (pure_builtin or method_of_var):
                     return None
             if isinstance(node, ast.Name) and node.id != var:
-                if types.is_local(node.id) and node.id not in types.env:
-                    return None
+                if types.is_local(node.id) or node.id in types.env:
+                    return None  # a value of this call, not a constant
                 value = types._constant(node)
                 if value is UNRESOLVED or isinstance(value, pd.DataFrame):
                     return None
@@ -431,7 +439,9 @@ def constant_comprehension(expr: ast.ListComp, types: StaticTypes) -> tuple[list
     module = ast.Expression(body=evaluated)
     ast.fix_missing_locations(module)
     try:
-        value = eval(compile(module, "<willow comprehension>", "eval"), {"__builtins__": builtins}, namespace)  # noqa: S307
+        # the names are globals of the evaluation: a comprehension's own scope does not see locals
+        code = compile(module, "<willow comprehension>", "eval")
+        value = eval(code, {**namespace, "__builtins__": builtins})  # noqa: S307
     except Exception:  # noqa: BLE001 - it raises as written at every call: leave it there
         return None
     if not all(isinstance(v, _CONSTANT_TYPES) for v in value):
