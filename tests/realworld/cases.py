@@ -373,6 +373,16 @@ CASES: dict[str, Case] = {
             min_groups=5,
         ),
         Case(
+            "batched_helper",
+            "make_features(df) + a helper predicting in batches (`if X.shape[0] > n`)",
+            "tabular",
+            S + "batched_helper",
+            "adult",
+            min_groups=5,
+            # a helper branching on the data stays opaque: the model call is not found (README)
+            refused=r"styles.py:\d+: the model is called inside predict_in_batches\(\) \(.*styles.py:\d+",
+        ),
+        Case(
             "column_transformer",
             "make_pipeline(ColumnTransformer(scaler, one-hot), LR)",
             "tabular",

@@ -273,6 +273,17 @@ def predict_function_tabular(people):
     return predict_function(income_model, X)
 
 
+def predict_in_batches(model, X, batch_size=100_000):
+    if X.shape[0] > batch_size:  # a branch on the data, not on a type: not folded
+        return np.concatenate([model.predict(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
+    return model.predict(X)
+
+
+def batched_helper(people):
+    X = make_features(people)
+    return predict_in_batches(income_model, X)
+
+
 def column_transformer_scaled(people):
     return scaled_pipeline.predict(people)
 

@@ -249,6 +249,7 @@ class _Inliner:
         # its statements are emitted: a helper's type tests are decided by its arguments' types
         self.types = StaticTypes.of_parameters(ctx.arguments, ctx.parameters, ctx.resolve, ctx.is_local)
         self.roots = dict(self.types.env)
+        self.opaque: list[tuple[types.FunctionType, ast.FunctionDef, ast.stmt]] = []  # not inlined
 
     def _fold(
         self,
@@ -350,9 +351,11 @@ class _Inliner:
             return None  # the call fails as written; let it fail the same way
         helper = copy.deepcopy(helper)
         report = FoldReport([], [])
-        helper = self._fold(fn, helper, binding, report)
-        if helper is None:
+        folded = self._fold(fn, copy.deepcopy(helper), binding, report)
+        if folded is None:
+            self.opaque.append((fn, helper, where))
             return None
+        helper = folded
         body = helper.body
         stored = {
             n.id
@@ -504,7 +507,46 @@ def inline_helpers(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.FunctionD
     body = list(tree.body)
     docstring = body[: len(body) - len(_without_docstring(body))]
     new_body = inliner.statements(_without_docstring(body), 1)
+    _refuse_hidden_model_call(inliner, new_body)
     if not inliner.count:
         return tree
     tree.body = docstring + new_body
     return ast.fix_missing_locations(tree)
+
+
+def _model_calls(nodes: list[ast.stmt]) -> bool:
+    """Whether ``nodes`` call ``<something>.predict / predict_proba / decision_function(X)``."""
+    from willow.frontend.arguments import MODEL_METHODS
+
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in MODEL_METHODS
+        and n.args
+        for st in nodes
+        for n in ast.walk(st)
+    )
+
+
+def _refuse_hidden_model_call(inliner: _Inliner, body: list[ast.stmt]) -> None:
+    """Refuse, naming the helper's line and the fix, when the only model call is inside a helper
+    that could not be inlined (tracing would find no model call and could not say why)."""
+    if _model_calls(body):
+        return
+    for fn, helper, where in inliner.opaque:
+        statements = _without_docstring(helper.body)
+        if not _model_calls(statements):
+            continue
+        branch = next(
+            (st for st in statements if not isinstance(st, (*_SIMPLE, ast.Return))),
+            statements[-1],
+        )
+        raise inliner.ctx.fail(
+            f"the model is called inside {fn.__qualname__}() ({fn.__code__.co_filename}:{branch.lineno}: "
+            f"`{ast.unparse(branch).splitlines()[0]}`), which willow cannot inline: it only folds type "
+            "tests decided at calibration (`isinstance`, `type(x) is`, `hasattr`) and an empty-batch "
+            "guard (`if len(X) == 0: return ...`), so no recognisable model call is left. Call the "
+            "model in the function itself (`return model.predict(X)`), or move the branch out of "
+            "the helper.",
+            where.lineno,
+        )
