@@ -75,6 +75,13 @@ def top_level_tests(model, X):
     return model.predict(X)
 
 
+COLUMNS = ("a", "b", "key")
+
+
+def from_constant(model, df):
+    return model.predict(df[[c for c in COLUMNS if c != "key"]].assign(n=lambda d: [c for c in d]))
+
+
 def unknown_columns(model, df, drop):
     feats = [f for f in df.columns if f != drop[0]]
     return model.predict(df[feats])
@@ -173,6 +180,9 @@ def test_comprehensions_over_constant_columns_only():
     assert "for f in df.columns" in source  # `drop` is an argument: another call may pass another
     front, source = _normalized(unknown_columns, dict(model=model, df=df, drop=["b", "key"]), ("df", "drop"))
     assert "for f in df.columns" in source  # it reads a row input
+    # over a constant: evaluated, nothing to guard; inside a lambda (its own scope): left alone
+    front, source = _normalized(from_constant, dict(model=model, df=df))
+    assert "df[['a', 'b']]" in source and "[c for c in d]" in source and not front.type_guards
 
 
 def test_credit_shaped_pipeline_end_to_end(lgbm):

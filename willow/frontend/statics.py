@@ -531,10 +531,25 @@ def _describe(basis: frozenset[str], roots: dict[str, Known]) -> str:
     return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in by_type.items()) or "constants"
 
 
+def _outer_nodes(node: ast.AST) -> list[ast.AST]:
+    """``node`` and what it contains, except the insides of nested scopes (a lambda's or inner
+    function's parameters are not the function's names)."""
+    out, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if current is not node and isinstance(
+            current, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        ):
+            continue
+        out.append(current)
+        stack.extend(ast.iter_child_nodes(current))
+    return out
+
+
 def _fold_comprehensions(
     st: ast.stmt, types: StaticTypes, report: FoldReport, where: str, roots: dict[str, Known]
 ) -> None:
-    for parent in ast.walk(st):
+    for parent in _outer_nodes(st):
         for field_name, value in ast.iter_fields(parent):
             children = value if isinstance(value, list) else [value]
             for i, child in enumerate(children):
