@@ -481,12 +481,10 @@ class _Rewriter:
                     keywords=[],
                 )
             else:
-                # the labels as a bound pd.Index: pandas would build one from the list at every call
-                index = self.ctx.bind(pd.Index(added), f"{family.var}_labels")
                 value = ast.Call(
                     func=self._pd("DataFrame"),
                     args=[values],
-                    keywords=[ast.keyword(arg="columns", value=index)],
+                    keywords=[ast.keyword(arg="columns", value=labels)],
                 )
         else:
             value = merged
