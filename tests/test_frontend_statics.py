@@ -75,11 +75,29 @@ def top_level_tests(model, X):
     return model.predict(X)
 
 
+class Echo:
+    """A 'model' returning the features it reads (to compare the frames themselves)."""
+
+    def predict(self, X):
+        return X.to_numpy()
+
+
 COLUMNS = ("a", "b", "key")
 
 
 def from_constant(model, df):
     return model.predict(df[[c for c in COLUMNS if c != "key"]].assign(n=lambda d: [c for c in d]))
+
+
+def features_of(df):
+    df = df.merge(TABLE, how="left", on="key")
+    feats = [f for f in df.columns if f not in KEYS]
+    return df[feats]
+
+
+def helper_columns(model, df):
+    X = features_of(df)
+    return model.predict(X)
 
 
 def unknown_columns(model, df, drop):
@@ -180,6 +198,13 @@ def test_comprehensions_over_constant_columns_only():
     assert "for f in df.columns" in source  # `drop` is an argument: another call may pass another
     front, source = _normalized(unknown_columns, dict(model=model, df=df, drop=["b", "key"]), ("df", "drop"))
     assert "for f in df.columns" in source  # it reads a row input
+    # in a helper: evaluated as it is inlined, and the list read where it selects (the frames
+    # pass then splits the merge into its own group)
+    front, source = _normalized(helper_columns, dict(model=Echo(), df=df))
+    assert "for f in" not in source and "TABLE_columns" in source
+    assert [(g.parameter, g.columns) for g in front.type_guards] == [("df", ("a", "b", "key"))]
+    for part in (df, df[:1]):
+        np.testing.assert_array_equal(front.function(Echo(), part), helper_columns(Echo(), part))
     # over a constant: evaluated, nothing to guard; inside a lambda (its own scope): left alone
     front, source = _normalized(from_constant, dict(model=model, df=df))
     assert "df[['a', 'b']]" in source and "[c for c in d]" in source and not front.type_guards
@@ -198,7 +223,8 @@ def test_credit_shaped_pipeline_end_to_end(lgbm):
     explained = pipeline.explain()
     assert "evaluated at calibration to 4 constant(s)" in explained
     assert "the keywords are dropped" in explained
-    assert "[LGBMClassifier.predict_proba]" in explained.split("Kept as Python")[0]  # compiled
+    compiled = explained.split("Compiled nodes:")[1].split("Generated kernel")[0]
+    assert "[LGBMClassifier.predict_proba]" in compiled.split("Kept as Python")[0]
     assert len(pipeline.plan_.groups) == 2 and "No generated source" not in explained
     for batch_rows in (batch, batch.iloc[:1], batch.iloc[:0]):
         with warnings.catch_warnings():

@@ -22,7 +22,7 @@ from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard, 
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
 from willow.frontend.model_kwargs import drop_neutral_model_kwargs
-from willow.frontend.statics import fold_statics
+from willow.frontend.statics import fold_statics, substitute_lists
 from willow.functions import function_from_tree, parse_function
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
@@ -33,6 +33,7 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 PASSES: list[tuple[str, FrontEndPass]] = [
     ("statics", fold_statics),
     ("helpers", inline_helpers),
+    ("column lists", substitute_lists),
     ("composites", expand_composites),
     ("model keywords", drop_neutral_model_kwargs),
     ("frames", split_frame_groups),

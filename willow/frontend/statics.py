@@ -41,7 +41,15 @@ import pandas as pd
 
 from willow.frontend.context import UNRESOLVED, TypeGuard
 
-__all__ = ["Known", "StaticTypes", "fold_statements", "type_test", "is_type_test"]
+__all__ = [
+    "Known",
+    "StaticTypes",
+    "fold_statements",
+    "fold_statics",
+    "substitute_lists",
+    "type_test",
+    "is_type_test",
+]
 
 # DataFrame -> DataFrame methods whose output columns depend only on the input's columns and
 # the (constant) arguments, so running them on a 0-row frame gives the real output's columns.
@@ -65,7 +73,10 @@ _FRAME_METHODS = frozenset(
         "assign",
     }
 )
-_MUTATING_METHODS = frozenset({"insert", "pop", "update", "__setitem__", "__delitem__", "set_axis"})
+_MUTATING_METHODS = frozenset(
+    {"insert", "pop", "update", "__setitem__", "__delitem__", "set_axis"}
+    | {"append", "extend", "remove", "clear", "sort", "reverse"}  # a list's
+)
 # Builtins that read their arguments without changing them.
 _PURE_BUILTINS = frozenset(
     {"len", "isinstance", "type", "hasattr", "print", "repr", "str", "int", "float", "bool", "id", "tuple"}
@@ -81,6 +92,7 @@ class Known:
     type: type
     basis: frozenset[str] = frozenset()
     shadow: pd.DataFrame | None = None
+    value: Any = UNRESOLVED  # a list of constants (an evaluated comprehension, a literal list)
 
 
 class StaticTypes:
@@ -136,7 +148,11 @@ class StaticTypes:
             return None if value is UNRESOLVED else Known(type(value))
         if isinstance(expr, ast.Constant):
             return Known(type(expr.value))
-        if isinstance(expr, (ast.List, ast.ListComp)):
+        if isinstance(expr, ast.List):
+            if all(isinstance(e, ast.Constant) for e in expr.elts):
+                return Known(list, value=[e.value for e in expr.elts])  # type: ignore[attr-defined]
+            return Known(list)
+        if isinstance(expr, ast.ListComp):
             return Known(list)
         if isinstance(expr, (ast.Tuple,)):
             return Known(tuple)
@@ -162,6 +178,8 @@ class StaticTypes:
         known = self._infer(expr) if isinstance(expr, ast.Name) else None
         if known is not None and known.shadow is not None:
             return known.shadow
+        if known is not None and known.value is not UNRESOLVED:
+            return list(known.value)
         if isinstance(expr, ast.Name) and self.is_local(expr.id):
             return UNRESOLVED
         try:
@@ -241,7 +259,7 @@ class StaticTypes:
 
     def _forget_shadow(self, name: str) -> None:
         known = self.env.get(name)
-        if known is None or known.shadow is None:
+        if known is None or (known.shadow is None and known.value is UNRESOLVED):
             return
         for other, value in list(self.env.items()):
             if value is known:  # an alias holds the same object
@@ -562,6 +580,7 @@ def _fold_comprehensions(
                 literal = ast.copy_location(
                     ast.List(elts=[ast.Constant(v) for v in items], ctx=ast.Load()), child
                 )
+                literal._willow_evaluated = True  # type: ignore[attr-defined] # see substitute_lists
                 if isinstance(value, list):
                     value[i] = literal
                 else:
@@ -594,7 +613,6 @@ def fold_statics(tree: ast.FunctionDef, ctx: Any) -> ast.FunctionDef:
         return tree
     tree = copy.copy(tree)
     tree.body = docstring + folded
-    _substitute_lists(tree, report, ctx)
     ctx.type_guards.extend(report.guards)
     for note in report.notes:
         ctx.note(note)
@@ -611,9 +629,11 @@ def _is_docstring(node: ast.stmt) -> bool:
     )
 
 
-def _substitute_lists(tree: ast.FunctionDef, report: FoldReport, ctx: Any) -> None:
-    """Where a name assigned once to an evaluated comprehension is only read as a selection key
-    (``df[feats]``, ``df.loc[:, feats]``), read the constant list itself."""
+def substitute_lists(tree: ast.FunctionDef, ctx: Any) -> ast.FunctionDef:
+    """The front-end pass after helper inlining: where a name assigned once to an evaluated
+    comprehension (in the function or an inlined helper) is only read as a selection key
+    (``df[feats]``, ``df.loc[:, feats]``), read the constant list itself (the frames pass needs
+    constant column lists)."""
     stores: dict[str, list[ast.AST]] = {}
     loads: dict[str, list[ast.Name]] = {}
     for node in ast.walk(tree):
@@ -634,9 +654,7 @@ def _substitute_lists(tree: ast.FunctionDef, report: FoldReport, ctx: Any) -> No
             isinstance(st, ast.Assign)
             and len(st.targets) == 1
             and isinstance(st.targets[0], ast.Name)
-            and isinstance(st.value, ast.List)
-            and all(isinstance(e, ast.Constant) for e in st.value.elts)
-            and any("evaluated at calibration" in n and f":{st.lineno}:" in n for n in report.notes)
+            and getattr(st.value, "_willow_evaluated", False)
         ):
             continue
         name = st.targets[0].id
@@ -653,3 +671,4 @@ def _substitute_lists(tree: ast.FunctionDef, report: FoldReport, ctx: Any) -> No
         ctx.note(
             f"{ctx.filename}:{st.lineno}: the column list `{name}` is read as its constant value where it selects"
         )
+    return tree
