@@ -22,8 +22,10 @@ from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard
+from willow.frontend.elements import bind_element_reads
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
+from willow.frontend.records import fuse_frame_records
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
@@ -32,8 +34,10 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 # arguments still read become constants (willow.frontend.arguments.bind_argument_reads).
 PASSES: list[tuple[str, FrontEndPass]] = [
     ("helpers", inline_helpers),
+    ("elements", bind_element_reads),
     ("composites", expand_composites),
     ("frames", split_frame_groups),
+    ("records", fuse_frame_records),
 ]
 
 
