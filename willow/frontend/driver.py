@@ -26,6 +26,7 @@ from willow.frontend.elements import bind_element_reads
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
 from willow.frontend.records import fuse_frame_records
+from willow.frontend.strings import fuse_string_concatenation
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
 
@@ -38,6 +39,7 @@ PASSES: list[tuple[str, FrontEndPass]] = [
     ("composites", expand_composites),
     ("frames", split_frame_groups),
     ("records", fuse_frame_records),
+    ("strings", fuse_string_concatenation),
 ]
 
 
