@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from willow.frontend.arguments import _parents, _Replace
 from willow.frontend.context import UNRESOLVED, FrontEndContext, ObjectGuard
 
 __all__ = ["bind_element_reads", "CONTAINERS"]
@@ -42,10 +43,6 @@ def _chain(node: ast.expr) -> tuple[list[ast.expr], ast.Name | None]:
         nodes.append(node)
         node = node.value
     return nodes, node if isinstance(node, ast.Name) else None
-
-
-def _parents(tree: ast.AST) -> dict[int, ast.AST]:
-    return {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
 
 
 def _unsafe_roots(tree: ast.FunctionDef, ctx: FrontEndContext, parents: dict[int, ast.AST]) -> set[str]:
@@ -94,16 +91,6 @@ def _element(node: ast.Subscript, ctx: FrontEndContext) -> Any:
     if type(container) not in CONTAINERS:
         return UNRESOLVED
     return ctx.resolve(node)
-
-
-class _Replace(ast.NodeTransformer):
-    def __init__(self, replace: dict[int, ast.expr]) -> None:
-        self.replace = replace
-
-    def visit(self, node: ast.AST) -> Any:
-        if id(node) in self.replace:
-            return ast.copy_location(self.replace[id(node)], node)
-        return super().visit(node)
 
 
 def bind_element_reads(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.FunctionDef:
