@@ -77,14 +77,19 @@ def concat_columns(*parts: Any) -> Any:
         for p in columns
     ):
         return _slow(parts)
+    name: Any = first[0].name
+    for operand in (p if isinstance(p, str) else p[0] for p in parts[1:]):
+        name = _result_name(name, operand)
+    if dtype.storage == "pyarrow":
+        joined_arrow = _arrow_join(parts)
+        if joined_arrow is not None:
+            return pd.Series(dtype.__from_arrow__(joined_arrow), index=index, name=name, copy=False)
     n = len(index)
     columns_values: list[Any] = []
     missing: set[int] = set()
-    name: Any = None
-    for k, p in enumerate(parts):
+    for p in parts:
         if isinstance(p, str):
             columns_values.append(itertools.repeat(p, n))
-            operand: Any = p
         else:
             values = p[0].to_numpy(dtype=object, na_value=None)
             if None in values:  # pandas' fillna, else a missing value makes the row missing
@@ -94,13 +99,36 @@ def concat_columns(*parts: Any) -> Any:
                     missing.update(i for i, v in enumerate(values) if v is None)
                     values = ["" if v is None else v for v in values]
             columns_values.append(values)
-            operand = p[0]
-        name = operand.name if k == 0 else _result_name(name, operand)
     joined: list[Any] = ["".join(row) for row in zip(*columns_values)]
     for i in missing:
         joined[i] = None
     array = _string_array(joined, dtype, first[0])
     return pd.Series(array, index=index, name=name, copy=False)
+
+
+def _arrow_join(parts: tuple[Any, ...]) -> Any:
+    """The chain joined by pyarrow in one call (what pandas runs for each ``+`` of pyarrow string
+    columns), or None when a column is not one pyarrow string type."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    items: list[Any] = []
+    kind = None
+    for p in parts:
+        if isinstance(p, str):
+            items.append(p)
+            continue
+        to_arrow = getattr(p[0].array, "__arrow_array__", None)
+        if to_arrow is None:
+            return None
+        arrow = to_arrow()
+        if kind is None:
+            kind = arrow.type
+        if arrow.type != kind or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return None
+        items.append(arrow if len(p) == 1 else pc.fill_null(arrow, pa.scalar(p[1], type=kind)))
+    scalars = [pa.scalar(i, type=kind) if isinstance(i, str) else i for i in items]
+    return pc.binary_join_element_wise(*scalars, pa.scalar("", type=kind), null_handling="emit_null")
 
 
 def _string_array(values: list[Any], dtype: Any, like: Any) -> Any:
