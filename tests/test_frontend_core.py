@@ -133,7 +133,7 @@ def test_constant_arguments_of_other_lengths_and_dicts(tmp_path):
         same_labels(pipeline, model, table, offsets, rows)
     assert pipeline.plan_.compiled_nodes >= 1  # the table and the dict were compiled as constants
     assert_same_as_original(pipeline, model, table, offsets, cheap[:0])
-    with pytest.warns(willow.ModelChangedWarning, match="`offsets`"):
+    with pytest.warns(willow.ModelChangedWarning, match=r"`offsets\[.bias.\]`"):
         out = pipeline(model, table, {"bias": 3.0}, cheap[:50])
     np.testing.assert_array_equal(out, fp.with_table(model, table, {"bias": 3.0}, cheap[:50]))
     # a table of the same length as the rows is rows, unless row_args says otherwise

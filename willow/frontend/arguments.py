@@ -233,7 +233,7 @@ def bind_argument_reads(
             ctx.note(f"argument `{p}` ({type(obj).__name__}) is read as a constant (guarded at every call)")
             continue
         if not loads:
-            if _loads(original, p):
+            if _loads(original, p) and p not in ctx.covered:
                 guard(ctx.bind(obj, p).id, p, tree.lineno)
             continue
         if all(_is_model_use(n, parents) for n in loads):

@@ -101,6 +101,9 @@ class FrontEndContext:
     type_guards: list[TypeGuard] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     taken: set[str] = field(default_factory=set)
+    # parameters whose every read a pass replaced by guarded parts (willow.frontend.elements):
+    # guarding the whole object too would only cost a fingerprint when a new container is passed
+    covered: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ names
 

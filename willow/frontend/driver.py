@@ -19,10 +19,13 @@ from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard, TypeGuard
+from willow.frontend.elements import bind_element_reads
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
 from willow.frontend.model_kwargs import drop_neutral_model_kwargs
+from willow.frontend.records import fuse_frame_records
 from willow.frontend.statics import fold_statics, substitute_lists
+from willow.frontend.strings import fuse_string_concatenation
 from willow.functions import function_from_tree, parse_function
 
 __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"]
@@ -33,10 +36,13 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 PASSES: list[tuple[str, FrontEndPass]] = [
     ("statics", fold_statics),
     ("helpers", inline_helpers),
+    ("elements", bind_element_reads),
     ("column lists", substitute_lists),
     ("composites", expand_composites),
     ("model keywords", drop_neutral_model_kwargs),
     ("frames", split_frame_groups),
+    ("records", fuse_frame_records),
+    ("strings", fuse_string_concatenation),
 ]
 
 

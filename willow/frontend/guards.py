@@ -40,7 +40,7 @@ def fingerprint(obj: Any) -> str | None:
 
 
 class _Path:
-    def __init__(self, guard: ObjectGuard, expected: Any) -> None:
+    def __init__(self, guard: ObjectGuard, expected: Any, fn: Callable | None = None) -> None:
         self.path = guard.path
         self.lineno = guard.lineno
         tree = ast.parse(guard.path, mode="eval").body
@@ -48,11 +48,20 @@ class _Path:
         self.code = None if self.root else compile(ast.Expression(body=tree), "<willow guard>", "eval")
         self.fingerprint = fingerprint(expected)
         self.verified = expected
+        # A path rooted at a module global or closure variable (``MODELS['word']``, see
+        # willow.frontend.elements) is read from the function's own namespace at each call.
+        self.namespace: dict[str, Any] = {"__builtins__": {}}
+        self.cells: dict[str, Any] = {}
+        if fn is not None and self.root is None:
+            self.namespace = fn.__globals__
+            self.cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
 
     def value(self, arguments: dict[str, Any]) -> Any:
         if self.root is not None:
             return arguments[self.root]
-        return eval(self.code, {"__builtins__": {}}, arguments)  # noqa: S307 - a path we parsed
+        if self.cells:
+            arguments = {**{k: c.cell_contents for k, c in self.cells.items()}, **arguments}
+        return eval(self.code, self.namespace, arguments)  # noqa: S307 - a path we parsed
 
 
 class ArgumentGuards:
@@ -75,7 +84,7 @@ class ArgumentGuards:
             p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             for p in self._signature.parameters.values()
         )
-        self._paths = [_Path(g, bindings[g.name]) for g in guards]
+        self._paths = [_Path(g, bindings[g.name], fn) for g in guards]
         self._types = tuple(type_guards)
         self._lock = threading.Lock()
 

@@ -22,6 +22,7 @@ from willow.compiler.lowering.encoders import ENCODER_LOWERINGS
 from willow.compiler.lowering.fused import fuse_text_linear
 from willow.compiler.lowering.linear import LINEAR_LOWERINGS
 from willow.compiler.lowering.preprocessing import PREPROCESSING_LOWERINGS
+from willow.compiler.lowering.records import RECORDS_LOWERINGS
 from willow.compiler.lowering.text import TEXT_LOWERINGS
 from willow.compiler.lowering.trees import TREE_LOWERINGS
 
@@ -33,6 +34,7 @@ LOWERINGS: dict[type, Lowering] = {
     **TREE_LOWERINGS,
     **ENCODER_LOWERINGS,
     **PREPROCESSING_LOWERINGS,
+    **RECORDS_LOWERINGS,
 }
 
 

@@ -67,6 +67,11 @@ _RUN_PATTERNS = {
     r"\b\w\w+\b": 2,
     r"(?u)\b\w+\b": 1,
     r"\b\w+\b": 1,
+    # A greedy run of word characters is a whole run: both ends are word boundaries already.
+    r"(?u)\w\w+": 2,
+    r"\w\w+": 2,
+    r"(?u)\w+": 1,
+    r"\w+": 1,
 }
 
 
