@@ -230,3 +230,15 @@ def test_regression_approximate_model_compiles_and_round_trips():
     assert again.compiled
     for got, expected in zip(again.predict_with_confidence(X), python):
         np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_monitor_counts_agreement_within_tolerance(data):
+    """The serving monitor judges sampled rows with the same within-tolerance agreement."""
+    regressor, _, calibration, (cheap, costly) = data
+    pipeline = willow.optimize(regress.__wrapped__, tolerance=TOLERANCE, compile=False, monitor=1.0, **FAST)
+    pipeline.calibrate(regressor, *calibration)
+    assert pipeline.plan_.cascade, pipeline.plan_.reason
+    served = pipeline(regressor, cheap, costly)
+    within = np.abs(served - regress.__wrapped__(regressor, cheap, costly)) <= TOLERANCE
+    state = pipeline.monitor_
+    assert state.rows_sampled == len(cheap) and state.rows_agreed == int(within.sum())
