@@ -39,14 +39,6 @@ def regress(model, cheap, costly):
     return model.predict(X)
 
 
-@willow.optimize(tolerance=within_half, compile=False, **FAST)
-def regress_callable(model, cheap, costly):
-    a = cheap * 1.0
-    b = slow_features(costly)
-    X = np.hstack([a, b])
-    return model.predict(X)
-
-
 @willow.optimize(tolerance=0.1, **FAST)
 def probabilities(model, cheap, costly):
     a = cheap * 1.0
@@ -55,12 +47,10 @@ def probabilities(model, cheap, costly):
     return model.predict_proba(X)
 
 
-@willow.optimize(tolerance=0.1, compile=False, **FAST)
-def labels(model, cheap, costly):
-    a = cheap * 1.0
-    b = slow_features(costly)
-    X = np.hstack([a, b])
-    return model.predict(X)
+# The same function with a module-level callable tolerance, and called with a classifier, whose
+# predict() returns labels.
+regress_callable = willow.optimize(regress.__wrapped__, tolerance=within_half, compile=False, **FAST)
+labels = willow.optimize(regress.__wrapped__, tolerance=0.1, compile=False, **FAST)
 
 
 def make_rows(n, seed):
