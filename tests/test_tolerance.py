@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import cloudpickle
 import numpy as np
 import pytest
 from equivalence import assert_cascade_equivalent, assert_same_as_original
@@ -20,8 +21,10 @@ TOLERANCE = 0.5
 
 
 def slow_features(x):
-    """A deliberately costly feature group (elementwise, so rows stay independent)."""
-    for _ in range(40):
+    """A deliberately costly feature group (elementwise, so rows stay independent), costly
+    enough that the cascade's expected saving stands far above the timing noise of a loaded
+    machine (the plan is only cascaded when it is expected to be cheaper)."""
+    for _ in range(200):
         x = np.tanh(x) * 1.01
     return x
 
@@ -137,6 +140,10 @@ def test_lambda_tolerance_cannot_be_saved(data, tmp_path):
     pipeline.calibrate(regressor, *calibration)
     with pytest.raises(UnsavablePlanError, match="define it at module level"):
         pipeline.save(tmp_path / "lambda.willow")
+    served = pipeline(regressor, *calibration)
+    np.testing.assert_array_equal(
+        cloudpickle.loads(cloudpickle.dumps(pipeline))(regressor, *calibration), served
+    )
 
 
 def test_proba_cascade_within_tolerance_on_every_column(data):
@@ -178,6 +185,11 @@ def test_save_load_and_pickle_round_trip(data, regression, tmp_path):
 def test_invalid_tolerance_is_refused_at_decoration(value, error, message):
     with pytest.raises(error, match=message):
         willow.optimize(regress.__wrapped__, tolerance=value)
+
+
+def test_tolerance_is_refused_for_top_k_queries():
+    with pytest.raises(ValueError, match='applies to query="predict"'):
+        willow.optimize(regress.__wrapped__, query="topk", k=5, tolerance=0.5)
 
 
 def test_tolerance_on_label_outputs_is_refused(data):

@@ -175,7 +175,7 @@ class OptimizedPipeline:
         self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
         self._monitor: Any = None
         self.device = check_device(device)
-        self.tolerance = check_tolerance(tolerance)
+        self.tolerance = check_tolerance(tolerance, query)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         # The function as written, traced at decoration (None when it is not in willow's idiom:

@@ -72,8 +72,14 @@ class ToleranceError(WillowError, ValueError):
     returned something other than one bool per row."""
 
 
-def check_tolerance(value: Any) -> float | Callable | None:
-    """Validate ``tolerance=`` (at decoration): ``None``, a finite float > 0, or a callable."""
+def check_tolerance(value: Any, query: str = "predict") -> float | Callable | None:
+    """Validate ``tolerance=`` (at decoration): ``None``, a finite float > 0, or a callable; only
+    for ``query="predict"`` (a top-K query is judged on precision@K, not per-row agreement)."""
+    if value is not None and query != "predict":
+        raise ValueError(
+            f'tolerance= applies to query="predict" cascades, but this pipeline has query={query!r}, '
+            "whose guarantee is precision@K (precision_target=). Remove tolerance=."
+        )
     if value is None or callable(value):
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
