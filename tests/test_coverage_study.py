@@ -36,3 +36,9 @@ def test_summary_counts_runs_below_target():
     duplicated = next(line for line in table.splitlines() if "4x duplicated" in line).split()
     assert as_drawn[3:6] == ["3", "3", "0"]
     assert duplicated[3:7] == ["3", "2", "1", "0.333"]
+
+
+def test_agreement_within_a_tolerance_for_numbers():
+    assert _agreement(np.array([1.0, 5.0]), np.array([1.4, 4.0]), 0.5).tolist() == [True, False]
+    proba = np.array([[0.6, 0.4], [0.2, 0.8]])
+    assert _agreement(proba, np.array([[0.62, 0.38], [0.5, 0.5]]), 0.05).tolist() == [True, False]

@@ -24,6 +24,7 @@ from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CascadePlan
 from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS
+from willow.cascades.tolerance import check_tolerance
 from willow.compiler.background import BackgroundCompile
 from willow.compiler.codegen import layout_cascade
 from willow.compiler.compile_budget import calibration_budget
@@ -131,6 +132,7 @@ class OptimizedPipeline:
         k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
         monitor: float | None = None,
         device: str = "cpu",
+        tolerance: float | Callable | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -174,6 +176,7 @@ class OptimizedPipeline:
         self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
         self._monitor: Any = None
         self.device = check_device(device)
+        self.tolerance = check_tolerance(tolerance, query)
         self._serving: Callable | None = None
         self._unsupported: str | None = None
         # The function as written, traced at decoration (None when it is not in willow's idiom:
@@ -223,6 +226,7 @@ class OptimizedPipeline:
             "k_fractions": self.k_fractions,
             "monitor": self.monitor,
             "device": self.device,
+            "tolerance": self.tolerance,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -309,6 +313,7 @@ class OptimizedPipeline:
             compile=self.compile,
             cascade=self.cascade,
             require_faster=self.require_faster,
+            tolerance=self.tolerance,
         )
 
     @on_pipeline_device
@@ -758,6 +763,7 @@ def optimize(
     k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
     monitor: float | None = None,
     device: str = "cpu",
+    tolerance: float | Callable | None = None,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -823,6 +829,13 @@ def optimize(
         an NVIDIA GPU (``pip install willow[gpu]``), or Numba's CUDA simulator
         (``NUMBA_ENABLE_CUDASIM=1``, for tests); otherwise raises
         :class:`~willow.errors.DeviceUnavailableError` here, at decoration.
+    tolerance : for functions that return numbers (a regressor's predictions, probabilities,
+        scores), which are otherwise served exactly by the compiled pipeline: cascade them, a row
+        agreeing when it is within ``tolerance`` of the original's (a float > 0: absolute, in
+        every column; or a callable ``(original, approx) -> one bool per row``), with the same
+        holdout proof. Refused (:class:`~willow.cascades.tolerance.ToleranceError`) for functions
+        that return labels. A callable is saved by name (define it at module level); see
+        :mod:`willow.cascades.tolerance`.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -847,6 +860,7 @@ def optimize(
         k_fractions=k_fractions,
         monitor=monitor,
         device=device,
+        tolerance=tolerance,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)

@@ -21,7 +21,7 @@ or damaged, was edited after it was saved (a changed threshold changes the diges
 ``key=`` is given, is unsigned or signed with another key. Nothing in a plan file is executed:
 JSON objects become only the classes listed in :data:`DATACLASSES` and :data:`OBJECTS`, arrays
 cannot hold Python objects, and estimators go through skops' audited loader. A ``score=``
-callable of a top-K plan is stored by name and looked up, at load time, among the globals of the
+callable of a top-K plan (or a ``tolerance=`` callable) is stored by name and looked up, at load time, among the globals of the
 function passed to :func:`willow.load` (so a file can only name a function the user's own module
 defines).
 
@@ -74,6 +74,7 @@ DATACLASSES = (
     "willow.cascades.plan:CascadePlan",
     "willow.cascades.plan:CandidateResult",
     "willow.cascades.outputs:OutputSpec",
+    "willow.cascades.tolerance:ToleranceSpec",
     "willow.compiler.profiling:CostProfile",
     "willow.compiler.profiling:StatementCost",
     "willow.compiler.profiling:GroupCost",
@@ -86,6 +87,7 @@ DATACLASSES = (
 
 OBJECTS = (
     "willow.cascades.approximate:ApproximateModel",
+    "willow.cascades.tolerance:RegressionApproximateModel",
     "willow.topk.approximate:ApproximateScorer",
 )
 """Classes a plan file may hold through their ``__getstate__`` / ``__setstate__`` (what their
@@ -368,7 +370,7 @@ class _Decoder:
         found = self.namespace.get(name) if isinstance(name, str) else None
         if not isinstance(found, types.FunctionType) or found.__qualname__ != name:
             raise PlanMismatchError(
-                f"the plan's score= is the function {value.get('module')}.{name}, which the pipeline "
+                f"the plan's score= or tolerance= is the function {value.get('module')}.{name}, which the pipeline "
                 "function's module does not define; define it there before loading the plan"
             )
         return found

@@ -36,6 +36,7 @@ from willow.cascades.runtime import ModelGuard, ServingRuntime, with_original_er
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import split_rows
 from willow.cascades.threshold import tune_threshold
+from willow.cascades.tolerance import describe_tolerance, fit_numeric_model, with_tolerance
 from willow.compiler.codegen import (
     CascadeLayout,
     build_cascade_source,
@@ -90,6 +91,7 @@ class CascadeOptions:
     compile: bool | str = True
     cascade: bool = True
     require_faster: bool = True
+    tolerance: Any = None  # numeric outputs: agreement within it (willow.cascades.tolerance)
 
 
 @dataclass
@@ -279,7 +281,9 @@ def calibrate_cascade(
         graph, runner, tune_arguments, n_tune, repeats=options.cost_repeats
     )
     model = eval(compile(ast.Expression(body=graph.model_call.model), graph.filename, "eval"), ns_tune)
-    output = describe_output(graph, runner, ns_tune, out_tune, model)
+    output = with_tolerance(
+        describe_output(graph, runner, ns_tune, out_tune, model), options.tolerance, _returned(graph)
+    )
     labels = _labels(y, n, output)
     fingerprint = fingerprints.fingerprint(model)
 
@@ -315,6 +319,7 @@ def calibrate_cascade(
         tune_rows=n_tune,
         holdout_rows=0,
         duplicate_rows=split.duplicate_rows,
+        tolerance=describe_tolerance(options.tolerance) if options.tolerance is not None else "",
         approximate_model=type(template).__name__,
         trained_on="labels y" if labels is not None else "the full model's predictions (distillation)",
         compiled_nodes=len(compilation.nodes) if compilation else 0,
@@ -329,19 +334,21 @@ def calibrate_cascade(
 
     if not options.cascade:
         return no_cascade("cascades are disabled (cascade=False).")
-    if output.decision == "numbers":
+    if output.decision == "numbers" and options.tolerance is None:
         return no_cascade(
             f"the function returns numbers ({_returned(graph)}), not a decision per row: a cascade "
-            "would change those values, so the compiled pipeline serves every row (exactly)."
+            "would change those values, so the compiled pipeline serves every row (exactly). "
+            "Pass tolerance= to cascade it with agreement meaning 'within tolerance of the original'."
         )
     if graph.post is not None:
         problem = post_rowwise_problem(graph, runner, ns_tune, out_tune, n_tune, options.random_state)
         if problem:
             return no_cascade(problem)
-    if output.classes is None:
+    if output.classes is None and options.tolerance is None:
         return no_cascade(
             f"the model ({type(model).__name__}) has no classes_: classification cascades need a "
-            "classifier. For a regressor, top-K queries are the approximate path."
+            "classifier. For a regressor, pass tolerance= to cascade it within a tolerance of the "
+            "original (willow.cascades.tolerance); top-K queries are the other approximate path."
         )
     if graph.stack is None:
         return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
@@ -362,7 +369,8 @@ def calibrate_cascade(
     progress.stage("candidates")
     ns_train, out_train = runner.run_all(arguments_for(split.train))
     train_labels = labels[split.train] if labels is not None else output.labels(out_train)
-    tune_reference = output.decisions(runner.post(ns_tune, out_tune))
+    tune_returned = runner.post(ns_tune, out_tune)
+    tune_reference = output.decisions(tune_returned)
     full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
 
     results: list[CandidateResult] = []
@@ -374,7 +382,11 @@ def calibrate_cascade(
         )
         expression = compile(ast.Expression(body=stack_expression(graph, subset)), graph.filename, "eval")
         try:
-            approx = fit_approximate_model(template, eval(expression, ns_train), train_labels, output)
+            features = eval(expression, ns_train)
+            if options.tolerance is None:
+                approx = fit_approximate_model(template, features, train_labels, output)
+            else:
+                approx = fit_numeric_model(template, features, train_labels, output, options.random_state)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
             note = f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160]
             results.append(
@@ -382,7 +394,10 @@ def calibrate_cascade(
             )
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
-        agrees = _row_equal(output.decisions(runner.post(ns_tune, rows)), tune_reference)
+        if options.tolerance is None:
+            agrees = _row_equal(output.decisions(runner.post(ns_tune, rows)), tune_reference)
+        else:
+            agrees = output.agreement(runner.post(ns_tune, rows), tune_returned)
         choice = tune_threshold(
             confidence,
             agrees,

@@ -23,6 +23,8 @@ __all__ = ["permutation_importance"]
 
 
 def _output_change(spec: OutputSpec, output: np.ndarray, baseline: np.ndarray) -> float:
+    if hasattr(spec, "output_change"):  # numbers judged within a tolerance (cascades.tolerance)
+        return spec.output_change(output, baseline)
     if spec.method == "predict_proba":
         return float(
             np.mean(0.5 * np.abs(np.asarray(output, float) - np.asarray(baseline, float)).sum(axis=1))

@@ -63,6 +63,8 @@ class CascadePlan:
     #: Calibration rows whose inputs repeat another row's: kept in the same split part as it, and
     #: counted once in tune and holdout (``tune_rows``/``holdout_rows`` are distinct inputs).
     duplicate_rows: int = 0
+    #: With ``tolerance=`` (numeric outputs): what agreement with the original means, in words.
+    tolerance: str = ""
 
     def table(self) -> str:
         """The plan as readable text: groups, costs, importances, the choice and its guarantee."""
@@ -76,6 +78,8 @@ class CascadePlan:
                 lines.append(f"Agreement is judged on {self.reason.split(', judged on ', 1)[1]}.")
         else:
             lines.append(f"No cascade: {self.reason}")
+        if self.tolerance:
+            lines.append(f"Tolerance: a row agrees with the original when {self.tolerance}.")
         if self.groups:
             lines.append("")
             lines.append(f"  {'group':<28} {'us/row':>10} {'importance':>11}  selected")
