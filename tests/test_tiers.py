@@ -36,9 +36,9 @@ FAST = dict(confidence=0.9, cost_repeats=2, importance_repeats=1, compile=False,
 
 @pytest.fixture(scope="module")
 def text(sms):
-    words, chars, model, calib, batch = text_setup(*sms)
+    words, chars, model, calib, batch = text_setup(*sms, n_calib=1600)  # 400 holdout rows
     tiered = make_text_pipeline(words, chars, accuracy_target=TARGETS, **FAST).calibrate(model, calib)
-    return {"tiered": tiered, "model": model, "batch": batch, "calib": calib, "words": words, "chars": chars}
+    return {"tiered": tiered, "model": model, "batch": batch}
 
 
 def tier_routing(pipeline, index, *args):
@@ -111,28 +111,6 @@ def test_plain_call_is_the_strictest_tier(text):
         assert f"{r.lower_bound:.4f}" in table and f"{r.early_fraction:.2%}" in table
 
 
-def test_a_scalar_target_is_one_tier_planned_as_before(text):
-    scalar = make_text_pipeline(text["words"], text["chars"], accuracy_target=0.95, **FAST)
-    scalar.calibrate(text["model"], text["calib"])
-    assert scalar.accuracy_target == 0.95
-    (only,) = scalar.tiers_
-    assert only.target == 0.95 and only.plan is scalar.plan_
-    assert "Accuracy tiers" not in scalar.explain()
-    np.testing.assert_array_equal(
-        scalar.tier(0.95)(text["model"], text["batch"]), scalar(text["model"], text["batch"])
-    )
-    with pytest.raises(UnknownTierError, match=r"declares the accuracy tiers 0\.95"):
-        scalar.tier(0.9)
-    # the 0.95 tier of the tiered calibration is tuned like the scalar target: the same candidates'
-    # thresholds (the tune split and fitted models are the same; only timings can differ)
-    tier = text["tiered"].tiers_[1].plan
-    assert {c.groups: c.threshold for c in tier.candidates} == {
-        c.groups: c.threshold for c in scalar.plan_.candidates
-    }
-    if tier.selected == scalar.plan_.selected:
-        assert (tier.threshold, tier.lower_bound) == (scalar.plan_.threshold, scalar.plan_.lower_bound)
-
-
 def assert_same_tiers(restored, pipeline, model, batch):
     assert restored.accuracy_target == TARGETS
     assert [(r.target, r.lower_bound, r.early_fraction, r.plan) for r in restored.tiers_] == [
@@ -177,9 +155,25 @@ def test_a_tier_of_one_runs_the_original_and_looser_tiers_still_cascade():
     assert not exact.plan.cascade and "accuracy_target=1.0" in exact.plan.reason
     assert exact.lower_bound == 0.0 and exact.early_fraction == 0.0 and exact.measured_speedup is None
     assert loose.plan.cascade and loose.lower_bound >= 0.9, loose.plan.reason
-    np.testing.assert_array_equal(pipeline(model, cheap, extra), pipeline.__wrapped__(model, cheap, extra))
+    original = pipeline.__wrapped__(model, cheap, extra)
+    np.testing.assert_array_equal(pipeline(model, cheap, extra), original)
     served = pipeline.tier(0.9)(model, cheap, extra)
-    assert np.mean(served == pipeline.__wrapped__(model, cheap, extra)) >= 0.9
+    assert np.mean(served == original) >= 0.9
+
+    # a scalar target is one tier, planned as that tier of a tiered calibration is
+    scalar, _, _, _ = tabular_pipeline(0.9)
+    assert scalar.accuracy_target == 0.9
+    (only,) = scalar.tiers_
+    assert only.target == 0.9 and only.plan is scalar.plan_
+    assert "Accuracy tiers" not in scalar.explain()
+    np.testing.assert_array_equal(scalar.tier(0.9)(model, cheap, extra), scalar(model, cheap, extra))
+    with pytest.raises(UnknownTierError, match=r"declares the accuracy tiers 0\.9 "):
+        scalar.tier(0.95)
+    # the same split and fitted candidates give the same thresholds (only timings may differ)
+    thresholds = {c.groups: c.threshold for c in loose.plan.candidates}
+    assert thresholds == {c.groups: c.threshold for c in scalar.plan_.candidates}
+    if loose.plan.selected == scalar.plan_.selected:
+        assert (loose.plan.threshold, loose.lower_bound) == (scalar.plan_.threshold, scalar.plan_.lower_bound)
 
 
 def test_a_looser_tier_without_its_own_proof_serves_the_stricter_proven_plan(text):
