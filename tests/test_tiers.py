@@ -19,6 +19,7 @@ import pipelines
 import pytest
 from conftest import make_tabular
 from picklable import make_text_pipeline, text_setup
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 import willow
@@ -238,3 +239,33 @@ def test_tier_names_the_declared_tiers_when_asked_for_another():
     )
     with pytest.raises(ValueError, match='query="topk"'):
         willow.optimize(pipelines.numpy_pipeline, accuracy_target=(0.99, 0.9), query="topk", k=5)
+
+
+def test_a_loaded_plan_the_front_end_rewrote_restores_every_tier_at_the_first_tier_call(tmp_path):
+    import frontend_core_pipelines as fp
+    from test_frontend_core import VOCABULARY, make_texts
+
+    train, labels = make_texts(600, 0)
+    words = TfidfVectorizer(sublinear_tf=True).fit(train)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True).fit(train)
+    model = LogisticRegression(max_iter=500).fit(fp.vectorizer_transform(words, chars, train), labels)
+    calibration, _ = make_texts(1600, 1)
+    batch, _ = make_texts(100, 2)
+    pipeline = willow.optimize(fp.toxic_arguments, accuracy_target=(0.97, 0.9), **FAST)
+    pipeline.calibrate(model, words, chars, calibration)
+    assert pipeline._frontend is not None and all(r.plan.cascade for r in pipeline.tiers_)
+    path = tmp_path / "toxic.willow"
+    pipeline.save(path)
+    loaded = willow.load(path, fp.toxic_arguments)
+    assert loaded._pending is not None and [r.plan for r in loaded.tiers_] == [
+        r.plan for r in pipeline.tiers_
+    ]
+    words2, chars2 = pickle.loads(pickle.dumps((words, chars)))  # equal content, other objects
+    expected = pipeline.tier(0.9)(model, words, chars, batch)
+    np.testing.assert_array_equal(loaded.tier(0.9)(model, words2, chars2, batch), expected)
+    assert loaded._pending is None  # the looser tier's first call rebuilt serving for every tier
+    np.testing.assert_array_equal(loaded(model, words2, chars2, batch), pipeline(model, words, chars, batch))
+    other = TfidfVectorizer(binary=True).fit(batch + [" ".join(VOCABULARY)])
+    with pytest.warns(willow.ModelChangedWarning, match="word_vect"):
+        out = loaded.tier(0.9)(model, other, chars, batch)
+    np.testing.assert_array_equal(out, fp.toxic_arguments(model, other, chars, batch))
