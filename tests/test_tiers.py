@@ -10,6 +10,7 @@ files and pickles keep every tier; bad targets and unknown tiers fail with clear
 from __future__ import annotations
 
 import ast
+import inspect
 import pickle
 from dataclasses import replace
 
@@ -269,3 +270,24 @@ def test_a_loaded_plan_the_front_end_rewrote_restores_every_tier_at_the_first_ti
     with pytest.warns(willow.ModelChangedWarning, match="word_vect"):
         out = loaded.tier(0.9)(model, other, chars, batch)
     np.testing.assert_array_equal(out, fp.toxic_arguments(model, other, chars, batch))
+
+
+class Scorer:
+    def __init__(self, model):
+        self.model = model
+
+    @willow.optimize(accuracy_target=(0.97, 0.9))
+    def predict(self, cheap, extra):
+        a = cheap * 1.0
+        b = pipelines.slow_features(extra)
+        return self.model.predict(np.hstack([a, b]))
+
+
+def test_a_method_s_tier_binds_the_instance():
+    cheap, extra, y = make_tabular(40, seed=1)
+    scorer = Scorer(LogisticRegression().fit(np.hstack([cheap, pipelines.slow_features(extra)]), y))
+    serve = scorer.predict.tier(0.9)
+    assert serve.tier == 0.9 and list(inspect.signature(serve).parameters) == ["cheap", "extra"]
+    np.testing.assert_array_equal(serve(cheap, extra=extra), Scorer.predict.__wrapped__(scorer, cheap, extra))
+    with pytest.raises(UnknownTierError, match="0.97, 0.9"):
+        scorer.predict.tier(0.5)
