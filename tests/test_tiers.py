@@ -181,7 +181,8 @@ def test_a_tier_of_one_runs_the_original_and_looser_tiers_still_cascade():
 def test_a_looser_tier_without_its_own_proof_serves_the_stricter_proven_plan(text):
     pipeline = text["tiered"]
     strict, loose = pipeline.tiers_[0].plan, pipeline.tiers_[2].plan
-    failed = replace(loose, cascade=False, reason="its holdout bound missed the target.", lower_bound=0.0)
+    failed = replace(loose, cascade=False, reason="it measured slower than the compiled pipeline.")
+    failed = replace(failed, lower_bound=0.0, rejected_lower_bound=loose.lower_bound)
     results = [
         CalibrationResult(strict, pipeline.costs_, pipeline._output, pipeline._fingerprint),
         CalibrationResult(failed, pipeline.costs_, pipeline._output, pipeline._fingerprint),
@@ -191,10 +192,13 @@ def test_a_looser_tier_without_its_own_proof_serves_the_stricter_proven_plan(tex
     assert borrowed.plan.cascade and borrowed.plan.accuracy_target == 0.9
     assert (borrowed.plan.selected, borrowed.plan.threshold) == (strict.selected, strict.threshold)
     assert borrowed.plan.lower_bound >= strict.accuracy_target >= 0.9
-    assert "its holdout bound missed the target" in borrowed.plan.reason
+    assert "it measured slower than the compiled pipeline" in borrowed.plan.reason
     # nothing stricter proven: the tier keeps its own "no cascade"
     alone = tiers._inherit_stricter([results[1], results[1]])
     assert not alone[1].plan.cascade
+    # its own cascade missed its bound on the holdout rows: no second look, no cascade (as alone)
+    missed = replace(results[1], plan=replace(failed, rejected_lower_bound=0.85))
+    assert tiers._inherit_stricter([results[0], missed])[1] is missed
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,14 @@ its own cheapest feasible candidate and its own holdout proof, the same one-side
 proof a single target gets. Every tier's bound is proven on its own at ``confidence`` (the bounds
 are not simultaneous: each claim holds at that level, as each would alone).
 
-A looser tier whose own plan fails its proof (or is slower than the pipeline without a cascade)
-serves the plan of the nearest stricter tier that was proven instead: that plan's lower bound
-already reaches the stricter target, hence this one. So a looser tier never serves a slower plan
-than a stricter one it could have borrowed.
+A looser tier whose own cascade was not served for a reason other than its holdout agreement
+(it measured slower than the pipeline without a cascade, or none was planned) serves the plan of
+the nearest stricter tier that was proven instead: that plan's lower bound already reaches the
+stricter target, hence this one, and its failure was not decided by the agreement on the holdout
+rows, so the choice adds no multiple testing. A looser tier whose own cascade missed its bound on
+the holdout rows runs without a cascade, exactly as a single target would: serving another plan
+after seeing that miss would be a second look at the same holdout rows (its error could add up to
+twice ``1 - confidence``).
 
 The pipeline installs the strictest tier as its plan (``plan_``, the plain call); this module
 keeps the looser ones (:class:`ServedTier`), reports every tier (:class:`TierResult`,
@@ -177,12 +181,13 @@ def calibrate(
 
 
 def _inherit_stricter(results: list[CalibrationResult]) -> list[CalibrationResult]:
-    """A looser tier without a proven cascade of its own serves the nearest stricter tier's
-    proven cascade (its bound reaches the stricter target, so this one too)."""
+    """A looser tier without a cascade of its own, unless its holdout agreement decided that,
+    serves the nearest stricter tier's proven cascade (its bound reaches the stricter target, so
+    this one too); see the module doc."""
     served = list(results)
     for i in range(1, len(served)):
         own = served[i].plan
-        if own.cascade:
+        if own.cascade or _missed_its_bound(own):
             continue
         donor = next((r for r in reversed(served[:i]) if r.plan.cascade), None)
         if donor is None:
@@ -195,6 +200,11 @@ def _inherit_stricter(results: list[CalibrationResult]) -> list[CalibrationResul
         )
         served[i] = replace(donor, plan=replace(borrowed, accuracy_target=own.accuracy_target, reason=reason))
     return served
+
+
+def _missed_its_bound(plan: CascadePlan) -> bool:
+    """Whether ``plan``'s cascade was rejected by its agreement on the holdout rows."""
+    return plan.rejected_lower_bound is not None and plan.rejected_lower_bound < plan.accuracy_target
 
 
 # ---------------------------------------------------------------------------------------- serving
