@@ -582,7 +582,6 @@ class OptimizedPipeline:
         self._fingerprint = fingerprint
         self._compilation = compilation
         self._serving = function
-        self._tiers = ()  # looser accuracy tiers are installed after the strictest
         self._monitor = None
         if self.monitor is not None and plan.cascade and function is not None:
             from willow import monitor
