@@ -18,8 +18,9 @@ from typing import Any
 
 from willow import planfile
 from willow._version import __version__
+from willow.cascades import tiers
 from willow.cascades.approximate import ApproximateModel
-from willow.cascades.calibration import CascadeOptions, build_cascade, calibrate_cascade
+from willow.cascades.calibration import CascadeOptions, build_cascade
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CascadePlan
 from willow.cascades.runtime import ModelGuard
@@ -54,7 +55,7 @@ from willow.topk.plan import TopKPlan
 __all__ = ["optimize", "OptimizedPipeline", "load"]
 
 _FORMAT = "willow-plan/1"
-_FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_")
+_FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_", "tiers_")
 # Rebuilt from the plan state when a pipeline is unpickled, never pickled themselves.
 _DERIVED = _FITTED + (
     "_serving",
@@ -69,6 +70,7 @@ _DERIVED = _FITTED + (
     "_pending",
     "_lock",
     "_monitor",
+    "_tiers",
 )
 _COMPILE_OPTIONS = (True, False, "eager", "all")
 
@@ -139,7 +141,16 @@ class OptimizedPipeline:
         if isinstance(fn, OptimizedPipeline):
             fn = fn.__wrapped__
         functools.update_wrapper(self, fn)
-        self.accuracy_target = _check_fraction("accuracy_target", accuracy_target, upper_inclusive=True)
+        self.accuracy_target = (  # one target (a float) or accuracy tiers (a tuple, strictest first)
+            tiers.check_targets(accuracy_target)
+            if tiers.declares_tiers(accuracy_target)
+            else _check_fraction("accuracy_target", accuracy_target, upper_inclusive=True)
+        )
+        if query == "topk" and isinstance(self.accuracy_target, tuple):
+            raise ValueError(
+                f"accuracy_target={self.accuracy_target} declares accuracy tiers, which cascades "
+                'serve; query="topk" is tuned by precision_target instead. Pass one accuracy_target.'
+            )
         self.confidence = _check_fraction("confidence", confidence, upper_inclusive=False)
         if approximate_model is not None and not hasattr(approximate_model, "fit"):
             raise TypeError(
@@ -178,6 +189,7 @@ class OptimizedPipeline:
         self.device = check_device(device)
         self.tolerance = check_tolerance(tolerance, query)
         self._serving: Callable | None = None
+        self._tiers: tuple[tiers.ServedTier, ...] = ()
         self._unsupported: str | None = None
         # The function as written, traced at decoration (None when it is not in willow's idiom:
         # then ``_deferred`` holds why, and calibrate() runs the front end on the real objects).
@@ -267,11 +279,30 @@ class OptimizedPipeline:
         if self.query == "topk":
             topk_query.check_call(self, args, kwargs)
             return self.top_k(*args, k=self.k, **kwargs)
-        serving = self._serving
+        return self._serve(0, args, kwargs)
+
+    def tier(self, target: float) -> Callable:
+        """A function with the original's signature that serves the accuracy tier ``target``, one
+        of those declared with ``accuracy_target=(...)`` (the plain call serves the strictest).
+
+        Raises :class:`~willow.errors.UnknownTierError` (a ``KeyError`` and ``ValueError``) naming
+        the declared tiers when ``target`` is not one of them. See :mod:`willow.cascades.tiers`.
+        """
+        return tiers.tier_callable(self, target)
+
+    @property
+    def tiers_(self) -> tuple[tiers.TierResult, ...]:
+        """Every declared accuracy tier as calibrated, strictest first: its target, proven bound,
+        measured speedup, fraction of rows answered early and plan (one entry for one target)."""
+        return tiers.tier_results(self)
+
+    def _serve(self, tier: int, args: tuple, kwargs: dict) -> Any:
+        """Serve one call with accuracy tier number ``tier`` (0: the strictest, the plain call)."""
+        serving = tiers.tier_serving(self, tier)
         if serving is None:
             if self._pending is None or not self._restore_pending(args, kwargs):
                 return self.__wrapped__(*args, **kwargs)
-            serving = self._serving
+            serving = tiers.tier_serving(self, tier)
             if serving is None:
                 return self.__wrapped__(*args, **kwargs)
         guards = self._guards
@@ -300,7 +331,7 @@ class OptimizedPipeline:
 
     def _options(self) -> CascadeOptions:
         return CascadeOptions(
-            accuracy_target=self.accuracy_target,
+            accuracy_target=tiers.strictest(self.accuracy_target),
             confidence=self.confidence,
             approximate_model=self.approximate_model,
             split=self.split,  # type: ignore[arg-type]
@@ -368,7 +399,7 @@ class OptimizedPipeline:
             cascade_options = replace(self._options(), compile="eager")
 
             def job() -> Any:
-                return calibrate_cascade(graph, fn, arguments, y, cascade_options)
+                return tiers.calibrate(graph, fn, arguments, y, cascade_options, self.accuracy_target)
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -416,7 +447,7 @@ class OptimizedPipeline:
         try:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
-            result = calibrate_cascade(graph, fn, arguments, y, self._options())
+            result = tiers.calibrate(graph, fn, arguments, y, self._options(), self.accuracy_target)
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
@@ -426,8 +457,10 @@ class OptimizedPipeline:
         self._install_result(result)
         return self
 
-    def _install_result(self, result: Any) -> None:
-        """Serve a cascade calibration's result (:class:`~willow.cascades.calibration.CalibrationResult`)."""
+    def _install_result(self, results: Any) -> None:
+        """Serve a cascade calibration's results (:class:`~willow.cascades.calibration.CalibrationResult`,
+        one per accuracy tier, strictest first: the plain call serves the first)."""
+        result = results[0]
         self._install(
             result.plan,
             result.costs,
@@ -437,6 +470,9 @@ class OptimizedPipeline:
             result.function,
             result.source,
             result.compilation,
+        )
+        self._tiers = tiers.serve_tiers(
+            self, [(r.plan, r.approximate, r.function, r.source) for r in results[1:]]
         )
 
     def _front_end(self, arguments: dict[str, Any]) -> tuple[PipelineGraph, FrontEnd | None]:
@@ -616,6 +652,8 @@ class OptimizedPipeline:
             ]
             return "\n".join(lines)
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
+        if isinstance(self.accuracy_target, tuple):
+            lines += [tiers.table(self), ""]
         if self.query != "topk":
             lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
@@ -701,6 +739,7 @@ class OptimizedPipeline:
                 output=self._output,
                 model_fingerprint=self._fingerprint,
                 compiled=self._compilation.recipes if self._compilation and self._serving else [],
+                **tiers.saved_state(self),
             )
         return state
 
@@ -772,7 +811,10 @@ def optimize(
     Parameters
     ----------
     accuracy_target : minimum fraction of rows on which the optimized pipeline must return the
-        same prediction as the original (for ``predict_proba``: the same most likely class).
+        same prediction as the original (for ``predict_proba``: the same most likely class). A
+        sequence, strictest first (``(0.999, 0.99, 0.95)``), declares accuracy tiers: one
+        calibration proves a plan per target, the plain call serves the strictest and
+        ``pipeline.tier(0.95)`` another (see :mod:`willow.cascades.tiers`).
     confidence : level of the one-sided Clopper-Pearson lower bound that must reach the target on
         held-out calibration rows.
     approximate_model : unfitted estimator for the cascade's cheap model; default
@@ -934,6 +976,7 @@ def _restore_or_defer(pipeline: OptimizedPipeline, original: Callable, state: di
                 None,
                 None,
             )
+            tiers.restore(pipeline, state, None, None, None)
         pipeline._pending = state
         return
     graph = pipeline.graph_
@@ -989,3 +1032,4 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
         source,
         compilation,
     )
+    tiers.restore(pipeline, state, graph, original, compilation)

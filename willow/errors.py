@@ -67,3 +67,12 @@ class DeviceUnavailableError(WillowError, RuntimeError):
     """``device="cuda"`` was asked for but this process cannot run CUDA kernels (no CuPy, no NVIDIA
     GPU, and Numba's CUDA simulator is off). The message names what is missing and how to install
     the ``gpu`` extra (``pip install willow[gpu]``)."""
+
+
+class UnknownTierError(WillowError, KeyError, ValueError):
+    """``pipeline.tier(target)`` named an accuracy tier the pipeline did not declare in
+    ``accuracy_target``. The message lists the declared tiers. It is a ``KeyError`` (a lookup by
+    target) and a ``ValueError`` (a bad argument), so either ``except`` catches it."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as a key
+        return str(self.args[0]) if self.args else ""

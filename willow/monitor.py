@@ -363,7 +363,7 @@ def attach(
         output.agreement,
         pipeline.graph_.row_parameters,
         fraction=pipeline.monitor,
-        accuracy_target=pipeline.accuracy_target,
+        accuracy_target=plan.accuracy_target,
         confidence=pipeline.confidence,
         random_state=pipeline.random_state,
     )

@@ -64,6 +64,7 @@ __all__ = [
     "CascadeOptions",
     "CalibrationResult",
     "calibrate_cascade",
+    "calibrate_targets",
     "compile_for_calibration",
     "build_cascade",
     "call_with",
@@ -256,6 +257,25 @@ def calibrate_cascade(
     options: CascadeOptions,
 ) -> CalibrationResult:
     """Calibrate ``graph`` on the calibration call ``arguments`` (and labels ``y``)."""
+    return calibrate_targets(graph, fn, arguments, y, options, (options.accuracy_target,))[0]
+
+
+def calibrate_targets(
+    graph: PipelineGraph,
+    fn: Callable,
+    arguments: dict[str, Any],
+    y: Any,
+    options: CascadeOptions,
+    targets: Sequence[float],
+) -> list[CalibrationResult]:
+    """Calibrate once, then choose, tune and prove one plan per accuracy target in ``targets``.
+
+    The split, costs, importances and the candidates' fitted approximate models are shared; each
+    target gets its own thresholds (tuned on the tune split), its own cheapest feasible candidate
+    and its own holdout proof, exactly as a single target would (:meth:`_Context.finish`). The
+    split is sized for ``options.accuracy_target``, which callers set to the strictest target.
+    Returns one result per target, in the order of ``targets``.
+    """
     if not 0.0 < options.accuracy_target <= 1.0:
         raise ValueError(f"accuracy_target must be in (0, 1], got {options.accuracy_target!r}.")
     if not 0.0 < options.confidence < 1.0:
@@ -329,8 +349,9 @@ def calibrate_cascade(
         graph, fn, runner, options, split, arguments_for, costs, output, fingerprint, model, compilation
     )
 
-    def no_cascade(reason: str) -> CalibrationResult:
-        return context.finish(replace(plan, reason=reason), None, None)
+    def no_cascade(reason: str) -> list[CalibrationResult]:
+        result = context.finish(replace(plan, reason=reason), None, None)
+        return [replace(result, plan=replace(result.plan, accuracy_target=t)) for t in targets]
 
     if not options.cascade:
         return no_cascade("cascades are disabled (cascade=False).")
@@ -354,11 +375,8 @@ def calibrate_cascade(
         return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
     check_stacker(graph, ns_tune)
     check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
-    if options.accuracy_target >= 1.0:
-        return no_cascade(
-            "accuracy_target=1.0 asks for every prediction to match the original, which no finite "
-            "sample can prove; the original pipeline runs unchanged."
-        )
+    if min(targets) >= 1.0:
+        return no_cascade(_EXACT_TARGET)
 
     progress.stage("importance")
     importances = permutation_importance(
@@ -373,7 +391,8 @@ def calibrate_cascade(
     tune_reference = output.decisions(tune_returned)
     full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
 
-    results: list[CandidateResult] = []
+    failures: dict[tuple[str, ...], CandidateResult] = {}
+    tuned: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, float]] = {}
     fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]] = {}
     for subset in subsets:
         layout = layout_cascade(graph, subset)
@@ -389,8 +408,8 @@ def calibrate_cascade(
                 approx = fit_numeric_model(template, features, train_labels, output, options.random_state)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
             note = f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160]
-            results.append(
-                CandidateResult(subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note)
+            failures[subset] = CandidateResult(
+                subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note
             )
             continue
         rows, confidence = approx.predict_with_confidence(eval(expression, ns_tune))
@@ -398,14 +417,6 @@ def calibrate_cascade(
             agrees = _row_equal(output.decisions(runner.post(ns_tune, rows)), tune_reference)
         else:
             agrees = output.agreement(runner.post(ns_tune, rows), tune_returned)
-        choice = tune_threshold(
-            confidence,
-            agrees,
-            options.accuracy_target,
-            options.confidence,
-            len(split.holdout),
-            options.pass_probability,
-        )
         approx_seconds = (
             median_seconds(
                 lambda approx=approx, expression=expression: approx.predict_with_confidence(
@@ -414,55 +425,91 @@ def calibrate_cascade(
             )
             / n_tune
         )
-        expected = (
-            costs.kept_seconds_per_row
-            + costs.features_cost(subset)
-            + approx_seconds
-            + (1.0 - choice.confident_fraction) * (costs.remaining_cost(subset) + full_path)
-        )
-        results.append(
-            CandidateResult(
-                groups=subset,
-                expected_seconds_per_row=expected,
-                expected_speedup=python_costs.total_seconds_per_row / expected
-                if expected > 0
-                else float("inf"),
-                threshold=choice.threshold,
-                confident_fraction=choice.confident_fraction,
-                tune_agreement=choice.agreement,
-                tune_lower_bound=choice.lower_bound,
-                approximate_seconds_per_row=approx_seconds,
-                note="" if np.isfinite(choice.threshold) else "no threshold meets the target",
-            )
-        )
+        tuned[subset] = (confidence, agrees, approx_seconds)
         fitted[subset] = (approx, layout)
-    plan = replace(plan, candidates=tuple(results))
-    feasible = [r for r in results if np.isfinite(r.threshold) and r.confident_fraction > 0]
-    if not feasible:
-        return no_cascade(
-            f"no candidate's approximate model reached a lower {options.confidence:.0%} bound of "
-            f"{options.accuracy_target} agreement on the tune split ({n_tune} rows)."
-        )
-    best = min(feasible, key=lambda r: r.expected_seconds_per_row)
-    if best.expected_seconds_per_row >= costs.total_seconds_per_row:
-        return no_cascade(
-            "no candidate is expected to be cheaper than the pipeline without a cascade "
-            f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {costs.total_seconds_per_row * 1e6:.2f} us/row)."
-        )
-    approx, layout = fitted[best.groups]
-    if options.compile:
-        from willow.compiler.lowering import lower
 
-        tune_features = eval(
-            compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
-            ns_tune,
-        )
-        approx.compile(lower, tune_features, _node_budget(options))
-        if compilation is not None and compilation.fused is not None:
-            vectorizers = [compilation.vectorizer(g) for g in best.groups]
-            approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)
-    chosen = replace(plan, selected=best.groups, threshold=best.threshold)
-    return context.finish(chosen, approx, layout)
+    def tuned_for(target: float) -> list[CandidateResult]:
+        """Every candidate with its threshold tuned to ``target`` on the tune split."""
+        results: list[CandidateResult] = []
+        for subset in subsets:
+            if subset in failures:
+                results.append(failures[subset])
+                continue
+            confidence, agrees, approx_seconds = tuned[subset]
+            choice = tune_threshold(
+                confidence, agrees, target, options.confidence, len(split.holdout), options.pass_probability
+            )
+            expected = (
+                costs.kept_seconds_per_row
+                + costs.features_cost(subset)
+                + approx_seconds
+                + (1.0 - choice.confident_fraction) * (costs.remaining_cost(subset) + full_path)
+            )
+            results.append(
+                CandidateResult(
+                    groups=subset,
+                    expected_seconds_per_row=expected,
+                    expected_speedup=python_costs.total_seconds_per_row / expected
+                    if expected > 0
+                    else float("inf"),
+                    threshold=choice.threshold,
+                    confident_fraction=choice.confident_fraction,
+                    tune_agreement=choice.agreement,
+                    tune_lower_bound=choice.lower_bound,
+                    approximate_seconds_per_row=approx_seconds,
+                    note="" if np.isfinite(choice.threshold) else "no threshold meets the target",
+                )
+            )
+        return results
+
+    prepared: set[tuple[str, ...]] = set()
+
+    def plan_for(target: float) -> CalibrationResult:
+        """Choose, build and prove the cascade for one accuracy target."""
+        tier_options = replace(options, accuracy_target=target)
+        tier = replace(context, options=tier_options)
+        tier_plan = replace(plan, accuracy_target=target)
+        if target >= 1.0:
+            return tier.finish(replace(tier_plan, reason=_EXACT_TARGET), None, None)
+        results = tuned_for(target)
+        tier_plan = replace(tier_plan, candidates=tuple(results))
+        feasible = [r for r in results if np.isfinite(r.threshold) and r.confident_fraction > 0]
+        if not feasible:
+            reason = (
+                f"no candidate's approximate model reached a lower {options.confidence:.0%} bound of "
+                f"{target} agreement on the tune split ({n_tune} rows)."
+            )
+            return tier.finish(replace(tier_plan, reason=reason), None, None)
+        best = min(feasible, key=lambda r: r.expected_seconds_per_row)
+        if best.expected_seconds_per_row >= costs.total_seconds_per_row:
+            reason = (
+                "no candidate is expected to be cheaper than the pipeline without a cascade "
+                f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {costs.total_seconds_per_row * 1e6:.2f} us/row)."
+            )
+            return tier.finish(replace(tier_plan, reason=reason), None, None)
+        approx, layout = fitted[best.groups]
+        if options.compile and best.groups not in prepared:  # one approximate model serves many tiers
+            prepared.add(best.groups)
+            from willow.compiler.lowering import lower
+
+            tune_features = eval(
+                compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
+                ns_tune,
+            )
+            approx.compile(lower, tune_features, _node_budget(options))
+            if compilation is not None and compilation.fused is not None:
+                vectorizers = [compilation.vectorizer(g) for g in best.groups]
+                approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)
+        chosen = replace(tier_plan, selected=best.groups, threshold=best.threshold)
+        return tier.finish(chosen, approx, layout)
+
+    return [plan_for(target) for target in targets]
+
+
+_EXACT_TARGET = (
+    "accuracy_target=1.0 asks for every prediction to match the original, which no finite "
+    "sample can prove; the original pipeline runs unchanged."
+)
 
 
 @dataclass

@@ -41,6 +41,18 @@ class BoundPipeline:
         """The pipeline's :meth:`~willow.OptimizedPipeline.top_k` with this instance as ``self``."""
         return self.__func__.top_k(self.__self__, *args, k=k, return_scores=return_scores, **kwargs)
 
+    def tier(self, target: float) -> Any:
+        """The pipeline's :meth:`~willow.OptimizedPipeline.tier` with this instance as ``self``."""
+        serve, instance = self.__func__.tier(target), self.__self__
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return serve(instance, *args, **kwargs)
+
+        bound.__name__, bound.__qualname__, bound.__doc__ = serve.__name__, serve.__qualname__, serve.__doc__
+        bound.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        bound.tier = serve.tier  # type: ignore[attr-defined]
+        return bound
+
     @property
     def __signature__(self) -> inspect.Signature:
         signature = inspect.signature(self.__func__.__wrapped__)
