@@ -65,6 +65,8 @@ def fake():
 def client(fake):
     app = create_app(ServedPipeline(fake, example=["a text"]), slo_ms=50)
     with TestClient(app) as test_client:
+        assert len(fake.calls) == 3 * 4  # warmed up at startup: every tier, 4 batch sizes
+        fake.calls.clear()
         yield test_client
 
 
@@ -311,6 +313,12 @@ def test_no_batching_calls_the_pipeline_once_per_request(fake):
             assert test_client.post("/predict", json={"rows": [text]}).status_code == 200
         assert test_client.get("/health").json()["batch_size"] == 1
     assert fake.calls == [(0.999, ["a"]), (0.999, ["b"])]
+
+
+def test_warm_up_calls_every_tier_at_each_batch_size(fake):
+    assert ServedPipeline(fake, example=["a", "b"]).warm_up(sizes=(1, 3)) == 6
+    assert fake.calls == [(t, rows) for t in TARGETS for rows in (["a"], ["a", "b", "a"])]
+    assert ServedPipeline(fake).warm_up() == 0  # no example: nothing to warm up with
 
 
 def test_served_pipeline_binds_arguments_and_refuses_ambiguity():

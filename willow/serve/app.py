@@ -35,13 +35,16 @@ def create_app(
     scale_accuracy: bool = False,
     max_batch_rows: int = 4096,
     budget_fraction: float = 0.5,
+    warm_up: bool = True,
 ) -> Any:
     """A Starlette app serving ``served`` behind an adaptive batcher.
 
     ``slo_ms``: the p99 latency objective. ``batching=False`` calls the pipeline once per request
     (fixed batch size 1: the baseline). ``scale_accuracy``: let the scaler serve faster tiers under
     load (needs a pipeline with several tiers). The AIMD budget for a batch is ``budget_fraction``
-    of the SLO (see :mod:`willow.serve.batching`).
+    of the SLO (see :mod:`willow.serve.batching`). ``warm_up``: at startup, run every tier on the
+    pipeline's ``example`` rows at a few batch sizes (:meth:`ServedPipeline.warm_up`), so that no
+    request waits for a kernel to compile or load.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -130,6 +133,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         await batcher.start()
+        if warm_up:
+            await batcher.run_in_worker(served.warm_up)
         try:
             yield
         finally:

@@ -160,6 +160,12 @@ class AdaptiveBatcher:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="willow-batch")
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    async def run_in_worker(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` in the batch thread (e.g. a warm-up, so thread-local state such as
+        OpenMP thread pools is set up where batches will run)."""
+        await self.start()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
     async def stop(self) -> None:
         """Stop the batcher; requests still queued get a :class:`BatchError`."""
         if self._task is not None:

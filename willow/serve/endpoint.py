@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from willow.errors import WillowError
+from willow.rows import n_rows, take_rows
 
 __all__ = ["ServedPipeline", "RowShape", "RequestError", "OutputError", "row_shape", "to_container"]
 
@@ -329,6 +330,23 @@ class ServedPipeline:
         bound = self._signature.bind(**arguments)
         output = self._callables[index](*bound.args, **bound.kwargs)
         return output_rows(output, len(rows))
+
+    def warm_up(self, sizes: tuple[int, ...] = (1, 2, 8, 64)) -> int:
+        """Call every tier on ``example``'s rows repeated to each batch size, so that kernels
+        compiled (or loaded from the cache) for a batch shape are ready before the first request;
+        returns the number of calls (0 without an ``example``)."""
+        if self.example is None:
+            return 0
+        available = np.arange(n_rows(self.example))
+        calls = 0
+        for call in self._callables:
+            for size in sizes:
+                arguments = dict(self._arguments)
+                arguments[self.row_arg] = take_rows(self.example, np.resize(available, size))
+                bound = self._signature.bind(**arguments)
+                call(*bound.args, **bound.kwargs)
+                calls += 1
+        return calls
 
     def explain(self) -> str:
         """The pipeline's own explanation (``explain()``), or a line saying it has none."""

@@ -1,0 +1,423 @@
+"""``python -m benchmarks.serving [--quick] [--out DIR]``: the HTTP server under load (willow.serve).
+
+Calibrates the toxic pipeline (SMS spam, word + char TF-IDF -> LogisticRegression) with two
+accuracy tiers, serves it with :mod:`willow.serve` on uvicorn on 127.0.0.1 (in a thread of this
+process, which otherwise only waits), and drives it with ``wrk`` (a native load generator; Debian
+``apt-get install wrk``), one text per JSON request, at increasing offered rates, for three
+servers: one pipeline call per request, adaptive batching (Clipper's AIMD), and adaptive
+batching with accuracy scaling (Proteus-style). It reports, per rate, the throughput, p50/p99
+latency, the fraction of requests over the SLO (timeouts and errors count as over), the tier mix,
+the mean batch and the server's CPU time per request.
+
+wrk is a closed-loop generator: each of its connections sends a request, waits for the answer,
+then pauses for an exponentially distributed time (mean ``connections / rate``) before the next.
+The offered rate is therefore nominal: when latency grows, the connections send less often than
+asked, and a server past saturation shows as throughput below the offered rate and latency at
+the ``connections``-deep queue. Its latency percentiles are per request, as wrk measures them.
+
+The tiers are the pipeline's own (``tiers_``) when willow can calibrate several accuracy targets
+at once; otherwise each target is calibrated separately and the pipelines are served as tiers
+(:class:`SeparateTiers`), every one proven against the original at its own target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import toxic
+
+SCALES = {
+    # rates (requests/s), seconds per rate
+    "quick": ((100, 300, 600, 1000, 1500), 4),
+    "full": ((100, 300, 600, 1000, 1500, 2000, 3000), 10),
+}
+MODES = (
+    ("one call per request", {"batching": False, "scale_accuracy": False}),
+    ("adaptive batching", {"batching": True, "scale_accuracy": False}),
+    ("batching + accuracy scaling", {"batching": True, "scale_accuracy": True}),
+)
+
+_WRK_SCRIPT = r"""
+local bodies = {}
+for line in io.lines(os.getenv("WILLOW_BODIES")) do bodies[#bodies + 1] = line end
+local mean_delay_ms = tonumber(os.getenv("WILLOW_DELAY_MS"))
+local slo_us = tonumber(os.getenv("WILLOW_SLO_US"))
+local counter = 0
+wrk.method = "POST"
+wrk.path = "/predict"
+wrk.headers["Content-Type"] = "application/json"
+
+function init(args)
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+  counter = math.random(#bodies)
+end
+
+function request()
+  counter = counter % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[counter])
+end
+
+function delay()
+  return -math.log(1 - math.random()) * mean_delay_ms
+end
+
+function done(summary, latency, requests)
+  local within = 1.0
+  if summary.requests == 0 then
+    within = 0.0
+  elseif latency.max > slo_us then
+    local lo, hi = 0.0, 100.0
+    for _ = 1, 40 do
+      local mid = (lo + hi) / 2
+      if latency:percentile(mid) <= slo_us then lo = mid else hi = mid end
+    end
+    within = lo / 100
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WILLOW_JSON {"requests": %d, "duration_us": %d, "status_errors": %d, "timeouts": %d, '
+    .. '"socket_errors": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, "within_slo": %.6f}\n',
+    summary.requests, summary.duration, e.status, e.timeout, e.connect + e.read + e.write,
+    latency:percentile(50), latency:percentile(99), latency.max, within))
+end
+"""
+
+
+class SeparateTiers:
+    """Separately calibrated pipelines served as one pipeline's tiers (``tiers_``, ``tier()``):
+    the stand-in while willow calibrates one target per pipeline. The plain call is the first
+    (strictest) pipeline."""
+
+    def __init__(self, pipelines: dict[float, Any]) -> None:
+        self._pipelines = dict(sorted(pipelines.items(), reverse=True))
+        first = next(iter(self._pipelines.values()))
+        self.__wrapped__ = first.__wrapped__
+        self.__qualname__ = first.__qualname__
+        self.graph_ = first.graph_
+        self.tiers_ = tuple(_Tier(t, p.plan_) for t, p in self._pipelines.items())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return next(iter(self._pipelines.values()))(*args, **kwargs)
+
+    def tier(self, target: float) -> Any:
+        return self._pipelines[target]
+
+    def explain(self) -> str:
+        return "\n\n".join(f"Tier {t:g}:\n{p.explain()}" for t, p in self._pipelines.items())
+
+
+class _Tier:
+    def __init__(self, target: float, plan: Any) -> None:
+        self.target = target
+        self.plan = plan
+
+
+def calibrate_tiers(prepared: Any, targets: tuple[float, ...]) -> tuple[Any, dict[str, Any]]:
+    """The toxic pipeline with one tier per target (strictest first) and what each tier proved."""
+    from benchmarks.run import _calibrate
+
+    try:
+        pipeline, seconds = _calibrate(prepared, {"accuracy_target": targets})
+        tiers = pipeline.tiers_
+        info = {"tiers_from": "willow (one calibration)", "calibration_s": round(seconds, 1)}
+    except (TypeError, ValueError, AttributeError):
+        pipelines, seconds = {}, 0.0
+        for target in targets:
+            pipelines[target], spent = _calibrate(prepared, {"accuracy_target": target})
+            seconds += spent
+        pipeline = SeparateTiers(pipelines)
+        tiers = pipeline.tiers_
+        info = {"tiers_from": "separate calibrations (SeparateTiers)", "calibration_s": round(seconds, 1)}
+    info["tiers"] = [_tier_info(t) for t in tiers]
+    return pipeline, info
+
+
+def _tier_info(tier: Any) -> dict[str, Any]:
+    plan = getattr(tier, "plan", None) or getattr(tier, "plan_", None)
+    info: dict[str, Any] = {"target": tier.target}
+    for name in ("cascade", "lower_bound", "agreement", "confident_fraction", "measured_speedup"):
+        value = getattr(plan, name, getattr(tier, name, None))
+        if value is not None:
+            info[name] = value
+    return info
+
+
+class ThreadedServer:
+    """uvicorn serving ``app`` on 127.0.0.1 in a thread of this process (a context manager)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, backlog=4096
+        )
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 30 s.")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The server's /metrics as {"name{labels}": value}."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def run_wrk(url: str, bodies: Path, rate: float, seconds: int, slo_ms: float) -> dict[str, Any]:
+    """One wrk run at the nominal ``rate``; its summary as a dict."""
+    connections = max(8, math.ceil(rate * 0.2))
+    env = dict(
+        os.environ,
+        WILLOW_BODIES=str(bodies),
+        WILLOW_DELAY_MS=f"{connections / rate * 1e3:.3f}",
+        WILLOW_SLO_US=str(int(slo_ms * 1e3)),
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT)
+    try:
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "2s",
+            "-s",
+            script.name,
+            url,
+        ]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(script.name)
+    match = re.search(r"^WILLOW_JSON (.*)$", done.stdout, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"wrk gave no summary (exit {done.returncode}): {done.stdout}\n{done.stderr}")
+    summary = json.loads(match.group(1))
+    summary["connections"] = connections
+    return summary
+
+
+def measure_mode(
+    served: Any, mode: dict[str, Any], bodies: Path, rates: tuple[int, ...], seconds: int, slo_ms: float
+) -> list[dict[str, Any]]:
+    """Every rate against one server configuration."""
+    import httpx
+
+    from willow.serve.app import create_app
+
+    rows = []
+    with ThreadedServer(create_app(served, slo_ms=slo_ms, **mode)) as server:
+        warm = [json.loads(line) for line in bodies.read_text().splitlines()[:50]]
+        for body in warm:
+            httpx.post(f"{server.url}/predict", json=body, timeout=10).raise_for_status()
+        for rate in rates:
+            before, cpu = scrape(server.url), time.process_time()
+            result = run_wrk(server.url, bodies, rate, seconds, slo_ms)
+            cpu, after = time.process_time() - cpu, scrape(server.url)
+            done = result["requests"]
+            lost = result["timeouts"] + result["socket_errors"]  # never answered
+            errors = result["status_errors"] + lost
+            late = done * (1 - result["within_slo"]) + result["status_errors"] + lost
+            batches = _delta(after, before, "willow_serve_batch_rows_count")
+            tiers = {
+                m.group(1): _delta(after, before, key)
+                for key in after
+                if (m := re.fullmatch(r'willow_serve_tier_requests_total\{tier="(.*)"\}', key))
+            }
+            cascaded = _delta(after, before, "willow_serve_cascade_rows_total")
+            rows.append(
+                {
+                    "offered_per_s": rate,
+                    "connections": result["connections"],
+                    "throughput_per_s": round(done / (result["duration_us"] / 1e6), 1),
+                    "p50_ms": result["p50_us"] / 1e3,
+                    "p99_ms": result["p99_us"] / 1e3,
+                    "over_slo": round(min(1.0, late / (done + lost)), 4) if done + lost else 1.0,
+                    "errors": errors,
+                    "mean_batch_rows": round(
+                        _delta(after, before, "willow_serve_batch_rows_sum") / batches, 1
+                    )
+                    if batches
+                    else 0.0,
+                    "tier_mix": {
+                        t: round(n / max(1.0, sum(tiers.values())), 3) for t, n in tiers.items() if n
+                    },
+                    "early_exit": round(
+                        _delta(after, before, "willow_serve_cascade_early_exit_rows_total") / cascaded, 3
+                    )
+                    if cascaded
+                    else None,
+                    "cpu_ms_per_request": round(cpu * 1e3 / done, 3) if done else None,
+                }
+            )
+            print(f"  {rate:>5}/s: {_line(rows[-1])}", flush=True)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    mix = ", ".join(f"{t} {f:.0%}" for t, f in sorted(row["tier_mix"].items(), reverse=True))
+    return (
+        f"{row['throughput_per_s']:>7.0f} req/s  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+        f"over SLO {row['over_slo']:6.1%}  batch {row['mean_batch_rows']:5.1f}  tiers {mix}"
+    )
+
+
+def in_process(pipeline: Any, model: Any, texts: list[str]) -> dict[str, float]:
+    """The same pipeline called in this process: texts/s one at a time and in batches of 256."""
+    single = texts[:200]
+    start = time.perf_counter()
+    for text in single:
+        pipeline(model, [text])
+    one = len(single) / (time.perf_counter() - start)
+    batch = (texts * (256 // len(texts) + 1))[:256]
+    start = time.perf_counter()
+    for _ in range(10):
+        pipeline(model, batch)
+    batched = 2560 / (time.perf_counter() - start)
+    return {"one_text_per_call_per_s": round(one, 1), "batches_of_256_per_s": round(batched, 1)}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# willow.serve under load: {results['workload']}, one text per request",
+        "",
+        f"SLO {results['slo_ms']:g} ms; {results['seconds_per_rate']} s per offered rate; wrk, "
+        f"{results['generator']}; tiers {results['tier_targets']} ({results['tiers_from']}); load average "
+        f"before the run {results['load_average']}.",
+        "",
+        f"In process, same pipeline: {results['in_process']['one_text_per_call_per_s']:,.0f} texts/s one "
+        f"at a time, {results['in_process']['batches_of_256_per_s']:,.0f} texts/s in batches of 256.",
+        "",
+        "| server | offered/s | throughput/s | p50 ms | p99 ms | over SLO | mean batch | tier mix | early exit | CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, rows in results["modes"].items():
+        for r in rows:
+            mix = ", ".join(f"{t}: {f:.0%}" for t, f in sorted(r["tier_mix"].items(), reverse=True))
+            early = "-" if r["early_exit"] is None else f"{r['early_exit']:.0%}"
+            lines.append(
+                f"| {mode} | {r['offered_per_s']} | {r['throughput_per_s']:,.0f} | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['over_slo']:.1%} | {r['mean_batch_rows']:.1f} | {mix} | {early} | "
+                f"{r['cpu_ms_per_request']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rates, 4 s each (about 2 minutes)")
+    parser.add_argument("--out", default="results", help="directory for serving.json and serving.md")
+    parser.add_argument("--slo-ms", type=float, default=50.0)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.99, 0.95], help="accuracy tiers")
+    parser.add_argument(
+        "--rates", type=int, nargs="+", help="offered rates (requests/s) instead of the scale's"
+    )
+    parser.add_argument("--seconds", type=int, help="seconds per rate instead of the scale's")
+    parser.add_argument(
+        "--data-scale", default="quick", choices=sorted(toxic.SIZES), help="toxic's train/calibration slices"
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error(
+            "wrk is not installed (Debian: apt-get install wrk); this benchmark needs a native load generator."
+        )
+    rates, seconds = SCALES["quick" if args.quick else "full"]
+    rates, seconds = tuple(args.rates or rates), args.seconds or seconds
+    from willow.serve import ServedPipeline
+
+    prepared = toxic.prepare(args.data_scale)
+    targets = tuple(sorted(args.targets, reverse=True))
+    print(f"calibrating toxic at {targets} ...", flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline, tier_info = calibrate_tiers(prepared, targets)
+    served = ServedPipeline(pipeline, prepared.model, example=prepared.test_rows[:2])
+    texts = [str(t) for t in prepared.test_rows]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bodies = out / "serving_bodies.jsonl"
+    bodies.write_text("".join(json.dumps({"rows": [t]}) + "\n" for t in texts))
+    results: dict[str, Any] = {
+        "workload": "toxic",
+        "slo_ms": args.slo_ms,
+        "seconds_per_rate": seconds,
+        "generator": subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        .stdout.split("\n")[0]
+        .strip(),
+        "tier_targets": list(targets),
+        **tier_info,
+        "load_average": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "in_process": in_process(pipeline, prepared.model, texts),
+        "modes": {},
+    }
+    _check_answers(served, pipeline, prepared.model, texts[:20], args.slo_ms)
+    for name, mode in MODES:
+        print(f"{name}:", flush=True)
+        results["modes"][name] = measure_mode(served, mode, bodies, rates, seconds, args.slo_ms)
+    (out / "serving.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "serving.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
+    return 0
+
+
+def _check_answers(served: Any, pipeline: Any, model: Any, texts: list[str], slo_ms: float) -> None:
+    """The server answers exactly what the pipeline answers in process (strictest tier)."""
+    import httpx
+
+    from willow.serve.app import create_app
+
+    expected = np.asarray(pipeline(model, texts)).tolist()
+    with ThreadedServer(create_app(served, slo_ms=slo_ms)) as server:
+        got = [
+            httpx.post(f"{server.url}/predict", json={"rows": [t]}).json()["predictions"][0] for t in texts
+        ]
+    if got != expected:
+        raise AssertionError(f"The server's answers differ from the pipeline's: {got} vs {expected}.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
