@@ -302,19 +302,22 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
-def in_process(pipeline: Any, model: Any, texts: list[str]) -> dict[str, float]:
-    """The same pipeline called in this process: texts/s one at a time and in batches of 256."""
-    single = texts[:200]
-    start = time.perf_counter()
-    for text in single:
-        pipeline(model, [text])
-    one = len(single) / (time.perf_counter() - start)
-    batch = (texts * (256 // len(texts) + 1))[:256]
-    start = time.perf_counter()
-    for _ in range(10):
-        pipeline(model, batch)
-    batched = 2560 / (time.perf_counter() - start)
-    return {"one_text_per_call_per_s": round(one, 1), "batches_of_256_per_s": round(batched, 1)}
+def in_process(pipeline: Any, model: Any, texts: list[str], targets: tuple[float, ...]) -> dict[str, Any]:
+    """Each tier called in this process: ms per call for one text and for batches of 16 and 256
+    (medians of repeated calls), the figures the server's per-request costs compare with."""
+    figures: dict[str, Any] = {}
+    for target in targets:
+        call = pipeline.tier(target) if hasattr(pipeline, "tier") else pipeline
+        for n in (1, 16, 256):
+            batch = (texts * (n // len(texts) + 1))[:n]
+            call(model, batch)
+            times = []
+            for _ in range(max(5, 400 // n)):
+                start = time.perf_counter()
+                call(model, batch)
+                times.append(time.perf_counter() - start)
+            figures[f"{target:g} x{n} ms"] = round(float(np.median(times)) * 1e3, 3)
+    return figures
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -325,8 +328,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['generator']}; tiers {results['tier_targets']} ({results['tiers_from']}); load average "
         f"before the run {results['load_average']}.",
         "",
-        f"In process, same pipeline: {results['in_process']['one_text_per_call_per_s']:,.0f} texts/s one "
-        f"at a time, {results['in_process']['batches_of_256_per_s']:,.0f} texts/s in batches of 256.",
+        "In process, ms per call (tier x rows): "
+        + ", ".join(f"{k.removesuffix(' ms')}: {v:.3f}" for k, v in results["in_process"].items())
+        + ".",
         "",
         "| server | offered/s | throughput/s | p50 ms | p99 ms | over SLO | mean batch | tier mix | early exit | CPU ms/req |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -355,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", type=int, nargs="+", help="offered rates (requests/s) instead of the scale's"
     )
     parser.add_argument("--seconds", type=int, help="seconds per rate instead of the scale's")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["one", "adaptive", "batching"], help="only these servers (first words)"
+    )
     parser.add_argument(
         "--data-scale", default="quick", choices=sorted(toxic.SIZES), help="toxic's train/calibration slices"
     )
@@ -389,12 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         "tier_targets": list(targets),
         **tier_info,
         "load_average": round(os.getloadavg()[0], 2),
+        "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
         "cpus": os.cpu_count(),
-        "in_process": in_process(pipeline, prepared.model, texts),
+        "in_process": in_process(pipeline, prepared.model, texts, targets),
         "modes": {},
     }
     _check_answers(served, pipeline, prepared.model, texts[:20], args.slo_ms)
     for name, mode in MODES:
+        if args.modes and name.split()[0] not in args.modes:
+            continue
         print(f"{name}:", flush=True)
         results["modes"][name] = measure_mode(served, mode, bodies, rates, seconds, args.slo_ms)
     (out / "serving.json").write_text(json.dumps(results, indent=2, default=float))

@@ -186,8 +186,14 @@ def test_scaler_steps_to_faster_tiers_under_load_and_back_when_it_falls():
     assert scaler.choose(300, 1.0, deadline, batch_size=100) == 0  # 30 ms: within the SLO, stays
     limited = AccuracyScaler(3, lowest=1, dwell=0)
     limited.observe(0, 10, 100.0)
-    limited.observe(1, 10, 100.0)
+    limited.observe(1, 10, 50.0)  # faster, still too slow; tier 2 (unknown) is below `lowest`
     assert [limited.choose(100, 0.0, 10.0, 10) for _ in range(3)] == [1, 1, 1]
+    slower = AccuracyScaler(2, dwell=0)  # the "faster" tier measured slower: no step, and back
+    slower.observe(0, 10, 100.0)
+    slower.observe(1, 10, 200.0)
+    assert slower.choose(100, 0.0, 10.0, 10) == 0
+    slower.current = 1
+    assert slower.choose(100, 0.0, 10.0, 10) == 0
     unknown = AccuracyScaler(2)
     assert unknown.choose(10_000, 1e6, 1.0, 10) == 0  # no latency model yet: no prediction, no step
 

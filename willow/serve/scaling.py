@@ -10,9 +10,9 @@ served):
     predicted_ms = max(oldest request's wait + latency of the first batch, time to drain the queue)
 
 When that exceeds the deadline (the SLO, or the head request's ``max_latency_ms``), it steps to
-the next faster tier, never past the least strict one declared. When the stricter tier above
-would meet the deadline with room to spare (predicted at most ``down_margin`` of it), it steps
-back. One step per decision and at least ``dwell`` batches at a tier between steps, so a single
+the next faster tier (unless that tier has measured no faster), never past the least strict one
+declared. When the stricter tier above would meet the deadline with room to spare (predicted at
+most ``down_margin`` of it), or has measured no slower than the current one, it steps back. One step per decision and at least ``dwell`` batches at a tier between steps, so a single
 slow batch does not make it flap and each tier's latency model sees batches before it is used.
 """
 
@@ -93,11 +93,17 @@ class AccuracyScaler:
         current = self.current
         if self._since_step > self.dwell and queued_rows > 0:
             here = self.predicted_ms(current, queued_rows, oldest_wait_ms, batch_size)
-            if current < self.lowest and here > deadline_ms:  # NaN (no model yet) compares False
+            faster = math.nan
+            if current < self.lowest:
+                faster = self.predicted_ms(current + 1, queued_rows, oldest_wait_ms, batch_size)
+            # A predicted miss (NaN, no model yet, compares False): try the next tier unless it
+            # measured no faster. Back up when the stricter tier would now meet the deadline with
+            # room to spare, or when it measured no slower than this one (nothing gained here).
+            if current < self.lowest and here > deadline_ms and not faster >= here:
                 self.current = current + 1
             elif current > 0:
                 stricter = self.predicted_ms(current - 1, queued_rows, oldest_wait_ms, batch_size)
-                if stricter <= deadline_ms * self.down_margin:
+                if stricter <= deadline_ms * self.down_margin or stricter <= here:
                     self.current = current - 1
             if self.current != current:
                 self._since_step = 0
