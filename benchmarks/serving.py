@@ -279,6 +279,11 @@ def measure_mode(
                     )
                     if batches
                     else 0.0,
+                    "mean_batch_ms": round(
+                        _delta(after, before, "willow_serve_batch_seconds_sum") * 1e3 / batches, 3
+                    )
+                    if batches
+                    else 0.0,
                     "tier_mix": {
                         t: round(n / max(1.0, sum(tiers.values())), 3) for t, n in tiers.items() if n
                     },
@@ -298,7 +303,7 @@ def _line(row: dict[str, Any]) -> str:
     mix = ", ".join(f"{t} {f:.0%}" for t, f in sorted(row["tier_mix"].items(), reverse=True))
     return (
         f"{row['throughput_per_s']:>7.0f} req/s  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-        f"over SLO {row['over_slo']:6.1%}  batch {row['mean_batch_rows']:5.1f}  tiers {mix}"
+        f"over SLO {row['over_slo']:6.1%}  batch {row['mean_batch_rows']:5.1f} rows {row['mean_batch_ms']:6.2f} ms  tiers {mix}"
     )
 
 
@@ -332,7 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k.removesuffix(' ms')}: {v:.3f}" for k, v in results["in_process"].items())
         + ".",
         "",
-        "| server | offered/s | throughput/s | p50 ms | p99 ms | over SLO | mean batch | tier mix | early exit | CPU ms/req |",
+        "| server | offered/s | throughput/s | p50 ms | p99 ms | over SLO | mean batch (rows, ms) | tier mix | early exit | CPU ms/req |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, rows in results["modes"].items():
@@ -341,10 +346,39 @@ def markdown(results: dict[str, Any]) -> str:
             early = "-" if r["early_exit"] is None else f"{r['early_exit']:.0%}"
             lines.append(
                 f"| {mode} | {r['offered_per_s']} | {r['throughput_per_s']:,.0f} | {r['p50_ms']:.1f} | "
-                f"{r['p99_ms']:.1f} | {r['over_slo']:.1%} | {r['mean_batch_rows']:.1f} | {mix} | {early} | "
+                f"{r['p99_ms']:.1f} | {r['over_slo']:.1%} | {r['mean_batch_rows']:.1f}, {r['mean_batch_ms']:.2f} | {mix} | {early} | "
                 f"{r['cpu_ms_per_request']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path | None:
+    """``serving.png``: throughput and p99 latency against the offered rate, one line per server."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in results["modes"].items():
+        offered = [r["offered_per_s"] for r in rows]
+        left.plot(offered, [r["throughput_per_s"] for r in rows], marker="o", label=name)
+        right.plot(offered, [r["p99_ms"] for r in rows], marker="o", label=name)
+    top = max((r["offered_per_s"] for rows in results["modes"].values() for r in rows), default=1)
+    left.plot([0, top], [0, top], color="0.6", lw=0.8, ls="--", label="offered")
+    right.axhline(results["slo_ms"], color="0.3", lw=0.8, ls="--", label="SLO")
+    right.set_yscale("log")
+    left.set(xlabel="offered requests/s", ylabel="answered requests/s", title="throughput")
+    right.set(xlabel="offered requests/s", ylabel="p99 latency (ms)", title="p99 latency")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.suptitle(f"willow.serve, {results['workload']}, one text per request")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "serving.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "serving.md").write_text(markdown(results))
     print(markdown(results))
-    print(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
+    picture = plot(results, out / "serving.png")
+    print(f"wrote {out / 'serving.json'}, {out / 'serving.md'}" + (f" and {picture}" if picture else ""))
     return 0
 
 
