@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", type=int, nargs="+", help="offered rates (requests/s) instead of the scale's"
     )
     parser.add_argument("--seconds", type=int, help="seconds per rate instead of the scale's")
+    parser.add_argument("--threaded", action="store_true", help="run batches in a worker thread")
     parser.add_argument(
         "--modes", nargs="+", choices=["one", "adaptive", "batching"], help="only these servers (first words)"
     )
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "tier_targets": list(targets),
         **tier_info,
         "load_average": round(os.getloadavg()[0], 2),
+        "batches_in": "a worker thread" if args.threaded else "the event loop's thread",
         "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
         "cpus": os.cpu_count(),
         "in_process": in_process(pipeline, prepared.model, texts, targets),
@@ -440,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.modes and name.split()[0] not in args.modes:
             continue
         print(f"{name}:", flush=True)
-        results["modes"][name] = measure_mode(served, mode, bodies, rates, seconds, args.slo_ms)
+        results["modes"][name] = measure_mode(
+            served, {**mode, "threaded": args.threaded}, bodies, rates, seconds, args.slo_ms
+        )
     (out / "serving.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "serving.md").write_text(markdown(results))
     print(markdown(results))

@@ -73,13 +73,17 @@ def client(fake):
 # ---------------------------------------------------------------------------- batching
 
 
-def test_batching_returns_each_requests_own_rows_in_order(fake):
-    """60 concurrent requests of 1-5 rows: one call per batch, each gets exactly its own rows."""
+@pytest.mark.parametrize("threaded", [False, True])
+def test_batching_returns_each_requests_own_rows_in_order(fake, threaded):
+    """60 concurrent requests of 1-5 rows: one call per batch, each gets exactly its own rows
+    (batches run in the event loop's thread, or in a worker thread)."""
     served = ServedPipeline(fake)
 
     async def scenario():
         batcher = AdaptiveBatcher(
-            lambda tier, key, rows: served.call(tier, rows, key), AIMDController(25, initial=16, fixed=True)
+            lambda tier, key, rows: served.call(tier, rows, key),
+            AIMDController(25, initial=16, fixed=True),
+            threaded=threaded,
         )
         requests = [[f"r{i}-{j}" for j in range(1 + i % 5)] for i in range(60)]
         answers = await asyncio.gather(

@@ -36,6 +36,7 @@ def create_app(
     max_batch_rows: int = 4096,
     budget_fraction: float = 0.5,
     warm_up: bool = True,
+    threaded: bool = False,
 ) -> Any:
     """A Starlette app serving ``served`` behind an adaptive batcher.
 
@@ -73,7 +74,7 @@ def create_app(
         metrics.batch(served.label(tier), rows, requests, queue_ms, service_ms, ok)
         metrics.state(controller.size, served.targets[batcher.current_tier])
 
-    batcher = AdaptiveBatcher(run, controller, scaler=scaler, on_batch=on_batch)
+    batcher = AdaptiveBatcher(run, controller, scaler=scaler, on_batch=on_batch, threaded=threaded)
 
     def answer(body: dict[str, Any], status: int, started: float | None = None) -> Response:
         metrics.request(status, None if started is None else time.perf_counter() - started)

@@ -134,8 +134,10 @@ class AdaptiveBatcher:
         *,
         scaler: Any = None,
         on_batch: Callable[..., None] | None = None,
+        threaded: bool = False,
     ) -> None:
         self._run = run
+        self.threaded = bool(threaded)
         self.controller = controller
         self.scaler = scaler
         self._on_batch = on_batch
@@ -157,13 +159,16 @@ class AdaptiveBatcher:
         """Start the batcher task (in the running event loop)."""
         if self._task is None:
             self._wake = asyncio.Event()
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="willow-batch")
+            if self.threaded:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="willow-batch")
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def run_in_worker(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` in the batch thread (e.g. a warm-up, so thread-local state such as
         OpenMP thread pools is set up where batches will run)."""
         await self.start()
+        if not self.threaded:
+            return function()
         return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     async def stop(self) -> None:
@@ -233,7 +238,10 @@ class AdaptiveBatcher:
             tier, batch, saturated = self._take_batch(started)
             rows = [row for pending in batch for row in pending.rows]
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, tier, batch[0].key, rows)
+                if self.threaded:
+                    outputs = await loop.run_in_executor(self._executor, self._run, tier, batch[0].key, rows)
+                else:
+                    outputs = self._run(tier, batch[0].key, rows)
                 error = None
             except Exception as exc:  # one batch fails; the server keeps serving the next
                 outputs, error = None, exc
