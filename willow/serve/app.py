@@ -45,7 +45,8 @@ def create_app(
     load (needs a pipeline with several tiers). The AIMD budget for a batch is ``budget_fraction``
     of the SLO (see :mod:`willow.serve.batching`). ``warm_up``: at startup, run every tier on the
     pipeline's ``example`` rows at a few batch sizes (:meth:`ServedPipeline.warm_up`), so that no
-    request waits for a kernel to compile or load.
+    request waits for a kernel to compile or load. ``threaded``: run batches in a worker thread
+    instead of the event loop's (see :mod:`willow.serve.batching` for why not by default).
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
