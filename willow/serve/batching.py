@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 __all__ = ["AIMDController", "AdaptiveBatcher", "BatchError", "Answer"]
 
 
@@ -80,7 +78,13 @@ class AIMDController:
 
     def p99_ms(self) -> float:
         """The p99 of the batch latencies observed at the current size (0 before any)."""
-        return float(np.percentile(self._latencies, 99)) if self._latencies else 0.0
+        if not self._latencies:
+            return 0.0
+        ordered = sorted(self._latencies)  # numpy's default (linear) percentile, without numpy's overhead
+        position = 0.99 * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
     def observe(self, rows: int, latency_ms: float, saturated: bool) -> str:
         """Record one batch and adapt the size; returns ``"decrease"``, ``"increase"`` or ``"hold"``."""
@@ -213,21 +217,25 @@ class AdaptiveBatcher:
             waiting_ms = (now - head.arrived) * 1e3
             current = self.scaler.choose(self._queued_rows, waiting_ms, head.deadline_ms, size)
         tier = head.tier if head.tier is not None else current
+        queue = self._queue
         batch: list[_Pending] = []
-        rest: deque[_Pending] = deque()
+        skipped: list[_Pending] = []  # requests that may not join this batch keep their places
         rows = 0
         saturated = False
-        for pending in self._queue:
-            joins = pending.key == head.key and (
+        while queue:
+            pending = queue[0]
+            joins = (pending.key is head.key or pending.key == head.key) and (
                 pending.tier == tier or (pending.tier is None and tier <= current)
             )
-            if joins and (not batch or rows + len(pending.rows) <= size) and not saturated:
-                batch.append(pending)
-                rows += len(pending.rows)
+            if not joins:
+                skipped.append(queue.popleft())
+            elif batch and rows + len(pending.rows) > size:
+                saturated = True
+                break
             else:
-                saturated = saturated or joins
-                rest.append(pending)
-        self._queue = rest
+                batch.append(queue.popleft())
+                rows += len(pending.rows)
+        queue.extendleft(reversed(skipped))
         self._queued_rows -= rows
         return tier, batch, saturated
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 from collections import deque
 
-import numpy as np
-
 __all__ = ["ServiceModel", "AccuracyScaler"]
 
 
@@ -33,10 +31,12 @@ class ServiceModel:
     def __init__(self, window: int = 64) -> None:
         self._rows: deque[int] = deque(maxlen=window)
         self._ms: deque[float] = deque(maxlen=window)
+        self._fit: tuple[float, float] | None = None  # (fixed_ms, per_row_ms), refitted lazily
 
     def observe(self, rows: int, latency_ms: float) -> None:
         self._rows.append(int(rows))
         self._ms.append(float(latency_ms))
+        self._fit = None
 
     @property
     def known(self) -> bool:
@@ -46,13 +46,21 @@ class ServiceModel:
         """Predicted latency (ms) of a batch of ``rows`` rows; NaN before any observation."""
         if not self._rows:
             return math.nan
-        n = np.asarray(self._rows, dtype=float)
-        ms = np.asarray(self._ms, dtype=float)
-        if np.ptp(n) == 0:  # one batch size seen: latency proportional to rows
-            return float(ms.mean() / n.mean() * rows)
-        slope = max(0.0, float(np.polyfit(n, ms, 1)[0]))
-        fixed = max(0.0, float(ms.mean() - slope * n.mean()))
-        return fixed + slope * rows
+        if self._fit is None:
+            self._fit = self._least_squares()
+        fixed, per_row = self._fit
+        return fixed + per_row * rows
+
+    def _least_squares(self) -> tuple[float, float]:
+        n = len(self._rows)
+        mean_rows = sum(self._rows) / n
+        mean_ms = sum(self._ms) / n
+        spread = sum((r - mean_rows) ** 2 for r in self._rows)
+        if spread == 0:  # one batch size seen: latency proportional to rows
+            return 0.0, mean_ms / mean_rows if mean_rows else 0.0
+        covariance = sum((r - mean_rows) * (m - mean_ms) for r, m in zip(self._rows, self._ms))
+        slope = max(0.0, covariance / spread)
+        return max(0.0, mean_ms - slope * mean_rows), slope
 
 
 class AccuracyScaler:
