@@ -9,6 +9,7 @@ queues, never on wall-clock time.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import re
 import threading
@@ -366,9 +367,10 @@ def served_fake() -> ServedPipeline:
 # ---------------------------------------------------------------------------- a real cascade
 
 
-def test_a_calibrated_willow_cascade_over_http():
+def test_a_calibrated_willow_cascade_over_http(tmp_path, monkeypatch):
     """The real path: a calibrated cascade (one tier) served from JSON records, exactly what the
-    pipeline itself returns, with the cascade's early exits counted in /metrics."""
+    pipeline itself returns, with the cascade's early exits counted in /metrics; and the same
+    plan saved and served again through the command line's ``--plan``."""
     from picklable import frame_cascade
 
     pipeline, model, test = frame_cascade(seed=7, cost_repeats=1, importance_repeats=1, compile=False)
@@ -386,3 +388,9 @@ def test_a_calibrated_willow_cascade_over_http():
     assert [s["predictions"][0] for s in singles] == pipeline(model, test.iloc[50:53]).tolist()
     assert "willow_serve_cascade_rows_total 53.0" in metrics
     assert "Cascade: approximate model on" in plan["explain"]
+    pipeline.save(tmp_path / "frame.willow")
+    monkeypatch.setattr(importlib.import_module("tests.test_serve"), "SERVED", served, raising=False)
+    reloaded = resolve_target("tests.test_serve:SERVED", plan=str(tmp_path / "frame.willow"))
+    assert reloaded.pipeline is not pipeline and reloaded.pipeline.is_calibrated
+    shape = reloaded.shape_of(records[:50])
+    assert reloaded.call(0, records[:50], shape) == response.json()["predictions"]
