@@ -1,9 +1,9 @@
 """``python -m benchmarks.serving [--quick] [--out DIR]``: the HTTP server under load (willow.serve).
 
-Calibrates the toxic pipeline (SMS spam, word + char TF-IDF -> LogisticRegression) with two
-accuracy tiers, serves it with :mod:`willow.serve` on uvicorn on 127.0.0.1 (in a thread of this
+Calibrates the toxic pipeline (SMS spam, word + char TF-IDF -> LogisticRegression; ``--workload
+credit``: UCI Adult, aggregate lookups -> LightGBM) with two accuracy tiers, serves it with :mod:`willow.serve` on uvicorn on 127.0.0.1 (in a thread of this
 process, which otherwise only waits), and drives it with ``wrk`` (a native load generator; Debian
-``apt-get install wrk``), one text per JSON request, at increasing offered rates, for three
+``apt-get install wrk``), one row (text) per JSON request, at increasing offered rates, for three
 servers: one pipeline call per request, adaptive batching (Clipper's AIMD), and adaptive
 batching with accuracy scaling (Proteus-style). It reports, per rate, the throughput, p50/p99
 latency, the fraction of requests over the SLO (timeouts and errors count as over), the tier mix,
@@ -39,7 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import toxic
+from benchmarks import credit, toxic
+from willow.rows import n_rows, take_rows
+from willow.serve.endpoint import json_default, output_rows
+
+WORKLOADS = {"toxic": toxic, "credit": credit}
 
 SCALES = {
     # rates (requests/s), seconds per rate
@@ -128,17 +132,18 @@ class _Tier:
 
 
 def calibrate_tiers(prepared: Any, targets: tuple[float, ...]) -> tuple[Any, dict[str, Any]]:
-    """The toxic pipeline with one tier per target (strictest first) and what each tier proved."""
+    """The workload's pipeline with one tier per target (strictest first) and what each tier proved."""
     from benchmarks.run import _calibrate
 
+    options = dict(prepared.optimize_options)
     try:
-        pipeline, seconds = _calibrate(prepared, {"accuracy_target": targets})
+        pipeline, seconds = _calibrate(prepared, {**options, "accuracy_target": targets})
         tiers = pipeline.tiers_
         info = {"tiers_from": "willow (one calibration)", "calibration_s": round(seconds, 1)}
     except (TypeError, ValueError, AttributeError):
         pipelines, seconds = {}, 0.0
         for target in targets:
-            pipelines[target], spent = _calibrate(prepared, {"accuracy_target": target})
+            pipelines[target], spent = _calibrate(prepared, {**options, "accuracy_target": target})
             seconds += spent
         pipeline = SeparateTiers(pipelines)
         tiers = pipeline.tiers_
@@ -307,14 +312,14 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
-def in_process(pipeline: Any, model: Any, texts: list[str], targets: tuple[float, ...]) -> dict[str, Any]:
-    """Each tier called in this process: ms per call for one text and for batches of 16 and 256
+def in_process(pipeline: Any, model: Any, rows: Any, targets: tuple[float, ...]) -> dict[str, Any]:
+    """Each tier called in this process: ms per call for one row and for batches of 16 and 256
     (medians of repeated calls), the figures the server's per-request costs compare with."""
     figures: dict[str, Any] = {}
     for target in targets:
         call = pipeline.tier(target) if hasattr(pipeline, "tier") else pipeline
         for n in (1, 16, 256):
-            batch = (texts * (n // len(texts) + 1))[:n]
+            batch = take_rows(rows, np.resize(np.arange(n_rows(rows)), n))
             call(model, batch)
             times = []
             for _ in range(max(5, 400 // n)):
@@ -327,7 +332,7 @@ def in_process(pipeline: Any, model: Any, texts: list[str], targets: tuple[float
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"# willow.serve under load: {results['workload']}, one text per request",
+        f"# willow.serve under load: {results['workload']}, one row per request",
         "",
         f"SLO {results['slo_ms']:g} ms; {results['seconds_per_rate']} s per offered rate; wrk, "
         f"{results['generator']}; tiers {results['tier_targets']} ({results['tiers_from']}); load average "
@@ -374,7 +379,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     right.set(xlabel="offered requests/s", ylabel="p99 latency (ms)", title="p99 latency")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
-    fig.suptitle(f"willow.serve, {results['workload']}, one text per request")
+    fig.suptitle(f"willow.serve, {results['workload']}, one row per request")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -398,8 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         "--modes", nargs="+", choices=["one", "adaptive", "batching"], help="only these servers (first words)"
     )
     parser.add_argument(
-        "--data-scale", default="quick", choices=sorted(toxic.SIZES), help="toxic's train/calibration slices"
+        "--data-scale",
+        default="quick",
+        choices=sorted(toxic.SIZES),
+        help="the workload's train/calibration slices",
     )
+    parser.add_argument("--workload", default="toxic", choices=sorted(WORKLOADS), help="default toxic")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error(
@@ -409,20 +418,21 @@ def main(argv: list[str] | None = None) -> int:
     rates, seconds = tuple(args.rates or rates), args.seconds or seconds
     from willow.serve import ServedPipeline
 
-    prepared = toxic.prepare(args.data_scale)
+    prepared = WORKLOADS[args.workload].prepare(args.data_scale)
     targets = tuple(sorted(args.targets, reverse=True))
-    print(f"calibrating toxic at {targets} ...", flush=True)
+    print(f"calibrating {args.workload} at {targets} ...", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipeline, tier_info = calibrate_tiers(prepared, targets)
     served = ServedPipeline(pipeline, prepared.model, example=prepared.test_rows[:2])
-    texts = [str(t) for t in prepared.test_rows]
+    rows = prepared.test_rows
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else [str(t) for t in rows]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = out / "serving_bodies.jsonl"
-    bodies.write_text("".join(json.dumps({"rows": [t]}) + "\n" for t in texts))
+    bodies.write_text("".join(json.dumps({"rows": [r]}, default=json_default) + "\n" for r in records))
     results: dict[str, Any] = {
-        "workload": "toxic",
+        "workload": args.workload,
         "slo_ms": args.slo_ms,
         "seconds_per_rate": seconds,
         "generator": subprocess.run(["wrk", "-v"], capture_output=True, text=True)
@@ -434,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         "batches_in": "a worker thread" if args.threaded else "the event loop's thread",
         "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
         "cpus": os.cpu_count(),
-        "in_process": in_process(pipeline, prepared.model, texts, targets),
+        "in_process": in_process(pipeline, prepared.model, rows, targets),
         "modes": {},
     }
-    _check_answers(served, pipeline, prepared.model, texts[:20], args.slo_ms)
+    _check_answers(
+        served, pipeline, prepared.model, take_rows(rows, np.arange(20)), records[:20], args.slo_ms
+    )
     for name, mode in MODES:
         if args.modes and name.split()[0] not in args.modes:
             continue
@@ -453,18 +465,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_answers(served: Any, pipeline: Any, model: Any, texts: list[str], slo_ms: float) -> None:
-    """The server answers exactly what the pipeline answers in process (strictest tier)."""
+def _check_answers(
+    served: Any, pipeline: Any, model: Any, rows: Any, records: list[Any], slo_ms: float
+) -> None:
+    """The server answers what the pipeline answers in process (strictest tier; floats to 1e-9)."""
     import httpx
 
     from willow.serve.app import create_app
 
-    expected = np.asarray(pipeline(model, texts)).tolist()
+    expected = output_rows(pipeline(model, rows), len(records))
     with ThreadedServer(create_app(served, slo_ms=slo_ms)) as server:
         got = [
-            httpx.post(f"{server.url}/predict", json={"rows": [t]}).json()["predictions"][0] for t in texts
+            httpx.post(
+                f"{server.url}/predict", content=json.dumps({"rows": [r]}, default=json_default)
+            ).json()["predictions"][0]
+            for r in records
         ]
-    if got != expected:
+    from benchmarks.run import _same
+
+    if not _same("", got, expected):
         raise AssertionError(f"The server's answers differ from the pipeline's: {got} vs {expected}.")
 
 
