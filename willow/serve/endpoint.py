@@ -84,10 +84,10 @@ def row_shape(rows: list[Any]) -> RowShape:
     if isinstance(first, dict):
         columns = tuple(first)
         for i, row in enumerate(rows):
-            if not isinstance(row, dict) or tuple(row) != columns:
+            if not isinstance(row, dict) or row.keys() != first.keys():
                 raise RequestError(
                     f"Row {i} is {_describe_row(row)}, but row 0 is an object with the keys "
-                    f"{list(columns)}; every row of a request must have the same keys, in the same order."
+                    f"{list(columns)}; every row of a request must have the same keys."
                 )
         return RowShape("records", columns=columns)
     if isinstance(first, list):
@@ -311,11 +311,16 @@ class ServedPipeline:
     # ------------------------------------------------------------------ calls
 
     def shape_of(self, rows: Any) -> RowShape:
-        """The shape of a request's rows, checked against ``example``'s when one was given."""
+        """The shape of a request's rows, checked against ``example``'s when one was given (objects
+        may list their keys in any order: the example's order is the frame's)."""
         shape = row_shape(rows)
         expected = self.shape
         if expected is not None and shape != expected:
-            if not (expected.kind == shape.kind == "scalars" and "null" in (expected.types, shape.types)):
+            same_keys = expected.kind == shape.kind == "records" and set(expected.columns) == set(
+                shape.columns
+            )
+            nulls = expected.kind == shape.kind == "scalars" and "null" in (expected.types, shape.types)
+            if not (same_keys or nulls):
                 raise RequestError(
                     f"{self.name} takes rows of {expected.describe()} as {self.row_arg!r}, got "
                     f"{shape.describe()}."
