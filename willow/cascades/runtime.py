@@ -9,6 +9,7 @@ state, so a generated function can serve several threads at once.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,17 @@ from willow.fingerprints import fingerprint
 from willow.rows import n_rows
 from willow.rows import take_rows as _take_rows
 
-__all__ = ["ServingRuntime", "ModelGuard", "with_original_errors"]
+__all__ = ["ServingRuntime", "ModelGuard", "with_original_errors", "early_exit_counts"]
+
+# Per thread: rows that reached a cascade's approximate model, and those it answered (read by
+# willow.serve around each batch; per thread, so concurrent callers do not mix their counts).
+_exits = threading.local()
+
+
+def early_exit_counts() -> tuple[int, int]:
+    """Cumulative ``(rows through a cascade's approximate model, rows it answered)`` in this
+    thread; the difference of two readings around a call is that call's early-exit count."""
+    return getattr(_exits, "rows", 0), getattr(_exits, "early", 0)
 
 
 def with_original_errors(function: Callable, original: Callable) -> Callable:
@@ -190,7 +201,10 @@ class ServingRuntime:
     @staticmethod
     def rows_below(confidence: np.ndarray, threshold: float) -> np.ndarray:
         """Positions of the rows the approximate model is not confident about."""
-        return np.flatnonzero(~(confidence >= threshold))
+        uncertain = np.flatnonzero(~(confidence >= threshold))
+        _exits.rows = getattr(_exits, "rows", 0) + confidence.shape[0]
+        _exits.early = getattr(_exits, "early", 0) + confidence.shape[0] - uncertain.shape[0]
+        return uncertain
 
     @staticmethod
     def take_rows(values: Any, rows: np.ndarray, expected_rows: int) -> Any:
