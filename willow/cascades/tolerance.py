@@ -238,11 +238,11 @@ class RegressionApproximateModel:
     def compile(self, lower: Any, X: Any | None = None, budget: Any = None) -> str:
         """Serve both models' ``predict`` with compiled kernels, each verified on ``X`` when
         given. Returns "" when both compiled, otherwise why one did not (it stays Python)."""
-        from willow.compiler.compile_pass import compile_budget_refusal
+        from willow.compiler.compile_budget import budget_refusal
 
         reasons = []
         for name, estimator in (("approximate", self.estimator_), ("error", self.error_model_)):
-            refusal = compile_budget_refusal(estimator, budget)
+            refusal = budget_refusal(estimator, budget)
             if refusal is None:
                 refusal, kernel = verified_kernel(
                     lambda estimator=estimator: lower(estimator, "predict"), X, X, estimator, "predict"
