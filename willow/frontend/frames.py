@@ -60,7 +60,7 @@ import pandas as pd
 from willow.frontend.context import UNRESOLVED, FrontEndContext
 from willow.frontend.frames_check import check_rewrite
 
-__all__ = ["split_frame_groups", "merged_frame"]
+__all__ = ["split_frame_groups", "merged_frame", "select_columns"]
 
 # Frame methods that return the same columns and rows (a copy) and so change no lineage.
 _NO_OP_METHODS = frozenset({"copy"})
@@ -160,12 +160,6 @@ def _assign(name: str, value: ast.expr, where: ast.stmt) -> ast.Assign:
     ast.copy_location(node, where)
     ast.fix_missing_locations(node)
     return node
-
-
-def _select(frame: ast.expr, columns: list[Any]) -> ast.Subscript:
-    return ast.Subscript(
-        value=frame, slice=ast.List(elts=[ast.Constant(c) for c in columns], ctx=ast.Load()), ctx=ast.Load()
-    )
 
 
 def _method(value: ast.expr, name: str, /, *args: ast.expr, **keywords: ast.expr) -> ast.Call:
@@ -614,7 +608,7 @@ class _Rewriter:
         for family in families:
             self._align(family, out, node)
             columns = [c for c in reads if source[c] is family]
-            parts.append(_select(_load(family.var), columns))
+            parts.append(self._pick(family, columns))
         joined = _Family(self.ctx.fresh_name(f"{column}_columns"), "derived", self.state, node.lineno)
         concat = ast.Call(
             func=self._pd("concat"),
@@ -765,7 +759,7 @@ class _Rewriter:
                 layout.extend(family.frame)
                 continue
             group = self.ctx.fresh_name(family.hint.removesuffix("_columns") + "_features")
-            out.append(_assign(group, _select(_load(family.var), owned), node))
+            out.append(_assign(group, self._pick(family, owned), node))
             elements.append(_load(group))
             self.group_names.append(group)
             layout.extend(owned)
@@ -781,6 +775,12 @@ class _Rewriter:
             # the stack is already the selected frame: the model reads it as it is
             statement = _Replace(holder, _load(stacked)).replace(node, statement)
             selected: ast.expr = _load(stacked)
+        elif len(set(layout)) == len(layout):
+            # the stack's columns are known: the user's selection is a take by position (a column
+            # list makes pandas 3 build an index engine of the labels at every call, ~5x slower)
+            positions = ast.List(elts=[ast.Constant(layout.index(c)) for c in columns], ctx=ast.Load())
+            selected = _method(_load(stacked), "take", positions, axis=ast.Constant(1))
+            statement = _Replace(holder, selected).replace(node, statement)
         else:
             for sub in ast.walk(statement):
                 if isinstance(sub, ast.Name) and sub.id == self.current and isinstance(sub.ctx, ast.Load):
@@ -792,6 +792,23 @@ class _Rewriter:
         }
         out.append(statement)
         return out
+
+    def _pick(self, family: _Family, columns: list[Any]) -> ast.expr:
+        """``family``'s frame restricted to ``columns``, in that order: a take by position where
+        the pass knows the frame's columns (a frame it built), else :func:`select_columns` (the
+        row input's columns are known only at serving)."""
+        known = family is not self.base and len(set(family.frame)) == len(family.frame)
+        if known and all(c in family.frame for c in columns):
+            positions = [ast.Constant(family.frame.index(c)) for c in columns]
+            return _method(
+                _load(family.var), "take", ast.List(elts=positions, ctx=ast.Load()), axis=ast.Constant(1)
+            )
+        labels = ast.List(elts=[ast.Constant(c) for c in columns], ctx=ast.Load())
+        return ast.Call(
+            func=self.ctx.bind(select_columns, "select_columns"),
+            args=[_load(family.var), labels],
+            keywords=[],
+        )
 
     # ------------------------------------------------------------------ verification
 
@@ -839,6 +856,17 @@ def merged_frame(values: np.ndarray, columns: list[str], dtypes: dict[str, str])
         keep = dtype is None or (missing and np.dtype(dtype).kind in "iu")
         data[column] = values[:, position] if keep else values[:, position].astype(dtype)
     return pd.DataFrame(data, columns=columns)
+
+
+def select_columns(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
+    """``frame[columns]`` (same columns, order, dtypes, values and index), as a take by position
+    when the frame's column labels are unique: under pandas 3 a label list builds an index engine
+    of the labels at every call, which costs more than the take itself."""
+    names = frame.columns.tolist()
+    positions = {name: i for i, name in enumerate(names)}
+    if len(positions) != len(names) or not all(c in positions for c in columns):
+        return frame[columns]  # duplicates select every copy; a missing label raises as pandas does
+    return frame.take([positions[c] for c in columns], axis=1)
 
 
 class _Replace:
