@@ -161,6 +161,12 @@ def one_family(model, df):
     return model.predict(df[["movie_mean", "movie_year"]])
 
 
+def reads_some_table_columns(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["votes_per_year"] = df["movie_votes"] / df["timestamp"]
+    return model.predict(df[["timestamp", "movie_votes", "votes_per_year"]])
+
+
 def rows(n, seed=1, index=None):
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
@@ -207,6 +213,7 @@ def assert_same(expected, found):
         in_model_order,
         willump_style,
         empty_guard,
+        reads_some_table_columns,
     ],
     ids=lambda f: f.__name__,
 )
@@ -256,6 +263,15 @@ def test_selections_of_known_frames_are_takes_by_position():
     assert ".take([" in source and "select_columns" in source  # (a fresh name: this module imports it)
     selection = [n for n in front.tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "X"]
     assert ast.unparse(selection[0].value).startswith("stacked.take(["), ast.unparse(selection[0])
+
+
+def test_a_merge_gathers_only_the_table_columns_read():
+    front = normalized(reads_some_table_columns, Passthrough(), rows(400))
+    source = ast.unparse(front.tree)
+    # movie_mean, movie_year and movie_score are never read: the lookup does not gather them, and
+    # only the int64 column read is given back its dtype
+    assert "drop(columns=['movieId', 'movie_mean', 'movie_year', 'movie_score'])" in source, source
+    assert "['movie_votes'], {'movie_votes': 'int64'})" in source, source
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,10 @@ class _Family:
     hint: str = ""  # the name each version is derived from
     frame: list[Any] = field(default_factory=list)  # the columns its frame holds, in order (not known
     # for the input family: the row frame's own columns at serving)
+    read: set[Any] = field(default_factory=set)  # its columns the rewritten function reads
+    picked: bool = False  # a selection by position was written: its frame's layout is fixed
+    # a merge in the float form: (its drop call, its column labels, its dtypes to restore or None)
+    lookup: tuple[ast.Call, ast.List, ast.Dict | None] | None = None
 
     def __post_init__(self) -> None:
         self.hint = self.hint or self.var
@@ -464,6 +468,7 @@ class _Rewriter:
             dropped = _method(merged, "drop", columns=ast.Constant(key))
             values = _method(dropped, "to_numpy", dtype=_load("float"))
             labels = ast.List(elts=[ast.Constant(c) for c in added], ctx=ast.Load())
+            dtypes = None
             if restore:
                 dtypes = ast.Dict(
                     keys=[ast.Constant(c) for c in restore],
@@ -484,6 +489,8 @@ class _Rewriter:
             value = merged
         out.append(_assign(family.var, value, node))
         family.frame = list(added) if value is not merged else [key, *added]
+        if value is not merged:
+            family.lookup = (dropped, labels, dtypes)
         self.families.append(family)
         for column in added:
             self.columns[column] = family
@@ -517,6 +524,8 @@ class _Rewriter:
             if not isinstance(column, str):
                 raise _Refuse(f"column {column!r} is not a string", node.lineno)
             source = before if frame_name is not None else self.columns
+            for c in reads:
+                source[c].read.add(c)
             families = []
             for c in reads:
                 if source[c] not in families:
@@ -662,6 +671,7 @@ class _Rewriter:
     def _key_frame(self, owner: _Family, key: str, node: ast.stmt, out: list[ast.stmt]) -> ast.Name:
         """A one-column frame of the merge key (``frame[key].to_frame()``: what ``frame[[key]]``
         holds, several times cheaper in pandas), made once per frame version and key."""
+        owner.read.add(key)
         name = self.key_frames.get((owner.var, key))
         if name is None:
             name = self.ctx.fresh_name(f"{owner.hint.removesuffix('_columns')}_{key}")
@@ -747,6 +757,10 @@ class _Rewriter:
         self.group_names = []
         elements = []
         for family in order:
+            family.read.update(c for c in columns if self.columns[c] is family)
+        for family in self.families:
+            self._narrow(family)
+        for family in order:
             self._align(family, out, node)
             owned = []
             for c in columns:
@@ -793,10 +807,31 @@ class _Rewriter:
         out.append(statement)
         return out
 
+    def _narrow(self, family: _Family) -> None:
+        """Drop from a float-form merge the table columns nothing reads: the compiled lookup then
+        gathers only the columns used, and the group is the merged frame itself (no selection).
+        Only for a merge frame that nothing was assigned into and that no take by position reads."""
+        if family.lookup is None or family.picked or not family.read:
+            return
+        dropped, labels, dtypes = family.lookup
+        added = [e.value for e in labels.elts]  # type: ignore[attr-defined]
+        if family.frame != added or set(added) <= family.read:
+            return
+        unread = [c for c in added if c not in family.read]
+        key = dropped.keywords[0].value.value  # type: ignore[attr-defined]
+        dropped.keywords[0].value = ast.List(elts=[ast.Constant(c) for c in [key, *unread]], ctx=ast.Load())
+        labels.elts = [ast.Constant(c) for c in added if c in family.read]
+        if dtypes is not None:
+            kept = [(k, v) for k, v in zip(dtypes.keys, dtypes.values) if k.value in family.read]  # type: ignore[union-attr]
+            dtypes.keys, dtypes.values = [k for k, _ in kept], [v for _, v in kept]
+        family.frame = [c for c in added if c in family.read]
+
     def _pick(self, family: _Family, columns: list[Any]) -> ast.expr:
         """``family``'s frame restricted to ``columns``, in that order: a take by position where
         the pass knows the frame's columns (a frame it built), else :func:`select_columns` (the
         row input's columns are known only at serving)."""
+        family.read.update(columns)
+        family.picked = True
         known = family is not self.base and len(set(family.frame)) == len(family.frame)
         if known and all(c in family.frame for c in columns):
             positions = [ast.Constant(family.frame.index(c)) for c in columns]
