@@ -167,6 +167,14 @@ def reads_some_table_columns(model, df):
     return model.predict(df[["timestamp", "movie_votes", "votes_per_year"]])
 
 
+def consecutive_columns(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["late"] = df["timestamp"] > 5.0
+    df["double"] = df["timestamp"] * 2.0
+    df["late_double"] = df["double"] + df["late"]  # reads the column before: a call of its own
+    return model.predict(df[["movie_mean", "late", "double", "late_double"]])
+
+
 def rows(n, seed=1, index=None):
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
@@ -214,6 +222,7 @@ def assert_same(expected, found):
         willump_style,
         empty_guard,
         reads_some_table_columns,
+        consecutive_columns,
     ],
     ids=lambda f: f.__name__,
 )
@@ -272,6 +281,14 @@ def test_a_merge_gathers_only_the_table_columns_read():
     # only the int64 column read is given back its dtype
     assert "drop(columns=['movieId', 'movie_mean', 'movie_year', 'movie_score'])" in source, source
     assert "['movie_votes'], {'movie_votes': 'int64'})" in source, source
+
+
+def test_consecutive_columns_are_one_assign_call():
+    front = normalized(consecutive_columns, Passthrough(), rows(400))
+    calls = [ast.unparse(n.value) for n in front.tree.body if ".assign(" in ast.unparse(n)]
+    assert len(calls) == 2, calls
+    assert calls[0].startswith("df_columns.assign(late=df_columns['timestamp'] > 5.0, double="), calls
+    assert "late_double=" in calls[1], calls
 
 
 @pytest.mark.parametrize(

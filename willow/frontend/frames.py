@@ -228,6 +228,7 @@ class _Rewriter:
                     return None  # the model reads the row frame itself: nothing to split
                 original_prefix = body[: body.index(node)]
                 out.extend(selection)
+                out = _fuse_assigns(out, body[body.index(node) + 1 :])
                 rewritten_prefix = out[:-1]
                 selection_done = True
                 continue
@@ -891,6 +892,87 @@ def merged_frame(values: np.ndarray, columns: list[str], dtypes: dict[str, str])
         keep = dtype is None or (missing and np.dtype(dtype).kind in "iu")
         data[column] = values[:, position] if keep else values[:, position].astype(dtype)
     return pd.DataFrame(data, columns=columns)
+
+
+def _assign_call(node: ast.stmt) -> tuple[str, str, ast.Call] | None:
+    """``(target, frame, call)`` for ``target = frame.assign(name=expr, ...)``."""
+    if not (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and node.value.func.attr == "assign"
+        and isinstance(node.value.func.value, ast.Name)
+        and not node.value.args
+        and all(k.arg is not None for k in node.value.keywords)
+    ):
+        return None
+    return node.targets[0].id, node.value.func.value.id, node.value
+
+
+def _column_reads(expr: ast.expr, frame: str) -> list[Any] | None:
+    """The columns ``expr`` reads from the name ``frame`` (``frame["c"]``, ``frame.c``), or
+    ``None`` when it uses the name any other way."""
+    reads: list[Any] = []
+    allowed: set[int] = set()
+    for sub in ast.walk(expr):
+        if isinstance(sub, (ast.Subscript, ast.Attribute)) and isinstance(sub.value, ast.Name):
+            if sub.value.id != frame:
+                continue
+            if isinstance(sub, ast.Attribute):
+                reads.append(sub.attr)
+            elif isinstance(sub.slice, ast.Constant):
+                reads.append(sub.slice.value)
+            else:
+                return None
+            allowed.add(id(sub.value))
+    if any(isinstance(n, ast.Name) and n.id == frame and id(n) not in allowed for n in ast.walk(expr)):
+        return None
+    return reads
+
+
+def _fuse_assigns(statements: list[ast.stmt], rest: list[ast.stmt]) -> list[ast.stmt]:
+    """Fuse ``b = a.assign(x=e1)`` followed by ``c = b.assign(y=e2)`` into ``c = a.assign(x=e1,
+    y=e2')`` (``e2'`` reads ``a`` where ``e2`` read ``b``) when nothing else reads ``b`` and ``e2``
+    reads no column the first call assigns: the same frame, one pandas ``assign`` (a frame copy
+    and a column insertion, ~0.2 ms) less. A lambda sees the frame as built so far in both forms.
+    ``rest`` are the statements after these (they must not read ``b`` either)."""
+    out: list[ast.stmt] = []
+    for node in statements:
+        second = _assign_call(node)
+        first = _assign_call(out[-1]) if out and second is not None else None
+        if first is None or second is None or second[1] != first[0]:
+            out.append(node)
+            continue
+        middle, source, call = first
+        assigned = {k.arg for k in call.keywords}
+        keywords = second[2].keywords
+        uses = sum(
+            1
+            for stmt in [*statements, *rest]
+            for n in ast.walk(stmt)
+            if isinstance(n, ast.Name) and n.id == middle and isinstance(n.ctx, ast.Load)
+        )
+        reads = [_column_reads(k.value, middle) for k in keywords]
+        if (
+            any(r is None or assigned & set(r) for r in reads)
+            or uses != 1 + sum(len(r) for r in reads)  # type: ignore[arg-type]
+            or assigned & {k.arg for k in keywords}
+        ):
+            out.append(node)
+            continue
+        fused_keywords = [*call.keywords]
+        for keyword in keywords:
+            fused_keywords.append(
+                ast.keyword(
+                    arg=keyword.arg, value=_Rename(middle, source).visit(copy.deepcopy(keyword.value))
+                )
+            )
+        fused = ast.Assign(targets=[_store(second[0])], value=_method(_load(source), "assign"))
+        fused.value.keywords = fused_keywords  # type: ignore[attr-defined]
+        out[-1] = ast.fix_missing_locations(ast.copy_location(fused, out[-1]))
+    return out
 
 
 def select_columns(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
