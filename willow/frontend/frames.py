@@ -27,6 +27,13 @@ the stack is already in its order)::
     stacked = pd.concat([user_table_columns, ..., df_columns[["timestamp", "recent"]]], axis=1)
     return model.predict(stacked[FEATURES])
 
+What the rewritten function runs is kept to few pandas calls, since at serving sizes each costs
+more than the arithmetic (pandas 3 builds an index engine of a label list at every ``df[cols]``):
+frames the pass built are selected by position (``.take([...], axis=1)``, the stack too), the row
+input's frame through :func:`select_columns` (a take when its labels are unique); a float-form
+merge drops the table columns nothing reads, so the lookup gathers only those read; consecutive
+``assign`` calls on one frame are fused into one when the second reads nothing the first adds.
+
 A merge of a table whose columns are all numeric (float, or integers within 53 bits) is written
 in the float form the lookup lowering compiles (:mod:`willow.compiler.lowering.lookups`), with
 :func:`merged_frame` giving back the dtypes pandas' merge gives (integers stay integers when every
