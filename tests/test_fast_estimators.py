@@ -107,7 +107,7 @@ STACKER = LogisticRegression().fit(_rng.random((60, 2)), (_rng.random(60) > 0.5)
 
 def stacked(X, models, other):
     first = per_partition(X, models)
-    second = per_partition(X, other)
+    second = per_partition(X, models=other)  # by keyword too
     return STACKER.predict_proba(np.hstack([first, second]))
 
 
@@ -121,7 +121,8 @@ def test_helper_receives_views_and_serves_the_original_outputs():
     other = (MODELS["nb"], MODELS["mlp"])
     pipeline = willow.optimize(require_faster=False, accuracy_target=0.9)(stacked)
     pipeline.calibrate(_rows(400, 1), models, other)
-    assert "receives `models" in pipeline.explain()
+    explained = pipeline.explain()
+    assert "receives `models" in explained and "receives `other" in explained, explained
     for X in (_rows(50, 2), _rows(1, 3)):
         # the helpers' outputs are exact (above); the stacker is willow's compiled linear model,
         # equal to scikit-learn's to rounding (summation order)

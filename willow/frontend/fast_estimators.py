@@ -250,7 +250,9 @@ def fast_opaque_estimators(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.F
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call) or not _user_helper(ctx.resolve(call.func), ctx):
             continue
-        for position, arg in enumerate(call.args):
+        slots = [(call.args, position, arg) for position, arg in enumerate(call.args)]
+        slots += [(keyword, None, keyword.value) for keyword in call.keywords]
+        for holder, position, arg in slots:
             if not (isinstance(arg, ast.Name) and arg.id in guarded and arg.id in ctx.bindings):
                 continue
             if arg.id not in made:
@@ -263,5 +265,9 @@ def fast_opaque_estimators(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.F
                     "whose predict_proba skips scikit-learn's input checks on plain float64 rows (same "
                     "outputs, checked on probe rows)"
                 )
-            call.args[position] = ast.copy_location(ast.Name(id=made[arg.id].id, ctx=ast.Load()), arg)
+            view = ast.copy_location(ast.Name(id=made[arg.id].id, ctx=ast.Load()), arg)
+            if position is None:
+                holder.value = view  # type: ignore[union-attr]
+            else:
+                holder[position] = view  # type: ignore[index]
     return tree
