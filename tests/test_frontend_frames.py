@@ -19,7 +19,7 @@ from lightgbm import LGBMClassifier
 import willow
 from willow.compiler.tracing import trace_pipeline
 from willow.frontend.driver import normalize
-from willow.frontend.frames import split_frame_groups
+from willow.frontend.frames import select_columns, split_frame_groups
 
 PASSES = [("frames", split_frame_groups)]
 _rng = np.random.default_rng(0)
@@ -161,6 +161,20 @@ def one_family(model, df):
     return model.predict(df[["movie_mean", "movie_year"]])
 
 
+def reads_some_table_columns(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["votes_per_year"] = df["movie_votes"] / df["timestamp"]
+    return model.predict(df[["timestamp", "movie_votes", "votes_per_year"]])
+
+
+def consecutive_columns(model, df):
+    df = df.merge(MOVIE_TABLE, on="movieId", how="left")
+    df["late"] = df["timestamp"] > 5.0
+    df["double"] = df["timestamp"] * 2.0
+    df["late_double"] = df["double"] + df["late"]  # reads the column before: a call of its own
+    return model.predict(df[["movie_mean", "late", "double", "late_double"]])
+
+
 def rows(n, seed=1, index=None):
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
@@ -207,6 +221,8 @@ def assert_same(expected, found):
         in_model_order,
         willump_style,
         empty_guard,
+        reads_some_table_columns,
+        consecutive_columns,
     ],
     ids=lambda f: f.__name__,
 )
@@ -246,6 +262,55 @@ def test_tracing_the_normalized_function_gives_one_group_per_family():
     lines = {node.lineno for node in front.tree.body}
     first = whole_frame.__code__.co_firstlineno
     assert lines <= set(range(first, first + 8))
+
+
+def test_selections_of_known_frames_are_takes_by_position():
+    """pandas 3 builds an index engine for a label list at every call: the frames the pass built
+    (and the stack) are selected by position, the row input's frame through select_columns."""
+    front = normalized(whole_frame, Passthrough(), rows(400))
+    source = ast.unparse(front.tree)
+    assert ".take([" in source and "select_columns" in source  # (a fresh name: this module imports it)
+    selection = [n for n in front.tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "X"]
+    assert ast.unparse(selection[0].value).startswith("stacked.take(["), ast.unparse(selection[0])
+
+
+def test_a_merge_gathers_only_the_table_columns_read():
+    front = normalized(reads_some_table_columns, Passthrough(), rows(400))
+    source = ast.unparse(front.tree)
+    # movie_mean, movie_year and movie_score are never read: the lookup does not gather them, and
+    # only the int64 column read is given back its dtype
+    assert "drop(columns=['movieId', 'movie_mean', 'movie_year', 'movie_score'])" in source, source
+    assert "['movie_votes'], {'movie_votes': 'int64'})" in source, source
+
+
+def test_consecutive_columns_are_one_assign_call():
+    front = normalized(consecutive_columns, Passthrough(), rows(400))
+    calls = [ast.unparse(n.value) for n in front.tree.body if ".assign(" in ast.unparse(n)]
+    assert len(calls) == 2, calls
+    assert calls[0].startswith("df_columns.assign(late=df_columns['timestamp'] > 5.0, double="), calls
+    assert "late_double=" in calls[1], calls
+
+
+@pytest.mark.parametrize(
+    ("frame", "columns"),
+    [
+        (pd.DataFrame({"a": [1, 2], "b": ["x", None], "c": [np.nan, 1.5]}, index=[7, 7]), ["c", "a"]),
+        (pd.DataFrame({"a": [1.0], "b": [2.0]}), ["b", "b", "a"]),  # a label twice
+        (pd.DataFrame(np.zeros((0, 3)), columns=["a", "b", "c"]), ["b"]),  # 0 rows
+        (pd.DataFrame([[1, 2, 3]], columns=["a", "a", "b"]), ["a", "b"]),  # duplicated label
+        (pd.DataFrame({1: [1.0], "1": [2.0]}), ["1", 1]),  # an int and a str label
+    ],
+)
+def test_select_columns_is_the_label_selection(frame, columns):
+    pd.testing.assert_frame_equal(select_columns(frame, columns), frame[columns], check_exact=True)
+
+
+def test_select_columns_raises_as_pandas_on_a_missing_label():
+    frame = pd.DataFrame({"a": [1.0]})
+    with pytest.raises(KeyError, match="zz"):
+        frame[["a", "zz"]]
+    with pytest.raises(KeyError, match="zz"):
+        select_columns(frame, ["a", "zz"])
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from willow.frontend.arguments import bind_argument_reads
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard, TypeGuard
 from willow.frontend.elements import bind_element_reads
+from willow.frontend.fast_estimators import fast_opaque_estimators
 from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
 from willow.frontend.model_kwargs import drop_neutral_model_kwargs
@@ -123,6 +124,7 @@ def normalize(
             ) from exc
         ctx.locals_ = _assigned_names(rewritten)
     rewritten = bind_argument_reads(rewritten, ctx, tree)
+    rewritten = fast_opaque_estimators(rewritten, ctx)  # needs the argument bindings
     changed = ast.dump(rewritten) != ast.dump(tree) or bool(ctx.bindings)
     function = build_function(rewritten, fn, ctx.bindings, filename) if changed else fn
     return FrontEnd(
