@@ -32,6 +32,8 @@ from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
+from willow.early_exit import planner as early_exit_planner
+from willow.early_exit.planner import consider_model_cascade
 from willow.errors import (
     ModelChangedWarning,
     NotCalibratedError,
@@ -362,7 +364,8 @@ class OptimizedPipeline:
             cascade_options = replace(self._options(), compile="eager")
 
             def job() -> Any:
-                return calibrate_cascade(graph, fn, arguments, y, cascade_options)
+                result = calibrate_cascade(graph, fn, arguments, y, cascade_options)
+                return consider_model_cascade(result, fn, arguments, cascade_options)
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -410,7 +413,9 @@ class OptimizedPipeline:
         try:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
-            result = calibrate_cascade(graph, fn, arguments, y, self._options())
+            result = consider_model_cascade(
+                calibrate_cascade(graph, fn, arguments, y, self._options()), fn, arguments, self._options()
+            )
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
@@ -606,6 +611,7 @@ class OptimizedPipeline:
             ]
             return "\n".join(lines)
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
+        lines += early_exit_planner.explain_lines(self._compilation if self._serving else None)
         if self.query != "topk":
             lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
@@ -692,6 +698,8 @@ class OptimizedPipeline:
                 model_fingerprint=self._fingerprint,
                 compiled=self._compilation.recipes if self._compilation and self._serving else [],
             )
+            if self._serving:
+                state.update(early_exit_planner.saved_state(self._compilation))
         return state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -943,7 +951,9 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
     if state["compiled"]:
         from willow.compiler.lowering import lower
 
-        compilation = apply_compilation(graph, state["compiled"], lower, original)
+        compilation = early_exit_planner.restore(
+            apply_compilation(graph, state["compiled"], lower, original), state
+        )
         graph = compilation.graph
         approximate = state["approximate"]
         if plan.cascade and compilation.fused is not None and getattr(approximate, "fuse_on_load", False):
