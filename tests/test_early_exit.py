@@ -54,6 +54,12 @@ def _models() -> dict[str, tuple[object, bool]]:
             sk_ensemble.GradientBoostingClassifier(**{**GB, "n_estimators": 8}).fit(X_FINITE, YF_MULTI),
             False,
         ),
+        "hgb_binary_cat": (
+            sk_ensemble.HistGradientBoostingClassifier(
+                max_iter=15, max_leaf_nodes=5, categorical_features=[CAT], random_state=0
+            ).fit(X_TRAIN, Y_BIN),
+            True,
+        ),
         "rf_multiclass": (
             sk_ensemble.RandomForestClassifier(n_estimators=12, max_depth=3, random_state=0).fit(
                 X_TRAIN, Y_MULTI
@@ -102,7 +108,8 @@ def test_partial_scores_are_the_library_prefix_sums(staged, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["lgb_binary_cat", "lgb_multiclass", "gb_binary", "gb_multiclass", "rf_multiclass"]
+    "name",
+    ["lgb_binary_cat", "lgb_multiclass", "gb_binary", "gb_multiclass", "hgb_binary_cat", "rf_multiclass"],
 )
 def test_exact_exits_give_the_library_outputs(staged, name):
     model, stages, X = staged[name]
@@ -197,10 +204,13 @@ def test_plan_round_trips_and_rebuilds(staged):
         ModelCascade.from_plan(other, "predict", plan, **BUILD)
 
 
-def test_too_few_rows_to_prove_the_target(staged):
+def test_too_few_rows_or_no_classes_are_refused(staged):
     model, stages, X = staged["gb_binary"]
     with pytest.raises(CalibrationError, match="Too few calibration rows"):
         calibrate_early_exit(model, X[:40], accuracy_target=0.99, staged=stages)
+    regressor = sk_ensemble.GradientBoostingRegressor(n_estimators=2, max_depth=1).fit(X_FINITE, YF_BIN)
+    with pytest.raises(TypeError, match="expected a fitted classifier"):
+        calibrate_early_exit(regressor, X, accuracy_target=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from willow.cascades.bounds import clopper_pearson_lower
 from willow.cascades.duplicates import row_groups
 from willow.cascades.splits import cut_distinct
 from willow.cascades.threshold import allowed_disagreements
+from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import SMALL_BATCH_ROWS
 from willow.compiler.profiling import interleaved_seconds
 from willow.early_exit.plan import EarlyExitPlan
@@ -159,12 +160,23 @@ def _exits(stages: _Stages, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _tune(
-    stages: _Stages, accuracy_target: float, confidence: float, holdout_rows: int, pass_probability: float
+    stages: _Stages,
+    accuracy_target: float,
+    confidence: float,
+    holdout_rows: int,
+    pass_probability: float,
+    rate_level: float,
 ) -> np.ndarray:
     """Per-stage thresholds: for each profile of :data:`PROFILES`, the smallest ``lambda`` of
     :data:`LAMBDAS` whose thresholds meet the target on the tune rows and are likely to pass the
     holdout proof; the profile needing the fewest trees per row wins. All ``inf`` (exact exits
-    only) when none qualifies."""
+    only) when none qualifies.
+
+    "Likely to pass", as in :func:`~willow.cascades.threshold.tune_threshold`: taking the
+    disagreement rate as its upper ``rate_level`` Clopper-Pearson bound on the tune rows, the
+    holdout bound reaches the target with probability ``pass_probability``. The caller raises
+    ``rate_level`` with the number of candidates compared on the same tune rows (Bonferroni):
+    the one that looks best there is the one whose tune rows flattered it most."""
     none = np.full(len(stages.sigma), np.inf)
     if accuracy_target >= 1.0 or not len(stages.sigma):
         return none
@@ -180,9 +192,7 @@ def _tune(
             agreements = int(agrees.sum())
             if clopper_pearson_lower(agreements, n, confidence) < accuracy_target:
                 continue
-            # as tune_threshold: the disagreement rate at its upper 90% bound must still be
-            # likely (pass_probability) to leave the holdout bound above the target
-            rate = 1.0 - float(clopper_pearson_lower(agreements, n, 0.9))
+            rate = 1.0 - float(clopper_pearson_lower(agreements, n, rate_level))
             if allowed >= 0 and binom.cdf(allowed, holdout_rows, rate) >= pass_probability:
                 trees = float(stops[first].mean())
                 if trees < best_trees:
@@ -219,12 +229,18 @@ def calibrate_early_exit(
     are tuned on ``tune_fraction`` of the distinct rows and the plan is proven on the rest.
     ``options`` go to :func:`~willow.early_exit.staged.stage_tree_model` (unless ``staged`` is
     given). Raises :class:`~willow.errors.CalibrationError` when the holdout part is too small
-    to prove the target.
+    to prove the target, :class:`~willow.compiler.lowering.base.NotLowerable` (a ``TypeError``)
+    for a model without ``classes_`` or one the tree lowering does not support.
     """
     if not 0.0 < accuracy_target <= 1.0:
         raise ValueError(f"accuracy_target must be in (0, 1], got {accuracy_target!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}.")
+    if getattr(model, "classes_", None) is None:
+        raise NotLowerable(
+            f"Early exit decides classes: expected a fitted classifier with classes_, got "
+            f"{type(model).__name__}. Regression ensembles (and bare Boosters) run every tree."
+        )
     if staged is None:
         staged = stage_tree_model(model, method, **options)
     n = n_rows(X)
@@ -243,10 +259,12 @@ def calibrate_early_exit(
     candidates = list(dict.fromkeys(c for c in candidates if len(c) > 1)) or [(staged.n_trees,)]
     all_stops = sorted({stop for c in candidates for stop in c})
     partial = dict(zip(all_stops, staged.partial_scores(X_tune, all_stops)))
+    # tune_threshold's 90% level, split among every (schedule, profile) compared on the tune rows
+    rate_level = 1.0 - 0.1 / (len(candidates) * len(PROFILES))
     tuned, costs = [], []
     for stops in candidates:
         stages = _stages(staged, stops, partial)
-        thresholds = _tune(stages, accuracy_target, confidence, len(holdout), pass_probability)
+        thresholds = _tune(stages, accuracy_target, confidence, len(holdout), pass_probability, rate_level)
         tuned.append((stops, tuple(float(t) for t in thresholds)))
         costs.append(_cost(stages, thresholds))
     best = tuned[int(np.argmin(costs))]

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numba
 import numpy as np
 
 from willow.compiler.lowering import chunks
@@ -92,7 +93,7 @@ class StagedTreeModel:
 
     ``stops``: trees evaluated after each stage, increasing, the last one every tree (requested
     stops are rounded up to the end of a kernel group). ``thresholds`` (one per stage but the
-    last; set by :meth:`with_thresholds`): a row exits after stage ``s`` when the exact rule
+    last; set by :meth:`with_stages`): a row exits after stage ``s`` when the exact rule
     proves its decision or its margin exceeds ``thresholds[s]``. ``model(X)`` returns what the
     lowered ``model.method(X)`` returns; ``model.run(X)`` also says at which stage each row left.
     """
@@ -223,34 +224,80 @@ class StagedTreeModel:
         return out, stage
 
     def _run_chunk(self, data: np.ndarray, out: np.ndarray, stage: np.ndarray) -> None:
-        """Evaluate ``data`` stage by stage into ``out`` (raw, before the divisor) and ``stage``."""
-        active = np.arange(data.shape[0])
-        rows = data
-        scores = np.empty((data.shape[0], self.ensemble.n_outputs))
+        """Evaluate ``data`` stage by stage into ``out`` (raw, before the divisor) and ``stage``.
+
+        The rows still running are kept at the front of ``buffer`` (a copy made at the first
+        exit: ``data`` is the caller's), so every stage's kernels read one C-ordered prefix."""
+        n = data.shape[0]
+        active = np.arange(n)
+        rows, buffer = data, None
+        scores = np.empty((n, self.ensemble.n_outputs))
         scores[:] = self._base
-        group = 0
+        group, m = 0, n
         last = len(self.stops) - 1
         for s, stop in enumerate(self.stops):
             while group < len(self.groups) and self.groups[group].stop <= stop:
-                self._kernels[group](rows, scores)
+                self._kernels[group](rows, scores[:m])
                 group += 1
             if s == last:
-                out[active] = scores
-                stage[active] = s
+                out[active[:m]] = scores[:m]
+                stage[active[:m]] = s
                 return
-            leave = self.exact_exits(scores, stop)
-            threshold = self.thresholds[s]
-            estimate = scores + self.center(stop)
-            if np.isfinite(threshold):
-                leave |= margins(estimate) > threshold
-            if leave.any():
-                gone = active[leave]
-                out[gone] = estimate[leave]
-                stage[gone] = s
-                keep = ~leave
-                active, rows, scores = active[keep], rows[keep], scores[keep]
-                if active.size == 0:
-                    return
+            if buffer is None:
+                buffer = np.empty_like(data)
+            m = _exit_rows(
+                rows, buffer, scores, active, m, out, stage, s, self._rest_low[stop], self._rest_high[stop],
+                self.guard, self.thresholds[s], rows is data,
+            )  # fmt: skip
+            rows = buffer[:m]
+            if m == 0:
+                return
+
+
+@numba.njit(cache=True, nogil=True)
+def _exit_rows(rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, fresh):
+    """One stage's exits over the first ``m`` running rows: a leaving row's estimate goes to
+    ``out[active[i]]`` and ``s`` to ``stage[active[i]]``; the others move to the front of
+    ``buffer``, ``scores`` and ``active`` (in order; ``fresh``: ``rows`` is not yet ``buffer``'s
+    prefix, so every kept row is copied). Returns how many still run. The same rules
+    as :meth:`StagedTreeModel.exact_exits` and :func:`margins`, row by row."""
+    width = scores.shape[1]
+    kept = 0
+    for i in range(m):
+        leave = False
+        if width == 1:
+            p = scores[i, 0]
+            estimate = p + (rest_low[0] + rest_high[0]) / 2.0
+            leave = p + rest_low[0] > guard or p + rest_high[0] < -guard or abs(estimate) > threshold
+        else:
+            top = 0
+            for c in range(1, width):
+                if scores[i, c] + rest_low[c] > scores[i, top] + rest_low[top]:
+                    top = c
+            rival = -np.inf
+            first, second = -np.inf, -np.inf
+            for c in range(width):
+                if c != top:
+                    rival = max(rival, scores[i, c] + rest_high[c])
+                e = scores[i, c] + (rest_low[c] + rest_high[c]) / 2.0
+                if e > first:
+                    first, second = e, first
+                elif e > second:
+                    second = e
+            leave = scores[i, top] + rest_low[top] > rival + guard or first - second > threshold
+        if leave:
+            row = active[i]
+            for c in range(width):
+                out[row, c] = scores[i, c] + (rest_low[c] + rest_high[c]) / 2.0
+            stage[row] = s
+        else:
+            if kept != i or fresh:
+                buffer[kept, :] = rows[i, :]
+                for c in range(width):
+                    scores[kept, c] = scores[i, c]
+                active[kept] = active[i]
+            kept += 1
+    return kept
 
 
 def default_group_nodes(ensemble: TreeEnsemble) -> int:
