@@ -16,7 +16,7 @@ import pytest
 from sklearn import ensemble as sk_ensemble
 
 from willow.early_exit import EarlyExitPlan, ModelCascade, calibrate_early_exit, stage_tree_model
-from willow.early_exit.calibrate import agreeing_rows
+from willow.early_exit.calibrate import _exits, _stages, agreeing_rows
 from willow.early_exit.staged import leaf_bounds
 from willow.errors import CalibrationError
 
@@ -140,6 +140,22 @@ def test_exact_exit_probabilities_keep_the_decision():
     full = exit_stage == len(stages.stops) - 1
     np.testing.assert_allclose(proba[full], expected[full], rtol=0, atol=1e-12)  # every tree: exact
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("name", ["lgb_binary_cat", "lgb_multiclass"])
+def test_serving_exits_where_tuning_predicted(staged, name):
+    """The compiled exit pass (serving) and the NumPy rules (tuning) pick the same exit stage and
+    decision for every row, with margin thresholds and exact exits together."""
+    model, stages, X = staged[name]
+    stops = stages.snap([2, 6, 12])
+    partial = dict(zip(stops, stages.partial_scores(X, stops)))
+    simulated = _stages(stages, stops, partial)
+    thresholds = 0.8 * simulated.sigma
+    first, agrees = _exits(simulated, thresholds)
+    output, exit_stage = stages.with_stages(stops, thresholds).run(X)
+    np.testing.assert_array_equal(exit_stage, first)
+    assert 0 < (first < len(stops) - 1).mean() < 1
+    np.testing.assert_array_equal(agreeing_rows(output, model.predict(X), "predict"), agrees)
 
 
 def test_leaf_bounds_contain_every_leaf(staged):

@@ -6,8 +6,8 @@ a compiled tree-ensemble classifier and whose output is judged on the model's la
 :func:`consider_model_cascade` then records the model's input on the calibration rows (through the
 compiled pipeline itself), calibrates early exit on it (:func:`~willow.early_exit.calibrate.
 calibrate_early_exit`: its own tune/holdout split, Clopper-Pearson proof, exact mode at
-``accuracy_target=1.0``) and, when it measured faster than the full ensemble (or
-``require_faster=False``), serves the compiled pipeline with the model's operator swapped for
+``accuracy_target=1.0``) and, when it measured at least :data:`MIN_SPEEDUP` times as fast as
+the full ensemble (or ``require_faster=False``), serves the compiled pipeline with the model's operator swapped for
 the :class:`~willow.early_exit.calibrate.ModelCascade`.
 
 :func:`saved_state`, :func:`restore` and :func:`explain_lines` are what ``willow.api`` calls to
@@ -28,6 +28,10 @@ from willow.errors import CalibrationError
 __all__ = ["consider_model_cascade", "saved_state", "restore", "explain_lines", "METHODS"]
 
 METHODS = ("predict", "predict_proba", "decision_function")
+#: A model cascade replaces the exact compiled ensemble only when it measured at least this much
+#: faster on the tune rows (one timing of a loaded machine is noisy; small gains are not worth a
+#: plan that is no longer exact).
+MIN_SPEEDUP = 1.2
 
 
 class _Recorder:
@@ -108,13 +112,13 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     except (CalibrationError, NotLowerable) as exc:
         return _noted(result, f"No model cascade either: {exc}")
     plan = cascade.plan
-    faster = plan.seconds_per_row is not None and plan.seconds_per_row < plan.full_seconds_per_row
-    if options.require_faster and not faster:
+    if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
         return _noted(
             result,
-            "A model cascade (staged early exit) was calibrated but measured no faster than the full "
-            f"ensemble ({plan.seconds_per_row * 1e6:.2f} vs {plan.full_seconds_per_row * 1e6:.2f} "
-            "us/row), so the compiled pipeline serves.",
+            f"A model cascade (staged early exit) was calibrated but measured {plan.expected_speedup:.2f}x "
+            f"the full ensemble's speed ({plan.seconds_per_row * 1e6:.2f} vs "
+            f"{plan.full_seconds_per_row * 1e6:.2f} us/row), under the {MIN_SPEEDUP}x it must show, "
+            "so the compiled pipeline serves (require_faster=False serves it anyway).",
         )
     cascade.full = full
     swapped = _with_model_operator(compilation, cascade)
