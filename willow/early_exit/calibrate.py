@@ -269,14 +269,23 @@ def calibrate_early_exit(
         costs.append(_cost(stages, thresholds))
     best = tuned[int(np.argmin(costs))]
     full_seconds, seconds = _measure(staged, X_tune, best, repeats)
+    reason = ""
+    if accuracy_target < 1.0 and all(math.isinf(t) for t in best[1]):
+        reason = (
+            f"No margin thresholds met accuracy_target={accuracy_target} on the {len(tune)} tune rows "
+            f"with a likely holdout proof on {len(holdout)} rows, so only exact exits are used "
+            "(more calibration rows may allow margins)."
+        )
     plan = _prove(
-        staged, model, method, X_holdout, best, accuracy_target, confidence, len(tune), seconds, full_seconds
-    )
+        staged, model, method, X_holdout, best, accuracy_target, confidence, len(tune), seconds, full_seconds,
+        reason,
+    )  # fmt: skip
     if plan is None:  # the approximate plan missed its proof: exact exits always hold
         exact = []
         for stops in candidates:
             thresholds = np.full(len(stops) - 1, np.inf)
-            exact.append(((stops, tuple(thresholds)), _cost(_stages(staged, stops, partial), thresholds)))
+            choice = (stops, (math.inf,) * len(thresholds))
+            exact.append((choice, _cost(_stages(staged, stops, partial), thresholds)))
         best = min(exact, key=lambda pair: pair[1])[0]
         full_seconds, seconds = _measure(staged, X_tune, best, repeats)
         reason = "The tuned margin thresholds missed the holdout proof, so only exact exits are used."
