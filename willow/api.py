@@ -33,7 +33,6 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.early_exit import planner as early_exit_planner
-from willow.early_exit.planner import consider_model_cascade
 from willow.errors import (
     ModelChangedWarning,
     NotCalibratedError,
@@ -365,7 +364,7 @@ class OptimizedPipeline:
 
             def job() -> Any:
                 result = calibrate_cascade(graph, fn, arguments, y, cascade_options)
-                return consider_model_cascade(result, fn, arguments, cascade_options)
+                return early_exit_planner.consider_model_cascade(result, fn, arguments, cascade_options)
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -413,9 +412,8 @@ class OptimizedPipeline:
         try:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
-            result = consider_model_cascade(
-                calibrate_cascade(graph, fn, arguments, y, self._options()), fn, arguments, self._options()
-            )
+            result = calibrate_cascade(graph, fn, arguments, y, self._options())
+            result = early_exit_planner.consider_model_cascade(result, fn, arguments, self._options())
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
