@@ -34,6 +34,7 @@ from willow.compiler.execution import bind_arguments
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
+from willow.early_exit import planner as early_exit_planner
 from willow.errors import (
     ModelChangedWarning,
     NotCalibratedError,
@@ -399,7 +400,8 @@ class OptimizedPipeline:
             cascade_options = replace(self._options(), compile="eager")
 
             def job() -> Any:
-                return tiers.calibrate(graph, fn, arguments, y, cascade_options, self.accuracy_target)
+                results = tiers.calibrate(graph, fn, arguments, y, cascade_options, self.accuracy_target)
+                return early_exit_planner.consider_model_cascades(results, fn, arguments, cascade_options)
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -448,6 +450,7 @@ class OptimizedPipeline:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
             result = tiers.calibrate(graph, fn, arguments, y, self._options(), self.accuracy_target)
+            result = early_exit_planner.consider_model_cascades(result, fn, arguments, self._options())
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
@@ -654,6 +657,7 @@ class OptimizedPipeline:
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
         if isinstance(self.accuracy_target, tuple):
             lines += [tiers.table(self), ""]
+        lines += early_exit_planner.explain_lines(self._compilation if self._serving else None)
         if self.query != "topk":
             lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
@@ -741,6 +745,8 @@ class OptimizedPipeline:
                 compiled=self._compilation.recipes if self._compilation and self._serving else [],
                 **tiers.saved_state(self),
             )
+            if self._serving:
+                state.update(early_exit_planner.saved_state(self._compilation))
         return state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -1005,7 +1011,9 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
     if state["compiled"]:
         from willow.compiler.lowering import lower
 
-        compilation = apply_compilation(graph, state["compiled"], lower, original)
+        compilation = early_exit_planner.restore(
+            apply_compilation(graph, state["compiled"], lower, original), state
+        )
         graph = compilation.graph
         approximate = state["approximate"]
         if plan.cascade and compilation.fused is not None and getattr(approximate, "fuse_on_load", False):

@@ -79,6 +79,7 @@ DATACLASSES = (
     "willow.compiler.profiling:StatementCost",
     "willow.compiler.profiling:GroupCost",
     "willow.topk.plan:TopKPlan",
+    "willow.early_exit.plan:EarlyExitPlan",
     "willow.topk.plan:RatioRow",
     "willow.topk.plan:TopKCandidate",
     "willow.topk.scores:ScoreSpec",

@@ -1,0 +1,13 @@
+"""Cascades inside a tree ensemble: staged evaluation with per-row early exit (issue 16).
+
+:mod:`~willow.early_exit.staged` runs a compiled ensemble's tree kernels stage by stage and lets a
+row leave once its decision is settled (exactly, by the remaining trees' leaf-value bounds, or
+approximately, by a tuned margin); :mod:`~willow.early_exit.calibrate` chooses the stages, tunes
+the thresholds and proves the plan on holdout rows; :mod:`~willow.early_exit.plan` is the result.
+"""
+
+from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
+from willow.early_exit.plan import EarlyExitPlan
+from willow.early_exit.staged import StagedTreeModel, stage_tree_model
+
+__all__ = ["EarlyExitPlan", "ModelCascade", "StagedTreeModel", "calibrate_early_exit", "stage_tree_model"]

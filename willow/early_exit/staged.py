@@ -1,0 +1,329 @@
+"""Staged evaluation of a compiled tree ensemble: partial raw scores, and per-row early exit.
+
+A :class:`StagedTreeModel` runs the very group kernels :mod:`willow.compiler.lowering.trees`
+compiles (same ``group_trees`` cut, same generated sources, so they load from the kernel cache)
+stage by stage: after stage ``s`` every still-active row holds the raw score of the first
+``stops[s]`` trees, summed in tree order from the base score. A row whose decision is settled
+leaves; the others, gathered into a smaller C-ordered batch, run the next stage's kernels. A row
+that reaches the last stage has the full raw score, bit for bit what the compiled operator (and
+the library) computes, because the kernels add leaf values to the row's running sums in order.
+
+When a row exits after stage ``s`` it is given the estimate ``partial + center[s]`` (``center``:
+the midpoint of what the remaining trees can add to each output column, from their leaf-value
+bounds), which has the decided sign (binary) or arg-max (multiclass); the operator's own output
+conversion (``finish``) then turns those scores into labels or probabilities.
+
+Exit rules after stage ``s`` (raw scores before the ensemble's positive ``divisor``, which moves
+no decision):
+
+* exact: the remaining trees' leaf-value bounds prove the decision cannot change. Binary (one
+  output, decision threshold 0): ``partial + min_rest > delta`` or ``partial + max_rest < -delta``.
+  Multiclass (or a forest's class columns): the top class's lower bound beats every other class's
+  upper bound by ``delta``. ``delta`` (:data:`EXACT_GUARD` plus a relative term) keeps rows
+  within rounding of a tie on the full path, where the library's own tie rule decides.
+* approximate: the margin of the estimate (``|estimate|`` for binary, the gap between the top two
+  for multiclass) exceeds the stage's threshold ``thresholds[s]`` (``inf``: exact exits only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from willow.compiler.lowering import chunks
+from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.lowering.trees import DEFAULT_GROUP_NODES, lower_tree_model
+from willow.compiler.lowering.trees_build import build_kernels
+from willow.compiler.lowering.trees_codegen import _count_nodes, build_group_source, group_trees
+from willow.compiler.lowering.trees_ir import Leaf, Node, TreeEnsemble
+
+__all__ = ["StagedTreeModel", "stage_tree_model", "EXACT_GUARD", "leaf_bounds", "margins", "decisions"]
+
+# Rows whose full raw score could lie within this of the decision threshold (or of a tie between
+# classes) never exit exactly: sigmoid(1e-6) is 0.50000025, clear of LightGBM's p > 0.5 rule.
+EXACT_GUARD = 1e-6
+_RELATIVE_GUARD = 1e-12  # times the ensemble's largest possible |raw|: summation rounding
+_PARALLEL_MIN_ROWS = 4096  # as the compiled operator: smaller batches stay on the calling thread
+MIN_STAGE_GROUPS = 16  # small ensembles get smaller kernel groups, so stages can be this fine
+MIN_GROUP_NODES = 16
+
+
+def leaf_bounds(ensemble: TreeEnsemble) -> tuple[np.ndarray, np.ndarray]:
+    """Per tree and output column, the smallest and largest leaf value it can add (0 for columns
+    the tree does not write): two arrays of shape (n_trees, n_outputs)."""
+    n_trees, width = len(ensemble.trees), ensemble.n_outputs
+    low, high = np.zeros((n_trees, width)), np.zeros((n_trees, width))
+    for t, (tree, columns) in enumerate(zip(ensemble.trees, ensemble.tree_outputs)):
+        values = []
+        stack: list[Node | Leaf] = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Leaf):
+                values.append(node.values)
+            else:
+                stack.extend((node.left, node.right))
+        leaves = np.asarray(values, dtype=np.float64)
+        for j, c in enumerate(columns):
+            low[t, c] += leaves[:, j].min()
+            high[t, c] += leaves[:, j].max()
+    return low, high
+
+
+def margins(estimate: np.ndarray) -> np.ndarray:
+    """How far each row's raw-score estimate is from changing its decision: ``|score|`` for one
+    output (threshold 0), the gap between the two largest scores otherwise."""
+    if estimate.shape[1] == 1:
+        return np.abs(estimate[:, 0])
+    top_two = np.partition(estimate, -2, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
+
+
+def decisions(scores: np.ndarray) -> np.ndarray:
+    """The decision a raw score implies: ``score > 0`` for one output, the arg-max otherwise."""
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > 0).astype(np.int64)
+    return np.argmax(scores, axis=1)
+
+
+class StagedTreeModel:
+    """A compiled ensemble evaluated in stages, with per-row early exit.
+
+    ``stops``: trees evaluated after each stage, increasing, the last one every tree (requested
+    stops are rounded up to the end of a kernel group). ``thresholds`` (one per stage but the
+    last; set by :meth:`with_stages`): a row exits after stage ``s`` when the exact rule
+    proves its decision or its margin exceeds ``thresholds[s]``. ``model(X)`` returns what the
+    lowered ``model.method(X)`` returns; ``model.run(X)`` also says at which stage each row left.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ensemble: TreeEnsemble,
+        prepare: Callable[[Any], np.ndarray],
+        finish: Callable[[np.ndarray], np.ndarray],
+        *,
+        group_nodes: int = DEFAULT_GROUP_NODES,
+        n_jobs: int | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        if not ensemble.trees:
+            raise NotLowerable(f"{name}: the model has no trees.")
+        self.name = name
+        self.ensemble = ensemble
+        self._prepare = prepare
+        self._finish = finish
+        self._n_threads = n_threads
+        self.groups = group_trees(ensemble, group_nodes)
+        self.sources = [build_group_source(ensemble, g) for g in self.groups]
+        self.source = "\n\n# ---- next group module ----\n\n".join(self.sources)
+        dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
+        self._kernels, _ = build_kernels(
+            self.sources, "trees", dtype, ensemble.n_features, ensemble.n_outputs, n_jobs=n_jobs, driver=False
+        )
+        self.group_ends = tuple(g.stop for g in self.groups)
+        low, high = leaf_bounds(ensemble)
+        # rest_low[k] / rest_high[k]: what trees k.. can still add, per output column
+        self._rest_low = np.vstack([np.cumsum(low[::-1], axis=0)[::-1], np.zeros((1, ensemble.n_outputs))])
+        self._rest_high = np.vstack([np.cumsum(high[::-1], axis=0)[::-1], np.zeros((1, ensemble.n_outputs))])
+        scale = float(np.abs(ensemble.base).sum() + np.maximum(np.abs(low), np.abs(high)).sum())
+        self.guard = EXACT_GUARD + _RELATIVE_GUARD * scale
+        self._base = np.asarray(ensemble.base, dtype=np.float64)
+        self.stops: tuple[int, ...] = (len(ensemble.trees),)
+        self.thresholds: tuple[float, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"StagedTreeModel({self.name!r}, trees={len(self.ensemble.trees)}, stops={self.stops}, "
+            f"thresholds={tuple(round(t, 6) for t in self.thresholds)})"
+        )
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.ensemble.trees)
+
+    def snap(self, stops: Sequence[int]) -> tuple[int, ...]:
+        """``stops`` rounded up to group ends, deduplicated, sorted, ending with every tree."""
+        ends = np.asarray(self.group_ends)
+        snapped = {int(ends[min(np.searchsorted(ends, max(int(k), 1)), len(ends) - 1)]) for k in stops}
+        snapped.add(self.n_trees)
+        return tuple(sorted(snapped))
+
+    def with_stages(self, stops: Sequence[int], thresholds: Sequence[float] | None = None) -> StagedTreeModel:
+        """Set the stage stops (snapped, see :meth:`snap`) and thresholds (default: exact exits
+        only); returns ``self``."""
+        snapped = self.snap(stops)
+        if thresholds is None:
+            thresholds = (float("inf"),) * (len(snapped) - 1)
+        if len(thresholds) != len(snapped) - 1:
+            raise ValueError(
+                f"Expected one threshold per stage but the last ({len(snapped) - 1} for stops {snapped}), "
+                f"got {len(thresholds)}."
+            )
+        self.stops = snapped
+        self.thresholds = tuple(float(t) for t in thresholds)
+        return self
+
+    # ------------------------------------------------------------------ rules
+
+    def center(self, stop: int) -> np.ndarray:
+        """Midpoint of what the trees after ``stop`` can add, per output column."""
+        return (self._rest_low[stop] + self._rest_high[stop]) / 2.0
+
+    def exact_exits(self, partial: np.ndarray, stop: int) -> np.ndarray:
+        """Rows whose decision the trees after ``stop`` provably cannot change."""
+        low = partial + self._rest_low[stop]
+        high = partial + self._rest_high[stop]
+        if partial.shape[1] == 1:
+            return (low[:, 0] > self.guard) | (high[:, 0] < -self.guard)
+        top = np.argmax(low, axis=1)
+        rows = np.arange(partial.shape[0])
+        best_low = low[rows, top]
+        high[rows, top] = -np.inf
+        return best_low > high.max(axis=1) + self.guard
+
+    # ------------------------------------------------------------------ evaluation
+
+    def partial_scores(self, X: Any, stops: Sequence[int]) -> np.ndarray:
+        """Raw scores (before the divisor) of every row after each of ``stops`` (group ends, see
+        :meth:`snap`), without exits: shape (len(stops), n_rows, n_outputs). For tuning."""
+        data = self._prepare(X)
+        wanted = set(stops)
+        out = np.empty((data.shape[0], self.ensemble.n_outputs))
+        out[:] = self._base
+        snapshots = []
+        for group, kernel in zip(self.groups, self._kernels):
+            kernel(data, out)
+            if group.stop in wanted:
+                snapshots.append(out.copy())
+        return np.stack(snapshots)
+
+    def run(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(output, exit_stage)``: what ``model.method(X)`` returns (exited rows from their
+        estimates) and the stage index after which each row left (the last stage: every tree)."""
+        raw, stage = self._raw(X)
+        return self._finish(raw), stage
+
+    def __call__(self, X: Any) -> np.ndarray:
+        return self._finish(self._raw(X)[0])
+
+    def _raw(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        data = self._prepare(X)
+        n = data.shape[0]
+        out = np.empty((n, self.ensemble.n_outputs))
+        stage = np.empty(n, dtype=np.int64)
+        workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
+        if workers > 1 and n >= _PARALLEL_MIN_ROWS:
+            chunks.map_row_chunks(lambda a, b: self._run_chunk(data[a:b], out[a:b], stage[a:b]), n, workers)
+        else:
+            self._run_chunk(data, out, stage)
+        if self.ensemble.divisor != 1.0:
+            out /= self.ensemble.divisor
+        return out, stage
+
+    def _run_chunk(self, data: np.ndarray, out: np.ndarray, stage: np.ndarray) -> None:
+        """Evaluate ``data`` stage by stage into ``out`` (raw, before the divisor) and ``stage``.
+
+        The rows still running are kept at the front of ``buffer`` (a copy made at the first
+        exit: ``data`` is the caller's), so every stage's kernels read one C-ordered prefix."""
+        n = data.shape[0]
+        active = np.arange(n)
+        rows, buffer = data, None
+        scores = np.empty((n, self.ensemble.n_outputs))
+        scores[:] = self._base
+        group, m = 0, n
+        last = len(self.stops) - 1
+        for s, stop in enumerate(self.stops):
+            while group < len(self.groups) and self.groups[group].stop <= stop:
+                self._kernels[group](rows, scores[:m])
+                group += 1
+            if s == last:
+                out[active[:m]] = scores[:m]
+                stage[active[:m]] = s
+                return
+            if buffer is None:
+                buffer = np.empty_like(data)
+            m = _exit_rows(
+                rows, buffer, scores, active, m, out, stage, s, self._rest_low[stop], self._rest_high[stop],
+                self.guard, self.thresholds[s], rows is data,
+            )  # fmt: skip
+            rows = buffer[:m]
+            if m == 0:
+                return
+
+
+@numba.njit(cache=True, nogil=True)
+def _exit_rows(rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, fresh):
+    """One stage's exits over the first ``m`` running rows: a leaving row's estimate goes to
+    ``out[active[i]]`` and ``s`` to ``stage[active[i]]``; the others move to the front of
+    ``buffer``, ``scores`` and ``active`` (in order; ``fresh``: ``rows`` is not yet ``buffer``'s
+    prefix, so every kept row is copied). Returns how many still run. The same rules
+    as :meth:`StagedTreeModel.exact_exits` and :func:`margins`, row by row."""
+    width = scores.shape[1]
+    kept = 0
+    for i in range(m):
+        leave = False
+        if width == 1:
+            p = scores[i, 0]
+            estimate = p + (rest_low[0] + rest_high[0]) / 2.0
+            leave = p + rest_low[0] > guard or p + rest_high[0] < -guard or abs(estimate) > threshold
+        else:
+            top = 0
+            for c in range(1, width):
+                if scores[i, c] + rest_low[c] > scores[i, top] + rest_low[top]:
+                    top = c
+            rival = -np.inf
+            first, second = -np.inf, -np.inf
+            for c in range(width):
+                if c != top:
+                    rival = max(rival, scores[i, c] + rest_high[c])
+                e = scores[i, c] + (rest_low[c] + rest_high[c]) / 2.0
+                if e > first:
+                    first, second = e, first
+                elif e > second:
+                    second = e
+            leave = scores[i, top] + rest_low[top] > rival + guard or first - second > threshold
+        if leave:
+            row = active[i]
+            for c in range(width):
+                out[row, c] = scores[i, c] + (rest_low[c] + rest_high[c]) / 2.0
+            stage[row] = s
+        else:
+            if kept != i or fresh:
+                buffer[kept, :] = rows[i, :]
+                for c in range(width):
+                    scores[kept, c] = scores[i, c]
+                active[kept] = active[i]
+            kept += 1
+    return kept
+
+
+def default_group_nodes(ensemble: TreeEnsemble) -> int:
+    """Internal nodes per kernel group: the compiled operator's (``DEFAULT_GROUP_NODES``, whose
+    cached kernels are then reused) unless that cuts the ensemble into fewer than
+    :data:`MIN_STAGE_GROUPS` groups, the finest stages there can be."""
+    nodes = sum(_count_nodes(tree) for tree in ensemble.trees)
+    return min(DEFAULT_GROUP_NODES, max(MIN_GROUP_NODES, nodes // MIN_STAGE_GROUPS))
+
+
+def stage_tree_model(model: Any, method: str = "predict", **options: Any) -> StagedTreeModel:
+    """A :class:`StagedTreeModel` for ``getattr(model, method)`` (a model
+    :func:`~willow.compiler.lowering.trees.lower_tree_model` compiles), with one stage (every
+    tree) until :meth:`StagedTreeModel.with_stages` sets others.
+
+    Options: ``group_nodes`` (default :func:`default_group_nodes`), ``n_jobs`` (as for
+    ``lower_tree_model``), ``n_threads``. The input checks and output
+    conversion are the compiled operator's, so outputs match the library's where rows run every
+    tree. Raises :class:`NotLowerable` as ``lower_tree_model`` does.
+    """
+    build_options = {k: options.pop(k) for k in ("group_nodes", "n_jobs", "n_threads") if k in options}
+    if options:
+        raise TypeError(f"stage_tree_model got unexpected options {sorted(options)}.")
+
+    def builder(name: str, ensemble: TreeEnsemble, prepare: Callable, finish: Callable) -> StagedTreeModel:
+        build_options.setdefault("group_nodes", default_group_nodes(ensemble))
+        return StagedTreeModel(name, ensemble, prepare, finish, **build_options)
+
+    return lower_tree_model(model, method, builder=builder)  # type: ignore[return-value]
