@@ -127,6 +127,25 @@ def test_a_kernel_that_disagrees_is_refused_with_a_warning(text_setup, monkeypat
     np.testing.assert_array_equal(pipeline(model, batch), pipelines.text_pipeline(model, batch))
 
 
+def test_fusion_reads_texts_a_shared_statement_defines(text_setup):
+    """`comments = list(frame.values)` feeds every vectorizer: it stays, and the fused kernels (the
+    approximate model's on every row, the full model's on the uncertain ones) read its result."""
+    import pandas as pd
+
+    model, calib, batch = text_setup
+    pipeline = willow.optimize(pipelines.listed_text_pipeline, **OPTIONS).calibrate(model, pd.Series(calib))
+    assert pipeline._compilation.fused is not None and pipeline.plan_.cascade, pipeline.plan_.reason
+    source = pipeline.generated_source_
+    assert source.index("comments = list(frame.values)") < source.index("_willow.approximate_text(comments)")
+    assert "fused_predict(comments)" in source  # the full model's kernel on the uncertain rows
+    for rows in (
+        pd.Series(batch, index=range(7, 7 + len(batch))),
+        pd.Series(batch[:1]),
+        pd.Series([], dtype=object),
+    ):
+        assert assert_cascade_equivalent(pipeline, model, rows) >= 0.95
+
+
 def test_load_refuses_a_changed_fitted_object(text_setup, tmp_path):
     model, calib, batch = text_setup
     pipeline = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(model, calib)
