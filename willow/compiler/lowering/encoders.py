@@ -178,9 +178,9 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
             found = index.rows(column)
             if found is None:
                 return encoder.transform(X)
-            if missing is not None:
-                found[missing] = nan_codes[j]  # the NaN category, or unknown (-1)
             codes[:, j] = found
+            if missing is not None:
+                codes[missing, j] = nan_codes[j]  # the NaN category, or unknown (-1)
         known = codes >= 0
         if not known.all():
             if not zero_unknown:
