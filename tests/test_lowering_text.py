@@ -105,7 +105,13 @@ def test_fixed_edge_cases_and_containers(config):
     vectorizer, operator = compiled(config)
     edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
     edge += ["@ab @cd_ef x@ab @@ab @ @a @AB@ab", "@the @ab @日本語 @İstanbul @zzz", "@"]
-    for docs in (edge, TRAIN, edge[:1], np.array(edge, dtype=object), pd.Series(edge, index=range(5, 15))):
+    for docs in (
+        edge,
+        TRAIN,
+        edge[:1],
+        np.array(edge, dtype=object),
+        pd.Series(edge, index=range(5, 5 + len(edge))),
+    ):
         assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
@@ -172,9 +178,7 @@ def test_a_single_string_is_refused_like_sklearn():
         (CountVectorizer(tokenizer=str.split, token_pattern=None), "tokenizer callable"),
         (CountVectorizer(preprocessor=str.upper), "preprocessor callable"),
         (CountVectorizer(token_pattern=r"[a-z]+"), "token_pattern"),
-        (CountVectorizer(token_pattern=r"\b@\w+"), "token_pattern"),
         (CountVectorizer(token_pattern=r".\w+"), "token_pattern"),
-        (CountVectorizer(token_pattern=r"@\w*"), "token_pattern"),
         (CountVectorizer(strip_accents=lambda s: s), "strip_accents callable"),
         (CountVectorizer(input="filename"), "input='filename'"),
     ],

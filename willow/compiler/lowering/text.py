@@ -221,7 +221,8 @@ def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndar
     """Run sklearn's decode + preprocessor on each document and encode the batch as code points.
 
     An all-ASCII batch of ``str`` is lowercased in one call (accent stripping and ``str.lower`` are
-    per character and the identity on non-letters for ASCII), anything else document by document.
+    per character and the identity on non-letters for ASCII), as is any other batch of ``str``
+    without accent stripping (joined by NUL, see below); anything else document by document.
     """
     if len(documents) == 1 and type(documents[0]) is str:
         # One document (online serving): the same steps without the batch bookkeeping.
@@ -239,6 +240,13 @@ def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndar
             np.cumsum(np.fromiter(map(len, documents), np.int64, len(documents)), out=offsets[1:])
         code_points = np.frombuffer(lowered.encode("ascii"), dtype=np.uint8).astype(np.uint32)
         return code_points, offsets
+    if joined is not None and spec.preprocess_key[1] is None and "\x00" not in joined:
+        if not spec.preprocess_key[0]:
+            return encode_documents(documents)
+        # ``str.lower`` of the whole batch, split again: a NUL between documents is neither cased
+        # nor case-ignorable, so the one context-dependent mapping (final sigma) sees each
+        # document's ends as it does alone; lowering may change lengths, hence the split
+        return encode_documents("\x00".join(documents).lower().split("\x00"))
     preprocess, decode = spec.preprocess, spec.decode
     return encode_documents([preprocess(decode(d)) for d in documents])
 
