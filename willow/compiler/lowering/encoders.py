@@ -161,18 +161,17 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         if not (
             type(X) is pd.DataFrame
             and X.shape[0] > 0
-            and list(X.columns) == names
+            and X.columns.tolist() == names
             and _default_output(encoder)
         ):
             return encoder.transform(X)
         codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
         for j, (index, kind) in enumerate(indexes):
             column = X.iloc[:, j]
-            missing = None
-            if kind == "str" and column.hasnans:
+            missing = column.isna().to_numpy() if kind == "str" else None
+            if missing is not None and missing.any():
                 if not _float_nan_missing(column):
                     return encoder.transform(X)
-                missing = column.isna().to_numpy()
             elif not _matchable(column, kind):
                 return encoder.transform(X)
             found = index.rows(column)
