@@ -238,7 +238,7 @@ def compile_for_calibration(
         )
         every_node = compilation
         compilation, costs = keep_faster(compilation, graph, python_costs, compiled_costs)
-        if len(compilation.nodes) < len(every_node.nodes):
+        if _dropped_a_vectorizer(every_node, compilation):
             # a vectorizer whose own kernel timed slower than scikit-learn (small, noisy
             # calibration batches) still belongs in a fused kernel, which never runs it alone
             fused, run = _run_and_fuse(every_node, fn, tune_arguments)
@@ -248,6 +248,15 @@ def compile_for_calibration(
         return (compilation if compilation.skipped else None), costs, None
     compilation, run = _run_and_fuse(compilation, fn, tune_arguments)
     return compilation, costs, run
+
+
+def _dropped_a_vectorizer(every_node: CompilationResult, kept: CompilationResult) -> bool:
+    """Whether keep_faster dropped the kernel of a text vectorizer (which fusion may still use)."""
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+
+    kept_ids = {id(n) for n in kept.nodes}
+    dropped = [n for n in every_node.nodes if id(n) not in kept_ids]
+    return any(isinstance(n.recipe[0], (CountVectorizer, HashingVectorizer)) for n in dropped)
 
 
 def _run_and_fuse(
