@@ -71,6 +71,15 @@ def text_pipeline(model, comments):
     return model.predict(X)
 
 
+def listed_text_pipeline(model, frame):
+    """``text_pipeline`` on a Series whose texts a statement of its own lists (Willump's product)."""
+    comments = list(frame.values)
+    words = WORDS.transform(comments)
+    chars = CHARS.transform(comments)
+    X = sp.hstack([words, chars]).tocsr()
+    return model.predict(X)
+
+
 WORDS = None
 CHARS = None
 

@@ -127,6 +127,56 @@ def test_a_kernel_that_disagrees_is_refused_with_a_warning(text_setup, monkeypat
     np.testing.assert_array_equal(pipeline(model, batch), pipelines.text_pipeline(model, batch))
 
 
+def test_fusion_reads_texts_a_shared_statement_defines(text_setup):
+    """`comments = list(frame.values)` feeds every vectorizer: it stays, and the fused kernels (the
+    approximate model's on every row, the full model's on the uncertain ones) read its result."""
+    import pandas as pd
+
+    model, calib, batch = text_setup
+    pipeline = willow.optimize(pipelines.listed_text_pipeline, **OPTIONS).calibrate(model, pd.Series(calib))
+    assert pipeline._compilation.fused is not None and pipeline.plan_.cascade, pipeline.plan_.reason
+    source = pipeline.generated_source_
+    assert source.index("comments = list(frame.values)") < source.index("_willow.approximate_text(comments)")
+    assert "fused_predict(comments)" in source  # the full model's kernel on the uncertain rows
+    for rows in (
+        pd.Series(batch, index=range(7, 7 + len(batch))),
+        pd.Series(batch[:1]),
+    ):
+        assert assert_cascade_equivalent(pipeline, model, rows) >= 0.95
+    assert_same_as_original(pipeline, model, pd.Series([], dtype=object))  # raises as it does
+
+
+def test_a_vectorizer_that_timed_slower_alone_is_still_fused(text_setup, monkeypatch):
+    """keep_faster drops a kernel that measured slower than scikit-learn on the calibration
+    batches (noise, on small ones); the fused kernel, which never runs it alone, keeps it."""
+    import dataclasses
+
+    from willow.cascades import calibration
+
+    real = calibration.keep_faster
+
+    def words_timed_slower(compilation, graph, python_costs, compiled_costs):
+        first = min(n.statement for n in compilation.nodes if n.statement is not None)
+        statements = tuple(
+            dataclasses.replace(s, seconds_per_row=0.0) if s.index == first else s
+            for s in python_costs.statements
+        )
+        trimmed = real(
+            compilation, graph, dataclasses.replace(python_costs, statements=statements), compiled_costs
+        )
+        assert len(trimmed[0].nodes) < len(compilation.nodes)
+        return trimmed
+
+    monkeypatch.setattr(calibration, "keep_faster", words_timed_slower)
+    model, calib, batch = text_setup
+    pipeline = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(
+        model, calib[:800]
+    )
+    assert pipeline._compilation.fused is not None
+    assert "fused_predict(comments)" in pipeline.generated_source_
+    np.testing.assert_array_equal(pipeline(model, batch), pipelines.text_pipeline(model, batch))
+
+
 def test_load_refuses_a_changed_fitted_object(text_setup, tmp_path):
     model, calib, batch = text_setup
     pipeline = willow.optimize(pipelines.text_pipeline, cascade=False, **OPTIONS).calibrate(model, calib)

@@ -44,6 +44,8 @@ PIPELINES = {
     "count_char_and_hashing": lambda: [
         CountVectorizer(analyzer="char", ngram_range=(1, 3), binary=True),
         HashingVectorizer(n_features=64, ngram_range=(1, 2), stop_words="english"),
+        # @mentions (a prefixed token pattern), vocabulary fixed: TRAIN mentions no one
+        CountVectorizer(token_pattern=r"@\w+", binary=True, vocabulary=["@free", "@prize", "@日本語", "@a"]),
     ],
     "single_tfidf_l1_upper": lambda: [TfidfVectorizer(norm="l1", lowercase=False, strip_accents="unicode")],
 }
@@ -100,7 +102,16 @@ CASES = [
 def test_fused_matches_the_stacked_pipeline(pipeline, model_name, n_classes, method):
     vectorizers, model = fitted(pipeline, model_name, n_classes)
     operator = fused(pipeline, model_name, n_classes, method)
-    texts = [*TRAIN, "", "   ", "unseen words only", "Free PRIZE!!", "日本語🙂", "ς"]
+    texts = [
+        *TRAIN,
+        "",
+        "   ",
+        "unseen words only",
+        "Free PRIZE!!",
+        "日本語🙂",
+        "ς",
+        "@free @Prize x@a @@日本語 @zz @",
+    ]
     big = texts * (PARALLEL_MIN_ROWS // len(texts) + 1)  # runs in chunks on several threads
     for batch in (texts, texts[:1], np.array(texts, dtype=object), pd.Series(texts), big):
         assert_same(method, operator(batch), getattr(model, method)(stacked(vectorizers, batch)))

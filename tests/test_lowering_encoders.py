@@ -145,9 +145,11 @@ def test_output_settings_read_at_call_time():
     [
         (OneHotEncoder().fit(TRAIN.to_numpy()), "fitted on an array"),
         (OneHotEncoder().fit(pd.DataFrame({"n": [1.0, np.nan, 3.0]})), "neither all str nor finite"),
-        (OneHotEncoder().fit(pd.DataFrame({"c": ["a", None, "b"]})), "neither all str nor finite"),
+        (
+            OneHotEncoder().fit(pd.DataFrame({"c": ["a", None, "b"]}, dtype=object)),
+            "neither all str nor finite",
+        ),
         (OneHotEncoder().fit(pd.DataFrame({"b": [True, False]})), "neither all str nor finite"),
-        (OneHotEncoder(min_frequency=5).fit(TRAIN), "infrequent"),
         (OneHotEncoder(), "not fitted"),
     ],
 )
@@ -332,5 +334,80 @@ def test_numeric_categories_compiled_path(monkeypatch):
     for X in (_numeric_frame(1, seed=40), _numeric_frame(2000, seed=41, unknown=True), positive_zero):
         expected = encoder.transform(X)
         monkeypatch.setattr(encoder, "transform", lambda *a: pytest.fail("scikit-learn was called"))
+        assert_same_result(op(X), expected)
+        monkeypatch.undo()
+
+
+# ---- infrequent categories (min_frequency / max_categories) and a NaN category (missing values)
+
+ZONES = ["a"] * 30 + ["b"] * 20 + ["c"] * 3 + ["d"] * 2 + [None] * 8
+
+
+def _zones(values, size_seed: int = 0, dtype: object = "str") -> pd.DataFrame:
+    values = list(values)
+    sizes = np.random.default_rng(size_seed).choice(SIZES, len(values)).tolist()
+    if dtype == "str":
+        return pd.DataFrame({"zone": pd.array(values, dtype="str"), "size": pd.array(sizes, dtype="str")})
+    # object columns whose missing values are float NaN (or None: scikit-learn keeps those)
+    return pd.DataFrame({"zone": values, "size": sizes}, dtype=object)
+
+
+ZONE_TRAIN = _zones(ZONES)
+INFREQUENT_OPTIONS = [
+    {"handle_unknown": "ignore", "min_frequency": 5},
+    {"handle_unknown": "infrequent_if_exist", "min_frequency": 5},
+    {"handle_unknown": "infrequent_if_exist", "max_categories": 2, "sparse_output": False},
+    {"handle_unknown": "ignore", "max_categories": 3, "drop": "first"},
+    {"handle_unknown": "error", "min_frequency": 4},
+    {"handle_unknown": "warn", "min_frequency": 4},
+    {"handle_unknown": "ignore"},  # NaN category, no infrequent ones
+]
+
+
+@pytest.mark.parametrize("options", INFREQUENT_OPTIONS, ids=[str(o) for o in INFREQUENT_OPTIONS])
+def test_infrequent_and_missing_categories_equal_scikit_learn(options):
+    encoder = OneHotEncoder(**options).fit(ZONE_TRAIN)
+    op = lower(encoder, "transform")
+    known = ["a", "b", "c", "d", None, "a"]
+    unseen = ["zz", None, "c", "b", "", "d"]
+    for X in (
+        _zones(known[:1]),  # one row
+        _zones(["c"]),  # one infrequent row
+        _zones([None], size_seed=1),  # one missing row
+        _zones(known, size_seed=2),
+        _zones(unseen, size_seed=3),  # unknown: zeros, the infrequent column, or scikit-learn
+        _zones(known * 80, size_seed=4),  # beyond the dict: pyarrow / get_indexer
+        _zones(known, size_seed=5, dtype=object),
+        _zones([np.nan if v is None else v for v in unseen], size_seed=6, dtype=object),
+        _zones(unseen, size_seed=7, dtype=object),  # None: runs scikit-learn
+        _zones(known, size_seed=8).astype(pd.StringDtype("python")),  # pd.NA: runs scikit-learn
+        _zones(known).iloc[:0],  # zero rows: scikit-learn's own answer
+    ):
+        assert_same_outcome(op, encoder, X)
+
+
+def test_missing_values_without_a_nan_category_are_unknown():
+    encoder = OneHotEncoder(handle_unknown="ignore", min_frequency=3).fit(_zones(["a", "a", "a", "b", "c"]))
+    op = lower(encoder, "transform")
+    for X in (_zones(["a", None, "b", "zz"]), _zones([np.nan, "c"], dtype=object)):
+        assert_same_outcome(op, encoder, X)
+
+
+def test_infrequent_and_missing_frames_never_call_scikit_learn(monkeypatch):
+    """Infrequent, missing and (with "ignore" / "infrequent_if_exist") unknown values are encoded
+    by the compiled path itself."""
+    cases = [
+        ({"handle_unknown": "ignore", "min_frequency": 5}, _zones(["a", None, "c", "zz", "d"] * 3)),
+        ({"handle_unknown": "infrequent_if_exist", "min_frequency": 5}, _zones(["zz", None, "c", "b"])),
+        (
+            {"handle_unknown": "infrequent_if_exist", "max_categories": 2},
+            _zones([np.nan, "a", "q"], dtype=object),
+        ),
+    ]
+    for options, X in cases:
+        fitted = OneHotEncoder(**options).fit(ZONE_TRAIN)
+        op = lower(fitted, "transform")
+        expected = fitted.transform(X)
+        monkeypatch.setattr(fitted, "transform", lambda *a: pytest.fail("scikit-learn was called"))
         assert_same_result(op(X), expected)
         monkeypatch.undo()

@@ -17,7 +17,7 @@ from willow.compiler.lowering import NotLowerable, lower
 # Characters that exercise every rule: case mapping that changes length (İ), final sigma, accents
 # (precomposed and combining), CJK, emoji (outside the BMP), underscore, digits and every kind of
 # whitespace sklearn treats specially.
-ALPHABET = "abcdeABCDE xyz019_éÉçÇßİΣσςe\u0301日本語テキスト🙂🎉,.!?'-\t\n\r\u3000\xa0\u2028"
+ALPHABET = "abcdeABCDE xyz019_éÉçÇßİΣσςe\u0301日本語テキスト🙂🎉,.!?'-@\t\n\r\u3000\xa0\u2028"
 TRAIN = [
     "The quick brown fox jumps over the lazy dog",
     "Ça va très bien, merci! Élan ÉCOLE école",
@@ -39,6 +39,13 @@ CONFIGS = {
     "count_single_char_tokens": lambda: CountVectorizer(token_pattern=r"(?u)\b\w+\b", dtype=np.int32),
     "count_max_features": lambda: CountVectorizer(max_features=15, min_df=1, max_df=0.9),
     "count_fixed_vocabulary": lambda: CountVectorizer(vocabulary=["ab", "the", "日本語", "ab cd_ef", "zz"]),
+    # a prefixed token pattern (@mentions), its vocabulary fixed: TRAIN has no mentions
+    "count_mentions_bigrams": lambda: CountVectorizer(
+        token_pattern=r"(?u)@\w\w+\b",
+        ngram_range=(1, 2),
+        stop_words=["@the"],
+        vocabulary=["@ab", "@cd_ef", "@日本語", "@ab @cd_ef", "@the", "@istanbul", "@ab @ab"],
+    ),
     "count_char_1_3_float": lambda: CountVectorizer(analyzer="char", ngram_range=(1, 3), dtype=np.float64),
     "tfidf_default": lambda: TfidfVectorizer(),
     "tfidf_word_1_2_sublinear": lambda: TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
@@ -97,7 +104,14 @@ def test_transform_matches_sklearn(config, docs):
 def test_fixed_edge_cases_and_containers(config):
     vectorizer, operator = compiled(config)
     edge = ["", " ", "\t\n", "unseenword zzzz", "The THE the", "İ", "ς Σ", "🙂", "a", "x y"]
-    for docs in (edge, TRAIN, edge[:1], np.array(edge, dtype=object), pd.Series(edge, index=range(5, 15))):
+    edge += ["@ab @cd_ef x@ab @@ab @ @a @AB@ab", "@the @ab @日本語 @İstanbul @zzz", "@"]
+    for docs in (
+        edge,
+        TRAIN,
+        edge[:1],
+        np.array(edge, dtype=object),
+        pd.Series(edge, index=range(5, 5 + len(edge))),
+    ):
         assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
     assert_same_csr(operator(np.array(edge)), vectorizer.transform(np.array(edge)), rtol_for(vectorizer))
 
@@ -137,7 +151,9 @@ def test_chunked_transform_matches_sklearn_on_any_batch(config, docs, monkeypatc
     assert_same_csr(operator(docs), vectorizer.transform(docs), rtol_for(vectorizer))
 
 
-@pytest.mark.parametrize("config", ["count_default", "tfidf_default", "hashing_default"])
+@pytest.mark.parametrize(
+    "config", ["count_default", "tfidf_default", "hashing_default", "count_mentions_bigrams"]
+)
 def test_zero_rows_behave_like_sklearn(config):
     vectorizer, operator = compiled(config)
     try:
@@ -162,6 +178,7 @@ def test_a_single_string_is_refused_like_sklearn():
         (CountVectorizer(tokenizer=str.split, token_pattern=None), "tokenizer callable"),
         (CountVectorizer(preprocessor=str.upper), "preprocessor callable"),
         (CountVectorizer(token_pattern=r"[a-z]+"), "token_pattern"),
+        (CountVectorizer(token_pattern=r".\w+"), "token_pattern"),
         (CountVectorizer(strip_accents=lambda s: s), "strip_accents callable"),
         (CountVectorizer(input="filename"), "input='filename'"),
     ],
@@ -170,6 +187,17 @@ def test_unsupported_options_are_refused_with_the_reason(vectorizer, reason):
     vectorizer.fit(TRAIN) if vectorizer.input == "content" else None
     with pytest.raises(NotLowerable, match=reason.replace("(", r"\(")):
         lower(vectorizer, "transform")
+
+
+def test_token_patterns_the_kernel_reproduces():
+    """Runs of word characters after an optional non-word prefix; anything else is refused."""
+    from willow.compiler.lowering.text import token_rule
+
+    assert token_rule(r"(?u)\b\w\w+\b") == (2, -1) and token_rule(r"\w+") == (1, -1)
+    assert token_rule(r"@\w+") == (1, ord("@")) and token_rule(r"(?u)#\w\w+\b") == (2, ord("#"))
+    assert token_rule(r"\$\w+") == (1, ord("$")) and token_rule(r"\.\w+") == (1, ord("."))
+    for refused in (r"\b@\w+", r".\w+", r"@\w*", r"a\w+", r"@@\w+", r"(?i)@\w+", r"\d+", r"\s\w+"):
+        assert token_rule(refused) is None, refused
 
 
 def test_unfitted_vectorizer_is_refused():

@@ -353,6 +353,12 @@ def build_cascade_source(
     if guard_late:
         body.append(guard)
     if fused is not None:
+        # the statement defining the fused text, if a statement does (the vectorizers' are fused)
+        body += [
+            copy.deepcopy(graph.statements[i].node)
+            for i in layout.selected_features
+            if i not in fused.statements
+        ]
         text = name_node(fused.text)
         approximate = runtime_call("approximate_text", text)
     else:

@@ -619,9 +619,12 @@ def fuse_text_pipeline(
     text_def: int | None = None
     statements = []
     for group in graph.groups:
-        if len(group.slice) != 1 or group.slice[0] not in by_statement:
+        # the vectorizer statement, after at most the statement that defines the text it reads
+        # (`texts = list(frame.values)`, shared by every group: it stays, the fused kernel reads it)
+        own = [i for i in group.slice if i not in graph.shared_statements]
+        if len(own) != 1 or own[0] not in by_statement:
             return compilation
-        index = group.slice[0]
+        index = own[0]
         node = by_statement[index]
         original = ast.parse(node.original).body[0]
         if not (isinstance(original, ast.Assign) and isinstance(original.value, ast.Call)):
@@ -634,6 +637,8 @@ def fuse_text_pipeline(
         if text is None:
             text, text_def = args[0].id, reads.get(args[0].id)
         elif args[0].id != text or reads.get(args[0].id) != text_def:
+            return compilation
+        if set(group.slice) - {index, text_def}:
             return compilation
         vectorizers[group.name] = ast.unparse(original.value.func.value)
         objects.append(obj)

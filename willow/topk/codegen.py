@@ -88,6 +88,12 @@ def build_topk_source(
     if guard_late:
         body.append(ast.If(test=not_same_model, body=[copy.deepcopy(exact)], orelse=[]))
     if approximate_fused:
+        # the statement defining the fused text, if a statement does (the vectorizers' are fused)
+        body += [
+            copy.deepcopy(graph.statements[i].node)
+            for i in layout.selected_features
+            if i not in fused.statements
+        ]
         approximate = runtime_call("approximate_text", name_node(fused.text))
     else:
         body += [copy.deepcopy(graph.statements[i].node) for i in layout.selected_features]

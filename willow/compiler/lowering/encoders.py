@@ -10,16 +10,21 @@ CSR arrays, so the operator's "source" is a description of what it does.
 Handled exactly (anything else runs ``encoder.transform`` itself, so results, warnings and errors
 are scikit-learn's own):
 
-- fitted on a DataFrame, every feature's categories all Python ``str``, all integers or all finite
-  floats (so no missing-value category), no infrequent categories (``min_frequency``/
-  ``max_categories``): otherwise :class:`NotLowerable`;
+- fitted on a DataFrame, every feature's categories all Python ``str`` (possibly followed by the
+  NaN category scikit-learn sorts last), all integers or all finite floats: otherwise
+  :class:`NotLowerable`;
 - called with a DataFrame of 1+ rows whose columns are the fitted feature names in order and
-  whose values are, per feature, all ``str`` (object or pandas string columns without missing
-  values), integers (a numpy integer column) or finite floats (a numpy float column), as its
-  categories are;
-- unknown categories: with ``handle_unknown="ignore"`` (or ``"infrequent_if_exist"``) and no
-  ``drop`` they become all-zero features, as in scikit-learn; where scikit-learn would raise or
-  warn (``"error"``, ``"warn"``, ``"ignore"`` with ``drop``) the call runs scikit-learn;
+  whose values are, per feature, all ``str`` (object or pandas string columns; missing values
+  only where they reach scikit-learn as float NaN: pandas' ``str`` dtype, or float NaN in an
+  ``object`` column), integers (a numpy integer column) or finite floats (a numpy float column),
+  as its categories are; a missing value is the NaN category where there is one, else unknown;
+- infrequent categories (``min_frequency``/``max_categories``) go to their feature's last
+  column through scikit-learn's own grouping map (``_default_to_infrequent_mappings``);
+- unknown categories: with ``handle_unknown="ignore"`` (or ``"infrequent_if_exist"`` for a feature
+  without infrequent categories) and no ``drop`` they become all-zero features, with
+  ``"infrequent_if_exist"`` the infrequent column where the feature has one, as in scikit-learn;
+  where scikit-learn would raise or warn (``"error"``, ``"warn"``, ``"ignore"`` with ``drop``) the
+  call runs scikit-learn;
 - ``drop`` (``"first"``, ``"if_binary"``, explicit categories) removes the dropped category's
   column and shifts the later ones, ``dtype`` sets the values' type, ``sparse_output`` picks CSR
   (``csr_matrix`` or ``csr_array`` by scikit-learn's ``sparse_interface`` setting, int32 indices)
@@ -55,8 +60,9 @@ def _category_indexes(encoder: OneHotEncoder) -> list[tuple[KeyIndex, str]]:
     indexes = []
     for name, categories in zip(encoder.feature_names_in_, encoder.categories_):
         kind = categories.dtype.kind
-        if kind == "O" and all(type(c) is str for c in categories):
-            indexes.append((KeyIndex.build(pd.Index(categories, dtype=object), f"feature {name!r}"), "str"))
+        labels = categories[:-1] if _nan_category(categories) >= 0 else categories
+        if kind == "O" and all(type(c) is str for c in labels):
+            indexes.append((KeyIndex.build(pd.Index(labels, dtype=object), f"feature {name!r}"), "str"))
         elif (kind in "iu" and categories.dtype != np.uint64) or (
             kind == "f" and np.isfinite(categories).all()
         ):
@@ -69,6 +75,28 @@ def _category_indexes(encoder: OneHotEncoder) -> list[tuple[KeyIndex, str]]:
                 "keeps encoding them."
             )
     return indexes
+
+
+def _nan_category(categories: np.ndarray) -> int:
+    """Position of the NaN category of string categories (scikit-learn sorts it last), else -1."""
+    if categories.dtype.kind == "O" and len(categories) > 1:
+        last = categories[-1]
+        if type(last) is float and last != last and all(type(c) is str for c in categories[:-1]):
+            return len(categories) - 1
+    return -1
+
+
+def _float_nan_missing(column: pd.Series) -> bool:
+    """Whether a string column's missing values all reach scikit-learn as ``float('nan')``, which
+    it matches to a NaN category (or treats as unknown): pandas' ``str`` dtype (its missing value
+    is NaN) or ``object`` strings whose missing values are float NaN (``None``, ``pd.NA`` run
+    scikit-learn)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.na_value is np.nan
+    if dtype != np.dtype(object) or pd.api.types.infer_dtype(column, skipna=True) != "string":
+        return False
+    return all(type(v) is float for v in column[column.isna()].tolist())
 
 
 def _matchable(column: pd.Series, kind: str) -> bool:
@@ -95,9 +123,10 @@ def _default_output(encoder: OneHotEncoder) -> bool:
     return chosen == "default"
 
 
-def require_frame_encoder(encoder: Any, method: str) -> None:
+def require_frame_encoder(encoder: Any, method: str, infrequent: bool = False) -> None:
     """Refuse (:class:`NotLowerable`) an encoder the compiled category lookup cannot reproduce:
-    another method than ``transform``, unfitted, fitted on an array, infrequent categories."""
+    another method than ``transform``, unfitted, fitted on an array, or (unless ``infrequent``)
+    with infrequent categories."""
     name = type(encoder).__name__
     if method != "transform":
         raise NotLowerable(f"{name}.{method} is not compiled; only transform is.")
@@ -108,37 +137,51 @@ def require_frame_encoder(encoder: Any, method: str) -> None:
             f"The {name} was fitted on an array, not a DataFrame; only encoders fitted on "
             "named columns are compiled."
         )
-    if getattr(encoder, "_infrequent_enabled", False):
+    if not infrequent and getattr(encoder, "_infrequent_enabled", False):
         raise NotLowerable(
             f"{name} with infrequent categories (min_frequency / max_categories) is not compiled."
         )
 
 
 def frame_codes(
-    encoder: Any, names: list[str], indexes: list[tuple[KeyIndex, str]], X: Any
+    encoder: Any,
+    names: list[str],
+    indexes: list[tuple[KeyIndex, str]],
+    X: Any,
+    nan_codes: list[int] | None = None,
 ) -> np.ndarray | None:
     """Each value's category position (``-1`` when unknown), one column per feature, or ``None``
     when scikit-learn must encode ``X`` itself: another container or columns, 0 rows, a
-    ``set_output`` container, missing values or values not of the categories' kind."""
+    ``set_output`` container, values not of the categories' kind, or missing values (unless
+    ``nan_codes`` gives, per feature, the code of a float-NaN missing string value)."""
     if not (
-        type(X) is pd.DataFrame and X.shape[0] > 0 and list(X.columns) == names and _default_output(encoder)
+        type(X) is pd.DataFrame
+        and X.shape[0] > 0
+        and X.columns.tolist() == names
+        and _default_output(encoder)
     ):
         return None
     codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
     for j, (index, kind) in enumerate(indexes):
         column = X.iloc[:, j]
-        if not _matchable(column, kind):
+        missing = column.isna().to_numpy() if nan_codes is not None and kind == "str" else None
+        if missing is not None and missing.any():
+            if not _float_nan_missing(column):
+                return None
+        elif not _matchable(column, kind):
             return None
         found = index.rows(column)
         if found is None:
             return None
         codes[:, j] = found
+        if missing is not None:
+            codes[missing, j] = nan_codes[j]  # the NaN category, or unknown (-1)
     return codes
 
 
 def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
     """Compile ``encoder.transform`` for string and numeric categories; see the module docstring."""
-    require_frame_encoder(encoder, method)
+    require_frame_encoder(encoder, method, infrequent=True)
     indexes = _category_indexes(encoder)
     names = list(encoder.feature_names_in_)
     widths = np.asarray(encoder._n_features_outs, dtype=np.int64)
@@ -151,17 +194,33 @@ def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:
         dropped = np.array(
             [len(c) if d is None else int(d) for d, c in zip(drop, encoder.categories_)], dtype=np.int64
         )
-    # without infrequent categories, "infrequent_if_exist" treats an unknown one as "ignore" does
+    # unknown categories: all-zero features ("ignore", and "infrequent_if_exist" for a feature
+    # without infrequent categories) or the infrequent column ("infrequent_if_exist"); scikit-learn
+    # raises or warns in every other case, so those calls run it
     zero_unknown = encoder.handle_unknown in ("ignore", "infrequent_if_exist") and drop is None
+    infrequent_enabled = bool(getattr(encoder, "_infrequent_enabled", False))
+    infrequent = list(encoder._infrequent_indices) if infrequent_enabled else [None] * len(names)
+    mappings = list(encoder._default_to_infrequent_mappings) if infrequent_enabled else [None] * len(names)
+    unknown_to_infrequent = encoder.handle_unknown == "infrequent_if_exist"
+    nan_codes = [_nan_category(c) for c in encoder.categories_]
     dtype, sparse_output = encoder.dtype, encoder.sparse_output
 
     def transform(X: Any) -> Any:
-        codes = frame_codes(encoder, names, indexes, X)
+        codes = frame_codes(encoder, names, indexes, X, nan_codes)
         if codes is None:
             return encoder.transform(X)
         known = codes >= 0
-        if not zero_unknown and not known.all():
-            return encoder.transform(X)  # scikit-learn raises or warns about the unknown ones
+        if not known.all():
+            if not zero_unknown:
+                return encoder.transform(X)  # scikit-learn raises or warns about the unknown ones
+            if unknown_to_infrequent:
+                for j, indices in enumerate(infrequent):
+                    if indices is not None:
+                        codes[~known[:, j], j] = indices[0]
+                        known[:, j] = True
+        for j, mapping in enumerate(mappings):
+            if mapping is not None:  # infrequent categories share the feature's last column
+                codes[:, j] = np.take(mapping, np.maximum(codes[:, j], 0))
         if dropped is not None:
             known &= codes != dropped
             codes[codes > dropped] -= 1

@@ -296,31 +296,41 @@ def scratch_size(longest, n_sizes):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def word_spans_into(
-    code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n,
+    code_points, start, end, char_class, min_token_length, token_prefix, stop_table, min_n, max_n,
     buf, token_starts, token_ends, span_starts, span_ends,
 ):  # fmt: skip
-    """Word n-grams of one document: the tokens of ``(?u)\\b\\w{min_token_length,}\\b`` minus
-    stop words, joined by single spaces into ``buf``; writes the spans and returns their number."""
+    """Word n-grams of one document: the tokens of ``(?u)\\b\\w{min_token_length,}\\b`` (with a
+    ``token_prefix`` code point, not a word character, ``<prefix>\\w{min_token_length,}``: the
+    prefix and the run of word characters right after it; ``-1`` for none) minus stop words,
+    joined by single spaces into ``buf``; writes the spans and returns their number."""
     n_tokens = 0
     used = 0
     check_stops = stop_table.shape[0] > 1 + 2 * np.int64(stop_table[0])  # it holds terms
     k = start
     while k < end:
-        if char_class[code_points[k]] & 1 == 0:
+        if token_prefix >= 0:
+            if code_points[k] != token_prefix or k + 1 >= end or char_class[code_points[k + 1]] & 1 == 0:
+                k += 1
+                continue
+            token_start = k
+            k += 1
+        elif char_class[code_points[k]] & 1 == 0:
             k += 1
             continue
+        else:
+            token_start = k
         run_start = k
         while k < end and char_class[code_points[k]] & 1 != 0:
             k += 1
         if k - run_start < min_token_length:
             continue
-        if check_stops and lookup_slot(stop_table, code_points, run_start, k) >= 0:
+        if check_stops and lookup_slot(stop_table, code_points, token_start, k) >= 0:
             continue
         if n_tokens > 0:
             buf[used] = 32
             used += 1
         token_starts[n_tokens] = used
-        for q in range(run_start, k):
+        for q in range(token_start, k):
             buf[used] = code_points[q]
             used += 1
         token_ends[n_tokens] = used
@@ -416,12 +426,12 @@ def _span_arrays(length, n_sizes):
 
 
 @numba.njit(cache=True, nogil=True)
-def word_spans(code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n):
+def word_spans(code_points, start, end, char_class, min_token_length, token_prefix, stop_table, min_n, max_n):
     """:func:`word_spans_into` with its own arrays: ``(buf, span_starts, span_ends)``."""
     buf, span_starts, span_ends = _span_arrays(end - start, max_n - min_n + 1)
     tokens = np.empty(2 * (end - start + 1), dtype=np.int64)
     n = word_spans_into(
-        code_points, start, end, char_class, min_token_length, stop_table, min_n, max_n,
+        code_points, start, end, char_class, min_token_length, token_prefix, stop_table, min_n, max_n,
         buf, tokens[: end - start + 1], tokens[end - start + 1 :], span_starts, span_ends,
     )  # fmt: skip
     return buf, span_starts[:n], span_ends[:n]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = None
+ANALYZER = MIN_N = MAX_N = MIN_TOKEN_LENGTH = TOKEN_PREFIX = None
 HASHING = N_FEATURES = ALTERNATE_SIGN = None
 BINARY = SUBLINEAR_TF = USE_IDF = NORM = None
 ADD_SCORES = LONGEST = HEAD = None  # statement slots and the head, filled by fused.py
@@ -32,7 +32,7 @@ def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf
         end = offsets[row + 1]
         if ANALYZER == "word":
             text, span_starts, span_ends = word_spans(
-                code_points, start, end, char_class, MIN_TOKEN_LENGTH, stop_words, MIN_N, MAX_N
+                code_points, start, end, char_class, MIN_TOKEN_LENGTH, TOKEN_PREFIX, stop_words, MIN_N, MAX_N
             )
         elif ANALYZER == "char":
             text, span_starts, span_ends = char_spans(code_points, start, end, char_class, MIN_N, MAX_N)
@@ -120,7 +120,7 @@ def add_row_scores(
     set_slots = work[base + 4 * capacity :]
     if ANALYZER == "word":
         n_spans = word_spans_into(
-            code_points, start, end, char_class, MIN_TOKEN_LENGTH, stop_words, MIN_N, MAX_N,
+            code_points, start, end, char_class, MIN_TOKEN_LENGTH, TOKEN_PREFIX, stop_words, MIN_N, MAX_N,
             buf, work[: longest + 1], work[longest + 1 : base], span_starts, span_ends,
         )  # fmt: skip
     elif ANALYZER == "char":
