@@ -271,13 +271,32 @@ def test_optimize_tunes_an_approximate_model_cascade(staged):
     import willow
 
     model, _, _ = staged["lgb_binary_cat"]
-    pipeline = willow.optimize(model_pipeline, accuracy_target=0.95, require_faster=False)
+    pipeline = willow.optimize(model_pipeline, accuracy_target=0.95, require_faster=False, early_exit=True)
     pipeline.calibrate(model, _data(1200, 23)[0])
     plan = _serving_cascade(pipeline).plan
     assert not plan.exact and plan.lower_bound >= 0.95, plan.table()
     assert "approximate (margin thresholds)" in pipeline.explain()
     fresh = _data(600, 24)[0]
     assert (pipeline(model, fresh) == model.predict(fresh)).mean() >= 0.9
+
+
+def test_by_default_only_exact_exits_serve_below_a_target_of_one(staged):
+    """early_exit="exact" (the default): the plan says "no cascade", so outputs must stay
+    identical; margin exits would change some labels, so only leaf-bound exits are used."""
+    import willow
+
+    model, _, _ = staged["lgb_binary_cat"]
+    pipeline = willow.optimize(model_pipeline, accuracy_target=0.95, require_faster=False)
+    pipeline.calibrate(model, _data(1200, 23)[0])
+    assert _serving_cascade(pipeline).plan.exact
+    assert not pipeline.plan_.cascade
+    fresh = _data(600, 24)[0]
+    np.testing.assert_array_equal(pipeline(model, fresh), model.predict(fresh))
+    off = willow.optimize(model_pipeline, accuracy_target=0.95, require_faster=False, early_exit=False)
+    off.calibrate(model, _data(300, 25)[0])
+    assert "Model cascade inside" not in off.explain()
+    with pytest.raises(ValueError, match="early_exit must be"):
+        willow.optimize(model_pipeline, early_exit="fast")
 
 
 def test_no_model_cascade_when_cascades_are_off(staged):

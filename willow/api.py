@@ -136,6 +136,7 @@ class OptimizedPipeline:
         monitor: float | None = None,
         device: str = "cpu",
         tolerance: float | Callable | None = None,
+        early_exit: bool | str = "exact",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
@@ -189,6 +190,13 @@ class OptimizedPipeline:
         self._monitor: Any = None
         self.device = check_device(device)
         self.tolerance = check_tolerance(tolerance, query)
+        if not any(early_exit is option or early_exit == option for option in (True, False, "exact")):
+            raise ValueError(
+                f"early_exit must be 'exact' (the default: exits that cannot change the decision), "
+                f"True (also exits tuned to accuracy_target, proven on holdout rows) or False, got "
+                f"{early_exit!r}."
+            )
+        self.early_exit = early_exit
         self._serving: Callable | None = None
         self._tiers: tuple[tiers.ServedTier, ...] = ()
         self._unsupported: str | None = None
@@ -240,6 +248,7 @@ class OptimizedPipeline:
             "monitor": self.monitor,
             "device": self.device,
             "tolerance": self.tolerance,
+            "early_exit": self.early_exit,
         }
 
     def __getattr__(self, name: str) -> Any:
@@ -346,6 +355,7 @@ class OptimizedPipeline:
             cascade=self.cascade,
             require_faster=self.require_faster,
             tolerance=self.tolerance,
+            early_exit=self.__dict__.get("early_exit", "exact"),
         )
 
     @on_pipeline_device
@@ -809,6 +819,7 @@ def optimize(
     monitor: float | None = None,
     device: str = "cpu",
     tolerance: float | Callable | None = None,
+    early_exit: bool | str = "exact",
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -884,6 +895,13 @@ def optimize(
         holdout proof. Refused (:class:`~willow.cascades.tolerance.ToleranceError`) for functions
         that return labels. A callable is saved by name (define it at module level); see
         :mod:`willow.cascades.tolerance`.
+    early_exit : when no feature cascade serves and the model is a compiled tree-ensemble
+        classifier judged on its labels, a model cascade inside the ensemble (staged early exit,
+        :mod:`willow.early_exit`) may serve instead, if it measured at least 1.2x faster than the
+        full ensemble: ``"exact"`` (default) exits a row only where the remaining trees cannot
+        change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
+        ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
+        cascade); ``False`` never.
     """
     options = dict(
         accuracy_target=accuracy_target,
@@ -909,6 +927,7 @@ def optimize(
         monitor=monitor,
         device=device,
         tolerance=tolerance,
+        early_exit=early_exit,
     )
     if fn is None:
         return lambda f: OptimizedPipeline(f, **options)

@@ -93,6 +93,7 @@ class CascadeOptions:
     cascade: bool = True
     require_faster: bool = True
     tolerance: Any = None  # numeric outputs: agreement within it (willow.cascades.tolerance)
+    early_exit: bool | str = "exact"  # model cascades inside tree ensembles (willow.early_exit)
 
 
 @dataclass

@@ -98,8 +98,10 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
 
     compilation = result.compilation
     node = _model_node(compilation)
+    mode = getattr(options, "early_exit", "exact")
     if (
         not options.cascade
+        or mode is False
         or result.plan.cascade
         or result.function is None
         or node is None
@@ -122,7 +124,8 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
             model,
             recorder.inputs[0],
             method=method,
-            accuracy_target=options.accuracy_target,
+            # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
+            accuracy_target=options.accuracy_target if mode is True else 1.0,
             confidence=options.confidence,
             random_state=options.random_state,
             staged=staged,
