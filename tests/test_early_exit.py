@@ -299,6 +299,27 @@ def test_by_default_only_exact_exits_serve_below_a_target_of_one(staged):
         willow.optimize(model_pipeline, early_exit="fast")
 
 
+def proba_pipeline(model, X):
+    return model.predict_proba(X)
+
+
+def test_no_model_cascade_when_the_function_returns_probabilities(staged):
+    """Exits keep a row's class, not its probabilities: a function returning predict_proba keeps
+    the full ensemble (found when a served exact model cascade changed a real-world pipeline's
+    probabilities)."""
+    import willow
+
+    model, _, _ = staged["lgb_binary_cat"]
+    for early_exit in ("exact", True):
+        pipeline = willow.optimize(
+            proba_pipeline, accuracy_target=0.95, require_faster=False, early_exit=early_exit
+        )
+        pipeline.calibrate(model, _data(600, 26)[0])
+        assert "Model cascade inside" not in pipeline.explain()
+        fresh = _data(300, 27)[0]
+        np.testing.assert_allclose(pipeline(model, fresh), model.predict_proba(fresh), rtol=1e-9, atol=1e-12)
+
+
 def test_no_model_cascade_when_cascades_are_off(staged):
     import willow
 

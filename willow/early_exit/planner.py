@@ -110,7 +110,9 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     ):
         return result
     model, method = node.recipe
-    if method not in METHODS or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
+    # only labels: an exited row keeps its proven class but its probabilities or scores are
+    # estimates, so a function returning predict_proba / decision_function would change
+    if method != "predict" or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
         return result
     full = getattr(compilation.operators, node.attribute)
     recorder = _Recorder(full)
