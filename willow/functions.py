@@ -23,11 +23,12 @@ import astor
 
 from willow.errors import UnsupportedPipelineError
 
-__all__ = ["parse_function", "function_from_tree"]
+__all__ = ["function_source", "parse_function", "function_from_tree"]
 
 
-def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
-    """``fn``'s ``def`` as a syntax tree whose line numbers are those of its file, and the file."""
+def function_source(fn: Callable) -> tuple[str, str, int]:
+    """``fn``'s source text, its file and the line its ``def`` starts on; refuses a function
+    whose source cannot be read (typed into a prompt, built with exec, a lambda or builtin)."""
     try:
         lines, first = inspect.getsourcelines(fn)
         filename = inspect.getsourcefile(fn) or "<unknown>"
@@ -39,7 +40,13 @@ def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
             "be a lambda or builtin). Pass strict=False to willow.optimize to run this function "
             "unoptimized (with a warning)."
         ) from exc
-    tree = ast.parse(textwrap.dedent("".join(lines)))
+    return "".join(lines), filename, first
+
+
+def parse_function(fn: Callable) -> tuple[ast.FunctionDef, str]:
+    """``fn``'s ``def`` as a syntax tree whose line numbers are those of its file, and the file."""
+    source, filename, first = function_source(fn)
+    tree = ast.parse(textwrap.dedent(source))
     ast.increment_lineno(tree, first - 1)
     func = tree.body[0] if tree.body else None
     if not isinstance(func, ast.FunctionDef):

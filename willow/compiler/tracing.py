@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
-import inspect
 import textwrap
 from collections.abc import Callable
 
@@ -31,6 +30,7 @@ from willow.compiler.graph import (
     Statement,
 )
 from willow.errors import UnsupportedPipelineError
+from willow.functions import function_source
 
 __all__ = ["trace_pipeline", "source_fingerprint", "unwrap_stack_call", "names_read", "STACK_FUNCTIONS"]
 
@@ -56,20 +56,6 @@ def _fail(message: str, filename: str, lineno: int | None) -> UnsupportedPipelin
 def source_fingerprint(source: str) -> str:
     """A stable hash of a function's source, used to match saved plans to their function."""
     return hashlib.sha256(textwrap.dedent(source).encode("utf-8")).hexdigest()
-
-
-def _function_source(fn: Callable) -> tuple[str, str, int]:
-    try:
-        lines, first = inspect.getsourcelines(fn)
-        filename = inspect.getsourcefile(fn) or "<unknown>"
-    except (OSError, TypeError) as exc:
-        name = getattr(fn, "__qualname__", repr(fn))
-        raise UnsupportedPipelineError(
-            f"Cannot read the source of {name}: {exc}. willow traces the function's source, so it "
-            "must be defined in a file (not typed into an interactive prompt, built with exec, or "
-            f"be a lambda or builtin). {_FALLBACK}"
-        ) from exc
-    return "".join(lines), filename, first
 
 
 # --------------------------------------------------------------------------- names read / defined
@@ -570,7 +556,7 @@ def trace_pipeline(
         filename = filename or fn.__code__.co_filename
         first_line = func.lineno
     else:
-        source, filename, first_line = _function_source(fn)
+        source, filename, first_line = function_source(fn)
         module = ast.parse(textwrap.dedent(source))
         ast.increment_lineno(module, first_line - 1)
         func = module.body[0] if module.body else None
