@@ -25,6 +25,7 @@ from willow.frontend.frames import split_frame_groups
 from willow.frontend.inline import inline_helpers
 from willow.frontend.model_kwargs import drop_neutral_model_kwargs
 from willow.frontend.records import fuse_frame_records
+from willow.frontend.selections import select_columns_by_position
 from willow.frontend.statics import fold_statics, substitute_lists
 from willow.frontend.strings import fuse_string_concatenation
 from willow.functions import function_from_tree, parse_function
@@ -44,6 +45,7 @@ PASSES: list[tuple[str, FrontEndPass]] = [
     ("frames", split_frame_groups),
     ("records", fuse_frame_records),
     ("strings", fuse_string_concatenation),
+    ("selections", select_columns_by_position),
 ]
 
 

@@ -60,7 +60,10 @@ KERNEL_HELPERS = (
     "char_wb_spans_into",
     "lookup_spans",
     "lookup_slots_into",
+    "lookup_columns_into",
     "hash_spans",
+    "hash_spans_into",
+    "sort_prefix",
     "row_bounds",
     "span_capacity",
     "scratch_size",
@@ -519,16 +522,39 @@ def lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found):
     return n
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def lookup_columns_into(table, buf, span_starts, span_ends, n_spans, keys, found):
+    """:func:`lookup_slots_into`, then each found slot replaced by its term's feature."""
+    n = lookup_slots_into(table, buf, span_starts, span_ends, n_spans, keys, found)
+    n_slots = np.int64(table[0])
+    for q in range(n):
+        found[q] = np.int64(table[1 + n_slots + found[q]] & MASK32)
+    return n
+
+
 @numba.njit(cache=True, nogil=True)
 def lookup_spans(table, buf, span_starts, span_ends):
     """Vocabulary feature of every span that is a known term (unknown spans are dropped)."""
     n_spans = span_starts.shape[0]
     found = np.empty(n_spans, dtype=np.int64)
-    n = lookup_slots_into(table, buf, span_starts, span_ends, n_spans, np.empty(n_spans, np.uint64), found)
-    references = table_sections(table)[1]
-    for q in range(n):
-        found[q] = np.int64(references[found[q]] & MASK32)
+    n = lookup_columns_into(table, buf, span_starts, span_ends, n_spans, np.empty(n_spans, np.uint64), found)
     return found[:n]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def sort_prefix(values, n):
+    """Sort ``values[:n]`` in place without allocating: insertion sort for the few n-grams of a
+    short document, Numba's in-place sort beyond."""
+    if n > 24:
+        values[:n].sort()
+        return
+    for i in range(1, n):
+        value = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > value:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = value
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -606,6 +632,18 @@ def _utf8(buf, start, end, out):
     return n
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hashed_column(buf, start, end, n_features, alternate_sign, scratch):
+    """``(column, negative)`` of sklearn's ``FeatureHasher`` for the n-gram ``buf[start:end]``;
+    ``scratch`` holds its UTF-8 bytes (at least ``4 * (end - start)``)."""
+    h = _murmur3_32(scratch, _utf8(buf, start, end, scratch))
+    if h == -2147483648:
+        column = (2147483647 - (n_features - 1)) % n_features
+    else:
+        column = abs(h) % n_features
+    return column, alternate_sign and h < 0
+
+
 @numba.njit(cache=True, nogil=True)
 def hash_spans(buf, span_starts, span_ends, n_features, alternate_sign):
     """sklearn ``FeatureHasher`` columns and signs (+1 / -1) of every span."""
@@ -617,14 +655,24 @@ def hash_spans(buf, span_starts, span_ends, n_features, alternate_sign):
         longest = max(longest, span_ends[i] - span_starts[i])
     scratch = np.empty(4 * longest, dtype=np.uint8)
     for i in range(n):
-        n_bytes = _utf8(buf, span_starts[i], span_ends[i], scratch)
-        h = _murmur3_32(scratch, n_bytes)
-        if h == -2147483648:
-            columns[i] = (2147483647 - (n_features - 1)) % n_features
-        else:
-            columns[i] = abs(h) % n_features
-        signs[i] = -1.0 if (alternate_sign and h < 0) else 1.0
+        column, negative = _hashed_column(
+            buf, span_starts[i], span_ends[i], n_features, alternate_sign, scratch
+        )
+        columns[i] = column
+        signs[i] = -1.0 if negative else 1.0
     return columns, signs
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def hash_spans_into(buf, span_starts, span_ends, n_spans, n_features, alternate_sign, scratch, out):
+    """:func:`hash_spans` into ``out``: ``2 * column + 1`` for a negative sign, ``2 * column`` else
+    (so sorting keeps a column's n-grams together); returns ``n_spans``."""
+    for i in range(n_spans):
+        column, negative = _hashed_column(
+            buf, span_starts[i], span_ends[i], n_features, alternate_sign, scratch
+        )
+        out[i] = 2 * column + (1 if negative else 0)
+    return n_spans
 
 
 harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files

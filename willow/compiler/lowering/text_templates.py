@@ -20,30 +20,53 @@ MAX_SIZES = None  # most n-gram sizes of any fused vectorizer
 
 
 def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf):
-    """CSR ``(indptr, indices, values)`` of sklearn's ``transform``: sorted columns per row."""
+    """CSR ``(indptr, indices, values)`` of sklearn's ``transform``: sorted columns per row.
+
+    The per-row scratch (text buffer, token and span arrays, keys, columns) is allocated once per
+    call, sized for the longest row: a short document would otherwise pay more for its half-dozen
+    allocations than for its n-gram lookups. Columns are sorted in place (for feature hashing with
+    the sign in the low bit), so equal columns are adjacent and counted in one pass.
+    """
     n_rows = offsets.shape[0] - 1
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     capacity = 64
     indices = np.empty(capacity, dtype=np.int64)
     values = np.empty(capacity, dtype=np.float64)
     nnz = 0
+    longest = 0
+    for row in range(n_rows):
+        longest = max(longest, offsets[row + 1] - offsets[row])
+    n_spans_max = span_capacity(longest, MAX_N - MIN_N + 1)
+    buf = np.empty(3 * longest + 2, dtype=np.uint32)
+    tokens = np.empty(2 * (longest + 1), dtype=np.int64)
+    span_starts = np.empty(n_spans_max, dtype=np.int64)
+    span_ends = np.empty(n_spans_max, dtype=np.int64)
+    keys = np.empty(n_spans_max, dtype=np.uint64)
+    columns = np.empty(n_spans_max, dtype=np.int64)
+    utf8 = np.empty(4 * (3 * longest + 2), dtype=np.uint8)
+    sign_bits = 1 if HASHING else 0  # hashed columns carry their sign in the low bit
     for row in range(n_rows):
         start = offsets[row]
         end = offsets[row + 1]
         if ANALYZER == "word":
-            text, span_starts, span_ends = word_spans(
-                code_points, start, end, char_class, MIN_TOKEN_LENGTH, TOKEN_PREFIX, stop_words, MIN_N, MAX_N
-            )
+            n_spans = word_spans_into(
+                code_points, start, end, char_class, MIN_TOKEN_LENGTH, TOKEN_PREFIX, stop_words, MIN_N, MAX_N,
+                buf, tokens[: longest + 1], tokens[longest + 1 :], span_starts, span_ends,
+            )  # fmt: skip
         elif ANALYZER == "char":
-            text, span_starts, span_ends = char_spans(code_points, start, end, char_class, MIN_N, MAX_N)
+            n_spans = char_spans_into(
+                code_points, start, end, char_class, MIN_N, MAX_N, buf, span_starts, span_ends
+            )
         else:
-            text, span_starts, span_ends = char_wb_spans(code_points, start, end, char_class, MIN_N, MAX_N)
+            n_spans = char_wb_spans_into(
+                code_points, start, end, char_class, MIN_N, MAX_N, buf, span_starts, span_ends
+            )
         if HASHING:
-            columns, signs = hash_spans(text, span_starts, span_ends, N_FEATURES, ALTERNATE_SIGN)
+            n_found = hash_spans_into(
+                buf, span_starts, span_ends, n_spans, N_FEATURES, ALTERNATE_SIGN, utf8, columns
+            )
         else:
-            columns = lookup_spans(vocabulary, text, span_starts, span_ends)
-            signs = np.ones(columns.shape[0])
-        n_found = columns.shape[0]
+            n_found = lookup_columns_into(vocabulary, buf, span_starts, span_ends, n_spans, keys, columns)
         if nnz + n_found > capacity:
             capacity = max(2 * capacity, nnz + n_found)
             grown_indices = np.empty(capacity, dtype=np.int64)
@@ -52,14 +75,14 @@ def transform_rows(code_points, offsets, char_class, vocabulary, stop_words, idf
             grown_values = np.empty(capacity, dtype=np.float64)
             grown_values[:nnz] = values[:nnz]
             values = grown_values
-        order = np.argsort(columns)
+        sort_prefix(columns, n_found)
         row_start = nnz
         i = 0
         while i < n_found:
-            column = columns[order[i]]
+            column = columns[i] >> sign_bits
             total = 0.0
-            while i < n_found and columns[order[i]] == column:
-                total += signs[order[i]]
+            while i < n_found and columns[i] >> sign_bits == column:
+                total += -1.0 if columns[i] & sign_bits else 1.0
                 i += 1
             value = total
             if BINARY:
