@@ -22,7 +22,10 @@ and ``None`` steps as scikit-learn treats them, and the stacking each composite 
 on a few calibration rows (the composite's input at that call is recorded by running the function
 once on them). ``ColumnTransformer`` selects each transformer's fitted columns as
 ``_safe_indexing`` does (labels of a frame, a 1-D column for a scalar selection, positions of an
-array).
+array); a list of labels, and the composite's own input when written ``frame[[...]]``, is taken
+through :func:`frame_columns` (by position where that gives the same frame: at serving sizes the
+label index pandas 3 builds at every ``frame[list]`` costs more than the take), and the sparse
+stack's ``check_array`` through :func:`numeric_output` (skipped where it returns its input).
 
 Under ``set_output(transform="pandas")`` the branches' DataFrames are stacked with
 ``pd.concat(axis=1)`` and given the composite's ``get_feature_names_out()`` as columns, as its
