@@ -26,6 +26,7 @@ from sklearn.preprocessing import (
 )
 
 from willow.compiler.tracing import trace_pipeline
+from willow.frontend import composites
 from willow.frontend.driver import normalize
 
 WORDS = ["good", "bad", "great", "awful", "plot", "actors", "film", "boring", "fun", "meh"]
@@ -203,17 +204,12 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     arguments = {"frame": FRAME.drop(columns="text"), "model": TABULAR}
     front = _check(tabular_proba, arguments, ("frame",), FRAME_INPUTS)
     source = ast.unparse(front.tree)
-    assert "X_num = num.transform(frame[num_columns])" in source
-    assert "X_cat = cat.transform(frame[cat_columns]).toarray()" in source
-    assert "X_keep = frame[keep_columns]" in source
-    assert "X_remainder = remainder.transform(frame[remainder_columns])" in source
-    columns = {k: list(v) for k, v in front.bindings.items() if k.endswith("_columns")}
-    assert columns == {
-        "num_columns": ["age", "income"],
-        "cat_columns": ["colour"],
-        "keep_columns": ["flag"],
-        "remainder_columns": ["score"],
-    }
+    # label lists through frame_columns (by position where that is the same)
+    assert "X_num = num.transform(frame_columns(frame, ['age', 'income']))" in source
+    assert "X_cat = cat.transform(frame_columns(frame, ['colour'])).toarray()" in source
+    assert "X_keep = frame_columns(frame, ['flag'])" in source
+    assert "X_remainder = remainder.transform(frame_columns(frame, ['score']))" in source
+    assert front.bindings["frame_columns"] is composites.frame_columns
     direct = normalize(tabular_direct, arguments, ("frame",))
     assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
     # every object taken from the argument is checked at each call, by its path
@@ -223,6 +219,62 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     assert paths["num"] == "model.steps[0][1].transformers_[0][1]"
     assert paths["logisticregression"] == "model.steps[1][1]"
     assert all(eval(g.path, {"model": TABULAR}) is front.bindings[g.name] for g in front.guards)
+
+
+def selected_columns_proba(frame, model):
+    return model.predict_proba(frame[["age", "income", "colour", "flag", "score"]])
+
+
+def test_column_selections_by_position_equal_selections_by_label():
+    """The composite's input ``frame[[...]]`` and each transformer's label list are taken through
+    frame_columns: the same output for reordered columns, one and zero rows, duplicate labels (which
+    fall back to ``frame[cols]``), a missing column (pandas' KeyError) and a non-frame input."""
+    frame = FRAME.drop(columns="text")
+    duplicated = pd.concat([frame.iloc[:5], FRAME[["text", "text"]].iloc[:5]], axis=1)  # "text" twice
+    inputs = [
+        {"frame": frame.iloc[:, ::-1]},  # reordered columns
+        {"frame": frame.iloc[:1]},
+        {"frame": frame.iloc[:0]},
+        {"frame": duplicated},  # duplicate labels (not selected): frame[cols]
+        {"frame": frame.drop(columns="colour")},  # pandas' KeyError, as written
+        {"frame": {"age": [1.0]}},  # not a frame: indexed as written (TypeError)
+    ]
+    front = _check(selected_columns_proba, {"frame": frame, "model": TABULAR}, ("frame",), inputs)
+    source = ast.unparse(front.tree)
+    assert "X = frame_columns(frame, ['age', 'income', 'colour', 'flag', 'score'])" in source
+    assert "num.transform(frame_columns(X, ['age', 'income']))" in source
+    # the transformers' selections on the caller's frame itself (not with duplicate labels there:
+    # scikit-learn's input validation refuses them, a check the expansion does not repeat)
+    _check(tabular_direct, {"frame": frame, "model": TABULAR}, ("frame",), inputs[:3])
+    frame_columns = composites.frame_columns
+    for columns in (["colour", "age"], ["flag"], [], ["flag", "flag"], ["text"], ["nothing"]):
+        for data in (frame, frame.iloc[:1], frame.iloc[:0], duplicated):
+            assert_identical(_outcome(frame_columns, data, columns), _outcome(data.__getitem__, columns))
+    array = frame[["age", "flag"]].to_numpy()
+    assert_identical(_outcome(frame_columns, array, [0]), _outcome(array.__getitem__, [0]))
+
+
+def test_numeric_output_is_check_array():
+    """A sparse ColumnTransformer's per-output check_array: the same object for a numeric sparse
+    matrix with rows and columns, check_array's own result or error for everything else."""
+    from sklearn.utils.validation import check_array
+
+    csr = sp.random(4, 3, density=0.5, format="csr", random_state=0)
+    numeric_output = composites.numeric_output
+    assert numeric_output(csr) is csr
+    cases = [
+        csr.astype(np.int64),
+        csr.tocsc(),
+        csr[:0],  # 0 rows: check_array's error
+        sp.csr_matrix((3, 0)),  # 0 columns: check_array's error
+        csr.astype(bool),
+        np.array([["1", "2"]], dtype=object),  # converted to float
+        np.ones((2, 2)),
+        FRAME[["age", "flag"]],
+    ]
+    for value in cases:
+        expected = _outcome(lambda v: check_array(v, accept_sparse=True, ensure_all_finite=False), value)
+        assert_identical(_outcome(numeric_output, value), expected)
 
 
 SELECTED = make_column_transformer(
@@ -255,13 +307,15 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
     source = ast.unparse(front.tree)
     assert "selected_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
-    assert list(front.bindings["selected_standardscaler_columns"]) == ["age", "score"]
-    assert list(front.bindings["selected_onehotencoder_columns"]) == ["colour"]
+    assert "selected_standardscaler.transform(frame_columns(frame, ['age', 'score']))" in source
+    assert "selected_onehotencoder.transform(frame_columns(frame, ['colour']))" in source
     assert "X_selected_standardscaler * 0.5" in source
-    # _hstack's check_array: on the vectorizer's (0 rows pass it) and the passthrough frame, not on
-    # the scaler's output (always a float array, 0 rows refused by the scaler itself)
-    assert "check_array(X_selected_tfidfvectorizer" in source and "check_array(X_selected_remainder" in source
-    assert "check_array(X_selected_standardscaler" not in source
+    # _hstack's check_array (numeric_output): on the vectorizer's (0 rows pass it) and the
+    # passthrough frame, not on the scaler's output (always a float array, 0 rows refused by the
+    # scaler itself)
+    assert "numeric_output(X_selected_tfidfvectorizer)" in source
+    assert "numeric_output(X_selected_remainder)" in source
+    assert "numeric_output(X_selected_standardscaler" not in source
     assert "flag" not in source
     front = _check(selected_proba, {"frame": FRAME}, ("frame",), inputs)
     assert len(_groups(front)) == 4  # text, scaled, encoded, remainder

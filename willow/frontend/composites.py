@@ -22,7 +22,10 @@ and ``None`` steps as scikit-learn treats them, and the stacking each composite 
 on a few calibration rows (the composite's input at that call is recorded by running the function
 once on them). ``ColumnTransformer`` selects each transformer's fitted columns as
 ``_safe_indexing`` does (labels of a frame, a 1-D column for a scalar selection, positions of an
-array).
+array); a list of labels, and the composite's own input when written ``frame[[...]]``, is taken
+through :func:`frame_columns` (by position where that gives the same frame: at serving sizes the
+label index pandas 3 builds at every ``frame[list]`` costs more than the take), and the sparse
+stack's ``check_array`` through :func:`numeric_output` (skipped where it returns its input).
 
 Under ``set_output(transform="pandas")`` the branches' DataFrames are stacked with
 ``pd.concat(axis=1)`` and given the composite's ``get_feature_names_out()`` as columns, as its
@@ -54,8 +57,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from willow.frontend.context import UNRESOLVED, FrontEndContext, ObjectGuard
+from willow.frontend.frames import select_columns
 from willow.rows import n_rows, supports_rows, take_rows
 
 __all__ = ["expand_composites", "COMPOSITE_METHODS"]
@@ -519,6 +524,31 @@ def _expand_union(
     return ex.assign(f"X_{hint}", stacked), result
 
 
+def frame_columns(frame: Any, columns: list[Any]) -> Any:
+    """``frame[columns]`` for the expansion's column selections: a DataFrame's columns taken by
+    position (:func:`select_columns`: the same frame, without the index engine of the labels that
+    pandas 3 builds at every ``frame[list]``, most of a selection's cost at serving sizes); any
+    other container is indexed as written."""
+    if type(frame) is pd.DataFrame:
+        return select_columns(frame, columns)
+    return frame[columns]
+
+
+def _input_selection(argument: ast.expr, ex: _Expansion) -> ast.expr:
+    """The composite's argument as its hoisted statement computes it: ``frame[["a", "b"]]`` (a
+    name indexed by a literal list of labels) through :func:`frame_columns`, anything else as
+    written."""
+    if (
+        isinstance(argument, ast.Subscript)
+        and isinstance(argument.value, ast.Name)
+        and isinstance(argument.slice, ast.List)
+        and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in argument.slice.elts)
+    ):
+        func = ex.ctx.bind(frame_columns, "frame_columns")
+        return ast.Call(func=func, args=copy.deepcopy([argument.value, argument.slice]), keywords=[])
+    return copy.deepcopy(argument)
+
+
 def _column_key(columns: Any, ex: _Expansion) -> ast.expr:
     """A literal for a column selection (label, list of labels, position, positions, slice or mask)."""
     if isinstance(columns, slice):
@@ -583,12 +613,12 @@ def _expand_column_transformer(
     for name, trans, columns, weight in entries:
         key = _column_key(columns, ex)
         if type(value) is pd.DataFrame and by_label:  # labels: X[num_columns], X["a"]
-            if isinstance(key, ast.List):
-                # an Index of the frame's own label dtype: pandas then skips building one from a
-                # list at every call (half the cost of a one-row selection); same result
-                labels = pd.Index([c.value for c in key.elts], dtype=value.columns.dtype)
-                key = ex.ctx.bind(labels, f"{_branch_hint(ct, hint, name)}_columns")
-            selector = ast.Subscript(value=copy.copy(X), slice=key, ctx=ast.Load())
+            if isinstance(key, ast.List):  # by position where that is the same: see frame_columns
+                selector = ast.Call(
+                    func=ex.ctx.bind(frame_columns, "frame_columns"), args=[copy.copy(X), key], keywords=[]
+                )
+            else:  # one label: a Series, which X[label] already gets without a label index
+                selector = ast.Subscript(value=copy.copy(X), slice=key, ctx=ast.Load())
         elif type(value) is pd.DataFrame:  # _safe_indexing: iloc for positions, loc otherwise
             indexer = "iloc" if _determine_key_type(columns) == "int" else "loc"
             selector = ast.Subscript(
@@ -621,15 +651,8 @@ def _expand_column_transformer(
         _two_dimensional(name, out_value)
         if ct.sparse_output_:
             if not _always_numeric(trans, out_value):  # _hstack's conversion to a numeric array
-                checker = ex.ctx.bind(check_array, "check_array")
-                converted = ast.Call(
-                    func=checker,
-                    args=[out],
-                    keywords=[
-                        ast.keyword(arg="accept_sparse", value=ast.Constant(True)),
-                        ast.keyword(arg="ensure_all_finite", value=ast.Constant(False)),
-                    ],
-                )
+                checker = ex.ctx.bind(numeric_output, "numeric_output")
+                converted = ast.Call(func=checker, args=[out], keywords=[])
                 out = ex.assign(f"{out.id}_numeric", converted)
                 out_value = check_array(out_value, accept_sparse=True, ensure_all_finite=False)
         elif sparse.issparse(out_value):
@@ -650,6 +673,26 @@ def _expand_column_transformer(
         stacked = _call(ex.module(np, "np"), "hstack", ast.List(elts=names, ctx=ast.Load()))
         result = np.hstack(values)
     return ex.assign(f"X_{hint}", stacked), result
+
+
+def numeric_output(out: Any) -> Any:
+    """``check_array(out, accept_sparse=True, ensure_all_finite=False)``, the conversion a sparse
+    ``ColumnTransformer`` applies to each output, without its validation overhead where it would
+    return ``out`` itself: a 2-D sparse matrix of numbers with at least one row and one column (a
+    vectorizer's output). Anything else goes through ``check_array`` (conversions and errors)."""
+    import scipy.sparse as sparse
+
+    if (
+        sparse.issparse(out)
+        and out.ndim == 2
+        and out.shape[0] > 0
+        and out.shape[1] > 0
+        and out.dtype.kind in "fiu"
+    ):
+        return out
+    from sklearn.utils.validation import check_array
+
+    return check_array(out, accept_sparse=True, ensure_all_finite=False)
 
 
 def _always_numeric(trans: Any, value: Any) -> bool:
@@ -768,7 +811,7 @@ def expand_composites(tree: ast.FunctionDef, ctx: FrontEndContext) -> ast.Functi
         if isinstance(argument, ast.Name):
             X = ast.Name(id=argument.id, ctx=ast.Load())
         else:
-            X = ex.assign("X", copy.deepcopy(argument))
+            X = ex.assign("X", _input_selection(argument, ex))
         saved = ex.checkpoint()
         try:
             _routing_disabled()
