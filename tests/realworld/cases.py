@@ -379,8 +379,6 @@ CASES: dict[str, Case] = {
             S + "batched_helper",
             "adult",
             min_groups=5,
-            # a helper branching on the data stays opaque: the model call is not found (README)
-            refused=r"styles.py:\d+: the model is called inside predict_in_batches\(\) \(.*styles.py:\d+",
         ),
         Case(
             "column_transformer",

@@ -274,7 +274,7 @@ def predict_function_tabular(people):
 
 
 def predict_in_batches(model, X, batch_size=100_000):
-    if X.shape[0] > batch_size:  # a branch on the data, not on a type: not folded
+    if X.shape[0] > batch_size:  # both branches are model.predict(X) (willow.frontend.chunking)
         return np.concatenate([model.predict(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
     return model.predict(X)
 

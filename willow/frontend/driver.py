@@ -17,6 +17,7 @@ from typing import Any
 from willow.compiler.execution import closure_values
 from willow.errors import UnsupportedPipelineError
 from willow.frontend.arguments import bind_argument_reads
+from willow.frontend.chunking import rewrite_chunks
 from willow.frontend.composites import expand_composites
 from willow.frontend.context import FrontEndContext, FrontEndPass, ObjectGuard, TypeGuard
 from willow.frontend.elements import bind_element_reads
@@ -37,6 +38,7 @@ __all__ = ["FrontEnd", "normalize", "parse_function", "build_function", "PASSES"
 # arguments still read become constants (willow.frontend.arguments.bind_argument_reads).
 PASSES: list[tuple[str, FrontEndPass]] = [
     ("statics", fold_statics),
+    ("chunks", rewrite_chunks),  # before helpers: they are rewritten as they are inlined
     ("helpers", inline_helpers),
     ("elements", bind_element_reads),
     ("column lists", substitute_lists),

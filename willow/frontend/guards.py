@@ -44,7 +44,11 @@ class _Path:
         self.path = guard.path
         self.lineno = guard.lineno
         tree = ast.parse(guard.path, mode="eval").body
-        self.root = tree.id if isinstance(tree, ast.Name) else None
+        # a bare name is a parameter read from the call's arguments; a bare global (a batch size,
+        # willow.frontend.chunking) is read from the function's namespace like any other path
+        parameters = inspect.signature(fn).parameters if fn is not None else None
+        is_parameter = isinstance(tree, ast.Name) and (parameters is None or tree.id in parameters)
+        self.root = tree.id if is_parameter else None
         self.code = None if self.root else compile(ast.Expression(body=tree), "<willow guard>", "eval")
         self.fingerprint = fingerprint(expected)
         self.verified = expected

@@ -27,6 +27,7 @@ import types
 from typing import Any
 
 from willow.errors import UnsupportedPipelineError
+from willow.frontend.chunking import add_guards, helper_scope, rewrite_chunked_body
 from willow.frontend.context import UNRESOLVED, FrontEndContext
 from willow.frontend.statics import FoldReport, Known, StaticTypes, fold_statements
 from willow.functions import parse_function
@@ -250,6 +251,7 @@ class _Inliner:
         self.types = StaticTypes.of_parameters(ctx.arguments, ctx.parameters, ctx.resolve, ctx.is_local)
         self.roots = dict(self.types.env)
         self.opaque: list[tuple[types.FunctionType, ast.FunctionDef, ast.stmt]] = []  # not inlined
+        self.unchunked: dict[types.FunctionType, list[str]] = {}  # why batched calls stayed (chunking)
 
     def _fold(
         self,
@@ -287,6 +289,12 @@ class _Inliner:
         body = fold_statements(
             _without_docstring(helper.body), local_types, report, scope.filename, self.roots
         )
+        # batched calls of a row-wise estimator become one call (willow.frontend.chunking)
+        chunks = helper_scope(fn, parameters, dict(binding.arguments), stored, self.ctx)
+        body, _ = rewrite_chunked_body(body, chunks)
+        helper._willow_chunks = chunks  # type: ignore[attr-defined] # committed if inlined
+        if chunks.refusals:
+            self.unchunked[fn] = chunks.refusals
         return _straight_line(helper, body)
 
     # ------------------------------------------------------------------ statements
@@ -449,6 +457,11 @@ class _Inliner:
         self.ctx.type_guards.extend(report.guards)
         for note in report.notes:
             self.ctx.note(note)
+        chunks = getattr(helper, "_willow_chunks", None)
+        if chunks is not None:
+            add_guards(chunks, self.ctx)
+            for note in chunks.notes:
+                self.ctx.note(note)
         module = getattr(fn, "__module__", "?")
         self.ctx.note(
             f"line {where.lineno}: inlined {module}.{fn.__qualname__}() "
@@ -544,9 +557,15 @@ def _refuse_hidden_model_call(inliner: _Inliner, body: list[ast.stmt]) -> None:
         raise inliner.ctx.fail(
             f"the model is called inside {fn.__qualname__}() ({fn.__code__.co_filename}:{branch.lineno}: "
             f"`{ast.unparse(branch).splitlines()[0]}`), which willow cannot inline: it only folds type "
-            "tests decided at calibration (`isinstance`, `type(x) is`, `hasattr`) and an empty-batch "
-            "guard (`if len(X) == 0: return ...`), so no recognisable model call is left. Call the "
-            "model in the function itself (`return model.predict(X)`), or move the branch out of "
+            "tests decided at calibration (`isinstance`, `type(x) is`, `hasattr`), an empty-batch "
+            "guard (`if len(X) == 0: return ...`) and batches of a row-wise estimator's rows"
+            f"{_unchunked(inliner.unchunked.get(fn, []))}, so no recognisable model call is left. Call "
+            "the model in the function itself (`return model.predict(X)`), or move the branch out of "
             "the helper.",
             where.lineno,
         )
+
+
+def _unchunked(reasons: list[str]) -> str:
+    """Why the helper's batched calls were left as written (willow.frontend.chunking), if any."""
+    return f" (here {'; '.join(reasons)})" if reasons else ""
