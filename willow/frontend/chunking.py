@@ -38,6 +38,10 @@ constant (a global, a non-row argument); one that can change between calls is gu
 estimator itself, with the existing :class:`~willow.frontend.context.ObjectGuard` machinery: a call
 with another object runs the original function with a :class:`~willow.ModelChangedWarning`.
 
+"The same" is the estimator's own arithmetic on more rows at once: a BLAS product may round a
+row's last bit differently in a batch of another size (scikit-learn's check allows 1e-7), so a
+float output agrees with the batched original to rounding, labels exactly.
+
 Edge cases: on 0 rows the compiled function always runs the original function as written (which
 raises ``ValueError`` from ``np.concatenate([])`` or calls the model on 0 rows, whichever it
 does). The folded ``if`` test must read only row counts (``len(X)``, ``X.shape[0]``, ``X.size``),
