@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from willow.compiler.execution import closure_values
 from willow.frontend.context import UNRESOLVED, FrontEndContext, ObjectGuard
 
 __all__ = ["ROW_METHODS", "ChunkScope", "row_wise_reason", "rewrite_chunks", "rewrite_chunked_body"]
@@ -197,16 +198,21 @@ def _hint(expr: ast.expr) -> str:
     return ast.unparse(expr).replace(".", "_").replace("[", "_").replace("]", "").replace("'", "")
 
 
+def _root(expr: ast.expr) -> ast.Name | None:
+    """The name an attribute/subscript chain starts from (``None`` for anything else)."""
+    while isinstance(expr, (ast.Attribute, ast.Subscript)):
+        expr = expr.value
+    return expr if isinstance(expr, ast.Name) else None
+
+
 def _top_guard_path(ctx: FrontEndContext) -> Callable[[ast.expr], str | None]:
     """Guard paths for expressions of the decorated function itself."""
 
     def path(expr: ast.expr) -> str | None:
         if isinstance(expr, ast.Constant):
             return None
-        root = expr
-        while isinstance(root, (ast.Attribute, ast.Subscript)):
-            root = root.value
-        if not isinstance(root, ast.Name) or ctx.is_local(root.id) or root.id in ctx.row_parameters:
+        root = _root(expr)
+        if root is None or ctx.is_local(root.id) or root.id in ctx.row_parameters:
             return ""
         if root.id in ctx.bindings:
             return None  # an object bound by an earlier pass: fixed
@@ -231,12 +237,7 @@ def helper_scope(
     (resolved and guarded in the caller's scope) or its default; other names are the helper's
     globals and closure (fixed objects when the helper lives in another module, as the inliner
     binds them)."""
-    closure = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        try:
-            closure[name] = cell.cell_contents
-        except ValueError:
-            continue
+    closure = closure_values(fn)
     defaults = {}
     for name, parameter in _signature_defaults(fn).items():
         if name not in arguments:
@@ -260,10 +261,8 @@ def helper_scope(
     def path(expr: ast.expr) -> str | None:
         if isinstance(expr, ast.Constant):
             return None
-        root = expr
-        while isinstance(root, (ast.Attribute, ast.Subscript)):
-            root = root.value
-        if not isinstance(root, ast.Name) or root.id in stored:
+        root = _root(expr)
+        if root is None or root.id in stored:
             return ""
         if root.id in arguments:  # the caller's expression stands for the parameter
             substituted = _Substitute(root.id, arguments[root.id]).visit(copy.deepcopy(expr))
