@@ -9,7 +9,8 @@ constants where the caller's names differ), and its final ``return e`` becomes t
 call. Helpers called by a helper are inlined too, up to :data:`MAX_DEPTH` levels.
 
 Only straight-line helpers are inlined: a body of assignments and expression statements ending
-in one ``return``. A helper with other control flow (an ``if`` returning early, a loop), a
+in one ``return``, once its decided type tests are folded and its batched calls of a row-wise
+estimator made one call (:mod:`willow.frontend.chunking`, which may fold an ``if`` on row counts). A helper with other control flow (an ``if`` returning early, a loop), a
 generator, a lambda or nested function, variadic parameters, no readable source, or one that
 lives in a library (numpy, pandas, scikit-learn, willow, the standard library, site-packages)
 stays an opaque call, as before.
