@@ -286,3 +286,56 @@ def test_linear_models_dense_rows_on_the_device():
         gpu(bad)
     with pytest.raises(ValueError, match="features"):
         gpu(rows[:, :3])
+
+
+def _awkward_scores(rng, n):
+    """Scores with many ties, NaN and infinities: what a ranking must order exactly."""
+    scores = rng.integers(0, 4, n).astype(np.float64)
+    scores[rng.random(n) < 0.15] = np.nan
+    scores[rng.random(n) < 0.05] = -np.inf
+    scores[rng.random(n) < 0.05] = np.inf
+    return scores
+
+
+def test_device_selection_equals_the_cpu_selection():
+    from willow.cascades.runtime import ServingRuntime
+    from willow.gpu import selection
+    from willow.gpu.device import use_device
+    from willow.topk.ranking import top_positions
+    from willow.topk.runtime import TopKRuntime
+
+    rng = np.random.default_rng(8)
+    cpu_topk = TopKRuntime(None, None, None, None, None, device="cpu")
+    gpu_topk = TopKRuntime(None, None, None, None, None, device="cuda")
+    cpu_cascade = ServingRuntime(None, None, None, None, device="cpu")
+    gpu_cascade = ServingRuntime(None, None, None, None, device="cuda")
+    for n in (0, 1, 2, 7, 40):
+        scores = _awkward_scores(rng, n)
+        for m in (0, 1, 3, n - 1, n, n + 5):
+            expected = top_positions(scores, m)
+            got = selection.top_positions(scores, m)
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype == np.intp
+            if m > 0:
+                candidates = gpu_topk.candidates(scores, m)
+                np.testing.assert_array_equal(candidates, cpu_topk.candidates(scores, m))
+                local = scores[candidates]
+                for got_part, expected_part in zip(
+                    gpu_topk.best_of(candidates, local, max(1, m // 2)),
+                    cpu_topk.best_of(candidates, local, max(1, m // 2)),
+                ):
+                    np.testing.assert_array_equal(got_part, expected_part)
+        for threshold in (0.5, 2.0, np.inf):
+            got = gpu_cascade.rows_below(scores, threshold)
+            np.testing.assert_array_equal(got, cpu_cascade.rows_below(scores, threshold))
+            assert got.dtype == np.intp
+    ties = np.zeros(9)  # all tied: lowest positions first
+    np.testing.assert_array_equal(selection.top_positions(ties, 4), [0, 1, 2, 3])
+    nan_first = np.array([np.nan, 1.0, np.nan, 2.0])
+    np.testing.assert_array_equal(selection.top_positions(nan_first, 3), [3, 1, 0])
+    np.testing.assert_array_equal(gpu_cascade.rows_below(nan_first, 1.5), [0, 1, 2])
+    # the runtimes take the pipeline's device from the lowering context by default
+    with use_device("cuda"):
+        assert TopKRuntime(None, None, None, None, None).device == "cuda"
+        assert ServingRuntime(None, None, None, None).device == "cuda"
+    assert ServingRuntime(None, None, None, None).device == "cpu"
