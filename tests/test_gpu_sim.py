@@ -339,3 +339,73 @@ def test_device_selection_equals_the_cpu_selection():
         assert TopKRuntime(None, None, None, None, None).device == "cuda"
         assert ServingRuntime(None, None, None, None).device == "cuda"
     assert ServingRuntime(None, None, None, None).device == "cpu"
+
+
+_SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 2.5, -3.75, 1e-308, 1e308])
+
+
+def _same(got, expected):
+    np.testing.assert_array_equal(got, expected)  # NaN positions equal, values bit for bit below
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+    if got.ndim == 2 and got.shape[0] > 1 and got.shape[1] > 1:
+        assert got.flags.f_contiguous == expected.flags.f_contiguous  # numpy's memory order
+
+
+def test_elementwise_expressions_on_the_device():
+    from lowering_helpers import compile_expression, original
+
+    from willow.gpu.arithmetic import CudaExpressionOperator
+    from willow.gpu.device import use_device
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate([_SPECIALS, rng.standard_normal(9)])
+    y = np.concatenate([_SPECIALS[::-1], rng.standard_normal(9)])
+    y[[3, 12]] = 0.0  # division by zero: inf and NaN, as numpy
+    with np.errstate(all="ignore"):
+        m = np.asfortranarray(np.column_stack([x, y, x * y]))
+    table = pd.DataFrame({"p": [0.5, np.nan, -2.0], "q": [1.0, 3.0, -0.0]}, index=[10, 20, 30])
+    keys = pd.Series([20, 10, 99, 30, 10])  # 99: missing key, NaN
+    ns = {"np": np, "SCALE": 0.25, "OFFSET": 3, "TABLE": table}
+    values = {"x": x, "y": y, "m": m, "b": x > y, "keys": keys}
+    cases = [
+        # the CPU kernel is compiled for these (slow); the rest are compared with numpy only
+        ("np.where(np.isnan(x), 0.0, np.clip(x / y, -1.5, 2)) * SCALE - OFFSET + np.fmax(x, y)", True),
+        ("TABLE.reindex(keys).to_numpy(dtype=float) * 2.0 - 1", False),
+        ("np.minimum(x, y) + np.maximum(y, x) + np.fmin(x, y) + np.sign(x) + np.sqrt(np.abs(y))", False),
+        ("(1 / x) + (y ** 2) + (x ** -1) + np.floor(y) + np.rint(x) + np.trunc(y) + np.ceil(x)", False),
+        ("np.isfinite(x) & (np.isinf(y) | b) & ~(x == y)", False),
+        ("m * x[:, None] / m", False),
+        ("np.column_stack([x - y, x * y, x / y])", False),
+    ]
+    for source, with_cpu in cases:
+        namespace = {**ns, **values}
+        with use_device("cuda"):
+            run, operator = compile_expression(source, namespace, row_names=tuple(values))
+        assert isinstance(operator, CudaExpressionOperator), source
+        assert "@cuda.jit(cache=True)" in operator.source and "@cuda.jit(device=True)" in operator.source
+        fallback, operator._fallback = operator._fallback, None  # the kernel must answer these calls
+        with np.errstate(all="ignore"):
+            expected = original(source, ns, values)
+        got = run(values)
+        _same(got, expected)
+        if with_cpu:
+            cpu_run, cpu_operator = compile_expression(source, namespace, row_names=tuple(values))
+            assert not isinstance(cpu_operator, CudaExpressionOperator)
+            _same(got, cpu_run(values))
+        for rows in (slice(0, 0), slice(4, 5)):  # 0 rows, 1 row
+            small = {name: value[rows] for name, value in values.items() if name != "keys"}
+            small["keys"] = keys.iloc[rows]
+            with np.errstate(all="ignore"):
+                _same(run(small), original(source, ns, small))
+        operator._fallback = fallback
+    # operands the kernel was not compiled for (ints, another shape) run the numpy expression
+    with use_device("cuda"):
+        run, operator = compile_expression("x / y + 1", {**ns, "x": x, "y": y}, row_names=("x", "y"))
+    ints = {"x": np.arange(4), "y": np.array([1, 0, 2, 0])}
+    with np.errstate(all="ignore"):
+        _same(run(ints), ints["x"] / ints["y"] + 1)
+    # row reductions stay on the CPU kernel
+    with use_device("cuda"):
+        _, reduction = compile_expression("np.sum(m * 2.0, axis=1)", {**ns, "m": m}, row_names=("m",))
+    assert not isinstance(reduction, CudaExpressionOperator)

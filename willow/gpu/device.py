@@ -3,8 +3,10 @@
 ``willow.optimize(device=...)`` is carried to :func:`willow.compiler.lowering.lower` by
 :func:`use_device`: it records the device (:func:`willow.gpu.runtime.current_device`) and installs
 the device's lowering (:func:`willow.gpu.lowering.lower_cuda` for ``"cuda"``) with
-:func:`willow.compiler.lowering.base.lowering_for_device`, so the compiler never imports the GPU
-backend.
+:func:`willow.compiler.lowering.base.lowering_for_device` and its elementwise-expression compiler
+(:func:`willow.gpu.arithmetic.compile_expression_cuda`) with
+:func:`~willow.compiler.lowering.base.expressions_for_device`, so the compiler never imports the
+GPU backend.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from willow.compiler.lowering.base import lowering_for_device
+from willow.compiler.lowering.base import expressions_for_device, lowering_for_device
 from willow.gpu.runtime import _device, check_device
 
 __all__ = ["use_device", "on_pipeline_device"]
@@ -26,12 +28,13 @@ T = TypeVar("T")
 def use_device(device: str) -> Iterator[None]:
     """Lower operators for ``device`` inside the ``with`` block (``"cuda"`` is checked first)."""
     device = check_device(device)
-    lowering = None
+    lowering = expressions = None
     if device == "cuda":
+        from willow.gpu.arithmetic import compile_expression_cuda as expressions
         from willow.gpu.lowering import lower_cuda as lowering
     token = _device.set(device)
     try:
-        with lowering_for_device(lowering):
+        with lowering_for_device(lowering), expressions_for_device(expressions):
             yield
     finally:
         _device.reset(token)

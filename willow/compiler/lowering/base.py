@@ -26,6 +26,9 @@ __all__ = [
     "DeviceLowering",
     "device_lowering",
     "lowering_for_device",
+    "DeviceExpressionCompiler",
+    "device_expression_compiler",
+    "expressions_for_device",
 ]
 
 
@@ -93,3 +96,29 @@ def lowering_for_device(lowering: DeviceLowering | None) -> Iterator[None]:
         yield
     finally:
         _device_lowering.reset(token)
+
+
+DeviceExpressionCompiler = Callable[..., "tuple[Any, ...] | None"]
+"""A device backend's compiler of analysed elementwise expressions: called by
+:func:`~willow.compiler.lowering.arithmetic_codegen.compile_expression` with its arguments, it
+returns the same ``(operator, arguments, objects)`` triple, or ``None`` when the expression stays
+on the CPU."""
+
+_device_expressions: contextvars.ContextVar[DeviceExpressionCompiler | None] = contextvars.ContextVar(
+    "willow_device_expressions", default=None
+)
+
+
+def device_expression_compiler() -> DeviceExpressionCompiler | None:
+    """The device's elementwise-expression compiler tried first right now, or ``None`` (CPU only)."""
+    return _device_expressions.get()
+
+
+@contextlib.contextmanager
+def expressions_for_device(compiler: DeviceExpressionCompiler | None) -> Iterator[None]:
+    """Try ``compiler`` before the CPU kernel for elementwise expressions inside the ``with`` block."""
+    token = _device_expressions.set(compiler)
+    try:
+        yield
+    finally:
+        _device_expressions.reset(token)
