@@ -409,3 +409,39 @@ def test_elementwise_expressions_on_the_device():
     with use_device("cuda"):
         _, reduction = compile_expression("np.sum(m * 2.0, axis=1)", {**ns, "m": m}, row_names=("m",))
     assert not isinstance(reduction, CudaExpressionOperator)
+
+
+def test_topk_approximate_scores_stay_on_the_device():
+    from sklearn.linear_model import Ridge
+
+    from willow.compiler.lowering import lower
+    from willow.gpu.device import use_device
+    from willow.topk.approximate import ApproximateScorer
+    from willow.topk.runtime import TopKRuntime
+
+    X, signal = _data(200, 10)
+    rows = _rows(X)
+    dense = np.nan_to_num(X)
+    for estimator, batch in (
+        (
+            lgb.LGBMRegressor(n_estimators=3, num_leaves=4, min_child_samples=5, verbose=-1).fit(X, signal),
+            rows,
+        ),
+        (Ridge().fit(dense, signal), dense[:24]),
+    ):
+        scorer = ApproximateScorer(estimator)
+        with use_device("cuda"):
+            # verified on calibration rows, and kept although the simulator measures it slower
+            assert scorer.compile(lower, batch) == ""
+        assert scorer.compiled and scorer._kernel.device == "cuda"
+        on_device = scorer.scores_on_device(batch)
+        np.testing.assert_array_equal(runtime.to_host(on_device), scorer.scores(batch))  # the kernel's call
+        np.testing.assert_allclose(
+            runtime.to_host(on_device), estimator.predict(batch), rtol=1e-12, atol=1e-14
+        )
+        gpu = TopKRuntime(None, scorer, None, None, None, device="cuda")
+        cpu = TopKRuntime(None, scorer, None, None, None, device="cpu")
+        approx = gpu.approximate_scores(batch)
+        np.testing.assert_array_equal(approx, cpu.approximate_scores(batch))
+        for m in (1, 5, len(batch), len(batch) + 3):
+            np.testing.assert_array_equal(gpu.candidates(approx, m), cpu.candidates(approx, m))

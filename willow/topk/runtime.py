@@ -106,7 +106,10 @@ class TopKRuntime:
         return exact_top_k(self.scorer.scores(arguments), k)
 
     def approximate_scores(self, features: Any) -> np.ndarray:
-        """The approximate model's score of every row (only its ranking matters)."""
+        """The approximate model's score of every row (only its ranking matters); with
+        ``device="cuda"`` left on the device when its kernel runs there."""
+        if self.device == "cuda":
+            return self.approximate_model.scores_on_device(features)
         return self.approximate_model.scores(features)
 
     def approximate_text(self, texts: Any) -> np.ndarray:
