@@ -445,3 +445,50 @@ def test_topk_approximate_scores_stay_on_the_device():
         np.testing.assert_array_equal(approx, cpu.approximate_scores(batch))
         for m in (1, 5, len(batch), len(batch) + 3):
             np.testing.assert_array_equal(gpu.candidates(approx, m), cpu.candidates(approx, m))
+
+
+def _slow(x):
+    for _ in range(30):
+        x = np.tanh(x) * 1.01
+    return x
+
+
+def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from willow.gpu import selection
+
+    rng = np.random.default_rng(11)
+    cheap, costly = rng.normal(size=(400, 3)), rng.normal(size=(400, 12))
+    X = np.hstack([cheap, _slow(costly)])
+    model = LogisticRegression().fit(X, (X[:, :3].sum(1) + 0.2 * X[:, 3:].sum(1) > 0).astype(int))
+
+    def predict(model, cheap, costly):
+        a = cheap * 1.0
+        b = _slow(costly)
+        X = np.hstack([a, b])
+        return model.predict(X)
+
+    fast = willow.optimize(
+        predict, device="cuda", accuracy_target=0.9, confidence=0.5, random_state=0, **_QUICK
+    )
+    fast.calibrate(model, cheap, costly)
+    assert fast.plan_.cascade
+    calls = []
+    device_rows_below = selection.rows_below
+
+    def spy(confidence, threshold):
+        got = device_rows_below(confidence, threshold)
+        np.testing.assert_array_equal(got, np.flatnonzero(~(np.asarray(confidence) >= threshold)))
+        calls.append((len(confidence), got))
+        return got
+
+    monkeypatch.setattr(selection, "rows_below", spy)
+    batch = rng.normal(size=(40, 3)), rng.normal(size=(40, 12))
+    out = fast(model, *batch)
+    assert len(calls) == 1 and calls[0][0] == 40
+    expected = predict(model, *batch)
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    uncertain = calls[0][1]
+    np.testing.assert_array_equal(out[uncertain], expected[uncertain])  # the full pipeline's rows
+    assert "(cuda)" in fast.explain() and "array expression (0 lookups) on cuda" in fast.explain()
