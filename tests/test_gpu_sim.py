@@ -225,6 +225,7 @@ def test_optimize_device_cuda_end_to_end():
     slow = willow.optimize(predict, cascade=False, accuracy_target=0.8, confidence=0.5, **_QUICK)
     slow.calibrate(X[:120])
     assert "on cuda" not in slow.explain() and slow.get_params()["device"] == "cpu"
+    assert "Devices (" not in slow.explain()
 
 
 def test_device_errors(monkeypatch):
@@ -493,4 +494,11 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
     assert out.dtype == expected.dtype and out.shape == expected.shape
     uncertain = calls[0][1]
     np.testing.assert_array_equal(out[uncertain], expected[uncertain])  # the full pipeline's rows
-    assert "(cuda)" in fast.explain() and "array expression (0 lookups) on cuda" in fast.explain()
+    report = fast.explain()
+    assert "(cuda)" in report and "array expression (0 lookups) on cuda" in report
+    devices = report[report.index('Devices (device="cuda"') :]
+    assert "GPU speed has not been measured" in devices
+    assert "cuda: _willow.ops.a_expr (array expression (0 lookups) on cuda)" in devices
+    assert "cpu: every statement not compiled" in devices
+    assert "approximate model: cuda (LogisticRegression." in devices
+    assert "row selection: the cascade's uncertain rows on the device" in devices

@@ -47,6 +47,7 @@ from willow.frontend.driver import FrontEnd, normalize, parse_function
 from willow.frontend.guards import ArgumentGuards
 from willow.frontend.methods import BoundPipeline
 from willow.gpu.device import on_pipeline_device
+from willow.gpu.explain import device_lines
 from willow.gpu.runtime import check_device
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
@@ -680,6 +681,7 @@ class OptimizedPipeline:
             )
         if self._compilation is not None:
             lines += ["", self._compilation.report()]
+        lines += device_lines(self)  # where a device="cuda" pipeline runs each part
         background = self.__dict__.get("_background")
         if background is not None:
             lines += ["", background.status()]
