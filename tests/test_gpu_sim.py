@@ -195,7 +195,7 @@ def _features(X):
     return scaled
 
 
-def test_optimize_device_cuda_end_to_end():
+def test_optimize_device_cuda_end_to_end(monkeypatch):
     X, signal = _data(300, 5)
     y = (signal > 0).astype(int)
     model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(
@@ -226,6 +226,12 @@ def test_optimize_device_cuda_end_to_end():
     slow.calibrate(X[:120])
     assert "on cuda" not in slow.explain() and slow.get_params()["device"] == "cpu"
     assert "Devices (" not in slow.explain()
+    # a device="cuda" plan restored where CUDA cannot run (no CuPy, no simulator) says what is missing
+    saved = pickle.dumps(fast)
+    monkeypatch.setattr(runtime, "simulator_active", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(DeviceUnavailableError, match=r"needs CuPy.*pip install willow\[gpu\]"):
+        pickle.loads(saved)
 
 
 def test_device_errors(monkeypatch):
