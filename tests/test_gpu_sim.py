@@ -508,3 +508,17 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
     assert "cpu: every statement not compiled" in devices
     assert "approximate model: cuda (LogisticRegression." in devices
     assert "row selection: the cascade's uncertain rows on the device" in devices
+
+
+def test_background_work_runs_on_the_pipelines_device():
+    import threading
+
+    from willow.gpu.device import on_device_of
+
+    fast = willow.optimize(_features, device="cuda")
+    seen = []
+    job = on_device_of(fast, lambda: seen.append(runtime.current_device()) or "done")
+    thread = threading.Thread(target=lambda: seen.append(job()))  # a thread starts without our context
+    thread.start()
+    thread.join()
+    assert seen == ["cuda", "done"] and runtime.current_device() == "cpu"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from willow.compiler.lowering.base import expressions_for_device, lowering_for_device
 from willow.gpu.runtime import _device, check_device
 
-__all__ = ["use_device", "on_pipeline_device"]
+__all__ = ["use_device", "on_pipeline_device", "on_device_of"]
 
 T = TypeVar("T")
 
@@ -51,3 +51,16 @@ def on_pipeline_device(function: Callable[..., T]) -> Callable[..., T]:
             return function(pipeline, *args, **kwargs)
 
     return wrapper
+
+
+def on_device_of(pipeline: Any, function: Callable[[], T]) -> Callable[[], T]:
+    """``function`` run inside :func:`use_device` with ``pipeline``'s device, wherever it is called:
+    a thread does not inherit the caller's context, so a background compilation of a
+    ``device="cuda"`` pipeline would otherwise lower its operators for the CPU."""
+    device = pipeline.__dict__.get("device", "cpu")
+
+    def run() -> T:
+        with use_device(device):
+            return function()
+
+    return run
