@@ -251,6 +251,9 @@ def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--rows", "10", "--trees", "2"])  # the simulator is on here: not a GPU
     assert exit_.value.code == 2 and "simulator" in capsys.readouterr().err
+    # the selection timing's code path, with NumPy as the device (its timings mean nothing here)
+    selection = bench.measure_selection(rows=500, k=7, repeats=1)
+    assert selection["topk_equal"] and selection["rows_below_equal"] and selection["k"] == 7
     monkeypatch.setattr(runtime, "simulator_active", lambda: False)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert "pip install willow[gpu]" in bench.refusal()
