@@ -3,10 +3,9 @@
 ``willow.optimize(device=...)`` is carried to :func:`willow.compiler.lowering.lower` by
 :func:`use_device`: it records the device (:func:`willow.gpu.runtime.current_device`) and installs
 the device's lowering (:func:`willow.gpu.lowering.lower_cuda` for ``"cuda"``) with
-:func:`willow.compiler.lowering.base.lowering_for_device` and its elementwise-expression compiler
-(:func:`willow.gpu.arithmetic.compile_expression_cuda`) with
-:func:`~willow.compiler.lowering.base.expressions_for_device`, so the compiler never imports the
-GPU backend.
+:func:`willow.compiler.lowering.base.lowering_for_device`, with its elementwise-expression
+compiler (:func:`willow.gpu.arithmetic.compile_expression_cuda`), so the compiler never imports
+the GPU backend.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from willow.compiler.lowering.base import expressions_for_device, lowering_for_device
+from willow.compiler.lowering.base import lowering_for_device
 from willow.gpu.runtime import _device, check_device
 
 __all__ = ["use_device", "on_pipeline_device", "on_device_of"]
@@ -34,7 +33,7 @@ def use_device(device: str) -> Iterator[None]:
         from willow.gpu.lowering import lower_cuda as lowering
     token = _device.set(device)
     try:
-        with lowering_for_device(lowering), expressions_for_device(expressions):
+        with lowering_for_device(lowering, expressions):
             yield
     finally:
         _device.reset(token)
