@@ -339,6 +339,23 @@ def test_device_selection_equals_the_cpu_selection():
             got = gpu_cascade.rows_below(scores, threshold)
             np.testing.assert_array_equal(got, cpu_cascade.rows_below(scores, threshold))
             assert got.dtype == np.intp
+
+    # the final K is chosen on the device only when the candidates' scores are there already
+    class OnDevice(np.ndarray):
+        __cuda_array_interface__ = property(lambda self: {})  # what marks a device array
+
+    scores = _awkward_scores(rng, 30)
+    candidates = np.arange(0, 60, 2)
+    picked = []
+    real_top = selection.top_positions
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(selection, "top_positions", lambda s, m: picked.append(type(s)) or real_top(s, m))
+        host = gpu_topk.best_of(candidates, scores, 6)
+        device = gpu_topk.best_of(candidates, scores.view(OnDevice), 6)
+    assert picked == [OnDevice]  # host scores were not sent to the device
+    for part in (0, 1):
+        np.testing.assert_array_equal(device[part], host[part])
+        np.testing.assert_array_equal(host[part], cpu_topk.best_of(candidates, scores, 6)[part])
     ties = np.zeros(9)  # all tied: lowest positions first
     np.testing.assert_array_equal(selection.top_positions(ties, 4), [0, 1, 2, 3])
     nan_first = np.array([np.nan, 1.0, np.nan, 2.0])

@@ -49,9 +49,9 @@ def device_lines(pipeline: Any) -> list[str]:
         lines.append(f"  approximate model: {runs}")
     if pipeline.query == "topk":
         lines.append(
-            "  row selection: top-K's candidates and final K on the device (willow/gpu/selection.py); "
-            "the approximate scores stay there when its kernel runs on cuda, and only the chosen "
-            "positions come back"
+            "  row selection: top-K's candidates on the device (willow/gpu/selection.py); the "
+            "approximate scores stay there when its kernel runs on cuda, and only the candidates' "
+            "positions come back; the final K is chosen where the candidates' scores are"
         )
     elif getattr(getattr(pipeline, "plan_", None), "cascade", False):
         lines.append(

@@ -2,7 +2,8 @@
 
 The serving runtimes of a pipeline calibrated with ``device="cuda"``
 (:class:`~willow.cascades.runtime.ServingRuntime`, :class:`~willow.topk.runtime.TopKRuntime`)
-select rows here instead of with NumPy: the confidence or score vector is taken onto the device
+select rows here instead of with NumPy (top-K's final K only when the candidates' scores are on
+the device already): the confidence or score vector is taken onto the device
 (``xp.asarray``: no copy when it is already a device array), compared or partitioned there (a
 mask and ``flatnonzero``; ``argpartition`` then a sort of the chosen rows only), and only the
 selected positions come back to the host. The functions are written against the array-module

@@ -61,9 +61,10 @@ def exact_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 class TopKRuntime:
     """Serving-time helpers of one calibrated top-K plan.
 
-    ``device`` is where candidates and the final K are selected: ``"cpu"`` (NumPy) or ``"cuda"``
-    (:mod:`willow.gpu.selection`, the same rows in the same order, ties included); by default the
-    device operators are being lowered for (the pipeline's ``device=``).
+    ``device`` is where candidates are selected: ``"cpu"`` (NumPy) or ``"cuda"``
+    (:mod:`willow.gpu.selection`, the same rows in the same order, ties included; the final K too
+    when the candidates' scores are on the device); by default the device operators are being
+    lowered for (the pipeline's ``device=``).
     """
 
     device = "cpu"
@@ -138,10 +139,13 @@ class TopKRuntime:
         ``candidates`` is ascending, so ranking its positions with ties by lowest local position
         breaks ties by lowest batch position, exactly like the original ranking.
         """
-        if self.device == "cuda":
-            from willow.gpu.selection import top_positions as device_top_positions
+        if self.device == "cuda" and hasattr(scores, "__cuda_array_interface__"):
+            # the candidates' scores are on the device only when the full model's head left them
+            # there; host scores (the usual case) are not sent over for a selection among c * K
+            from willow.gpu import runtime, selection
 
-            best = device_top_positions(scores, k)
+            best = selection.top_positions(scores, k)
+            scores = runtime.to_host(scores)  # c * K values
         else:
             best = top_positions(scores, k)
         return candidates[best], np.asarray(scores, dtype=np.float64)[best]
