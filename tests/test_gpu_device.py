@@ -132,3 +132,25 @@ def test_elementwise_expressions_on_the_gpu():
             expected = eval(source, values)
         # no multiply-add whose product rounds (x * 2.0 is exact): bit for bit even if NVVM fuses it
         np.testing.assert_array_equal(got, expected)
+
+
+def test_topk_approximate_scores_stay_on_the_gpu():
+    import lightgbm as lgb
+    from sklearn.linear_model import Ridge
+
+    from willow.compiler.lowering import lower
+    from willow.gpu.device import use_device
+    from willow.topk.approximate import ApproximateScorer
+
+    X, signal = _data(20_000, 4)
+    dense = np.nan_to_num(X)
+    for estimator, rows in (
+        (lgb.LGBMRegressor(n_estimators=20, num_leaves=15, verbose=-1).fit(X, signal), X),
+        (Ridge().fit(dense, signal), dense),
+    ):
+        scorer = ApproximateScorer(estimator)
+        with use_device("cuda"):
+            assert scorer.compile(lower, rows[:2000]) == ""
+        on_device = scorer.scores_on_device(rows)
+        assert type(on_device).__module__.startswith("cupy")  # only the candidates come back
+        np.testing.assert_allclose(runtime.to_host(on_device), scorer.scores(rows), rtol=1e-12, atol=1e-12)
