@@ -10,6 +10,10 @@ CPU kernels and willow's CUDA kernel on ``--rows`` rows of a synthetic regressio
 GPU time split into host -> device transfer (``to_device``), the kernel (``raw_device``) and
 device -> host (``to_host``), plus the end-to-end call; the CUDA kernel's first-call compile time;
 and exactness (the CUDA raw scores against LightGBM's and willow CPU's, max |difference|).
+Under ``selection``: top-K's choice of the best ``--k`` rows and a cascade's uncertain rows among
+``--rows`` scores, NumPy on the host against :mod:`willow.gpu.selection` on scores already on the
+device (positions back to the host included; the scores' transfer timed apart as ``h2d``), and
+whether both give the same rows.
 
 Not measured yet: no session has been lent a GPU since this was written, so there are no figures
 here; the issue's target is trees >= 10x willow CPU at 10^6 rows, exact.
@@ -120,6 +124,45 @@ def measure(trees: int, leaves: int, features: int, rows: int, repeats: int) -> 
     }
 
 
+def measure_selection(rows: int, k: int, repeats: int, seed: int = 0) -> dict:
+    """Time top-K's selection of the ``k`` best of ``rows`` scores (many ties, 1% NaN) and a
+    cascade's uncertain rows: NumPy on the host against :mod:`willow.gpu.selection` on scores
+    already on the device (only the positions come back), and check both give the same rows."""
+    from willow.gpu import runtime, selection
+    from willow.topk.ranking import top_positions
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, max(2, rows // 4), rows).astype(np.float64)
+    scores[rng.random(rows) < 0.01] = np.nan
+    threshold = float(np.nanmedian(scores))
+    on_device = runtime.to_device(scores)
+    sync = runtime.synchronize
+    none: Callable[[], None] = lambda: None  # noqa: E731
+    timings: dict[str, list[float]] = {
+        k_: [] for k_ in ("topk_cpu", "topk_gpu", "below_cpu", "below_gpu", "h2d")
+    }
+    for _ in range(repeats):
+        timings["topk_cpu"].append(_median_seconds(lambda: top_positions(scores, k), 1, none))
+        timings["topk_gpu"].append(_median_seconds(lambda: selection.top_positions(on_device, k), 1, sync))
+        timings["below_cpu"].append(_median_seconds(lambda: np.flatnonzero(~(scores >= threshold)), 1, none))
+        timings["below_gpu"].append(
+            _median_seconds(lambda: selection.rows_below(on_device, threshold), 1, sync)
+        )
+        timings["h2d"].append(_median_seconds(lambda: runtime.to_device(scores), 1, sync))
+    medians = {k_: float(np.median(v)) for k_, v in timings.items()}
+    return {
+        "rows": rows,
+        "k": k,
+        "median_seconds": medians,
+        "topk_gpu_vs_cpu": medians["topk_cpu"] / medians["topk_gpu"],
+        "rows_below_gpu_vs_cpu": medians["below_cpu"] / medians["below_gpu"],
+        "topk_equal": bool(np.array_equal(selection.top_positions(on_device, k), top_positions(scores, k))),
+        "rows_below_equal": bool(
+            np.array_equal(selection.rows_below(on_device, threshold), np.flatnonzero(~(scores >= threshold)))
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print its JSON; exits with status 2 and the reason without a GPU."""
     parser = argparse.ArgumentParser(
@@ -130,12 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--k", type=int, default=100, help="top-K's K for the selection timing")
     args = parser.parse_args(argv)
     reason = refusal()
     if reason is not None:
         print(reason, file=sys.stderr)
         raise SystemExit(2)
     result = measure(args.trees, args.leaves, args.features, args.rows, args.repeats)
+    result["selection"] = measure_selection(args.rows, args.k, args.repeats)
     print(json.dumps(result, indent=1), flush=True)
     return result
 

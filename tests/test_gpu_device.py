@@ -81,3 +81,76 @@ def test_linear_on_the_gpu_matches_the_cpu_kernel():
             np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
         else:
             np.testing.assert_array_equal(got, expected)
+
+
+def test_selection_on_the_gpu_equals_the_cpu_selection():
+    import cupy
+
+    from willow.gpu import selection
+    from willow.topk.ranking import top_positions
+
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 50, 200_000).astype(np.float64)  # many ties
+    scores[rng.random(scores.size) < 0.01] = np.nan
+    on_device = cupy.asarray(scores)
+    for m in (1, 100, 5000, scores.size, scores.size + 1):
+        np.testing.assert_array_equal(selection.top_positions(on_device, m), top_positions(scores, m))
+    np.testing.assert_array_equal(
+        selection.sorted_top_positions(on_device, 777), np.sort(top_positions(scores, 777))
+    )
+    for threshold in (10.0, 49.0, np.inf):
+        np.testing.assert_array_equal(
+            selection.rows_below(on_device, threshold), np.flatnonzero(~(scores >= threshold))
+        )
+
+
+def test_elementwise_expressions_on_the_gpu():
+    import ast
+
+    from willow.compiler.compile_pass import _resolve_fitted
+    from willow.compiler.lowering.arithmetic_codegen import lower_expression
+    from willow.gpu.arithmetic import CudaExpressionOperator
+    from willow.gpu.device import use_device
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal(10_000), rng.standard_normal(10_000)
+    x[:20], y[10:30] = np.nan, 0.0
+    values = {"np": np, "x": x, "y": y}
+    for source in ("np.clip(x / y, -1.5, 2) + np.fmax(x, y)", "np.where(np.isnan(x), 0.0, x * 2.0 - y)"):
+        node = ast.parse(source, mode="eval").body
+
+        def evaluate(expr):
+            return eval(compile(ast.Expression(body=expr), "<test>", "eval"), values)
+
+        with use_device("cuda"):
+            operator, arguments, _ = lower_expression(
+                node, evaluate, lambda e: _resolve_fitted(e, {"x", "y"}, evaluate), dict(values)
+            )
+        assert isinstance(operator, CudaExpressionOperator)
+        got = operator(*[evaluate(a) for a in arguments])
+        with np.errstate(all="ignore"):
+            expected = eval(source, values)
+        # no multiply-add whose product rounds (x * 2.0 is exact): bit for bit even if NVVM fuses it
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_topk_approximate_scores_stay_on_the_gpu():
+    import lightgbm as lgb
+    from sklearn.linear_model import Ridge
+
+    from willow.compiler.lowering import lower
+    from willow.gpu.device import use_device
+    from willow.topk.approximate import ApproximateScorer
+
+    X, signal = _data(20_000, 4)
+    dense = np.nan_to_num(X)
+    for estimator, rows in (
+        (lgb.LGBMRegressor(n_estimators=20, num_leaves=15, verbose=-1).fit(X, signal), X),
+        (Ridge().fit(dense, signal), dense),
+    ):
+        scorer = ApproximateScorer(estimator)
+        with use_device("cuda"):
+            assert scorer.compile(lower, rows[:2000]) == ""
+        on_device = scorer.scores_on_device(rows)
+        assert type(on_device).__module__.startswith("cupy")  # only the candidates come back
+        np.testing.assert_allclose(runtime.to_host(on_device), scorer.scores(rows), rtol=1e-12, atol=1e-12)

@@ -195,7 +195,7 @@ def _features(X):
     return scaled
 
 
-def test_optimize_device_cuda_end_to_end():
+def test_optimize_device_cuda_end_to_end(monkeypatch):
     X, signal = _data(300, 5)
     y = (signal > 0).astype(int)
     model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(
@@ -225,6 +225,13 @@ def test_optimize_device_cuda_end_to_end():
     slow = willow.optimize(predict, cascade=False, accuracy_target=0.8, confidence=0.5, **_QUICK)
     slow.calibrate(X[:120])
     assert "on cuda" not in slow.explain() and slow.get_params()["device"] == "cpu"
+    assert "Devices (" not in slow.explain()
+    # a device="cuda" plan restored where CUDA cannot run (no CuPy, no simulator) says what is missing
+    saved = pickle.dumps(fast)
+    monkeypatch.setattr(runtime, "simulator_active", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(DeviceUnavailableError, match=r"needs CuPy.*pip install willow\[gpu\]"):
+        pickle.loads(saved)
 
 
 def test_device_errors(monkeypatch):
@@ -244,6 +251,9 @@ def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--rows", "10", "--trees", "2"])  # the simulator is on here: not a GPU
     assert exit_.value.code == 2 and "simulator" in capsys.readouterr().err
+    # the selection timing's code path, with NumPy as the device (its timings mean nothing here)
+    selection = bench.measure_selection(rows=500, k=7, repeats=1)
+    assert selection["topk_equal"] and selection["rows_below_equal"] and selection["k"] == 7
     monkeypatch.setattr(runtime, "simulator_active", lambda: False)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert "pip install willow[gpu]" in bench.refusal()
@@ -286,3 +296,259 @@ def test_linear_models_dense_rows_on_the_device():
         gpu(bad)
     with pytest.raises(ValueError, match="features"):
         gpu(rows[:, :3])
+
+
+def _awkward_scores(rng, n):
+    """Scores with many ties, NaN and infinities: what a ranking must order exactly."""
+    scores = rng.integers(0, 4, n).astype(np.float64)
+    scores[rng.random(n) < 0.15] = np.nan
+    scores[rng.random(n) < 0.05] = -np.inf
+    scores[rng.random(n) < 0.05] = np.inf
+    return scores
+
+
+def test_device_selection_equals_the_cpu_selection():
+    from willow.cascades.runtime import ServingRuntime
+    from willow.gpu import selection
+    from willow.gpu.device import use_device
+    from willow.topk.ranking import top_positions
+    from willow.topk.runtime import TopKRuntime
+
+    rng = np.random.default_rng(8)
+    cpu_topk = TopKRuntime(None, None, None, None, None, device="cpu")
+    gpu_topk = TopKRuntime(None, None, None, None, None, device="cuda")
+    cpu_cascade = ServingRuntime(None, None, None, None, device="cpu")
+    gpu_cascade = ServingRuntime(None, None, None, None, device="cuda")
+    for n in (0, 1, 2, 7, 40):
+        scores = _awkward_scores(rng, n)
+        for m in (0, 1, 3, n - 1, n, n + 5):
+            expected = top_positions(scores, m)
+            got = selection.top_positions(scores, m)
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype == np.intp
+            if m > 0:
+                candidates = gpu_topk.candidates(scores, m)
+                np.testing.assert_array_equal(candidates, cpu_topk.candidates(scores, m))
+                local = scores[candidates]
+                for got_part, expected_part in zip(
+                    gpu_topk.best_of(candidates, local, max(1, m // 2)),
+                    cpu_topk.best_of(candidates, local, max(1, m // 2)),
+                ):
+                    np.testing.assert_array_equal(got_part, expected_part)
+        for threshold in (0.5, 2.0, np.inf):
+            got = gpu_cascade.rows_below(scores, threshold)
+            np.testing.assert_array_equal(got, cpu_cascade.rows_below(scores, threshold))
+            assert got.dtype == np.intp
+
+    # the final K is chosen on the device only when the candidates' scores are there already
+    class OnDevice(np.ndarray):
+        __cuda_array_interface__ = property(lambda self: {})  # what marks a device array
+
+    scores = _awkward_scores(rng, 30)
+    candidates = np.arange(0, 60, 2)
+    picked = []
+    real_top = selection.top_positions
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(selection, "top_positions", lambda s, m: picked.append(type(s)) or real_top(s, m))
+        host = gpu_topk.best_of(candidates, scores, 6)
+        device = gpu_topk.best_of(candidates, scores.view(OnDevice), 6)
+    assert picked == [OnDevice]  # host scores were not sent to the device
+    for part in (0, 1):
+        np.testing.assert_array_equal(device[part], host[part])
+        np.testing.assert_array_equal(host[part], cpu_topk.best_of(candidates, scores, 6)[part])
+    ties = np.zeros(9)  # all tied: lowest positions first
+    np.testing.assert_array_equal(selection.top_positions(ties, 4), [0, 1, 2, 3])
+    nan_first = np.array([np.nan, 1.0, np.nan, 2.0])
+    np.testing.assert_array_equal(selection.top_positions(nan_first, 3), [3, 1, 0])
+    np.testing.assert_array_equal(gpu_cascade.rows_below(nan_first, 1.5), [0, 1, 2])
+    # the runtimes take the pipeline's device from the lowering context by default
+    with use_device("cuda"):
+        assert TopKRuntime(None, None, None, None, None).device == "cuda"
+        assert ServingRuntime(None, None, None, None).device == "cuda"
+    assert ServingRuntime(None, None, None, None).device == "cpu"
+
+
+_SPECIALS = np.array(
+    [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 2.5, -3.75, 1e-308, 1e308, 0.5, -0.5, 1.5, -1.5]
+    + [-2.5, 3.5, -0.4, 0.49999999999999994, 2.0**52 + 1, -(2.0**53) - 2, 2.0**52 - 0.5, -7.0]
+)
+
+
+def _same(got, expected):
+    np.testing.assert_array_equal(got, expected)  # NaN positions equal, values bit for bit below
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    numbers = ~np.isnan(got) if got.dtype.kind == "f" else np.ones(got.shape, dtype=bool)
+    assert np.array_equal(np.signbit(got[numbers]), np.signbit(expected[numbers]))  # signed zeros
+    if got.ndim == 2 and got.shape[0] > 1 and got.shape[1] > 1:
+        assert got.flags.f_contiguous == expected.flags.f_contiguous  # numpy's memory order
+
+
+def test_elementwise_expressions_on_the_device():
+    from lowering_helpers import compile_expression, original
+
+    from willow.gpu.arithmetic import CudaExpressionOperator
+    from willow.gpu.device import use_device
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate([_SPECIALS, rng.standard_normal(9) * 4])
+    y = np.concatenate([_SPECIALS[::-1], rng.standard_normal(9) * 4])
+    y[[3, 12]] = 0.0  # division by zero: inf and NaN, as numpy
+    with np.errstate(all="ignore"):
+        m = np.asfortranarray(np.column_stack([x, y, x * y]))
+    table = pd.DataFrame({"p": [0.5, np.nan, -2.0], "q": [1.0, 3.0, -0.0]}, index=[10, 20, 30])
+    keys = pd.Series([20, 10, 99, 30, 10])  # 99: missing key, NaN
+    ns = {"np": np, "SCALE": 0.25, "OFFSET": 3, "TABLE": table}
+    values = {"x": x, "y": y, "m": m, "b": x > y, "keys": keys}
+    cases = [
+        # the CPU kernel is compiled for these (slow); the rest are compared with numpy only
+        ("np.where(np.isnan(x), 0.0, np.clip(x / y, -1.5, 2)) * SCALE - OFFSET + np.fmax(x, y)", True),
+        ("TABLE.reindex(keys).to_numpy(dtype=float) * 2.0 - 1", False),
+        ("np.minimum(x, y) + np.maximum(y, x) + np.fmin(x, y) + np.sign(x) + np.sqrt(np.abs(y))", False),
+        ("(1 / x) + (y ** 2) + (x ** -1) + np.floor(y) + np.rint(x) + np.trunc(y) + np.ceil(x)", False),
+        (
+            "np.column_stack([np.floor(x), np.ceil(x), np.trunc(x), np.rint(x), np.sqrt(x), -np.sqrt(-x)])",
+            False,
+        ),
+        ("np.isfinite(x) & (np.isinf(y) | b) & ~(x == y)", False),
+        ("m * x[:, None] / m", False),
+        ("np.column_stack([x - y, x * y, x / y])", False),
+    ]
+    for source, with_cpu in cases:
+        namespace = {**ns, **values}
+        with use_device("cuda"):
+            run, operator = compile_expression(source, namespace, row_names=tuple(values))
+        assert isinstance(operator, CudaExpressionOperator), source
+        assert "@cuda.jit(cache=True)" in operator.source and "i = cuda.grid(1)" in operator.source
+        if "np.clip" in source:  # the helpers the elements call, as device functions (only those)
+            assert "def clip(" in operator.source and "def sign(" not in operator.source
+        if "np.rint" in source:  # numpy functions Numba's CUDA target lacks: willow's device functions
+            assert "def np_rint(" in operator.source and "np_rint(a0[i])" in operator.source
+        fallback, operator._fallback = operator._fallback, None  # the kernel must answer these calls
+        with np.errstate(all="ignore"):
+            expected = original(source, ns, values)
+        got = run(values)
+        _same(got, expected)
+        if with_cpu:
+            cpu_run, cpu_operator = compile_expression(source, namespace, row_names=tuple(values))
+            assert not isinstance(cpu_operator, CudaExpressionOperator)
+            _same(got, cpu_run(values))
+        for rows in (slice(0, 0), slice(4, 5)):  # 0 rows, 1 row
+            small = {name: value[rows] for name, value in values.items() if name != "keys"}
+            small["keys"] = keys.iloc[rows]
+            with np.errstate(all="ignore"):
+                _same(run(small), original(source, ns, small))
+        operator._fallback = fallback
+    # operands the kernel was not compiled for (ints, another shape) run the numpy expression
+    with use_device("cuda"):
+        run, operator = compile_expression("x / y + 1", {**ns, "x": x, "y": y}, row_names=("x", "y"))
+    ints = {"x": np.arange(4), "y": np.array([1, 0, 2, 0])}
+    with np.errstate(all="ignore"):
+        _same(run(ints), ints["x"] / ints["y"] + 1)
+    # row reductions stay on the CPU kernel
+    with use_device("cuda"):
+        _, reduction = compile_expression("np.sum(m * 2.0, axis=1)", {**ns, "m": m}, row_names=("m",))
+    assert not isinstance(reduction, CudaExpressionOperator)
+
+
+def test_topk_approximate_scores_stay_on_the_device():
+    from sklearn.linear_model import Ridge
+
+    from willow.compiler.lowering import lower
+    from willow.gpu.device import use_device
+    from willow.topk.approximate import ApproximateScorer
+    from willow.topk.runtime import TopKRuntime
+
+    X, signal = _data(200, 10)
+    rows = _rows(X)
+    dense = np.nan_to_num(X)
+    for estimator, batch in (
+        (
+            lgb.LGBMRegressor(n_estimators=3, num_leaves=4, min_child_samples=5, verbose=-1).fit(X, signal),
+            rows,
+        ),
+        (Ridge().fit(dense, signal), dense[:24]),
+    ):
+        scorer = ApproximateScorer(estimator)
+        with use_device("cuda"):
+            # verified on calibration rows, and kept although the simulator measures it slower
+            assert scorer.compile(lower, batch) == ""
+        assert scorer.compiled and scorer._kernel.device == "cuda"
+        on_device = scorer.scores_on_device(batch)
+        np.testing.assert_array_equal(runtime.to_host(on_device), scorer.scores(batch))  # the kernel's call
+        np.testing.assert_allclose(
+            runtime.to_host(on_device), estimator.predict(batch), rtol=1e-12, atol=1e-14
+        )
+        gpu = TopKRuntime(None, scorer, None, None, None, device="cuda")
+        cpu = TopKRuntime(None, scorer, None, None, None, device="cpu")
+        approx = gpu.approximate_scores(batch)
+        np.testing.assert_array_equal(approx, cpu.approximate_scores(batch))
+        for m in (1, 5, len(batch), len(batch) + 3):
+            np.testing.assert_array_equal(gpu.candidates(approx, m), cpu.candidates(approx, m))
+
+
+def _slow(x):
+    for _ in range(30):
+        x = np.tanh(x) * 1.01
+    return x
+
+
+def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from willow.gpu import selection
+
+    rng = np.random.default_rng(11)
+    cheap, costly = rng.normal(size=(400, 3)), rng.normal(size=(400, 12))
+    X = np.hstack([cheap, _slow(costly)])
+    model = LogisticRegression().fit(X, (X[:, :3].sum(1) + 0.2 * X[:, 3:].sum(1) > 0).astype(int))
+
+    def predict(model, cheap, costly):
+        a = cheap * 1.0
+        b = _slow(costly)
+        X = np.hstack([a, b])
+        return model.predict(X)
+
+    fast = willow.optimize(
+        predict, device="cuda", accuracy_target=0.9, confidence=0.5, random_state=0, **_QUICK
+    )
+    fast.calibrate(model, cheap, costly)
+    assert fast.plan_.cascade
+    calls = []
+    device_rows_below = selection.rows_below
+
+    def spy(confidence, threshold):
+        got = device_rows_below(confidence, threshold)
+        np.testing.assert_array_equal(got, np.flatnonzero(~(np.asarray(confidence) >= threshold)))
+        calls.append((len(confidence), got))
+        return got
+
+    monkeypatch.setattr(selection, "rows_below", spy)
+    batch = rng.normal(size=(40, 3)), rng.normal(size=(40, 12))
+    out = fast(model, *batch)
+    assert len(calls) == 1 and calls[0][0] == 40
+    expected = predict(model, *batch)
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    uncertain = calls[0][1]
+    np.testing.assert_array_equal(out[uncertain], expected[uncertain])  # the full pipeline's rows
+    report = fast.explain()
+    assert "(cuda)" in report and "array expression (0 lookups) on cuda" in report
+    devices = report[report.index('Devices (device="cuda"') :]
+    assert "GPU speed has not been measured" in devices
+    assert "cuda: _willow.ops.a_expr (array expression (0 lookups) on cuda)" in devices
+    assert "cpu: every statement not compiled" in devices
+    assert "approximate model: cuda (LogisticRegression." in devices
+    assert "row selection: the cascade's uncertain rows on the device" in devices
+
+
+def test_background_work_runs_on_the_pipelines_device():
+    import threading
+
+    from willow.gpu.device import on_device_of
+
+    fast = willow.optimize(_features, device="cuda")
+    seen = []
+    job = on_device_of(fast, lambda: seen.append(runtime.current_device()) or "done")
+    thread = threading.Thread(target=lambda: seen.append(job()))  # a thread starts without our context
+    thread.start()
+    thread.join()
+    assert seen == ["cuda", "done"] and runtime.current_device() == "cpu"

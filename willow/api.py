@@ -46,7 +46,8 @@ from willow.frontend.arguments import classify_arguments
 from willow.frontend.driver import FrontEnd, normalize, parse_function
 from willow.frontend.guards import ArgumentGuards
 from willow.frontend.methods import BoundPipeline
-from willow.gpu.device import on_pipeline_device
+from willow.gpu.device import on_device_of, on_pipeline_device
+from willow.gpu.explain import device_lines
 from willow.gpu.runtime import check_device
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
@@ -417,7 +418,7 @@ class OptimizedPipeline:
                 self._install_result(result)
 
         what = ", ".join(dict.fromkeys(deferred))
-        self._background = BackgroundCompile(job, install, what).start()
+        self._background = BackgroundCompile(on_device_of(self, job), install, what).start()
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait for the background compilation that ``compile=True`` started after calibration
@@ -680,6 +681,7 @@ class OptimizedPipeline:
             )
         if self._compilation is not None:
             lines += ["", self._compilation.report()]
+        lines += device_lines(self)  # where a device="cuda" pipeline runs each part
         background = self.__dict__.get("_background")
         if background is not None:
             lines += ["", background.status()]

@@ -20,6 +20,7 @@ from willow.cascades.approximate import ApproximateModel
 from willow.cascades.outputs import OutputSpec
 from willow.errors import ModelChangedWarning, WillowError
 from willow.fingerprints import fingerprint
+from willow.gpu.runtime import current_device
 from willow.rows import n_rows
 from willow.rows import take_rows as _take_rows
 
@@ -101,7 +102,14 @@ class ModelGuard:
 
 
 class ServingRuntime:
-    """Serving-time helpers of one calibrated plan."""
+    """Serving-time helpers of one calibrated plan.
+
+    ``device`` is where the cascade selects its uncertain rows: ``"cpu"`` (NumPy) or ``"cuda"``
+    (:mod:`willow.gpu.selection`, the same rows); by default the device operators are being
+    lowered for (:func:`willow.gpu.runtime.current_device`, the pipeline's ``device=``).
+    """
+
+    device = "cpu"
 
     def __init__(
         self,
@@ -111,7 +119,9 @@ class ServingRuntime:
         guard: ModelGuard,
         operators: Any = None,
         objects: tuple[Any, ...] = (),
+        device: str | None = None,
     ) -> None:
+        self.device = current_device() if device is None else device
         self.approximate_model = approximate
         self.output = output
         self.original = original
@@ -198,10 +208,14 @@ class ServingRuntime:
         assert self.approximate_model is not None
         return self.approximate_model.predict_with_confidence_text(texts)
 
-    @staticmethod
-    def rows_below(confidence: np.ndarray, threshold: float) -> np.ndarray:
-        """Positions of the rows the approximate model is not confident about."""
-        uncertain = np.flatnonzero(~(confidence >= threshold))
+    def rows_below(self, confidence: np.ndarray, threshold: float) -> np.ndarray:
+        """Positions of the rows the approximate model is not confident about (ascending)."""
+        if self.device == "cuda":
+            from willow.gpu.selection import rows_below
+
+            uncertain = rows_below(confidence, threshold)
+        else:
+            uncertain = np.flatnonzero(~(confidence >= threshold))
         _exits.rows = getattr(_exits, "rows", 0) + confidence.shape[0]
         _exits.early = getattr(_exits, "early", 0) + confidence.shape[0] - uncertain.shape[0]
         return uncertain

@@ -3,8 +3,9 @@
 ``willow.optimize(device=...)`` is carried to :func:`willow.compiler.lowering.lower` by
 :func:`use_device`: it records the device (:func:`willow.gpu.runtime.current_device`) and installs
 the device's lowering (:func:`willow.gpu.lowering.lower_cuda` for ``"cuda"``) with
-:func:`willow.compiler.lowering.base.lowering_for_device`, so the compiler never imports the GPU
-backend.
+:func:`willow.compiler.lowering.base.lowering_for_device`, with its elementwise-expression
+compiler (:func:`willow.gpu.arithmetic.compile_expression_cuda`), so the compiler never imports
+the GPU backend.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from willow.compiler.lowering.base import lowering_for_device
 from willow.gpu.runtime import _device, check_device
 
-__all__ = ["use_device", "on_pipeline_device"]
+__all__ = ["use_device", "on_pipeline_device", "on_device_of"]
 
 T = TypeVar("T")
 
@@ -26,12 +27,13 @@ T = TypeVar("T")
 def use_device(device: str) -> Iterator[None]:
     """Lower operators for ``device`` inside the ``with`` block (``"cuda"`` is checked first)."""
     device = check_device(device)
-    lowering = None
+    lowering = expressions = None
     if device == "cuda":
+        from willow.gpu.arithmetic import compile_expression_cuda as expressions
         from willow.gpu.lowering import lower_cuda as lowering
     token = _device.set(device)
     try:
-        with lowering_for_device(lowering):
+        with lowering_for_device(lowering, expressions):
             yield
     finally:
         _device.reset(token)
@@ -48,3 +50,16 @@ def on_pipeline_device(function: Callable[..., T]) -> Callable[..., T]:
             return function(pipeline, *args, **kwargs)
 
     return wrapper
+
+
+def on_device_of(pipeline: Any, function: Callable[[], T]) -> Callable[[], T]:
+    """``function`` run inside :func:`use_device` with ``pipeline``'s device, wherever it is called:
+    a thread does not inherit the caller's context, so a background compilation of a
+    ``device="cuda"`` pipeline would otherwise lower its operators for the CPU."""
+    device = pipeline.__dict__.get("device", "cpu")
+
+    def run() -> T:
+        with use_device(device):
+            return function()
+
+    return run

@@ -86,6 +86,14 @@ class CudaLinearOperator:
         scores = runtime.to_host(self.scores_device(rows))
         return finish_output(self.spec, self._head(scores))
 
+    def output_device(self, X: Any) -> Any:
+        """What a call returns, left on the device for models whose head is the identity
+        (regressors; top-K selects among it there); the others' heads run on the host."""
+        if sp.issparse(X) or self.spec.head != "identity":
+            return self(X)
+        scores = self.scores_device(runtime.to_device(validated_rows(self.spec, X)))
+        return finish_output(self.spec, scores)
+
 
 def lower_linear_model_cuda(model: Any, method: str) -> CudaLinearOperator:
     """``getattr(model, method)`` of a fitted linear model, dense rows scored on the device;

@@ -33,6 +33,7 @@ __all__ = [
     "to_host",
     "synchronize",
     "threads_per_block",
+    "finish_where_it_is",
 ]
 
 T = TypeVar("T")
@@ -142,3 +143,15 @@ def synchronize() -> None:
         import cupy
 
         cupy.cuda.Device().synchronize()
+
+
+def finish_where_it_is(finish: Any, array: Any) -> Any:
+    """``finish(array)`` on the device when ``finish`` (a lowering's NumPy head: a squeeze, a
+    sigmoid, labels) works on device arrays, which CuPy's NumPy protocols give for most; a head
+    that needs a host array (CuPy refuses implicit conversion with a ``TypeError``) gets one."""
+    try:
+        return finish(array)
+    except TypeError:
+        if simulator_active():  # the "device" array is a host array: that error is the head's own
+            raise
+        return finish(to_host(array))

@@ -93,7 +93,8 @@ class CudaTreeOperator:
 
     Follows the :class:`~willow.compiler.lowering.base.CompiledOperator` contract (``name``,
     ``source``, call) and adds ``device = "cuda"``, :meth:`to_device` (host conversion and the
-    transfer), :meth:`raw_device` (the kernel; the result stays on the device) and :meth:`raw`.
+    transfer), :meth:`raw_device` (the kernel; the result stays on the device), :meth:`raw` and
+    :meth:`output_device` (a call's result, left on the device).
     """
 
     device = "cuda"
@@ -143,6 +144,11 @@ class CudaTreeOperator:
         if len(inputs) != 1:
             raise TypeError(f"{self.name} takes one argument X, got {len(inputs)}.")
         return self._finish(self.raw(inputs[0]))
+
+    def output_device(self, X: Any) -> Any:
+        """What a call returns, left on the device where the output head allows it (see
+        :func:`~willow.gpu.runtime.finish_where_it_is`): top-K selects among it there."""
+        return runtime.finish_where_it_is(self._finish, self.raw_device(self.to_device(X)))
 
 
 def lower_tree_model_cuda(

@@ -57,6 +57,17 @@ class ApproximateScorer:
         predict = self._kernel or self.estimator_.predict
         return np.asarray(predict(features), dtype=np.float64).reshape(-1)
 
+    def scores_on_device(self, features: Any) -> Any:
+        """:meth:`scores`, left on the device when the kernel in use runs there (``device="cuda"``):
+        top-K then selects its candidates on the device and only their positions come back."""
+        kernel = self._kernel
+        if getattr(kernel, "device", "cpu") == "cpu":
+            return self.scores(features)
+        from willow.gpu import runtime
+
+        xp = runtime.array_module()
+        return xp.asarray(kernel.output_device(features), dtype=xp.float64).reshape(-1)
+
     def scores_text(self, texts: Any) -> np.ndarray:
         """The approximate score of every text, through the fused kernel."""
         return np.asarray(self._fused(texts), dtype=np.float64).reshape(-1)
@@ -71,7 +82,9 @@ class ApproximateScorer:
         if refusal is None:
             build = lambda: lower(self.estimator_, "predict")  # noqa: E731
             refusal, kernel = verified_kernel(build, X, X, self.estimator_, "predict")
-            if kernel is not None and X is not None:
+            # a device kernel is kept whatever calibration batches measure (as compiled device
+            # nodes are: they time per-call transfers and launches, not the batches it is for)
+            if kernel is not None and X is not None and getattr(kernel, "device", "cpu") == "cpu":
                 kernel, refusal = _faster(
                     kernel, lambda: self.estimator_.predict(X), lambda: kernel(X), "kernel"
                 )

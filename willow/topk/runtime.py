@@ -14,6 +14,7 @@ import numpy as np
 from willow.cascades.runtime import ModelGuard, ServingRuntime
 from willow.compiler.execution import StatementRunner, bind_arguments
 from willow.compiler.graph import PipelineGraph
+from willow.gpu.runtime import current_device
 from willow.topk.approximate import ApproximateScorer
 from willow.topk.plan import TopKPlan
 from willow.topk.ranking import check_k, top_positions
@@ -58,7 +59,15 @@ def exact_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TopKRuntime:
-    """Serving-time helpers of one calibrated top-K plan."""
+    """Serving-time helpers of one calibrated top-K plan.
+
+    ``device`` is where candidates are selected: ``"cpu"`` (NumPy) or ``"cuda"``
+    (:mod:`willow.gpu.selection`, the same rows in the same order, ties included; the final K too
+    when the candidates' scores are on the device); by default the device operators are being
+    lowered for (the pipeline's ``device=``).
+    """
+
+    device = "cpu"
 
     def __init__(
         self,
@@ -69,7 +78,9 @@ class TopKRuntime:
         guard: ModelGuard,
         operators: Any = None,
         objects: tuple[Any, ...] = (),
+        device: str | None = None,
     ) -> None:
+        self.device = current_device() if device is None else device
         self.plan = plan
         self.approximate_model = approximate
         self.score_spec = score
@@ -96,16 +107,22 @@ class TopKRuntime:
         return exact_top_k(self.scorer.scores(arguments), k)
 
     def approximate_scores(self, features: Any) -> np.ndarray:
-        """The approximate model's score of every row (only its ranking matters)."""
+        """The approximate model's score of every row (only its ranking matters); with
+        ``device="cuda"`` left on the device when its kernel runs there."""
+        if self.device == "cuda":
+            return self.approximate_model.scores_on_device(features)
         return self.approximate_model.scores(features)
 
     def approximate_text(self, texts: Any) -> np.ndarray:
         """The approximate score of every text, through the fused kernel."""
         return self.approximate_model.scores_text(texts)
 
-    @staticmethod
-    def candidates(approx_scores: np.ndarray, n_candidates: int) -> np.ndarray:
+    def candidates(self, approx_scores: np.ndarray, n_candidates: int) -> np.ndarray:
         """Positions of the ``n_candidates`` best approximate scores, in ascending position order."""
+        if self.device == "cuda":
+            from willow.gpu.selection import sorted_top_positions
+
+            return sorted_top_positions(approx_scores, n_candidates)
         return np.sort(top_positions(approx_scores, n_candidates))
 
     def score(self, model: Any, features: Any) -> np.ndarray:
@@ -116,12 +133,19 @@ class TopKRuntime:
         """The full model's score of each candidate row, from its (compiled) model call's output."""
         return self.score_spec.of_output(output)
 
-    @staticmethod
-    def best_of(candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def best_of(self, candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact top ``k`` among the candidates, as positions in the whole batch, best first.
 
         ``candidates`` is ascending, so ranking its positions with ties by lowest local position
         breaks ties by lowest batch position, exactly like the original ranking.
         """
-        best = top_positions(scores, k)
+        if self.device == "cuda" and hasattr(scores, "__cuda_array_interface__"):
+            # the candidates' scores are on the device only when the full model's head left them
+            # there; host scores (the usual case) are not sent over for a selection among c * K
+            from willow.gpu import runtime, selection
+
+            best = selection.top_positions(scores, k)
+            scores = runtime.to_host(scores)  # c * K values
+        else:
+            best = top_positions(scores, k)
         return candidates[best], np.asarray(scores, dtype=np.float64)[best]

@@ -31,7 +31,7 @@ from willow.compiler.lowering.arithmetic import (
     analyze,
 )
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
-from willow.compiler.lowering.base import CompiledOperator
+from willow.compiler.lowering.base import CompiledOperator, device_expression_compiler
 
 __all__ = ["lower_expression", "compile_expression", "call_arguments", "values_per_row"]
 
@@ -289,6 +289,11 @@ def compile_expression(
     expression: Expression, node: ast.expr, namespace: dict[str, Any]
 ) -> tuple[CompiledOperator, list[ast.expr], dict[str, Any]]:
     """Generate and compile the kernel of an analysed expression; see :func:`lower_expression`."""
+    for_device = device_expression_compiler()  # device="cuda": willow.gpu.arithmetic
+    if for_device is not None:
+        compiled = for_device(expression, node, namespace)
+        if compiled is not None:
+            return compiled
     module_ast = _kernel_source(expression)
     module, source = compile_module(module_ast, "expression")
     kernel = module.kernel

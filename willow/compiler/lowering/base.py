@@ -26,6 +26,8 @@ __all__ = [
     "DeviceLowering",
     "device_lowering",
     "lowering_for_device",
+    "DeviceExpressionCompiler",
+    "device_expression_compiler",
 ]
 
 
@@ -74,21 +76,35 @@ DeviceLowering = Callable[[Any, str], "CompiledOperator | None"]
 has none there (the CPU lowering is used). Device backends (:mod:`willow.gpu`) depend on the
 compiler, not the other way round: they install theirs with :func:`lowering_for_device`."""
 
-_device_lowering: contextvars.ContextVar[DeviceLowering | None] = contextvars.ContextVar(
-    "willow_device_lowering", default=None
+DeviceExpressionCompiler = Callable[..., "tuple[Any, ...] | None"]
+"""A device backend's compiler of analysed elementwise expressions: called by
+:func:`~willow.compiler.lowering.arithmetic_codegen.compile_expression` with its arguments, it
+returns the same ``(operator, arguments, objects)`` triple, or ``None`` when the expression stays
+on the CPU. Installed with :func:`lowering_for_device` too."""
+
+_device_lowering: contextvars.ContextVar[tuple[DeviceLowering | None, DeviceExpressionCompiler | None]] = (
+    contextvars.ContextVar("willow_device_lowering", default=(None, None))
 )
 
 
 def device_lowering() -> DeviceLowering | None:
     """The device lowering tried first right now, or ``None`` (CPU only)."""
-    return _device_lowering.get()
+    return _device_lowering.get()[0]
+
+
+def device_expression_compiler() -> DeviceExpressionCompiler | None:
+    """The device's elementwise-expression compiler tried first right now, or ``None`` (CPU only)."""
+    return _device_lowering.get()[1]
 
 
 @contextlib.contextmanager
-def lowering_for_device(lowering: DeviceLowering | None) -> Iterator[None]:
-    """Try ``lowering`` before the CPU lowerings inside the ``with`` block (a context variable,
-    so concurrent calibrations do not see each other's device)."""
-    token = _device_lowering.set(lowering)
+def lowering_for_device(
+    lowering: DeviceLowering | None, expressions: DeviceExpressionCompiler | None = None
+) -> Iterator[None]:
+    """Try ``lowering`` before the CPU lowerings, and ``expressions`` before the CPU kernel of
+    elementwise expressions, inside the ``with`` block (a context variable, so concurrent
+    calibrations do not see each other's device)."""
+    token = _device_lowering.set((lowering, expressions))
     try:
         yield
     finally:
