@@ -327,3 +327,50 @@ def test_no_model_cascade_when_cascades_are_off(staged):
     pipeline = willow.optimize(model_pipeline, accuracy_target=1.0, require_faster=False, cascade=False)
     pipeline.calibrate(model, _data(300, 25)[0])
     assert "Model cascade inside" not in pipeline.explain()
+
+
+def test_choose_plan_serves_the_cheapest_when_clearly_cheaper():
+    from willow.early_exit.planner import MIN_SPEEDUP, choose_plan
+
+    seconds = {"feature cascade": 1.0, "combined": 0.7, "model cascade": 0.9}
+    assert choose_plan(seconds, "feature cascade") == "combined"
+    assert choose_plan({**seconds, "model cascade": 0.5}, "feature cascade") == "model cascade"
+    # within the margin the calibrated plan stays: one timing of a loaded machine is noisy
+    assert choose_plan({"feature cascade": 1.0, "combined": 1.0 / MIN_SPEEDUP + 1e-3}, "feature cascade") == (
+        "feature cascade"
+    )
+    assert choose_plan({"feature cascade": 0.2, "combined": 0.7}, "feature cascade") == "feature cascade"
+
+
+def test_feature_cascade_with_a_model_cascade_behind_it(tmp_path):
+    """The combined plan: the feature cascade's uncertain rows go to an exact model cascade, so
+    every row is the approximate model's answer where confident and the library's own label
+    elsewhere (identical to the feature cascade alone), and the feature cascade's proof holds."""
+    import pipelines
+    from conftest import make_tabular
+
+    import willow
+
+    cheap, extra, y = make_tabular(2600, seed=7)
+    train, calibration, test = np.split(np.arange(len(y)), [800, 2200])
+    features = np.hstack([cheap, pipelines.slow_features(extra)])
+    model = lgb.LGBMClassifier(**{**LGB, "n_estimators": 40}).fit(features[train], y[train])
+    options = dict(
+        accuracy_target=0.97, confidence=0.9, cost_repeats=2, importance_repeats=2, require_faster=False
+    )
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **options)
+    pipeline.calibrate(model, cheap[calibration], extra[calibration])
+    plan = pipeline.plan_
+    assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
+    assert "Serving: combined" in plan.reason, plan.reason
+    cascade = _serving_cascade(pipeline)
+    assert cascade.plan.exact and "Model cascade inside" in pipeline.explain()
+    approx, confidence = pipeline._approximate.predict_with_confidence(cheap[test] * 1.0)
+    expected = np.where(confidence >= plan.threshold, approx, model.predict(features[test]))
+    for copy in (pipeline, pickle.loads(pickle.dumps(pipeline))):
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), expected)
+        np.testing.assert_array_equal(copy(model, cheap[test][:1], extra[test][:1]), expected[:1])
+        assert _serving_cascade(copy).plan == cascade.plan
+    assert (expected == model.predict(features[test])).mean() >= 0.85
+    _, stage = cascade.run(features[test])
+    assert (stage < stage.max()).any()  # the rows behind the feature cascade do leave early
