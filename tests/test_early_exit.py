@@ -342,6 +342,28 @@ def test_choose_plan_serves_the_cheapest_when_clearly_cheaper():
     assert choose_plan({"feature cascade": 0.2, "combined": 0.7}, "feature cascade") == "feature cascade"
 
 
+def test_model_cascades_are_skipped_when_skipping_trees_cannot_pay_off():
+    """By the calibration's cost estimates (synthetic here): a combined plan can save at most the
+    model's cost on the rows the feature cascade sends on, a model cascade alone at most the
+    model's whole cost."""
+    from types import SimpleNamespace
+
+    from willow.early_exit.planner import _could_pay_off
+
+    def costs(model, total):
+        return SimpleNamespace(model_seconds_per_row=model, total_seconds_per_row=total)
+
+    def plan(expected, confident):
+        return SimpleNamespace(expected_seconds_per_row=expected, confident_fraction=confident)
+
+    # the model dominates: both could pay off
+    assert _could_pay_off(plan(10.0, 0.5), costs(model=15.0, total=16.0)) == (True, True)
+    # cheap model behind a cascade answering 95% of rows: neither could
+    assert _could_pay_off(plan(10.0, 0.95), costs(model=2.0, total=30.0)) == (False, False)
+    # features dominate but the cascade sends most rows on: only the combined plan could
+    assert _could_pay_off(plan(10.0, 0.2), costs(model=4.0, total=40.0)) == (True, False)
+
+
 def test_feature_cascade_with_a_model_cascade_behind_it(tmp_path):
     """The combined plan: the feature cascade's uncertain rows go to an exact model cascade, so
     every row is the approximate model's answer where confident and the library's own label

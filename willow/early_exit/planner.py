@@ -223,6 +223,17 @@ def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
     return replace(result, plan=plan, approximate=None, layout=None)
 
 
+def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
+    """Whether, by the calibration's cost estimates (per row), the combined plan and the model
+    cascade alone could be :data:`MIN_SPEEDUP` times as fast as the feature cascade even if their
+    model cascade skipped every tree: ``(combined, alone)``."""
+    model = costs.model_seconds_per_row
+    feature = plan.expected_seconds_per_row
+    combined = feature - (1.0 - plan.confident_fraction) * model
+    alone = costs.total_seconds_per_row - model
+    return feature >= MIN_SPEEDUP * combined, feature >= MIN_SPEEDUP * alone
+
+
 def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float) -> Any:
     """Compare the feature cascade, the combined plan and the model cascade alone (see the
     module docstring) and return the result serving the one chosen, its reason saying why."""
@@ -233,8 +244,20 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     model, method = _model_node(result.compilation).recipe
     candidates: dict[str, Any] = {"feature cascade": result}
     notes = []
-    hard = _recorded(result, fn, arguments, model, cascade=True)
+    could_combine, could_alone = _could_pay_off(result.plan, result.costs)
+    could_combine |= not options.require_faster
+    could_alone |= not options.require_faster
+    if not (could_combine or could_alone):
+        return _noted(
+            result,
+            f"No model cascade: the model costs {result.costs.model_seconds_per_row * 1e6:.2f} of the "
+            f"feature cascade's {result.plan.expected_seconds_per_row * 1e6:.2f} us/row, so skipping "
+            f"trees could not make it {MIN_SPEEDUP}x faster",
+        )
+    hard = _recorded(result, fn, arguments, model, cascade=True) if could_combine else []
     try:
+        if not could_combine:
+            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
         if len(hard) != 1 or n_rows(hard[0]) < MIN_COMBINED_ROWS:
             raise CalibrationError(
                 f"{sum(n_rows(X) for X in hard)} calibration rows reached the full model behind the "
@@ -248,8 +271,10 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         candidates["combined"] = combined
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no combined plan ({str(exc).rstrip('.')})")
-    every = _recorded(result, fn, arguments, model, cascade=False)
+    every = _recorded(result, fn, arguments, model, cascade=False) if could_alone else []
     try:
+        if not could_alone:
+            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
         alone = _calibrate(model, method, every[0], target, options)
