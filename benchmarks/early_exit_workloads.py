@@ -140,6 +140,12 @@ def end_to_end(name: str, scale: str, accuracy_target: float, repeats: int) -> d
             pipeline = pipelines[label]
             entry["agreement"] = round(float((np.asarray(pipeline(model, rows)) == reference).mean()), 5)
             entry["plan"] = _plan_line(pipeline)
+            plan = pipeline.plan_
+            # where the time goes: rows answered early, the compiled model's own cost per row
+            entry["confident_fraction"] = round(float(plan.confident_fraction), 4)
+            entry["model_us_per_row"] = round(pipeline.costs_.model_seconds_per_row * 1e6, 2)
+            entry["expected_us_per_row"] = round(plan.expected_seconds_per_row * 1e6, 2)
+            entry["reason"] = plan.reason
         result["variants"][label] = entry
     return result
 
@@ -163,11 +169,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['workload']} end to end ({results['scale']}, {results['test_rows']} test rows; "
         "medians, speedup over the original labels function)",
         "",
-        "| variant | seconds | speedup | agreement | plan |",
-        "|---|---|---|---|---|",
+        "| variant | seconds | speedup | agreement | answered early | model us/row | plan |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in results["variants"].items():
         lines.append(
-            f"| {label} | {r['seconds']} | {r['speedup']:.2f}x | {r.get('agreement', '')} | {r.get('plan', '')} |"
+            f"| {label} | {r['seconds']} | {r['speedup']:.2f}x | {r.get('agreement', '')} | "
+            f"{r.get('confident_fraction', '')} | {r.get('model_us_per_row', '')} | {r.get('plan', '')} |"
         )
     return "\n".join(lines)

@@ -223,6 +223,19 @@ def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
     return replace(result, plan=plan, approximate=None, layout=None)
 
 
+def _fast_enough(cascade: ModelCascade, options: Any) -> ModelCascade:
+    """``cascade``, if it measured :data:`MIN_SPEEDUP` times as fast as the full ensemble on its
+    tune rows (or ``require_faster=False``): a plan containing it can only be that much faster
+    than the plan without it if it is. Raises :class:`CalibrationError` otherwise."""
+    plan = cascade.plan
+    if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
+        raise CalibrationError(
+            f"its staged early exit measured {plan.expected_speedup or 0.0:.2f}x the full ensemble "
+            f"({plan.trees_per_row:.0f} of {plan.n_trees} trees per row)"
+        )
+    return cascade
+
+
 def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
     """Whether, by the calibration's cost estimates (per row), the combined plan and the model
     cascade alone could be :data:`MIN_SPEEDUP` times as fast as the feature cascade even if their
@@ -264,7 +277,8 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
                 f"feature cascade, fewer than the {MIN_COMBINED_ROWS} a model cascade is tuned on"
             )
         # exact exits only: the outputs stay the feature cascade's, whose proof then holds as is
-        combined = _with_cascade(result, fn, _calibrate(model, method, hard[0], 1.0, options), True)
+        behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options), options)
+        combined = _with_cascade(result, fn, behind, True)
         expected = call_with(result.function.__wrapped__, arguments)
         if not same_output(call_with(combined.function.__wrapped__, arguments), expected):
             raise CalibrationError("the combined plan did not reproduce the feature cascade's outputs")
@@ -277,7 +291,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
-        alone = _calibrate(model, method, every[0], target, options)
+        alone = _fast_enough(_calibrate(model, method, every[0], target, options), options)
         candidates["model cascade"] = _with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
