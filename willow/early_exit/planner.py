@@ -183,7 +183,14 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     return _with_cascade(_noted(result, note), fn, cascade, feature_cascade=False)
 
 
-def _calibrate(model: Any, method: str, X: Any, target: float, options: Any) -> ModelCascade:
+def _calibrate(
+    model: Any, method: str, X: Any, target: float, options: Any, staged: dict[str, Any] | None = None
+) -> ModelCascade:
+    """Early exit for ``model.method`` calibrated on ``X``; ``staged`` (a dict) keeps the staged
+    model between calls, so several calibrations of one model share its kernels."""
+    staged = {} if staged is None else staged
+    if "model" not in staged:
+        staged["model"] = stage_tree_model(model, method)
     return calibrate_early_exit(
         model,
         X,
@@ -191,7 +198,7 @@ def _calibrate(model: Any, method: str, X: Any, target: float, options: Any) -> 
         accuracy_target=target,
         confidence=options.confidence,
         random_state=options.random_state,
-        staged=stage_tree_model(model, method),
+        staged=staged["model"],
     )
 
 
@@ -257,6 +264,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     model, method = _model_node(result.compilation).recipe
     candidates: dict[str, Any] = {"feature cascade": result}
     notes = []
+    shared: dict[str, Any] = {}  # one staged model for both calibrations
     could_combine, could_alone = _could_pay_off(result.plan, result.costs)
     could_combine |= not options.require_faster
     could_alone |= not options.require_faster
@@ -277,7 +285,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
                 f"feature cascade, fewer than the {MIN_COMBINED_ROWS} a model cascade is tuned on"
             )
         # exact exits only: the outputs stay the feature cascade's, whose proof then holds as is
-        behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options), options)
+        behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options, shared), options)
         combined = _with_cascade(result, fn, behind, True)
         expected = call_with(result.function.__wrapped__, arguments)
         if not same_output(call_with(combined.function.__wrapped__, arguments), expected):
@@ -291,7 +299,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
-        alone = _fast_enough(_calibrate(model, method, every[0], target, options), options)
+        alone = _fast_enough(_calibrate(model, method, every[0], target, options, shared), options)
         candidates["model cascade"] = _with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
