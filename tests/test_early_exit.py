@@ -364,23 +364,33 @@ def test_model_cascades_are_skipped_when_skipping_trees_cannot_pay_off():
     assert _could_pay_off(plan(10.0, 0.2), costs(model=4.0, total=40.0)) == (True, False)
 
 
-def test_feature_cascade_with_a_model_cascade_behind_it(tmp_path):
+COMBINED_OPTIONS = dict(accuracy_target=0.97, confidence=0.9, cost_repeats=2, importance_repeats=2)
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    """A LightGBM model behind tests/pipelines.numpy_pipeline (a cheap and a slow feature group):
+    ``(model, cheap, extra, features, (train, calibration, test))``."""
+    import pipelines
+    from conftest import make_tabular
+
+    cheap, extra, y = make_tabular(2600, seed=7)
+    parts = np.split(np.arange(len(y)), [800, 2200])
+    features = np.hstack([cheap, pipelines.slow_features(extra)])
+    model = lgb.LGBMClassifier(**{**LGB, "n_estimators": 40}).fit(features[parts[0]], y[parts[0]])
+    return model, cheap, extra, features, parts
+
+
+def test_feature_cascade_with_a_model_cascade_behind_it(tabular):
     """The combined plan: the feature cascade's uncertain rows go to an exact model cascade, so
     every row is the approximate model's answer where confident and the library's own label
     elsewhere (identical to the feature cascade alone), and the feature cascade's proof holds."""
     import pipelines
-    from conftest import make_tabular
 
     import willow
 
-    cheap, extra, y = make_tabular(2600, seed=7)
-    train, calibration, test = np.split(np.arange(len(y)), [800, 2200])
-    features = np.hstack([cheap, pipelines.slow_features(extra)])
-    model = lgb.LGBMClassifier(**{**LGB, "n_estimators": 40}).fit(features[train], y[train])
-    options = dict(
-        accuracy_target=0.97, confidence=0.9, cost_repeats=2, importance_repeats=2, require_faster=False
-    )
-    pipeline = willow.optimize(pipelines.numpy_pipeline, **options)
+    model, cheap, extra, features, (_, calibration, test) = tabular
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **COMBINED_OPTIONS, require_faster=False)
     pipeline.calibrate(model, cheap[calibration], extra[calibration])
     plan = pipeline.plan_
     assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
@@ -396,3 +406,36 @@ def test_feature_cascade_with_a_model_cascade_behind_it(tmp_path):
     assert (expected == model.predict(features[test])).mean() >= 0.85
     _, stage = cascade.run(features[test])
     assert (stage < stage.max()).any()  # the rows behind the feature cascade do leave early
+
+
+def test_the_model_cascade_alone_replaces_a_feature_cascade_it_beats(tabular, monkeypatch, tmp_path):
+    """When the model cascade alone measures cheapest (timings fixed here), it serves instead of
+    the feature cascade: the plan says "no cascade" and, exact, returns the library's labels."""
+    import pipelines
+
+    import willow
+    from willow.cascades import calibration
+    from willow.compiler import profiling
+    from willow.early_exit import planner
+
+    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
+        for fn in fns:
+            fn()
+        return [float(len(fns) - i) for i in range(len(fns))]  # the last one is the cheapest
+
+    # the feature cascade's gate (original, cascade, compiled pipeline) sees the cascade fastest;
+    # the planner's (feature cascade, combined, model cascade) sees the model cascade alone fastest
+    monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
+    monkeypatch.setattr(profiling, "interleaved_seconds", fixed)
+    monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)  # whatever the model cascade measured itself
+    model, cheap, extra, features, (_, calibration_rows, test) = tabular
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **COMBINED_OPTIONS, require_faster=True)
+    pipeline.calibrate(model, cheap[calibration_rows], extra[calibration_rows])
+    plan = pipeline.plan_
+    assert not plan.cascade and "Serving: model cascade" in plan.reason, plan.reason
+    assert _serving_cascade(pipeline).plan.exact
+    path = tmp_path / "alone.willow"
+    pipeline.save(path)
+    for copy in (pipeline, willow.load(path, pipelines.numpy_pipeline)):
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), model.predict(features[test]))
+        assert "Model cascade inside" in copy.explain()

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
 from willow.early_exit.plan import EarlyExitPlan
@@ -224,7 +225,11 @@ def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
         threshold=float("inf"),
         confident_fraction=0.0,
         agreement=early.agreement,
-        lower_bound=1.0 if early.exact else float(early.lower_bound or 0.0),
+        lower_bound=float(
+            clopper_pearson_lower(early.holdout_rows, early.holdout_rows, early.confidence)
+            if early.exact
+            else early.lower_bound or 0.0
+        ),
         holdout_rows=early.holdout_rows,
     )
     return replace(result, plan=plan, approximate=None, layout=None)
@@ -322,7 +327,19 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         f"{'; ' + '; '.join(notes) if notes else ''}. Serving: {chosen}"
         f"{'' if chosen == 'feature cascade' or not options.require_faster else f' (at least {MIN_SPEEDUP}x faster)'}"
     )
-    return _noted(candidates[chosen], note)
+    served = candidates[chosen]
+    if chosen == "model cascade":  # its cost, as measured here, replaces the feature cascade's
+        per_row = seconds[chosen] / rows
+        served = replace(
+            served,
+            plan=replace(
+                served.plan,
+                expected_seconds_per_row=per_row,
+                expected_speedup=served.plan.original_seconds_per_row / per_row,
+                measured_speedup=None,
+            ),
+        )
+    return _noted(served, note)
 
 
 def _noted(result: Any, note: str) -> Any:
