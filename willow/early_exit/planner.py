@@ -18,7 +18,10 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   cascade's holdout proof still holds, and this is checked on the calibration rows), and the
   model cascade alone (calibrated on every row at the target, as above). The cheapest serves if
   it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
-  serves the combined plan.
+  serves the combined plan. With ``require_faster``, a candidate is not built when the cost
+  estimates say it could not be that much faster even skipping every tree
+  (:func:`_could_pay_off`), nor kept when its model cascade measured under :data:`MIN_SPEEDUP`
+  times the full ensemble on its own tune rows (:func:`_fast_enough`).
 
 :func:`saved_state`, :func:`restore` and :func:`explain_lines` are what ``willow.api`` calls to
 save, reload (plan files and pickles) and explain that choice.
