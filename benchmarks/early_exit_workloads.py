@@ -140,7 +140,8 @@ def end_to_end(name: str, scale: str, accuracy_target: float, repeats: int) -> d
             pipeline.wait_compiled()
         pipelines[label] = pipeline
     calls = {"original (labels)": lambda: original(model, rows)}
-    calls["original (predict_proba)"] = lambda: prepared.original()(model, rows)
+    proba = prepared.original()
+    calls["original (predict_proba)"] = lambda: proba(model, rows)
     for label, pipeline in pipelines.items():
         calls[label] = lambda pipeline=pipeline: pipeline(model, rows)
     samples = time_batches(calls, repeats)
