@@ -1,6 +1,12 @@
 """Benchmark: staged early exit inside a tree ensemble against the compiled full ensemble.
 
     python -m benchmarks.early_exit [--trees 500 --leaves 63 --features 100] [--quick] [--out FILE]
+        [--workloads synthetic credit music price credit-end-to-end] [--scale full]
+        [--end-to-end-scale quick]
+
+Besides the synthetic model (``synthetic``) it measures the credit and music workloads' models on
+their own features (the same table), price (a regressor: the leaf-bound figure, exits within
+``tolerance=`` are not built) and credit end to end (see :mod:`benchmarks.early_exit_workloads`).
 
 The model is an LGBMClassifier (``--trees`` x ``--leaves``) on ``make_classification`` data with
 ``--features`` features; it is trained on its own rows, calibrated (:func:`willow.early_exit.
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 
 TARGETS = (1.0, 0.999, 0.99)
+WORKLOADS = ("synthetic", "credit", "music", "price", "credit-end-to-end")
 
 
 def build_model(
@@ -58,53 +65,31 @@ def build_model(
     return model, X[train_rows:]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def measure_targets(
+    model: Any, X_cal: Any, X_test: np.ndarray, targets: list[float], repeats: int
+) -> dict[str, Any]:
+    """Staged early exit on ``model.predict`` calibrated on ``X_cal`` for each of ``targets``,
+    measured on ``X_test`` against willow's compiled full ensemble (medians of interleaved runs):
+    speedup, stops, thresholds, exit fractions, trees per row, test agreement, holdout bound."""
     from benchmarks.measure import time_batches
     from willow.compiler.lowering.trees import lower_tree_model
     from willow.early_exit import calibrate_early_exit, stage_tree_model
     from willow.errors import CalibrationError
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--trees", type=int, default=500)
-    parser.add_argument("--leaves", type=int, default=63)
-    parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--train-rows", type=int, default=20_000)
-    # half of them prove the plan: 0.999 needs about 8,600 holdout rows to be provable at all
-    parser.add_argument("--calibration-rows", type=int, default=20_000)
-    parser.add_argument("--test-rows", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
-    parser.add_argument("--quick", action="store_true", help="100 trees x 31 leaves, 4,000 rows each")
-    parser.add_argument("--out", help="also write the results as JSON to this file")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.trees, args.leaves, args.train_rows = 100, 31, 8_000
-        args.calibration_rows, args.test_rows, args.repeats = 4_000, 4_000, 5
-
-    start = time.perf_counter()
-    model, rest = build_model(args.trees, args.leaves, args.features, args.train_rows)
-    X_cal = rest[: args.calibration_rows]
-    X_test = np.ascontiguousarray(rest[args.calibration_rows : args.calibration_rows + args.test_rows])
-    train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lower_tree_model(model, "predict")
     staged = stage_tree_model(model, "predict")
     compile_seconds = time.perf_counter() - start
     reference = model.predict(X_test)
     assert np.array_equal(compiled(X_test), reference)
-
     cascades = {}
     results: dict[str, Any] = {
-        "model": f"LGBMClassifier {args.trees} trees x {args.leaves} leaves, {args.features} features",
         "calibration_rows": len(X_cal),
         "test_rows": len(X_test),
-        "train_seconds": round(train_seconds, 1),
         "compile_seconds": round(compile_seconds, 1),
         "targets": {},
     }
-    for target in args.targets:
+    for target in targets:
         start = time.perf_counter()
         try:
             cascades[target] = calibrate_early_exit(model, X_cal, accuracy_target=target, staged=staged)
@@ -115,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     calls = {"compiled": lambda: compiled(X_test)}
     for target, cascade in cascades.items():
         calls[str(target)] = lambda cascade=cascade: cascade(X_test)
-    samples = time_batches(calls, args.repeats)
+    samples = time_batches(calls, repeats)
     base = float(np.median(samples["compiled"]))
     results["compiled_rows_per_second"] = round(len(X_test) / base)
     for target, cascade in cascades.items():
@@ -136,7 +121,70 @@ def main(argv: list[str] | None = None) -> dict:
             holdout_lower_bound=None if plan.lower_bound is None else round(plan.lower_bound, 5),
             plan=plan.table(),
         )
-    print(_markdown(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from benchmarks import early_exit_workloads as workloads
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trees", type=int, default=500)
+    parser.add_argument("--leaves", type=int, default=63)
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--train-rows", type=int, default=20_000)
+    # half of them prove the plan: 0.999 needs about 8,600 holdout rows to be provable at all
+    parser.add_argument("--calibration-rows", type=int, default=20_000)
+    parser.add_argument("--test-rows", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+    parser.add_argument("--quick", action="store_true", help="100 trees x 31 leaves, 4,000 rows each")
+    parser.add_argument(
+        "--workloads", nargs="*", default=list(WORKLOADS), help=f"of {', '.join(WORKLOADS)}, and "
+        "'synthetic' (the make_classification model above); default: all"
+    )  # fmt: skip
+    parser.add_argument("--scale", default="full", help="the workloads' scale: smoke, quick or full")
+    parser.add_argument("--accuracy-target", type=float, default=0.99, help="end to end (credit)")
+    parser.add_argument("--end-to-end-scale", default="quick", help="credit end to end: its scale")
+    parser.add_argument("--out", help="also write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trees, args.leaves, args.train_rows = 100, 31, 8_000
+        args.calibration_rows, args.test_rows, args.repeats = 4_000, 4_000, 5
+
+    results: dict[str, Any] = {}
+    if "synthetic" in args.workloads:
+        start = time.perf_counter()
+        model, rest = build_model(args.trees, args.leaves, args.features, args.train_rows)
+        X_cal = rest[: args.calibration_rows]
+        X_test = np.ascontiguousarray(rest[args.calibration_rows : args.calibration_rows + args.test_rows])
+        train_seconds = time.perf_counter() - start
+        synthetic = measure_targets(model, X_cal, X_test, args.targets, args.repeats)
+        synthetic["model"] = (
+            f"LGBMClassifier {args.trees} trees x {args.leaves} leaves, {args.features} features"
+        )
+        synthetic["train_seconds"] = round(train_seconds, 1)
+        results["synthetic"] = synthetic
+        print(_markdown(synthetic), flush=True)
+    for name in ("credit", "music"):
+        if name in args.workloads:
+            results[name] = workloads.inside_the_model(name, args.scale, args.targets, args.repeats)
+            print("\n" + _markdown(results[name]), flush=True)
+    if "price" in args.workloads:
+        price = results["price"] = workloads.price_truncation(args.scale)
+        print(
+            f"\n{price['model']}: regression exits within tolerance= are not built; the leaf-value "
+            f"bounds keep every prediction within ${price['tolerance']:,.0f} only after "
+            f"{price['trees_needed']} of {price['n_trees']} trees ({price['bound_speedup']}x at most); "
+            f"half-width of what the remaining trees can add after k trees: {price['half_width_after']}",
+            flush=True,
+        )
+    if "credit-end-to-end" in args.workloads:
+        credit = results["credit end to end"] = workloads.end_to_end(
+            "credit", args.end_to_end_scale, args.accuracy_target, args.repeats
+        )
+        print("\n" + workloads.markdown(credit), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)
@@ -145,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _markdown(results: dict) -> str:
     lines = [
-        f"{results['model']}: {results['test_rows']} test rows, compiled full ensemble "
+        f"{results['model']}: {results['calibration_rows']} calibration / {results['test_rows']} test "
+        f"rows, compiled full ensemble "
         f"{results['compiled_rows_per_second']:,} rows/s",
         "",
         "| target | speedup vs compiled | trees/row | exit fractions per stage (stops) | test agreement | holdout bound |",

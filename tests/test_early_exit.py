@@ -327,3 +327,115 @@ def test_no_model_cascade_when_cascades_are_off(staged):
     pipeline = willow.optimize(model_pipeline, accuracy_target=1.0, require_faster=False, cascade=False)
     pipeline.calibrate(model, _data(300, 25)[0])
     assert "Model cascade inside" not in pipeline.explain()
+
+
+def test_choose_plan_serves_the_cheapest_when_clearly_cheaper():
+    from willow.early_exit.planner import MIN_SPEEDUP, choose_plan
+
+    seconds = {"feature cascade": 1.0, "combined": 0.7, "model cascade": 0.9}
+    assert choose_plan(seconds, "feature cascade") == "combined"
+    assert choose_plan({**seconds, "model cascade": 0.5}, "feature cascade") == "model cascade"
+    # within the margin the calibrated plan stays: one timing of a loaded machine is noisy
+    assert choose_plan({"feature cascade": 1.0, "combined": 1.0 / MIN_SPEEDUP + 1e-3}, "feature cascade") == (
+        "feature cascade"
+    )
+    assert choose_plan({"feature cascade": 0.2, "combined": 0.7}, "feature cascade") == "feature cascade"
+
+
+def test_model_cascades_are_skipped_when_skipping_trees_cannot_pay_off():
+    """By the calibration's cost estimates (synthetic here): a combined plan can save at most the
+    model's cost on the rows the feature cascade sends on, a model cascade alone at most the
+    model's whole cost."""
+    from types import SimpleNamespace
+
+    from willow.early_exit.planner import _could_pay_off
+
+    def costs(model, total):
+        return SimpleNamespace(model_seconds_per_row=model, total_seconds_per_row=total)
+
+    def plan(expected, confident):
+        return SimpleNamespace(expected_seconds_per_row=expected, confident_fraction=confident)
+
+    # the model dominates: both could pay off
+    assert _could_pay_off(plan(10.0, 0.5), costs(model=15.0, total=16.0)) == (True, True)
+    # cheap model behind a cascade answering 95% of rows: neither could
+    assert _could_pay_off(plan(10.0, 0.95), costs(model=2.0, total=30.0)) == (False, False)
+    # features dominate but the cascade sends most rows on: only the combined plan could
+    assert _could_pay_off(plan(10.0, 0.2), costs(model=4.0, total=40.0)) == (True, False)
+
+
+COMBINED_OPTIONS = dict(accuracy_target=0.97, confidence=0.9, cost_repeats=2, importance_repeats=2)
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    """A LightGBM model behind tests/pipelines.numpy_pipeline (a cheap and a slow feature group):
+    ``(model, cheap, extra, features, (train, calibration, test))``."""
+    import pipelines
+    from conftest import make_tabular
+
+    cheap, extra, y = make_tabular(2600, seed=7)
+    parts = np.split(np.arange(len(y)), [800, 2200])
+    features = np.hstack([cheap, pipelines.slow_features(extra)])
+    model = lgb.LGBMClassifier(**{**LGB, "n_estimators": 40}).fit(features[parts[0]], y[parts[0]])
+    return model, cheap, extra, features, parts
+
+
+def test_feature_cascade_with_a_model_cascade_behind_it(tabular):
+    """The combined plan: the feature cascade's uncertain rows go to an exact model cascade, so
+    every row is the approximate model's answer where confident and the library's own label
+    elsewhere (identical to the feature cascade alone), and the feature cascade's proof holds."""
+    import pipelines
+
+    import willow
+
+    model, cheap, extra, features, (_, calibration, test) = tabular
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **COMBINED_OPTIONS, require_faster=False)
+    pipeline.calibrate(model, cheap[calibration], extra[calibration])
+    plan = pipeline.plan_
+    assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
+    assert "Serving: combined" in plan.reason, plan.reason
+    cascade = _serving_cascade(pipeline)
+    assert cascade.plan.exact and "Model cascade inside" in pipeline.explain()
+    approx, confidence = pipeline._approximate.predict_with_confidence(cheap[test] * 1.0)
+    expected = np.where(confidence >= plan.threshold, approx, model.predict(features[test]))
+    for copy in (pipeline, pickle.loads(pickle.dumps(pipeline))):
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), expected)
+        np.testing.assert_array_equal(copy(model, cheap[test][:1], extra[test][:1]), expected[:1])
+        assert _serving_cascade(copy).plan == cascade.plan
+    assert (expected == model.predict(features[test])).mean() >= 0.85
+    _, stage = cascade.run(features[test])
+    assert (stage < stage.max()).any()  # the rows behind the feature cascade do leave early
+
+
+def test_the_model_cascade_alone_replaces_a_feature_cascade_it_beats(tabular, monkeypatch, tmp_path):
+    """When the model cascade alone measures cheapest (timings fixed here), it serves instead of
+    the feature cascade: the plan says "no cascade" and, exact, returns the library's labels."""
+    import pipelines
+
+    import willow
+    from willow.cascades import calibration
+    from willow.compiler import profiling
+    from willow.early_exit import planner
+
+    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
+        for fn in fns:
+            fn()
+        return [float(len(fns) - i) for i in range(len(fns))]  # the last one is the cheapest
+
+    # the feature cascade's gate (original, cascade, compiled pipeline) sees the cascade fastest;
+    # the planner's (feature cascade, combined, model cascade) sees the model cascade alone fastest
+    monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
+    monkeypatch.setattr(profiling, "interleaved_seconds", fixed)
+    monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)  # whatever the model cascade measured itself
+    model, cheap, extra, features, (_, calibration_rows, test) = tabular
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **COMBINED_OPTIONS, require_faster=True)
+    pipeline.calibrate(model, cheap[calibration_rows], extra[calibration_rows])
+    plan = pipeline.plan_
+    assert not plan.cascade and "Serving: model cascade" in plan.reason, plan.reason
+    assert _serving_cascade(pipeline).plan.exact
+    path = tmp_path / "alone.willow"
+    pipeline.save(path)
+    for copy in (pipeline, willow.load(path, pipelines.numpy_pipeline)):
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), model.predict(features[test]))
+        assert "Model cascade inside" in copy.explain()

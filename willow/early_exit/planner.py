@@ -1,14 +1,27 @@
-"""The planner's side of model cascades: consider staged early exit when no feature cascade wins.
+"""The planner's side of model cascades: staged early exit alone, or behind a feature cascade.
 
-When calibration ends without a feature cascade but with a compiled pipeline whose model call is
-a compiled tree-ensemble classifier and whose output is judged on the model's labels
-(``OutputSpec.decision == "model"``), the model itself is the cost left to cut.
-:func:`consider_model_cascade` then records the model's input on the calibration rows (through the
-compiled pipeline itself), calibrates early exit on it (:func:`~willow.early_exit.calibrate.
-calibrate_early_exit`: its own tune/holdout split, Clopper-Pearson proof, exact mode at
-``accuracy_target=1.0``) and, when it measured at least :data:`MIN_SPEEDUP` times as fast as
-the full ensemble (or ``require_faster=False``), serves the compiled pipeline with the model's operator swapped for
-the :class:`~willow.early_exit.calibrate.ModelCascade`.
+When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
+classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
+``predict``), the model itself may be the cost left to cut:
+
+* no feature cascade serves: :func:`consider_model_cascade` records the model's input on the
+  calibration rows (through the compiled pipeline itself), calibrates early exit on it
+  (:func:`~willow.early_exit.calibrate.calibrate_early_exit`: its own tune/holdout split,
+  Clopper-Pearson proof, exact mode at ``accuracy_target=1.0``) and, when it measured at least
+  :data:`MIN_SPEEDUP` times as fast as the full ensemble (or ``require_faster=False``), serves
+  the compiled pipeline with the model's operator swapped for the
+  :class:`~willow.early_exit.calibrate.ModelCascade`;
+* a feature cascade serves: three plans are compared on the calibration rows, measured side by
+  side (:func:`choose_plan`): the feature cascade as calibrated, the *combined* plan (the same
+  feature cascade, whose uncertain rows go to a model cascade with exact exits only, calibrated
+  on the rows that reach the full model: its outputs are the feature cascade's, so the feature
+  cascade's holdout proof still holds, and this is checked on the calibration rows), and the
+  model cascade alone (calibrated on every row at the target, as above). The cheapest serves if
+  it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
+  serves the combined plan. With ``require_faster``, a candidate is not built when the cost
+  estimates say it could not be that much faster even skipping every tree
+  (:func:`_could_pay_off`), nor kept when its model cascade measured under :data:`MIN_SPEEDUP`
+  times the full ensemble on its own tune rows (:func:`_fast_enough`).
 
 :func:`saved_state`, :func:`restore` and :func:`explain_lines` are what ``willow.api`` calls to
 save, reload (plan files and pickles) and explain that choice.
@@ -19,13 +32,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
 from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import stage_tree_model
 from willow.errors import CalibrationError
+from willow.rows import n_rows
 
 __all__ = [
+    "choose_plan",
     "consider_model_cascades",
     "consider_model_cascade",
     "saved_state",
@@ -39,6 +55,8 @@ METHODS = ("predict", "predict_proba", "decision_function")
 #: faster on the tune rows (one timing of a loaded machine is noisy; small gains are not worth a
 #: plan that is no longer exact).
 MIN_SPEEDUP = 1.2
+#: Fewest calibration rows reaching the full model behind a feature cascade for a combined plan.
+MIN_COMBINED_ROWS = 20
 
 
 class _Recorder:
@@ -70,12 +88,39 @@ def _with_model_operator(compilation: Any, operator: Any) -> Any:
     return replace(compilation, operators=operators, nodes=nodes)
 
 
-def _serving(result: Any, fn: Any, compilation: Any, model: Any) -> tuple[Any, str]:
+def _serving(result: Any, fn: Any, compilation: Any, model: Any, cascade: bool = False) -> tuple[Any, str]:
+    """The serving function of ``compilation``: the compiled pipeline, or with ``cascade`` the
+    result's feature cascade (whose uncertain rows call the compilation's model operator)."""
     from willow.cascades.calibration import build_cascade
     from willow.cascades.runtime import ModelGuard
 
     guard = ModelGuard(result.model_fingerprint, model)
+    if cascade:
+        return build_cascade(
+            compilation.graph, fn, result.layout, result.plan.threshold, result.approximate, result.output,
+            guard, compilation,
+        )  # fmt: skip
     return build_cascade(compilation.graph, fn, None, 0.0, None, result.output, guard, compilation)
+
+
+def _recorded(result: Any, fn: Any, arguments: dict[str, Any], model: Any, cascade: bool) -> list[Any]:
+    """The inputs the model's operator receives when the serving function (the feature cascade
+    with ``cascade``, else the compiled pipeline) runs on the calibration call ``arguments``."""
+    from willow.cascades.calibration import call_with
+
+    compilation = result.compilation
+    recorder = _Recorder(getattr(compilation.operators, _model_node(compilation).attribute))
+    recording, _ = _serving(result, fn, _with_model_operator(compilation, recorder), model, cascade)
+    call_with(recording.__wrapped__, arguments)
+    return recorder.inputs
+
+
+def choose_plan(seconds: dict[str, float], incumbent: str, min_speedup: float = MIN_SPEEDUP) -> str:
+    """The plan to serve of those measured (``seconds``: seconds per call of each, on the same
+    rows): the cheapest, when it is at least ``min_speedup`` times as fast as ``incumbent`` (the
+    plan calibration chose); otherwise ``incumbent``."""
+    cheapest = min(seconds, key=lambda name: seconds[name])
+    return cheapest if seconds[incumbent] >= min_speedup * seconds[cheapest] else incumbent
 
 
 def consider_model_cascades(
@@ -91,47 +136,39 @@ def consider_model_cascades(
 
 def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], options: Any) -> Any:
     """``result`` (a :class:`~willow.cascades.calibration.CalibrationResult`), serving a model
-    cascade inside the tree ensemble when one applies and proves faster; otherwise unchanged
-    (with a note in the plan's reason when one was tried). ``arguments``: the calibration call's
-    arguments by name; ``options``: the :class:`~willow.cascades.calibration.CascadeOptions`."""
-    from willow.cascades.calibration import call_with
-
+    cascade inside the tree ensemble (alone, or behind the feature cascade) when one applies and
+    proves faster; otherwise unchanged (with a note in the plan's reason when one was tried).
+    ``arguments``: the calibration call's arguments by name; ``options``: the
+    :class:`~willow.cascades.calibration.CascadeOptions`."""
     compilation = result.compilation
     node = _model_node(compilation)
     mode = getattr(options, "early_exit", "exact")
     if (
         not options.cascade
         or mode is False
-        or result.plan.cascade
         or result.function is None
         or node is None
         or result.output.decision != "model"
         or result.output.classes is None
     ):
         return result
+    # a feature cascade's uncertain rows must reach the model's own operator (not a fused kernel)
+    if result.plan.cascade and (result.layout is None or result.approximate is None or compilation.fused):
+        return result
     model, method = node.recipe
     # only labels: an exited row keeps its proven class but its probabilities or scores are
     # estimates, so a function returning predict_proba / decision_function would change
     if method != "predict" or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
         return result
-    full = getattr(compilation.operators, node.attribute)
-    recorder = _Recorder(full)
-    recording, _ = _serving(result, fn, _with_model_operator(compilation, recorder), model)
-    call_with(recording.__wrapped__, arguments)
-    if len(recorder.inputs) != 1:
+    # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
+    target = options.accuracy_target if mode is True else 1.0
+    if result.plan.cascade:
+        return _consider_combined(result, fn, arguments, options, target)
+    inputs = _recorded(result, fn, arguments, model, cascade=False)
+    if len(inputs) != 1:
         return result
     try:
-        staged = stage_tree_model(model, method)
-        cascade = calibrate_early_exit(
-            model,
-            recorder.inputs[0],
-            method=method,
-            # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
-            accuracy_target=options.accuracy_target if mode is True else 1.0,
-            confidence=options.confidence,
-            random_state=options.random_state,
-            staged=staged,
-        )
+        cascade = _calibrate(model, method, inputs[0], target, options)
     except (CalibrationError, NotLowerable) as exc:
         return _noted(result, f"No model cascade either: {exc}")
     plan = cascade.plan
@@ -143,14 +180,169 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
             f"{plan.full_seconds_per_row * 1e6:.2f} us/row), under the {MIN_SPEEDUP}x it must show, "
             "so the compiled pipeline serves (require_faster=False serves it anyway).",
         )
-    cascade.full = full
-    swapped = _with_model_operator(compilation, cascade)
-    function, source = _serving(result, fn, swapped, model)
     note = (
         f"Instead, a model cascade inside {plan.model} serves: staged early exit after "
         f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
     )
-    return replace(_noted(result, note), function=function, source=source, compilation=swapped)
+    return _with_cascade(_noted(result, note), fn, cascade, feature_cascade=False)
+
+
+def _calibrate(
+    model: Any, method: str, X: Any, target: float, options: Any, staged: dict[str, Any] | None = None
+) -> ModelCascade:
+    """Early exit for ``model.method`` calibrated on ``X``; ``staged`` (a dict) keeps the staged
+    model between calls, so several calibrations of one model share its kernels."""
+    staged = {} if staged is None else staged
+    if "model" not in staged:
+        staged["model"] = stage_tree_model(model, method)
+    return calibrate_early_exit(
+        model,
+        X,
+        method=method,
+        accuracy_target=target,
+        confidence=options.confidence,
+        random_state=options.random_state,
+        staged=staged["model"],
+    )
+
+
+def _with_cascade(result: Any, fn: Any, cascade: ModelCascade, feature_cascade: bool) -> Any:
+    """``result`` served with ``cascade`` as its model operator (behind its feature cascade with
+    ``feature_cascade``, else in the compiled pipeline alone)."""
+    compilation = result.compilation
+    cascade.full = getattr(compilation.operators, _model_node(compilation).attribute)
+    swapped = _with_model_operator(compilation, cascade)
+    model = _model_node(compilation).recipe[0]
+    function, source = _serving(result, fn, swapped, model, cascade=feature_cascade)
+    return replace(result, function=function, source=source, compilation=swapped)
+
+
+def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
+    """``result`` whose feature cascade is dropped for the model cascade alone (the plan now says
+    "no cascade" and carries the model cascade's holdout figures)."""
+    early = cascade.plan
+    plan = replace(
+        result.plan,
+        cascade=False,
+        selected=(),
+        threshold=float("inf"),
+        confident_fraction=0.0,
+        agreement=early.agreement,
+        lower_bound=float(
+            clopper_pearson_lower(early.holdout_rows, early.holdout_rows, early.confidence)
+            if early.exact
+            else early.lower_bound or 0.0
+        ),
+        holdout_rows=early.holdout_rows,
+    )
+    return replace(result, plan=plan, approximate=None, layout=None)
+
+
+def _fast_enough(cascade: ModelCascade, options: Any) -> ModelCascade:
+    """``cascade``, if it measured :data:`MIN_SPEEDUP` times as fast as the full ensemble on its
+    tune rows (or ``require_faster=False``): a plan containing it can only be that much faster
+    than the plan without it if it is. Raises :class:`CalibrationError` otherwise."""
+    plan = cascade.plan
+    if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
+        raise CalibrationError(
+            f"its staged early exit measured {plan.expected_speedup or 0.0:.2f}x the full ensemble "
+            f"({plan.trees_per_row:.0f} of {plan.n_trees} trees per row)"
+        )
+    return cascade
+
+
+def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
+    """Whether, by the calibration's cost estimates (per row), the combined plan and the model
+    cascade alone could be :data:`MIN_SPEEDUP` times as fast as the feature cascade even if their
+    model cascade skipped every tree: ``(combined, alone)``."""
+    model = costs.model_seconds_per_row
+    feature = plan.expected_seconds_per_row
+    combined = feature - (1.0 - plan.confident_fraction) * model
+    alone = costs.total_seconds_per_row - model
+    return feature >= MIN_SPEEDUP * combined, feature >= MIN_SPEEDUP * alone
+
+
+def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float) -> Any:
+    """Compare the feature cascade, the combined plan and the model cascade alone (see the
+    module docstring) and return the result serving the one chosen, its reason saying why."""
+    from willow.cascades.calibration import call_with, count_row_inputs
+    from willow.cascades.outputs import same_output
+    from willow.compiler.profiling import interleaved_seconds
+
+    model, method = _model_node(result.compilation).recipe
+    candidates: dict[str, Any] = {"feature cascade": result}
+    notes = []
+    shared: dict[str, Any] = {}  # one staged model for both calibrations
+    could_combine, could_alone = _could_pay_off(result.plan, result.costs)
+    could_combine |= not options.require_faster
+    could_alone |= not options.require_faster
+    if not (could_combine or could_alone):
+        return _noted(
+            result,
+            f"No model cascade: the model costs {result.costs.model_seconds_per_row * 1e6:.2f} of the "
+            f"feature cascade's {result.plan.expected_seconds_per_row * 1e6:.2f} us/row, so skipping "
+            f"trees could not make it {MIN_SPEEDUP}x faster",
+        )
+    hard = _recorded(result, fn, arguments, model, cascade=True) if could_combine else []
+    try:
+        if not could_combine:
+            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+        if len(hard) != 1 or n_rows(hard[0]) < MIN_COMBINED_ROWS:
+            raise CalibrationError(
+                f"{sum(n_rows(X) for X in hard)} calibration rows reached the full model behind the "
+                f"feature cascade, fewer than the {MIN_COMBINED_ROWS} a model cascade is tuned on"
+            )
+        # exact exits only: the outputs stay the feature cascade's, whose proof then holds as is
+        behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options, shared), options)
+        combined = _with_cascade(result, fn, behind, True)
+        expected = call_with(result.function.__wrapped__, arguments)
+        if not same_output(call_with(combined.function.__wrapped__, arguments), expected):
+            raise CalibrationError("the combined plan did not reproduce the feature cascade's outputs")
+        candidates["combined"] = combined
+    except (CalibrationError, NotLowerable) as exc:
+        notes.append(f"no combined plan ({str(exc).rstrip('.')})")
+    every = _recorded(result, fn, arguments, model, cascade=False) if could_alone else []
+    try:
+        if not could_alone:
+            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+        if len(every) != 1:
+            raise CalibrationError("the compiled pipeline did not call the model once")
+        alone = _fast_enough(_calibrate(model, method, every[0], target, options, shared), options)
+        candidates["model cascade"] = _with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
+    except (CalibrationError, NotLowerable) as exc:
+        notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
+    if len(candidates) == 1:
+        return _noted(result, f"Model cascades considered: {'; '.join(notes)}.")
+    names = list(candidates)
+    measured = interleaved_seconds(
+        [lambda c=candidates[name]: call_with(c.function.__wrapped__, arguments) for name in names],
+        max(3, options.cost_repeats),
+    )
+    seconds = dict(zip(names, measured))
+    if options.require_faster:
+        chosen = choose_plan(seconds, "feature cascade")
+    else:  # the model cascade behind the feature cascade, where built, whatever the timing
+        chosen = "combined" if "combined" in candidates else "feature cascade"
+    rows = max(count_row_inputs(result.compilation.graph, arguments), 1)
+    costs = ", ".join(f"{name} {seconds[name] / rows * 1e6:.2f}" for name in names)
+    note = (
+        f"Plans compared on the {rows} calibration rows (us/row): {costs}"
+        f"{'; ' + '; '.join(notes) if notes else ''}. Serving: {chosen}"
+        f"{'' if chosen == 'feature cascade' or not options.require_faster else f' (at least {MIN_SPEEDUP}x faster)'}"
+    )
+    served = candidates[chosen]
+    if chosen == "model cascade":  # its cost, as measured here, replaces the feature cascade's
+        per_row = seconds[chosen] / rows
+        served = replace(
+            served,
+            plan=replace(
+                served.plan,
+                expected_seconds_per_row=per_row,
+                expected_speedup=served.plan.original_seconds_per_row / per_row,
+                measured_speedup=None,
+            ),
+        )
+    return _noted(served, note)
 
 
 def _noted(result: Any, note: str) -> Any:

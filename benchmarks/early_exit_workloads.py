@@ -1,0 +1,193 @@
+"""The credit, music and price workloads in ``python -m benchmarks.early_exit``.
+
+* **Inside the model** (credit, music: LightGBM classifiers): the workload's own feature matrix
+  (the pipeline's features, captured at the model call) on its calibration and test rows, and
+  staged early exit on the model's ``predict`` against willow's compiled full ensemble, as for
+  the synthetic model (:func:`benchmarks.early_exit.measure_targets`).
+* **End to end** (credit): the pipeline returning the model's labels (``model.predict``: model
+  cascades serve labels only, see :mod:`willow.early_exit.planner`), the original function
+  against ``willow.optimize(compile=True)`` with a feature cascade and ``early_exit=False`` (the
+  plan before model cascades) and with ``early_exit="exact"`` / ``True`` (the planner compares
+  the feature cascade, the model cascade alone and both combined). The labels pipeline is the
+  workload's own function with its last line's ``predict_proba`` read as ``predict``, so the
+  features are exactly the workload's (the ``predict_proba`` original is timed too).
+* **price** (an LGBMRegressor): exits within ``tolerance=`` are not built. The leaf-value
+  bounds of a regressor's remaining trees do not depend on the row, so the only exits they can
+  prove within a tolerance are the same for every row (a shorter ensemble); what is reported is
+  the fewest trees after which the remaining trees can move no prediction by more than the
+  tolerance the coverage benchmark uses ($50,000).
+
+Measured on the shared 2-core machine (2026-12-03, load ~14; full scale, medians):
+
+| workload | target 1.0 | 0.999 | 0.99 (trees/row, test agreement, holdout bound) |
+|---|---|---|---|
+| credit, inside the model (200 trees) | 1.01x | 1.03x (exact only) | 1.32x (141, 0.9976, 0.9968) |
+| music, inside the model (150 trees) | 0.74x | 0.89x (exact only) | 1.72x (62, 0.9963, 0.9961) |
+| price (200 trees, $50,000) | exits not built: the bounds allow 167 of 200 trees for every row | | |
+
+Credit end to end (8,000 test rows, original 0.389 s): feature cascade + compiled 8.05x;
+``early_exit="exact"`` 7.29x and ``True`` 7.78x, both serving the feature cascade alone (the
+planner found the model cascades behind it at 0.66-0.93x the full ensemble).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import textwrap
+import warnings
+from typing import Any
+
+import numpy as np
+
+PRICE_TOLERANCE = 50_000.0
+#: willow.optimize options of the end-to-end variants (as benchmarks.run's defaults)
+BASE_OPTIONS = {"confidence": 0.95, "split": (0.3, 0.35, 0.35), "compile": True}
+
+
+def _prepare(name: str, scale: str) -> Any:
+    return importlib.import_module(f"benchmarks.{name}").prepare(scale)
+
+
+def model_rows(prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The model's input on the calibration and test rows (the pipeline's own features)."""
+    from benchmarks.workload import feature_matrix
+
+    method = "predict" if prepared.task == "regression" else "predict_proba"
+    original = prepared.original()
+    return tuple(  # type: ignore[return-value]
+        np.ascontiguousarray(np.asarray(feature_matrix(original, rows, method), dtype=float))
+        for rows in (prepared.calibration_rows, prepared.test_rows)
+    )
+
+
+def inside_the_model(name: str, scale: str, targets: list[float], repeats: int) -> dict[str, Any]:
+    """Staged early exit on a classifier workload's model, against the compiled full ensemble."""
+    from benchmarks.early_exit import measure_targets
+
+    prepared = _prepare(name, scale)
+    X_cal, X_test = model_rows(prepared)
+    result = measure_targets(prepared.model, X_cal, X_test, targets, repeats)
+    result["model"] = f"{name}: {prepared.details.get('model')} on {X_cal.shape[1]} features ({scale})"
+    return result
+
+
+def price_truncation(scale: str, tolerance: float = PRICE_TOLERANCE) -> dict[str, Any]:
+    """The fewest trees of the price regressor after which the remaining trees' leaf-value bounds
+    keep every prediction within ``tolerance`` of the full ensemble's (the same for every row)."""
+    from willow.early_exit.staged import leaf_bounds, stage_tree_model
+
+    prepared = _prepare("price", scale)
+    ensemble = stage_tree_model(prepared.model, "predict").ensemble
+    low, high = leaf_bounds(ensemble)
+    # what trees k.. can still add, at most, either way around their midpoint
+    half_width = np.append((np.cumsum((high - low)[::-1, 0])[::-1]) / 2.0, 0.0)
+    trees = int(np.argmax(half_width <= tolerance))
+    return {
+        "model": f"price: {prepared.details.get('model')}",
+        "n_trees": len(ensemble.trees),
+        "tolerance": tolerance,
+        "trees_needed": trees,
+        "bound_speedup": round(len(ensemble.trees) / max(trees, 1), 2),
+        "half_width_after": {
+            str(k): round(float(half_width[k])) for k in (25, 50, 100, 150, 175) if k < len(half_width)
+        },
+    }
+
+
+def labels_pipeline(prepared: Any, **options: Any) -> Any:
+    """The workload's pipeline with ``model.predict_proba(X)`` read as ``model.predict(X)``,
+    decorated with ``willow.optimize(**options)`` (or undecorated without options)."""
+    import willow
+    from willow.functions import function_from_tree
+
+    original = prepared.original()
+    tree = ast.parse(textwrap.dedent(inspect.getsource(original)))
+    func = tree.body[0]
+    assert isinstance(func, ast.FunctionDef)
+    func.decorator_list = []
+    renamed = [n for n in ast.walk(func) if isinstance(n, ast.Attribute) and n.attr == "predict_proba"]
+    if len(renamed) != 1:
+        raise ValueError(f"expected one predict_proba call in {original.__name__}, found {len(renamed)}")
+    renamed[0].attr = "predict"
+    func.name = f"{original.__name__}_labels"
+    function = function_from_tree(func, original, {}, f"<{func.name}>", register_source=True)
+    return willow.optimize(**options)(function) if options else function
+
+
+def end_to_end(name: str, scale: str, accuracy_target: float, repeats: int) -> dict[str, Any]:
+    """The labels pipeline served by willow (feature cascade alone, and with model cascades)
+    against the original function, on the workload's test rows."""
+    from benchmarks.measure import time_batches
+
+    prepared = _prepare(name, scale)
+    model, rows = prepared.model, prepared.test_rows
+    original = labels_pipeline(prepared)
+    reference = original(model, rows)
+    options = {**BASE_OPTIONS, **prepared.optimize_options, "accuracy_target": accuracy_target}
+    variants = {
+        "cascades+compiled (early_exit=False)": {"early_exit": False},
+        'cascades+compiled+model cascades (early_exit="exact")': {"early_exit": "exact"},
+        "cascades+compiled+model cascades (early_exit=True)": {"early_exit": True},
+    }
+    pipelines, result = {}, {"workload": name, "scale": scale, "test_rows": len(reference), "variants": {}}
+    for label, extra in variants.items():
+        pipeline = labels_pipeline(prepared, **options, **extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipeline.calibrate(model, prepared.calibration_rows, progress=False)
+            pipeline.wait_compiled()
+        pipelines[label] = pipeline
+    calls = {"original (labels)": lambda: original(model, rows)}
+    proba = prepared.original()
+    calls["original (predict_proba)"] = lambda: proba(model, rows)
+    for label, pipeline in pipelines.items():
+        calls[label] = lambda pipeline=pipeline: pipeline(model, rows)
+    samples = time_batches(calls, repeats)
+    base = float(np.median(samples["original (labels)"]))
+    for label in calls:
+        seconds = float(np.median(samples[label]))
+        entry = {"seconds": round(seconds, 4), "speedup": round(base / seconds, 2)}
+        if label in pipelines:
+            pipeline = pipelines[label]
+            entry["agreement"] = round(float((np.asarray(pipeline(model, rows)) == reference).mean()), 5)
+            entry["plan"] = _plan_line(pipeline)
+            plan = pipeline.plan_
+            # where the time goes: rows answered early, the compiled model's own cost per row
+            entry["confident_fraction"] = round(float(plan.confident_fraction), 4)
+            entry["model_us_per_row"] = round(pipeline.costs_.model_seconds_per_row * 1e6, 2)
+            entry["expected_us_per_row"] = round(plan.expected_seconds_per_row * 1e6, 2)
+            entry["reason"] = plan.reason
+        result["variants"][label] = entry
+    return result
+
+
+def _plan_line(pipeline: Any) -> str:
+    from willow.early_exit.planner import _cascade_of
+
+    plan = pipeline.plan_
+    served = "feature cascade on " + ", ".join(plan.selected) if plan.cascade else "no feature cascade"
+    model_cascade = _cascade_of(pipeline._compilation) if pipeline._compilation is not None else None
+    if model_cascade is not None:
+        early = model_cascade.plan
+        fractions = ", ".join(f"{s}:{f:.0%}" for s, f in zip(early.stops, early.exit_fractions))
+        served += f" + model cascade ({'exact' if early.exact else 'margins'}; exits {fractions})"
+    return served
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The end-to-end figures as a markdown table."""
+    lines = [
+        f"{results['workload']} end to end ({results['scale']}, {results['test_rows']} test rows; "
+        "medians, speedup over the original labels function)",
+        "",
+        "| variant | seconds | speedup | agreement | answered early | model us/row | plan |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in results["variants"].items():
+        lines.append(
+            f"| {label} | {r['seconds']} | {r['speedup']:.2f}x | {r.get('agreement', '')} | "
+            f"{r.get('confident_fraction', '')} | {r.get('model_us_per_row', '')} | {r.get('plan', '')} |"
+        )
+    return "\n".join(lines)
