@@ -16,7 +16,7 @@ CPU time per request.
 
 Then the accuracy-scaling scenario, explicitly: the fixed-tier server's capacity (adaptive
 batching on the strictest tier, saturated by a closed loop) is measured with ``--scenario-rows``
-rows per request (default 32: where the pipeline, not HTTP, is the cost), and twice that rate is
+rows per request (default 64: where the pipeline, not HTTP, is the cost), and twice that rate is
 offered to it and to the same server with accuracy scaling. Whether the tiers differ in cost at
 all (in process, 256 rows) is reported beside it: where they do not, scaling has nothing to trade.
 `uptime` is recorded before and after: the figures depend on what else the machine runs.
@@ -293,12 +293,20 @@ def measure_mode(
 
 
 def scaling_scenario(
-    served: Any, bodies: Path, seconds: int, slo_ms: float, threaded: bool, factor: float = 2.0
+    served: Any,
+    bodies: Path,
+    seconds: int,
+    slo_ms: float,
+    threaded: bool,
+    factor: float = 2.0,
+    warm_s: int = 3,
 ) -> dict[str, Any]:
     """The issue's accuracy-scaling scenario, run explicitly: measure the fixed-tier server's
     capacity (adaptive batching on the strictest tier, saturated by a closed loop with no pause),
     then offer ``factor`` times that rate to the fixed-tier server and to the same server with
-    accuracy scaling. Returns both points, the capacity and the offered rate."""
+    accuracy scaling, each first for ``warm_s`` seconds not measured (the steady state is
+    compared; the scaler's first steps and the AIMD's growth happen there). Returns both points,
+    the capacity and the offered rate."""
     from willow.serve.app import create_app
 
     points: dict[str, Any] = {}
@@ -309,11 +317,13 @@ def scaling_scenario(
         capacity = saturated["throughput_per_s"]
         offered = max(1, round(factor * capacity))
         print(f"  fixed tier saturated: {_line(saturated)}", flush=True)
+        run_wrk(server.url, bodies, offered, warm_s, slo_ms)
         points["fixed tier (adaptive batching)"] = measure_point(server.url, bodies, offered, seconds, slo_ms)
         print(f"  fixed tier at {offered}/s: {_line(points['fixed tier (adaptive batching)'])}", flush=True)
     scaling = {"batching": True, "scale_accuracy": True, "threaded": threaded}
     with ThreadedServer(create_app(served, slo_ms=slo_ms, **scaling)) as server:
         _warm(server.url, bodies)
+        run_wrk(server.url, bodies, offered, warm_s, slo_ms)
         points["accuracy scaling"] = measure_point(server.url, bodies, offered, seconds, slo_ms)
         print(f"  accuracy scaling at {offered}/s: {_line(points['accuracy scaling'])}", flush=True)
     return {
@@ -534,7 +544,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"({scenario['rows_per_request']} rows per request)",
             "",
             f"Fixed tier (adaptive batching, strictest tier) saturated by a closed loop: "
-            f"{scenario['capacity_per_s']:,.0f} req/s; offered {scenario['offered_per_s']:,} req/s to both servers. "
+            f"{scenario['capacity_per_s']:,.0f} req/s; offered {scenario['offered_per_s']:,} req/s to both servers "
+            f"(each first {scenario.get('warm_s', 0)} s unmeasured at that rate). "
             f"In process, {costs['rows']} rows: strictest tier {costs['strictest_ms']:.3f} ms, least strict "
             f"{costs['loosest_ms']:.3f} ms (ratio {costs['ratio']:.2f}).",
             "",
@@ -644,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-scenario", action="store_true", help="skip the accuracy-scaling scenario")
     parser.add_argument(
-        "--scenario-rows", type=int, default=32, help="rows per request in the accuracy-scaling scenario"
+        "--scenario-rows", type=int, default=64, help="rows per request in the accuracy-scaling scenario"
     )
     parser.add_argument(
         "--data-scale",

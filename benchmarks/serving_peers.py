@@ -8,7 +8,8 @@ batching (at most ``--max-batch`` requests, ``--batch-wait-ms`` to fill a batch)
 :class:`~willow.serve.ServedPipeline`, so only the server differs). It runs as its own process
 (Ray starts several), started and stopped by the benchmark, possibly with another interpreter
 (``--peer-python``: a virtual environment holding the ``serve-compare`` extra). Each server
-package is imported only here, and only for the server asked for.
+package is imported only in that process, and only for the server asked for (LitServe's API
+lives in :mod:`benchmarks.serving_litserve`: LitServe pickles it into its workers).
 """
 
 from __future__ import annotations
@@ -48,42 +49,6 @@ def answer_batch(served: Any, bodies: list[Any]) -> list[dict[str, Any]]:
     return answers
 
 
-def serve_litserve(served: Any, port: int, max_batch: int, wait_s: float) -> None:
-    import litserve as ls
-
-    class Pipeline(ls.LitAPI):
-        def setup(self, device: str) -> None:
-            self.served = served
-
-        def decode_request(self, request: Any) -> Any:
-            return request
-
-        def batch(self, inputs: list[Any]) -> list[Any]:
-            return inputs
-
-        def predict(self, bodies: Any) -> list[Any]:
-            return answer_batch(self.served, bodies if isinstance(bodies, list) else [bodies])
-
-        def unbatch(self, output: list[Any]) -> list[Any]:
-            return output
-
-        def encode_response(self, output: Any) -> Any:
-            return output[0] if isinstance(output, list) and len(output) == 1 else output
-
-    try:  # LitServe >= 0.2.10 takes the batching options on the API
-        api = Pipeline(max_batch_size=max_batch, batch_timeout=wait_s)
-        server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
-    except TypeError:
-        server = ls.LitServer(
-            Pipeline(),
-            accelerator="cpu",
-            workers_per_device=1,
-            max_batch_size=max_batch,
-            batch_timeout=wait_s,
-        )
-    server.run(host="127.0.0.1", port=port, generate_client_file=False)
-
-
 def serve_ray(served: Any, port: int, max_batch: int, wait_s: float) -> None:
     import threading
 
@@ -120,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     args = parser.parse_args(argv)
-    served = original(args.workload, args.data_scale)
-    serve = {"litserve": serve_litserve, "ray": serve_ray}[args.peer]
-    serve(served, args.port, args.max_batch, args.batch_wait_ms / 1e3)
+    if args.peer == "litserve":
+        from benchmarks.serving_litserve import serve
+
+        serve(args.workload, args.data_scale, args.port, args.max_batch, args.batch_wait_ms / 1e3)
+    else:
+        serve_ray(
+            original(args.workload, args.data_scale), args.port, args.max_batch, args.batch_wait_ms / 1e3
+        )
     return 0
 
 
