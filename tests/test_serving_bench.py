@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from benchmarks.serving import _SAME_COST, _descendants, markdown, tier_costs, write_bodies  # noqa: E402
+from benchmarks.serving import _SAME_COST, _descendants, _line, markdown, tier_costs, write_bodies  # noqa: E402
 from benchmarks.serving_peers import answer_batch  # noqa: E402
 from willow.serve import ServedPipeline  # noqa: E402
 
@@ -115,6 +115,10 @@ def test_tier_costs_and_the_report_say_when_scaling_has_nothing_to_trade():
     assert "| LitServe | skipped: litserve does not import |" in report
     assert "| Ray Serve | 100 | 99 | 1.0 | 2.0 | 0.0% | - | - | - | - |" in report
     assert "| accuracy scaling | 100 | 99 | 1.0 | 2.0 | 0.0% | - | 0.95: 100% |" in report
+    assert " ".join(_line(point).split()) == "99 req/s p50 1.0 ms p99 2.0 ms over SLO 0.0%"  # a peer's line
+    assert _line({**point, "mean_batch_rows": 2.0, "mean_batch_ms": 0.5, "tier_mix": {"0.95": 1.0}}).endswith(
+        "batch   2.0 rows   0.50 ms  tiers 0.95 100%"
+    )
     assert _SAME_COST not in markdown({**_results(differ, {}), "scenario": scenario})
 
 
