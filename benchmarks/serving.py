@@ -328,6 +328,7 @@ def scaling_scenario(
         print(f"  accuracy scaling at {offered}/s: {_line(points['accuracy scaling'])}", flush=True)
     return {
         "factor": factor,
+        "warm_s": warm_s,
         "capacity_per_s": capacity,
         "saturated": saturated,
         "offered_per_s": offered,
@@ -548,7 +549,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Fixed tier (adaptive batching, strictest tier) saturated by a closed loop: "
             f"{scenario['capacity_per_s']:,.0f} req/s; offered {scenario['offered_per_s']:,} req/s to both servers "
-            f"(each first {scenario.get('warm_s', 0)} s unmeasured at that rate). "
+            f"(each first {scenario['warm_s']} s unmeasured at that rate). "
             f"In process, {costs['rows']} rows: strictest tier {costs['strictest_ms']:.3f} ms, least strict "
             f"{costs['loosest_ms']:.3f} ms (ratio {costs['ratio']:.2f}).",
             "",

@@ -103,6 +103,7 @@ def test_tier_costs_and_the_report_say_when_scaling_has_nothing_to_trade():
     }
     scenario = {
         "factor": 2.0,
+        "warm_s": 3,
         "rows_per_request": 32,
         "capacity_per_s": 50.0,
         "offered_per_s": 100,
@@ -112,6 +113,7 @@ def test_tier_costs_and_the_report_say_when_scaling_has_nothing_to_trade():
     peers = {"LitServe": "skipped: litserve does not import", "Ray Serve": [point]}
     report = markdown({**_results(same, peers), "scenario": scenario})
     assert _SAME_COST in report
+    assert "offered 100 req/s to both servers (each first 3 s unmeasured at that rate)" in report
     assert "| LitServe | skipped: litserve does not import |" in report
     assert "| Ray Serve | 100 | 99 | 1.0 | 2.0 | 0.0% | - | - | - | - |" in report
     assert "| accuracy scaling | 100 | 99 | 1.0 | 2.0 | 0.0% | - | 0.95: 100% |" in report
