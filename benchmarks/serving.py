@@ -436,11 +436,23 @@ def measure_peer(
     rates: tuple[int, ...],
     seconds: int,
     slo_ms: float,
+    expected: list[Any],
 ) -> list[dict[str, Any]]:
-    """Every rate against a peer server on the original pipeline."""
-    first = bodies.read_text().splitlines()[0]
+    """Every rate against a peer server on the original pipeline, after checking that it answers
+    the first bodies (one row each) with ``expected`` (the original pipeline's outputs)."""
+    import httpx
+
+    from benchmarks.run import _same
+
+    lines = bodies.read_text().splitlines()
     with PeerServer(peer, python, workload, data_scale) as server:
-        server.wait_ready(first)
+        server.wait_ready(lines[0])
+        got = [
+            httpx.post(f"{server.url}/predict", content=line, timeout=30).json()["predictions"][0]
+            for line in lines[: len(expected)]
+        ]
+        if not _same("", got, expected):
+            raise AssertionError(f"{peer} answers differ from the original pipeline's: {got} vs {expected}.")
         _warm(server.url, bodies)
         rows = []
         for rate in rates:
@@ -716,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_answers(
         served, pipeline, prepared.model, take_rows(rows, np.arange(20)), records[:20], args.slo_ms
     )
+    original_answers = output_rows(pipeline.__wrapped__(prepared.model, take_rows(rows, np.arange(20))), 20)
     for name, mode in MODES:
         if args.modes is not None and name.split()[0] not in args.modes:
             continue
@@ -733,7 +746,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}:", flush=True)
         try:
             results["peers"][name] = measure_peer(
-                peer, args.peer_python, args.workload, args.data_scale, bodies, rates, seconds, args.slo_ms
+                peer,
+                args.peer_python,
+                args.workload,
+                args.data_scale,
+                bodies,
+                rates,
+                seconds,
+                args.slo_ms,
+                original_answers,
             )
         except Exception as exc:  # a peer that fails is reported; the other servers' figures stand
             results["peers"][name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
