@@ -90,3 +90,11 @@ def test_a_pipeline_pickled_before_options_existed_still_unpickles():
     restored.__setstate__({**state, "attributes": legacy})
     assert restored.get_params() == pipeline.get_params()
     assert restored.options == pipeline.options
+
+
+def test_the_planners_get_their_knobs_from_one_options():
+    options = Options(accuracy_target=(0.99, 0.9), cost_repeats=2, compile=False, k_fractions=[0.1])
+    cascade = options.cascade_options()
+    assert cascade.accuracy_target == 0.99 and cascade.cost_repeats == 2 and cascade.compile is False
+    topk = dataclasses.replace(options, accuracy_target=0.9, query="topk", k=5).topk_options()
+    assert topk.k == 5 and topk.fractions == (0.1,) and topk.cost_repeats == 2 and topk.compile is False

@@ -34,6 +34,18 @@ __all__ = ["Options", "COMPILE_OPTIONS", "EARLY_EXIT_OPTIONS", "check_fraction",
 
 COMPILE_OPTIONS = (True, False, "eager", "all")
 EARLY_EXIT_OPTIONS = (True, False, "exact")
+PLANNER_KNOBS = (
+    "confidence",
+    "approximate_model",
+    "split",
+    "random_state",
+    "cost_repeats",
+    "importance_repeats",
+    "exhaustive_max_groups",
+    "max_candidates",
+    "compile",
+)
+"""The knobs that cascade and top-K calibration both read, under the same names."""
 
 
 def check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
@@ -184,20 +196,16 @@ class Options:
         store)."""
         return {name: getattr(self, name) for name in self.names()}
 
+    def _planner_knobs(self) -> dict[str, Any]:
+        """The knobs cascade and top-K calibration both read, by name."""
+        return {name: getattr(self, name) for name in PLANNER_KNOBS}
+
     def cascade_options(self) -> CascadeOptions:
         """The knobs cascade calibration reads (for the strictest accuracy tier)."""
         return CascadeOptions(
+            **self._planner_knobs(),
             accuracy_target=tiers.strictest(self.accuracy_target),
-            confidence=self.confidence,
-            approximate_model=self.approximate_model,
-            split=self.split,  # type: ignore[arg-type]
-            random_state=self.random_state,
-            cost_repeats=self.cost_repeats,
-            importance_repeats=self.importance_repeats,
-            exhaustive_max_groups=self.exhaustive_max_groups,
-            max_candidates=self.max_candidates,
             budgets=DEFAULT_BUDGETS,
-            compile=self.compile,
             cascade=self.cascade,
             require_faster=self.require_faster,
             tolerance=self.tolerance,
@@ -207,18 +215,10 @@ class Options:
     def topk_options(self) -> TopKOptions:
         """The knobs top-K calibration reads."""
         return TopKOptions(
+            **self._planner_knobs(),
             k=self.k,
             precision_target=self.precision_target,
-            confidence=self.confidence,
             query_size=self.query_size,
             score=self.score,
-            approximate_model=self.approximate_model,
-            split=self.split,  # type: ignore[arg-type]
-            random_state=self.random_state,
-            cost_repeats=self.cost_repeats,
-            importance_repeats=self.importance_repeats,
-            exhaustive_max_groups=self.exhaustive_max_groups,
-            max_candidates=self.max_candidates,
             fractions=self.k_fractions,
-            compile=self.compile,
         )
