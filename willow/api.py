@@ -86,6 +86,10 @@ class OptimizedPipeline:
     Fitted attributes (after :meth:`calibrate`): ``plan_`` (:class:`~willow.CascadePlan`),
     ``costs_`` (:class:`~willow.CostProfile`), ``approximate_model_`` (the fitted approximate
     estimator, or ``None``) and ``generated_source_`` (the cascaded function's source, or ``None``).
+
+    Its options (the keyword arguments of :func:`optimize`, or ``options=``) are one
+    :class:`~willow.options.Options`, ``options``, checked when it is built; each can also be read
+    as an attribute (``pipeline.compile`` is ``pipeline.options.compile``).
     """
 
     def __init__(self, fn: Callable, *, options: Options | None = None, **keywords: Any) -> None:
