@@ -21,6 +21,7 @@ from willow.errors import (
     UnsupportedPipelineWarning,
     WillowError,
 )
+from willow.options import Options
 from willow.topk.plan import TopKPlan
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "optimize",
     "load",
     "OptimizedPipeline",
+    "Options",
     "PipelineGraph",
     "CostProfile",
     "CascadePlan",

@@ -24,8 +24,6 @@ from willow.cascades.calibration import CascadeOptions, build_cascade
 from willow.cascades.outputs import OutputSpec
 from willow.cascades.plan import CascadePlan
 from willow.cascades.runtime import ModelGuard
-from willow.cascades.selection import DEFAULT_BUDGETS
-from willow.cascades.tolerance import check_tolerance
 from willow.compiler.background import BackgroundCompile
 from willow.compiler.codegen import layout_cascade
 from willow.compiler.compile_budget import calibration_budget
@@ -48,13 +46,13 @@ from willow.frontend.guards import ArgumentGuards
 from willow.frontend.methods import BoundPipeline
 from willow.gpu.device import on_device_of, on_pipeline_device
 from willow.gpu.explain import device_lines
-from willow.gpu.runtime import check_device
+from willow.options import Options
 from willow.pickling import portable_function, restore_function
 from willow.progress import calibration_progress, stage
 from willow.topk import query as topk_query
 from willow.topk.plan import TopKPlan
 
-__all__ = ["optimize", "OptimizedPipeline", "load"]
+__all__ = ["optimize", "OptimizedPipeline", "Options", "load"]
 
 _FORMAT = "willow-plan/1"
 _FITTED = ("plan_", "costs_", "approximate_model_", "generated_source_", "tiers_")
@@ -74,25 +72,6 @@ _DERIVED = _FITTED + (
     "_monitor",
     "_tiers",
 )
-_COMPILE_OPTIONS = (True, False, "eager", "all")
-
-
-def _check_fraction(name: str, value: Any, *, upper_inclusive: bool) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.") from None
-    ok = 0.0 < number <= 1.0 if upper_inclusive else 0.0 < number < 1.0
-    if not ok:
-        bounds = "(0, 1]" if upper_inclusive else "(0, 1)"
-        raise ValueError(f"{name} must be in {bounds}, got {value!r}.")
-    return number
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 class OptimizedPipeline:
@@ -108,96 +87,24 @@ class OptimizedPipeline:
     Fitted attributes (after :meth:`calibrate`): ``plan_`` (:class:`~willow.CascadePlan`),
     ``costs_`` (:class:`~willow.CostProfile`), ``approximate_model_`` (the fitted approximate
     estimator, or ``None``) and ``generated_source_`` (the cascaded function's source, or ``None``).
+
+    Its options (the keyword arguments of :func:`optimize`, or ``options=``) are one
+    :class:`~willow.options.Options`, ``options``, checked when it is built; each can also be read
+    as an attribute (``pipeline.compile`` is ``pipeline.options.compile``).
     """
 
-    def __init__(
-        self,
-        fn: Callable,
-        *,
-        accuracy_target: float = 0.99,
-        confidence: float = 0.95,
-        approximate_model: Any = None,
-        split: tuple[float, float, float] = (0.5, 0.25, 0.25),
-        random_state: int | None = 0,
-        strict: bool = True,
-        row_args: tuple[str, ...] | list[str] | None = None,
-        cost_repeats: int = 5,
-        importance_repeats: int = 3,
-        exhaustive_max_groups: int = 4,
-        max_candidates: int = 16,
-        compile: bool | str = True,
-        cascade: bool = True,
-        require_faster: bool = True,
-        query: str = "predict",
-        k: int | None = None,
-        precision_target: float = 0.95,
-        query_size: int | None = None,
-        score: Any = None,
-        k_fractions: tuple[float, ...] = topk_query.DEFAULT_FRACTIONS,
-        monitor: float | None = None,
-        device: str = "cpu",
-        tolerance: float | Callable | None = None,
-        early_exit: bool | str = "exact",
-    ) -> None:
+    def __init__(self, fn: Callable, *, options: Options | None = None, **keywords: Any) -> None:
         if not callable(fn):
             raise TypeError(f"willow.optimize expects a function, got {type(fn).__name__} {fn!r}.")
         if isinstance(fn, OptimizedPipeline):
             fn = fn.__wrapped__
         functools.update_wrapper(self, fn)
-        self.accuracy_target = (  # one target (a float) or accuracy tiers (a tuple, strictest first)
-            tiers.check_targets(accuracy_target)
-            if tiers.declares_tiers(accuracy_target)
-            else _check_fraction("accuracy_target", accuracy_target, upper_inclusive=True)
-        )
-        if query == "topk" and isinstance(self.accuracy_target, tuple):
-            raise ValueError(
-                f"accuracy_target={self.accuracy_target} declares accuracy tiers, which cascades "
-                'serve; query="topk" is tuned by precision_target instead. Pass one accuracy_target.'
-            )
-        self.confidence = _check_fraction("confidence", confidence, upper_inclusive=False)
-        if approximate_model is not None and not hasattr(approximate_model, "fit"):
-            raise TypeError(
-                "approximate_model must be an unfitted scikit-learn-style estimator with fit(), got "
-                f"{type(approximate_model).__name__}."
-            )
-        self.approximate_model = approximate_model
-        self.split = tuple(split)
-        self.random_state = random_state
-        self.strict = bool(strict)
-        self.row_args = tuple(row_args) if row_args is not None else None
-        self.cost_repeats = _check_count("cost_repeats", cost_repeats, 1)
-        self.importance_repeats = _check_count("importance_repeats", importance_repeats, 1)
-        self.exhaustive_max_groups = _check_count("exhaustive_max_groups", exhaustive_max_groups, 0)
-        self.max_candidates = _check_count("max_candidates", max_candidates, 1)
-        if not any(compile is option or compile == option for option in _COMPILE_OPTIONS):
-            raise ValueError(f"compile must be True, False, 'eager' or 'all', got {compile!r}.")
-        self.compile = compile
-        self.cascade = bool(cascade)
-        self.require_faster = bool(require_faster)
-        self._compilation: CompilationResult | None = None
-        if query not in topk_query.QUERIES:
-            raise ValueError(f"query must be one of {topk_query.QUERIES}, got {query!r}.")
-        self.query = query
-        if query == "topk" and k is None:
-            raise TypeError('query="topk" needs k=<the number of rows a call returns>, e.g. k=100.')
-        if query == "topk":
+        # Every knob, checked (willow.options); read as self.options.<name> or self.<name>.
+        self.options = Options.build(options, **keywords)
+        if self.options.query == "topk":
             topk_query.check_signature(fn)
-        self.k = topk_query.check_k(k) if k is not None else None
-        self.precision_target = _check_fraction("precision_target", precision_target, upper_inclusive=True)
-        self.query_size = _check_count("query_size", query_size, 1) if query_size is not None else None
-        self.score = score
-        self.k_fractions = tuple(k_fractions)
-        self.monitor = None if monitor is None else _check_fraction("monitor", monitor, upper_inclusive=True)
+        self._compilation: CompilationResult | None = None
         self._monitor: Any = None
-        self.device = check_device(device)
-        self.tolerance = check_tolerance(tolerance, query)
-        if not any(early_exit is option or early_exit == option for option in (True, False, "exact")):
-            raise ValueError(
-                f"early_exit must be 'exact' (the default: exits that cannot change the decision), "
-                f"True (also exits tuned to accuracy_target, proven on holdout rows) or False, got "
-                f"{early_exit!r}."
-            )
-        self.early_exit = early_exit
         self._serving: Callable | None = None
         self._tiers: tuple[tiers.ServedTier, ...] = ()
         self._unsupported: str | None = None
@@ -225,32 +132,7 @@ class OptimizedPipeline:
 
     def get_params(self) -> dict[str, Any]:
         """The options this pipeline was built with (as passed to ``willow.optimize``)."""
-        return {
-            "accuracy_target": self.accuracy_target,
-            "confidence": self.confidence,
-            "approximate_model": self.approximate_model,
-            "split": self.split,
-            "random_state": self.random_state,
-            "strict": self.strict,
-            "row_args": self.row_args,
-            "cost_repeats": self.cost_repeats,
-            "importance_repeats": self.importance_repeats,
-            "exhaustive_max_groups": self.exhaustive_max_groups,
-            "max_candidates": self.max_candidates,
-            "compile": self.compile,
-            "cascade": self.cascade,
-            "require_faster": self.require_faster,
-            "query": self.query,
-            "k": self.k,
-            "precision_target": self.precision_target,
-            "query_size": self.query_size,
-            "score": self.score,
-            "k_fractions": self.k_fractions,
-            "monitor": self.monitor,
-            "device": self.device,
-            "tolerance": self.tolerance,
-            "early_exit": self.early_exit,
-        }
+        return self.options.params()
 
     def __getattr__(self, name: str) -> Any:
         if name in _FITTED:
@@ -341,23 +223,7 @@ class OptimizedPipeline:
     # ------------------------------------------------------------------ calibration
 
     def _options(self) -> CascadeOptions:
-        return CascadeOptions(
-            accuracy_target=tiers.strictest(self.accuracy_target),
-            confidence=self.confidence,
-            approximate_model=self.approximate_model,
-            split=self.split,  # type: ignore[arg-type]
-            random_state=self.random_state,
-            cost_repeats=self.cost_repeats,
-            importance_repeats=self.importance_repeats,
-            exhaustive_max_groups=self.exhaustive_max_groups,
-            max_candidates=self.max_candidates,
-            budgets=DEFAULT_BUDGETS,
-            compile=self.compile,
-            cascade=self.cascade,
-            require_faster=self.require_faster,
-            tolerance=self.tolerance,
-            early_exit=self.__dict__.get("early_exit", "exact"),
-        )
+        return self.options.cascade_options()
 
     @on_pipeline_device
     def calibrate(
@@ -784,6 +650,9 @@ class OptimizedPipeline:
             )
         attributes = dict(state["attributes"])
         attributes["__wrapped__"] = restore_function(attributes["__wrapped__"])
+        if "options" not in attributes:  # pickled before the knobs became one Options
+            known = [name for name in Options.names() if name in attributes]
+            attributes["options"] = Options(**{name: attributes.pop(name) for name in known})
         self.__dict__.update(attributes)
         self._serving = None
         self._compilation = None
@@ -792,6 +661,18 @@ class OptimizedPipeline:
         if plan is None:
             return
         _restore_or_defer(self, self.__wrapped__, plan)
+
+
+def _option(name: str) -> property:
+    return property(
+        lambda self: getattr(self.options, name),
+        doc=f"The ``{name}`` option this pipeline was built with (read-only: ``self.options.{name}``).",
+    )
+
+
+# Every knob reads through from ``options`` (``pipeline.compile`` is ``pipeline.options.compile``).
+for _name in Options.names():
+    setattr(OptimizedPipeline, _name, _option(_name))
 
 
 def optimize(
@@ -822,6 +703,7 @@ def optimize(
     device: str = "cpu",
     tolerance: float | Callable | None = None,
     early_exit: bool | str = "exact",
+    options: Options | None = None,
 ) -> Any:
     """Decorate an inference function so willow can serve it faster.
 
@@ -904,36 +786,17 @@ def optimize(
         change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
         ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
         cascade); ``False`` never.
+    options : all of the above as one :class:`willow.options.Options` (checked when built), in
+        place of the keyword arguments: pass one or the other.
     """
-    options = dict(
-        accuracy_target=accuracy_target,
-        confidence=confidence,
-        approximate_model=approximate_model,
-        split=split,
-        random_state=random_state,
-        strict=strict,
-        row_args=row_args,
-        cost_repeats=cost_repeats,
-        importance_repeats=importance_repeats,
-        exhaustive_max_groups=exhaustive_max_groups,
-        max_candidates=max_candidates,
-        compile=compile,
-        cascade=cascade,
-        require_faster=require_faster,
-        query=query,
-        k=k,
-        precision_target=precision_target,
-        query_size=query_size,
-        score=score,
-        k_fractions=k_fractions,
-        monitor=monitor,
-        device=device,
-        tolerance=tolerance,
-        early_exit=early_exit,
-    )
+    keywords = {name: value for name, value in locals().items() if name not in ("fn", "options")}
+    if options is not None:  # then only the keywords the caller passed (not left at their default)
+        defaults = inspect.signature(optimize).parameters
+        keywords = {name: value for name, value in keywords.items() if value is not defaults[name].default}
+    checked = Options.build(options, **keywords)
     if fn is None:
-        return lambda f: OptimizedPipeline(f, **options)
-    return OptimizedPipeline(fn, **options)
+        return lambda f: OptimizedPipeline(f, options=checked)
+    return OptimizedPipeline(fn, options=checked)
 
 
 def load(path: str | os.PathLike, fn: Callable, *, key: bytes | str | None = None) -> OptimizedPipeline:

@@ -76,3 +76,13 @@ class UnknownTierError(WillowError, KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted, as a key
         return str(self.args[0]) if self.args else ""
+
+
+class OptionError(WillowError, ValueError):
+    """An option of ``willow.optimize`` (:class:`willow.options.Options`) has a value it cannot
+    take. The message names the option, what it must be and what it got."""
+
+
+class OptionTypeError(OptionError, TypeError):
+    """An option of ``willow.optimize`` has the wrong type (a string for a number, an object
+    without ``fit()`` for ``approximate_model``...), or an unknown option was passed."""

@@ -21,6 +21,7 @@ import ast
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -300,23 +301,96 @@ def calibrate_targets(
     and its own holdout proof, exactly as a single target would (:meth:`_Context.finish`). The
     split is sized for ``options.accuracy_target``, which callers set to the strictest target.
     Returns one result per target, in the order of ``targets``.
+
+    The passes, in order: :func:`_measure` (split, costs, output, compile), :func:`_cascade_refusal`
+    (why no cascade can serve, if so), permutation importance, :func:`_fit_candidates` (one
+    approximate model per candidate subset) and, per target, :func:`_plan_for` (tune, choose,
+    build, prove).
     """
     if not 0.0 < options.accuracy_target <= 1.0:
         raise ValueError(f"accuracy_target must be in (0, 1], got {options.accuracy_target!r}.")
     if not 0.0 < options.confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {options.confidence!r}.")
+    measured = _measure(graph, fn, arguments, y, options)
+    plan = _initial_plan(measured, options)
+    context = _Context(
+        measured.graph,
+        fn,
+        measured.runner,
+        options,
+        measured.split,
+        measured.arguments_for,
+        measured.costs,
+        measured.output,
+        measured.fingerprint,
+        measured.model,
+        measured.compilation,
+    )
+    refusal = _cascade_refusal(measured, options, targets)
+    if refusal is not None:
+        result = context.finish(replace(plan, reason=refusal), None, None)
+        return [replace(result, plan=replace(result.plan, accuracy_target=t)) for t in targets]
+
+    progress.stage("importance")
+    importances = permutation_importance(
+        measured.graph,
+        measured.runner,
+        measured.ns_tune,
+        measured.out_tune,
+        measured.output,
+        options.importance_repeats,
+        options.random_state,
+    )
+    plan = replace(plan, importances=importances)
+    subsets = candidates_for(list(measured.graph.group_names), measured.costs, importances, options)
+    progress.stage("candidates")
+    candidates = _fit_candidates(measured, options, subsets)
+    prepared: set[tuple[str, ...]] = set()  # candidates whose approximate model is compiled
+    return [_plan_for(target, measured, options, plan, context, candidates, prepared) for target in targets]
+
+
+@dataclass
+class _Measured:
+    """What the shared measurements of :func:`calibrate_targets` produced: the split, the graph
+    that serves (compiled when compiling kept a kernel), its run on the tune rows, its costs and
+    the output's meaning."""
+
+    graph: PipelineGraph
+    runner: StatementRunner
+    split: Any
+    arguments_for: Callable[[np.ndarray], dict[str, Any]]
+    n_tune: int
+    python_costs: CostProfile
+    costs: CostProfile
+    ns_tune: dict[str, Any]
+    out_tune: Any
+    model: Any
+    template: Any  # the estimator the approximate models clone
+    output: OutputSpec
+    labels: np.ndarray | None
+    fingerprint: str
+    compilation: CompilationResult | None
+
+
+def _rows_of(row_parameters: tuple[str, ...], arguments: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """The calibration call's ``arguments`` restricted to ``rows`` of its row inputs."""
+    subset = dict(arguments)
+    for name in row_parameters:
+        subset[name] = take_rows(arguments[name], rows)
+    return subset
+
+
+def _measure(
+    graph: PipelineGraph, fn: Callable, arguments: dict[str, Any], y: Any, options: CascadeOptions
+) -> _Measured:
+    """Split the rows, run and time the graph on the tune rows, read the output's meaning and the
+    labels, and compile (``options.compile``): the measurements every target shares."""
     n = count_row_inputs(graph, arguments)
     groups = row_groups([arguments[name] for name in graph.row_parameters], n)
     split = split_rows(
         n, options.split, options.accuracy_target, options.confidence, options.random_state, groups
     )
-
-    def arguments_for(rows: np.ndarray) -> dict[str, Any]:
-        subset = dict(arguments)
-        for name in graph.row_parameters:
-            subset[name] = take_rows(arguments[name], rows)
-        return subset
-
+    arguments_for = partial(_rows_of, graph.row_parameters, arguments)
     n_tune = len(split.tune)
     tune_arguments = arguments_for(split.tune)
     runner = StatementRunner(graph, fn)
@@ -341,13 +415,34 @@ def calibrate_targets(
         )
         if compiled_run is not None:
             graph, runner, ns_tune, out_tune = compiled_run
+    return _Measured(
+        graph=graph,
+        runner=runner,
+        split=split,
+        arguments_for=arguments_for,
+        n_tune=n_tune,
+        python_costs=python_costs,
+        costs=costs,
+        ns_tune=ns_tune,
+        out_tune=out_tune,
+        model=model,
+        template=options.approximate_model if options.approximate_model is not None else model,
+        output=output,
+        labels=labels,
+        fingerprint=fingerprint,
+        compilation=compilation,
+    )
 
-    template = options.approximate_model if options.approximate_model is not None else model
-    plan = CascadePlan(
+
+def _initial_plan(measured: _Measured, options: CascadeOptions) -> CascadePlan:
+    """The plan before any candidate: no cascade, with the measured costs and the split's sizes."""
+    m = measured
+    costs, python_costs, compilation = m.costs, m.python_costs, m.compilation
+    return CascadePlan(
         cascade=False,
         reason="",
-        method=graph.model_call.method,
-        groups=graph.group_names,
+        method=m.graph.model_call.method,
+        groups=m.graph.group_names,
         group_seconds_per_row={g.name: g.total_seconds_per_row for g in costs.groups},
         importances={},
         selected=(),
@@ -360,80 +455,90 @@ def calibrate_targets(
         lower_bound=0.0,
         accuracy_target=options.accuracy_target,
         confidence=options.confidence,
-        train_rows=len(split.train),
-        tune_rows=n_tune,
+        train_rows=len(m.split.train),
+        tune_rows=m.n_tune,
         holdout_rows=0,
-        duplicate_rows=split.duplicate_rows,
+        duplicate_rows=m.split.duplicate_rows,
         tolerance=describe_tolerance(options.tolerance) if options.tolerance is not None else "",
-        approximate_model=type(template).__name__,
-        trained_on="labels y" if labels is not None else "the full model's predictions (distillation)",
+        approximate_model=type(m.template).__name__,
+        trained_on="labels y" if m.labels is not None else "the full model's predictions (distillation)",
         compiled_nodes=len(compilation.nodes) if compilation else 0,
         compiled_seconds_per_row=costs.total_seconds_per_row if compilation and compilation.nodes else None,
     )
-    context = _Context(
-        graph, fn, runner, options, split, arguments_for, costs, output, fingerprint, model, compilation
-    )
 
-    def no_cascade(reason: str) -> list[CalibrationResult]:
-        result = context.finish(replace(plan, reason=reason), None, None)
-        return [replace(result, plan=replace(result.plan, accuracy_target=t)) for t in targets]
 
+def _cascade_refusal(measured: _Measured, options: CascadeOptions, targets: Sequence[float]) -> str | None:
+    """Why no cascade can serve this pipeline (then the pipeline without one is proven and
+    served), or ``None``. Raises when the feature groups are not row-aligned."""
+    graph, ns_tune = measured.graph, measured.ns_tune
     if not options.cascade:
-        return no_cascade("cascades are disabled (cascade=False).")
-    if output.decision == "numbers" and options.tolerance is None:
-        return no_cascade(
+        return "cascades are disabled (cascade=False)."
+    if measured.output.decision == "numbers" and options.tolerance is None:
+        return (
             f"the function returns numbers ({_returned(graph)}), not a decision per row: a cascade "
             "would change those values, so the compiled pipeline serves every row (exactly). "
             "Pass tolerance= to cascade it with agreement meaning 'within tolerance of the original'."
         )
     if graph.post is not None:
-        problem = post_rowwise_problem(graph, runner, ns_tune, out_tune, n_tune, options.random_state)
+        problem = post_rowwise_problem(
+            graph, measured.runner, ns_tune, measured.out_tune, measured.n_tune, options.random_state
+        )
         if problem:
-            return no_cascade(problem)
-    if output.classes is None and options.tolerance is None:
-        return no_cascade(
-            f"the model ({type(model).__name__}) has no classes_: classification cascades need a "
+            return problem
+    if measured.output.classes is None and options.tolerance is None:
+        return (
+            f"the model ({type(measured.model).__name__}) has no classes_: classification cascades need a "
             "classifier. For a regressor, pass tolerance= to cascade it within a tolerance of the "
             "original (willow.cascades.tolerance); top-K queries are the other approximate path."
         )
     if graph.stack is None:
-        return no_cascade(" ".join(graph.notes) or "the model reads a single feature group.")
+        return " ".join(graph.notes) or "the model reads a single feature group."
     check_stacker(graph, ns_tune)
-    check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
+    check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], measured.n_tune)
     if min(targets) >= 1.0:
-        return no_cascade(_EXACT_TARGET)
+        return _EXACT_TARGET
+    return None
 
-    progress.stage("importance")
-    importances = permutation_importance(
-        graph, runner, ns_tune, out_tune, output, options.importance_repeats, options.random_state
-    )
-    plan = replace(plan, importances=importances)
-    subsets = candidates_for(list(graph.group_names), costs, importances, options)
-    progress.stage("candidates")
-    ns_train, out_train = runner.run_all(arguments_for(split.train))
-    train_labels = labels[split.train] if labels is not None else output.labels(out_train)
-    tune_returned = runner.post(ns_tune, out_tune)
+
+@dataclass
+class _Candidates:
+    """The candidate subsets of groups and, for each, its approximate model as fitted on the
+    train rows and measured on the tune rows (or why it failed to fit)."""
+
+    subsets: list[tuple[str, ...]]
+    failures: dict[tuple[str, ...], CandidateResult]
+    # subset -> (confidence per tune row, agreement per tune row, approximate seconds per row)
+    tuned: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, float]]
+    fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]]
+
+
+def _fit_candidates(
+    measured: _Measured, options: CascadeOptions, subsets: list[tuple[str, ...]]
+) -> _Candidates:
+    """Fit an approximate model per candidate subset on the train rows (on labels ``y`` or the
+    full model's own outputs), and measure its confidence, agreement and cost on the tune rows."""
+    m = measured
+    graph, runner, ns_tune, output = m.graph, m.runner, m.ns_tune, m.output
+    ns_train, out_train = runner.run_all(m.arguments_for(m.split.train))
+    train_labels = m.labels[m.split.train] if m.labels is not None else output.labels(out_train)
+    tune_returned = runner.post(ns_tune, m.out_tune)
     tune_reference = output.decisions(tune_returned)
-    full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
-
-    failures: dict[tuple[str, ...], CandidateResult] = {}
-    tuned: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, float]] = {}
-    fitted: dict[tuple[str, ...], tuple[ApproximateModel, CascadeLayout]] = {}
+    candidates = _Candidates(list(subsets), {}, {}, {})
     for subset in subsets:
         layout = layout_cascade(graph, subset)
         check_row_aligned(
-            graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], n_tune
+            graph, ns_tune, [v for v in layout.row_subsets if v not in graph.row_parameters], m.n_tune
         )
         expression = compile(ast.Expression(body=stack_expression(graph, subset)), graph.filename, "eval")
         try:
             features = eval(expression, ns_train)
             if options.tolerance is None:
-                approx = fit_approximate_model(template, features, train_labels, output)
+                approx = fit_approximate_model(m.template, features, train_labels, output)
             else:
-                approx = fit_numeric_model(template, features, train_labels, output, options.random_state)
+                approx = fit_numeric_model(m.template, features, train_labels, output, options.random_state)
         except Exception as exc:  # noqa: BLE001 - any fitting failure just rules the candidate out
             note = f"approximate model failed to fit: {type(exc).__name__}: {exc}"[:160]
-            failures[subset] = CandidateResult(
+            candidates.failures[subset] = CandidateResult(
                 subset, float("inf"), 0.0, float("inf"), 0.0, 0.0, 0.0, 0.0, note=note
             )
             continue
@@ -448,87 +553,110 @@ def calibrate_targets(
                     eval(expression, ns_tune)
                 )
             )
-            / n_tune
+            / m.n_tune
         )
-        tuned[subset] = (confidence, agrees, approx_seconds)
-        fitted[subset] = (approx, layout)
+        candidates.tuned[subset] = (confidence, agrees, approx_seconds)
+        candidates.fitted[subset] = (approx, layout)
+    return candidates
 
-    def tuned_for(target: float) -> list[CandidateResult]:
-        """Every candidate with its threshold tuned to ``target`` on the tune split."""
-        results: list[CandidateResult] = []
-        for subset in subsets:
-            if subset in failures:
-                results.append(failures[subset])
-                continue
-            confidence, agrees, approx_seconds = tuned[subset]
-            choice = tune_threshold(
-                confidence, agrees, target, options.confidence, len(split.holdout), options.pass_probability
-            )
-            expected = (
-                costs.kept_seconds_per_row
-                + costs.features_cost(subset)
-                + approx_seconds
-                + (1.0 - choice.confident_fraction) * (costs.remaining_cost(subset) + full_path)
-            )
-            results.append(
-                CandidateResult(
-                    groups=subset,
-                    expected_seconds_per_row=expected,
-                    expected_speedup=python_costs.total_seconds_per_row / expected
-                    if expected > 0
-                    else float("inf"),
-                    threshold=choice.threshold,
-                    confident_fraction=choice.confident_fraction,
-                    tune_agreement=choice.agreement,
-                    tune_lower_bound=choice.lower_bound,
-                    approximate_seconds_per_row=approx_seconds,
-                    note="" if np.isfinite(choice.threshold) else "no threshold meets the target",
-                )
-            )
-        return results
 
-    prepared: set[tuple[str, ...]] = set()
-
-    def plan_for(target: float) -> CalibrationResult:
-        """Choose, build and prove the cascade for one accuracy target."""
-        tier_options = replace(options, accuracy_target=target)
-        tier = replace(context, options=tier_options)
-        tier_plan = replace(plan, accuracy_target=target)
-        if target >= 1.0:
-            return tier.finish(replace(tier_plan, reason=_EXACT_TARGET), None, None)
-        results = tuned_for(target)
-        tier_plan = replace(tier_plan, candidates=tuple(results))
-        feasible = [r for r in results if np.isfinite(r.threshold) and r.confident_fraction > 0]
-        if not feasible:
-            reason = (
-                f"no candidate's approximate model reached a lower {options.confidence:.0%} bound of "
-                f"{target} agreement on the tune split ({n_tune} rows)."
+def _tuned_for(
+    target: float, measured: _Measured, options: CascadeOptions, candidates: _Candidates
+) -> list[CandidateResult]:
+    """Every candidate with its threshold tuned to ``target`` on the tune split."""
+    costs = measured.costs
+    full_path = costs.stack_seconds_per_row + costs.model_seconds_per_row
+    results: list[CandidateResult] = []
+    for subset in candidates.subsets:
+        if subset in candidates.failures:
+            results.append(candidates.failures[subset])
+            continue
+        confidence, agrees, approx_seconds = candidates.tuned[subset]
+        choice = tune_threshold(
+            confidence,
+            agrees,
+            target,
+            options.confidence,
+            len(measured.split.holdout),
+            options.pass_probability,
+        )
+        expected = (
+            costs.kept_seconds_per_row
+            + costs.features_cost(subset)
+            + approx_seconds
+            + (1.0 - choice.confident_fraction) * (costs.remaining_cost(subset) + full_path)
+        )
+        results.append(
+            CandidateResult(
+                groups=subset,
+                expected_seconds_per_row=expected,
+                expected_speedup=measured.python_costs.total_seconds_per_row / expected
+                if expected > 0
+                else float("inf"),
+                threshold=choice.threshold,
+                confident_fraction=choice.confident_fraction,
+                tune_agreement=choice.agreement,
+                tune_lower_bound=choice.lower_bound,
+                approximate_seconds_per_row=approx_seconds,
+                note="" if np.isfinite(choice.threshold) else "no threshold meets the target",
             )
-            return tier.finish(replace(tier_plan, reason=reason), None, None)
-        best = min(feasible, key=lambda r: r.expected_seconds_per_row)
-        if best.expected_seconds_per_row >= costs.total_seconds_per_row:
-            reason = (
-                "no candidate is expected to be cheaper than the pipeline without a cascade "
-                f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {costs.total_seconds_per_row * 1e6:.2f} us/row)."
-            )
-            return tier.finish(replace(tier_plan, reason=reason), None, None)
-        approx, layout = fitted[best.groups]
-        if options.compile and best.groups not in prepared:  # one approximate model serves many tiers
-            prepared.add(best.groups)
-            from willow.compiler.lowering import lower
+        )
+    return results
 
-            tune_features = eval(
-                compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
-                ns_tune,
-            )
-            approx.compile(lower, tune_features, _node_budget(options))
-            if compilation is not None and compilation.fused is not None:
-                vectorizers = [compilation.vectorizer(g) for g in best.groups]
-                approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)
-        chosen = replace(tier_plan, selected=best.groups, threshold=best.threshold)
-        return tier.finish(chosen, approx, layout)
 
-    return [plan_for(target) for target in targets]
+def _plan_for(
+    target: float,
+    measured: _Measured,
+    options: CascadeOptions,
+    plan: CascadePlan,
+    context: _Context,
+    candidates: _Candidates,
+    prepared: set[tuple[str, ...]],
+) -> CalibrationResult:
+    """Choose, build and prove the cascade for one accuracy target (``prepared``: the candidates
+    whose approximate model is already compiled, since one can serve many tiers)."""
+    costs, graph, ns_tune, compilation = (
+        measured.costs,
+        measured.graph,
+        measured.ns_tune,
+        measured.compilation,
+    )
+    tier_options = replace(options, accuracy_target=target)
+    tier = replace(context, options=tier_options)
+    tier_plan = replace(plan, accuracy_target=target)
+    if target >= 1.0:
+        return tier.finish(replace(tier_plan, reason=_EXACT_TARGET), None, None)
+    results = _tuned_for(target, measured, options, candidates)
+    tier_plan = replace(tier_plan, candidates=tuple(results))
+    feasible = [r for r in results if np.isfinite(r.threshold) and r.confident_fraction > 0]
+    if not feasible:
+        reason = (
+            f"no candidate's approximate model reached a lower {options.confidence:.0%} bound of "
+            f"{target} agreement on the tune split ({measured.n_tune} rows)."
+        )
+        return tier.finish(replace(tier_plan, reason=reason), None, None)
+    best = min(feasible, key=lambda r: r.expected_seconds_per_row)
+    if best.expected_seconds_per_row >= costs.total_seconds_per_row:
+        reason = (
+            "no candidate is expected to be cheaper than the pipeline without a cascade "
+            f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {costs.total_seconds_per_row * 1e6:.2f} us/row)."
+        )
+        return tier.finish(replace(tier_plan, reason=reason), None, None)
+    approx, layout = candidates.fitted[best.groups]
+    if options.compile and best.groups not in prepared:  # one approximate model serves many tiers
+        prepared.add(best.groups)
+        from willow.compiler.lowering import lower
+
+        tune_features = eval(
+            compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"),
+            ns_tune,
+        )
+        approx.compile(lower, tune_features, _node_budget(options))
+        if compilation is not None and compilation.fused is not None:
+            vectorizers = [compilation.vectorizer(g) for g in best.groups]
+            approx.fuse(vectorizers, ns_tune[compilation.fused.text], tune_features)
+    chosen = replace(tier_plan, selected=best.groups, threshold=best.threshold)
+    return tier.finish(chosen, approx, layout)
 
 
 _EXACT_TARGET = (

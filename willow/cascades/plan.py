@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from willow.plans import FeaturePlan
+
 __all__ = ["CandidateResult", "CascadePlan"]
 
 
@@ -23,46 +25,31 @@ class CandidateResult:
 
 
 @dataclass(frozen=True)
-class CascadePlan:
+class CascadePlan(FeaturePlan):
     """A calibrated cascade: which groups the approximate model reads, its threshold, its cost and
     its proven agreement with the original pipeline.
 
     ``cascade`` is False when no candidate met the target (or none was cheaper than the
     original); ``reason`` then says why and the pipeline runs unchanged. Costs are seconds per row.
     ``agreement`` and ``lower_bound`` are measured on the holdout split, which played no part in
-    choosing the plan: the one-sided Clopper-Pearson bound at ``confidence``.
+    choosing the plan: the one-sided Clopper-Pearson bound at ``confidence``. The fields it
+    shares with :class:`~willow.topk.plan.TopKPlan` (groups, costs, importances, split sizes) are
+    declared on :class:`~willow.plans.FeaturePlan`.
     """
 
     cascade: bool
-    reason: str
     method: str
-    groups: tuple[str, ...]
-    group_seconds_per_row: dict[str, float]
-    importances: dict[str, float]
-    selected: tuple[str, ...]
     threshold: float
-    original_seconds_per_row: float
-    expected_seconds_per_row: float
-    expected_speedup: float
     confident_fraction: float
     agreement: float
     lower_bound: float
     accuracy_target: float
-    confidence: float
-    train_rows: int
-    tune_rows: int
-    holdout_rows: int
-    approximate_model: str
     trained_on: str
     candidates: tuple[CandidateResult, ...] = field(default_factory=tuple)
-    compiled_nodes: int = 0
     compiled_seconds_per_row: float | None = None
     rejected_agreement: float | None = None
     rejected_lower_bound: float | None = None
     measured_speedup: float | None = None
-    #: Calibration rows whose inputs repeat another row's: kept in the same split part as it, and
-    #: counted once in tune and holdout (``tune_rows``/``holdout_rows`` are distinct inputs).
-    duplicate_rows: int = 0
     #: With ``tolerance=`` (numeric outputs): what agreement with the original means, in words.
     tolerance: str = ""
 
@@ -81,12 +68,7 @@ class CascadePlan:
         if self.tolerance:
             lines.append(f"Tolerance: a row agrees with the original when {self.tolerance}.")
         if self.groups:
-            lines.append("")
-            lines.append(f"  {'group':<28} {'us/row':>10} {'importance':>11}  selected")
-            for g in self.groups:
-                mark = "yes" if g in self.selected else ""
-                imp = self.importances.get(g, float("nan"))
-                lines.append(f"  {g:<28} {self.group_seconds_per_row[g] * 1e6:>10.2f} {imp:>11.4f}  {mark}")
+            lines += self.group_lines(".4f")
         lines.append("")
         lines.append(f"  original cost            {self.original_seconds_per_row * 1e6:10.2f} us/row")
         if self.compiled_seconds_per_row is not None:

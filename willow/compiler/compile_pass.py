@@ -14,9 +14,10 @@ from __future__ import annotations
 import ast
 import copy
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -354,217 +355,299 @@ def compile_graph(
     ``lower(obj, method)`` returns a compiled operator or raises ``NotLowerable``; an object
     whose estimated compile time exceeds what is left of ``budget`` stays Python and is listed in
     the result's ``deferred`` (``None``: no limit).
+
+    The pass runs the graph once, statement by statement: a fitted object's call is offered to
+    ``lower`` (:func:`_compile_fitted_call`), any other statement's array expressions to the
+    expression compiler (:func:`_compile_expressions`), then the model call
+    (:func:`_compile_model_call`); every kernel is checked against the original's value on the
+    same rows (:func:`_kernel_agrees`) before it replaces the call.
     """
+    state = _PassState.start(graph, runner, arguments, lower, budget)
+    for st in graph.statements:
+        found = _fitted_call(state, st)
+        if found is None:
+            _compile_expressions(state, st)
+        else:
+            _compile_fitted_call(state, st, found)
+    _compile_model_call(state)
+    return CompilationResult(
+        graph=_rewrite(graph, state.nodes),
+        nodes=tuple(state.nodes),
+        skipped=tuple(state.skipped),
+        operators=Operators({n.attribute: n.operator for n in state.nodes}),
+        guarded=tuple(state.guarded.items()),
+        deferred=tuple(state.deferred),
+    )
+
+
+@dataclass
+class _PassState:
+    """What one run of the compile pass reads (the graph, its namespace on the calibration rows)
+    and what it gathers (compiled nodes, skipped calls, guarded objects, deferred compilations)."""
+
+    graph: PipelineGraph
+    runner: StatementRunner
+    lower: Any
+    budget: CompileBudget | None
+    ns: dict[str, Any]  # the graph's variables, as the run has reached them
+    taken: set[str]  # names the function already uses: a kernel's attribute avoids them
+    local_names: set[str]  # parameters and body variables (what depends on the rows)
+    fallback_namespace: dict[str, Any]  # the function's globals, no arguments
+    attributes: set[str] = field(default_factory=set)
+    nodes: list[CompiledNode] = field(default_factory=list)
+    skipped: list[SkippedNode] = field(default_factory=list)
+    guarded: dict[str, Any] = field(default_factory=dict)
+    deferred: list[tuple[Any, str]] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        graph: PipelineGraph,
+        runner: StatementRunner,
+        arguments: dict[str, Any],
+        lower: Any,
+        budget: CompileBudget | None,
+    ) -> _PassState:
+        taken = set(graph.parameters) | {
+            n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)
+        }
+        return cls(
+            graph=graph,
+            runner=runner,
+            lower=lower,
+            budget=budget,
+            ns=runner.namespace(arguments),
+            taken=taken,
+            local_names=set(graph.parameters) | {name for st in graph.statements for name in st.defines},
+            fallback_namespace=runner.namespace({}),
+        )
+
+    def evaluate(self, expr: ast.expr) -> Any:
+        return eval(compile(ast.Expression(body=expr), self.graph.filename, "eval"), self.ns)
+
+    def resolve(self, expr: ast.expr) -> Any:
+        """Fitted state only: an expression reading no parameter or body variable."""
+        return _resolve_fitted(expr, self.local_names, self.evaluate)
+
+    def name(self, label: str) -> str:
+        """A fresh ``_willow.ops`` attribute for ``label``."""
+        attribute = _unique(label, self.attributes | self.taken)
+        self.attributes.add(attribute)
+        return attribute
+
+
+def _warn(message: str) -> None:
+    """Warn at the first caller outside this module (the stage that asked for compilation)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CompilationWarning, stacklevel=level)
+
+
+def _compilation_failed(state: _PassState, lineno: int, original: str, exc: Exception) -> None:
+    _warn(
+        f"line {lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); it keeps running as Python."
+    )
+    state.skipped.append(SkippedNode(lineno, original, f"compilation failed: {type(exc).__name__}: {exc}"))
+
+
+def _kernel_agrees(
+    state: _PassState, lineno: int, original: str, operator: Any, args: list[Any], expected: Callable[[], Any]
+) -> bool:
+    """Run ``operator`` on ``args`` and compare with ``expected()`` (the original's result, asked
+    for only once the kernel ran); on a failure or a difference, warn and record why."""
+    try:
+        result = operator(*args)
+    except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+        _warn(
+            f"line {lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; it keeps running as Python."
+        )
+        state.skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
+        return False
+    if not reproduces(result, expected()):
+        _warn(
+            f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python."
+        )
+        state.skipped.append(
+            SkippedNode(lineno, original, "kernel output differed from the original on calibration rows")
+        )
+        return False
+    return True
+
+
+def _attempt(
+    state: _PassState,
+    statement: int | None,
+    lineno: int,
+    original: str,
+    obj: Any,
+    method: str,
+    args: list[Any],
+    expected: Callable[[], Any],
+    label: str,
+    call_path: tuple[str, ...] = ("value",),
+) -> Any:
+    """Lower ``obj.method``, check it on ``args`` against ``expected`` (a zero-argument callable
+    giving the original's result, only called once the object is known to be lowerable) and
+    record the node; ``None`` when it stays Python."""
     from willow.compiler.lowering.base import NotLowerable
 
-    ns = runner.namespace(arguments)
-    taken = set(graph.parameters) | {
-        n.id for n in ast.walk(ast.parse(graph.source)) if isinstance(n, ast.Name)
-    }
-    attributes: set[str] = set()
-    nodes: list[CompiledNode] = []
-    skipped: list[SkippedNode] = []
-    guarded: dict[str, Any] = {}
-    deferred: list[tuple[Any, str]] = []
+    if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
+        return None
+    refusal = budget_refusal(obj, state.budget)
+    if refusal is not None:
+        state.skipped.append(SkippedNode(lineno, original, refusal))
+        state.deferred.append((obj, method))
+        return None
+    try:
+        operator = timed_lower(state.lower, obj, method)
+    except NotLowerable as exc:
+        state.skipped.append(SkippedNode(lineno, original, str(exc)))
+        return None
+    except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+        _compilation_failed(state, lineno, original, exc)
+        return None
+    if not _kernel_agrees(state, lineno, original, operator, args, expected):
+        return None
+    attribute = state.name(label)
+    state.nodes.append(
+        CompiledNode(statement, lineno, original, attribute, operator, (obj, method), call_path=call_path)
+    )
+    return operator
 
-    def attempt(
-        statement: int | None,
-        lineno: int,
-        original: str,
-        obj: Any,
-        method: str,
-        args: list[Any],
-        expected: Callable[[], Any],
-        label: str,
-        call_path: tuple[str, ...] = ("value",),
-    ) -> Any:
-        """Lower ``obj.method``, check it on ``args`` against ``expected`` (a zero-argument callable
-        giving the original's result, only called once the object is known to be lowerable) and
-        record the node; ``None`` when it stays Python."""
-        if inspect.ismodule(obj):  # np.hstack(...), pd.concat(...): functions, not fitted operators
-            return None
-        refusal = budget_refusal(obj, budget)
-        if refusal is not None:
-            skipped.append(SkippedNode(lineno, original, refusal))
-            deferred.append((obj, method))
-            return None
-        try:
-            operator = timed_lower(lower, obj, method)
-        except NotLowerable as exc:
-            skipped.append(SkippedNode(lineno, original, str(exc)))
-            return None
-        except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
-            warnings.warn(
-                f"line {lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); it keeps running as Python.",
-                CompilationWarning,
-                stacklevel=4,
-            )
-            skipped.append(SkippedNode(lineno, original, f"compilation failed: {type(exc).__name__}: {exc}"))
-            return None
-        try:
-            result = operator(*args)
-        except Exception as exc:  # noqa: BLE001
-            warnings.warn(
-                f"line {lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; it keeps running as Python.",
-                CompilationWarning,
-                stacklevel=4,
-            )
-            skipped.append(SkippedNode(lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
-            return None
-        if not reproduces(result, expected()):
-            warnings.warn(
-                f"line {lineno}: the kernel for `{original}` did not reproduce the original on the calibration rows; it keeps running as Python.",
-                CompilationWarning,
-                stacklevel=4,
-            )
-            skipped.append(
-                SkippedNode(lineno, original, "kernel output differed from the original on calibration rows")
-            )
-            return None
-        attribute = _unique(label, attributes | taken)
-        attributes.add(attribute)
-        nodes.append(
-            CompiledNode(statement, lineno, original, attribute, operator, (obj, method), call_path=call_path)
-        )
-        return operator
 
-    local_names = set(graph.parameters) | {name for st in graph.statements for name in st.defines}
-    fallback_namespace = runner.namespace({})
-
-    def evaluate(expr: ast.expr) -> Any:
-        return eval(compile(ast.Expression(body=expr), graph.filename, "eval"), ns)
-
-    def resolve(expr: ast.expr) -> Any:
-        """Fitted state only: an expression reading no parameter or body variable."""
-        return _resolve_fitted(expr, local_names, evaluate)
-
-    def attempt_expressions(st: Statement) -> None:
-        """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
-        from willow.compiler.lowering.arithmetic import find_expressions, signature
-        from willow.compiler.lowering.arithmetic_codegen import call_arguments, compile_expression
-
-        value = st.node.value if isinstance(st.node, ast.Assign) and len(st.node.targets) == 1 else None
-        if value is None:
-            runner.run(ns, [st.index])
-            return
-        found, refusals = find_expressions(value, evaluate, resolve)
-        pending = []
-        for path, expression in found:
-            sub = node_at(value, path)
-            try:  # before the statement runs: it may rebind names its operands read
-                values = [evaluate(a) for a in call_arguments(expression)]
-                expected = evaluate(sub)
-                if expression.stacked:  # the stacking call reads it as an array
-                    expected = np.asarray(expected)
-                pending.append((path, expression, sub, expected, values))
-            except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
-                continue
-        runner.run(ns, [st.index])
-        for reason in refusals:
-            skipped.append(SkippedNode(st.lineno, st.source, reason))
-        for path, expression, sub, expected, values in pending:
-            original = ast.unparse(sub)
-            try:
-                operator, arguments, objects = compile_expression(expression, sub, fallback_namespace)
-            except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
-                warnings.warn(
-                    f"line {st.lineno}: compiling `{original}` failed ({type(exc).__name__}: {exc}); "
-                    "it keeps running as Python.",
-                    CompilationWarning,
-                    stacklevel=3,
-                )
-                skipped.append(
-                    SkippedNode(st.lineno, original, f"compilation failed: {type(exc).__name__}: {exc}")
-                )
-                continue
-            try:
-                result = operator(*values)
-            except Exception as exc:  # noqa: BLE001
-                warnings.warn(
-                    f"line {st.lineno}: the kernel for `{original}` raised {type(exc).__name__}: {exc}; "
-                    "it keeps running as Python.",
-                    CompilationWarning,
-                    stacklevel=3,
-                )
-                skipped.append(SkippedNode(st.lineno, original, f"kernel raised {type(exc).__name__}: {exc}"))
-                continue
-            if not reproduces(result, expected):
-                warnings.warn(
-                    f"line {st.lineno}: the kernel for `{original}` did not reproduce the original on the "
-                    "calibration rows; it keeps running as Python.",
-                    CompilationWarning,
-                    stacklevel=3,
-                )
-                skipped.append(
-                    SkippedNode(
-                        st.lineno, original, "kernel output differed from the original on calibration rows"
-                    )
-                )
-                continue
-            target = "_".join(sorted(st.defines)) or "expression"
-            attribute = _unique(f"{target}_expr", attributes | taken)
-            attributes.add(attribute)
-            nodes.append(
-                CompiledNode(
-                    st.index,
+def _fitted_call(
+    state: _PassState, st: Statement
+) -> tuple[str, ast.expr, str, list[ast.expr], tuple[str, ...]] | None:
+    """``st``'s call on a fitted object (:func:`_candidate_call`), or ``None`` when its receiver
+    is a module (``np.column_stack(...)``: its arguments may hold array expressions) or a table
+    (whose own methods are lowered as array expressions)."""
+    found = _candidate_call(state.graph, st)
+    receiver = state.evaluate(found[1]) if found is not None else None
+    if found is not None and inspect.ismodule(receiver):
+        found = None  # np.column_stack(...): a function, whose arguments may hold array expressions
+    if found is not None and _is_table(receiver):
+        if found[2] in ("reindex", "merge") and found[4] != CHAINED_CALL:
+            state.skipped.append(
+                SkippedNode(
                     st.lineno,
-                    original,
-                    attribute,
-                    operator,
-                    (None, "<expression>"),
-                    path=("value", *path),
-                    arguments=tuple(arguments),
-                    objects=tuple(objects.items()),
-                    signature=signature(expression),
+                    st.source,
+                    "a lookup whose result stays a pandas object (its dtypes depend on which keys "
+                    "are missing); lookups are compiled when converted with .to_numpy(dtype=float)",
                 )
             )
-            guarded.update(objects)
+        found = None  # a table's own methods (reindex...) are lowered as array expressions
+    return found
 
-    for st in graph.statements:
-        found = _candidate_call(graph, st)
-        receiver = (
-            eval(compile(ast.Expression(body=found[1]), graph.filename, "eval"), ns)
-            if found is not None
-            else None
-        )
-        if found is not None and inspect.ismodule(receiver):
-            found = None  # np.column_stack(...): a function, whose arguments may hold array expressions
-        if found is not None and _is_table(receiver):
-            if found[2] in ("reindex", "merge") and found[4] != CHAINED_CALL:
-                skipped.append(
-                    SkippedNode(
-                        st.lineno,
-                        st.source,
-                        "a lookup whose result stays a pandas object (its dtypes depend on which keys "
-                        "are missing); lookups are compiled when converted with .to_numpy(dtype=float)",
-                    )
-                )
-            found = None  # a table's own methods (reindex...) are lowered as array expressions
-        if found is None:
-            attempt_expressions(st)
+
+def _compile_fitted_call(
+    state: _PassState, st: Statement, found: tuple[str, ast.expr, str, list[ast.expr], tuple[str, ...]]
+) -> None:
+    """Run ``st`` (``target = obj.method(*args)``) and try to replace its call by a kernel."""
+    target, obj_expr, method, arg_exprs, call_path = found
+    ns = state.ns
+    obj = state.evaluate(obj_expr)
+    args = [state.evaluate(a) for a in arg_exprs]
+    state.runner.run(ns, [st.index])
+    if call_path == CHAINED_CALL:  # the call's own result (before `.toarray()`...), on the same args
+        original_result = partial(getattr(obj, method), *args)
+    else:
+        original_result = partial(lambda value: value, ns[target])
+    label = f"{target}_{method}"
+    if (
+        _attempt(state, st.index, st.lineno, st.source, obj, method, args, original_result, label, call_path)
+        is not None
+    ):
+        state.guarded[ast.unparse(obj_expr)] = obj
+
+
+def _compile_expressions(state: _PassState, st: Statement) -> None:
+    """Compile the array expressions (lookups, arithmetic) in ``st``; runs ``st``."""
+    from willow.compiler.lowering.arithmetic import find_expressions
+
+    value = st.node.value if isinstance(st.node, ast.Assign) and len(st.node.targets) == 1 else None
+    if value is None:
+        state.runner.run(state.ns, [st.index])
+        return
+    found, refusals = find_expressions(value, state.evaluate, state.resolve)
+    pending = _expression_operands(state, value, found)
+    state.runner.run(state.ns, [st.index])
+    for reason in refusals:
+        state.skipped.append(SkippedNode(st.lineno, st.source, reason))
+    for path, expression, sub, expected, values in pending:
+        _compile_expression(state, st, path, expression, sub, expected, values)
+
+
+def _expression_operands(state: _PassState, value: ast.expr, found: list) -> list:
+    """For each found expression, ``(path, expression, sub-tree, original value, operand values)``,
+    evaluated before the statement runs (it may rebind names its operands read)."""
+    from willow.compiler.lowering.arithmetic_codegen import call_arguments
+
+    pending = []
+    for path, expression in found:
+        sub = node_at(value, path)
+        try:  # before the statement runs: it may rebind names its operands read
+            values = [state.evaluate(a) for a in call_arguments(expression)]
+            expected = state.evaluate(sub)
+            if expression.stacked:  # the stacking call reads it as an array
+                expected = np.asarray(expected)
+            pending.append((path, expression, sub, expected, values))
+        except Exception:  # noqa: BLE001 - the statement itself will raise, as the original
             continue
-        target, obj_expr, method, arg_exprs, call_path = found
-        obj = eval(compile(ast.Expression(body=obj_expr), graph.filename, "eval"), ns)
-        args = [eval(compile(ast.Expression(body=a), graph.filename, "eval"), ns) for a in arg_exprs]
-        runner.run(ns, [st.index])
-        if call_path == CHAINED_CALL:  # the call's own result (before `.toarray()`...), on the same args
-            original_result = partial(getattr(obj, method), *args)
-        else:
-            original_result = partial(lambda value: value, ns[target])
-        label = f"{target}_{method}"
-        if (
-            attempt(st.index, st.lineno, st.source, obj, method, args, original_result, label, call_path)
-            is not None
-        ):
-            guarded[ast.unparse(obj_expr)] = obj
-    model_output = runner.model_output(ns)
-    model_call = graph.model_call
+    return pending
+
+
+def _compile_expression(
+    state: _PassState,
+    st: Statement,
+    path: tuple[Any, ...],
+    expression: Any,
+    sub: ast.expr,
+    expected: Any,
+    values: list[Any],
+) -> None:
+    """Compile one array expression of ``st`` and keep it when it reproduces ``expected``."""
+    from willow.compiler.lowering.arithmetic import signature
+    from willow.compiler.lowering.arithmetic_codegen import compile_expression
+
+    original = ast.unparse(sub)
+    try:
+        operator, arguments, objects = compile_expression(expression, sub, state.fallback_namespace)
+    except Exception as exc:  # noqa: BLE001 - a lowering bug must never break the pipeline
+        _compilation_failed(state, st.lineno, original, exc)
+        return
+    if not _kernel_agrees(state, st.lineno, original, operator, values, lambda: expected):
+        return
+    target = "_".join(sorted(st.defines)) or "expression"
+    attribute = state.name(f"{target}_expr")
+    state.nodes.append(
+        CompiledNode(
+            st.index,
+            st.lineno,
+            original,
+            attribute,
+            operator,
+            (None, "<expression>"),
+            path=("value", *path),
+            arguments=tuple(arguments),
+            objects=tuple(objects.items()),
+            signature=signature(expression),
+        )
+    )
+    state.guarded.update(objects)
+
+
+def _compile_model_call(state: _PassState) -> None:
+    """Offer the model call (one positional argument: the feature matrix) to ``lower``."""
+    model_output = state.runner.model_output(state.ns)
+    model_call = state.graph.model_call
     call = model_call.node.value
     assert isinstance(call, ast.Call)
     if not call.keywords and len(call.args) == 1:
-        model = eval(compile(ast.Expression(body=model_call.model), graph.filename, "eval"), ns)
-        X = ns[model_call.feature_variable]
-        attempt(
+        model = state.evaluate(model_call.model)
+        X = state.ns[model_call.feature_variable]
+        _attempt(
+            state,
             None,
             model_call.lineno,
             ast.unparse(call),
@@ -575,17 +658,9 @@ def compile_graph(
             f"model_{model_call.method}",
         )
     else:
-        skipped.append(
+        state.skipped.append(
             SkippedNode(model_call.lineno, ast.unparse(call), "the model call passes extra arguments")
         )
-    return CompilationResult(
-        graph=_rewrite(graph, nodes),
-        nodes=tuple(nodes),
-        skipped=tuple(skipped),
-        operators=Operators({n.attribute: n.operator for n in nodes}),
-        guarded=tuple(guarded.items()),
-        deferred=tuple(deferred),
-    )
 
 
 def fuse_text_pipeline(

@@ -41,12 +41,12 @@ def use_device(device: str) -> Iterator[None]:
 
 def on_pipeline_device(function: Callable[..., T]) -> Callable[..., T]:
     """Decorate a function whose first argument is an ``OptimizedPipeline``: run it inside
-    :func:`use_device` with the pipeline's ``device`` (``"cpu"`` for pipelines pickled before the
-    option existed), so every operator it lowers is lowered for that device."""
+    :func:`use_device` with the pipeline's ``device`` option (``"cpu"`` for an object without
+    one), so every operator it lowers is lowered for that device."""
 
     @functools.wraps(function)
     def wrapper(pipeline: Any, *args: Any, **kwargs: Any) -> T:
-        with use_device(pipeline.__dict__.get("device", "cpu")):
+        with use_device(getattr(pipeline, "device", "cpu")):
             return function(pipeline, *args, **kwargs)
 
     return wrapper

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from willow.plans import FeaturePlan
+
 __all__ = ["RatioRow", "TopKCandidate", "TopKPlan"]
 
 
@@ -43,7 +45,7 @@ class TopKCandidate:
 
 
 @dataclass(frozen=True)
-class TopKPlan:
+class TopKPlan(FeaturePlan):
     """A calibrated top-K plan.
 
     With ``approximate`` True, a query over N rows for K scores every row with the approximate
@@ -54,36 +56,21 @@ class TopKPlan:
     answered exactly and ``reason`` says why. Costs are seconds per row.
 
     The guarantee (``guarantee``, in words) holds for queries of ``query_size`` rows drawn like
-    the calibration rows, at the tuned K (see :attr:`guarantee` for the exact wording).
+    the calibration rows, at the tuned K (see :attr:`guarantee` for the exact wording). The
+    fields it shares with :class:`~willow.cascades.plan.CascadePlan` (groups, costs, importances,
+    split sizes) are declared on :class:`~willow.plans.FeaturePlan`.
     """
 
     approximate: bool
-    reason: str
     score: str
-    groups: tuple[str, ...]
-    group_seconds_per_row: dict[str, float]
-    importances: dict[str, float]
-    selected: tuple[str, ...]
     ratios: tuple[RatioRow, ...]
     precision_target: float
-    confidence: float
     query_size: int
     reference_fraction: float
-    original_seconds_per_row: float
-    expected_seconds_per_row: float
-    expected_speedup: float
-    train_rows: int
-    tune_rows: int
-    holdout_rows: int
     bootstrap_repeats: int
-    approximate_model: str
     verified: bool
     candidates: tuple[TopKCandidate, ...] = field(default_factory=tuple)
-    compiled_nodes: int = 0
     approximate_kernel: str = "python"
-    #: Calibration rows whose inputs repeat another row's: kept in the same split part as it, and
-    #: counted once in tune and holdout.
-    duplicate_rows: int = 0
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -157,12 +144,7 @@ class TopKPlan:
             lines.append(f"Top-K plan: exact ({self.reason})")
         lines.append(f"  score: {self.score}")
         if self.groups:
-            lines.append("")
-            lines.append(f"  {'group':<28} {'us/row':>10} {'importance':>11}  selected")
-            for g in self.groups:
-                mark = "yes" if g in self.selected else ""
-                imp = self.importances.get(g, float("nan"))
-                lines.append(f"  {g:<28} {self.group_seconds_per_row[g] * 1e6:>10.2f} {imp:>11.4g}  {mark}")
+            lines += self.group_lines(".4g")
         if self.ratios:
             lines.append("")
             lines.append(

@@ -43,22 +43,7 @@ QUERIES = ("predict", "topk")
 
 def topk_options(pipeline: OptimizedPipeline) -> TopKOptions:
     """The pipeline's options as top-K calibration knobs."""
-    return TopKOptions(
-        k=pipeline.k,
-        precision_target=pipeline.precision_target,
-        confidence=pipeline.confidence,
-        query_size=pipeline.query_size,
-        score=pipeline.score,
-        approximate_model=pipeline.approximate_model,
-        split=pipeline.split,  # type: ignore[arg-type]
-        random_state=pipeline.random_state,
-        cost_repeats=pipeline.cost_repeats,
-        importance_repeats=pipeline.importance_repeats,
-        exhaustive_max_groups=pipeline.exhaustive_max_groups,
-        max_candidates=pipeline.max_candidates,
-        fractions=pipeline.k_fractions,
-        compile=pipeline.compile,
-    )
+    return pipeline.options.topk_options()
 
 
 def calibrate_pipeline(
