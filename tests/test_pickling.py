@@ -69,9 +69,11 @@ def test_cascade_by_reference_round_trip(frame_setup, dumps):
     assert pipeline.__getstate__()["attributes"]["__wrapped__"] is pipelines.frame_pipeline
     clone = pickle.loads(DUMPS[dumps](pipeline))
     assert clone.__wrapped__ is pipelines.frame_pipeline
-    assert clone.plan_ == pipeline.plan_ and clone.generated_source_ == pipeline.generated_source_
+    assert clone.plan_ == pipeline.plan_
     for rows in (batch, batch.iloc[[7]]):
         assert_same_output(clone(copy_of(model), rows), pipeline(model, rows))
+    # a front-end rewrite (X[[...]] by position) restores the generated source at the first call
+    assert clone.generated_source_ == pipeline.generated_source_
     assert_same_as_original(clone, copy_of(model), batch.iloc[:0])  # 0 rows: the original's error
     assert "cascade" in repr(clone)
 
