@@ -76,3 +76,9 @@ class UnknownTierError(WillowError, KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted, as a key
         return str(self.args[0]) if self.args else ""
+
+
+class DuplicateColumnsError(WillowError, ValueError):
+    """An expanded ``ColumnTransformer`` received a DataFrame with duplicate column labels, which
+    the composite's own ``transform`` accepted, but the expansion selects by label and cannot
+    reproduce. A served pipeline then runs the original function; the message names the labels."""
