@@ -162,11 +162,10 @@ def frame_codes(
         and _default_output(encoder)
     ):
         return None
-    unique = len(set(names)) == len(names)
     codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
-    for j, (index, kind) in enumerate(indexes):
-        # a unique label reads the column without iloc's indexing machinery (~5x cheaper)
-        column = X[names[j]] if unique else X.iloc[:, j]
+    # columns by position through items(): neither iloc's indexing machinery nor the label index
+    # that ``X[name]`` builds for every new frame (most of a small batch's cost)
+    for j, ((_, column), (index, kind)) in enumerate(zip(X.items(), indexes)):
         nan_code = None if nan_codes is None else nan_codes[j]
         found = _arrow_codes(column, index, nan_code) if kind == "str" else None
         if found is not None:
