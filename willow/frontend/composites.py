@@ -683,7 +683,8 @@ def _expand_column_transformer(
 
 def unique_columns(frame: Any, composite: Any) -> Any:
     """``frame`` itself, the input an expanded ``ColumnTransformer`` selects from, when it is not a
-    DataFrame or its column labels are unique (the usual case: one cached ``is_unique`` read).
+    DataFrame or its column labels are unique (the usual case: a set of the labels, cheaper than
+    ``columns.is_unique``, which builds the label index of every new frame).
 
     scikit-learn validates a frame's column labels before it selects any column, and refuses
     duplicates (narwhals' ``DuplicateError`` or a ``ValueError``, depending on the version), while
@@ -691,7 +692,10 @@ def unique_columns(frame: Any, composite: Any) -> Any:
     own ``transform`` runs, so its error (type and message) is the one raised; should a version
     accept them, :class:`~willow.errors.DuplicateColumnsError` is raised instead (a served
     pipeline then runs the original function)."""
-    if type(frame) is not pd.DataFrame or frame.columns.is_unique:
+    if type(frame) is not pd.DataFrame:
+        return frame
+    labels = frame.columns.tolist()
+    if len(set(labels)) == len(labels) or frame.columns.is_unique:
         return frame
     composite.transform(frame)
     from willow.errors import DuplicateColumnsError
