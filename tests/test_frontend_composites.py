@@ -205,10 +205,10 @@ def test_column_transformer_in_a_pipeline_passed_as_argument():
     front = _check(tabular_proba, arguments, ("frame",), FRAME_INPUTS)
     source = ast.unparse(front.tree)
     # label lists through frame_columns (by position where that is the same)
-    assert "X_num = num.transform(frame_columns(frame, ['age', 'income']))" in source
-    assert "X_cat = cat.transform(frame_columns(frame, ['colour'])).toarray()" in source
-    assert "X_keep = frame_columns(frame, ['flag'])" in source
-    assert "X_remainder = remainder.transform(frame_columns(frame, ['score']))" in source
+    assert "X_num = num.transform(frame_columns(columntransformer_input, ['age', 'income']))" in source
+    assert "X_cat = cat.transform(frame_columns(columntransformer_input, ['colour'])).toarray()" in source
+    assert "X_keep = frame_columns(columntransformer_input, ['flag'])" in source
+    assert "X_remainder = remainder.transform(frame_columns(columntransformer_input, ['score']))" in source
     assert front.bindings["frame_columns"] is composites.frame_columns
     direct = normalize(tabular_direct, arguments, ("frame",))
     assert _groups(direct) == ["X_num", "X_cat", "X_keep", "X_remainder"]
@@ -242,9 +242,8 @@ def test_column_selections_by_position_equal_selections_by_label():
     front = _check(selected_columns_proba, {"frame": frame, "model": TABULAR}, ("frame",), inputs)
     source = ast.unparse(front.tree)
     assert "X = frame_columns(frame, ['age', 'income', 'colour', 'flag', 'score'])" in source
-    assert "num.transform(frame_columns(X, ['age', 'income']))" in source
-    # the transformers' selections on the caller's frame itself (not with duplicate labels there:
-    # scikit-learn's input validation refuses them, a check the expansion does not repeat)
+    assert "num.transform(frame_columns(columntransformer_input, ['age', 'income']))" in source
+    # the transformers' selections on the caller's frame itself (duplicates: see below)
     _check(tabular_direct, {"frame": frame, "model": TABULAR}, ("frame",), inputs[:3])
     frame_columns = composites.frame_columns
     for columns in (["colour", "age"], ["flag"], [], ["flag", "flag"], ["text"], ["nothing"]):
@@ -252,6 +251,44 @@ def test_column_selections_by_position_equal_selections_by_label():
             assert_identical(_outcome(frame_columns, data, columns), _outcome(data.__getitem__, columns))
     array = frame[["age", "flag"]].to_numpy()
     assert_identical(_outcome(frame_columns, array, [0]), _outcome(array.__getitem__, [0]))
+
+
+def test_duplicate_column_labels_raise_scikit_learn_s_own_error():
+    """scikit-learn refuses a frame with duplicate column labels (narwhals' DuplicateError or a
+    ValueError, by version) before selecting anything; the expansion checks the labels once and
+    then runs the composite's own transform, so the same error (type and message) is raised:
+    duplicates among unselected columns (which the selections alone would not notice), among
+    selected ones, with 0 and 1 rows; an array input is not checked."""
+    frame = FRAME.drop(columns="text")
+    unselected = pd.concat([frame.iloc[:5], FRAME[["text", "text"]].iloc[:5]], axis=1)
+    selected = pd.concat([frame, frame[["colour"]]], axis=1).iloc[:7]  # "colour" twice
+    inputs = [{"frame": unselected}, {"frame": selected}, {"frame": selected.iloc[:1]}]
+    inputs.append({"frame": selected.iloc[:0]})
+    for fn in (tabular_direct, selected_columns_proba):
+        front = _check(fn, {"frame": frame, "model": TABULAR}, ("frame",), inputs)
+        assert front.bindings["unique_columns"] is composites.unique_columns
+    expected = _outcome(tabular_direct, unselected, TABULAR)
+    assert isinstance(expected, tuple) and issubclass(expected[0], ValueError)
+    assert (
+        composites.unique_columns(ARRAY, ARRAY_CT) is ARRAY
+        and composites.unique_columns(frame, None) is frame
+    )
+
+
+class _DuplicatesAccepted:
+    """A composite whose transform accepts duplicate labels (as a future version might)."""
+
+    def transform(self, X):
+        return X
+
+
+def test_duplicate_labels_a_composite_accepts_raise_a_willow_error():
+    from willow.errors import DuplicateColumnsError, WillowError
+
+    duplicated = pd.DataFrame([[1, 2, 3]], columns=["a", "b", "a"])
+    with pytest.raises(DuplicateColumnsError, match="found a more than once") as caught:
+        composites.unique_columns(duplicated, _DuplicatesAccepted())
+    assert isinstance(caught.value, (WillowError, ValueError))
 
 
 def test_numeric_output_is_check_array():
@@ -306,9 +343,9 @@ def test_column_transformer_selectors_weights_and_sparse_output():
     ]
     front = _check(selected_features, {"frame": FRAME}, ("frame",), inputs)
     source = ast.unparse(front.tree)
-    assert "selected_tfidfvectorizer.transform(frame['text'])" in source  # 1-D, as _safe_indexing
-    assert "selected_standardscaler.transform(frame_columns(frame, ['age', 'score']))" in source
-    assert "selected_onehotencoder.transform(frame_columns(frame, ['colour']))" in source
+    assert "selected_tfidfvectorizer.transform(selected_input['text'])" in source  # 1-D, as _safe_indexing
+    assert "selected_standardscaler.transform(frame_columns(selected_input, ['age', 'score']))" in source
+    assert "selected_onehotencoder.transform(frame_columns(selected_input, ['colour']))" in source
     assert "X_selected_standardscaler * 0.5" in source
     # _hstack's check_array (numeric_output): on the vectorizer's (0 rows pass it) and the
     # passthrough frame, not on the scaler's output (always a float array, 0 rows refused by the

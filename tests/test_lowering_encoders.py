@@ -411,3 +411,27 @@ def test_infrequent_and_missing_frames_never_call_scikit_learn(monkeypatch):
         monkeypatch.setattr(fitted, "transform", lambda *a: pytest.fail("scikit-learn was called"))
         assert_same_result(op(X), expected)
         monkeypatch.undo()
+
+
+def test_large_pyarrow_string_batches_are_matched_in_pyarrow(monkeypatch):
+    """Beyond the dict, pandas' pyarrow-backed ``str`` columns are matched by pyarrow itself
+    (``index_in``, no pandas ``isna`` or key index): unseen values, missing values as the NaN
+    category or as unknown, the same result as scikit-learn without calling it; ``pd.NA``
+    missing values (``string[pyarrow]``) still run scikit-learn, as before."""
+    from willow.compiler.lowering.lookups import KeyIndex
+
+    values = ["a", None, "c", "zz", "d", "b", ""] * 60
+    for fitted in (
+        OneHotEncoder(handle_unknown="ignore", min_frequency=5).fit(ZONE_TRAIN),  # a NaN category
+        OneHotEncoder(handle_unknown="ignore").fit(_zones(["a", "a", "b", "c"])),  # none: unknown
+    ):
+        op = lower(fitted, "transform")
+        na_frame = _zones(values).astype(pd.StringDtype("pyarrow", na_value=pd.NA))
+        for X in (_zones(values), _zones([v for v in values if v is not None]), na_frame):
+            assert_same_outcome(op, fitted, X)
+        X = _zones(values)
+        expected = fitted.transform(X)
+        monkeypatch.setattr(fitted, "transform", lambda *a: pytest.fail("scikit-learn was called"))
+        monkeypatch.setattr(KeyIndex, "rows", lambda *a: pytest.fail("the key index was used"))
+        assert_same_result(op(X), expected)
+        monkeypatch.undo()

@@ -150,7 +150,9 @@ def test_ordinal_encoder_equals_scikit_learn(options, monkeypatch):
         _categories(300, seed=15),
         _categories(40, seed=16, unknown=True),  # unknown: unknown_value, or scikit-learn's error
         _categories(30, seed=17, unknown=True).astype("str"),
+        _categories(300, seed=21, unknown=True).astype("str"),  # pyarrow matches large batches
         with_none,
+        pd.concat([with_none] * 30, ignore_index=True).astype("str"),  # NaN: scikit-learn's answer
         _categories(0, seed=18),
         _categories(5, seed=19)[["size", "colour"]],
         _categories(5, seed=19).to_numpy(),

@@ -236,3 +236,36 @@ def test_character_classes_match_re_for_every_code_point():
         c = chr(code)
         assert bool(table[code] & WORD) == bool(word.match(c)), hex(code)
         assert bool(table[code] & SPACE) == bool(space.match(c)), hex(code)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lowercase": False}, {"strip_accents": "unicode"}, {"strip_accents": "ascii", "lowercase": False}],
+    ids=str,
+)
+def test_batches_are_encoded_as_their_documents_one_by_one(options):
+    """A batch is lowercased and encoded as one NUL-joined string, the NULs giving the row offsets
+    back: the same code points and offsets as each document preprocessed and encoded alone
+    (ASCII and not, empty documents first and last, final sigma, one-to-many lowerings), and
+    documents holding a NUL themselves go document by document."""
+    from willow.compiler.lowering.text import prepare_documents, text_spec
+    from willow.compiler.lowering.text_runtime import encode_documents
+
+    spec = text_spec(TfidfVectorizer(**options).fit(["a b c", "ab cd"]))
+    batches = [
+        ["a B", "", "CÉ ΣΑΣ x", ""],
+        ["", ""],
+        ["", "A"],
+        ["Ab", "cD"],
+        ["ΟΔΟΣ.", "İ ß ﬁ"],
+        ["x\x00Y", "Z"],
+        ["ÀB", "c\x00"],
+        ["only one"],
+        [],
+    ]
+    for batch in batches:
+        got = prepare_documents(batch, spec)
+        expected = encode_documents([spec.preprocess(d) for d in batch])
+        for a, b in zip(got, expected):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)

@@ -86,3 +86,9 @@ class OptionError(WillowError, ValueError):
 class OptionTypeError(OptionError, TypeError):
     """An option of ``willow.optimize`` has the wrong type (a string for a number, an object
     without ``fit()`` for ``approximate_model``...), or an unknown option was passed."""
+
+
+class DuplicateColumnsError(WillowError, ValueError):
+    """An expanded ``ColumnTransformer`` received a DataFrame with duplicate column labels, which
+    the composite's own ``transform`` accepted, but the expansion selects by label and cannot
+    reproduce. A served pipeline then runs the original function; the message names the labels."""

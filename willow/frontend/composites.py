@@ -45,7 +45,9 @@ arguments, calls whose input the calibration run did not reach, and inputs a
 cannot be expanded stays one opaque ``.transform()`` call (one group). The expansion is
 specialised on the calibration input's kind: a ``ColumnTransformer`` calibrated on a DataFrame
 selects columns by label, so a call with missing columns raises pandas' ``KeyError`` where
-scikit-learn raises ``ValueError``.
+scikit-learn raises ``ValueError``. A frame with duplicate column labels, which scikit-learn
+refuses before selecting anything, is checked once at the expansion's start
+(:func:`unique_columns`): the composite's own ``transform`` then raises its error.
 """
 
 from __future__ import annotations
@@ -607,6 +609,10 @@ def _expand_column_transformer(
         raise _NotExpandable(
             f"its fitted transformers cannot be listed ({type(exc).__name__}: {exc})"
         ) from None
+    if type(value) is pd.DataFrame:  # scikit-learn refuses duplicate labels before selecting
+        checker = ex.ctx.bind(unique_columns, "unique_columns")
+        receiver = ex.object(ct, hint, path)
+        X = ex.assign(f"{hint}_input", ast.Call(func=checker, args=[copy.copy(X), receiver], keywords=[]))
     positions = {name: k for k, (name, *_rest) in enumerate(ct.transformers_)}
     names: list[ast.Name] = []
     values: list[Any] = []
@@ -673,6 +679,33 @@ def _expand_column_transformer(
         stacked = _call(ex.module(np, "np"), "hstack", ast.List(elts=names, ctx=ast.Load()))
         result = np.hstack(values)
     return ex.assign(f"X_{hint}", stacked), result
+
+
+def unique_columns(frame: Any, composite: Any) -> Any:
+    """``frame`` itself, the input an expanded ``ColumnTransformer`` selects from, when it is not a
+    DataFrame or its column labels are unique (the usual case: a set of the labels, cheaper than
+    ``columns.is_unique``, which builds the label index of every new frame).
+
+    scikit-learn validates a frame's column labels before it selects any column, and refuses
+    duplicates (narwhals' ``DuplicateError`` or a ``ValueError``, depending on the version), while
+    the expansion's selections by label would select around them. With duplicates the composite's
+    own ``transform`` runs, so its error (type and message) is the one raised; should a version
+    accept them, :class:`~willow.errors.DuplicateColumnsError` is raised instead (a served
+    pipeline then runs the original function)."""
+    if type(frame) is not pd.DataFrame:
+        return frame
+    labels = frame.columns.tolist()
+    if len(set(labels)) == len(labels) or frame.columns.is_unique:
+        return frame
+    composite.transform(frame)
+    from willow.errors import DuplicateColumnsError
+
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    raise DuplicateColumnsError(
+        f"Expected unique column labels in the DataFrame given to the {type(composite).__name__}, found "
+        f"{', '.join(repeated)} more than once; scikit-learn's transform accepted them, which willow's "
+        "expansion (selections by label) does not reproduce. Rename or drop the duplicate columns."
+    )
 
 
 def numeric_output(out: Any) -> Any:

@@ -39,6 +39,7 @@ categories (or the reverse) run scikit-learn: comparing them goes through float6
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ import sklearn
 from sklearn.preprocessing import OneHotEncoder
 
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
-from willow.compiler.lowering.lookups import KeyIndex
+from willow.compiler.lowering.lookups import SMALL_STRING_BATCH, KeyIndex
 
 __all__ = ["lower_one_hot_encoder", "require_frame_encoder", "frame_codes", "ENCODER_LOWERINGS"]
 
@@ -162,8 +163,14 @@ def frame_codes(
     ):
         return None
     codes = np.empty((X.shape[0], len(names)), dtype=np.int64)
-    for j, (index, kind) in enumerate(indexes):
-        column = X.iloc[:, j]
+    # columns by position through items(): neither iloc's indexing machinery nor the label index
+    # that ``X[name]`` builds for every new frame (most of a small batch's cost)
+    for j, ((_, column), (index, kind)) in enumerate(zip(X.items(), indexes)):
+        nan_code = None if nan_codes is None else nan_codes[j]
+        found = _arrow_codes(column, index, nan_code) if kind == "str" else None
+        if found is not None:
+            codes[:, j] = found
+            continue
         missing = column.isna().to_numpy() if nan_codes is not None and kind == "str" else None
         if missing is not None and missing.any():
             if not _float_nan_missing(column):
@@ -177,6 +184,47 @@ def frame_codes(
         if missing is not None:
             codes[missing, j] = nan_codes[j]  # the NaN category, or unknown (-1)
     return codes
+
+
+_VALUE_SETS: weakref.WeakKeyDictionary[KeyIndex, dict[bool, Any]] = weakref.WeakKeyDictionary()
+"""Per string key index, its categories as a pyarrow array (``True``: with a trailing null, the
+NaN category), built at the first large batch and kept while the compiled encoder lives."""
+
+
+def _arrow_backed(column: pd.Series) -> bool:
+    dtype = column.dtype
+    return isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"
+
+
+def _arrow_codes(column: pd.Series, index: KeyIndex, nan_code: int | None) -> np.ndarray | None:
+    """Category positions of a pyarrow-backed ``str`` column of more than
+    :data:`~willow.compiler.lowering.lookups.SMALL_STRING_BATCH` values, matched in pyarrow
+    (``index_in``: UTF-8 byte equality, which is ``str`` equality) with no pandas ``isna``: a
+    missing value is the NaN category (``nan_code``: its position, or ``-1`` for unknown) when
+    pandas' ``str`` dtype gives scikit-learn float NaN for it. ``None`` where the general path
+    decides (small batches, other storage, ``pd.NA`` missing values, no ``nan_code``)."""
+    if not _arrow_backed(column) or len(column) <= SMALL_STRING_BATCH or index.positions is None:
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = pa.array(column.array)
+        if values.null_count and (nan_code is None or column.dtype.na_value is not np.nan):
+            return None
+        with_nan = bool(values.null_count) and nan_code >= 0  # the NaN category, sorted last
+        value_sets = _VALUE_SETS.setdefault(index, {})
+        value_set = value_sets.get(with_nan)
+        if value_set is None:
+            labels = list(index.positions)
+            if with_nan and nan_code != len(labels):
+                return None
+            value_set = pa.array([*labels, None] if with_nan else labels, type=pa.string())
+            value_sets[with_nan] = value_set
+        found = pc.index_in(values, value_set=value_set)
+        return np.asarray(found.fill_null(-1), dtype=np.int64)
+    except Exception:  # noqa: BLE001 - an unusual arrow layout: the general path matches instead
+        return None
 
 
 def lower_one_hot_encoder(encoder: Any, method: str) -> CompiledOperator:

@@ -220,9 +220,11 @@ def as_document_list(raw_documents: Any) -> list:
 def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndarray, np.ndarray]:
     """Run sklearn's decode + preprocessor on each document and encode the batch as code points.
 
-    An all-ASCII batch of ``str`` is lowercased in one call (accent stripping and ``str.lower`` are
-    per character and the identity on non-letters for ASCII), as is any other batch of ``str``
-    without accent stripping (joined by NUL, see below); anything else document by document.
+    A batch of ``str`` is joined by NUL into one string, lowercased and encoded in one call each,
+    the NULs giving the row offsets back (one join instead of a join, a split and a join again):
+    all-ASCII batches (accent stripping and ``str.lower`` are per character and the identity on
+    non-letters for ASCII) and any batch without accent stripping (see below). Anything else,
+    and documents that hold a NUL themselves, go document by document.
     """
     if len(documents) == 1 and type(documents[0]) is str:
         # One document (online serving): the same steps without the batch bookkeeping.
@@ -230,25 +232,37 @@ def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndar
         code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         return code_points, np.array([0, code_points.shape[0]], dtype=np.int64)
     try:
-        joined = "".join(documents)
+        joined = "\x00".join(documents)
     except TypeError:
         joined = None
-    if joined is not None and joined.isascii():
-        lowered = joined.lower() if spec.preprocess_key[0] else joined
-        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
-        if documents:
-            np.cumsum(np.fromiter(map(len, documents), np.int64, len(documents)), out=offsets[1:])
-        code_points = np.frombuffer(lowered.encode("ascii"), dtype=np.uint8).astype(np.uint32)
-        return code_points, offsets
-    if joined is not None and spec.preprocess_key[1] is None and "\x00" not in joined:
-        if not spec.preprocess_key[0]:
-            return encode_documents(documents)
-        # ``str.lower`` of the whole batch, split again: a NUL between documents is neither cased
-        # nor case-ignorable, so the one context-dependent mapping (final sigma) sees each
-        # document's ends as it does alone; lowering may change lengths, hence the split
-        return encode_documents("\x00".join(documents).lower().split("\x00"))
+    # one NUL between documents and none inside one: the batch is one string, and the NULs
+    # (code point 0, produced by no lowering) give the row offsets back
+    if joined is not None and joined.count("\x00") == len(documents) - 1:
+        lowercase, strip_accents = spec.preprocess_key
+        if joined.isascii():  # accent stripping and str.lower are per character on ASCII
+            lowered = joined.lower() if lowercase else joined
+            return _split_batch(np.frombuffer(lowered.encode("ascii"), dtype=np.uint8), len(documents))
+        if strip_accents is None:
+            # ``str.lower`` of the whole batch: a NUL is neither cased nor case-ignorable, so the
+            # one context-dependent mapping (final sigma) sees each document's ends as it does alone
+            lowered = joined.lower() if lowercase else joined
+            encoded = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            return _split_batch(encoded, len(documents))
     preprocess, decode = spec.preprocess, spec.decode
     return encode_documents([preprocess(decode(d)) for d in documents])
+
+
+def _split_batch(encoded: np.ndarray, n_documents: int) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_documents`` of a batch given as its NUL-joined code points (no NUL inside a
+    document): the code points without the separators, as ``uint32``, and the row offsets."""
+    separators = np.flatnonzero(encoded == 0)
+    offsets = np.empty(n_documents + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:-1] = separators - np.arange(separators.shape[0])
+    offsets[-1] = encoded.shape[0] - separators.shape[0]
+    if separators.shape[0]:
+        encoded = np.delete(encoded, separators)
+    return encoded.astype(np.uint32, copy=False), offsets
 
 
 def _kernel_arguments(spec: TextSpec) -> tuple[Any, ...]:
