@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 import threading
+from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -170,6 +171,12 @@ def test_service_model_fits_fixed_and_per_row_cost():
     model.observe(30, 9.0)
     assert model.predict(20) == pytest.approx(7.0)  # 3 ms + 0.2 ms per row
     assert model.predict(0) == pytest.approx(3.0)
+    assert model.newest == 0
+    model.observe(30, 99.0, at=5)
+    model.expire(before=1)  # the two batches of clock 0 are forgotten
+    assert model.newest == 5 and model.predict(10) == pytest.approx(33.0)
+    model.expire(before=6)
+    assert not model.known and model.predict(10) != model.predict(10)
 
 
 def test_scaler_steps_to_faster_tiers_under_load_and_back_when_it_falls():
@@ -201,6 +208,81 @@ def test_scaler_steps_to_faster_tiers_under_load_and_back_when_it_falls():
     assert slower.choose(100, 0.0, 10.0, 10) == 0
     unknown = AccuracyScaler(2)
     assert unknown.choose(10_000, 1e6, 1.0, 10) == 0  # no latency model yet: no prediction, no step
+
+
+# Three tiers, each twice as fast per row as the one above: capacities ~1, ~2 and ~4 rows per ms.
+SIM_TIERS = ((1.0, 1.0), (1.0, 0.5), (1.0, 0.25))  # (fixed ms, ms per row) of a batch
+
+
+def simulate(scaler, phases, slow=None, slo_ms=50.0, tiers=SIM_TIERS):
+    """Serve one-row requests arriving evenly at ``phases`` ((duration ms, rows per ms), ...) on a
+    simulated clock: batches run back to back, sized by AIMD (budget SLO/2), at the tier the
+    scaler chooses, taking ``fixed + per_row * rows`` ms times ``slow(start_ms, tier)`` (a burst).
+    Returns one ``(start_ms, tier, rows, worst wait + service ms)`` per batch."""
+    arrivals, begin = [], 0.0
+    for duration, rate in phases:
+        arrivals += [begin + (k + 0.5) / rate for k in range(int(duration * rate))]
+        begin += duration
+    controller = AIMDController(slo_ms / 2)
+    now, taken, queue, log = 0.0, 0, deque(), []
+    while taken < len(arrivals) or queue:
+        if not queue:
+            now = max(now, arrivals[taken])
+        while taken < len(arrivals) and arrivals[taken] <= now:
+            queue.append(arrivals[taken])
+            taken += 1
+        tier = scaler.choose(len(queue), now - queue[0], slo_ms, controller.size, now_ms=now)
+        assert 0 <= tier <= scaler.lowest
+        batch = [queue.popleft() for _ in range(min(controller.size, len(queue)))]
+        fixed, per_row = tiers[tier]
+        latency = (fixed + per_row * len(batch)) * (slow(now, tier) if slow else 1.0)
+        controller.observe(len(batch), latency, saturated=bool(queue))
+        scaler.observe(tier, len(batch), latency)
+        log.append((now, tier, len(batch), now + latency - batch[0]))
+        now += latency
+    return log
+
+
+def tiers_in(log, start_ms, end_ms):
+    return "".join(str(tier) for start, tier, _, _ in log if start_ms <= start < end_ms)
+
+
+def test_scaler_on_a_simulated_queue_steps_down_as_load_rises_and_back_up_when_it_falls():
+    phases = [(1000, 0.3), (1500, 1.5), (1500, 3.0), (2000, 0.3)]  # rows per ms; tier 0 carries ~1
+    log = simulate(AccuracyScaler(3), phases)
+    assert set(tiers_in(log, 0, 1000)) == {"0"}  # light load: the strictest tier
+    heavy = tiers_in(log, 1100, 2500)  # beyond tier 0's capacity: tier 1, and a probe of tier 0 in 16
+    assert heavy.count("1") > 0.9 * len(heavy) and "0" in heavy and "2" not in heavy
+    heavier = tiers_in(log, 2600, 4000)  # beyond tier 1's too: tier 2, probing tier 1
+    assert heavier.count("2") > 0.9 * len(heavier) and "0" not in heavier
+    fallen = tiers_in(log, 4000, 6000)
+    back = fallen.find("0" * 20)  # back on the strictest tier for good, within a bounded number
+    assert 0 <= back <= 60 and set(fallen[back:]) == {"0"}, fallen[:80]
+    assert max(worst for *_, worst in log) <= 50.0  # no request over the SLO
+    fixed = simulate(AccuracyScaler(3, lowest=0), phases)  # the fixed strict tier misses it
+    assert {tier for _, tier, _, _ in fixed} == {0} and max(worst for *_, worst in fixed) > 1000
+    limited = simulate(AccuracyScaler(3, lowest=1), phases)  # never below the lowest target
+    assert set(tiers_in(limited, 2600, 4000)) == {"0", "1"}
+
+
+def test_scaler_is_not_pinned_on_a_fast_tier_by_a_stale_slow_estimate():
+    """Tier 0 runs 10x slower for 300 ms (CPU contention) under a light, steady load: the scaler
+    steps down, and tier 0's latency model then holds only the burst's batches. Probes and ageing
+    bring it back once the burst is over (before, it stayed on tier 1 for good)."""
+    burst = lambda start, tier: 10.0 if 1000 <= start < 1300 and tier == 0 else 1.0  # noqa: E731
+    log = simulate(AccuracyScaler(3), [(3000, 0.2)], slow=burst)
+    assert "1" in tiers_in(log, 1000, 1300)
+    after = tiers_in(log, 1300, 3000)
+    back = after.find("0" * 20)
+    assert 0 <= back <= 40 and set(after[back:]) == {"0"}, after[:80]
+    # A "faster" tier that is slower at the batch sizes served (more fixed cost per call: a
+    # cascade's two models on small batches), chosen while tier 0 was measured in a burst:
+    # probes measure tier 0 afresh and the scaler returns to it (before, it stayed on tier 1).
+    costly = ((2.0, 0.5), (6.0, 0.1), (6.0, 0.05))
+    log = simulate(AccuracyScaler(3), [(1500, 0.3)], slow=burst, tiers=costly)
+    assert "1" in tiers_in(log, 1000, 1300)
+    after = tiers_in(log, 1300, 1500)
+    assert after.endswith("0" * 10) and len(after) - len(after.rstrip("0")) > 0.5 * len(after), after
 
 
 def test_scaler_serves_unpinned_requests_only(fake):

@@ -215,7 +215,7 @@ class AdaptiveBatcher:
         current = self.current_tier
         if self.scaler is not None and head.tier is None:
             waiting_ms = (now - head.arrived) * 1e3
-            current = self.scaler.choose(self._queued_rows, waiting_ms, head.deadline_ms, size)
+            current = self.scaler.choose(self._queued_rows, waiting_ms, head.deadline_ms, size, now * 1e3)
         tier = head.tier if head.tier is not None else current
         queue = self._queue
         batch: list[_Pending] = []

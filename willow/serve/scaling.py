@@ -3,17 +3,35 @@
 Every tier of a willow pipeline is proven against the original at its own accuracy target, so a
 less strict tier is a less accurate but faster answer that still carries a guarantee. Before each
 batch the batcher asks :meth:`AccuracyScaler.choose` which tier serves the requests that did not
-pin one. The scaler predicts when the queue would be served at the current tier, from a
-per-tier model of batch latency (:class:`ServiceModel`, fitted online on the batches each tier
-served):
+pin one. The scaler predicts when the queue would be served at a tier, from a per-tier model of
+batch latency (:class:`ServiceModel`, fitted online on the batches that tier served):
 
-    predicted_ms = max(oldest request's wait + latency of the first batch, time to drain the queue)
+    predicted_ms = max(oldest request's wait + latency of the first batch,
+                       full batches x latency of a full batch + latency of the rest)
 
-When that exceeds the deadline (the SLO, or the head request's ``max_latency_ms``), it steps to
-the next faster tier (unless that tier has measured no faster), never past the least strict one
-declared. When the stricter tier above would meet the deadline with room to spare (predicted at
-most ``down_margin`` of it), or has measured no slower than the current one, it steps back. One step per decision and at least ``dwell`` batches at a tier between steps, so a single
-slow batch does not make it flap and each tier's latency model sees batches before it is used.
+The rule, one decision per batch (the decision count is the scaler's clock; it reads no time):
+
+- **Down.** When the prediction at the current tier exceeds the deadline (the SLO, or the head
+  request's ``max_latency_ms``), step to the next faster tier, unless that tier has measured no
+  faster; never past the least strict tier declared (``lowest``).
+- **Up.** Step back to the stricter tier above when it has measured no slower at the next batch's
+  size (nothing is gained here), or when it would meet the deadline with room to spare (predicted
+  at most ``down_margin`` of it) *and* would carry the recent load: the recent batches' rows,
+  costed at the stricter tier, take at most ``up_load`` of the time they arrived in (when the
+  batcher passes ``now_ms``). The second test is the hysteresis: a short queue at the faster tier
+  says little, since the faster tier is what kept it short.
+- **Fresh estimates.** A tier's model is refitted only from batches that tier serves, so a tier
+  the scaler left stops being measured, and an estimate taken during a burst (CPU contention,
+  a huge queue) would otherwise stay forever and pin the scaler on the faster tier. So
+  observations older than ``max_age`` decisions are forgotten (a tier with none left is unknown:
+  stepping down tries it), and while at a faster tier the scaler serves one *probe* batch on the
+  stricter tier above whenever that tier has not been measured for ``probe_every`` decisions and
+  the probe is not predicted to miss the head's deadline (an unknown tier is probed regardless).
+  A probe is stricter than the current tier, so it never serves below ``lowest``; it costs at most
+  one batch in ``probe_every`` served by the stricter tier.
+
+One step per decision and at least ``dwell`` batches at a tier between steps, so a single slow
+batch does not make it flap and each tier's latency model sees batches before it is used.
 """
 
 from __future__ import annotations
@@ -26,21 +44,37 @@ __all__ = ["ServiceModel", "AccuracyScaler"]
 
 class ServiceModel:
     """Batch latency of one tier as ``fixed_ms + per_row_ms * rows``, fitted by least squares on
-    the last ``window`` batches (slope and intercept kept non-negative)."""
+    the last ``window`` batches (slope and intercept kept non-negative). Each observation carries
+    the scaler's clock (``at``) so that :meth:`expire` can forget stale ones."""
 
     def __init__(self, window: int = 64) -> None:
         self._rows: deque[int] = deque(maxlen=window)
         self._ms: deque[float] = deque(maxlen=window)
+        self._at: deque[int] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None  # (fixed_ms, per_row_ms), refitted lazily
 
-    def observe(self, rows: int, latency_ms: float) -> None:
+    def observe(self, rows: int, latency_ms: float, at: int = 0) -> None:
         self._rows.append(int(rows))
         self._ms.append(float(latency_ms))
+        self._at.append(int(at))
         self._fit = None
+
+    def expire(self, before: int) -> None:
+        """Forget the observations made before clock ``before``."""
+        while self._at and self._at[0] < before:
+            self._rows.popleft()
+            self._ms.popleft()
+            self._at.popleft()
+            self._fit = None
 
     @property
     def known(self) -> bool:
         return bool(self._rows)
+
+    @property
+    def newest(self) -> int | None:
+        """The clock of the newest observation kept (None when there is none)."""
+        return self._at[-1] if self._at else None
 
     def predict(self, rows: int) -> float:
         """Predicted latency (ms) of a batch of ``rows`` rows; NaN before any observation."""
@@ -65,10 +99,20 @@ class ServiceModel:
 
 class AccuracyScaler:
     """Pick the tier for the next batch (see the module doc). ``n_tiers`` tiers, index 0 the
-    strictest; ``lowest`` is the least strict index it may use (default the last declared)."""
+    strictest; ``lowest`` is the least strict index it may use (default the last declared).
+    ``load_window`` batches make the recent load that a step up must carry."""
 
     def __init__(
-        self, n_tiers: int, *, lowest: int | None = None, down_margin: float = 0.5, dwell: int = 2
+        self,
+        n_tiers: int,
+        *,
+        lowest: int | None = None,
+        down_margin: float = 0.5,
+        dwell: int = 2,
+        up_load: float = 0.8,
+        probe_every: int = 16,
+        max_age: int = 32,
+        load_window: int = 32,
     ) -> None:
         if n_tiers < 1:
             raise ValueError(f"n_tiers must be >= 1, got {n_tiers}.")
@@ -77,42 +121,114 @@ class AccuracyScaler:
             raise ValueError(f"lowest must be a tier index in [0, {n_tiers - 1}], got {lowest}.")
         if not 0 < down_margin <= 1:
             raise ValueError(f"down_margin must be in (0, 1], got {down_margin!r}.")
+        if not 0 < up_load <= 1:
+            raise ValueError(f"up_load must be in (0, 1], got {up_load!r}.")
+        if not 1 <= probe_every < max_age or load_window < 1:
+            raise ValueError(
+                f"Expected 1 <= probe_every < max_age and load_window >= 1, got probe_every={probe_every}, "
+                f"max_age={max_age}, load_window={load_window}."
+            )
         self.models = [ServiceModel() for _ in range(n_tiers)]
         self.down_margin = float(down_margin)
         self.dwell = int(dwell)
+        self.up_load = float(up_load)
+        self.probe_every = int(probe_every)
+        self.max_age = int(max_age)
         self.current = 0
         self._since_step = self.dwell  # the first decision may step at once
+        self._clock = 0  # decisions made
+        self._last_probe = -self.probe_every
+        self._started: float | None = None  # now_ms of the batch last chosen, until it is observed
+        # recent batches: (start ms, rows, None) when the scaler chose the tier, else (None, rows, ms)
+        self._recent: deque[tuple[float | None, int, float | None]] = deque(maxlen=int(load_window))
 
     def observe(self, tier: int, rows: int, latency_ms: float) -> None:
         """Record a batch that ``tier`` served."""
-        self.models[tier].observe(rows, latency_ms)
+        self.models[tier].observe(rows, latency_ms, self._clock)
+        if self._started is not None:
+            self._recent.append((self._started, int(rows), None))
+        else:  # a batch of pinned requests: its tier is not ours to change, its time is spent
+            self._recent.append((None, int(rows), float(latency_ms)))
+        self._started = None
 
     def predicted_ms(self, tier: int, queued_rows: int, oldest_wait_ms: float, batch_size: int) -> float:
         """When the queue would be served by ``tier`` (ms from now, see the module doc); NaN when
-        the tier has served no batch yet."""
+        the tier has no latency estimate."""
         model = self.models[tier]
-        first = min(queued_rows, batch_size)
-        batches = math.ceil(queued_rows / batch_size)
-        return max(oldest_wait_ms + model.predict(first), batches * model.predict(batch_size))
+        full, rest = divmod(queued_rows, batch_size)
+        drain = full * model.predict(batch_size) + (model.predict(rest) if rest else 0.0)
+        return max(oldest_wait_ms + model.predict(min(queued_rows, batch_size)), drain)
 
-    def choose(self, queued_rows: int, oldest_wait_ms: float, deadline_ms: float, batch_size: int) -> int:
-        """The tier for the next batch, after at most one step from the current one."""
+    def load(self, tier: int, now_ms: float) -> float:
+        """The fraction of the time since the oldest recent batch started that ``tier`` would have
+        spent serving the recent batches (NaN when unknown: no clock, too few batches, or no
+        estimate for ``tier``)."""
+        starts = [start for start, _, _ in self._recent if start is not None]
+        if len(self._recent) < 8 or not starts or not now_ms > starts[0]:
+            return math.nan
+        model = self.models[tier]
+        busy = sum(model.predict(rows) if ms is None else ms for _, rows, ms in self._recent)
+        return busy / (now_ms - starts[0])
+
+    def choose(
+        self,
+        queued_rows: int,
+        oldest_wait_ms: float,
+        deadline_ms: float,
+        batch_size: int,
+        now_ms: float | None = None,
+    ) -> int:
+        """The tier for the next batch: the current one after at most one step, or a probe of the
+        stricter tier above it. ``now_ms`` (any monotonic clock in ms) enables the load test of a
+        step up; without it a step up needs only the deadline test."""
+        self._clock += 1
         self._since_step += 1
+        self._started = now_ms
+        for model in self.models:
+            model.expire(self._clock - self.max_age)
         current = self.current
-        if self._since_step > self.dwell and queued_rows > 0:
+        if queued_rows <= 0:
+            return current
+        if self._since_step > self.dwell:
             here = self.predicted_ms(current, queued_rows, oldest_wait_ms, batch_size)
             faster = math.nan
             if current < self.lowest:
                 faster = self.predicted_ms(current + 1, queued_rows, oldest_wait_ms, batch_size)
             # A predicted miss (NaN, no model yet, compares False): try the next tier unless it
-            # measured no faster. Back up when the stricter tier would now meet the deadline with
-            # room to spare, or when it measured no slower than this one (nothing gained here).
+            # measured no faster (an unknown one is tried).
             if current < self.lowest and here > deadline_ms and not faster >= here:
                 self.current = current + 1
-            elif current > 0:
-                stricter = self.predicted_ms(current - 1, queued_rows, oldest_wait_ms, batch_size)
-                if stricter <= deadline_ms * self.down_margin or stricter <= here:
-                    self.current = current - 1
+            elif current > 0 and self._may_step_up(
+                queued_rows, oldest_wait_ms, deadline_ms, batch_size, now_ms
+            ):
+                self.current = current - 1
             if self.current != current:
                 self._since_step = 0
-        return self.current
+                return self.current
+        stricter = current - 1
+        if stricter >= 0 and self._clock - self._last_probe >= self.probe_every:
+            newest = self.models[stricter].newest
+            if newest is None or self._clock - newest >= self.probe_every:
+                first = min(queued_rows, batch_size)
+                if not oldest_wait_ms + self.models[stricter].predict(first) > deadline_ms:
+                    self._last_probe = self._clock
+                    return stricter
+        return current
+
+    def _may_step_up(
+        self,
+        queued_rows: int,
+        oldest_wait_ms: float,
+        deadline_ms: float,
+        batch_size: int,
+        now_ms: float | None,
+    ) -> bool:
+        here, stricter = self.models[self.current], self.models[self.current - 1]
+        first = min(queued_rows, batch_size)
+        if stricter.predict(first) <= here.predict(first):  # nothing gained at the faster tier
+            return True
+        fits = self.predicted_ms(self.current - 1, queued_rows, oldest_wait_ms, batch_size)
+        if not fits <= deadline_ms * self.down_margin:
+            return False
+        # the load test when the load is known (a clock, 8 batches): a NaN load compares False
+        return now_ms is None or not self.load(self.current - 1, now_ms) > self.up_load
