@@ -56,7 +56,7 @@ def on_device_of(pipeline: Any, function: Callable[[], T]) -> Callable[[], T]:
     """``function`` run inside :func:`use_device` with ``pipeline``'s device, wherever it is called:
     a thread does not inherit the caller's context, so a background compilation of a
     ``device="cuda"`` pipeline would otherwise lower its operators for the CPU."""
-    device = pipeline.__dict__.get("device", "cpu")
+    device = getattr(pipeline, "device", "cpu")
 
     def run() -> T:
         with use_device(device):

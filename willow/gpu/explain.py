@@ -21,7 +21,7 @@ def _where(operator: Any) -> str:
 
 def device_lines(pipeline: Any) -> list[str]:
     """The "Devices" section of ``pipeline.explain()`` (empty unless ``pipeline.device == "cuda"``)."""
-    if pipeline.__dict__.get("device", "cpu") != "cuda":
+    if getattr(pipeline, "device", "cpu") != "cuda":
         return []
     where = (
         "Numba's CUDA simulator (kernels run on the CPU, slowly)" if runtime.simulator_active() else "the GPU"
