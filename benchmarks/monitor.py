@@ -12,7 +12,12 @@
   population it was calibrated on. Served rows are drawn with replacement from the target
   population (a stream of i.i.d. rows), in calls of 1,000 rows, until the monitor falls back or
   the stream ends; for each sampling fraction it reports the cascade's agreement on the served
-  population, and how many rows were served (and sampled) before the fallback.
+  population, and how many rows were served (and sampled) before the fallback. The default target
+  is 0.97, as in the coverage study: calibrated on female rows at 0.99, the cascade's threshold
+  is strict enough that it still agrees on about 0.99 of male rows (0.989 to 0.997 over three
+  seeds: no drop worth detecting), while at 0.97 it agrees on 0.90 to 0.95 of them.
+  ``--scenarios female-male --fractions 0.01 --calls 500`` runs the one scenario long enough for
+  1% sampling to gather the evidence.
 """
 
 from __future__ import annotations
@@ -98,17 +103,23 @@ def _stream(pipeline: Any, model: Any, population: Any, calls: int, seed: int) -
     return served
 
 
-def shift(fractions: tuple[float, ...], calls: int, target: float) -> list[str]:
+SCENARIOS = ("control", "female-male", "age")
+
+
+def shift(
+    fractions: tuple[float, ...], calls: int, target: float, names: tuple[str, ...] = SCENARIOS
+) -> list[str]:
     frame = credit._load()
     train, rest = split_positions(len(frame), [6000, len(frame) - 6000], 0)
     fitted, model = credit._train(frame.iloc[train].reset_index(drop=True))
     people = frame.iloc[rest].drop(columns=["Salary"]).reset_index(drop=True)
     female, young = people["sex"] == "Female", people["age"] < 35
-    scenarios = {
-        "female -> female (control)": (people[female].iloc[::2], people[female].iloc[1::2]),
-        "female -> male": (people[female].iloc[::2], people[~female]),
-        "age < 35 -> age >= 35": (people[young].iloc[::2], people[~young]),
+    every = {
+        "control": ("female -> female (control)", people[female].iloc[::2], people[female].iloc[1::2]),
+        "female-male": ("female -> male", people[female].iloc[::2], people[~female]),
+        "age": ("age < 35 -> age >= 35", people[young].iloc[::2], people[~young]),
     }
+    scenarios = {every[key][0]: every[key][1:] for key in SCENARIOS if key in names}
     lines = [
         f"credit cascade, accuracy_target={target}; served in calls of 1,000 rows drawn with "
         f"replacement from the served population, up to {calls} calls",
@@ -160,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-target", type=float, default=0.97)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = parser.parse_args(argv)
     if args.part in ("overhead", "both"):
         print(
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     if args.part in ("shift", "both"):
-        print("\n".join(shift(tuple(args.fractions), args.calls, args.target)))
+        print("\n".join(shift(tuple(args.fractions), args.calls, args.target, tuple(args.scenarios))))
 
 
 if __name__ == "__main__":
