@@ -239,6 +239,9 @@ def prepare_documents(documents: Sequence[Any], spec: TextSpec) -> tuple[np.ndar
         if documents:
             np.cumsum(np.fromiter(map(len, documents), np.int64, len(documents)), out=offsets[1:])
         code_points = np.frombuffer(lowered.encode("ascii"), dtype=np.uint8).astype(np.uint32)
+        # read-only like the code points of every other path (``frombuffer``): Numba types the
+        # flag, and a writable buffer would compile every kernel a second time
+        code_points.setflags(write=False)
         return code_points, offsets
     if joined is not None and spec.preprocess_key[1] is None and "\x00" not in joined:
         if not spec.preprocess_key[0]:
