@@ -7,6 +7,8 @@ must (no cascade, or accuracy_target=1.0). Skipped when the repository's data/ i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -35,14 +37,35 @@ def model_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def results(model_cache):
-    from benchmarks.cli import WORKLOADS, run
+def cli_run(model_cache, tmp_path_factory):
+    """One run of the CLI over every workload, as ``python -m benchmarks ... --scale smoke`` does:
+    its exit code, the results dict ``cli.run`` returned to it (before it was written), the output
+    folder and what it printed. Every test here reads this one run (each workload's variants are
+    calibrated once per module, Numba compiles included)."""
+    from benchmarks import cli
 
-    with pytest.MonkeyPatch.context() as mp:
+    out = tmp_path_factory.mktemp("bench-out")
+    returned: list[dict] = []
+    run = cli.run
+
+    def recording_run(*args, **kwargs):
+        returned.append(run(*args, **kwargs))
+        return returned[-1]
+
+    argv = [*cli.WORKLOADS, "--scale", "smoke", "--accuracy-target", "0.95", "--targets", "0.95", "1.0"]
+    argv += ["--repeats", "1", "--out", str(out), "--no-progress", "--no-plots"]
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setenv("WILLOW_BENCH_CACHE", model_cache)
-        return run(
-            list(WORKLOADS), "smoke", accuracy_target=0.95, targets=(0.95, 1.0), repeats=1, progress=False
-        )
+        mp.setattr(cli, "run", recording_run)
+        code = cli.main(argv)
+    (results,) = returned
+    return code, results, out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def results(cli_run):
+    return cli_run[1]
 
 
 def test_split_positions_are_disjoint():
@@ -124,64 +147,34 @@ def test_report_files(results, tmp_path):
 
 
 @needs_data
-def test_cli_writes_results(tmp_path, monkeypatch, capsys, model_cache):
-    from benchmarks.cli import main
-
-    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
-    code = main(
-        [
-            "toxic",
-            "--scale",
-            "smoke",
-            "--accuracy-target",
-            "0.95",
-            "--targets",
-            "0.95",
-            "--repeats",
-            "1",
-            "--out",
-            str(tmp_path / "out"),
-            "--no-progress",
-            "--no-plots",
-        ]
-    )
+def test_cli_writes_results(cli_run):
+    code, results, out, printed = cli_run
     assert code == 0
-    assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "results.md").exists()
-    assert "toxic" in capsys.readouterr().out
+    assert (out / "results.json").exists() and (out / "results.md").exists()
+    assert json.loads((out / "results.json").read_text())["scale"] == "smoke"
+    assert results["plots"] == []  # --no-plots
+    assert "toxic" in printed and f"Wrote {out / 'results.json'}" in printed
 
 
 @needs_data
-def test_compiled_and_top_k_variants_run(monkeypatch, model_cache):
+def test_compiled_and_top_k_variants_run(results):
     """The compiled and top-K variants are measured with willow's real compile= and query="topk"."""
     from benchmarks import price
-    from benchmarks.run import RunConfig, run_workload
 
-    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)
-    result = run_workload(
-        price,
-        RunConfig(
-            scale="smoke",
-            accuracy_target=0.95,
-            targets=(0.95,),
-            repeats=1,
-            tradeoff_repeats=1,
-            min_seconds=0.0,
-            progress=False,
-        ),
-    )
+    result = next(w for w in results["workloads"] if w["name"] == "price")
     status = {v["name"]: v["status"] for v in result["variants"]}
     assert status == {name: "ok" for name in status}, result["variants"]
     top = next(v for v in result["variants"] if v["name"] == "top-k")
     assert top["k"] == price.TOP_K["smoke"] and 0.0 <= top["precision_at_k"] <= 1.0
-    assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok"]
+    assert [p["status"] for p in result["tradeoff"]["cascades+compiled"]] == ["ok", "ok"]
 
 
 @pytest.mark.skipif(not data_available("sms_spam.tsv"), reason="the SMS data is absent")
-def test_dask_mode_scores_the_tiled_test_split_identically(tmp_path, monkeypatch):
+def test_dask_mode_scores_the_tiled_test_split_identically(tmp_path, monkeypatch, model_cache):
     pytest.importorskip("distributed")
     from benchmarks.cli import main
 
-    monkeypatch.setenv("WILLOW_BENCH_CACHE", str(tmp_path / "models"))
+    monkeypatch.setenv("WILLOW_BENCH_CACHE", model_cache)  # toxic's model, trained once here
     argv = ["toxic", "--scale", "smoke", "--accuracy-target", "0.9", "--dask", "1", "--dask-rows", "1000"]
     assert main(argv + ["--repeats", "1", "--out", str(tmp_path)]) == 0
     (result,) = json.loads((tmp_path / "dask.json").read_text())

@@ -113,8 +113,18 @@ def test_fused_matches_the_stacked_pipeline(pipeline, model_name, n_classes, met
         "@free @Prize x@a @@日本語 @zz @",
     ]
     big = texts * (PARALLEL_MIN_ROWS // len(texts) + 1)  # runs in chunks on several threads
-    for batch in (texts, texts[:1], np.array(texts, dtype=object), pd.Series(texts), big):
+    ascii_only = [t for t in texts if t.isascii()]
+    for batch in (texts, texts[:1], np.array(texts, dtype=object), pd.Series(texts), big, ascii_only):
         assert_same(method, operator(batch), getattr(model, method)(stacked(vectorizers, batch)))
+    # one text, ASCII and other batches, chunks: the kernel sees one set of argument types (Numba
+    # compiles once per set, so a second one would double the compile time)
+    assert len(kernel_of(operator).signatures) == 1, kernel_of(operator).signatures
+
+
+def kernel_of(operator):
+    """The Numba dispatcher a fused operator calls (``run`` in :func:`fuse_text_linear`)."""
+    cells = dict(zip(operator.function.__code__.co_freevars, operator.function.__closure__))
+    return cells["run"].cell_contents
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

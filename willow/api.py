@@ -743,8 +743,8 @@ def optimize(
     require_faster : serve a proven cascade only if it also measured faster than the pipeline
         without it (the compiled pipeline, or the original) on the holdout rows, and a compiled
         pipeline without a cascade only if it measured faster than the original beyond the
-        timing noise (its 75th-percentile time below the original's 25th percentile over
-        interleaved runs: see :mod:`willow.compiler.speed_gate`). The plan's cost
+        timing noise (a sign test on per-pair time ratios of interleaved runs, each pair at least
+        5% faster, more rounds while undecided: see :mod:`willow.compiler.speed_gate`). The plan's cost
         model is per row and does not see per-call overheads (the approximate model's call, row
         selection, one call per remaining group), which can outweigh the saving on cheap
         pipelines. ``False`` serves every proven cascade.

@@ -46,8 +46,9 @@ from willow.compiler.lowering.text_runtime import char_class_table, slot_weights
 __all__ = ["fuse_text_linear", "PARALLEL_MIN_ROWS"]
 
 NO_OFFSETS = np.zeros(0, dtype=np.int64)
-"""The offsets argument of a single text: the kernel reads the whole code point buffer as one row."""
-NO_OFFSETS.setflags(write=False)
+"""The offsets argument of a single text: the kernel reads the whole code point buffer as one row.
+Writable (it has no element to protect) like a batch's offsets: Numba types an array's read-only
+flag, so a read-only one here would compile the kernel a second time for single texts."""
 
 _UINT32 = np.dtype(np.uint32)
 

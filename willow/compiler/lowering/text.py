@@ -262,7 +262,11 @@ def _split_batch(encoded: np.ndarray, n_documents: int) -> tuple[np.ndarray, np.
     offsets[-1] = encoded.shape[0] - separators.shape[0]
     if separators.shape[0]:
         encoded = np.delete(encoded, separators)
-    return encoded.astype(np.uint32, copy=False), offsets
+    code_points = encoded.astype(np.uint32, copy=False)
+    # read-only like the code points of every other path (``frombuffer``): Numba types the flag,
+    # and a writable buffer would compile every kernel a second time
+    code_points.setflags(write=False)
+    return code_points, offsets
 
 
 def _kernel_arguments(spec: TextSpec) -> tuple[Any, ...]:

@@ -124,7 +124,9 @@ def encode_documents(documents: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     n = len(documents)
     offsets = np.zeros(n + 1, dtype=np.int64)
     if n == 0:
-        return np.zeros(0, dtype=np.uint32), offsets
+        empty = np.zeros(0, dtype=np.uint32)
+        empty.setflags(write=False)  # read-only as ``frombuffer``'s below: one Numba type, one compile
+        return empty, offsets
     np.cumsum(np.fromiter(map(len, documents), dtype=np.int64, count=n), out=offsets[1:])
     joined = "".join(documents)
     code_points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
