@@ -476,3 +476,39 @@ def test_small_batch_kernel_without_splits_or_trees():
         assert tables.thresholds.shape == (0,) and tables.trees.shape == (TAIL,)
         got = score_rows(X, ensemble.divisor, *tables.arguments(np.asarray(ensemble.base)))
         np.testing.assert_array_equal(got, np.tile(expected, (2, 1)))
+
+
+def test_group_sources_are_read_back_checked_and_rebuilt(compiled):
+    # a second process skips codegen: the sources come from the manifest an earlier lowering
+    # wrote, each file checked against the hash in its name; damage or loss means rendering again
+    from willow.compiler.backend import kernel_cache_dir
+    from willow.compiler.lowering import trees_sources
+    from willow.compiler.lowering.trees_build import _module_name
+    from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
+
+    op = next(ops["predict"] for model, ops, _ in compiled.values() if isinstance(model, lgb.LGBMModel))
+    # the lowering itself went through the manifest, with the default grouping
+    default = group_trees(op.ensemble, trees_module.DEFAULT_GROUP_NODES)
+    default_key = trees_sources._key(op.ensemble, default, True)
+    assert (kernel_cache_dir() / f"tree_sources_{default_key}.txt").is_file()
+    groups = group_trees(op.ensemble, 12)
+    rendered = [build_group_source(op.ensemble, g) for g in groups]
+    assert len(rendered) >= 2
+    manifest = kernel_cache_dir() / f"tree_sources_{trees_sources._key(op.ensemble, groups, True)}.txt"
+    manifest.unlink(missing_ok=True)
+    assert trees_sources.group_sources(op.ensemble, groups, "trees") == rendered  # rendered, remembered
+    names = manifest.read_text().split()
+    assert names == [_module_name(s, "trees") for s in rendered]
+    assert trees_sources.group_sources(op.ensemble, groups, "trees") == rendered  # read back
+    damaged = kernel_cache_dir() / f"{names[1]}.py"
+    damaged.write_text(rendered[1].replace("add_leaf_values", "add_leaf_values_x"))
+    assert trees_sources.group_sources(op.ensemble, groups, "trees") == rendered
+    assert damaged.read_text() == rendered[1]  # repaired
+    damaged.unlink()
+    assert trees_sources.group_sources(op.ensemble, groups, "trees") == rendered
+    # another grouping or option is another key: nothing stale is served
+    assert trees_sources._key(op.ensemble, groups[:1], True) != trees_sources._key(op.ensemble, groups, True)
+    assert trees_sources._key(op.ensemble, groups, False) != trees_sources._key(op.ensemble, groups, True)
+    assert trees_sources.group_sources(op.ensemble, groups, "trees", preload=False) == [
+        build_group_source(op.ensemble, g, False) for g in groups
+    ]

@@ -31,8 +31,9 @@ from willow.compiler.lowering import chunks
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
-from willow.compiler.lowering.trees_codegen import build_group_source, group_trees
+from willow.compiler.lowering.trees_codegen import group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
+from willow.compiler.lowering.trees_sources import group_sources
 
 __all__ = ["CompiledTreeOperator", "lower_tree_model", "TREE_LOWERINGS", "supported_tree_models"]
 
@@ -368,7 +369,7 @@ def _compile(
     if builder is not None:  # another target (willow.gpu) compiles the same ensemble and conversions
         return builder(name, ensemble, prepare, finish)
     groups = group_trees(ensemble, group_nodes)
-    sources = [build_group_source(ensemble, g) for g in groups]
+    sources = group_sources(ensemble, groups, "trees")  # rendered once per machine, then read back
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
     small = bitvector_tables(ensemble)
     # small batches take the bitvector kernel when there is one, so large ones can afford a
