@@ -13,8 +13,9 @@ so CI runs every line of them.
 They give exactly the CPU functions' rows, in the same order, ties included:
 :func:`rows_below` is ``np.flatnonzero(~(confidence >= threshold))`` (NaN confidence is
 uncertain) and :func:`top_positions` is :func:`willow.topk.ranking.top_positions` (``-score``
-ascending, NaN last, ties by lowest position). Ties are decided with an explicit lexicographic
-sort on ``(key, position)``, so the result does not depend on whether the device's sort is stable.
+ascending, NaN last, ties by lowest position) itself, run in the device's array module: its ties
+are decided by an explicit sort on ``(key, position)``, so the result does not depend on
+whether the device's sort is stable.
 """
 
 from __future__ import annotations
@@ -24,15 +25,9 @@ from typing import Any
 import numpy as np
 
 from willow.gpu import runtime
+from willow.topk import ranking
 
 __all__ = ["rows_below", "top_positions", "sorted_top_positions"]
-
-
-def _key(xp: Any, scores: Any) -> Any:
-    """:func:`willow.topk.ranking.ranking_key` in ``xp``: ``-score`` as float64, NaN -> ``+inf``."""
-    key = -xp.asarray(scores, dtype=xp.float64).reshape(-1)
-    key[xp.isnan(key)] = xp.inf
-    return key
 
 
 def _positions(xp: Any, rows: Any) -> np.ndarray:
@@ -48,30 +43,14 @@ def rows_below(confidence: Any, threshold: float) -> np.ndarray:
     return _positions(xp, xp.flatnonzero(~(values >= threshold)))
 
 
-def _top_device(xp: Any, scores: Any, m: int) -> Any:
-    """Device positions of the ``m`` best scores, best first (see :func:`top_positions`)."""
-    key = _key(xp, scores)
-    n = key.shape[0]
-    order = xp.arange(n)
-    if m >= n:
-        return xp.lexsort(xp.stack([order, key]))
-    if m <= 0:
-        return xp.empty(0, dtype=xp.int64)
-    kth = key[xp.argpartition(key, m - 1)[m - 1]]
-    better = xp.flatnonzero(key < kth)
-    tied = xp.flatnonzero(key == kth)[: m - better.shape[0]]
-    chosen = xp.concatenate([better, tied])
-    return chosen[xp.lexsort(xp.stack([chosen, key[chosen]]))]
-
-
 def top_positions(scores: Any, m: int) -> np.ndarray:
     """Host positions of the ``m`` highest ``scores``, best first, ties by lowest position, NaN
     last: :func:`willow.topk.ranking.top_positions` computed on the device."""
     xp = runtime.array_module()
-    return _positions(xp, _top_device(xp, scores, int(m)))
+    return _positions(xp, ranking.top_positions(scores, int(m), xp))
 
 
 def sorted_top_positions(scores: Any, m: int) -> np.ndarray:
     """The positions of :func:`top_positions` in ascending order (top-K's candidate rows)."""
     xp = runtime.array_module()
-    return _positions(xp, xp.sort(_top_device(xp, scores, int(m))))
+    return _positions(xp, xp.sort(ranking.top_positions(scores, int(m), xp)))

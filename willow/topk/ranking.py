@@ -42,31 +42,37 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
-def ranking_key(scores: Any) -> np.ndarray:
-    """Ascending sort key of ``scores``: ``-score`` as float64, NaN mapped to ``+inf`` (last)."""
-    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+def ranking_key(scores: Any, xp: Any = np) -> Any:
+    """Ascending sort key of ``scores``: ``-score`` as float64, NaN mapped to ``+inf`` (last).
+    ``xp`` is the array module the key is built in (NumPy, or CuPy for :mod:`willow.gpu.selection`)."""
+    values = xp.asarray(scores, dtype=xp.float64).reshape(-1)
     key = -values
-    key[np.isnan(key)] = np.inf
+    key[xp.isnan(key)] = xp.inf
     return key
 
 
-def top_positions(scores: Any, m: int) -> np.ndarray:
+def top_positions(scores: Any, m: int, xp: Any = np) -> Any:
     """Positions of the ``m`` highest ``scores``, best first, ties by lowest position.
 
     Equivalent to ``np.argsort(ranking_key(scores), kind="stable")[:m]`` but linear-time in the
-    number of rows (a partition, then a sort of the ``m`` chosen rows only).
+    number of rows (a partition, then a sort of the ``m`` chosen rows only). ``xp`` is the array
+    module to compute in (NumPy, or CuPy for :mod:`willow.gpu.selection`); the positions are
+    arrays of that module. Ties are broken by an explicit sort on ``(key, position)``, so the
+    result does not depend on whether the module's sort is stable.
     """
-    key = ranking_key(scores)
-    n = len(key)
+    key = ranking_key(scores, xp)
+    n = key.shape[0]
     if m >= n:
-        return np.argsort(key, kind="stable")
+        if xp is np:
+            return np.argsort(key, kind="stable")
+        return xp.lexsort(xp.stack([xp.arange(n), key]))
     if m <= 0:
-        return np.empty(0, dtype=np.intp)
-    kth = np.partition(key, m - 1)[m - 1]
-    better = np.flatnonzero(key < kth)
-    tied = np.flatnonzero(key == kth)[: m - len(better)]
-    chosen = np.concatenate([better, tied])
-    return chosen[np.lexsort((chosen, key[chosen]))]
+        return xp.empty(0, dtype=np.intp)
+    kth = xp.partition(key, m - 1)[m - 1]
+    better = xp.flatnonzero(key < kth)
+    tied = xp.flatnonzero(key == kth)[: m - better.shape[0]]
+    chosen = xp.concatenate([better, tied])
+    return chosen[xp.lexsort(xp.stack([chosen, key[chosen]]))]
 
 
 def precision_at_k(found: Sequence[int] | np.ndarray, reference: Sequence[int] | np.ndarray, k: int) -> float:
