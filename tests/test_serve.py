@@ -285,6 +285,77 @@ def test_scaler_is_not_pinned_on_a_fast_tier_by_a_stale_slow_estimate():
     assert after.endswith("0" * 10) and len(after) - len(after.rstrip("0")) > 0.5 * len(after), after
 
 
+def test_scaler_stays_on_the_strictest_of_tiers_that_cost_the_same():
+    """Three tiers of one cost (e.g. one plan: no cascade proven at any target), latencies with
+    +-20% noise, offered 1.5x their capacity: switching gains nothing, so the scaler stays on the
+    strictest tier; the old rule (step on any measured difference: ``min_gain=1``) alternated."""
+    import random
+
+    equal = ((1.0, 0.5),) * 3
+    phases = [(3000, 3.0)]  # rows per ms; every tier carries ~2
+
+    def run(scaler):
+        noise = random.Random(0)
+        log = simulate(scaler, phases, slow=lambda start, tier: noise.uniform(0.8, 1.2), tiers=equal)
+        return tiers_in(log, 0, 3000)
+
+    stays = run(AccuracyScaler(3))  # 86%: tier 1 tried when its estimate expired, or on a noisy one
+    assert stays.count("0") >= 0.8 * len(stays), stays[:120]
+    assert set(run(AccuracyScaler(3, same_as=(0, 0, 0)))) == {"0"}  # one plan: never a step
+    alternating = run(AccuracyScaler(3, min_gain=1.0))  # 37% on tier 0
+    assert alternating.count("0") < 0.5 * len(alternating), alternating[:120]
+    # tiers 1 and 2 share a plan and tier 0 is slower: one step from 0 to 1, never to 2
+    shared = ((1.0, 1.0), (1.0, 0.25), (1.0, 0.25))
+    log = simulate(AccuracyScaler(3, same_as=(0, 1, 1)), [(2000, 2.0)], tiers=shared)
+    assert "1" in tiers_in(log, 0, 2000) and "2" not in tiers_in(log, 0, 2000)
+    with pytest.raises(ValueError, match="same_as"):
+        AccuracyScaler(3, same_as=(0, 2, 2))
+    with pytest.raises(ValueError, match="min_gain"):
+        AccuracyScaler(3, min_gain=0.5)
+
+
+def test_served_pipeline_knows_which_tiers_serve_one_plan(fake):
+    def plan(cascade, threshold=0.9):
+        return SimpleNamespace(
+            cascade=cascade, selected=("words",), method="m", threshold=threshold, trained_on="t"
+        )
+
+    fake.tiers_ = tuple(
+        SimpleNamespace(target=t, plan=p)
+        for t, p in zip(TARGETS, (plan(False), plan(True, 0.8), plan(True, 0.8)))  # tier 2 inherits 1's
+    )
+    assert ServedPipeline(fake).same_as == (0, 1, 1)
+    fake.tiers_ = tuple(SimpleNamespace(target=t, plan=plan(False)) for t in TARGETS)  # no cascade anywhere
+    assert ServedPipeline(fake).same_as == (0, 0, 0)
+    fake.tiers_ = tuple(SimpleNamespace(target=t) for t in TARGETS)  # no willow plans: taken to differ
+    assert ServedPipeline(fake).same_as == (0, 1, 2)
+
+
+def test_batcher_sends_answers_before_it_cuts_the_next_batch(fake):
+    """With a backlog, each batch's requests are answered (their awaiting code runs) before the
+    next batch is cut: the batcher hands the event loop back between batches instead of serving
+    the whole backlog first (under load that held every answer until the queue was empty)."""
+    served = ServedPipeline(fake)
+    answered, seen_at_call = [], []
+
+    def run(tier, key, rows):
+        seen_at_call.append(list(answered))
+        return served.call(tier, rows, key)
+
+    async def scenario():
+        batcher = AdaptiveBatcher(run, AIMDController(25, initial=2, fixed=True))
+
+        async def request(i):
+            await batcher.submit([f"r{i}"], served.shape_of(["x"]), tier=None, deadline_ms=50)
+            answered.append(i)
+
+        await asyncio.gather(*(request(i) for i in range(6)))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert seen_at_call == [[], [0, 1], [0, 1, 2, 3]]
+
+
 def test_scaler_serves_unpinned_requests_only(fake):
     """Under a simulated overload the batcher serves unpinned requests with the faster tier the
     scaler picked and keeps a request that pinned the strictest tier on it."""

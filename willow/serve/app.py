@@ -59,7 +59,11 @@ def create_app(
     controller = AIMDController(
         slo_ms * budget_fraction, initial=1, max_size=max_batch_rows if batching else 1, fixed=not batching
     )
-    scaler = AccuracyScaler(len(served.targets)) if scale_accuracy and len(served.targets) > 1 else None
+    scaler = (
+        AccuracyScaler(len(served.targets), same_as=served.same_as)
+        if scale_accuracy and len(served.targets) > 1
+        else None
+    )
 
     def run(tier: int, key: Hashable, rows: list[Any]) -> list[Any]:
         before = early_exit_counts()

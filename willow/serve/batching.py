@@ -282,3 +282,23 @@ class AdaptiveBatcher:
                 offset += len(pending.rows)
             if self._on_batch is not None:
                 self._on_batch(tier, len(rows), len(batch), queue_ms, service_ms, error is None)
+            if not self.threaded:
+                await self._settle()
+
+    async def _settle(self, rounds: int = 8) -> None:
+        """Hand the event loop back after a batch run in its thread, so that it sends the answers
+        just set and reads the requests that arrived meanwhile, before the next batch is cut.
+
+        Without this the batcher cut batch after batch from the queue it had, without an ``await``,
+        until the queue was empty: under load no answer left and no new request was read until the
+        whole backlog was served (every answer waited for the last batch of the backlog). One loop
+        round sends the answers; a request read from a socket needs a round or two more to reach
+        :meth:`submit`, so this yields until two rounds in a row queue nothing new (at most
+        ``rounds``; a round without I/O costs microseconds)."""
+        quiet, seen = 0, len(self._queue)
+        for _ in range(rounds):
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == seen else 0
+            seen = len(self._queue)
+            if quiet >= 2:
+                return

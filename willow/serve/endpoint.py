@@ -258,6 +258,7 @@ class ServedPipeline:
         self.example = example
         self.shape = _example_shape(example) if example is not None else None
         self.targets, self._callables = _tiers(pipeline)
+        self.same_as = _same_plans(pipeline, len(self.targets))
 
     def with_pipeline(self, pipeline: Callable) -> ServedPipeline:
         """The same bound arguments, row argument and example, serving ``pipeline`` (e.g. the
@@ -374,3 +375,24 @@ def _tiers(pipeline: Any) -> tuple[tuple[float | None, ...], tuple[Callable, ...
         return targets, (pipeline, *(pipeline.tier(t) for t in targets[1:]))
     target = getattr(pipeline, "accuracy_target", None)
     return (float(target) if isinstance(target, (int, float)) else None,), (pipeline,)
+
+
+def _same_plans(pipeline: Any, n_tiers: int) -> tuple[int, ...]:
+    """For each tier, the index of the strictest tier that serves the same plan (itself when none
+    does), so that the accuracy scaler does not step between tiers that cost the same: tiers
+    without a cascade all run the full pipeline, and a looser tier that inherited a stricter
+    tier's cascade (:mod:`willow.cascades.tiers`) runs that cascade. Tiers whose ``tiers_`` entries
+    carry no willow plan are taken to differ."""
+    keys: list[Any] = []
+    with contextlib.suppress(AttributeError):
+        for tier in getattr(pipeline, "tiers_", None) or ():
+            plan = getattr(tier, "plan", None)
+            if plan is None or not hasattr(plan, "cascade"):
+                keys.append(object())  # unknown: its own plan
+            elif not plan.cascade:
+                keys.append(("full pipeline",))
+            else:
+                keys.append(("cascade", tuple(plan.selected), plan.method, plan.threshold, plan.trained_on))
+    if len(keys) != n_tiers:
+        return tuple(range(n_tiers))
+    return tuple(keys.index(key) for key in keys)

@@ -12,10 +12,13 @@ batch latency (:class:`ServiceModel`, fitted online on the batches that tier ser
 The rule, one decision per batch (the decision count is the scaler's clock; it reads no time):
 
 - **Down.** When the prediction at the current tier exceeds the deadline (the SLO, or the head
-  request's ``max_latency_ms``), step to the next faster tier, unless that tier has measured no
-  faster; never past the least strict tier declared (``lowest``).
-- **Up.** Step back to the stricter tier above when it has measured no slower at the next batch's
-  size (nothing is gained here), or when it would meet the deadline with room to spare (predicted
+  request's ``max_latency_ms``), step to the next faster tier, unless that tier has measured less
+  than ``min_gain`` times faster for this queue; never past the least strict tier declared
+  (``lowest``).
+- **Up.** Step back to the stricter tier above when it has measured less than ``min_gain`` times
+  slower at the next batch's size (little is gained here: tiers of about equal cost, such as tiers
+  that serve one plan, would otherwise be alternated on measurement noise, each step a chance to
+  cut a batch short), or when it would meet the deadline with room to spare (predicted
   at most ``down_margin`` of it) *and* would carry the recent load: the recent batches' rows,
   costed at the stricter tier, take at most ``up_load`` of the time they arrived in (when the
   batcher passes ``now_ms``). The second test is the hysteresis: a short queue at the faster tier
@@ -32,12 +35,17 @@ The rule, one decision per batch (the decision count is the scaler's clock; it r
 
 One step per decision and at least ``dwell`` batches at a tier between steps, so a single slow
 batch does not make it flap and each tier's latency model sees batches before it is used.
+
+Tiers known to serve one plan (``same_as``: for each tier, the strictest tier serving the same
+plan, e.g. looser targets for which calibration proved no cascade of their own) are one step: the
+scaler serves the strictest of them and never steps (or probes) among them.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 __all__ = ["ServiceModel", "AccuracyScaler"]
 
@@ -113,6 +121,8 @@ class AccuracyScaler:
         probe_every: int = 16,
         max_age: int = 32,
         load_window: int = 32,
+        min_gain: float = 1.25,
+        same_as: Sequence[int] | None = None,
     ) -> None:
         if n_tiers < 1:
             raise ValueError(f"n_tiers must be >= 1, got {n_tiers}.")
@@ -123,6 +133,14 @@ class AccuracyScaler:
             raise ValueError(f"down_margin must be in (0, 1], got {down_margin!r}.")
         if not 0 < up_load <= 1:
             raise ValueError(f"up_load must be in (0, 1], got {up_load!r}.")
+        if not min_gain >= 1:
+            raise ValueError(f"min_gain must be >= 1, got {min_gain!r}.")
+        same = list(range(n_tiers)) if same_as is None else [int(i) for i in same_as]
+        if len(same) != n_tiers or any(not 0 <= j <= i for i, j in enumerate(same)):
+            raise ValueError(
+                f"same_as must give each of the {n_tiers} tiers the index of a tier at least as strict, "
+                f"got {same_as!r}."
+            )
         if not 1 <= probe_every < max_age or load_window < 1:
             raise ValueError(
                 f"Expected 1 <= probe_every < max_age and load_window >= 1, got probe_every={probe_every}, "
@@ -134,6 +152,9 @@ class AccuracyScaler:
         self.up_load = float(up_load)
         self.probe_every = int(probe_every)
         self.max_age = int(max_age)
+        self.min_gain = float(min_gain)
+        # the tiers the scaler may serve: the strictest of each plan, down to ``lowest``
+        self.steps = [i for i in range(self.lowest + 1) if same[i] == i]
         self.current = 0
         self._since_step = self.dwell  # the first decision may step at once
         self._clock = 0  # decisions made
@@ -189,46 +210,59 @@ class AccuracyScaler:
         current = self.current
         if queued_rows <= 0:
             return current
+        first = min(queued_rows, batch_size)
+        faster, stricter = self._next(current, +1), self._next(current, -1)
         if self._since_step > self.dwell:
             here = self.predicted_ms(current, queued_rows, oldest_wait_ms, batch_size)
-            faster = math.nan
-            if current < self.lowest:
-                faster = self.predicted_ms(current + 1, queued_rows, oldest_wait_ms, batch_size)
+            if stricter is not None and self._gain(stricter, current, first) < self.min_gain:
+                self.current = stricter  # little gained here (before trying a tier further down)
             # A predicted miss (NaN, no model yet, compares False): try the next tier unless it
-            # measured no faster (an unknown one is tried).
-            if current < self.lowest and here > deadline_ms and not faster >= here:
-                self.current = current + 1
-            elif current > 0 and self._may_step_up(
-                queued_rows, oldest_wait_ms, deadline_ms, batch_size, now_ms
+            # measured less than min_gain times faster at this batch size (an unknown one is tried).
+            elif (
+                faster is not None
+                and here > deadline_ms
+                and not self._gain(current, faster, first) < self.min_gain
             ):
-                self.current = current - 1
+                self.current = faster
+            elif stricter is not None and self._may_step_up(
+                stricter, queued_rows, oldest_wait_ms, deadline_ms, batch_size, now_ms
+            ):
+                self.current = stricter
             if self.current != current:
                 self._since_step = 0
                 return self.current
-        stricter = current - 1
-        if stricter >= 0 and self._clock - self._last_probe >= self.probe_every:
+        if stricter is not None and self._clock - self._last_probe >= self.probe_every:
             newest = self.models[stricter].newest
-            if newest is None or self._clock - newest >= self.probe_every:
-                first = min(queued_rows, batch_size)
-                if not oldest_wait_ms + self.models[stricter].predict(first) > deadline_ms:
-                    self._last_probe = self._clock
-                    return stricter
+            stale = newest is None or self._clock - newest >= self.probe_every
+            if stale and not oldest_wait_ms + self.models[stricter].predict(first) > deadline_ms:
+                self._last_probe = self._clock
+                return stricter
         return current
+
+    def _next(self, tier: int, direction: int) -> int | None:
+        """The tier the scaler would step to from ``tier``: the next faster (``direction=+1``) or
+        stricter (``-1``) one it may serve (one per plan, never past ``lowest``); None at the end."""
+        if direction > 0:
+            return next((s for s in self.steps if s > tier), None)
+        return next((s for s in reversed(self.steps) if s < tier), None)
+
+    def _gain(self, slower: int, faster: int, rows: int) -> float:
+        """How many times faster tier ``faster`` measured than tier ``slower`` on a batch of
+        ``rows`` rows (NaN when either has no estimate; a NaN compares False)."""
+        fast = self.models[faster].predict(rows)
+        return self.models[slower].predict(rows) / fast if fast > 0 else math.inf
 
     def _may_step_up(
         self,
+        stricter: int,
         queued_rows: int,
         oldest_wait_ms: float,
         deadline_ms: float,
         batch_size: int,
         now_ms: float | None,
     ) -> bool:
-        here, stricter = self.models[self.current], self.models[self.current - 1]
-        first = min(queued_rows, batch_size)
-        if stricter.predict(first) <= here.predict(first):  # nothing gained at the faster tier
-            return True
-        fits = self.predicted_ms(self.current - 1, queued_rows, oldest_wait_ms, batch_size)
+        fits = self.predicted_ms(stricter, queued_rows, oldest_wait_ms, batch_size)
         if not fits <= deadline_ms * self.down_margin:
             return False
         # the load test when the load is known (a clock, 8 batches): a NaN load compares False
-        return now_ms is None or not self.load(self.current - 1, now_ms) > self.up_load
+        return now_ms is None or not self.load(stricter, now_ms) > self.up_load
