@@ -285,6 +285,76 @@ def test_scaler_is_not_pinned_on_a_fast_tier_by_a_stale_slow_estimate():
     assert after.endswith("0" * 10) and len(after) - len(after.rstrip("0")) > 0.5 * len(after), after
 
 
+def simulate_closed(scaler, clients, think_ms, duration_ms, tiers, slo_ms=50.0, seed=0):
+    """A closed loop like wrk's: ``clients`` each send a one-row request, wait for its answer,
+    then think for an exponential time (mean ``think_ms``) before the next; batches as in
+    :func:`simulate`, latencies with +-10% noise. Returns ``(start_ms, tier, latency ms)`` per request."""
+    import heapq
+    import random
+
+    rng = random.Random(seed)
+    arrivals = sorted(rng.expovariate(1 / think_ms) for _ in range(clients))
+    controller, now, queue, log = AIMDController(slo_ms / 2), 0.0, deque(), []
+    while now < duration_ms:
+        now = max(now, arrivals[0]) if not queue else now
+        while arrivals and arrivals[0] <= now:
+            queue.append(heapq.heappop(arrivals))
+        tier = scaler.choose(len(queue), now - queue[0], slo_ms, controller.size, now_ms=now)
+        batch = [queue.popleft() for _ in range(min(controller.size, len(queue)))]
+        fixed, per_row = tiers[tier]
+        latency = (fixed + per_row * len(batch)) * rng.uniform(0.9, 1.1)
+        controller.observe(len(batch), latency, saturated=bool(queue))
+        scaler.observe(tier, len(batch), latency)
+        for arrived in batch:
+            log.append((now, tier, now + latency - arrived))
+            heapq.heappush(arrivals, now + latency + rng.expovariate(1 / think_ms))
+        now += latency
+    return log
+
+
+def test_scaler_holds_the_slo_at_twice_the_fixed_tiers_capacity_in_a_closed_loop():
+    """The benchmark's ``features`` scenario on a simulated clock: one request costs ~25, ~12.5
+    and ~6.5 ms at the three tiers (one row here), 17 wrk-like connections. The fixed tier carries
+    ~40 req/s; offered ~twice that, it misses the SLO by far, while accuracy scaling serves the
+    fastest tier and keeps p99 within it."""
+    tiers = ((1.0, 24.0), (1.0, 11.5), (1.0, 5.5))
+
+    def p99_and_mix(scaler):
+        log = [
+            (tier, ms) for start, tier, ms in simulate_closed(scaler, 17, 210, 20_000, tiers) if start > 2000
+        ]
+        latencies = sorted(ms for _, ms in log)
+        return latencies[int(0.99 * len(latencies))], [tier for tier, _ in log], len(log) / 18
+
+    fixed_p99, _, fixed_rate = p99_and_mix(AccuracyScaler(3, lowest=0))
+    scaled_p99, mix, rate = p99_and_mix(AccuracyScaler(3))
+    assert 35 <= fixed_rate <= 45 and fixed_p99 > 200  # saturated: the queue is the 17 connections
+    assert scaled_p99 <= 50 and rate > 1.7 * fixed_rate
+    assert mix.count(2) > 0.8 * len(mix)  # the fastest tier carries it; the probes are tier 1
+
+
+def test_scaler_reaches_the_tier_that_meets_the_deadline_in_one_step():
+    scaler = AccuracyScaler(3)
+    for tier, ms in enumerate((10.0, 4.0, 1.0)):  # ms per 100 rows
+        scaler.observe(tier, 100, ms)
+    assert scaler.choose(1500, 5.0, 50.0, batch_size=100) == 2  # tier 1 (60 ms) misses too: on to 2
+    assert AccuracyScaler(3, dwell=0).choose(1000, 5.0, 50.0, batch_size=100) == 0  # no estimates
+    meets = AccuracyScaler(3)
+    for tier, ms in enumerate((10.0, 4.0, 1.0)):
+        meets.observe(tier, 100, ms)
+    assert meets.choose(1000, 5.0, 50.0, batch_size=100) == 1  # tier 1 (40 ms) meets it: stop there
+    tight = AccuracyScaler(3)
+    tight.observe(0, 100, 10.0)
+    tight.observe(2, 100, 1.0)
+    assert tight.choose(1500, 5.0, 50.0, batch_size=100) == 1  # tier 1 unknown: stop there, try it
+    assert tight.load(0, 0.0) != tight.load(0, 0.0)  # NaN: no clock, too few batches
+    # 8 batches of 100 rows from 0 ms, then 500 rows queued at tier 0 (50 ms) over 100 ms
+    for k in range(8):
+        tight.choose(100, 0.0, 50.0, batch_size=100, now_ms=10.0 * k)
+        tight.observe(0, 100, 10.0)
+    assert tight.load(0, 100.0, queued_rows=500) == pytest.approx(tight.load(0, 100.0) + 50.0 / 100.0)
+
+
 def test_scaler_stays_on_the_strictest_of_tiers_that_cost_the_same():
     """Three tiers of one cost (e.g. one plan: no cascade proven at any target), latencies with
     +-20% noise, offered 1.5x their capacity: switching gains nothing, so the scaler stays on the

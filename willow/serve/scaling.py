@@ -13,15 +13,17 @@ The rule, one decision per batch (the decision count is the scaler's clock; it r
 
 - **Down.** When the prediction at the current tier exceeds the deadline (the SLO, or the head
   request's ``max_latency_ms``), step to the next faster tier, unless that tier has measured less
-  than ``min_gain`` times faster for this queue; never past the least strict tier declared
-  (``lowest``).
+  than ``min_gain`` times faster for this queue, and on past it, in the same step, while the tier
+  reached is still predicted to miss and the next one measured ``min_gain`` times faster (a
+  growing queue reaches the tier that carries it at once); never past the least strict tier
+  declared (``lowest``).
 - **Up.** Step back to the stricter tier above when it has measured less than ``min_gain`` times
   slower at the next batch's size (little is gained here: tiers of about equal cost, such as tiers
   that serve one plan, would otherwise be alternated on measurement noise, each step a chance to
   cut a batch short), or when it would meet the deadline with room to spare (predicted
-  at most ``down_margin`` of it) *and* would carry the recent load: the recent batches' rows,
-  costed at the stricter tier, take at most ``up_load`` of the time they arrived in (when the
-  batcher passes ``now_ms``). The second test is the hysteresis: a short queue at the faster tier
+  at most ``down_margin`` of it) *and* would carry the recent load: the recent batches' rows
+  and the rows still queued, costed at the stricter tier, take at most ``up_load`` of the time
+  they arrived in (when the batcher passes ``now_ms``). The second test is the hysteresis: a short queue at the faster tier
   says little, since the faster tier is what kept it short.
 - **Fresh estimates.** A tier's model is refitted only from batches that tier serves, so a tier
   the scaler left stops being measured, and an estimate taken during a burst (CPU contention,
@@ -117,7 +119,7 @@ class AccuracyScaler:
         lowest: int | None = None,
         down_margin: float = 0.5,
         dwell: int = 2,
-        up_load: float = 0.8,
+        up_load: float = 0.7,
         probe_every: int = 16,
         max_age: int = 32,
         load_window: int = 32,
@@ -180,15 +182,18 @@ class AccuracyScaler:
         drain = full * model.predict(batch_size) + (model.predict(rest) if rest else 0.0)
         return max(oldest_wait_ms + model.predict(min(queued_rows, batch_size)), drain)
 
-    def load(self, tier: int, now_ms: float) -> float:
+    def load(self, tier: int, now_ms: float, queued_rows: int = 0) -> float:
         """The fraction of the time since the oldest recent batch started that ``tier`` would have
-        spent serving the recent batches (NaN when unknown: no clock, too few batches, or no
-        estimate for ``tier``)."""
+        spent serving the recent batches and the ``queued_rows`` still waiting (NaN when unknown: no
+        clock, too few batches, or no estimate for ``tier``). The queue counts because a server
+        past its capacity serves only what it can: its served rows alone would understate the
+        load by the backlog that keeps growing."""
         starts = [start for start, _, _ in self._recent if start is not None]
         if len(self._recent) < 8 or not starts or not now_ms > starts[0]:
             return math.nan
         model = self.models[tier]
         busy = sum(model.predict(rows) if ms is None else ms for _, rows, ms in self._recent)
+        busy += model.predict(queued_rows) if queued_rows > 0 else 0.0
         return busy / (now_ms - starts[0])
 
     def choose(
@@ -223,7 +228,7 @@ class AccuracyScaler:
                 and here > deadline_ms
                 and not self._gain(current, faster, first) < self.min_gain
             ):
-                self.current = faster
+                self.current = self._meets(faster, queued_rows, oldest_wait_ms, deadline_ms, batch_size)
             elif stricter is not None and self._may_step_up(
                 stricter, queued_rows, oldest_wait_ms, deadline_ms, batch_size, now_ms
             ):
@@ -238,6 +243,22 @@ class AccuracyScaler:
                 self._last_probe = self._clock
                 return stricter
         return current
+
+    def _meets(
+        self, tier: int, queued_rows: int, oldest_wait_ms: float, deadline_ms: float, batch_size: int
+    ) -> int:
+        """From ``tier`` (a faster tier than the current one), the strictest tier at or below it
+        predicted to meet the deadline: a growing queue reaches the tier that carries it in one
+        step, not one tier per ``dwell`` batches. It passes a tier only for one measured at least
+        ``min_gain`` times faster, and stops at a tier with no estimate (to try it)."""
+        first = min(queued_rows, batch_size)
+        while (faster := self._next(tier, +1)) is not None:
+            if not self.predicted_ms(tier, queued_rows, oldest_wait_ms, batch_size) > deadline_ms:
+                break  # meets it, or unknown (NaN)
+            if self._gain(tier, faster, first) < self.min_gain:
+                break
+            tier = faster
+        return tier
 
     def _next(self, tier: int, direction: int) -> int | None:
         """The tier the scaler would step to from ``tier``: the next faster (``direction=+1``) or
@@ -265,4 +286,4 @@ class AccuracyScaler:
         if not fits <= deadline_ms * self.down_margin:
             return False
         # the load test when the load is known (a clock, 8 batches): a NaN load compares False
-        return now_ms is None or not self.load(stricter, now_ms) > self.up_load
+        return now_ms is None or not self.load(stricter, now_ms, queued_rows) > self.up_load
