@@ -15,7 +15,17 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from benchmarks.serving import _SAME_COST, _descendants, _line, markdown, tier_costs, write_bodies  # noqa: E402
+from benchmarks.serving import (  # noqa: E402
+    _SAME_COST,
+    SCENARIOS,
+    _descendants,
+    _line,
+    cost_split,
+    markdown,
+    scenario_markdown,
+    tier_costs,
+    write_bodies,
+)
 from benchmarks.serving_peers import answer_batch  # noqa: E402
 from willow.serve import ServedPipeline  # noqa: E402
 
@@ -122,6 +132,64 @@ def test_tier_costs_and_the_report_say_when_scaling_has_nothing_to_trade():
         "batch   2.0 rows   0.50 ms  tiers 0.95 100%"
     )
     assert _SAME_COST not in markdown({**_results(differ, {}), "scenario": scenario})
+
+
+def test_a_named_scenario_splits_a_requests_cost_and_reports_both_servers(tmp_path):
+    """The cost split calls every tier on one request's rows (each answers its own rows) and the
+    JSON side; the report names the scenario, the split and both servers' rows."""
+
+    class Tiers:
+        tiers_ = tuple(type("T", (), {"target": t})() for t in (0.99, 0.95))
+
+        def __call__(self, texts):
+            return [len(t) for t in texts]
+
+        def tier(self, target):
+            return lambda texts: [len(t) for t in texts]
+
+    served = ServedPipeline(Tiers(), example=["a"])
+    body = write_bodies(tmp_path / "b.jsonl", ["ab", "c", "def"], 3).read_text().splitlines()[0]
+    split = cost_split(served, body, repeats=3)
+    assert set(split) == {"0.99 ms", "0.95 ms", "json ms", "strictest / fastest"}
+    assert all(split[k] >= 0 for k in ("0.99 ms", "0.95 ms", "json ms"))
+    spec = SCENARIOS["features"]
+    assert spec["options"] == {"compile": False} and spec["rows_per_request"] == 64
+    point = {
+        "offered_per_s": 80,
+        "throughput_per_s": 79.0,
+        "p50_ms": 10.0,
+        "p99_ms": 40.0,
+        "over_slo": 0.0,
+        "mean_batch_rows": 64.0,
+        "mean_batch_ms": 6.0,
+        "tier_mix": {"0.95": 1.0},
+        "early_exit": 0.99,
+        "cpu_ms_per_request": 7.0,
+    }
+    report = scenario_markdown(
+        {
+            "scenario": "features",
+            **{k: v for k, v in spec.items() if k != "targets"},
+            "tiers": [{"target": 0.99}, {"target": 0.95, "cascade": True}],
+            "slo_ms": 50.0,
+            "seconds_per_rate": 8,
+            "uptime_before": "load average: 0.5",
+            "uptime_after": "load average: 0.6",
+            "cpus": 2,
+            "cost_split": {"0.99 ms": 20.0, "0.95 ms": 4.0, "json ms": 0.03, "strictest / fastest": 5.0},
+            "factor": 2.0,
+            "warm_s": 3,
+            "capacity_per_s": 40.0,
+            "offered_per_s": 80,
+            "saturated": {**point, "offered_per_s": "saturating"},
+            "points": {"fixed tier (adaptive batching)": point, "accuracy scaling": point},
+        }
+    )
+    assert "scenario `features`" in report and "tiers 0.99 (no cascade), 0.95 (cascade)" in report
+    assert "0.99: 20.00 ms, 0.95: 4.00 ms, json: 0.03 ms; strictest / fastest tier 5.0x" in report
+    assert (
+        "| accuracy scaling | 80 | 79 | 10.0 | 40.0 | 0.0% | 64.0, 6.00 | 0.95: 100% | 99% | 7.0 |" in report
+    )
 
 
 def test_descendants_finds_the_processes_a_peer_started():
