@@ -199,6 +199,14 @@ def test_a_looser_tier_without_its_own_proof_serves_the_stricter_proven_plan(tex
     # its own cascade missed its bound on the holdout rows: no second look, no cascade (as alone)
     missed = replace(results[1], plan=replace(failed, rejected_lower_bound=0.85))
     assert tiers._inherit_stricter([results[0], missed])[1] is missed
+    # the server's accuracy scaler takes the borrowed plan for the stricter tier's (one step)
+    from willow.serve.endpoint import _same_plans
+
+    listed = [strict, borrowed.plan, failed, missed.plan]
+    fake = type(
+        "Tiered", (), {"tiers_": tuple(tiers.TierResult.of(0.99 - i / 100, p) for i, p in enumerate(listed))}
+    )
+    assert _same_plans(fake, 4) == (0, 0, 2, 2)  # no cascade (either reason): the full pipeline
 
 
 @pytest.mark.parametrize(
