@@ -662,33 +662,25 @@ def write_bodies(path: Path, records: list[Any], rows_per_request: int) -> Path:
 def cost_split(served: Any, body: str, repeats: int = 15) -> dict[str, Any]:
     """A request's cost in process, before any HTTP run: ms per pipeline call on one request's rows
     at each tier, and the JSON part of the server's work per request (parse the body, check the
-    shape, build the row argument; encode the answer), medians of ``repeats``. The HTTP part
+    shape, build the row argument; encode the answer), medians of ``repeats`` interleaved rounds. The HTTP part
     (uvicorn, Starlette) is not in it: the saturated server's CPU per request shows it."""
+    from benchmarks.measure import time_batches
     from willow.serve.endpoint import to_container
 
     rows = json.loads(body)["rows"]
     shape = served.shape_of(rows)
     answers = served.call(0, rows, shape)
-    figures: dict[str, Any] = {}
-
-    def median_ms(call: Any) -> float:
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return round(float(np.median(times)) * 1e3, 3)
-
-    for index in range(len(served.targets)):  # interleaving is left to the medians
-        figures[f"{served.label(index)} ms"] = median_ms(lambda i=index: served.call(i, rows, shape))
 
     def json_side() -> None:
         parsed = json.loads(body)["rows"]
         to_container(parsed, served.shape_of(parsed), served.example)
         json.dumps({"predictions": answers}, default=json_default)
 
-    figures["json ms"] = median_ms(json_side)
+    calls = {
+        f"{served.label(i)} ms": (lambda i=i: served.call(i, rows, shape)) for i in range(len(served.targets))
+    }
+    samples = time_batches({**calls, "json ms": json_side}, repeats)  # interleaved rounds
+    figures: dict[str, Any] = {name: round(float(np.median(s)) * 1e3, 3) for name, s in samples.items()}
     tiers = [figures[f"{served.label(i)} ms"] for i in range(len(served.targets))]
     figures["strictest / fastest"] = round(max(tiers) / min(tiers), 2) if min(tiers) > 0 else None
     return figures
