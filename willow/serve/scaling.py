@@ -35,7 +35,7 @@ The rule, one decision per batch (the decision count is the scaler's clock; it r
   A probe is stricter than the current tier, so it never serves below ``lowest``; it costs at most
   one batch in ``probe_every`` served by the stricter tier.
 
-One step per decision and at least ``dwell`` batches at a tier between steps, so a single slow
+One move per decision and at least ``dwell`` batches at a tier between moves, so a single slow
 batch does not make it flap and each tier's latency model sees batches before it is used.
 
 Tiers known to serve one plan (``same_as``: for each tier, the strictest tier serving the same
@@ -204,8 +204,8 @@ class AccuracyScaler:
         batch_size: int,
         now_ms: float | None = None,
     ) -> int:
-        """The tier for the next batch: the current one after at most one step, or a probe of the
-        stricter tier above it. ``now_ms`` (any monotonic clock in ms) enables the load test of a
+        """The tier for the next batch: the current one after at most one move (up one tier, or
+        down one or more), or a probe of the stricter tier above it. ``now_ms`` (any monotonic clock in ms) enables the load test of a
         step up; without it a step up needs only the deadline test."""
         self._clock += 1
         self._since_step += 1
