@@ -282,7 +282,7 @@ class AdaptiveBatcher:
                 offset += len(pending.rows)
             if self._on_batch is not None:
                 self._on_batch(tier, len(rows), len(batch), queue_ms, service_ms, error is None)
-            if not self.threaded:
+            if not self.threaded and self._queue:  # an empty queue awaits the next request anyway
                 await self._settle()
 
     async def _settle(self, rounds: int = 8) -> None:
