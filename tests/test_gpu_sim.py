@@ -213,6 +213,21 @@ def test_optimize_device_cuda_end_to_end(monkeypatch):
     fast.calibrate(X[:120])
     rows = _rows(X)
     np.testing.assert_allclose(fast(rows), predict(rows), rtol=1e-12, atol=1e-15)
+    # the features stay on the device between the elementwise and the tree kernel: one upload of
+    # X, one download of the raw scores, per call (1 row too)
+    for batch in (rows, rows[5:6]):
+        with runtime.count_transfers() as log:
+            got = fast(batch)
+        assert [(t.direction, t.what, t.shape) for t in log] == [
+            ("to_device", "expression operand", batch.shape),
+            ("to_host", "raw scores", (len(batch), 1)),
+        ]
+        np.testing.assert_allclose(got, predict(batch), rtol=1e-12, atol=1e-15)
+    frame = pd.DataFrame(rows, columns=list("abcde"))  # a frame runs the host expression
+    np.testing.assert_allclose(fast(frame), predict(frame), rtol=1e-12, atol=1e-15)
+    for run in (fast, predict):  # 0 rows: the library's own refusal
+        with pytest.raises(ValueError, match="0 sample"):
+            run(rows[:0])
     report = fast.explain()
     assert "LGBMClassifier.predict_proba on cuda" in report
     assert "On the device: _willow.ops." in report and "(cuda)" in report

@@ -32,14 +32,14 @@ __all__ = ["rows_below", "top_positions", "sorted_top_positions"]
 
 def _positions(xp: Any, rows: Any) -> np.ndarray:
     """Device positions as a host ``intp`` array (what the CPU selection returns)."""
-    return np.asarray(runtime.to_host(rows), dtype=np.intp)
+    return np.asarray(runtime.to_host(rows, "selected positions"), dtype=np.intp)
 
 
 def rows_below(confidence: Any, threshold: float) -> np.ndarray:
     """Host positions of the rows whose ``confidence`` is not ``>= threshold`` (NaN included),
     ascending: the rows the cascade's full pipeline must answer."""
     xp = runtime.array_module()
-    values = xp.asarray(confidence)
+    values = runtime.to_device(confidence, what="confidences")  # no copy when they are there
     return _positions(xp, xp.flatnonzero(~(values >= threshold)))
 
 
