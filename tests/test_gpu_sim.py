@@ -229,6 +229,7 @@ def test_optimize_device_cuda_end_to_end(monkeypatch):
         with pytest.raises(ValueError, match="0 sample"):
             run(rows[:0])
     report = fast.explain()
+    assert "kept on the device between device nodes: features (from _willow.ops.features_expr)" in report
     assert "LGBMClassifier.predict_proba on cuda" in report
     assert "On the device: _willow.ops." in report and "(cuda)" in report
     assert "@cuda.jit" in report and "def kernel(X, out):" in report
@@ -743,7 +744,13 @@ def test_cascade_confidence_and_threshold_on_the_device():
         return model.predict(X)
 
     fast = willow.optimize(
-        predict, device="cuda", accuracy_target=0.9, confidence=0.5, random_state=0, early_exit=False, **_QUICK
+        predict,
+        device="cuda",
+        accuracy_target=0.9,
+        confidence=0.5,
+        random_state=0,
+        early_exit=False,
+        **_QUICK,
     )
     fast.calibrate(model, cheap, costly)
     assert fast.plan_.cascade and fast._approximate._scores.device == "cuda"
