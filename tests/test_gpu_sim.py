@@ -364,7 +364,7 @@ def test_device_selection_equals_the_cpu_selection():
                 ):
                     np.testing.assert_array_equal(got_part, expected_part)
         for threshold in (0.5, 2.0, np.inf):
-            got = gpu_cascade.rows_below(scores, threshold)
+            got = gpu_cascade.rows_below(runtime.to_device(scores), threshold)
             np.testing.assert_array_equal(got, cpu_cascade.rows_below(scores, threshold))
             assert got.dtype == np.intp
 
@@ -388,7 +388,7 @@ def test_device_selection_equals_the_cpu_selection():
     np.testing.assert_array_equal(selection.top_positions(ties, 4), [0, 1, 2, 3])
     nan_first = np.array([np.nan, 1.0, np.nan, 2.0])
     np.testing.assert_array_equal(selection.top_positions(nan_first, 3), [3, 1, 0])
-    np.testing.assert_array_equal(gpu_cascade.rows_below(nan_first, 1.5), [0, 1, 2])
+    np.testing.assert_array_equal(gpu_cascade.rows_below(runtime.to_device(nan_first), 1.5), [0, 1, 2])
     # the runtimes take the pipeline's device from the lowering context by default
     with use_device("cuda"):
         assert TopKRuntime(None, None, None, None, None).device == "cuda"
@@ -520,6 +520,14 @@ def _slow(x):
     return x
 
 
+def _cheap_and_costly(model, cheap, costly):
+    """A cascade's pipeline: cheap features (an elementwise kernel) and costly ones (Python)."""
+    a = cheap * 1.0
+    b = _slow(costly)
+    X = np.hstack([a, b])
+    return model.predict(X)
+
+
 def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
     from sklearn.linear_model import LogisticRegression
 
@@ -530,12 +538,7 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
     X = np.hstack([cheap, _slow(costly)])
     model = LogisticRegression().fit(X, (X[:, :3].sum(1) + 0.2 * X[:, 3:].sum(1) > 0).astype(int))
 
-    def predict(model, cheap, costly):
-        a = cheap * 1.0
-        b = _slow(costly)
-        X = np.hstack([a, b])
-        return model.predict(X)
-
+    predict = _cheap_and_costly
     fast = willow.optimize(
         predict, device="cuda", accuracy_target=0.9, confidence=0.5, random_state=0, **_QUICK
     )
@@ -552,8 +555,18 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
 
     monkeypatch.setattr(selection, "rows_below", spy)
     batch = rng.normal(size=(40, 3)), rng.normal(size=(40, 12))
-    out = fast(model, *batch)
+    with runtime.count_transfers() as log:
+        out = fast(model, *batch)
     assert len(calls) == 1 and calls[0][0] == 40
+    moved = [(t.direction, t.what) for t in log]
+    assert moved[:4] == [
+        ("to_device", "expression operand"),
+        ("to_host", "expression result"),  # read by np.hstack (host) too
+        ("to_device", "linear rows"),
+        ("to_host", "decision values"),
+    ], moved
+    # the linear head (probabilities) ran on the host: confidence and selection stay there too
+    assert "approximate scores" not in str(moved) and "selected positions" not in str(moved)
     expected = predict(model, *batch)
     assert out.dtype == expected.dtype and out.shape == expected.shape
     uncertain = calls[0][1]
@@ -689,6 +702,7 @@ def test_approximate_confidences_on_the_device_equal_the_host_ones():
 
     from willow.cascades.approximate import ApproximateModel
     from willow.cascades.outputs import OutputSpec
+    from willow.cascades.runtime import ServingRuntime
 
     rng = np.random.default_rng(13)
     X = rng.standard_normal((60, 4))
@@ -728,47 +742,13 @@ def test_approximate_confidences_on_the_device_equal_the_host_ones():
             assert [t.what for t in log if t.direction == "to_device"] == ["kernel output"]
             _same(rows, host_rows)
             _same(runtime.to_host(confidence), host_confidence)
-
-
-def test_cascade_confidence_and_threshold_on_the_device():
-    rng = np.random.default_rng(11)
-    cheap, costly = rng.normal(size=(400, 3)), rng.normal(size=(400, 12))
-    X = np.hstack([cheap * 2.0, _slow(costly)])
-    y = (X[:, :3].sum(1) + 0.2 * X[:, 3:].sum(1) > 0).astype(int)
-    model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(X, y)
-
-    def predict(model, cheap, costly):
-        a = cheap * 2.0
-        b = _slow(costly)
-        X = np.hstack([a, b])
-        return model.predict(X)
-
-    fast = willow.optimize(
-        predict,
-        device="cuda",
-        accuracy_target=0.9,
-        confidence=0.5,
-        random_state=0,
-        early_exit=False,
-        **_QUICK,
-    )
-    fast.calibrate(model, cheap, costly)
-    assert fast.plan_.cascade and fast._approximate._scores.device == "cuda"
-    batch = rng.normal(size=(40, 3)), rng.normal(size=(40, 12))
-    with runtime.count_transfers() as log:
-        out = fast(model, *batch)
-    moved = [(t.direction, t.what) for t in log]
-    # the approximate model's probabilities, confidences and threshold comparison stay on the
-    # device: its label positions and the uncertain rows' positions come back, nothing else of it
-    assert ("to_host", "approximate label positions") in moved and ("to_host", "selected positions") in moved
-    assert not {"approximate scores", "confidences", "approximate rows"} & {what for _, what in moved}
-    uncertain = next(t for t in log if t.what == "selected positions").shape[0]
-    assert 0 < uncertain < 40
-    features = batch[0] * 2.0
-    approx_rows, confidence = fast._approximate.predict_with_confidence(features)
-    expected = approx_rows.copy()
-    below = np.flatnonzero(~(confidence >= fast.plan_.threshold))
-    assert len(below) == uncertain
-    expected[below] = predict(model, batch[0][below], batch[1][below])
-    np.testing.assert_array_equal(out, expected)
-    assert out.dtype == predict(model, *batch).dtype
+            # the cascade's runtime: confidences and threshold on the device, positions back
+            serving = ServingRuntime(approx, spec, None, None, device="cuda")
+            threshold = float(np.median(host_confidence))
+            with runtime.count_transfers() as log:
+                rows, confidence = serving.approximate(batch)
+                uncertain = serving.rows_below(confidence, threshold)
+            assert [t.what for t in log if t.direction == "to_host"][-1] == "selected positions"
+            assert "confidences" not in [t.what for t in log]  # no copy of them either way
+            np.testing.assert_array_equal(uncertain, np.flatnonzero(~(host_confidence >= threshold)))
+            assert len(batch) == 1 or 0 < len(uncertain) < len(batch)

@@ -146,15 +146,18 @@ class ApproximateModel:
         scores run on the device, the probabilities or margins stay there (``output_device``),
         the confidence is computed there in the device's array module, and only the output rows
         come back to the host (the confidence is left on the device for
-        :func:`willow.gpu.selection.rows_below`). A kernel whose output head needs the host (a
-        linear classifier's probabilities) has its scores copied back over first; without a
-        device kernel this is :meth:`predict_with_confidence`."""
+        :func:`willow.gpu.selection.rows_below`). When the kernel's output head ran on the host (a
+        linear classifier's probabilities), or without a device kernel, this is
+        :meth:`predict_with_confidence`: the scores are on the host already, and sending them
+        back over to compute a confidence would cost a transfer to save none."""
         kernel = self._scores
         if getattr(kernel, "device", "cpu") != "cuda":
             return self.predict_with_confidence(X)
         from willow.gpu import runtime
 
-        scores = runtime.to_device(kernel.output_device(X), what="approximate scores")
+        scores = kernel.output_device(X)
+        if not runtime.is_device_array(scores):  # the head ran on the host: so does the rest
+            return self._rows_and_confidence(np.asarray(scores))
         rows, confidence = self._rows_and_confidence(scores, runtime.array_module(), runtime.to_host)
         return rows, runtime.computed(confidence)
 

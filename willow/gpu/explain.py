@@ -75,6 +75,7 @@ def device_lines(pipeline: Any) -> list[str]:
         lines.append(
             "  row selection: the cascade's uncertain rows on the device (willow/gpu/selection.py); "
             "only their positions come back (the confidences are computed on the device when the "
-            "approximate model's kernel runs there and its output head allows it)"
+            "approximate model's kernel runs there and its output head allows it; otherwise they "
+            "are computed and compared on the host)"
         )
     return lines

@@ -37,10 +37,13 @@ def _positions(xp: Any, rows: Any) -> np.ndarray:
 
 def rows_below(confidence: Any, threshold: float) -> np.ndarray:
     """Host positions of the rows whose ``confidence`` is not ``>= threshold`` (NaN included),
-    ascending: the rows the cascade's full pipeline must answer."""
+    ascending: the rows the cascade's full pipeline must answer. Confidences on the device are
+    compared there and only the positions come back; host confidences (an approximate model whose
+    output head runs on the host) are compared on the host, which costs less than sending them."""
+    if not runtime.is_device_array(confidence):  # a mask costs less than the transfer
+        return np.flatnonzero(~(np.asarray(confidence) >= threshold))
     xp = runtime.array_module()
-    values = runtime.to_device(confidence, what="confidences")  # no copy when they are there
-    return _positions(xp, xp.flatnonzero(~(values >= threshold)))
+    return _positions(xp, xp.flatnonzero(~(confidence >= threshold)))
 
 
 def top_positions(scores: Any, m: int) -> np.ndarray:
