@@ -508,7 +508,11 @@ def test_topk_approximate_scores_stay_on_the_device():
         )
         gpu = TopKRuntime(None, scorer, None, None, None, device="cuda")
         cpu = TopKRuntime(None, scorer, None, None, None, device="cpu")
-        approx = gpu.approximate_scores(batch)
+        with runtime.count_transfers() as log:  # rows over once, the candidates' positions back
+            approx = gpu.approximate_scores(batch)
+            chosen = gpu.candidates(approx, 5)
+        assert [(t.direction, t.shape) for t in log] == [("to_device", batch.shape), ("to_host", (5,))]
+        np.testing.assert_array_equal(chosen, cpu.candidates(cpu.approximate_scores(batch), 5))
         np.testing.assert_array_equal(approx, cpu.approximate_scores(batch))
         for m in (1, 5, len(batch), len(batch) + 3):
             np.testing.assert_array_equal(gpu.candidates(approx, m), cpu.candidates(approx, m))
