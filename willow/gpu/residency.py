@@ -96,10 +96,9 @@ def resident_variables(function: ast.AST, operators: dict[str, Any]) -> dict[str
             parent = parents.get(node)
             attribute = _ops_attribute(parent) if parent is not None else None
             operator = operators.get(attribute) if attribute else None
-            assert parent is None or attribute is None or isinstance(parent, ast.Call)
             if not (
-                attribute is not None
-                and node in parent.args  # type: ignore[union-attr]
+                isinstance(parent, ast.Call)
+                and node in parent.args
                 and _on_device(operator)
                 and getattr(operator, "device_inputs", False)
             ):
