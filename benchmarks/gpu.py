@@ -1,15 +1,30 @@
 """Benchmark: tree ensembles on the GPU (willow's CUDA kernels) against LightGBM and willow on the CPU.
 
     python -m benchmarks.gpu [--trees 500 --leaves 63 --features 100 --rows 1000000 --repeats 5]
+    python -m benchmarks.gpu --simulate      # no GPU: a tiny run under Numba's CUDA simulator
 
 Needs an NVIDIA GPU and CuPy (``pip install willow[gpu]``); it refuses, with the reason, anywhere
-else, Numba's CUDA simulator included (which runs the kernels on the CPU, for tests only).
+else, Numba's CUDA simulator included (which runs the kernels on the CPU, for tests only), unless
+``--simulate`` is given: then it turns the simulator on and runs every step end to end at a tiny
+size (defaults: 64 rows, 3 trees x 7 leaves, 8 features, 1 repeat), with NumPy standing in for
+CuPy. That run checks the benchmark's code, exactness and the transfers per call; its timings
+are the simulator's (Python threads per CUDA thread) and say nothing about GPU speed, and its
+JSON says so (``"mode"``).
 
 Reports, as medians of ``--repeats`` alternating runs: LightGBM's own ``predict`` (CPU), willow's
 CPU kernels and willow's CUDA kernel on ``--rows`` rows of a synthetic regression model, with the
 GPU time split into host -> device transfer (``to_device``), the kernel (``raw_device``) and
 device -> host (``to_host``), plus the end-to-end call; the CUDA kernel's first-call compile time;
 and exactness (the CUDA raw scores against LightGBM's and willow CPU's, max |difference|).
+Under ``chain``: a ``@willow.optimize(device="cuda")`` pipeline (an elementwise feature kernel
+feeding the tree kernel) called on ``--rows`` rows: the host <-> device copies one call makes
+(:func:`willow.gpu.runtime.count_transfers`: the features stay on the device between the two
+kernels, so one upload and one download), its median time, and whether it equals the original.
+Under ``cascades`` (``--cascades``; on by default on a GPU): the toxic and credit workloads
+(``benchmarks.toxic``/``benchmarks.credit``, ``--scale``) calibrated with ``device="cpu"`` and
+``device="cuda"``, each called on the test rows in alternation: median seconds per call, whether
+each plan cascades, the share of rows whose decision (label, or most probable class) is the
+original function's, and the transfers of one cuda call.
 Under ``selection``: top-K's choice of the best ``--k`` rows and a cascade's uncertain rows among
 ``--rows`` scores, NumPy on the host against :mod:`willow.gpu.selection` on scores already on the
 device (positions back to the host included; the scores' transfer timed apart as ``h2d``), and
@@ -22,6 +37,7 @@ here; the issue's target is trees >= 10x willow CPU at 10^6 rows, exact.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -124,6 +140,103 @@ def measure(trees: int, leaves: int, features: int, rows: int, repeats: int) -> 
     }
 
 
+def measure_chain(trees: int, leaves: int, features: int, rows: int, repeats: int) -> dict:
+    """A compiled ``device="cuda"`` pipeline whose features stay on the device between its
+    elementwise kernel and its tree kernel: transfers per call, median time, exactness."""
+    import lightgbm as lgb
+
+    import willow
+    from willow.gpu import runtime
+
+    X, y = _synthetic(rows, features, seed=1)
+    train_rows = min(rows, 100_000)
+    params = dict(objective="regression", num_leaves=leaves, verbose=-1, min_data_in_leaf=5)
+    booster = lgb.train(params, lgb.Dataset(X[:train_rows] * 0.5, y[:train_rows]), num_boost_round=trees)
+
+    def predict(X):
+        features = X * 0.5
+        return booster.predict(features)
+
+    # cascade=False: the compiled pipeline only, so the targets just size the calibration split
+    options = dict(cascade=False, accuracy_target=0.8, confidence=0.5, cost_repeats=1, require_faster=False)
+    fast = willow.optimize(predict, device="cuda", **options)
+    fast.calibrate(_synthetic(120, features, seed=2)[0])
+    with runtime.count_transfers() as log:
+        got = fast(X)
+    seconds = _median_seconds(lambda: fast(X), repeats, runtime.synchronize)
+    return {
+        "pipeline": "features = X * 0.5; booster.predict(features)",
+        "rows": rows,
+        "transfers_per_call": [
+            {"direction": t.direction, "what": t.what, "shape": list(t.shape), "bytes": t.nbytes} for t in log
+        ],
+        "median_seconds": seconds,
+        "equals_original": bool(np.array_equal(got, predict(X))),
+        "on_cuda": "on cuda" in fast.explain(),
+    }
+
+
+def measure_cascades(names: tuple[str, ...], scale: str, repeats: int) -> dict:
+    """The toxic and credit workloads end to end with ``device="cpu"`` and ``device="cuda"``."""
+    import importlib
+    import warnings
+
+    from willow.gpu import runtime
+
+    # the smoke scale's few hundred calibration rows cannot prove the default 0.99 target
+    targets = {"accuracy_target": 0.9, "confidence": 0.5} if scale == "smoke" else {}
+    results: dict[str, Any] = {}
+    for name in names:
+        prepared = importlib.import_module(f"benchmarks.{name}").prepare(scale)
+        rows, model = prepared.test_rows, prepared.model
+        pipelines = {}
+        for device in ("cpu", "cuda"):
+            fast = prepared.make_pipeline(
+                device=device, random_state=0, **targets, **prepared.optimize_options
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast.calibrate(
+                    model, prepared.calibration_rows, y=prepared.calibration_labels, progress=False
+                )
+                fast.wait_compiled()
+            pipelines[device] = fast
+        original = pipelines["cpu"].__wrapped__
+        expected = np.asarray(original(model, rows))
+        with runtime.count_transfers() as log:
+            on_cuda = np.asarray(pipelines["cuda"](model, rows))
+        calls = {"original": functools.partial(original, model, rows)}
+        calls.update({device: functools.partial(fast, model, rows) for device, fast in pipelines.items()})
+        times: dict[str, list[float]] = {variant: [] for variant in calls}
+        for _ in range(repeats):  # alternate, so every variant sees the same machine load
+            for variant, call in calls.items():
+                times[variant].append(_median_seconds(call, 1, runtime.synchronize))
+        agreement = {
+            device: float(np.mean(_rows_equal(np.asarray(calls[device]()), expected))) for device in pipelines
+        }
+        results[name] = {
+            "rows": len(rows),
+            "median_seconds": {k: float(np.median(v)) for k, v in times.items()},
+            "cascade": {device: bool(fast.plan_.cascade) for device, fast in pipelines.items()},
+            "decision_agreement_with_original": agreement,
+            "cuda_equals_cpu": bool(np.array_equal(on_cuda, np.asarray(pipelines["cpu"](model, rows)))),
+            "transfers_per_cuda_call": len(log),
+            "bytes_per_cuda_call": int(sum(t.nbytes for t in log)),
+            "cuda_nodes": [
+                line.strip() for line in pipelines["cuda"].explain().splitlines() if "on cuda" in line
+            ][:8],
+        }
+    return results
+
+
+def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the same decision: the same label, or the same most probable class (a cascade
+    answers confident rows with its approximate model's probabilities, never the same numbers)."""
+    if a.dtype.kind in "fc" and a.ndim == 2:
+        return np.argmax(a, axis=1) == np.argmax(b, axis=1)
+    return np.isclose(a, b, rtol=1e-9, atol=1e-12) if a.dtype.kind in "fc" else a == b
+
+
 def measure_selection(rows: int, k: int, repeats: int, seed: int = 0) -> dict:
     """Time top-K's selection of the ``k`` best of ``rows`` scores (many ties, 1% NaN) and a
     cascade's uncertain rows: NumPy on the host against :mod:`willow.gpu.selection` on scores
@@ -163,24 +276,73 @@ def measure_selection(rows: int, k: int, repeats: int, seed: int = 0) -> dict:
     }
 
 
+SIMULATED_SIZES = {"trees": 3, "leaves": 7, "features": 8, "rows": 64, "repeats": 1, "k": 5}
+GPU_SIZES = {"trees": 500, "leaves": 63, "features": 100, "rows": 1_000_000, "repeats": 5, "k": 100}
+SIMULATED = (
+    "simulator: Numba's CUDA simulator ran the kernels on the CPU with NumPy arrays; exactness and "
+    "transfer counts hold, timings say nothing about GPU speed"
+)
+
+
+def enable_simulator() -> str | None:
+    """Turn Numba's CUDA simulator on for this process; why not, when ``numba.cuda`` was already
+    imported with the real driver (the choice is made at that import)."""
+    if "numba.cuda" in sys.modules:
+        from willow.gpu import runtime
+
+        return None if runtime.simulator_active() else "numba.cuda was imported before --simulate could apply"
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config
+
+    config.reload_config()
+    import numba.cuda  # noqa: F401 - the simulator, from here on
+
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark and print its JSON; exits with status 2 and the reason without a GPU."""
+    """Run the benchmark and print its JSON; exits with status 2 and the reason without a GPU
+    (unless ``--simulate``)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trees", type=int, default=500)
-    parser.add_argument("--leaves", type=int, default=63)
-    parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--k", type=int, default=100, help="top-K's K for the selection timing")
+    parser.add_argument("--trees", type=int)
+    parser.add_argument("--leaves", type=int)
+    parser.add_argument("--features", type=int)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--k", type=int, help="top-K's K for the selection timing")
+    parser.add_argument(
+        "--cascades",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the toxic and credit cascades with device cpu vs cuda (default: on a GPU only)",
+    )
+    parser.add_argument(
+        "--scale", default=None, help="the cascades' workload size (default: quick; smoke simulated)"
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run under Numba's CUDA simulator at a tiny size (no GPU; timings mean nothing)",
+    )
     args = parser.parse_args(argv)
-    reason = refusal()
+    defaults = SIMULATED_SIZES if args.simulate else GPU_SIZES
+    size = {
+        name: default if getattr(args, name) is None else getattr(args, name)
+        for name, default in defaults.items()
+    }
+    reason = enable_simulator() if args.simulate else refusal()
     if reason is not None:
         print(reason, file=sys.stderr)
         raise SystemExit(2)
-    result = measure(args.trees, args.leaves, args.features, args.rows, args.repeats)
-    result["selection"] = measure_selection(args.rows, args.k, args.repeats)
+    shape = (size["trees"], size["leaves"], size["features"], size["rows"], size["repeats"])
+    result = {"mode": SIMULATED if args.simulate else "gpu", **measure(*shape)}
+    result["chain"] = measure_chain(*shape)
+    result["selection"] = measure_selection(size["rows"], size["k"], size["repeats"])
+    if args.cascades if args.cascades is not None else not args.simulate:
+        scale = args.scale or ("smoke" if args.simulate else "quick")
+        result["cascades"] = measure_cascades(("toxic", "credit"), scale, size["repeats"])
     print(json.dumps(result, indent=1), flush=True)
     return result
 

@@ -154,3 +154,38 @@ def test_topk_approximate_scores_stay_on_the_gpu():
         on_device = scorer.scores_on_device(rows)
         assert type(on_device).__module__.startswith("cupy")  # only the candidates come back
         np.testing.assert_allclose(runtime.to_host(on_device), scorer.scores(rows), rtol=1e-12, atol=1e-12)
+
+
+def test_device_chain_and_cascade_confidences_on_the_gpu():
+    import lightgbm as lgb
+
+    import willow
+    from willow.cascades.approximate import ApproximateModel
+    from willow.cascades.outputs import OutputSpec
+    from willow.compiler.lowering import lower
+    from willow.gpu.device import use_device
+
+    X, signal = _data(4_000, 5)
+    model = lgb.LGBMClassifier(n_estimators=20, num_leaves=15, verbose=-1).fit(X * 2.0, signal > 0)
+
+    def predict(X):
+        features = X * 2.0
+        return model.predict_proba(features)
+
+    options = dict(cascade=False, cost_repeats=1, importance_repeats=1, require_faster=False)
+    fast = willow.optimize(predict, device="cuda", accuracy_target=0.8, confidence=0.5, **options)
+    fast.calibrate(X[:2_000])
+    with runtime.count_transfers() as log:  # the features stay on the GPU between the kernels
+        got = fast(X)
+    assert [t.direction for t in log] == ["to_device", "to_host"], log
+    np.testing.assert_allclose(got, predict(X), rtol=1e-12, atol=1e-15)
+    # the approximate model's confidences computed with CuPy equal the host ones
+    spec = OutputSpec.from_output("predict_proba", model.predict_proba(X), model)
+    approx = ApproximateModel(model, spec)
+    with use_device("cuda"):
+        assert approx.compile(lower, X[:500] * 2.0) == ""
+    rows, confidence = approx.predict_with_confidence_on_device(X * 2.0)
+    assert type(confidence).__module__.startswith("cupy")
+    host_rows, host_confidence = approx.predict_with_confidence(X * 2.0)
+    np.testing.assert_allclose(rows, host_rows, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(runtime.to_host(confidence), host_confidence, rtol=1e-12, atol=1e-15)

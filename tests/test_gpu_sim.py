@@ -213,7 +213,24 @@ def test_optimize_device_cuda_end_to_end(monkeypatch):
     fast.calibrate(X[:120])
     rows = _rows(X)
     np.testing.assert_allclose(fast(rows), predict(rows), rtol=1e-12, atol=1e-15)
+    # the features stay on the device between the elementwise and the tree kernel: one upload of
+    # X, one download of the raw scores, per call (1 row too)
+    fast.wait_compiled()  # a kernel compiled in the background would swap the serving function
+    for batch in (rows, rows[5:6]):
+        with runtime.count_transfers() as log:
+            got = fast(batch)
+        assert [(t.direction, t.what, t.shape) for t in log] == [
+            ("to_device", "expression operand", batch.shape),
+            ("to_host", "raw scores", (len(batch), 1)),
+        ], (log, fast.generated_source_, fast.explain())
+        np.testing.assert_allclose(got, predict(batch), rtol=1e-12, atol=1e-15)
+    frame = pd.DataFrame(rows, columns=list("abcde"))  # a frame runs the host expression
+    np.testing.assert_allclose(fast(frame), predict(frame), rtol=1e-12, atol=1e-15)
+    for run in (fast, predict):  # 0 rows: the library's own refusal
+        with pytest.raises(ValueError, match="0 sample"):
+            run(rows[:0])
     report = fast.explain()
+    assert "kept on the device between device nodes: features (from _willow.ops.features_expr)" in report
     assert "LGBMClassifier.predict_proba on cuda" in report
     assert "On the device: _willow.ops." in report and "(cuda)" in report
     assert "@cuda.jit" in report and "def kernel(X, out):" in report
@@ -254,6 +271,18 @@ def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
     # the selection timing's code path, with NumPy as the device (its timings mean nothing here)
     selection = bench.measure_selection(rows=500, k=7, repeats=1)
     assert selection["topk_equal"] and selection["rows_below_equal"] and selection["k"] == 7
+    # --simulate: every step end to end at a tiny size, labelled as a simulator run
+    result = bench.main(["--simulate", "--rows", "24", "--trees", "2", "--features", "5"])
+    assert result["mode"].startswith("simulator") and "say nothing about GPU speed" in result["mode"]
+    assert result["gpu_equals_willow_cpu"] and result["max_abs_diff_gpu_vs_lightgbm"] == 0.0
+    chain = result["chain"]
+    assert chain["equals_original"] and chain["on_cuda"]
+    assert [(t["direction"], t["shape"]) for t in chain["transfers_per_call"]] == [
+        ("to_device", [24, 5]),
+        ("to_host", [24, 1]),
+    ]
+    assert result["selection"]["topk_equal"] and result["selection"]["rows_below_equal"]
+    capsys.readouterr()
     monkeypatch.setattr(runtime, "simulator_active", lambda: False)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert "pip install willow[gpu]" in bench.refusal()
@@ -336,7 +365,7 @@ def test_device_selection_equals_the_cpu_selection():
                 ):
                     np.testing.assert_array_equal(got_part, expected_part)
         for threshold in (0.5, 2.0, np.inf):
-            got = gpu_cascade.rows_below(scores, threshold)
+            got = gpu_cascade.rows_below(runtime.to_device(scores), threshold)
             np.testing.assert_array_equal(got, cpu_cascade.rows_below(scores, threshold))
             assert got.dtype == np.intp
 
@@ -360,7 +389,7 @@ def test_device_selection_equals_the_cpu_selection():
     np.testing.assert_array_equal(selection.top_positions(ties, 4), [0, 1, 2, 3])
     nan_first = np.array([np.nan, 1.0, np.nan, 2.0])
     np.testing.assert_array_equal(selection.top_positions(nan_first, 3), [3, 1, 0])
-    np.testing.assert_array_equal(gpu_cascade.rows_below(nan_first, 1.5), [0, 1, 2])
+    np.testing.assert_array_equal(gpu_cascade.rows_below(runtime.to_device(nan_first), 1.5), [0, 1, 2])
     # the runtimes take the pipeline's device from the lowering context by default
     with use_device("cuda"):
         assert TopKRuntime(None, None, None, None, None).device == "cuda"
@@ -480,7 +509,11 @@ def test_topk_approximate_scores_stay_on_the_device():
         )
         gpu = TopKRuntime(None, scorer, None, None, None, device="cuda")
         cpu = TopKRuntime(None, scorer, None, None, None, device="cpu")
-        approx = gpu.approximate_scores(batch)
+        with runtime.count_transfers() as log:  # rows over once, the candidates' positions back
+            approx = gpu.approximate_scores(batch)
+            chosen = gpu.candidates(approx, 5)
+        assert [(t.direction, t.shape) for t in log] == [("to_device", batch.shape), ("to_host", (5,))]
+        np.testing.assert_array_equal(chosen, cpu.candidates(cpu.approximate_scores(batch), 5))
         np.testing.assert_array_equal(approx, cpu.approximate_scores(batch))
         for m in (1, 5, len(batch), len(batch) + 3):
             np.testing.assert_array_equal(gpu.candidates(approx, m), cpu.candidates(approx, m))
@@ -490,6 +523,14 @@ def _slow(x):
     for _ in range(30):
         x = np.tanh(x) * 1.01
     return x
+
+
+def _cheap_and_costly(model, cheap, costly):
+    """A cascade's pipeline: cheap features (an elementwise kernel) and costly ones (Python)."""
+    a = cheap * 1.0
+    b = _slow(costly)
+    X = np.hstack([a, b])
+    return model.predict(X)
 
 
 def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
@@ -502,12 +543,7 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
     X = np.hstack([cheap, _slow(costly)])
     model = LogisticRegression().fit(X, (X[:, :3].sum(1) + 0.2 * X[:, 3:].sum(1) > 0).astype(int))
 
-    def predict(model, cheap, costly):
-        a = cheap * 1.0
-        b = _slow(costly)
-        X = np.hstack([a, b])
-        return model.predict(X)
-
+    predict = _cheap_and_costly
     fast = willow.optimize(
         predict, device="cuda", accuracy_target=0.9, confidence=0.5, random_state=0, **_QUICK
     )
@@ -524,8 +560,18 @@ def test_cascade_selects_uncertain_rows_on_the_device(monkeypatch):
 
     monkeypatch.setattr(selection, "rows_below", spy)
     batch = rng.normal(size=(40, 3)), rng.normal(size=(40, 12))
-    out = fast(model, *batch)
+    with runtime.count_transfers() as log:
+        out = fast(model, *batch)
     assert len(calls) == 1 and calls[0][0] == 40
+    moved = [(t.direction, t.what) for t in log]
+    assert moved[:4] == [
+        ("to_device", "expression operand"),
+        ("to_host", "expression result"),  # read by np.hstack (host) too
+        ("to_device", "linear rows"),
+        ("to_host", "decision values"),
+    ], moved
+    # the linear head (probabilities) ran on the host: confidence and selection stay there too
+    assert "approximate scores" not in str(moved) and "selected positions" not in str(moved)
     expected = predict(model, *batch)
     assert out.dtype == expected.dtype and out.shape == expected.shape
     uncertain = calls[0][1]
@@ -552,3 +598,162 @@ def test_background_work_runs_on_the_pipelines_device():
     thread.start()
     thread.join()
     assert seen == ["cuda", "done"] and runtime.current_device() == "cpu"
+
+
+def test_resident_variables_only_between_device_operators():
+    import ast
+
+    from willow.compiler.compile_pass import Operators
+    from willow.gpu.residency import KeepOnDevice, resident_operators, resident_variables
+
+    class Op:
+        def __init__(self, device="cuda", device_inputs=True):
+            self.device, self.device_inputs, self.name = device, device_inputs, "op"
+
+        def __call__(self, *args):
+            return "host"
+
+        def output_device(self, *args):
+            return "device"
+
+    ops = {
+        "feat": Op(device_inputs=False),
+        "feat2": Op(device_inputs=False),
+        "model": Op(),
+        "cpu_model": Op(device="cpu"),
+        "strict": Op(device_inputs=False),
+    }
+    source = """
+def f(X, Y):
+    a = _willow.ops.feat(X)          # read by the device model only: stays on the device
+    b = _willow.ops.feat2(X)         # also read by a host statement
+    c = _willow.ops.feat(Y)          # feat is also called for a host value: not wrapped
+    d = _willow.ops.feat2(Y)         # read by a device operator that takes host rows only
+    e = _willow.ops.feat2(Y)         # read by a CPU operator
+    n = np.hstack([b, c])
+    s = _willow.ops.strict(d) + _willow.ops.cpu_model(e)
+    return _willow.ops.model(a, n) + _willow.ops.model(b) + _willow.ops.model(s)
+"""
+    function = ast.parse(source)
+    assert resident_variables(function, ops) == {"a": {"feat"}}  # b and c: np.hstack, d, e: see above
+    served = resident_operators(function, Operators(ops))
+    assert not isinstance(served.feat, KeepOnDevice)  # feat(Y) assigns the host variable c
+    lone = ast.parse("def f(X):\n    a = _willow.ops.feat(X)\n    return _willow.ops.model(a)\n")
+    served = resident_operators(lone, Operators(ops))
+    assert isinstance(served.feat, KeepOnDevice) and served.feat(1) == "device"
+    assert served.model is ops["model"] and served.feat.name == "op"
+    for host_read in (
+        "    return a",  # returned to the caller
+        "    g = lambda: a\n    return _willow.ops.model(g())",  # captured
+        "    return _willow.ops.model(*[a])",  # not a plain positional argument
+        "    a, b = a, 1\n    return _willow.ops.model(a)",  # assigned another way
+        "    return _willow.ops.model(a, _willow.take_rows(a, [0], 1))",
+    ):
+        body = f"def f(X):\n    a = _willow.ops.feat(X)\n{host_read}\n"
+        assert resident_variables(ast.parse(body), ops) == {}, host_read
+        assert resident_operators(ast.parse(body), Operators(ops)).feat is ops["feat"]
+    assert resident_operators(lone, None) is None
+
+
+def test_device_rows_are_read_where_they_are():
+    from sklearn.linear_model import LogisticRegression
+
+    from willow.gpu.linear import lower_linear_model_cuda
+
+    X, signal = _data(200, 12)
+    dense = np.nan_to_num(X)
+    booster = lgb.LGBMRegressor(n_estimators=3, num_leaves=4, min_child_samples=5, verbose=-1).fit(X, signal)
+    forest = RandomForestRegressor(n_estimators=2, max_depth=3, random_state=0).fit(X, signal)
+    logistic = LogisticRegression().fit(dense, signal > 0)
+    rows = _rows(X)
+    for operator, batch, uploads, downloads in (
+        (lower_tree_model_cuda(booster, "predict"), rows, [], ["raw scores"]),
+        # scikit-learn's own validation (float32 rounding) runs on the host: rows come back
+        (
+            lower_tree_model_cuda(forest, "predict"),
+            rows,
+            ["tree rows"],
+            ["device rows for the library's host checks", "raw scores"],
+        ),
+        (
+            lower_linear_model_cuda(logistic, "predict_proba"),
+            dense[:24],
+            [],
+            ["finiteness check (one value)", "decision values"],
+        ),
+    ):
+        on_device = runtime.to_device(batch)
+        assert runtime.is_device_array(on_device) and not runtime.is_device_array(batch)
+        with runtime.count_transfers() as log:
+            got = operator(on_device)
+        assert [t.what for t in log if t.direction == "to_device"] == uploads
+        assert [t.what for t in log if t.direction == "to_host"] == downloads
+        np.testing.assert_array_equal(got, operator(batch))
+        assert not runtime.is_device_array(got)
+    linear = lower_linear_model_cuda(logistic, "predict")
+    bad = runtime.to_device(rows)  # NaN: checked on the device, refused on the host as sklearn does
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        linear(bad)
+    with pytest.raises(ValueError, match="features"):  # the wrong width, from the host check
+        linear(runtime.to_device(dense[:5, :3]))
+    ints = runtime.to_device(np.arange(15).reshape(3, 5))  # converted on the device as on the host
+    np.testing.assert_array_equal(
+        lower_tree_model_cuda(booster, "predict")(ints), booster.predict(np.arange(15.0).reshape(3, 5))
+    )
+
+
+def test_approximate_confidences_on_the_device_equal_the_host_ones():
+    from sklearn.linear_model import LogisticRegression
+
+    from willow.cascades.approximate import ApproximateModel
+    from willow.cascades.outputs import OutputSpec
+    from willow.cascades.runtime import ServingRuntime
+
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((60, 4))
+    labels = np.digitize(X[:, 0] + X[:, 1], [-0.5, 0.5])
+    two = LogisticRegression().fit(X, labels > 0)
+    three = LogisticRegression().fit(X, labels)
+
+    class DeviceKernel:  # a compiled scores kernel whose output stays on the device
+        device = "cuda"
+
+        def __init__(self, method):
+            self.method = method
+
+        def __call__(self, X):
+            return self.method(X)
+
+        def output_device(self, X):
+            return runtime.to_device(self.method(X), what="kernel output")
+
+    cases = []
+    for model in (two, three):
+        for method in ("predict", "predict_proba", "decision_function"):
+            spec = OutputSpec.from_output(method, getattr(model, method)(X), model)
+            cases.append((model, spec))
+    proba_spec = OutputSpec.from_output("predict_proba", two.predict_proba(X), two)
+    cases.append((two, OutputSpec(**{**proba_spec.__dict__, "margin_column": 1, "margin_threshold": 0.3})))
+    for model, spec in cases:
+        approx = ApproximateModel(model, spec)
+        approx._scores = DeviceKernel(getattr(model, approx.score_method))
+        for batch in (X, X[:1]):
+            host_rows, host_confidence = approx.predict_with_confidence(batch)
+            with runtime.count_transfers() as log:
+                rows, confidence = approx.predict_with_confidence_on_device(batch)
+            assert runtime.is_device_array(confidence) and not runtime.is_device_array(rows)
+            downloads = [t.what for t in log if t.direction == "to_host"]
+            assert downloads in (["approximate rows"], ["approximate label positions"]), downloads
+            assert [t.what for t in log if t.direction == "to_device"] == ["kernel output"]
+            _same(rows, host_rows)
+            _same(runtime.to_host(confidence), host_confidence)
+            # the cascade's runtime: confidences and threshold on the device, positions back
+            serving = ServingRuntime(approx, spec, None, None, device="cuda")
+            threshold = float(np.median(host_confidence))
+            with runtime.count_transfers() as log:
+                rows, confidence = serving.approximate(batch)
+                uncertain = serving.rows_below(confidence, threshold)
+            assert [t.what for t in log if t.direction == "to_host"][-1] == "selected positions"
+            assert "confidences" not in [t.what for t in log]  # no copy of them either way
+            np.testing.assert_array_equal(uncertain, np.flatnonzero(~(host_confidence >= threshold)))
+            assert len(batch) == 1 or 0 < len(uncertain) < len(batch)

@@ -141,42 +141,67 @@ class ApproximateModel:
         method = self._scores or getattr(self.estimator_, self.score_method)
         return self._rows_and_confidence(np.asarray(method(X)))
 
-    def _rows_and_confidence(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows, confidence = self._default_rows_and_confidence(scores)
+    def predict_with_confidence_on_device(self, X: Any) -> tuple[np.ndarray, Any]:
+        """:meth:`predict_with_confidence` for serving a ``device="cuda"`` cascade: when the compiled
+        scores run on the device, the probabilities or margins stay there (``output_device``),
+        the confidence is computed there in the device's array module, and only the output rows
+        come back to the host (the confidence is left on the device for
+        :func:`willow.gpu.selection.rows_below`). When the kernel's output head ran on the host (a
+        linear classifier's probabilities), or without a device kernel, this is
+        :meth:`predict_with_confidence`: the scores are on the host already, and sending them
+        back over to compute a confidence would cost a transfer to save none."""
+        kernel = self._scores
+        if getattr(kernel, "device", "cpu") != "cuda":
+            return self.predict_with_confidence(X)
+        from willow.gpu import runtime
+
+        scores = kernel.output_device(X)
+        if not runtime.is_device_array(scores):  # the head ran on the host: so does the rest
+            return self._rows_and_confidence(np.asarray(scores))
+        rows, confidence = self._rows_and_confidence(scores, runtime.array_module(), runtime.to_host)
+        return rows, runtime.computed(confidence)
+
+    def _rows_and_confidence(self, scores: Any, xp: Any = np, to_host: Any = None) -> tuple[np.ndarray, Any]:
+        """Output rows (on the host) and confidence (in ``xp``, the module of ``scores``) from the
+        estimator's scores; ``to_host(array, what)`` brings ``xp`` arrays back (``None``: NumPy)."""
+        rows, labels, confidence = self._default_rows_and_confidence(scores, xp)
+        if labels is not None:  # the classes are a host array: the label positions come back
+            positions = labels if to_host is None else to_host(labels, "approximate label positions")
+            rows = self.classes_[positions].astype(self.output_.dtype, copy=False)
         threshold = getattr(self.output_, "margin_threshold", None)
         if threshold is not None:
+            on = np if labels is not None else xp
             column = self.output_.margin_column
-            values = np.asarray(rows if column is None else rows[:, column], dtype=np.float64)
-            confidence = np.abs(values - threshold)
+            values = on.asarray(rows if column is None else rows[:, column], dtype=on.float64)
+            confidence = on.abs(values - threshold)
+        if labels is None and to_host is not None:
+            rows = to_host(rows, "approximate rows")
         return rows, confidence
 
-    def _default_rows_and_confidence(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _default_rows_and_confidence(self, scores: Any, xp: Any) -> tuple[Any, Any, Any]:
+        """``(rows, None, confidence)``, or ``(None, label positions, confidence)`` when the rows
+        are labels (``classes_[positions]``), all in ``xp``."""
         if self.output_.method == "decision_function":
             decision = scores.astype(self.output_.dtype, copy=False)
             if decision.ndim == 1:
-                return decision, np.abs(decision)
-            top2 = np.sort(decision, axis=1)[:, -2:]
-            return decision, top2[:, 1] - top2[:, 0]
+                return decision, None, xp.abs(decision)
+            top2 = xp.sort(decision, axis=1)[:, -2:]
+            return decision, None, top2[:, 1] - top2[:, 0]
         if self._has_proba:
             proba = scores
-            best = np.argmax(proba, axis=1)
-            confidence = proba[np.arange(len(proba)), best]
+            best = xp.argmax(proba, axis=1)
+            confidence = proba[xp.arange(proba.shape[0]), best]
             if self._column_map is not None:
                 assert self.output_.n_columns is not None
-                rows = np.zeros((len(proba), self.output_.n_columns), dtype=self.output_.dtype)
-                rows[:, self._column_map] = proba
-                return rows, confidence
-            labels = self.classes_[best]
-        else:
-            decision = scores
-            if decision.ndim == 1:
-                labels = self.classes_[(decision > 0).astype(np.intp)]
-                confidence = np.abs(decision)
-            else:
-                top2 = np.sort(decision, axis=1)[:, -2:]
-                labels = self.classes_[np.argmax(decision, axis=1)]
-                confidence = top2[:, 1] - top2[:, 0]
-        return labels.astype(self.output_.dtype, copy=False), confidence
+                rows = xp.zeros((proba.shape[0], self.output_.n_columns), dtype=self.output_.dtype)
+                rows[:, xp.asarray(self._column_map)] = proba
+                return rows, None, confidence
+            return None, best, confidence
+        decision = scores
+        if decision.ndim == 1:
+            return None, (decision > 0).astype(xp.intp), xp.abs(decision)
+        top2 = xp.sort(decision, axis=1)[:, -2:]
+        return None, xp.argmax(decision, axis=1), top2[:, 1] - top2[:, 0]
 
     def __repr__(self) -> str:
         return f"ApproximateModel({self.estimator_!r})"

@@ -59,6 +59,7 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, interleaved_seconds, median_seconds, profile_costs
 from willow.compiler.speed_gate import GATE_REPEATS, GATE_ROUNDS, measure_speed
 from willow.errors import UnsupportedPipelineError
+from willow.gpu.residency import resident_operators
 from willow.rows import n_rows, take_rows
 
 __all__ = [
@@ -879,6 +880,7 @@ def build_cascade(
         )
     else:
         func_ast = build_compiled_source(graph, exprs, fused)
+    runtime.ops = resident_operators(func_ast, runtime.ops)  # device values between device nodes
     function, source = materialize(func_ast, fn, runtime, graph.function_name)
     return with_original_errors(function, original), source
 

@@ -199,8 +199,11 @@ class ServingRuntime:
         return distinct.pop()
 
     def approximate(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The approximate model's output rows and confidence on every row."""
+        """The approximate model's output rows and confidence on every row (with ``device="cuda"``
+        the confidence stays on the device when the approximate model's kernel runs there)."""
         assert self.approximate_model is not None
+        if self.device == "cuda":
+            return self.approximate_model.predict_with_confidence_on_device(features)
         return self.approximate_model.predict_with_confidence(features)
 
     def approximate_text(self, texts: Any) -> tuple[np.ndarray, np.ndarray]:

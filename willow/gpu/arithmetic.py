@@ -172,7 +172,7 @@ class CudaExpressionOperator:
         self._fallback = _fallback(expression, node, namespace)
         # fitted tables cross to the device once; a call's keys and arrays cross per call
         self._tables = {
-            op.slot: (op.lookup.values, runtime.to_device(op.lookup.values))
+            op.slot: (op.lookup.values, runtime.to_device(op.lookup.values, what="lookup table"))
             for op in expression.operands
             if op.lookup is not None
         }
@@ -189,38 +189,53 @@ class CudaExpressionOperator:
                 host, device = self._tables[op.slot]
                 values = args[position + 1]
                 moved += [
-                    runtime.to_device(args[position]),
-                    device if values is host else runtime.to_device(values),
+                    runtime.to_device(args[position], what="lookup keys"),
+                    device if values is host else runtime.to_device(values, what="lookup table"),
                 ]
                 position += 2
                 if op.lookup.left_width:
-                    moved.append(runtime.to_device(args[position]))
+                    moved.append(runtime.to_device(args[position], what="lookup operand"))
                     position += 1
             elif op.ndim == 0:
                 moved.append(args[position])
                 position += 1
             else:
-                moved.append(runtime.to_device(args[position]))
+                moved.append(runtime.to_device(args[position], what="expression operand"))
                 position += 1
         assert position == len(args)
         return moved
 
-    def __call__(self, *values: Any) -> Any:
+    device_inputs = False  # operands are checked on the host (dtype, shape, a Series' index)
+
+    def _run(self, values: tuple[Any, ...]) -> tuple[Any, Any]:
+        """``(host result, None)`` when the kernel does not apply (the original expression ran, or
+        0 rows), else ``(prepared host buffer, device result)``."""
         prepared = self._prepare(*values)
         if prepared is None:
-            return self._fallback(*values)
+            return self._fallback(*values), None
         out, n, width, *args = prepared
         if n == 0:
-            return out
-        xp = runtime.array_module()
-        device_out = xp.empty(out.shape, dtype=out.dtype)
+            return out, None
+        device_out = runtime.empty(out.shape, out.dtype)
         threads = runtime.threads_per_block()
         with _quiet():
             self._kernel[(n + threads - 1) // threads, threads](
                 device_out, n, width, *self._device_arguments(args)
             )
-        out[...] = runtime.to_host(device_out)  # numpy's memory order, kept from prepare
+        return out, device_out
+
+    def __call__(self, *values: Any) -> Any:
+        out, device_out = self._run(values)
+        if device_out is not None:
+            out[...] = runtime.to_host(device_out, "expression result")  # numpy's memory order
         return out
+
+    def output_device(self, *values: Any) -> Any:
+        """What a call returns, left on the device (C order) when the kernel computed it: for a
+        device operator that reads it next (:mod:`willow.gpu.residency`). Calls the kernel does
+        not apply to return the host result, which the next operator copies over itself."""
+        out, device_out = self._run(values)
+        return out if device_out is None else device_out
 
 
 def compile_expression_cuda(

@@ -19,6 +19,21 @@ def _where(operator: Any) -> str:
     return getattr(operator, "device", "cpu")
 
 
+def _resident(pipeline: Any) -> list[str]:
+    """The serving function's operators whose output stays on the device: the analysis of
+    :mod:`willow.gpu.residency` run again on the generated source."""
+    import ast
+
+    from willow.gpu.residency import resident_variables
+
+    source = getattr(pipeline, "generated_source_", None)
+    compilation = pipeline.__dict__.get("_compilation")
+    if not source or compilation is None:
+        return []
+    found = resident_variables(ast.parse(source), dict(compilation.operators.__dict__))
+    return sorted(f"{name} (from _willow.ops.{', '.join(sorted(ops))})" for name, ops in found.items())
+
+
 def device_lines(pipeline: Any) -> list[str]:
     """The "Devices" section of ``pipeline.explain()`` (empty unless ``pipeline.device == "cuda"``)."""
     if getattr(pipeline, "device", "cpu") != "cuda":
@@ -47,6 +62,9 @@ def device_lines(pipeline: Any) -> list[str]:
         else:
             runs = f"{_where(kernel)} ({kernel.name})"
         lines.append(f"  approximate model: {runs}")
+    resident = _resident(pipeline)
+    if resident:
+        lines.append(f"  kept on the device between device nodes: {', '.join(resident)}")
     if pipeline.query == "topk":
         lines.append(
             "  row selection: top-K's candidates on the device (willow/gpu/selection.py); the "
@@ -56,7 +74,8 @@ def device_lines(pipeline: Any) -> list[str]:
     elif getattr(getattr(pipeline, "plan_", None), "cascade", False):
         lines.append(
             "  row selection: the cascade's uncertain rows on the device (willow/gpu/selection.py); "
-            "only their positions come back (the confidences come from the approximate model's "
-            "output head, on the host)"
+            "only their positions come back (the confidences are computed on the device when the "
+            "approximate model's kernel runs there and its output head allows it; otherwise they "
+            "are computed and compared on the host)"
         )
     return lines

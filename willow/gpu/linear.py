@@ -60,16 +60,15 @@ class CudaLinearOperator:
         self._kernel = load_generated_module(self.source, "cuda_linear").dense_linear_scores
         self._head = getattr(cpu_kernels(self.spec)[0], self.spec.head)
         self._sparse = lower_linear_model(model, method)  # CSR rows stay on the CPU
-        self._coef_t = runtime.to_device(self.spec.coef_t)
-        self._intercept = runtime.to_device(self.spec.intercept)
+        self._coef_t = runtime.to_device(self.spec.coef_t, what="coefficients")
+        self._intercept = runtime.to_device(self.spec.intercept, what="intercepts")
 
     def __repr__(self) -> str:
         return f"CudaLinearOperator({self.name!r})"
 
     def scores_device(self, rows: Any) -> Any:
         """Decision values (rows, outputs) of C-ordered float64 device rows, left on the device."""
-        xp = runtime.array_module()
-        scores = xp.empty((rows.shape[0], self.spec.coef_t.shape[1]), dtype=xp.float64)
+        scores = runtime.empty((rows.shape[0], self.spec.coef_t.shape[1]), np.float64)
         threads = runtime.threads_per_block()
         self._kernel[(rows.shape[0] + threads - 1) // threads, threads](
             rows, self._coef_t, self._intercept, scores
@@ -82,17 +81,38 @@ class CudaLinearOperator:
         X = inputs[0]
         if sp.issparse(X):
             return self._sparse(X)
-        rows = runtime.to_device(validated_rows(self.spec, X))
-        scores = runtime.to_host(self.scores_device(rows))
+        scores = runtime.to_host(self.scores_device(self.rows_device(X)), "decision values")
         return finish_output(self.spec, self._head(scores))
+
+    device_inputs = True  # see rows_device
+
+    def rows_device(self, X: Any) -> Any:
+        """Dense rows ``X`` validated as scikit-learn validates them, as float64 device rows.
+
+        Rows already on the device (another device operator's output, see
+        :mod:`willow.gpu.residency`) are checked there: shape on the host, finiteness by one
+        reduction whose single value comes back; rows that fail come back to the host, where
+        :func:`~willow.compiler.lowering.linear.validated_rows` raises scikit-learn's error."""
+        if runtime.is_device_array(X):
+            if (
+                X.ndim == 2
+                and X.shape[0] > 0
+                and X.shape[1] == self.spec.n_features
+                and X.dtype.kind in "fiub"
+            ):
+                rows = runtime.to_device(X, np.float64)
+                finite = runtime.array_module().isfinite(rows).all()
+                if bool(runtime.to_host(finite, "finiteness check (one value)")):
+                    return rows
+            X = runtime.to_host(X, "device rows for scikit-learn's host checks")
+        return runtime.to_device(validated_rows(self.spec, X), what="linear rows")
 
     def output_device(self, X: Any) -> Any:
         """What a call returns, left on the device for models whose head is the identity
         (regressors; top-K selects among it there); the others' heads run on the host."""
         if sp.issparse(X) or self.spec.head != "identity":
             return self(X)
-        scores = self.scores_device(runtime.to_device(validated_rows(self.spec, X)))
-        return finish_output(self.spec, scores)
+        return finish_output(self.spec, self.scores_device(self.rows_device(X)))
 
 
 def lower_linear_model_cuda(model: Any, method: str) -> CudaLinearOperator:

@@ -15,10 +15,15 @@ each other's).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
+
+import numpy as np
 
 from willow.errors import DeviceUnavailableError
 
@@ -31,6 +36,12 @@ __all__ = [
     "array_module",
     "to_device",
     "to_host",
+    "is_device_array",
+    "empty",
+    "computed",
+    "SimulatedDeviceArray",
+    "Transfer",
+    "count_transfers",
     "synchronize",
     "threads_per_block",
     "finish_where_it_is",
@@ -112,26 +123,111 @@ def threads_per_block() -> int:
 def array_module() -> ModuleType:
     """``cupy`` on a real GPU, ``numpy`` under the simulator: what device arrays are made with."""
     if simulator_active():
-        import numpy
-
-        return numpy
+        return np
     import cupy
 
     return cupy
 
 
-def to_device(array: Any, dtype: Any = None) -> Any:
-    """``array`` as a C-contiguous device array (of ``dtype`` when given: converted on the device,
-    after the transfer, so a float32 array crosses the bus at half the size)."""
+class SimulatedDeviceArray(np.ndarray):
+    """A NumPy array that stands for a device array under the simulator.
+
+    :func:`to_device` returns one, so a device operator can tell an array already "on the device"
+    (the output of another device operator, left there) from a host array it must copy over, as
+    it tells a CuPy array from a NumPy one on a GPU; :func:`to_host` returns a plain ``ndarray``.
+    NumPy keeps the subclass through ufuncs and slicing; functions that drop it (``np.asarray``)
+    give host-looking arrays, which is harmless: the mark only avoids a copy.
+    """
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One copy between host and device: ``direction`` is ``"to_device"`` or ``"to_host"``,
+    ``what`` the caller's name for the array (``"tree rows"``, ``"uncertain rows"``...)."""
+
+    direction: str
+    what: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+_transfers: contextvars.ContextVar[list[Transfer] | None] = contextvars.ContextVar(
+    "willow_transfers", default=None
+)
+
+
+@contextlib.contextmanager
+def count_transfers() -> Iterator[list[Transfer]]:
+    """Record every host <-> device copy :func:`to_device` and :func:`to_host` make inside the
+    ``with`` block (in this context: this thread or task) in the list it yields. Tests read it to
+    check that a chain of device operators moves its inputs over once and its result back once;
+    outside such a block nothing is recorded."""
+    log: list[Transfer] = []
+    token = _transfers.set(log)
+    try:
+        yield log
+    finally:
+        _transfers.reset(token)
+
+
+def _record(direction: str, what: str, array: Any) -> None:
+    log = _transfers.get()
+    if log is not None:
+        log.append(Transfer(direction, what, tuple(array.shape), int(array.nbytes)))
+
+
+def is_device_array(array: Any) -> bool:
+    """Whether ``array`` is on the device already: a CuPy array on a GPU, a
+    :class:`SimulatedDeviceArray` under the simulator."""
+    if isinstance(array, SimulatedDeviceArray):
+        return True
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(array, cupy.ndarray)
+
+
+def empty(shape: Any, dtype: Any) -> Any:
+    """An uninitialised device array (marked as one under the simulator: see
+    :class:`SimulatedDeviceArray`)."""
     xp = array_module()
-    moved = xp.ascontiguousarray(xp.asarray(array))
-    return moved if dtype is None or moved.dtype == dtype else moved.astype(dtype)
+    out = xp.empty(shape, dtype=dtype)
+    return out.view(SimulatedDeviceArray) if xp is np else out
 
 
-def to_host(array: Any) -> Any:
-    """A device array back as a NumPy array."""
+def computed(array: Any) -> Any:
+    """``array``, computed in the device's array module from device arrays, marked as the device
+    array it is: CuPy's results are device arrays already; NumPy functions standing in for them
+    under the simulator (``np.asarray``, ``np.zeros``) drop the :class:`SimulatedDeviceArray` mark."""
+    if simulator_active() and isinstance(array, np.ndarray):
+        return array.view(SimulatedDeviceArray)
+    return array
+
+
+def to_device(array: Any, dtype: Any = None, what: str = "array") -> Any:
+    """``array`` as a C-contiguous device array (of ``dtype`` when given: converted on the device,
+    after the transfer, so a float32 array crosses the bus at half the size). An array on the
+    device already is not copied over (only made contiguous / converted there); a copy that is
+    made is recorded as ``what`` (see :func:`count_transfers`)."""
+    xp = array_module()
+    if is_device_array(array):
+        moved = xp.ascontiguousarray(array)
+    else:
+        host = np.asarray(array)
+        _record("to_device", what, host)
+        moved = xp.ascontiguousarray(xp.asarray(host))
+        if xp is np:  # the simulator: a copy, marked as a device array
+            moved = np.array(moved, copy=True).view(SimulatedDeviceArray)
+    if dtype is not None and moved.dtype != dtype:
+        moved = moved.astype(dtype)
+    if xp is np and not isinstance(moved, SimulatedDeviceArray):
+        moved = moved.view(SimulatedDeviceArray)
+    return moved
+
+
+def to_host(array: Any, what: str = "array") -> np.ndarray:
+    """A device array back as a NumPy array (recorded as ``what``, see :func:`count_transfers`)."""
+    _record("to_host", what, array)
     if simulator_active():
-        return array
+        return np.asarray(array).view(np.ndarray)
     import cupy
 
     return cupy.asnumpy(array)
@@ -150,8 +246,11 @@ def finish_where_it_is(finish: Any, array: Any) -> Any:
     sigmoid, labels) works on device arrays, which CuPy's NumPy protocols give for most; a head
     that needs a host array (CuPy refuses implicit conversion with a ``TypeError``) gets one."""
     try:
-        return finish(array)
+        result = finish(array)
     except TypeError:
         if simulator_active():  # the "device" array is a host array: that error is the head's own
             raise
-        return finish(to_host(array))
+        return finish(to_host(array, "scores for a host output head"))
+    if simulator_active() and type(result) is np.ndarray:
+        result = result.view(SimulatedDeviceArray)  # CuPy's head would have given a device array
+    return result

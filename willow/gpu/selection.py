@@ -32,15 +32,18 @@ __all__ = ["rows_below", "top_positions", "sorted_top_positions"]
 
 def _positions(xp: Any, rows: Any) -> np.ndarray:
     """Device positions as a host ``intp`` array (what the CPU selection returns)."""
-    return np.asarray(runtime.to_host(rows), dtype=np.intp)
+    return np.asarray(runtime.to_host(rows, "selected positions"), dtype=np.intp)
 
 
 def rows_below(confidence: Any, threshold: float) -> np.ndarray:
     """Host positions of the rows whose ``confidence`` is not ``>= threshold`` (NaN included),
-    ascending: the rows the cascade's full pipeline must answer."""
+    ascending: the rows the cascade's full pipeline must answer. Confidences on the device are
+    compared there and only the positions come back; host confidences (an approximate model whose
+    output head runs on the host) are compared on the host, which costs less than sending them."""
+    if not runtime.is_device_array(confidence):  # a mask costs less than the transfer
+        return np.flatnonzero(~(np.asarray(confidence) >= threshold))
     xp = runtime.array_module()
-    values = xp.asarray(confidence)
-    return _positions(xp, xp.flatnonzero(~(values >= threshold)))
+    return _positions(xp, xp.flatnonzero(~(confidence >= threshold)))
 
 
 def top_positions(scores: Any, m: int) -> np.ndarray:

@@ -95,6 +95,12 @@ class CudaTreeOperator:
     ``source``, call) and adds ``device = "cuda"``, :meth:`to_device` (host conversion and the
     transfer), :meth:`raw_device` (the kernel; the result stays on the device), :meth:`raw` and
     :meth:`output_device` (a call's result, left on the device).
+
+    ``device_inputs``: whether a call takes rows already on the device (another device operator's
+    output, see :mod:`willow.gpu.residency`) without a round trip through the host. True for
+    LightGBM, whose host conversion of a numeric array is only a cast to float64 (done on the
+    device instead); for scikit-learn's ensembles the host conversion is the estimator's own
+    validation (float32 rounding, its NaN rules), so device rows come back to run it.
     """
 
     device = "cuda"
@@ -116,18 +122,33 @@ class CudaTreeOperator:
         self._finish = finish
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self._divisor = float(ensemble.divisor)
+        self.device_inputs = name.startswith(("LGBM", "Booster")) and not ensemble.float32_input
 
     def __repr__(self) -> str:
         return f"CudaTreeOperator({self.name!r}, trees={len(self.ensemble.trees)})"
 
     def to_device(self, X: Any) -> Any:
-        """``X`` converted as the library converts it (on the host), then on the device as float64."""
-        return runtime.to_device(self._prepare(X), np.float64)
+        """``X`` converted as the library converts it (on the host), then on the device as float64.
+
+        Rows already on the device stay there when the host conversion would only cast them
+        (:attr:`device_inputs`; a 2-D numeric array of 1+ rows and the model's width); any other
+        device array comes back to the host for the library's own checks and errors."""
+        if runtime.is_device_array(X):
+            if (
+                self.device_inputs
+                and X.ndim == 2
+                and X.shape[0] > 0
+                and X.shape[1] == self.ensemble.n_features
+                and X.dtype.kind in "fiub"
+            ):
+                return runtime.to_device(X, np.float64)
+            X = runtime.to_host(X, "device rows for the library's host checks")
+        return runtime.to_device(self._prepare(X), np.float64, "tree rows")
 
     def raw_device(self, rows: Any) -> Any:
         """Raw scores (rows, outputs) of device rows from :meth:`to_device`, left on the device."""
         xp = runtime.array_module()
-        out = xp.empty((rows.shape[0], self.ensemble.n_outputs), dtype=xp.float64)
+        out = runtime.empty((rows.shape[0], self.ensemble.n_outputs), np.float64)
         out[:] = xp.asarray(self._base)
         if rows.shape[0]:
             threads = runtime.threads_per_block()
@@ -138,7 +159,7 @@ class CudaTreeOperator:
 
     def raw(self, X: Any) -> np.ndarray:
         """Summed leaf values plus base score, divided by the divisor, as a host array."""
-        return runtime.to_host(self.raw_device(self.to_device(X)))
+        return runtime.to_host(self.raw_device(self.to_device(X)), "raw scores")
 
     def __call__(self, *inputs: Any) -> Any:
         if len(inputs) != 1:

@@ -51,6 +51,7 @@ from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile, median_seconds, profile_costs
 from willow.errors import CalibrationError
+from willow.gpu.residency import resident_operators
 from willow.rows import permute_rows, take_rows
 from willow.topk.approximate import ApproximateScorer
 from willow.topk.codegen import build_topk_source
@@ -595,4 +596,5 @@ def build_topk(
         from_call,
         approximate.fused and fused is not None,
     )
+    runtime.ops = resident_operators(source, runtime.ops)  # device values between device nodes
     return materialize(source, fn, runtime, f"{graph.function_name} top-k")
