@@ -20,6 +20,7 @@ from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibra
 from willow.errors import CalibrationError
 
 TARGET = 0.9
+SMALL = {"n_estimators": 3, "num_leaves": 4, "learning_rate": 0.3}  # a cheap model that is unsure often
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,9 @@ def _expected(cascade: DistilledCascade, model, X) -> tuple[np.ndarray, np.ndarr
 @pytest.mark.parametrize(("name", "kind"), [("binary", "logistic"), ("multiclass", "lightgbm")])
 def test_cheap_model_first_meets_its_proof_and_matches_the_libraries(models, name, kind):
     model = models[name]
-    cascade = calibrate_distilled(model, _data(2400, 31)[0], accuracy_target=TARGET, kinds=(kind,))
+    cascade = calibrate_distilled(
+        model, _data(2400, 31)[0], accuracy_target=TARGET, kinds=(kind,), lightgbm_size=SMALL
+    )
     plan = cascade.plan
     assert plan.kind == kind and not plan.exact and plan.lower_bound >= TARGET, plan.table()
     assert 0.0 < plan.exit_fraction < 1.0
@@ -108,12 +111,13 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
     """The planner calibrates both model cascades; with the staged one refused here, cheap model
     first serves, and survives save/load and pickling with the same labels."""
     import willow
-    from willow.early_exit import planner
+    from willow.early_exit import distilled, planner
 
     def refused(*args, **kwargs):
         raise CalibrationError("refused by the test")
 
     monkeypatch.setattr(planner, "_calibrate", refused)
+    monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)  # fewer trees to compile
     model = models["multiclass"]
     pipeline = willow.optimize(model_pipeline, accuracy_target=TARGET, require_faster=False, early_exit=True)
     pipeline.calibrate(model, _data(2400, 36)[0])

@@ -6,8 +6,10 @@ is trained to imitate the full model's labels, never the ground truth:
 
 * ``"logistic"``: a standardized ``LogisticRegression``, served as one matrix product with the
   scaling folded into its weights (rows with a missing value always go to the full model);
-* ``"lightgbm"``: a small ``LGBMClassifier`` (:data:`LIGHTGBM_SIZE`), served by willow's
-  compiled tree kernels (its raw scores).
+* ``"lightgbm"``: a small LightGBM (:data:`LIGHTGBM_SIZE`), served by willow's compiled tree
+  kernels (its raw scores): for two classes an ``LGBMRegressor`` fitted to the full model's raw
+  score (soft targets: it learns how sure the full model is, not only its label), otherwise an
+  ``LGBMClassifier`` fitted to its labels.
 
 A row's margin is ``|score|`` (binary) or the gap between the two largest scores (multiclass,
 :func:`~willow.early_exit.staged.margins`); rows at or above the tuned threshold take the cheap
@@ -46,9 +48,11 @@ __all__ = ["DistilledPlan", "DistilledCascade", "calibrate_distilled", "KINDS", 
 
 KINDS = ("logistic", "lightgbm")
 #: The small LightGBM's size: trees, leaves per tree, learning rate.
-LIGHTGBM_SIZE = {"n_estimators": 24, "num_leaves": 15, "learning_rate": 0.3}
+LIGHTGBM_SIZE = {"n_estimators": 40, "num_leaves": 15, "learning_rate": 0.2}
 #: Fewest rows the cheap model is fitted on.
 MIN_FIT_ROWS = 20
+#: Synthetic variants of each fit row the full model labels for the cheap one (:func:`augmented`).
+AUGMENT = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +141,7 @@ class _Cheap:
             self.weights = np.ascontiguousarray(weights, dtype=np.float64)
             self.intercept = np.asarray(intercept, dtype=np.float64)
         else:
-            self.operator = lower_tree_model(cheap, "raw")
+            self.operator = lower_tree_model(cheap, "raw" if hasattr(cheap, "classes_") else "predict")
 
     def __call__(self, data: np.ndarray) -> np.ndarray:
         if self.kind == "logistic":
@@ -243,16 +247,61 @@ def _fit_logistic(
     return weights, bias
 
 
-def _fit_lightgbm(data: np.ndarray, y: np.ndarray, n_labels: int, seed: int | None) -> Any:
-    from lightgbm import LGBMClassifier
+def _teacher(model: Any) -> Any:
+    """The full model's raw scores (n, outputs) on prepared rows, compiled: its decision is
+    ``score > 0`` (one output) or the arg-max (probabilities, for a forest)."""
+    for method in ("raw", "decision_function", "predict_proba"):
+        try:
+            operator = lower_tree_model(model, method)
+        except NotLowerable:
+            continue
+        if method != "predict_proba":
+            return lambda data, op=operator: np.asarray(op(data), dtype=np.float64).reshape(len(data), -1)
 
+        def log_odds(data: np.ndarray, op: Any = operator) -> np.ndarray:
+            p = np.clip(np.asarray(op(data), dtype=np.float64), 1e-9, 1 - 1e-9)
+            return np.log(p[:, 1:] / p[:, :1]) if p.shape[1] == 2 else p
+
+        return log_odds
+    raise NotLowerable(f"cheap model first: no raw scores for {type(model).__name__}.")
+
+
+def augmented(data: np.ndarray, copies: int, seed: int | None, swap: float = 0.3) -> np.ndarray:
+    """``data`` and ``copies`` synthetic variants of it: each variant row takes, per feature with
+    probability ``swap``, that feature's value from another random row (swap noise: every value
+    stays one the data holds, so categories and missing values stay valid). The full model
+    labels them, so the cheap model learns its boundary from more rows than were given."""
+    rng = np.random.default_rng(seed)
+    parts = [data]
+    for _ in range(copies):
+        other = data[rng.integers(0, len(data), len(data))]
+        parts.append(np.where(rng.random(data.shape) < swap, other, data))
+    return np.vstack(parts)
+
+
+def _fit_lightgbm(
+    data: np.ndarray,
+    y: np.ndarray,
+    n_labels: int,
+    seed: int | None,
+    raw: np.ndarray | None = None,
+    size: dict[str, Any] | None = None,
+) -> Any:
+    """The small LightGBM: a regressor on ``raw`` (the full model's raw scores) for two labels,
+    else a classifier on the label indices ``y``."""
+    from lightgbm import LGBMClassifier, LGBMRegressor
+
+    if n_labels == 2 and raw is not None and len(data) >= MIN_FIT_ROWS:
+        return LGBMRegressor(
+            **(size or LIGHTGBM_SIZE), min_child_samples=5, verbose=-1, random_state=seed or 0
+        ).fit(data, raw)
     present = np.unique(y)
     if len(data) < MIN_FIT_ROWS or len(present) != n_labels:
         raise CalibrationError(
             f"cheap model first (lightgbm): the {len(data)} fit rows show {len(present)} of the "
             f"model's {n_labels} labels; it needs {MIN_FIT_ROWS} rows showing every label"
         )
-    cheap = LGBMClassifier(**LIGHTGBM_SIZE, min_child_samples=5, verbose=-1, random_state=seed or 0)
+    cheap = LGBMClassifier(**(size or LIGHTGBM_SIZE), min_child_samples=5, verbose=-1, random_state=seed or 0)
     return cheap.fit(data, y)
 
 
@@ -270,11 +319,13 @@ def calibrate_distilled(
     full: Any = None,
     pass_probability: float = 0.8,
     repeats: int = 3,
+    lightgbm_size: dict[str, Any] | None = None,
 ) -> DistilledCascade:
     """Calibrate cheap model first for ``model.predict`` on the rows of ``X`` (see the module doc).
 
     ``fit_fraction`` of the tune rows fit the cheap models, the rest tune their thresholds;
-    ``kinds`` (of :data:`KINDS`) are the cheap models tried; ``full``: the compiled full
+    ``kinds`` (of :data:`KINDS`) are the cheap models tried (``lightgbm_size``: the small
+    LightGBM's parameters, default :data:`LIGHTGBM_SIZE`); ``full``: the compiled full
     ensemble (compiled here when not given). Raises :class:`CalibrationError` when the target
     is 1.0 (cheap answers are never provably identical), the holdout part is too small to prove
     it, no kind has a threshold that qualifies, or the chosen plan misses its holdout proof;
@@ -312,15 +363,20 @@ def calibrate_distilled(
     order = np.random.default_rng(random_state).permutation(len(tune))
     cut = int(round(len(tune) * fit_fraction))
     fit, check = order[:cut], order[cut:]
+    teacher = _teacher(model)
+    fit_data = augmented(data[fit], AUGMENT, random_state) if len(fit) else data[fit]
+    fit_raw = teacher(fit_data) if len(fit) else np.empty((0, 1))
+    fit_target = decisions(fit_raw) if len(fit) else target[fit]
     rate_level = 1.0 - 0.1 / len(kinds)
     built, notes = {}, []
     for kind in kinds:
         try:
             if kind == "logistic":
-                weights, intercept = _fit_logistic(data[fit], target[fit], len(labels), random_state)
+                weights, intercept = _fit_logistic(fit_data, fit_target, len(labels), random_state)
                 cheap, fitted = _Cheap(kind, weights, intercept), None
             else:
-                fitted = _fit_lightgbm(data[fit], target[fit], len(labels), random_state)
+                raw = fit_raw[:, 0] if fit_raw.shape[1] == 1 else None
+                fitted = _fit_lightgbm(fit_data, fit_target, len(labels), random_state, raw, lightgbm_size)
                 weights = intercept = None
                 cheap = _Cheap(kind, cheap=fitted)
         except CalibrationError as exc:
