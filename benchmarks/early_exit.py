@@ -30,6 +30,13 @@ average of ~14 from other processes, so read the ratios, measured side by side, 
 
 At 0.99 on the 500 x 63 model 43% of the test rows left after 20 trees, 27% after 35, 16%
 after 65, 7% after 125, 5% after 250 and 2% ran all 500. Exact exits start after ~375 trees.
+
+Below 1.0 each target also reports **cheap model first** (:func:`willow.early_exit.
+calibrate_distilled`: a distilled logistic regression or small LightGBM in front of the ensemble,
+proven on the same holdout half). Rerun on the same machine, 2026-12-03 18:49-19:07 UTC, load
+~10 (``--targets 1.0 0.99``): 500 x 63 exact 1.08x (437 trees per row), 0.99 staged **5.15x**
+(59.4 trees per row, test agreement 0.9944, holdout bound 0.9920), 0.99 cheap model first 1.94x
+(LightGBM 40 x 15 answering 58.5% of test rows, agreement 0.9946, bound 0.9935).
 """
 
 from __future__ import annotations
