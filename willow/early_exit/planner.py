@@ -16,8 +16,8 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   small LightGBM on every feature, its "I don't know" rows to the full ensemble; its own
   tune/holdout split and proof) and, when both qualify, the one whose pipeline measured fastest
   on the calibration call serves;
-* a feature cascade serves: three plans (four with cheap model first, below 1.0) are compared on the calibration rows, measured side by
-  side (:func:`choose_plan`): the feature cascade as calibrated, the *combined* plan (the same
+* a feature cascade serves: three plans (four with cheap model first, below 1.0) are compared
+  on the calibration rows, measured side by side (:func:`choose_plan`): the feature cascade as calibrated, the *combined* plan (the same
   feature cascade, whose uncertain rows go to a model cascade with exact exits only, calibrated
   on the rows that reach the full model: its outputs are the feature cascade's, so the feature
   cascade's holdout proof still holds, and this is checked on the calibration rows), and the
