@@ -17,13 +17,13 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   tune/holdout split and proof) and, when both qualify, the one whose pipeline measured fastest
   on the calibration call serves;
 * a feature cascade serves: three plans (four with cheap model first, below 1.0) are compared
-  on the calibration rows, measured side by side (:func:`choose_plan`): the feature cascade as calibrated, the *combined* plan (the same
-  feature cascade, whose uncertain rows go to a model cascade with exact exits only, calibrated
-  on the rows that reach the full model: its outputs are the feature cascade's, so the feature
-  cascade's holdout proof still holds, and this is checked on the calibration rows), and the
-  model cascade alone (calibrated on every row at the target, as above), and cheap model first
-  alone (likewise; below a target of 1.0 only). The cheapest serves if
-  it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
+  on the calibration rows, measured side by side (:func:`choose_plan`): the feature cascade as
+  calibrated, the *combined* plan (the same feature cascade, whose uncertain rows go to a model
+  cascade with exact exits only, calibrated on the rows that reach the full model: its outputs
+  are the feature cascade's, so the feature cascade's holdout proof still holds, and this is
+  checked on the calibration rows), the model cascade alone (calibrated on every row at the
+  target, as above) and cheap model first alone (likewise; below a target of 1.0 only). The
+  cheapest serves if it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
   serves the combined plan. With ``require_faster``, a candidate is not built when the cost
   estimates say it could not be that much faster even skipping every tree
   (:func:`_could_pay_off`), nor kept when its model cascade measured under :data:`MIN_SPEEDUP`
