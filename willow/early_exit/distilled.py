@@ -41,6 +41,7 @@ from willow.cascades.threshold import tune_threshold
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import SMALL_BATCH_ROWS, lower_tree_model
 from willow.compiler.profiling import interleaved_seconds
+from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import decisions, margins
 from willow.errors import CalibrationError
 from willow.rows import n_rows, take_rows
@@ -91,12 +92,8 @@ class DistilledPlan:
     #: never exact: the cheap model's answers are proven at the target, not identical
     exact = False
 
-    @property
-    def expected_speedup(self) -> float | None:
-        """Full ensemble over the cascade's seconds per row, measured on the tune rows."""
-        if not self.seconds_per_row or self.full_seconds_per_row is None:
-            return None
-        return self.full_seconds_per_row / self.seconds_per_row
+    #: full ensemble over the cascade's seconds per row, measured on the tune rows
+    expected_speedup = EarlyExitPlan.expected_speedup
 
     def describe_cheap(self) -> str:
         if self.kind == "logistic":
