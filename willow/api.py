@@ -785,7 +785,8 @@ def optimize(
         full ensemble: ``"exact"`` (default) exits a row only where the remaining trees cannot
         change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
         ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
-        cascade); ``False`` never.
+        cascade), and also tries a distilled cheap model first (:mod:`willow.early_exit.distilled`),
+        serving whichever measured fastest; ``False`` never.
     options : all of the above as one :class:`willow.options.Options` (checked when built), in
         place of the keyword arguments: pass one or the other.
     """

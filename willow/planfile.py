@@ -80,6 +80,7 @@ DATACLASSES = (
     "willow.compiler.profiling:GroupCost",
     "willow.topk.plan:TopKPlan",
     "willow.early_exit.plan:EarlyExitPlan",
+    "willow.early_exit.distilled:DistilledPlan",
     "willow.topk.plan:RatioRow",
     "willow.topk.plan:TopKCandidate",
     "willow.topk.scores:ScoreSpec",

@@ -4,10 +4,22 @@
 row leave once its decision is settled (exactly, by the remaining trees' leaf-value bounds, or
 approximately, by a tuned margin); :mod:`~willow.early_exit.calibrate` chooses the stages, tunes
 the thresholds and proves the plan on holdout rows; :mod:`~willow.early_exit.plan` is the result.
+:mod:`~willow.early_exit.distilled` is the other model cascade: a distilled cheap model first,
+whose "I don't know" rows go to the full ensemble.
 """
 
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
+from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import StagedTreeModel, stage_tree_model
 
-__all__ = ["EarlyExitPlan", "ModelCascade", "StagedTreeModel", "calibrate_early_exit", "stage_tree_model"]
+__all__ = [
+    "DistilledCascade",
+    "DistilledPlan",
+    "EarlyExitPlan",
+    "ModelCascade",
+    "StagedTreeModel",
+    "calibrate_distilled",
+    "calibrate_early_exit",
+    "stage_tree_model",
+]

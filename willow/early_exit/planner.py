@@ -10,14 +10,20 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   Clopper-Pearson proof, exact mode at ``accuracy_target=1.0``) and, when it measured at least
   :data:`MIN_SPEEDUP` times as fast as the full ensemble (or ``require_faster=False``), serves
   the compiled pipeline with the model's operator swapped for the
-  :class:`~willow.early_exit.calibrate.ModelCascade`;
-* a feature cascade serves: three plans are compared on the calibration rows, measured side by
-  side (:func:`choose_plan`): the feature cascade as calibrated, the *combined* plan (the same
-  feature cascade, whose uncertain rows go to a model cascade with exact exits only, calibrated
-  on the rows that reach the full model: its outputs are the feature cascade's, so the feature
-  cascade's holdout proof still holds, and this is checked on the calibration rows), and the
-  model cascade alone (calibrated on every row at the target, as above). The cheapest serves if
-  it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
+  :class:`~willow.early_exit.calibrate.ModelCascade`. Below a target of 1.0 with margin exits
+  (``early_exit=True``), *cheap model first* is calibrated too
+  (:func:`~willow.early_exit.distilled.calibrate_distilled`: a distilled logistic regression or
+  small LightGBM on every feature, its "I don't know" rows to the full ensemble; its own
+  tune/holdout split and proof) and, when both qualify, the one whose pipeline measured fastest
+  on the calibration call serves;
+* a feature cascade serves: three plans (four with cheap model first, below 1.0) are compared
+  on the calibration rows, measured side by side (:func:`choose_plan`): the feature cascade as
+  calibrated, the *combined* plan (the same feature cascade, whose uncertain rows go to a model
+  cascade with exact exits only, calibrated on the rows that reach the full model: its outputs
+  are the feature cascade's, so the feature cascade's holdout proof still holds, and this is
+  checked on the calibration rows), the model cascade alone (calibrated on every row at the
+  target, as above) and cheap model first alone (likewise; below a target of 1.0 only). The
+  cheapest serves if it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
   serves the combined plan. With ``require_faster``, a candidate is not built when the cost
   estimates say it could not be that much faster even skipping every tree
   (:func:`_could_pay_off`), nor kept when its model cascade measured under :data:`MIN_SPEEDUP`
@@ -35,6 +41,7 @@ from typing import Any
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
+from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import stage_tree_model
 from willow.errors import CalibrationError
@@ -57,6 +64,8 @@ METHODS = ("predict", "predict_proba", "decision_function")
 MIN_SPEEDUP = 1.2
 #: Fewest calibration rows reaching the full model behind a feature cascade for a combined plan.
 MIN_COMBINED_ROWS = 20
+#: The candidate name of cheap model first (:mod:`willow.early_exit.distilled`).
+CHEAP = "cheap model first"
 
 
 class _Recorder:
@@ -167,24 +176,81 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     inputs = _recorded(result, fn, arguments, model, cascade=False)
     if len(inputs) != 1:
         return result
+    served: dict[str, Any] = {}
+    notes = []
     try:
         cascade = _calibrate(model, method, inputs[0], target, options)
+        plan = cascade.plan
+        if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
+            notes.append(
+                f"A model cascade (staged early exit) was calibrated but measured "
+                f"{plan.expected_speedup:.2f}x the full ensemble's speed ({plan.seconds_per_row * 1e6:.2f} vs "
+                f"{plan.full_seconds_per_row * 1e6:.2f} us/row), under the {MIN_SPEEDUP}x it must show, "
+                "so the compiled pipeline serves (require_faster=False serves it anyway)."
+            )
+        else:
+            served["model cascade"] = cascade
     except (CalibrationError, NotLowerable) as exc:
-        return _noted(result, f"No model cascade either: {exc}")
-    plan = cascade.plan
-    if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
-        return _noted(
-            result,
-            f"A model cascade (staged early exit) was calibrated but measured {plan.expected_speedup:.2f}x "
-            f"the full ensemble's speed ({plan.seconds_per_row * 1e6:.2f} vs "
-            f"{plan.full_seconds_per_row * 1e6:.2f} us/row), under the {MIN_SPEEDUP}x it must show, "
-            "so the compiled pipeline serves (require_faster=False serves it anyway).",
+        notes.append(f"No model cascade either: {exc}")
+    if target < 1.0:  # cheap answers are proven at the target, never identical
+        full = getattr(compilation.operators, node.attribute)
+        try:
+            served[CHEAP] = _fast_enough(
+                _calibrate_cheap(model, method, inputs[0], target, options, full), options
+            )
+        except (CalibrationError, NotLowerable) as exc:
+            notes.append(f"No cheap model first: {str(exc).rstrip('.')}.")
+    if not served:
+        return _noted(result, " ".join(notes))
+    chosen = next(iter(served))
+    if len(served) > 1:
+        chosen, compared = _cheapest(
+            {name: _with_cascade(result, fn, c, feature_cascade=False) for name, c in served.items()},
+            arguments,
+            options,
         )
-    note = (
-        f"Instead, a model cascade inside {plan.model} serves: staged early exit after "
-        f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
+        notes.append(compared)
+    plan = served[chosen].plan
+    if chosen == CHEAP:
+        note = f"Instead, {plan.describe_cheap()} answers first in front of {plan.model} (see below)."
+    else:
+        note = (
+            f"Instead, a model cascade inside {plan.model} serves: staged early exit after "
+            f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
+        )
+    return _with_cascade(_noted(result, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
+
+
+def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
+    """The candidate results whose serving function measured fastest on the calibration call
+    (side by side), and a note with the measured costs."""
+    from willow.cascades.calibration import call_with, count_row_inputs
+    from willow.compiler.profiling import interleaved_seconds
+
+    names = list(candidates)
+    measured = interleaved_seconds(
+        [lambda c=candidates[name]: call_with(c.function.__wrapped__, arguments) for name in names],
+        max(3, options.cost_repeats),
     )
-    return _with_cascade(_noted(result, note), fn, cascade, feature_cascade=False)
+    rows = max(count_row_inputs(next(iter(candidates.values())).compilation.graph, arguments), 1)
+    costs = ", ".join(f"{name} {s / rows * 1e6:.2f}" for name, s in zip(names, measured))
+    return names[int(min(range(len(names)), key=lambda i: measured[i]))], f"Compared (us/row): {costs}."
+
+
+def _calibrate_cheap(
+    model: Any, method: str, X: Any, target: float, options: Any, full: Any
+) -> DistilledCascade:
+    """Cheap model first (:mod:`willow.early_exit.distilled`) for ``model.method`` calibrated on
+    ``X``, its uncertain rows answered by ``full`` (the compiled full ensemble)."""
+    return calibrate_distilled(
+        model,
+        X,
+        method=method,
+        accuracy_target=target,
+        confidence=options.confidence,
+        random_state=options.random_state,
+        full=full,
+    )
 
 
 def _calibrate(
@@ -217,7 +283,7 @@ def _with_cascade(result: Any, fn: Any, cascade: ModelCascade, feature_cascade: 
     return replace(result, function=function, source=source, compilation=swapped)
 
 
-def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
+def _without_feature_cascade(result: Any, cascade: Any) -> Any:
     """``result`` whose feature cascade is dropped for the model cascade alone (the plan now says
     "no cascade" and carries the model cascade's holdout figures)."""
     early = cascade.plan
@@ -238,15 +304,20 @@ def _without_feature_cascade(result: Any, cascade: ModelCascade) -> Any:
     return replace(result, plan=plan, approximate=None, layout=None)
 
 
-def _fast_enough(cascade: ModelCascade, options: Any) -> ModelCascade:
-    """``cascade``, if it measured :data:`MIN_SPEEDUP` times as fast as the full ensemble on its
+def _fast_enough(cascade: Any, options: Any) -> Any:
+    """``cascade`` (a :class:`ModelCascade` or :class:`DistilledCascade`), if it measured :data:`MIN_SPEEDUP` times as fast as the full ensemble on its
     tune rows (or ``require_faster=False``): a plan containing it can only be that much faster
     than the plan without it if it is. Raises :class:`CalibrationError` otherwise."""
     plan = cascade.plan
     if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
+        how = (
+            f"{plan.exit_fraction:.0%} of rows answered by the cheap model"
+            if isinstance(plan, DistilledPlan)
+            else f"{plan.trees_per_row:.0f} of {plan.n_trees} trees per row"
+        )
         raise CalibrationError(
-            f"its staged early exit measured {plan.expected_speedup or 0.0:.2f}x the full ensemble "
-            f"({plan.trees_per_row:.0f} of {plan.n_trees} trees per row)"
+            f"{'it' if isinstance(plan, DistilledPlan) else 'its staged early exit'} measured "
+            f"{plan.expected_speedup or 0.0:.2f}x the full ensemble ({how})"
         )
     return cascade
 
@@ -311,6 +382,17 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         candidates["model cascade"] = _with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
+    if target < 1.0:  # cheap model first on every row, instead of the feature cascade
+        try:
+            if not could_alone:
+                raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+            if len(every) != 1:
+                raise CalibrationError("the compiled pipeline did not call the model once")
+            full = getattr(result.compilation.operators, _model_node(result.compilation).attribute)
+            cheap = _fast_enough(_calibrate_cheap(model, method, every[0], target, options, full), options)
+            candidates[CHEAP] = _with_cascade(_without_feature_cascade(result, cheap), fn, cheap, False)
+        except (CalibrationError, NotLowerable) as exc:
+            notes.append(f"no cheap model first ({str(exc).rstrip('.')})")
     if len(candidates) == 1:
         return _noted(result, f"Model cascades considered: {'; '.join(notes)}.")
     names = list(candidates)
@@ -331,7 +413,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         f"{'' if chosen == 'feature cascade' or not options.require_faster else f' (at least {MIN_SPEEDUP}x faster)'}"
     )
     served = candidates[chosen]
-    if chosen == "model cascade":  # its cost, as measured here, replaces the feature cascade's
+    if chosen in ("model cascade", CHEAP):  # its cost, as measured here, replaces the feature cascade's
         per_row = seconds[chosen] / rows
         served = replace(
             served,
@@ -349,27 +431,29 @@ def _noted(result: Any, note: str) -> Any:
     return replace(result, plan=replace(result.plan, reason=f"{result.plan.reason} {note}".strip()))
 
 
-def _cascade_of(compilation: Any) -> ModelCascade | None:
+def _cascade_of(compilation: Any) -> ModelCascade | DistilledCascade | None:
     node = _model_node(compilation)
     operator = None if node is None else getattr(compilation.operators, node.attribute, None)
-    return operator if isinstance(operator, ModelCascade) else None
+    return operator if isinstance(operator, (ModelCascade, DistilledCascade)) else None
 
 
 def saved_state(compilation: Any) -> dict[str, Any]:
-    """What a saved plan keeps of a serving model cascade: ``{"early_exit": plan}`` or nothing."""
+    """What a saved plan keeps of a serving model cascade: ``{"early_exit": plan}`` (an
+    :class:`EarlyExitPlan` or a :class:`DistilledPlan`) or nothing."""
     cascade = _cascade_of(compilation)
     return {} if cascade is None else {"early_exit": cascade.plan}
 
 
 def restore(compilation: Any, state: dict[str, Any]) -> Any:
     """``compilation`` (rebuilt from saved recipes) with the saved model cascade swapped in."""
-    plan: EarlyExitPlan | None = state.get("early_exit")
+    plan: EarlyExitPlan | DistilledPlan | None = state.get("early_exit")
     node = _model_node(compilation)
     if plan is None or node is None:
         return compilation
     model, method = node.recipe
     full = getattr(compilation.operators, node.attribute)
-    return _with_model_operator(compilation, ModelCascade.from_plan(model, method, plan, full=full))
+    rebuild = DistilledCascade if isinstance(plan, DistilledPlan) else ModelCascade
+    return _with_model_operator(compilation, rebuild.from_plan(model, method, plan, full=full))
 
 
 def explain_lines(compilation: Any) -> list[str]:
