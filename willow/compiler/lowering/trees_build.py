@@ -46,12 +46,18 @@ def _numba_index_dir() -> Path:
     return directory / "__pycache__"
 
 
-def _is_cached(source: str, name_hint: str) -> bool:
+def _cached_modules() -> set[str]:
+    """Names of the generated modules that have a Numba index in the cache (one folder listing)."""
     pycache = _numba_index_dir()
-    name = _module_name(source, name_hint)
-    return pycache.is_dir() and any(
-        p.name.startswith(name + ".") and p.suffix == ".nbi" for p in pycache.iterdir()
-    )
+    if not pycache.is_dir():
+        return set()
+    return {p.name.split(".", 1)[0] for p in pycache.iterdir() if p.suffix == ".nbi"}
+
+
+def _is_cached(source: str, name_hint: str, cached: set[str] | None = None) -> bool:
+    """Whether ``source``'s module has compiled code in the cache (``cached``: the listing of
+    :func:`_cached_modules`, to check many sources with one listing)."""
+    return _module_name(source, name_hint) in (_cached_modules() if cached is None else cached)
 
 
 def _warm(kernel: Callable[..., Any], dtype: np.dtype, n_features: int, n_outputs: int) -> None:
@@ -132,7 +138,8 @@ def build_kernels(
     1 compiles in this process).
     """
     n_jobs = n_jobs or os.cpu_count() or 1
-    cold = [s for s in sources if not _is_cached(s, name_hint)]
+    cached = _cached_modules()
+    cold = [s for s in sources if not _is_cached(s, name_hint, cached)]
     if n_jobs > 1 and len(cold) > 1:
         _compile_in_processes(cold, name_hint, dtype, n_features, n_outputs, min(n_jobs, len(cold)))
     kernels = []
