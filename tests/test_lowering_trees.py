@@ -28,7 +28,7 @@ from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
 from willow.compiler.lowering.trees_bitvector import TAIL, bitvector_tables, score_rows
-from willow.compiler.lowering.trees_build import _is_cached
+from willow.compiler.lowering.trees_build import _is_cached, _module_name
 from willow.compiler.lowering.trees_ir import Leaf, TreeEnsemble
 from willow.compiler.lowering.trees_llvm import nested_ifs
 
@@ -272,6 +272,16 @@ def test_several_groups_compile_in_worker_processes(kernel_cache):
     assert_same_as_library(model, "predict", op, finite)
     assert_same_as_library(model, "predict", op, finite[:1])
     assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
+    # as a second process finds it: the cached driver is loaded, the groups are only imported
+    names = [_module_name(s, "trees") for s in op.sources[:-1]] + [
+        _module_name(op.sources[-1], "trees_driver")
+    ]
+    for name in names:
+        sys.modules.pop(name)
+    again = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
+    assert all(not sys.modules[name].kernel.overloads for name in names[:-1])
+    np.testing.assert_array_equal(again(finite), op(finite))
+    assert_same_as_library(model, "predict", again, finite[:1])
     # numeric splits: small batches use the bitvector kernel and large ones call each group
     numeric = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
     op = lower_tree_model(numeric, "predict", group_nodes=12, n_jobs=2)

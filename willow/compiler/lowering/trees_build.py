@@ -144,18 +144,23 @@ def build_kernels(
         _compile_in_processes(cold, name_hint, dtype, n_features, n_outputs, min(n_jobs, len(cold)))
     kernels = []
     driver_source = None
+    if driver and len(sources) > 1:
+        from willow.compiler.lowering.trees_codegen import build_driver_source
+
+        driver_source = build_driver_source([_module_name(s, name_hint) for s in sources])
+    # a cached driver holds the groups' machine code linked in: the groups' own modules are only
+    # imported (the driver looks their kernels up), not loaded from Numba's cache one by one
+    linked = driver_source is not None and _is_cached(driver_source, name_hint + "_driver", cached)
     was_enabled = gc.isenabled()
     gc.disable()  # see _compile_files
     try:
         for source in sources:
             module = load_generated_module(source, name_hint)
-            _warm(module.kernel, dtype, n_features, n_outputs)
+            if not linked:
+                _warm(module.kernel, dtype, n_features, n_outputs)
             kernels.append(module.kernel)
             gc.collect(0)
-        if driver and len(kernels) > 1:
-            from willow.compiler.lowering.trees_codegen import build_driver_source
-
-            driver_source = build_driver_source([_module_name(s, name_hint) for s in sources])
+        if driver_source is not None:
             driver = load_generated_module(driver_source, name_hint + "_driver")
             _warm(driver.predict, dtype, n_features, n_outputs)
             kernels = [driver.predict]
