@@ -39,8 +39,8 @@ which no longer parse the model (``trees_warm``):
 
 Measured before a cached driver was loaded without its groups (the 256-leaf model's second
 process: 3.3 -> 2.9 CPU-s alone). Both: max |difference| to LightGBM 0.0, default options exact.
-Single-row figures of that run
-are not given: LightGBM's p50 (12-16 ms) shows the load, not the library.
+Single-row figures of that run are not given:
+LightGBM's p50 (12-16 ms) shows the load, not the library.
 """
 
 from __future__ import annotations
