@@ -8,6 +8,7 @@ temporary cache directory, so the tests are hermetic.
 from __future__ import annotations
 
 import os
+import sys
 
 import lightgbm as lgb
 import numba
@@ -27,7 +28,7 @@ from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
 from willow.compiler.lowering.trees_bitvector import TAIL, bitvector_tables, score_rows
-from willow.compiler.lowering.trees_build import _is_cached
+from willow.compiler.lowering.trees_build import _is_cached, _module_name
 from willow.compiler.lowering.trees_ir import Leaf, TreeEnsemble
 from willow.compiler.lowering.trees_llvm import nested_ifs
 
@@ -271,6 +272,16 @@ def test_several_groups_compile_in_worker_processes(kernel_cache):
     assert_same_as_library(model, "predict", op, finite)
     assert_same_as_library(model, "predict", op, finite[:1])
     assert "def kernel(X, out):" in op.source and "numba.njit(cache=True" in op.source
+    # as a second process finds it: the cached driver is loaded, the groups are only imported
+    names = [_module_name(s, "trees") for s in op.sources[:-1]] + [
+        _module_name(op.sources[-1], "trees_driver")
+    ]
+    for name in names:
+        sys.modules.pop(name)
+    again = lower_tree_model(model, "predict", group_nodes=12, n_jobs=2)
+    assert all(not sys.modules[name].kernel.overloads for name in names[:-1])
+    np.testing.assert_array_equal(again(finite), op(finite))
+    assert_same_as_library(model, "predict", again, finite[:1])
     # numeric splits: small batches use the bitvector kernel and large ones call each group
     numeric = lgb.LGBMRegressor(n_estimators=9, num_leaves=5, verbose=-1, random_state=1).fit(X_TRAIN, Y_REG)
     op = lower_tree_model(numeric, "predict", group_nodes=12, n_jobs=2)
@@ -512,3 +523,89 @@ def test_group_sources_are_read_back_checked_and_rebuilt(compiled):
     assert trees_sources.group_sources(op.ensemble, groups, "trees", preload=False) == [
         build_group_source(op.ensemble, g, False) for g in groups
     ]
+
+
+def test_lightgbm_warm_entry_is_read_back_checked_and_rebuilt(compiled):
+    # a second lowering of the same LightGBM model (in this or another process sharing the cache)
+    # reads the parsed model, groups, sources and bitvector tables back instead of parsing it;
+    # the operator is the same, exact on NaN, zero-as-missing, categorical and multiclass rows
+    from willow.compiler.backend import kernel_cache_dir
+    from willow.compiler.lowering import trees_warm
+    from willow.compiler.lowering.trees_sources import source_names
+
+    X, *_ = _train_data(n=300, seed=5)
+    X[:7, CAT] = [-1.0, 8.0, 2.5, 3e9, np.nan, 0.0, 7.0]  # negative, unseen, fractional, huge
+    for name in (
+        "lgb_binary_cat",
+        "lgb_multiclass",
+        "lgb_reg_zero_missing",
+        "lgb_reg_no_missing",
+        "lgb_booster_rf",
+    ):
+        model, operators, _ = compiled[name]
+        booster = model if isinstance(model, lgb.Booster) else model.booster_
+        key = trees_warm.model_key(booster, booster.best_iteration, trees_module.DEFAULT_GROUP_NODES)
+        entry = kernel_cache_dir() / f"tree_warm_{key}.pkl"
+        assert entry.is_file() and trees_warm.read_lightgbm(key, "trees") is not None
+        for method, op in operators.items():
+            warm = lower_tree_model(model, method)
+            assert isinstance(warm._ensemble, trees_warm.DeferredEnsemble)  # not parsed again
+            for rows in (X, X[:1], X[:0]):
+                assert_same_as_library(model, method, warm, rows)
+                if len(rows):
+                    np.testing.assert_array_equal(warm(rows), op(rows))
+            assert warm.sources == op.sources
+            assert warm.ensemble == op.ensemble  # unpickled on first read
+    model, operators, _ = compiled["lgb_binary_cat"]
+    booster = model.booster_
+    key = trees_warm.model_key(booster, 0, trees_module.DEFAULT_GROUP_NODES)
+    entry = kernel_cache_dir() / f"tree_warm_{key}.pkl"
+    good = entry.read_bytes()
+    # damaged, cut short, or naming a group module file that is gone: a miss, then rewritten
+    for damage in (
+        lambda: entry.write_bytes(good[:-1] + bytes([good[-1] ^ 1])),
+        lambda: entry.write_bytes(good[: len(good) // 2]),
+        lambda: entry.write_bytes(b"not an entry"),
+        lambda: (
+            kernel_cache_dir() / f"{source_names(operators['predict'].sources, 'trees')[0]}.py"
+        ).unlink(),
+    ):
+        damage()
+        assert trees_warm.read_lightgbm(key, "trees") is None
+        rebuilt = lower_tree_model(model, "predict_proba")
+        assert not isinstance(rebuilt._ensemble, trees_warm.DeferredEnsemble)  # parsed again
+        np.testing.assert_array_equal(rebuilt(X), operators["predict_proba"](X))
+        assert entry.read_bytes() == good and trees_warm.read_lightgbm(key, "trees") is not None
+    # the key follows the model's text, the iterations used and the grouping
+    other = compiled["lgb_multiclass"][0].booster_
+    keys = {
+        trees_warm.model_key(booster, 0, trees_module.DEFAULT_GROUP_NODES),
+        trees_warm.model_key(booster, 3, trees_module.DEFAULT_GROUP_NODES),
+        trees_warm.model_key(booster, 0, 12),
+        trees_warm.model_key(other, 0, trees_module.DEFAULT_GROUP_NODES),
+    }
+    assert len(keys) == 4
+
+
+def test_generated_module_code_is_cached_checked_and_rebuilt(tmp_path):
+    # generated modules' bytecode is kept beside them (Python writes no .pyc under
+    # PYTHONDONTWRITEBYTECODE); a damaged file or one compiled for another path is rebuilt
+    from willow.compiler.backend import _module_code
+
+    source = "def f(x):\n    return x + 1\n"
+    path = tmp_path / "willow_kernel_t_0123.py"
+    path.write_text(source)
+    code_file = tmp_path / f"willow_kernel_t_0123.{sys.implementation.cache_tag}.code"
+    first = _module_code(path, source)
+    good = code_file.read_bytes()
+    assert _module_code(path, source).co_code == first.co_code and code_file.read_bytes() == good
+    for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:20], b""):
+        code_file.write_bytes(bad)
+        namespace: dict = {}
+        exec(_module_code(path, source), namespace)
+        assert namespace["f"](1) == 2 and code_file.read_bytes() == good
+    moved = tmp_path / "sub"
+    moved.mkdir()
+    (moved / path.name).write_text(source)
+    (moved / code_file.name).write_bytes(good)  # a copied cache folder: the path inside is stale
+    assert _module_code(moved / path.name, source).co_filename == str(moved / path.name)

@@ -13,14 +13,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import marshal
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 import astor
 
-from willow.compiler.kernel_cache import harden_module, write_atomic
+from willow.compiler.kernel_cache import harden_module, seal, unseal, write_atomic
 
 __all__ = ["kernel_cache_dir", "render_module", "load_generated_module", "write_kernel_file"]
 
@@ -57,12 +58,35 @@ def load_generated_module(source: str, name_hint: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(_module_code(path, source), module.__dict__)  # what the loader's exec_module does
     except BaseException:
         del sys.modules[module_name]
         raise
     harden_module(module)  # checksummed, self-repairing Numba cache files for its kernels
     return module
+
+
+def _module_code(path: Path, source: str) -> CodeType:
+    """``source`` compiled as the module file ``path``, kept beside it as a checksummed marshal file.
+
+    Python's own ``.pyc`` is not written under ``PYTHONDONTWRITEBYTECODE`` (common in container
+    images), and compiling the nested ``if`` source of 500 trees x 63 leaves takes ~0.6 s, so a
+    second process would pay it on every start. The file's name carries the module's name (the
+    hash of its source) and the interpreter's cache tag (the bytecode format); a damaged file, or
+    one compiled for another path (a copied cache folder: Numba finds its cache through
+    ``co_filename``), is compiled and written again.
+    """
+    code_path = path.with_name(f"{path.stem}.{sys.implementation.cache_tag}.code")
+    try:
+        payload = unseal(code_path.read_bytes())
+        code = None if payload is None else marshal.loads(payload)
+        if isinstance(code, CodeType) and code.co_filename == str(path):
+            return code
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    write_atomic(code_path, seal(marshal.dumps(code)))
+    return code
 
 
 def write_kernel_file(path: Path, source: str) -> None:

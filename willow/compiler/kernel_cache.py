@@ -33,7 +33,7 @@ from typing import Any
 
 from numba.core.caching import IndexDataCacheFile
 
-__all__ = ["ChecksummedCacheFile", "harden", "harden_module", "write_atomic", "file_lock"]
+__all__ = ["ChecksummedCacheFile", "harden", "harden_module", "write_atomic", "file_lock", "seal", "unseal"]
 
 _MARKER = b"willow-kernel-cache-1\n"
 _DIGEST = 32
@@ -73,11 +73,12 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _seal(payload: bytes) -> bytes:
+def seal(payload: bytes) -> bytes:
+    """``payload`` behind the marker and its SHA-256, as every willow kernel cache file is stored."""
     return _MARKER + hashlib.sha256(payload).digest() + payload
 
 
-def _unseal(raw: bytes) -> bytes | None:
+def unseal(raw: bytes) -> bytes | None:
     """The payload of a sealed file, or ``None`` when the marker or the checksum is wrong."""
     head = len(_MARKER) + _DIGEST
     if len(raw) < head or not raw.startswith(_MARKER):
@@ -101,7 +102,7 @@ class ChecksummedCacheFile(IndexDataCacheFile):
         is removed and gives ``None``."""
         with open(path, "rb") as handle:
             raw = handle.read()
-        payload = _unseal(raw)
+        payload = unseal(raw)
         if payload is None:
             _discard(path)
         return payload
@@ -126,7 +127,7 @@ class ChecksummedCacheFile(IndexDataCacheFile):
 
     def _save_index(self, overloads: dict) -> None:
         payload = pickle.dumps(self._version, protocol=-1) + self._dump((self._source_stamp, overloads))
-        write_atomic(self._index_path, _seal(payload))
+        write_atomic(self._index_path, seal(payload))
 
     def _load_data(self, name: str) -> Any:
         path = self._data_path(name)
@@ -140,7 +141,7 @@ class ChecksummedCacheFile(IndexDataCacheFile):
         raise OSError(f"willow kernel cache: damaged entry {path} removed; compiling again.")
 
     def _save_data(self, name: str, data: Any) -> None:
-        write_atomic(self._data_path(name), _seal(self._dump(data)))
+        write_atomic(self._data_path(name), seal(self._dump(data)))
 
     def save(self, key: Any, data: Any) -> None:
         """Save an entry under an exclusive lock (index read-modify-write and data file)."""

@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from willow.compiler.lowering import chunks
+from willow.compiler.lowering import chunks, trees_warm
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
 from willow.compiler.lowering.trees_sources import group_sources
+from willow.compiler.lowering.trees_warm import DeferredEnsemble, WarmLightGBM
 
 __all__ = ["CompiledTreeOperator", "lower_tree_model", "TREE_LOWERINGS", "supported_tree_models"]
 
@@ -60,7 +61,7 @@ class CompiledTreeOperator:
     def __init__(
         self,
         name: str,
-        ensemble: TreeEnsemble,
+        ensemble: TreeEnsemble | DeferredEnsemble,
         sources: list[str],
         kernels: list[Callable[..., Any]],
         prepare: Callable[[Any], np.ndarray],
@@ -70,7 +71,9 @@ class CompiledTreeOperator:
         arrays_as_is: bool = False,
     ) -> None:
         self.name = name
-        self.ensemble = ensemble
+        self._ensemble = ensemble  # a DeferredEnsemble (warm cache) is loaded on first read
+        self._n_trees = ensemble.n_trees if isinstance(ensemble, DeferredEnsemble) else len(ensemble.trees)
+        self._n_outputs = ensemble.n_outputs
         self.sources = sources  # group modules, then the driver module when there are several
         self.source = "\n\n# ---- next group module ----\n\n".join(sources)
         self._kernels = kernels
@@ -86,11 +89,15 @@ class CompiledTreeOperator:
         self._direct = self._arrays_as_is and self._small is not None
         self._n_features = ensemble.n_features
 
+    @property
+    def ensemble(self) -> TreeEnsemble:
+        """The compiled ensemble (read back from the warm cache on first access, see ``trees_warm``)."""
+        if isinstance(self._ensemble, DeferredEnsemble):
+            self._ensemble = self._ensemble.load()
+        return self._ensemble
+
     def __repr__(self) -> str:
-        return (
-            f"CompiledTreeOperator({self.name!r}, trees={len(self.ensemble.trees)}, "
-            f"kernels={len(self._kernels)})"
-        )
+        return f"CompiledTreeOperator({self.name!r}, trees={self._n_trees}, kernels={len(self._kernels)})"
 
     def _run(self, X: np.ndarray, out: np.ndarray) -> None:
         for kernel in self._kernels:
@@ -119,7 +126,7 @@ class CompiledTreeOperator:
     def _chunked(self, X: np.ndarray, rows: Callable[[int, int], np.ndarray], workers: int) -> np.ndarray:
         """The raw scores of every row of ``X``: chunks of rows on the shared pool's threads, each
         chunk (``rows(first, last)``, C-contiguous) run through every group in turn."""
-        out = np.empty((X.shape[0], self.ensemble.n_outputs), dtype=np.float64)
+        out = np.empty((X.shape[0], self._n_outputs), dtype=np.float64)
         out[:] = self._base
         if workers > 1:
             chunks.map_row_chunks(lambda a, b: self._run(rows(a, b), out[a:b]), X.shape[0], workers)
@@ -199,7 +206,14 @@ def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOper
     from willow.compiler.lowering.trees_lightgbm import lightgbm_output, parse_lightgbm
 
     booster = model if type(model).__name__ == "Booster" else model.booster_
-    parsed = parse_lightgbm(booster, num_iteration=booster.best_iteration)
+    # a model lowered before (in any process sharing the kernel cache) is not parsed again
+    key = None
+    if options.get("builder") is None:
+        key = trees_warm.model_key(
+            booster, booster.best_iteration, options.get("group_nodes", DEFAULT_GROUP_NODES)
+        )
+    warm = None if key is None else trees_warm.read_lightgbm(key, "trees")
+    parsed: Any = warm if warm is not None else parse_lightgbm(booster, num_iteration=booster.best_iteration)
     kind = type(model).__name__
     transform, sigmoid = parsed.transform, parsed.sigmoid
 
@@ -260,7 +274,22 @@ def _lower_lightgbm(model: Any, method: str, **options: Any) -> CompiledTreeOper
                 )
             return data
 
-    return _compile(f"{kind}.{method}", ensemble, prepare, finish, arrays_as_is=True, **options)
+    remember = None
+    if key is not None and warm is None:
+
+        def remember(groups: list[range], sources: list[str], small: BitvectorTables | None) -> None:
+            trees_warm.write_lightgbm(key, "trees", parsed, groups, sources, small)
+
+    return _compile(
+        f"{kind}.{method}",
+        ensemble,
+        prepare,
+        finish,
+        arrays_as_is=True,
+        warm=warm,
+        remember=remember,
+        **options,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +383,7 @@ def _lower_sklearn(model: Any, method: str, **options: Any) -> CompiledTreeOpera
 
 def _compile(
     name: str,
-    ensemble: TreeEnsemble,
+    ensemble: TreeEnsemble | DeferredEnsemble,
     prepare: Callable[[Any], np.ndarray],
     finish: Callable[[np.ndarray], np.ndarray],
     *,
@@ -363,15 +392,23 @@ def _compile(
     n_threads: int | None = None,
     arrays_as_is: bool = False,
     builder: Callable[..., Any] | None = None,
+    warm: WarmLightGBM | None = None,
+    remember: Callable[[list[range], list[str], BitvectorTables | None], None] | None = None,
 ) -> CompiledTreeOperator:
-    if not ensemble.trees:
-        raise NotLowerable(f"{name}: the model has no trees.")
-    if builder is not None:  # another target (willow.gpu) compiles the same ensemble and conversions
-        return builder(name, ensemble, prepare, finish)
-    groups = group_trees(ensemble, group_nodes)
-    sources = group_sources(ensemble, groups, "trees")  # rendered once per machine, then read back
+    """Compile ``ensemble``'s kernels into an operator. ``warm``: its groups, sources and bitvector
+    tables as read back from the cache (``trees_warm``; ``ensemble`` is then its deferred
+    ensemble); ``remember`` is called with them once the kernels are built and loaded."""
+    if warm is not None:
+        groups, sources, small = warm.groups, warm.sources, warm.small
+    else:
+        if not ensemble.trees:
+            raise NotLowerable(f"{name}: the model has no trees.")
+        if builder is not None:  # another target (willow.gpu) compiles the same ensemble and conversions
+            return builder(name, ensemble, prepare, finish)
+        groups = group_trees(ensemble, group_nodes)
+        sources = group_sources(ensemble, groups, "trees")  # rendered once per machine, then read back
+        small = bitvector_tables(ensemble)
     dtype = np.dtype(np.float32 if ensemble.float32_input else np.float64)
-    small = bitvector_tables(ensemble)
     # small batches take the bitvector kernel when there is one, so large ones can afford a
     # Python call per group instead of a compiled driver
     kernels, driver_source = build_kernels(
@@ -383,6 +420,8 @@ def _compile(
     )
     if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
         score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), operator._divisor, *operator._small)
+    if remember is not None:
+        remember(groups, sources, small)
     return operator
 
 

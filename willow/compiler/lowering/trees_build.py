@@ -46,12 +46,18 @@ def _numba_index_dir() -> Path:
     return directory / "__pycache__"
 
 
-def _is_cached(source: str, name_hint: str) -> bool:
+def _cached_modules() -> set[str]:
+    """Names of the generated modules that have a Numba index in the cache (one folder listing)."""
     pycache = _numba_index_dir()
-    name = _module_name(source, name_hint)
-    return pycache.is_dir() and any(
-        p.name.startswith(name + ".") and p.suffix == ".nbi" for p in pycache.iterdir()
-    )
+    if not pycache.is_dir():
+        return set()
+    return {p.name.split(".", 1)[0] for p in pycache.iterdir() if p.suffix == ".nbi"}
+
+
+def _is_cached(source: str, name_hint: str, cached: set[str] | None = None) -> bool:
+    """Whether ``source``'s module has compiled code in the cache (``cached``: the listing of
+    :func:`_cached_modules`, to check many sources with one listing)."""
+    return _module_name(source, name_hint) in (_cached_modules() if cached is None else cached)
 
 
 def _warm(kernel: Callable[..., Any], dtype: np.dtype, n_features: int, n_outputs: int) -> None:
@@ -132,23 +138,29 @@ def build_kernels(
     1 compiles in this process).
     """
     n_jobs = n_jobs or os.cpu_count() or 1
-    cold = [s for s in sources if not _is_cached(s, name_hint)]
+    cached = _cached_modules()
+    cold = [s for s in sources if not _is_cached(s, name_hint, cached)]
     if n_jobs > 1 and len(cold) > 1:
         _compile_in_processes(cold, name_hint, dtype, n_features, n_outputs, min(n_jobs, len(cold)))
     kernels = []
     driver_source = None
+    if driver and len(sources) > 1:
+        from willow.compiler.lowering.trees_codegen import build_driver_source
+
+        driver_source = build_driver_source([_module_name(s, name_hint) for s in sources])
+    # a cached driver holds the groups' machine code linked in: the groups' own modules are only
+    # imported (the driver looks their kernels up), not loaded from Numba's cache one by one
+    linked = driver_source is not None and _is_cached(driver_source, name_hint + "_driver", cached)
     was_enabled = gc.isenabled()
     gc.disable()  # see _compile_files
     try:
         for source in sources:
             module = load_generated_module(source, name_hint)
-            _warm(module.kernel, dtype, n_features, n_outputs)
+            if not linked:
+                _warm(module.kernel, dtype, n_features, n_outputs)
             kernels.append(module.kernel)
             gc.collect(0)
-        if driver and len(kernels) > 1:
-            from willow.compiler.lowering.trees_codegen import build_driver_source
-
-            driver_source = build_driver_source([_module_name(s, name_hint) for s in sources])
+        if driver_source is not None:
             driver = load_generated_module(driver_source, name_hint + "_driver")
             _warm(driver.predict, dtype, n_features, n_outputs)
             kernels = [driver.predict]

@@ -25,7 +25,7 @@ from willow.compiler.lowering.trees_build import _module_name
 from willow.compiler.lowering.trees_codegen import build_group_source
 from willow.compiler.lowering.trees_ir import TreeEnsemble
 
-__all__ = ["group_sources"]
+__all__ = ["group_sources", "read_named_sources", "source_names"]
 
 _MANIFEST_VERSION = b"willow-tree-sources-1\n"
 
@@ -65,16 +65,27 @@ def _read_manifest(path: Path, name_hint: str, count: int) -> list[str] | None:
         return None
     if len(names) != count:
         return None
+    return read_named_sources(path.parent, names, name_hint)
+
+
+def read_named_sources(directory: Path, names: Sequence[str], name_hint: str) -> list[str] | None:
+    """The group module files ``directory/<name>.py``, each checked against the hash in its name
+    (see ``trees_build._module_name``); None when one is missing or does not hold what its name says."""
     sources = []
     for name in names:
         try:
-            source = (path.parent / f"{name}.py").read_text(encoding="utf-8")
+            source = (directory / f"{name}.py").read_text(encoding="utf-8")
         except (FileNotFoundError, UnicodeDecodeError):
             return None
         if _module_name(source, name_hint) != name:
             return None
         sources.append(source)
     return sources
+
+
+def source_names(sources: Sequence[str], name_hint: str) -> list[str]:
+    """The module (file) names of ``sources`` in the kernel cache."""
+    return [_module_name(source, name_hint) for source in sources]
 
 
 def group_sources(
@@ -94,7 +105,7 @@ def group_sources(
             return cached
     sources = [build_group_source(ensemble, g, preload) for g in groups]
     if key is not None:
-        names = [_module_name(source, name_hint) for source in sources]
+        names = source_names(sources, name_hint)
         for name, source in zip(names, sources):
             write_kernel_file(path.parent / f"{name}.py", source)
         write_atomic(path, "\n".join(names).encode("utf-8"))
