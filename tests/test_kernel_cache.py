@@ -130,6 +130,8 @@ def test_load_with_a_damaged_cache_rebuilds_it(tmp_path):
         *source.glob("willow_kernel_linear*.py"),
         *(source / "__pycache__").glob("willow_kernel_linear*"),
     ]:
+        if path.name.endswith(".tmp"):
+            continue  # a file another test process (pytest -n) is writing: gone once moved into place
         shutil.copy(path, kernels / path.relative_to(source))
     damaged = [*kernels.glob("__pycache__/*.nbi"), *kernels.glob("__pycache__/*.nbc")]
     assert damaged

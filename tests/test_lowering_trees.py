@@ -27,7 +27,7 @@ from willow.compiler.lowering import trees as trees_module
 from willow.compiler.lowering.astgen import runtime_digest
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.lowering.trees import TREE_LOWERINGS, lower_tree_model, supported_tree_models
-from willow.compiler.lowering.trees_bitvector import TAIL, bitvector_tables, score_rows
+from willow.compiler.lowering.trees_bitvector import TAIL, bitvector_tables, compile_score_rows, score_rows
 from willow.compiler.lowering.trees_build import _is_cached, _module_name
 from willow.compiler.lowering.trees_ir import Leaf, TreeEnsemble
 from willow.compiler.lowering.trees_llvm import nested_ifs
@@ -236,6 +236,32 @@ def test_dataframe_input(compiled):
             assert_same_as_library(model, method, op, frame.to_numpy())
 
 
+def test_one_signature_per_kernel_for_writable_and_read_only_rows(compiled):
+    # pandas 3's to_numpy() and np.frombuffer give read-only arrays, NumPy's default is writable:
+    # Numba types the flag, so a kernel called with both would be compiled twice (and a tree
+    # model's kernels are most of a plan's compile time). Each kernel has one read-only signature
+    # and writable rows run it too; score_rows has one signature per row dtype.
+    X, *_ = _train_data(n=300, seed=5)
+    read_only, read_only_32 = X.copy(), X.astype(np.float32)
+    read_only.setflags(write=False)
+    read_only_32.setflags(write=False)
+    from_frame = pd.DataFrame(X).to_numpy()  # Fortran-ordered (read-only under pandas 3)
+    for model, operators, nan_ok in compiled.values():
+        for method, op in operators.items():
+            for rows in (X, read_only, read_only_32, from_frame):
+                if not nan_ok:
+                    rows = np.nan_to_num(rows)
+                    rows.setflags(write=False)
+                for batch in (rows, rows[:1], rows[: trees_module.SMALL_BATCH_ROWS + 1]):
+                    assert_same_as_library(model, method, op, batch)
+            assert all(len(kernel.signatures) == 1 for kernel in op._kernels), [
+                kernel.signatures for kernel in op._kernels
+            ]
+            assert not any(kernel.signatures[0][0].mutable for kernel in op._kernels)
+    row_dtypes = [signature[0].dtype for signature in score_rows.signatures]
+    assert len(row_dtypes) == len(set(row_dtypes)) >= 1, score_rows.signatures
+
+
 def test_lightgbm_pandas_categorical(kernel_cache):
     rng = np.random.default_rng(3)
     n = 500
@@ -360,15 +386,19 @@ def test_small_batches_match_library_and_nested_kernel_bit_for_bit(compiled, nam
 
 def test_generated_python_is_what_the_group_kernels_compute(compiled):
     """Every group's ``add_leaf_values``, run as plain Python, gives its compiled kernel's sums bit
-    for bit (float64 rows: NaN, LightGBM's zero band, negative, fractional, unseen and huge
-    categories), so the rendered source shows exactly what runs."""
+    for bit (rows of the dtype the kernels read: NaN, LightGBM's zero band, negative, fractional,
+    unseen and huge categories), so the rendered source shows exactly what runs."""
     specials = np.array([np.nan, 0.0, -0.0, 1e-36, -1e-36, 2.5, -0.5, -1.0, 7.0, 9.0, 300.0, 3e9])
     rng = np.random.default_rng(12)
     X, *_ = _train_data(n=40, seed=12)
     X[::2] = np.where(rng.random((20, N_FEATURES)) < 0.5, rng.choice(specials, (20, N_FEATURES)), X[::2])
     for name, (_, operators, nan_ok) in compiled.items():
-        rows = X if nan_ok else np.nan_to_num(X)
         op = next(iter(operators.values()))
+        # the rows' dtype is the one the operator hands its kernels (float32 for scikit-learn's
+        # forests and GradientBoosting): a kernel is compiled for that dtype only
+        rows = (X if nan_ok else np.nan_to_num(X)).astype(
+            np.float32 if op.ensemble.float32_input else np.float64
+        )
         for source in op.sources:
             if "def add_leaf_values" not in source:
                 continue  # the driver module
@@ -485,6 +515,7 @@ def test_small_batch_kernel_without_splits_or_trees():
     for ensemble, expected in ((leaves_only, [(1.0 + 0.5 - 2.0) / 2.0]), (no_trees, [1.0, -3.0])):
         tables = bitvector_tables(ensemble)
         assert tables.thresholds.shape == (0,) and tables.trees.shape == (TAIL,)
+        compile_score_rows(X.dtype)  # as lowering does: one signature for writable and read-only rows
         got = score_rows(X, ensemble.divisor, *tables.arguments(np.asarray(ensemble.base)))
         np.testing.assert_array_equal(got, np.tile(expected, (2, 1)))
 

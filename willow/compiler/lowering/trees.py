@@ -29,7 +29,12 @@ import numpy as np
 
 from willow.compiler.lowering import chunks, trees_warm
 from willow.compiler.lowering.base import NotLowerable
-from willow.compiler.lowering.trees_bitvector import BitvectorTables, bitvector_tables, score_rows
+from willow.compiler.lowering.trees_bitvector import (
+    BitvectorTables,
+    bitvector_tables,
+    compile_score_rows,
+    score_rows,
+)
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import group_trees
 from willow.compiler.lowering.trees_ir import TreeEnsemble
@@ -145,10 +150,18 @@ class CompiledTreeOperator:
             and _feature_rows(X, np.float64, self._n_features)
             and 0 < X.shape[0] <= SMALL_BATCH_ROWS
         ):
-            if not X.flags.c_contiguous:  # e.g. a row of a frame's (Fortran-ordered) to_numpy
-                X = np.ascontiguousarray(X)
+            flags = X.flags  # (inline: a single row's call is counted in microseconds)
+            if not (flags.c_contiguous and flags.aligned):  # e.g. a row of a frame's to_numpy
+                X = np.array(X, order="C")
             return self._finish(score_rows(X, self._divisor, *self._small))
         return self._finish(self.raw(X))
+
+
+def _c_aligned(X: np.ndarray) -> bool:
+    """Whether ``X`` is C-contiguous and aligned: what the kernels' one signature takes as it is
+    (writable or read-only, see ``signatures``); anything else is copied first."""
+    flags = X.flags
+    return flags.c_contiguous and flags.aligned
 
 
 def _feature_rows(X: Any, dtype: type, n_features: int) -> bool:
@@ -157,13 +170,15 @@ def _feature_rows(X: Any, dtype: type, n_features: int) -> bool:
 
 
 def _dense(X: Any, dtype: type, n_features: int) -> np.ndarray:
-    if _feature_rows(X, dtype, n_features) and X.flags.c_contiguous:
+    if _feature_rows(X, dtype, n_features) and _c_aligned(X):
         return X  # already what the kernels read
     import scipy.sparse as sp
 
     if sp.issparse(X):
         X = X.toarray()
     data = np.ascontiguousarray(np.asarray(X, dtype=dtype))
+    if not data.flags.aligned:  # the locked kernels take aligned rows; a copy is aligned
+        data = data.copy()
     if data.ndim != 2:
         raise ValueError(
             f"Expected 2D array, got {data.ndim}D array instead. Reshape your data either using "
@@ -419,7 +434,7 @@ def _compile(
         name, ensemble, modules, kernels, prepare, finish, n_threads, small, arrays_as_is=arrays_as_is
     )
     if small is not None:  # load (or compile, once per machine) the fixed kernel now, not on first use
-        score_rows(np.zeros((1, ensemble.n_features), dtype=dtype), operator._divisor, *operator._small)
+        compile_score_rows(dtype)
     if remember is not None:
         remember(groups, sources, small)
     return operator

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
+from numba import types
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from willow.compiler.kernel_cache import harden_module
+from willow.compiler.lowering.signatures import compile_locked, readonly_array
 from willow.compiler.lowering.trees_ir import (
     LGBM_ZERO_THRESHOLD,
     CategoricalSplit,
@@ -47,7 +50,7 @@ from willow.compiler.lowering.trees_ir import (
     TreeEnsemble,
 )
 
-__all__ = ["BitvectorTables", "bitvector_tables", "score_rows"]
+__all__ = ["BitvectorTables", "bitvector_tables", "compile_score_rows", "score_rows"]
 
 DEFAULT_LEFT = 1  # entry flag: a missing value goes left
 ZERO_MISSING = 2  # entry flag: |x| <= 1e-35 is missing too (LightGBM missing_type Zero)
@@ -328,3 +331,20 @@ def score_rows(X, divisor, u64, f64, i64, u16):
 
 
 harden_module(sys.modules[__name__])  # checksummed, self-repairing cache files
+
+
+def compile_score_rows(dtype: Any) -> None:
+    """Compile :func:`score_rows` for ``dtype`` rows (from the disk cache when it is there), with
+    every input array typed read-only, and lock it (see ``signatures``): writable and read-only
+    rows, and tables loaded either way, run one machine code per row dtype."""
+    compile_locked(
+        score_rows,
+        (
+            readonly_array(dtype, 2),
+            types.float64,
+            readonly_array(np.uint64, 1),
+            readonly_array(np.float64, 1),
+            readonly_array(np.int64, 1),
+            readonly_array(np.uint16, 1),
+        ),
+    )

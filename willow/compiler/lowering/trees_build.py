@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from willow.compiler.backend import kernel_cache_dir, load_generated_module, write_kernel_file
+from willow.compiler.lowering.signatures import compile_locked, readonly_array, writable_array
 
 __all__ = ["build_kernels"]
 
@@ -61,8 +62,10 @@ def _is_cached(source: str, name_hint: str, cached: set[str] | None = None) -> b
 
 
 def _warm(kernel: Callable[..., Any], dtype: np.dtype, n_features: int, n_outputs: int) -> None:
-    """Compile ``kernel`` for the exact argument types the operator calls it with."""
-    kernel(np.zeros((1, n_features), dtype=dtype), np.zeros((1, n_outputs)))
+    """Compile ``kernel(X, out)`` once, for read-only ``dtype`` rows and a float64 ``out`` (both
+    C-ordered), and lock it: writable rows run the same machine code (see ``signatures``), so a
+    read-only input (pandas' ``to_numpy()``) does not compile the kernel a second time."""
+    compile_locked(kernel, (readonly_array(dtype, 2), writable_array(np.float64, 2)))
 
 
 def _compile_files(paths: Sequence[str], dtype: str, n_features: int, n_outputs: int) -> None:
