@@ -254,15 +254,12 @@ def calibrate_behind(
     hard = data[fc_confidence < t1]
     measured = interleaved_seconds([lambda: full(hard), lambda: cascade.run(hard)], 3)
     moved = t1 != result.plan.threshold
-    result = replace(
-        result,
-        plan=replace(result.plan, threshold=t1, confident_fraction=float((fc_confidence >= t1).mean())),
-    )
+    result = replace(result, plan=replace(result.plan, threshold=t1))
 
     # the proof: the whole served pipeline against the original, on the untouched holdout rows
     holdout = rows_of(split.holdout)
-    always = _Always(cascade)
-    proving = planner._with_cascade(result, fn, always, True)  # type: ignore[arg-type]
+    always, spy = _Always(cascade), _SpyApproximate(result.approximate)
+    proving = planner._with_cascade(replace(result, approximate=spy), fn, always, True)  # type: ignore[arg-type]
     agree = np.asarray(
         result.output.agreement(call_with(proving.function.__wrapped__, holdout), call_with(fn, holdout)),
         dtype=bool,
@@ -299,5 +296,11 @@ def calibrate_behind(
     )
     served_cascade = DistilledCascade(proven, prepare, full, cascade._cheap)
     combined = planner._with_cascade(result, fn, served_cascade, True)  # type: ignore[arg-type]
-    plan = replace(combined.plan, agreement=float(agree.mean()), lower_bound=lower, holdout_rows=n_holdout)
+    plan = replace(
+        combined.plan,
+        agreement=float(agree.mean()),
+        lower_bound=lower,
+        holdout_rows=n_holdout,
+        confident_fraction=float(np.mean(spy.calls[0][1] >= t1)) if spy.calls else 0.0,
+    )
     return replace(combined, plan=plan), served_cascade
