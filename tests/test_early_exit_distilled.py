@@ -101,6 +101,14 @@ def test_cheap_model_first_refuses_what_it_cannot_prove(models):
         calibrate_distilled(model, X[:40], accuracy_target=0.99)
 
 
+def _fixed(fns, repeats):
+    """Fixed timings for ``interleaved_seconds``: the last one is the cheapest. Each call still
+    runs: a failing candidate must fail here too."""
+    for fn in fns:
+        fn()
+    return [float(len(fns) - i) for i in range(len(fns))]
+
+
 def _serving(pipeline) -> DistilledCascade:
     from willow.early_exit.planner import _cascade_of
 
@@ -117,12 +125,7 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
     from willow.compiler import profiling
     from willow.early_exit import distilled
 
-    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
-        for fn in fns:
-            fn()
-        return [float(len(fns) - i) for i in range(len(fns))]  # the last one is the cheapest
-
-    monkeypatch.setattr(profiling, "interleaved_seconds", fixed)  # the planner's comparison only
+    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)  # the planner's comparison only
     monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)  # fewer trees to compile
     model = models["multiclass"]
     pipeline = willow.optimize(model_pipeline, accuracy_target=TARGET, require_faster=False, early_exit=True)
@@ -155,14 +158,9 @@ def test_cheap_model_first_behind_the_feature_cascade(tabular, monkeypatch, tmp_
     from willow.compiler import profiling
     from willow.early_exit import behind, planner
 
-    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
-        for fn in fns:
-            fn()
-        return [float(len(fns) - i) for i in range(len(fns))]  # the last one is the cheapest
-
     monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
-    monkeypatch.setattr(profiling, "interleaved_seconds", fixed)
-    monkeypatch.setattr(behind, "interleaved_seconds", fixed)
+    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)
+    monkeypatch.setattr(behind, "interleaved_seconds", _fixed)
     monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)
     monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)
     model, cheap, extra, features, (_, calibration_rows, test) = tabular

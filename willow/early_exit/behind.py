@@ -67,8 +67,8 @@ __all__ = ["calibrate_behind", "NAME", "PROVEN_PLANS", "MIN_HARD_ROWS"]
 NAME = "feature cascade + cheap model first"
 #: Plans proven on the feature cascade's holdout rows: the feature cascade and this one.
 PROVEN_PLANS = 2
-#: Fewest rows passed on by the feature cascade in the fit half to fit the cheap model on them
-#: alone; with fewer, it is fitted on every fit row's model input.
+#: Fewest train rows passed on by the feature cascade to fit the cheap model on them alone; with
+#: fewer, it is fitted on every train row's model input.
 MIN_HARD_ROWS = 100
 #: Quantiles of the confidence of the rows the feature cascade answers tried as its raised
 #: thresholds (the threshold as calibrated is always tried).
