@@ -171,6 +171,10 @@ def _plan_line(pipeline: Any) -> str:
     model_cascade = _cascade_of(pipeline._compilation) if pipeline._compilation is not None else None
     if model_cascade is not None:
         early = model_cascade.plan
+        if not hasattr(early, "stops"):  # cheap model first (a DistilledPlan)
+            return (
+                f"{served} + cheap model first ({early.kind}; answers {early.exit_fraction:.0%} of its rows)"
+            )
         fractions = ", ".join(f"{s}:{f:.0%}" for s, f in zip(early.stops, early.exit_fractions))
         served += f" + model cascade ({'exact' if early.exact else 'margins'}; exits {fractions})"
     return served

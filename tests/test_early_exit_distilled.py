@@ -14,8 +14,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-from test_early_exit import CAT, LGB, X_TRAIN, Y_BIN, Y_MULTI, _data, model_pipeline
+from test_early_exit import CAT, LGB, X_TRAIN, Y_BIN, Y_MULTI, _data, model_pipeline, tabular  # noqa: F401
 
+from willow.compiler.lowering.trees import SMALL_BATCH_ROWS
+from willow.early_exit import distilled
 from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.errors import CalibrationError
 
@@ -99,6 +101,14 @@ def test_cheap_model_first_refuses_what_it_cannot_prove(models):
         calibrate_distilled(model, X[:40], accuracy_target=0.99)
 
 
+def _fixed(fns, repeats):
+    """Fixed timings for ``interleaved_seconds``: the last one is the cheapest. Each call still
+    runs: a failing candidate must fail here too."""
+    for fn in fns:
+        fn()
+    return [float(len(fns) - i) for i in range(len(fns))]
+
+
 def _serving(pipeline) -> DistilledCascade:
     from willow.early_exit.planner import _cascade_of
 
@@ -115,12 +125,7 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
     from willow.compiler import profiling
     from willow.early_exit import distilled
 
-    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
-        for fn in fns:
-            fn()
-        return [float(len(fns) - i) for i in range(len(fns))]  # the last one is the cheapest
-
-    monkeypatch.setattr(profiling, "interleaved_seconds", fixed)  # the planner's comparison only
+    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)  # the planner's comparison only
     monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)  # fewer trees to compile
     model = models["multiclass"]
     pipeline = willow.optimize(model_pipeline, accuracy_target=TARGET, require_faster=False, early_exit=True)
@@ -139,3 +144,59 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
         assert isinstance(restored, DistilledPlan) and restored.threshold == cascade.plan.threshold
         np.testing.assert_array_equal(copy(model, fresh), expected)
         assert "Cheap model first" in copy.explain()
+
+
+def test_cheap_model_first_behind_the_feature_cascade(tabular, monkeypatch, tmp_path):  # noqa: F811
+    """The three-stage plan (timings fixed here so that it serves): every row is the feature
+    cascade's answer where it is confident, else the cheap model's own label where it is sure,
+    else the library's label; the whole pipeline meets the bound proven on the feature cascade's
+    holdout rows (Bonferroni over two plans); save/load and pickling keep it."""
+    import pipelines
+
+    import willow
+    from willow.cascades import calibration
+    from willow.compiler import profiling
+    from willow.early_exit import behind, planner
+
+    monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
+    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)
+    monkeypatch.setattr(behind, "interleaved_seconds", _fixed)
+    monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)
+    model, cheap, extra, features, (_, calibration_rows, test) = tabular
+    options = dict(accuracy_target=0.95, confidence=0.9, cost_repeats=2, importance_repeats=2)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **options, early_exit=True)
+    pipeline.calibrate(model, cheap[calibration_rows], extra[calibration_rows])
+    plan = pipeline.plan_
+    assert plan.cascade and f"Serving: {behind.NAME}" in plan.reason, plan.reason
+    cascade = _serving(pipeline)
+    proven = cascade.plan
+    assert proven.confidence == pytest.approx(0.95) and proven.lower_bound >= 0.95, proven.table()
+    assert plan.lower_bound == proven.lower_bound and plan.holdout_rows == proven.holdout_rows
+    assert "Behind the feature cascade" in pipeline.explain() and "Cheap model first" in pipeline.explain()
+    # each row: the feature cascade's answer, else the cheap model's label, else the library's
+    # (the test rows four times over, so that more rows than SMALL_BATCH_ROWS are passed on)
+    test = np.tile(test, 8)
+    approx, confidence = pipeline._approximate.predict_with_confidence(cheap[test] * 1.0)
+    passed = ~(confidence >= plan.threshold)
+    cheap_label, sure = _expected(cascade, model, features[test])
+    expected = np.where(passed, cheap_label, approx)
+    assert (passed & sure).any() and (passed & ~sure).any() and (~passed).any()
+    assert passed.sum() > SMALL_BATCH_ROWS
+    served = pipeline(model, cheap[test], extra[test])
+    library = model.predict(features[test])
+    assert (served == library).mean() >= 0.85
+    path = tmp_path / "behind.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, pipelines.numpy_pipeline), pickle.loads(pickle.dumps(pipeline))):
+        assert _serving(copy).plan.threshold == proven.threshold
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), expected)
+        assert f"Serving: {behind.NAME}" in copy.plan_.reason and "Cheap model first" in copy.explain()
+    # up to SMALL_BATCH_ROWS rows passed on (one row here, or 50): the library's label there
+    for n in (1, 50):
+        few = pipeline(model, cheap[test][:n], extra[test][:n])
+        np.testing.assert_array_equal(few, np.where(passed[:n], library[:n], approx[:n]))
+    with pytest.raises(ValueError):  # no rows: refused as the library refuses them
+        model.predict(features[test][:0])
+    with pytest.raises(ValueError):
+        pipeline(model, cheap[test][:0], extra[test][:0])

@@ -5,7 +5,8 @@ row leave once its decision is settled (exactly, by the remaining trees' leaf-va
 approximately, by a tuned margin); :mod:`~willow.early_exit.calibrate` chooses the stages, tunes
 the thresholds and proves the plan on holdout rows; :mod:`~willow.early_exit.plan` is the result.
 :mod:`~willow.early_exit.distilled` is the other model cascade: a distilled cheap model first,
-whose "I don't know" rows go to the full ensemble.
+whose "I don't know" rows go to the full ensemble; :mod:`~willow.early_exit.behind` puts it
+behind a feature cascade, on the rows that cascade passes on, proven as one pipeline.
 """
 
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit

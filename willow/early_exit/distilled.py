@@ -303,6 +303,36 @@ def _fit_lightgbm(
     return cheap.fit(data, y)
 
 
+def fit_cheap_models(
+    model: Any,
+    data: np.ndarray,
+    kinds: Sequence[str],
+    random_state: int | None,
+    lightgbm_size: dict[str, Any] | None = None,
+) -> tuple[dict[str, tuple[_Cheap, Any, Any, Any]], list[str]]:
+    """The cheap models of ``kinds`` fitted to imitate ``model`` on the prepared rows ``data``
+    (and :data:`AUGMENT` swap-noise variants of each, labelled by the full model):
+    ``({kind: (cheap, weights, intercept, fitted LightGBM)}, notes on the kinds not fitted)``."""
+    teacher = _teacher(model)
+    fit_data = augmented(data, AUGMENT, random_state) if len(data) else data
+    fit_raw = teacher(fit_data) if len(data) else np.empty((0, 1))
+    fit_target = decisions(fit_raw) if len(data) else np.empty(0, dtype=np.int64)
+    n_labels = len(model.classes_)
+    fits, notes = {}, []
+    for kind in kinds:
+        try:
+            if kind == "logistic":
+                weights, intercept = _fit_logistic(fit_data, fit_target, n_labels, random_state)
+                fits[kind] = (_Cheap(kind, weights, intercept), weights, intercept, None)
+            else:
+                raw = fit_raw[:, 0] if fit_raw.shape[1] == 1 else None
+                fitted = _fit_lightgbm(fit_data, fit_target, n_labels, random_state, raw, lightgbm_size)
+                fits[kind] = (_Cheap(kind, cheap=fitted), None, None, fitted)
+        except CalibrationError as exc:
+            notes.append(str(exc))
+    return fits, notes
+
+
 def calibrate_distilled(
     model: Any,
     X: Any,
@@ -361,25 +391,10 @@ def calibrate_distilled(
     order = np.random.default_rng(random_state).permutation(len(tune))
     cut = int(round(len(tune) * fit_fraction))
     fit, check = order[:cut], order[cut:]
-    teacher = _teacher(model)
-    fit_data = augmented(data[fit], AUGMENT, random_state) if len(fit) else data[fit]
-    fit_raw = teacher(fit_data) if len(fit) else np.empty((0, 1))
-    fit_target = decisions(fit_raw) if len(fit) else target[fit]
+    fits, notes = fit_cheap_models(model, data[fit], kinds, random_state, lightgbm_size)
     rate_level = 1.0 - 0.1 / len(kinds)
-    built, notes = {}, []
-    for kind in kinds:
-        try:
-            if kind == "logistic":
-                weights, intercept = _fit_logistic(fit_data, fit_target, len(labels), random_state)
-                cheap, fitted = _Cheap(kind, weights, intercept), None
-            else:
-                raw = fit_raw[:, 0] if fit_raw.shape[1] == 1 else None
-                fitted = _fit_lightgbm(fit_data, fit_target, len(labels), random_state, raw, lightgbm_size)
-                weights = intercept = None
-                cheap = _Cheap(kind, cheap=fitted)
-        except CalibrationError as exc:
-            notes.append(str(exc))
-            continue
+    built = {}
+    for kind, (cheap, weights, intercept, fitted) in fits.items():
         scores = cheap(data[check])
         margin = np.nan_to_num(margins(scores), nan=-np.inf)
         agrees = decisions(np.nan_to_num(scores)) == target[check]

@@ -22,7 +22,11 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   cascade with exact exits only, calibrated on the rows that reach the full model: its outputs
   are the feature cascade's, so the feature cascade's holdout proof still holds, and this is
   checked on the calibration rows), the model cascade alone (calibrated on every row at the
-  target, as above) and cheap model first alone (likewise; below a target of 1.0 only). The
+  target, as above), cheap model first alone (likewise; below a target of 1.0 only) and, below
+  1.0 too, the feature cascade with cheap model first on its uncertain rows
+  (:mod:`willow.early_exit.behind`: fitted and tuned on the feature cascade's tune rows, the
+  served pipeline as a whole proven on its holdout rows, Bonferroni over the two plans proven
+  there). The
   cheapest serves if it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
   serves the combined plan. With ``require_faster``, a candidate is not built when the cost
   estimates say it could not be that much faster even skipping every tree
@@ -40,6 +44,7 @@ from typing import Any
 
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
+from willow.early_exit import behind as cheap_behind
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
 from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.early_exit.plan import EarlyExitPlan
@@ -393,6 +398,15 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             candidates[CHEAP] = _with_cascade(_without_feature_cascade(result, cheap), fn, cheap, False)
         except (CalibrationError, NotLowerable) as exc:
             notes.append(f"no cheap model first ({str(exc).rstrip('.')})")
+        try:  # cheap model first on the rows the feature cascade passes on, proven as a whole
+            if not could_combine:
+                raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+            full = getattr(result.compilation.operators, _model_node(result.compilation).attribute)
+            both, cheap = cheap_behind.calibrate_behind(result, fn, arguments, options, target, full)
+            _fast_enough(cheap, options)
+            candidates[cheap_behind.NAME] = both
+        except (CalibrationError, NotLowerable) as exc:
+            notes.append(f"no {cheap_behind.NAME} ({str(exc).rstrip('.')})")
     if len(candidates) == 1:
         return _noted(result, f"Model cascades considered: {'; '.join(notes)}.")
     names = list(candidates)
@@ -413,7 +427,11 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         f"{'' if chosen == 'feature cascade' or not options.require_faster else f' (at least {MIN_SPEEDUP}x faster)'}"
     )
     served = candidates[chosen]
-    if chosen in ("model cascade", CHEAP):  # its cost, as measured here, replaces the feature cascade's
+    if chosen in (
+        "model cascade",
+        CHEAP,
+        cheap_behind.NAME,
+    ):  # its cost, as measured here, replaces the feature cascade's
         per_row = seconds[chosen] / rows
         served = replace(
             served,
