@@ -58,6 +58,7 @@ from willow.early_exit.distilled import (
     fit_cheap_models,
 )
 from willow.early_exit.staged import decisions, margins
+from willow.early_exit.wiring import model_node, recorded, serving, with_cascade
 from willow.errors import CalibrationError
 from willow.rows import n_rows
 
@@ -132,21 +133,18 @@ class _SpyApproximate:
 def _approximate_on(result: Any, fn: Any, arguments: dict[str, Any], model: Any) -> tuple[Any, np.ndarray]:
     """The feature cascade's approximate answers and confidence on every row of ``arguments``."""
     from willow.cascades.calibration import call_with
-    from willow.early_exit import planner
 
     spy = _SpyApproximate(result.approximate)
-    function, _ = planner._serving(
-        replace(result, approximate=spy), fn, result.compilation, model, cascade=True
-    )
+    function, _ = serving(replace(result, approximate=spy), fn, result.compilation, model, cascade=True)
     call_with(function.__wrapped__, arguments)
     if len(spy.calls) != 1:
         raise CalibrationError("the feature cascade did not call its approximate model once")
     return spy.calls[0]
 
 
-def _recorded(planner: Any, result: Any, fn: Any, arguments: dict[str, Any], model: Any) -> Any:
+def _recorded_once(result: Any, fn: Any, arguments: dict[str, Any], model: Any) -> Any:
     """The model's input on every row of ``arguments`` (through the compiled pipeline)."""
-    every = planner._recorded(result, fn, arguments, model, cascade=False)
+    every = recorded(result, fn, arguments, model, cascade=False)
     if len(every) != 1:
         raise CalibrationError("the compiled pipeline did not call the model once")
     return every[0]
@@ -171,23 +169,22 @@ def calibrate_behind(
     full ensemble. Raises :class:`CalibrationError` when the target is 1.0, no cheap model can be
     fitted, no threshold lets it answer a row, or the proof fails."""
     from willow.cascades.calibration import call_with
-    from willow.early_exit import planner
 
     if not 0.0 < target < 1.0:
         raise CalibrationError(f"cheap answers are proven at a target below 1.0, not {target}")
     level = 1.0 - (1.0 - options.confidence) / PROVEN_PLANS
     split, rows_of = _split(result, arguments, options)
-    model, method = planner._model_node(result.compilation).recipe
+    model, method = model_node(result.compilation).recipe
     labels = np.asarray(model.classes_)
     prepare = _prepare_of(model, method)
     fit_rows, check_rows = np.asarray(split.train), np.asarray(split.tune)
 
-    hard = planner._recorded(result, fn, rows_of(fit_rows), model, cascade=True)
+    hard = recorded(result, fn, rows_of(fit_rows), model, cascade=True)
     passed = sum(n_rows(X) for X in hard)
     if passed >= MIN_HARD_ROWS and len(hard) == 1:
         X_fit, fitted_on = hard[0], f"the {passed} train rows the feature cascade passed on"
     else:
-        X_fit = _recorded(planner, result, fn, rows_of(fit_rows), model)
+        X_fit = _recorded_once(result, fn, rows_of(fit_rows), model)
         fitted_on = (
             f"all {n_rows(X_fit)} train rows (the feature cascade passed on {passed}, under {MIN_HARD_ROWS})"
         )
@@ -200,7 +197,7 @@ def calibrate_behind(
     check = rows_of(check_rows)
     original = call_with(fn, check)
     approx_out, fc_confidence = _approximate_on(result, fn, check, model)
-    X_check = _recorded(planner, result, fn, check, model)
+    X_check = _recorded_once(result, fn, check, model)
     data = np.asarray(prepare(X_check), dtype=np.float64)
     if len(fc_confidence) != len(data):
         raise CalibrationError("the approximate model did not see every tune row once")
@@ -259,7 +256,7 @@ def calibrate_behind(
     # the proof: the whole served pipeline against the original, on the untouched holdout rows
     holdout = rows_of(split.holdout)
     always, spy = _Always(cascade), _SpyApproximate(result.approximate)
-    proving = planner._with_cascade(replace(result, approximate=spy), fn, always, True)  # type: ignore[arg-type]
+    proving = with_cascade(replace(result, approximate=spy), fn, always, True)  # type: ignore[arg-type]
     agree = np.asarray(
         result.output.agreement(call_with(proving.function.__wrapped__, holdout), call_with(fn, holdout)),
         dtype=bool,
@@ -295,7 +292,7 @@ def calibrate_behind(
         reason=reason,
     )
     served_cascade = DistilledCascade(proven, prepare, full, cascade._cheap)
-    combined = planner._with_cascade(result, fn, served_cascade, True)  # type: ignore[arg-type]
+    combined = with_cascade(result, fn, served_cascade, True)  # type: ignore[arg-type]
     plan = replace(
         combined.plan,
         agreement=float(agree.mean()),

@@ -49,6 +49,7 @@ from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
 from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import stage_tree_model
+from willow.early_exit.wiring import model_node, recorded, with_cascade, with_model_operator
 from willow.errors import CalibrationError
 from willow.rows import n_rows
 
@@ -71,62 +72,6 @@ MIN_SPEEDUP = 1.2
 MIN_COMBINED_ROWS = 20
 #: The candidate name of cheap model first (:mod:`willow.early_exit.distilled`).
 CHEAP = "cheap model first"
-
-
-class _Recorder:
-    """Stands in for the model's operator once, keeping the input it is called with."""
-
-    def __init__(self, operator: Any) -> None:
-        self.operator = operator
-        self.inputs: list[Any] = []
-
-    def __call__(self, X: Any) -> Any:
-        self.inputs.append(X)
-        return self.operator(X)
-
-
-def _model_node(compilation: Any) -> Any:
-    """The compiled node of the model call (statement ``None``), or ``None``."""
-    if compilation is None:
-        return None
-    return next((node for node in compilation.nodes if node.statement is None), None)
-
-
-def _with_model_operator(compilation: Any, operator: Any) -> Any:
-    """``compilation`` with the model call's operator replaced by ``operator``."""
-    from willow.compiler.compile_pass import Operators
-
-    node = _model_node(compilation)
-    operators = Operators({**vars(compilation.operators), node.attribute: operator})
-    nodes = tuple(replace(n, operator=operator) if n is node else n for n in compilation.nodes)
-    return replace(compilation, operators=operators, nodes=nodes)
-
-
-def _serving(result: Any, fn: Any, compilation: Any, model: Any, cascade: bool = False) -> tuple[Any, str]:
-    """The serving function of ``compilation``: the compiled pipeline, or with ``cascade`` the
-    result's feature cascade (whose uncertain rows call the compilation's model operator)."""
-    from willow.cascades.calibration import build_cascade
-    from willow.cascades.runtime import ModelGuard
-
-    guard = ModelGuard(result.model_fingerprint, model)
-    if cascade:
-        return build_cascade(
-            compilation.graph, fn, result.layout, result.plan.threshold, result.approximate, result.output,
-            guard, compilation,
-        )  # fmt: skip
-    return build_cascade(compilation.graph, fn, None, 0.0, None, result.output, guard, compilation)
-
-
-def _recorded(result: Any, fn: Any, arguments: dict[str, Any], model: Any, cascade: bool) -> list[Any]:
-    """The inputs the model's operator receives when the serving function (the feature cascade
-    with ``cascade``, else the compiled pipeline) runs on the calibration call ``arguments``."""
-    from willow.cascades.calibration import call_with
-
-    compilation = result.compilation
-    recorder = _Recorder(getattr(compilation.operators, _model_node(compilation).attribute))
-    recording, _ = _serving(result, fn, _with_model_operator(compilation, recorder), model, cascade)
-    call_with(recording.__wrapped__, arguments)
-    return recorder.inputs
 
 
 def choose_plan(seconds: dict[str, float], incumbent: str, min_speedup: float = MIN_SPEEDUP) -> str:
@@ -155,7 +100,7 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     ``arguments``: the calibration call's arguments by name; ``options``: the
     :class:`~willow.cascades.calibration.CascadeOptions`."""
     compilation = result.compilation
-    node = _model_node(compilation)
+    node = model_node(compilation)
     mode = getattr(options, "early_exit", "exact")
     if (
         not options.cascade
@@ -178,7 +123,7 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     target = options.accuracy_target if mode is True else 1.0
     if result.plan.cascade:
         return _consider_combined(result, fn, arguments, options, target)
-    inputs = _recorded(result, fn, arguments, model, cascade=False)
+    inputs = recorded(result, fn, arguments, model, cascade=False)
     if len(inputs) != 1:
         return result
     served: dict[str, Any] = {}
@@ -210,7 +155,7 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     chosen = next(iter(served))
     if len(served) > 1:
         chosen, compared = _cheapest(
-            {name: _with_cascade(result, fn, c, feature_cascade=False) for name, c in served.items()},
+            {name: with_cascade(result, fn, c, feature_cascade=False) for name, c in served.items()},
             arguments,
             options,
         )
@@ -223,7 +168,7 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
             f"Instead, a model cascade inside {plan.model} serves: staged early exit after "
             f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
         )
-    return _with_cascade(_noted(result, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
+    return with_cascade(_noted(result, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
 
 
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
@@ -275,17 +220,6 @@ def _calibrate(
         random_state=options.random_state,
         staged=staged["model"],
     )
-
-
-def _with_cascade(result: Any, fn: Any, cascade: ModelCascade, feature_cascade: bool) -> Any:
-    """``result`` served with ``cascade`` as its model operator (behind its feature cascade with
-    ``feature_cascade``, else in the compiled pipeline alone)."""
-    compilation = result.compilation
-    cascade.full = getattr(compilation.operators, _model_node(compilation).attribute)
-    swapped = _with_model_operator(compilation, cascade)
-    model = _model_node(compilation).recipe[0]
-    function, source = _serving(result, fn, swapped, model, cascade=feature_cascade)
-    return replace(result, function=function, source=source, compilation=swapped)
 
 
 def _without_feature_cascade(result: Any, cascade: Any) -> Any:
@@ -345,7 +279,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     from willow.cascades.outputs import same_output
     from willow.compiler.profiling import interleaved_seconds
 
-    model, method = _model_node(result.compilation).recipe
+    model, method = model_node(result.compilation).recipe
     candidates: dict[str, Any] = {"feature cascade": result}
     notes = []
     shared: dict[str, Any] = {}  # one staged model for both calibrations
@@ -359,7 +293,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             f"feature cascade's {result.plan.expected_seconds_per_row * 1e6:.2f} us/row, so skipping "
             f"trees could not make it {MIN_SPEEDUP}x faster",
         )
-    hard = _recorded(result, fn, arguments, model, cascade=True) if could_combine else []
+    hard = recorded(result, fn, arguments, model, cascade=True) if could_combine else []
     try:
         if not could_combine:
             raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
@@ -370,21 +304,21 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             )
         # exact exits only: the outputs stay the feature cascade's, whose proof then holds as is
         behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options, shared), options)
-        combined = _with_cascade(result, fn, behind, True)
+        combined = with_cascade(result, fn, behind, True)
         expected = call_with(result.function.__wrapped__, arguments)
         if not same_output(call_with(combined.function.__wrapped__, arguments), expected):
             raise CalibrationError("the combined plan did not reproduce the feature cascade's outputs")
         candidates["combined"] = combined
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no combined plan ({str(exc).rstrip('.')})")
-    every = _recorded(result, fn, arguments, model, cascade=False) if could_alone else []
+    every = recorded(result, fn, arguments, model, cascade=False) if could_alone else []
     try:
         if not could_alone:
             raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
         alone = _fast_enough(_calibrate(model, method, every[0], target, options, shared), options)
-        candidates["model cascade"] = _with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
+        candidates["model cascade"] = with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
     if target < 1.0:  # cheap model first on every row, instead of the feature cascade
@@ -393,15 +327,15 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
                 raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
             if len(every) != 1:
                 raise CalibrationError("the compiled pipeline did not call the model once")
-            full = getattr(result.compilation.operators, _model_node(result.compilation).attribute)
+            full = getattr(result.compilation.operators, model_node(result.compilation).attribute)
             cheap = _fast_enough(_calibrate_cheap(model, method, every[0], target, options, full), options)
-            candidates[CHEAP] = _with_cascade(_without_feature_cascade(result, cheap), fn, cheap, False)
+            candidates[CHEAP] = with_cascade(_without_feature_cascade(result, cheap), fn, cheap, False)
         except (CalibrationError, NotLowerable) as exc:
             notes.append(f"no cheap model first ({str(exc).rstrip('.')})")
         try:  # cheap model first on the rows the feature cascade passes on, proven as a whole
             if not could_combine:
                 raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
-            full = getattr(result.compilation.operators, _model_node(result.compilation).attribute)
+            full = getattr(result.compilation.operators, model_node(result.compilation).attribute)
             both, cheap = cheap_behind.calibrate_behind(result, fn, arguments, options, target, full)
             _fast_enough(cheap, options)
             candidates[cheap_behind.NAME] = both
@@ -450,7 +384,7 @@ def _noted(result: Any, note: str) -> Any:
 
 
 def _cascade_of(compilation: Any) -> ModelCascade | DistilledCascade | None:
-    node = _model_node(compilation)
+    node = model_node(compilation)
     operator = None if node is None else getattr(compilation.operators, node.attribute, None)
     return operator if isinstance(operator, (ModelCascade, DistilledCascade)) else None
 
@@ -465,13 +399,13 @@ def saved_state(compilation: Any) -> dict[str, Any]:
 def restore(compilation: Any, state: dict[str, Any]) -> Any:
     """``compilation`` (rebuilt from saved recipes) with the saved model cascade swapped in."""
     plan: EarlyExitPlan | DistilledPlan | None = state.get("early_exit")
-    node = _model_node(compilation)
+    node = model_node(compilation)
     if plan is None or node is None:
         return compilation
     model, method = node.recipe
     full = getattr(compilation.operators, node.attribute)
     rebuild = DistilledCascade if isinstance(plan, DistilledPlan) else ModelCascade
-    return _with_model_operator(compilation, rebuild.from_plan(model, method, plan, full=full))
+    return with_model_operator(compilation, rebuild.from_plan(model, method, plan, full=full))
 
 
 def explain_lines(compilation: Any) -> list[str]:
