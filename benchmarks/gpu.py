@@ -16,6 +16,9 @@ CPU kernels and willow's CUDA kernel on ``--rows`` rows of a synthetic regressio
 GPU time split into host -> device transfer (``to_device``), the kernel (``raw_device``) and
 device -> host (``to_host``), plus the end-to-end call; the CUDA kernel's first-call compile time;
 and exactness (the CUDA raw scores against LightGBM's and willow CPU's, max |difference|).
+Under ``fil``: RAPIDS' Forest Inference Library (``nvforest``, or ``cuml.fil`` in older RAPIDS) on
+the same model and rows, when it imports (``{"skipped": why}`` otherwise; it is not a dependency
+of willow: install the RAPIDS package matching the GPU's CUDA version).
 Under ``chain``: a ``@willow.optimize(device="cuda")`` pipeline (an elementwise feature kernel
 feeding the tree kernel) called on ``--rows`` rows: the host <-> device copies one call makes
 (:func:`willow.gpu.runtime.count_transfers`: the features stay on the device between the two
@@ -137,6 +140,61 @@ def measure(trees: int, leaves: int, features: int, rows: int, repeats: int) -> 
         "max_abs_diff_gpu_vs_lightgbm": float(np.max(np.abs(raw - expected))),
         "gpu_equals_willow_cpu": bool(np.array_equal(raw, on_cpu)),
         "cpu_threads": os.cpu_count(),
+        "fil": measure_fil(booster, X, expected, repeats),
+    }
+
+
+def _fil_loader() -> tuple[Callable[..., Any] | None, str]:
+    """RAPIDS' Forest Inference Library's model loader (``nvforest.load_model``, or the older
+    ``cuml.fil.ForestInference.load``) and its name; ``(None, why)`` when neither imports."""
+    try:
+        import nvforest
+
+        return nvforest.load_model, "nvforest.load_model"
+    except ImportError as nvforest_missing:
+        try:
+            from cuml.fil import ForestInference
+
+            return ForestInference.load, "cuml.fil.ForestInference.load"
+        except ImportError as cuml_missing:
+            return None, (
+                f"neither nvforest ({nvforest_missing}) nor cuML ({cuml_missing}) imports: install RAPIDS' "
+                "nvforest or cuml for the GPU's CUDA version to compare with FIL"
+            )
+
+
+def measure_fil(booster: Any, X: np.ndarray, expected: np.ndarray, repeats: int) -> dict:
+    """RAPIDS FIL (the issue's peer for trees on a GPU) on the same LightGBM model and rows:
+    median seconds of ``predict`` on rows already on the device, the end-to-end call from host
+    rows, and its largest difference to LightGBM (FIL computes in float32 unless the model loads
+    with ``precision="double"``); ``{"skipped": why}`` when FIL does not import or load."""
+    import tempfile
+
+    load, name = _fil_loader()
+    if load is None:
+        return {"skipped": name}
+    from willow.gpu import runtime
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.txt")
+        booster.save_model(path)
+        try:
+            fil = load(path, model_type="lightgbm", precision="double")
+        except Exception as error:  # a FIL that cannot read this model: report, do not fail the run
+            return {"skipped": f"{name} could not load the model: {type(error).__name__}: {error}"}
+    xp = runtime.array_module()
+    device_rows = xp.asarray(X)
+    got = runtime.to_host(xp.asarray(fil.predict(device_rows))).reshape(len(X), -1)[:, 0]
+    sync = runtime.synchronize
+    return {
+        "loader": name,
+        "median_seconds": {
+            "predict_device_rows": _median_seconds(lambda: fil.predict(device_rows), repeats, sync),
+            "call_from_host_rows": _median_seconds(
+                lambda: runtime.to_host(fil.predict(xp.asarray(X))), repeats, sync
+            ),
+        },
+        "max_abs_diff_vs_lightgbm": float(np.max(np.abs(got - expected))) if len(X) else 0.0,
     }
 
 

@@ -282,10 +282,42 @@ def test_gpu_benchmark_refuses_without_a_gpu(monkeypatch, capsys):
         ("to_host", [24, 1]),
     ]
     assert result["selection"]["topk_equal"] and result["selection"]["rows_below_equal"]
+    assert set(result["fil"]) in ({"skipped"}, {"loader", "median_seconds", "max_abs_diff_vs_lightgbm"})
     capsys.readouterr()
     monkeypatch.setattr(runtime, "simulator_active", lambda: False)
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert "pip install willow[gpu]" in bench.refusal()
+
+
+def test_gpu_benchmark_compares_with_fil_when_it_imports(monkeypatch):
+    from benchmarks import gpu as bench
+
+    X = np.random.default_rng(3).standard_normal((40, 4))
+    booster = lgb.train(
+        {"objective": "regression", "num_leaves": 4, "verbose": -1, "min_data_in_leaf": 2},
+        lgb.Dataset(X, X[:, 0] - X[:, 1]),
+        num_boost_round=3,
+    )
+    expected = booster.predict(X)
+    monkeypatch.setitem(sys.modules, "nvforest", None)  # `import nvforest` raises ImportError
+    monkeypatch.setitem(sys.modules, "cuml", None)
+    skipped = bench.measure_fil(booster, X, expected, repeats=1)
+    assert set(skipped) == {"skipped"} and "nvforest" in skipped["skipped"] and "cuML" in skipped["skipped"]
+
+    loaded = []
+
+    def load(path, model_type, precision):  # a FIL stand-in: the saved model file, read back by LightGBM
+        loaded.append((model_type, precision))
+        model = lgb.Booster(model_file=path)
+        return type("Fil", (), {"predict": staticmethod(lambda rows: model.predict(np.asarray(rows)))})()
+
+    monkeypatch.setattr(bench, "_fil_loader", lambda: (load, "stand-in"))
+    result = bench.measure_fil(booster, X, expected, repeats=1)
+    assert loaded == [("lightgbm", "double")] and result["loader"] == "stand-in"
+    assert result["max_abs_diff_vs_lightgbm"] == 0.0
+    assert set(result["median_seconds"]) == {"predict_device_rows", "call_from_host_rows"}
+    off = bench.measure_fil(booster, X, expected + 1.0, repeats=1)
+    assert off["max_abs_diff_vs_lightgbm"] == pytest.approx(1.0)
 
 
 def test_linear_models_dense_rows_on_the_device():
