@@ -174,6 +174,15 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
     """The candidate results whose serving function measured fastest on the calibration call
     (side by side), and a note with the measured costs."""
+    seconds, _, costs = _timed(candidates, arguments, options)
+    return min(seconds, key=seconds.__getitem__), f"Compared (us/row): {costs}."
+
+
+def _timed(
+    candidates: dict[str, Any], arguments: dict[str, Any], options: Any
+) -> tuple[dict[str, float], int, str]:
+    """Seconds per call of each candidate result's serving function on the calibration call
+    ``arguments``, measured side by side; that call's rows; and the costs per row as a note."""
     from willow.cascades.calibration import call_with, count_row_inputs
     from willow.compiler.profiling import interleaved_seconds
 
@@ -182,9 +191,9 @@ def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: An
         [lambda c=candidates[name]: call_with(c.function.__wrapped__, arguments) for name in names],
         max(3, options.cost_repeats),
     )
+    seconds = dict(zip(names, measured))
     rows = max(count_row_inputs(next(iter(candidates.values())).compilation.graph, arguments), 1)
-    costs = ", ".join(f"{name} {s / rows * 1e6:.2f}" for name, s in zip(names, measured))
-    return names[int(min(range(len(names)), key=lambda i: measured[i]))], f"Compared (us/row): {costs}."
+    return seconds, rows, ", ".join(f"{name} {seconds[name] / rows * 1e6:.2f}" for name in names)
 
 
 def _calibrate_cheap(
@@ -275,11 +284,12 @@ def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
 def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float) -> Any:
     """Compare the feature cascade, the combined plan and the model cascade alone (see the
     module docstring) and return the result serving the one chosen, its reason saying why."""
-    from willow.cascades.calibration import call_with, count_row_inputs
+    from willow.cascades.calibration import call_with
     from willow.cascades.outputs import same_output
-    from willow.compiler.profiling import interleaved_seconds
 
-    model, method = model_node(result.compilation).recipe
+    node = model_node(result.compilation)
+    model, method = node.recipe
+    full = getattr(result.compilation.operators, node.attribute)  # the compiled full ensemble
     candidates: dict[str, Any] = {"feature cascade": result}
     notes = []
     shared: dict[str, Any] = {}  # one staged model for both calibrations
@@ -327,7 +337,6 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
                 raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
             if len(every) != 1:
                 raise CalibrationError("the compiled pipeline did not call the model once")
-            full = getattr(result.compilation.operators, model_node(result.compilation).attribute)
             cheap = _fast_enough(_calibrate_cheap(model, method, every[0], target, options, full), options)
             candidates[CHEAP] = with_cascade(_without_feature_cascade(result, cheap), fn, cheap, False)
         except (CalibrationError, NotLowerable) as exc:
@@ -335,7 +344,6 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         try:  # cheap model first on the rows the feature cascade passes on, proven as a whole
             if not could_combine:
                 raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
-            full = getattr(result.compilation.operators, model_node(result.compilation).attribute)
             both, cheap = cheap_behind.calibrate_behind(result, fn, arguments, options, target, full)
             _fast_enough(cheap, options)
             candidates[cheap_behind.NAME] = both
@@ -343,18 +351,11 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             notes.append(f"no {cheap_behind.NAME} ({str(exc).rstrip('.')})")
     if len(candidates) == 1:
         return _noted(result, f"Model cascades considered: {'; '.join(notes)}.")
-    names = list(candidates)
-    measured = interleaved_seconds(
-        [lambda c=candidates[name]: call_with(c.function.__wrapped__, arguments) for name in names],
-        max(3, options.cost_repeats),
-    )
-    seconds = dict(zip(names, measured))
+    seconds, rows, costs = _timed(candidates, arguments, options)
     if options.require_faster:
         chosen = choose_plan(seconds, "feature cascade")
     else:  # the model cascade behind the feature cascade, where built, whatever the timing
         chosen = "combined" if "combined" in candidates else "feature cascade"
-    rows = max(count_row_inputs(result.compilation.graph, arguments), 1)
-    costs = ", ".join(f"{name} {seconds[name] / rows * 1e6:.2f}" for name in names)
     note = (
         f"Plans compared on the {rows} calibration rows (us/row): {costs}"
         f"{'; ' + '; '.join(notes) if notes else ''}. Serving: {chosen}"
