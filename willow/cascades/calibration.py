@@ -381,17 +381,28 @@ def _rows_of(row_parameters: tuple[str, ...], arguments: dict[str, Any], rows: n
     return subset
 
 
+def calibration_split(
+    graph: PipelineGraph, arguments: dict[str, Any], options: CascadeOptions
+) -> tuple[Any, Callable[[np.ndarray], dict[str, Any]]]:
+    """The calibration call's train/tune/holdout split (duplicate rows kept in one part) and a
+    function giving the call's ``arguments`` restricted to some rows. A pure function of the
+    call and ``options``, so a later stage (:mod:`willow.early_exit.behind`) recomputes the very
+    split calibration used."""
+    n = count_row_inputs(graph, arguments)
+    groups = row_groups([arguments[name] for name in graph.row_parameters], n)
+    split = split_rows(
+        n, options.split, options.accuracy_target, options.confidence, options.random_state, groups
+    )
+    return split, partial(_rows_of, graph.row_parameters, arguments)
+
+
 def _measure(
     graph: PipelineGraph, fn: Callable, arguments: dict[str, Any], y: Any, options: CascadeOptions
 ) -> _Measured:
     """Split the rows, run and time the graph on the tune rows, read the output's meaning and the
     labels, and compile (``options.compile``): the measurements every target shares."""
     n = count_row_inputs(graph, arguments)
-    groups = row_groups([arguments[name] for name in graph.row_parameters], n)
-    split = split_rows(
-        n, options.split, options.accuracy_target, options.confidence, options.random_state, groups
-    )
-    arguments_for = partial(_rows_of, graph.row_parameters, arguments)
+    split, arguments_for = calibration_split(graph, arguments, options)
     n_tune = len(split.tune)
     tune_arguments = arguments_for(split.tune)
     runner = StatementRunner(graph, fn)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -95,23 +94,16 @@ class _Always:
 
 def _split(result: Any, arguments: dict[str, Any], options: Any) -> tuple[Any, Any]:
     """The calibration's split (recomputed) and a function giving the arguments of some rows."""
-    from willow.cascades.calibration import _rows_of, count_row_inputs
-    from willow.cascades.duplicates import row_groups
-    from willow.cascades.splits import split_rows
+    from willow.cascades.calibration import calibration_split
 
-    graph = result.compilation.graph
-    n = count_row_inputs(graph, arguments)
-    groups = row_groups([arguments[name] for name in graph.row_parameters], n)
-    split = split_rows(
-        n, options.split, options.accuracy_target, options.confidence, options.random_state, groups
-    )
+    split, rows_of = calibration_split(result.compilation.graph, arguments, options)
     plan = result.plan
     if (len(split.tune), len(split.holdout)) != (plan.tune_rows, plan.holdout_rows):
         raise CalibrationError(
             f"the recomputed split ({len(split.tune)} tune, {len(split.holdout)} holdout rows) is not "
             f"the feature cascade's ({plan.tune_rows}, {plan.holdout_rows})"
         )
-    return split, partial(_rows_of, graph.row_parameters, arguments)
+    return split, rows_of
 
 
 class _SpyApproximate:
