@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -447,15 +447,13 @@ def calibrate_distilled(
     )
     if notes:
         reason = f"{reason} Not built: {'; '.join(notes)}.".strip()
-    proven = DistilledPlan(
-        **{
-            **{f: getattr(cascade.plan, f) for f in cascade.plan.__dataclass_fields__},
-            "exit_fraction": float(answered.mean()) if len(answered) else 0.0,
-            "agreement": float(agrees.mean()) if len(agrees) else 1.0,
-            "lower_bound": lower,
-            "seconds_per_row": measured[1] / rows,
-            "full_seconds_per_row": measured[0] / rows,
-            "reason": reason,
-        }
+    proven = replace(
+        cascade.plan,
+        exit_fraction=float(answered.mean()) if len(answered) else 0.0,
+        agreement=float(agrees.mean()) if len(agrees) else 1.0,
+        lower_bound=lower,
+        seconds_per_row=measured[1] / rows,
+        full_seconds_per_row=measured[0] / rows,
+        reason=reason,
     )
     return DistilledCascade(proven, prepare, full, cascade._cheap)
