@@ -11,8 +11,9 @@ cache: the parsed model's output fields, the ensemble's shape, the ensemble itse
 (unpickled only when someone reads ``operator.ensemble``: materialising 62,500 nodes costs
 ~0.45 s), the tree groups, the names of the group module files and the bitvector tables.
 
-The file starts with a version line and the SHA-256 of the rest; a missing, damaged or
-stale file (or a group module file that does not hold what its name says) is a miss, and the
+The file is sealed as every kernel cache file is (:func:`~willow.compiler.kernel_cache.seal`:
+a marker and the SHA-256 of the rest; the entry format's version is part of the key); a missing,
+damaged or stale file (or a group module file that does not hold what its name says) is a miss, and the
 caller parses the model and writes the entry again (:func:`write_lightgbm`).
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from willow.compiler.backend import kernel_cache_dir
-from willow.compiler.kernel_cache import write_atomic
+from willow.compiler.kernel_cache import seal, unseal, write_atomic
 from willow.compiler.lowering.trees_bitvector import BitvectorTables
 from willow.compiler.lowering.trees_ir import TreeEnsemble
 from willow.compiler.lowering.trees_sources import read_named_sources, source_names
@@ -107,17 +108,13 @@ def read_lightgbm(key: str, name_hint: str) -> WarmLightGBM | None:
     """The entry stored under ``key``, or None when it is missing, damaged, stale or names a
     group module file that is missing or does not hold what its name says."""
     try:
-        data = _entry_path(key).read_bytes()
+        payload = unseal(_entry_path(key).read_bytes())
     except OSError:
         return None
-    header = len(_VERSION) + 32
-    if (
-        data[: len(_VERSION)] != _VERSION
-        or hashlib.sha256(data[header:]).digest() != data[len(_VERSION) : header]
-    ):
+    if payload is None:
         return None
     try:
-        fields = pickle.loads(data[header:])
+        fields = pickle.loads(payload)
         sources = read_named_sources(kernel_cache_dir(), fields.pop("source_names"), name_hint)
         if sources is None:
             return None
@@ -162,4 +159,4 @@ def write_lightgbm(
         "small": small,
     }
     payload = pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
-    write_atomic(_entry_path(key), _VERSION + hashlib.sha256(payload).digest() + payload)
+    write_atomic(_entry_path(key), seal(payload))
