@@ -109,6 +109,11 @@ def _fixed(fns, repeats):
     return [float(len(fns) - i) for i in range(len(fns))]
 
 
+def _fixed_samples(fns, repeats):
+    """:func:`_fixed` as the planner's ``interleaved_samples``: ``repeats`` equal runs each."""
+    return [[seconds] * repeats for seconds in _fixed(fns, repeats)]
+
+
 def _serving(pipeline) -> DistilledCascade:
     from willow.early_exit.planner import _cascade_of
 
@@ -122,10 +127,9 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
     fastest (cheap model first, by the timings fixed here); it survives save/load and pickling
     with the same labels."""
     import willow
-    from willow.compiler import profiling
-    from willow.early_exit import distilled
+    from willow.early_exit import distilled, planner
 
-    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)  # the planner's comparison only
+    monkeypatch.setattr(planner, "interleaved_samples", _fixed_samples)  # the planner's comparison only
     monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)  # fewer trees to compile
     model = models["multiclass"]
     pipeline = willow.optimize(model_pipeline, accuracy_target=TARGET, require_faster=False, early_exit=True)
@@ -155,13 +159,13 @@ def test_cheap_model_first_behind_the_feature_cascade(tabular, monkeypatch, tmp_
 
     import willow
     from willow.cascades import calibration
-    from willow.compiler import profiling
     from willow.early_exit import behind, planner
 
     monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
-    monkeypatch.setattr(profiling, "interleaved_seconds", _fixed)
+    monkeypatch.setattr(planner, "interleaved_samples", _fixed_samples)
     monkeypatch.setattr(behind, "interleaved_seconds", _fixed)
     monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(planner, "MIN_GAIN", 0.0)
     monkeypatch.setattr(distilled, "LIGHTGBM_SIZE", SMALL)
     model, cheap, extra, features, (_, calibration_rows, test) = tabular
     options = dict(accuracy_target=0.95, confidence=0.9, cost_repeats=2, importance_repeats=2)

@@ -331,6 +331,30 @@ def test_batch_uses_threads_and_stays_exact(compiled, monkeypatch):
     np.testing.assert_array_equal(op(fortran), expected)
 
 
+def test_mid_sized_batches_of_large_ensembles_run_in_chunks(compiled, monkeypatch):
+    """The cut is by rows x trees (``PARALLEL_MIN_TREE_ROWS``): a cascade's uncertain rows, a few
+    thousand, use the worker threads when the ensemble is large enough to pay for them."""
+    model, operators, _ = compiled["lgb_multiclass"]
+    op = operators["predict_proba"]
+    monkeypatch.setattr(chunks, "worker_threads", lambda: 2)
+    chunked = []
+    original = chunks.map_row_chunks
+    monkeypatch.setattr(
+        chunks, "map_row_chunks", lambda fn, n, workers: chunked.append(n) or original(fn, n, workers)
+    )
+    threshold = trees_module.parallel_min_rows(op._n_trees)
+    assert threshold == max(
+        trees_module.SMALL_BATCH_ROWS + 1, -(-trees_module.PARALLEL_MIN_TREE_ROWS // op._n_trees)
+    )
+    assert trees_module.parallel_min_rows(200) == 800
+    assert trees_module.parallel_min_rows(10_000) == trees_module.SMALL_BATCH_ROWS + 1
+    X, *_ = _train_data(n=threshold, seed=5)
+    assert_same_as_library(model, "predict_proba", op, X)
+    assert chunked == [threshold]
+    assert_same_as_library(model, "predict_proba", op, X[:-1])  # one row fewer: the calling thread only
+    assert chunked == [threshold]
+
+
 # every test model has trees of at most 64 leaves: small batches use the bitvector kernel
 SMALL_BATCH_MODELS = list(_models())
 

@@ -26,12 +26,13 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
   1.0 too, the feature cascade with cheap model first on its uncertain rows
   (:mod:`willow.early_exit.behind`: fitted and tuned on the feature cascade's tune rows, the
   served pipeline as a whole proven on its holdout rows, Bonferroni over the two plans proven
-  there). The
-  cheapest serves if it measured :data:`MIN_SPEEDUP` times as fast as the feature cascade; ``require_faster=False``
-  serves the combined plan. With ``require_faster``, a candidate is not built when the cost
-  estimates say it could not be that much faster even skipping every tree
-  (:func:`_could_pay_off`), nor kept when its model cascade measured under :data:`MIN_SPEEDUP`
-  times the full ensemble on its own tune rows (:func:`_fast_enough`).
+  there). All are proven at the target; the one with the smallest median time serves if it ran
+  faster than the feature cascade beyond the timing noise (the compiled pipeline's sign test on
+  interleaved pairs, 5% margin); ``require_faster=False`` serves the combined plan. With
+  ``require_faster``, a candidate is not built when the cost estimates say it could not clear
+  :data:`MIN_GAIN` even skipping every tree (:func:`_could_pay_off`), nor kept when its model
+  cascade measured under :data:`MIN_SPEEDUP` times the full ensemble on its own tune rows
+  (:func:`_fast_enough`).
 
 :func:`saved_state`, :func:`restore` and :func:`explain_lines` are what ``willow.api`` calls to
 save, reload (plan files and pickles) and explain that choice.
@@ -42,8 +43,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
+from willow.compiler.speed_gate import GATE_MARGIN, GATE_REPEATS, faster_beyond_noise, interleaved_samples
 from willow.early_exit import behind as cheap_behind
 from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
 from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
@@ -68,18 +72,45 @@ METHODS = ("predict", "predict_proba", "decision_function")
 #: faster on the tune rows (one timing of a loaded machine is noisy; small gains are not worth a
 #: plan that is no longer exact).
 MIN_SPEEDUP = 1.2
+#: A plan behind or instead of the feature cascade is built only if, by the cost estimates, it
+#: could be this much faster than the feature cascade skipping every tree: the 5% margin of the
+#: sign test that chooses between them (:func:`choose_plan`).
+MIN_GAIN = 1.0 / (1.0 - GATE_MARGIN)
 #: Fewest calibration rows reaching the full model behind a feature cascade for a combined plan.
 MIN_COMBINED_ROWS = 20
 #: The candidate name of cheap model first (:mod:`willow.early_exit.distilled`).
 CHEAP = "cheap model first"
 
 
-def choose_plan(seconds: dict[str, float], incumbent: str, min_speedup: float = MIN_SPEEDUP) -> str:
-    """The plan to serve of those measured (``seconds``: seconds per call of each, on the same
-    rows): the cheapest, when it is at least ``min_speedup`` times as fast as ``incumbent`` (the
-    plan calibration chose); otherwise ``incumbent``."""
-    cheapest = min(seconds, key=lambda name: seconds[name])
-    return cheapest if seconds[incumbent] >= min_speedup * seconds[cheapest] else incumbent
+def choose_plan(samples: dict[str, list[float]], incumbent: str) -> str:
+    """The plan to serve of those timed (``samples``: seconds per call of each, taken side by
+    side, the ``k``-th of every plan in one turn): the one with the smallest median, when it ran
+    faster than ``incumbent`` (the plan calibration chose) beyond the timing noise (the compiled
+    pipeline's speed gate: :func:`~willow.compiler.speed_gate.faster_beyond_noise`, at least
+    5% faster in so many pairs that a sign test rejects "not faster"); otherwise ``incumbent``.
+
+    Every candidate is proven at the same target, so any real gain may serve; a median of paired
+    runs and a sign test, rather than the best of a few runs each, keep one lucky run on a loaded
+    machine from choosing the plan."""
+    cheapest = min(samples, key=lambda name: float(np.median(samples[name])))
+    if cheapest == incumbent or not faster_beyond_noise(samples[incumbent], samples[cheapest]).faster:
+        return incumbent
+    return cheapest
+
+
+def _comparison(samples: dict[str, list[float]], incumbent: str, chosen: str) -> str:
+    """What the sign test of ``chosen`` (or, when ``incumbent`` stayed, the cheapest other plan)
+    against ``incumbent`` found, for the plan's reason."""
+    others = [name for name in samples if name != incumbent]
+    if not others:
+        return ""
+    challenger = chosen if chosen != incumbent else min(others, key=lambda n: float(np.median(samples[n])))
+    verdict = faster_beyond_noise(samples[incumbent], samples[challenger])
+    return (
+        f"{challenger} ran at least {verdict.margin:.0%} faster than the {incumbent} beside it in "
+        f"{verdict.wins} of {verdict.pairs} interleaved pairs (median ratio {verdict.ratio_median:.3f}, "
+        f"{verdict.speedup:.2f}x); the sign test needs {verdict.needed}"
+    )
 
 
 def consider_model_cascades(
@@ -174,26 +205,29 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
     """The candidate results whose serving function measured fastest on the calibration call
     (side by side), and a note with the measured costs."""
-    seconds, _, costs = _timed(candidates, arguments, options)
-    return min(seconds, key=seconds.__getitem__), f"Compared (us/row): {costs}."
+    samples, _, costs = _timed(candidates, arguments, options)
+    return min(samples, key=lambda name: float(np.median(samples[name]))), f"Compared (us/row): {costs}."
 
 
 def _timed(
     candidates: dict[str, Any], arguments: dict[str, Any], options: Any
-) -> tuple[dict[str, float], int, str]:
+) -> tuple[dict[str, list[float]], int, str]:
     """Seconds per call of each candidate result's serving function on the calibration call
-    ``arguments``, measured side by side; that call's rows; and the costs per row as a note."""
+    ``arguments``: every timed run, taken side by side in rotating order
+    (:func:`~willow.compiler.speed_gate.interleaved_samples`, at least
+    :data:`~willow.compiler.speed_gate.GATE_REPEATS` runs each); that call's rows; and the median
+    cost per row of each as a note."""
     from willow.cascades.calibration import call_with, count_row_inputs
-    from willow.compiler.profiling import interleaved_seconds
 
     names = list(candidates)
-    measured = interleaved_seconds(
+    measured = interleaved_samples(
         [lambda c=candidates[name]: call_with(c.function.__wrapped__, arguments) for name in names],
-        max(3, options.cost_repeats),
+        max(GATE_REPEATS, options.cost_repeats),
     )
-    seconds = dict(zip(names, measured))
+    samples = dict(zip(names, measured))
     rows = max(count_row_inputs(next(iter(candidates.values())).compilation.graph, arguments), 1)
-    return seconds, rows, ", ".join(f"{name} {seconds[name] / rows * 1e6:.2f}" for name in names)
+    costs = ", ".join(f"{name} {float(np.median(samples[name])) / rows * 1e6:.2f}" for name in names)
+    return samples, rows, costs
 
 
 def _calibrate_cheap(
@@ -272,13 +306,13 @@ def _fast_enough(cascade: Any, options: Any) -> Any:
 
 def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
     """Whether, by the calibration's cost estimates (per row), the combined plan and the model
-    cascade alone could be :data:`MIN_SPEEDUP` times as fast as the feature cascade even if their
+    cascade alone could be :data:`MIN_GAIN` times as fast as the feature cascade even if their
     model cascade skipped every tree: ``(combined, alone)``."""
     model = costs.model_seconds_per_row
     feature = plan.expected_seconds_per_row
     combined = feature - (1.0 - plan.confident_fraction) * model
     alone = costs.total_seconds_per_row - model
-    return feature >= MIN_SPEEDUP * combined, feature >= MIN_SPEEDUP * alone
+    return feature >= MIN_GAIN * combined, feature >= MIN_GAIN * alone
 
 
 def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float) -> Any:
@@ -301,12 +335,12 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             result,
             f"No model cascade: the model costs {result.costs.model_seconds_per_row * 1e6:.2f} of the "
             f"feature cascade's {result.plan.expected_seconds_per_row * 1e6:.2f} us/row, so skipping "
-            f"trees could not make it {MIN_SPEEDUP}x faster",
+            f"trees could not make it {MIN_GAIN:.2f}x faster",
         )
     hard = recorded(result, fn, arguments, model, cascade=True) if could_combine else []
     try:
         if not could_combine:
-            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+            raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
         if len(hard) != 1 or n_rows(hard[0]) < MIN_COMBINED_ROWS:
             raise CalibrationError(
                 f"{sum(n_rows(X) for X in hard)} calibration rows reached the full model behind the "
@@ -324,7 +358,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     every = recorded(result, fn, arguments, model, cascade=False) if could_alone else []
     try:
         if not could_alone:
-            raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+            raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
         alone = _fast_enough(_calibrate(model, method, every[0], target, options, shared), options)
@@ -334,7 +368,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     if target < 1.0:  # cheap model first on every row, instead of the feature cascade
         try:
             if not could_alone:
-                raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+                raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
             if len(every) != 1:
                 raise CalibrationError("the compiled pipeline did not call the model once")
             cheap = _fast_enough(_calibrate_cheap(model, method, every[0], target, options, full), options)
@@ -343,7 +377,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             notes.append(f"no cheap model first ({str(exc).rstrip('.')})")
         try:  # cheap model first on the rows the feature cascade passes on, proven as a whole
             if not could_combine:
-                raise CalibrationError(f"it could not be {MIN_SPEEDUP}x as fast, by the cost estimates")
+                raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
             both, cheap = cheap_behind.calibrate_behind(result, fn, arguments, options, target, full)
             _fast_enough(cheap, options)
             candidates[cheap_behind.NAME] = both
@@ -351,15 +385,17 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
             notes.append(f"no {cheap_behind.NAME} ({str(exc).rstrip('.')})")
     if len(candidates) == 1:
         return _noted(result, f"Model cascades considered: {'; '.join(notes)}.")
-    seconds, rows, costs = _timed(candidates, arguments, options)
+    samples, rows, costs = _timed(candidates, arguments, options)
     if options.require_faster:
-        chosen = choose_plan(seconds, "feature cascade")
+        chosen = choose_plan(samples, "feature cascade")
+        compared = _comparison(samples, "feature cascade", chosen)
     else:  # the model cascade behind the feature cascade, where built, whatever the timing
         chosen = "combined" if "combined" in candidates else "feature cascade"
+        compared = ""
     note = (
-        f"Plans compared on the {rows} calibration rows (us/row): {costs}"
-        f"{'; ' + '; '.join(notes) if notes else ''}. Serving: {chosen}"
-        f"{'' if chosen == 'feature cascade' or not options.require_faster else f' (at least {MIN_SPEEDUP}x faster)'}"
+        f"Plans compared on the {rows} calibration rows (median us/row): {costs}"
+        f"{'; ' + '; '.join(notes) if notes else ''}{'; ' + compared if compared else ''}. Serving: {chosen}"
+        f"{'' if chosen == 'feature cascade' or not options.require_faster else ' (faster beyond the timing noise)'}"
     )
     served = candidates[chosen]
     if chosen in (
@@ -367,7 +403,7 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
         CHEAP,
         cheap_behind.NAME,
     ):  # its cost, as measured here, replaces the feature cascade's
-        per_row = seconds[chosen] / rows
+        per_row = float(np.median(samples[chosen])) / rows
         served = replace(
             served,
             plan=replace(

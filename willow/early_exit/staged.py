@@ -35,7 +35,7 @@ import numpy as np
 
 from willow.compiler.lowering import chunks
 from willow.compiler.lowering.base import NotLowerable
-from willow.compiler.lowering.trees import DEFAULT_GROUP_NODES, lower_tree_model
+from willow.compiler.lowering.trees import DEFAULT_GROUP_NODES, lower_tree_model, parallel_min_rows
 from willow.compiler.lowering.trees_build import build_kernels
 from willow.compiler.lowering.trees_codegen import _count_nodes, build_group_source, group_trees
 from willow.compiler.lowering.trees_ir import Leaf, Node, TreeEnsemble
@@ -46,7 +46,6 @@ __all__ = ["StagedTreeModel", "stage_tree_model", "EXACT_GUARD", "leaf_bounds", 
 # classes) never exit exactly: sigmoid(1e-6) is 0.50000025, clear of LightGBM's p > 0.5 rule.
 EXACT_GUARD = 1e-6
 _RELATIVE_GUARD = 1e-12  # times the ensemble's largest possible |raw|: summation rounding
-_PARALLEL_MIN_ROWS = 4096  # as the compiled operator: smaller batches stay on the calling thread
 MIN_STAGE_GROUPS = 16  # small ensembles get smaller kernel groups, so stages can be this fine
 MIN_GROUP_NODES = 16
 
@@ -215,7 +214,7 @@ class StagedTreeModel:
         out = np.empty((n, self.ensemble.n_outputs))
         stage = np.empty(n, dtype=np.int64)
         workers = self._n_threads if self._n_threads is not None else chunks.worker_threads()
-        if workers > 1 and n >= _PARALLEL_MIN_ROWS:
+        if workers > 1 and n >= parallel_min_rows(self.n_trees):  # as the compiled operator
             chunks.map_row_chunks(lambda a, b: self._run_chunk(data[a:b], out[a:b], stage[a:b]), n, workers)
         else:
             self._run_chunk(data, out, stage)
