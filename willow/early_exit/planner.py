@@ -392,10 +392,14 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     else:  # the model cascade behind the feature cascade, where built, whatever the timing
         chosen = "combined" if "combined" in candidates else "feature cascade"
         compared = ""
+    beat = (
+        chosen != "feature cascade"
+        and faster_beyond_noise(samples["feature cascade"], samples[chosen]).faster
+    )
     note = (
         f"Plans compared on the {rows} calibration rows (median us/row): {costs}"
         f"{'; ' + '; '.join(notes) if notes else ''}{'; ' + compared if compared else ''}. Serving: {chosen}"
-        f"{'' if chosen == 'feature cascade' or not options.require_faster else ' (faster beyond the timing noise)'}"
+        f"{' (faster beyond the timing noise)' if beat else ''}"
     )
     served = candidates[chosen]
     if chosen in (
