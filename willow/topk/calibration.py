@@ -376,7 +376,7 @@ def calibrate_topk(
     if only_prefix and not prefixes:
         return exact(f"approximate_model='prefix': {prefix_note}")
     if graph.stack is None and not prefixes:
-        return exact(" ".join([*graph.notes, prefix_note]) or "the model reads a single feature group.")
+        return exact(" ".join([*graph.notes, prefix_note]))
     subsets: list[tuple[str, ...]] = []
     fused_seconds = None
     if graph.stack is not None and not only_prefix:
