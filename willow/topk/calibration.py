@@ -11,6 +11,10 @@
    ``c`` for every K/N fraction of the grid on bootstrap queries drawn from the tune split: the
    smallest ``c`` whose precision@K reaches ``precision_target`` in at least ``confidence`` of
    the queries;
+   when the model is a tree ensemble the compiler lowers (and ``compile=`` is on), prefixes of
+   that ensemble on every feature are candidates too (:mod:`willow.topk.prefix`), tuned and priced
+   the same way (``approximate_model="prefix"``: only they, served even when not expected
+   faster); a pipeline whose model reads one feature matrix has only these;
 4. keep the subset with the lowest expected cost per row at the declared K/N (or exact, if none
    is cheaper than scoring every row), compile its approximate model, generate its top-K
    function, and check it on the holdout split, which played no part in the choice: bootstrap
