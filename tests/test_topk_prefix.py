@@ -147,9 +147,16 @@ def test_prefix_competes_with_feature_groups_by_expected_cost(model):
     if plan.approximate:
         best = min(plan.candidates, key=lambda c: c.expected_seconds_per_row)
         assert plan.prefix_trees == best.trees
+    forced = willow.optimize(approximate_model="prefix", **SETTINGS, **FAST)(rank_groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        forced.calibrate(model, X[:, :4], X[:, 4:])
+    assert forced.plan_.prefix_trees > 0 and "X = _willow.take_rows(X, candidates" in forced.generated_source_
     Q = make_rows(500, 8)
-    found = pipeline.top_k(model, Q[:, :4], Q[:, 4:], k=10)
-    assert precision_at_k(found, reference(model.predict_proba(Q)[:, 1], 10), 10) >= 0.7
+    expected = reference(model.predict_proba(Q)[:, 1], 10)
+    for served in (pipeline, forced):
+        found = served.top_k(model, Q[:, :4], Q[:, 4:], k=10)
+        assert precision_at_k(found, expected, 10) >= 0.7
 
 
 def test_prefix_option_needs_a_topk_query():
