@@ -8,6 +8,7 @@ partial predictions (``num_iteration=k``).
 from __future__ import annotations
 
 import pickle
+import threading
 import warnings
 
 import numpy as np
@@ -201,3 +202,30 @@ def test_prefix_refused_for_a_model_that_is_not_a_tree_ensemble():
     assert "approximate_model='prefix': no ensemble-prefix filter" in pipeline.plan_.reason
     found = pipeline.top_k(linear, X[:50], k=5)
     np.testing.assert_array_equal(found, reference(linear.predict_proba(X[:50])[:, 1], 5))
+
+
+def test_a_model_deferred_past_the_budget_gets_its_prefix_in_the_background(monkeypatch, model):
+    from willow import api
+    from willow.compiler import background, compile_budget
+
+    release = threading.Event()
+
+    class Held(background.BackgroundCompile):
+        def _run(self) -> None:  # starts once the first plan has been checked
+            assert release.wait(120)
+            super()._run()
+
+    monkeypatch.setattr(compile_budget, "DEFAULT_BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(api, "BackgroundCompile", Held)
+    pipeline = willow.optimize(approximate_model="prefix", **SETTINGS, **FAST)(rank_rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pipeline.calibrate(model, make_rows(4000, 2))
+        first = pipeline.plan_
+        assert not first.approximate and "model's kernels are deferred past compile=True's" in first.reason
+        release.set()
+        assert pipeline.wait_compiled(timeout=300)
+    assert pipeline.plan_.approximate and pipeline.plan_.prefix_trees > 0
+    X = make_rows(500, 12)
+    found = pipeline.top_k(model, X, k=10)
+    assert precision_at_k(found, reference(model.predict_proba(X)[:, 1], 10), 10) >= 0.7

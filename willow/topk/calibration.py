@@ -50,6 +50,7 @@ from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import cut_distinct
 from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_expression
+from willow.compiler.compile_budget import budget_refusal
 from willow.compiler.compile_pass import CompilationResult
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
@@ -257,6 +258,20 @@ def _expected_cost(
     return costs.kept_seconds_per_row + features + approx_seconds + candidate_fraction * full_path
 
 
+def _model_deferred(compilation: CompilationResult | None, model: Any, options: TopKOptions) -> str | None:
+    """Why the prefix filter's kernels must wait (compile=True's budget deferred the model to the
+    background, whose ``compile="eager"`` calibration then considers the prefix), else ``None``.
+    A model compiled during calibration shares its kernels (the same groups for large models)."""
+    if not options.compile:
+        return None
+    if compilation is not None:
+        if any(obj is model for obj, _ in compilation.deferred):
+            return "deferred past compile=True's time budget (compiled in the background)"
+        if any(node.statement is None and node.recipe[0] is model for node in compilation.nodes):
+            return None
+    return budget_refusal(model, _node_budget(options))
+
+
 def _key(candidate: TopKCandidate) -> tuple[tuple[str, ...], int]:
     """A candidate's key among the fitted filters: its groups and prefix trees."""
     return candidate.groups, candidate.trees
@@ -366,7 +381,10 @@ def calibrate_topk(
     only_prefix = isinstance(options.approximate_model, str) and options.approximate_model == PREFIX
     prefixes: list[PrefixChoice] = []
     prefix_note = "approximate_model= is a fitted-model template: no ensemble-prefix filter."
-    if options.compile and (options.approximate_model is None or only_prefix):
+    deferred = _model_deferred(compilation, model, options)
+    if deferred:
+        prefix_note = f"no ensemble-prefix filter during calibration: the model's kernels are {deferred}"
+    elif options.compile and (options.approximate_model is None or only_prefix):
         progress.stage("prefix")
         prefixes, prefix_note = prefix_candidates(
             model, spec, features_tune, full_tune, tune, plan, costs, score_seconds
