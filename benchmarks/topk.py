@@ -2,8 +2,9 @@
 
 Run from the repository root (the data ships in data/):
 
-    python -m benchmarks.topk [--workload text|tabular|all] [--text-data sms|airline]
+    python -m benchmarks.topk [--workload text|tabular|model|all] [--text-data sms|airline]
                               [--replicate 4] [--repeats 5] [--variant python|compiled|both]
+                              [--model-trees 500 --model-leaves 63 --model-rows 8000]
 
 Workloads (each an ordinary ``willow.optimize(query="topk", ...)`` pipeline, calibrated twice:
 ``python``, compile=False, and ``compiled``, with the compiler pass on the top-K plan; the
@@ -15,6 +16,12 @@ tabular one uses compile="all", since its 400-tree model is over compile=True's 
   from four feature groups: raw numeric columns, derived ratios, a per-``ocean_proximity``
   aggregate lookup and a deliberately costly nearest-neighbour group (mean target of the 10
   nearest training block groups).
+* ``model`` (not in ``all``): the model is the cost. The synthetic LightGBM classifier of
+  ``benchmarks.early_exit`` (``--model-trees`` x ``--model-leaves``, 100 make_classification
+  features) read as one feature matrix, ``model.predict_proba(X)``: no feature group is cheaper,
+  so the filter is a prefix of the ensemble itself (``approximate_model="prefix"``,
+  :mod:`willow.topk.prefix`). Besides the original (LightGBM scoring every row), the plan is
+  timed side by side with willow's compiled full ensemble scoring every row, then the same sort.
 
 Each workload trains its model on one part of the data, calibrates on a second part and is
 measured on a third part nobody saw. Throughput is measured on the test rows replicated
@@ -295,9 +302,71 @@ def tabular_workload(replicate: int, repeats: int, variants: tuple[str, ...]) ->
     return results
 
 
+# --------------------------------------------------------------------------- model-dominated
+
+
+def rank_model(model, X):
+    return model.predict_proba(X)
+
+
+def model_workload(trees: int, leaves: int, rows: int, replicate: int, repeats: int) -> list[dict]:
+    """The ensemble-prefix filter on a model-dominated pipeline (see the module docstring)."""
+    import os
+
+    from benchmarks.early_exit import build_model
+    from willow.compiler.lowering.trees import lower_tree_model
+
+    model, X = build_model(trees, leaves, 100, train_rows=20_000)
+    calibration, test = X[:rows], X[rows : 2 * rows]
+    # nothing is trained for a prefix filter: the train split only needs its minimum
+    split = (0.04, 0.48, 0.48)
+    query_size = round(rows * split[1])
+    pipeline = willow.optimize(
+        query="topk",
+        k=max(1, round(0.01 * query_size)),
+        query_size=query_size,
+        split=split,
+        approximate_model="prefix",
+        compile="all",
+    )(rank_model)
+    start, cpu = time.perf_counter(), os.times()
+    pipeline.calibrate(model, calibration)
+    used = os.times()
+    cpu_seconds = sum(used[:4]) - sum(cpu[:4])  # this process and its compiling workers
+    print(
+        f"[model {trees} x {leaves}] calibrated on {rows} rows in {time.perf_counter() - start:.1f} s "
+        f"({cpu_seconds:.1f} CPU-s, compiling included)"
+    )
+    short = f"model {trees}x{leaves}, prefix"
+    result = report(
+        f"model-dominated: LightGBM {trees} trees x {leaves} leaves on 100 features, score P(1)",
+        short,
+        pipeline,
+        lambda Z: model.predict_proba(Z)[:, 1],
+        lambda Z, k: pipeline.top_k(model, Z, k=k),
+        test,
+        lambda Z, positions: Z[positions],
+        replicate,
+        repeats,
+    )
+    compiled = lower_tree_model(model, "predict_proba")
+    big = np.tile(test, (replicate, 1))
+    k_big = max(1, round(0.01 * len(big)))
+    t_compiled, t_topk, speedup = paired_seconds(
+        lambda: exact_top(compiled(big)[:, 1], k_big), lambda: pipeline.top_k(model, big, k=k_big), repeats
+    )
+    print(
+        f"N={len(big)}, K={k_big}: compiled full ensemble + sort {t_compiled * 1e3:.1f} ms, top-K plan "
+        f"{t_topk * 1e3:.1f} ms: {speedup:.2f}x (median of {repeats} alternating pairs)"
+    )
+    result["selected"] = f"first {pipeline.plan_.prefix_trees} of {pipeline.plan_.model_trees} trees"
+    compiled_result = dict(result, short=f"{short} vs compiled", speedup=speedup)
+    return [result, compiled_result]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=["text", "tabular", "all"], default="all")
+    parser.add_argument("--workload", choices=["text", "tabular", "model", "all"], default="all")
     parser.add_argument("--text-data", choices=["sms", "airline"], default="airline")
     parser.add_argument(
         "--replicate", type=int, default=4, help="test rows are repeated this often for timing"
@@ -309,6 +378,11 @@ def main() -> None:
         default="both",
         help="top-K plan without kernels (compile=False), with them, or both",
     )
+    parser.add_argument("--model-trees", type=int, default=500, help="model workload: trees")
+    parser.add_argument("--model-leaves", type=int, default=63, help="model workload: leaves per tree")
+    parser.add_argument(
+        "--model-rows", type=int, default=8000, help="model workload: calibration rows (and test rows)"
+    )
     args = parser.parse_args()
     variants = ("python", "compiled") if args.variant == "both" else (args.variant,)
     results = []
@@ -316,6 +390,10 @@ def main() -> None:
         results += text_workload(args.text_data, args.replicate, args.repeats, variants)
     if args.workload in ("tabular", "all"):
         results += tabular_workload(args.replicate, args.repeats, variants)
+    if args.workload == "model":
+        results += model_workload(
+            args.model_trees, args.model_leaves, args.model_rows, args.replicate, args.repeats
+        )
     print("\nsummary (K = 1% of N; speedup vs. the original scoring every row, then argsort):")
     for r in results:
         print(

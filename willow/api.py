@@ -719,7 +719,9 @@ def optimize(
     confidence : level of the one-sided Clopper-Pearson lower bound that must reach the target on
         held-out calibration rows.
     approximate_model : unfitted estimator for the cascade's cheap model; default
-        ``sklearn.base.clone`` of the pipeline's own model.
+        ``sklearn.base.clone`` of the pipeline's own model. For ``query="topk"``, ``"prefix"``
+        makes the filter the first trees of the model's own ensemble (:mod:`willow.topk.prefix`),
+        served even when not expected faster; by default such filters compete on expected cost.
     split : fractions of calibration rows for (train, tune, holdout).
     random_state : seed of the split, the permutations and nothing else.
     strict : raise :class:`~willow.UnsupportedPipelineError` on a function willow cannot analyse

@@ -124,7 +124,13 @@ class Options:
                 'serve; query="topk" is tuned by precision_target instead. Pass one accuracy_target.'
             )
         set_("confidence", check_fraction("confidence", self.confidence, upper_inclusive=False))
-        if self.approximate_model is not None and not hasattr(self.approximate_model, "fit"):
+        if isinstance(self.approximate_model, str) and self.approximate_model == "prefix":
+            if query != "topk":
+                raise OptionError(
+                    'approximate_model="prefix" (a prefix of the model\'s own tree ensemble as the '
+                    f'top-K filter) needs query="topk", got query={query!r}.'
+                )
+        elif self.approximate_model is not None and not hasattr(self.approximate_model, "fit"):
             raise OptionTypeError(
                 "approximate_model must be an unfitted scikit-learn-style estimator with fit(), got "
                 f"{type(self.approximate_model).__name__}."

@@ -91,6 +91,7 @@ OBJECTS = (
     "willow.cascades.approximate:ApproximateModel",
     "willow.cascades.tolerance:RegressionApproximateModel",
     "willow.topk.approximate:ApproximateScorer",
+    "willow.topk.prefix:PrefixFilter",
 )
 """Classes a plan file may hold through their ``__getstate__`` / ``__setstate__`` (what their
 pickle holds; ``__setstate__`` compiles the kernels again)."""

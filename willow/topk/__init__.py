@@ -17,12 +17,15 @@ Usage::
 A top-K plan scores every row with a cheap approximate regressor on a few inexpensive feature
 groups (trained on the full model's scores), keeps the ``ceil(c * K)`` best rows as candidates,
 runs the full pipeline on those only and returns the exact top K among them, ranked by
-``(-score, position)``. The candidate ratio ``c`` is tuned per K/N on bootstrap queries of
-``query_size`` rows drawn from calibration rows, so that precision@K (overlap with the original
-pipeline's own top K, divided by K) reaches ``precision_target`` in at least ``confidence`` of
-queries; it is then checked on held-out rows (``TopKPlan.verified``). ``k >= N``, and any query
-whose candidates would be every row, is answered exactly. ``.top_k(...)`` also works, exactly, on
-pipelines not optimized for top-K queries.
+``(-score, position)``. When the model itself is the cost (a large tree ensemble on cheap
+features), the cheap model can instead be the first trees of the same ensemble on every feature
+(:mod:`willow.topk.prefix`; ``approximate_model="prefix"`` forces it). The candidate ratio
+``c`` is tuned per K/N on bootstrap queries of ``query_size`` rows drawn from calibration rows,
+so that precision@K (overlap with the original pipeline's own top K, divided by K) reaches
+``precision_target`` in at least ``confidence`` of queries; it is then checked on held-out rows
+(``TopKPlan.verified``). ``k >= N``, and any query whose candidates would be every row, is
+answered exactly. ``.top_k(...)`` also works, exactly, on pipelines not optimized for top-K
+queries.
 
 With ``compile=`` (on by default) the plan runs the compiler pass first: the filter's feature
 groups and the candidates' full pipeline use the generated kernels that verified and measured

@@ -11,6 +11,10 @@
    ``c`` for every K/N fraction of the grid on bootstrap queries drawn from the tune split: the
    smallest ``c`` whose precision@K reaches ``precision_target`` in at least ``confidence`` of
    the queries;
+   when the model is a tree ensemble the compiler lowers (and ``compile=`` is on), prefixes of
+   that ensemble on every feature are candidates too (:mod:`willow.topk.prefix`), tuned and priced
+   the same way (``approximate_model="prefix"``: only they, served even when not expected
+   faster); a pipeline whose model reads one feature matrix has only these;
 4. keep the subset with the lowest expected cost per row at the declared K/N (or exact, if none
    is cheaper than scoring every row), compile its approximate model, generate its top-K
    function, and check it on the holdout split, which played no part in the choice: bootstrap
@@ -46,6 +50,7 @@ from willow.cascades.runtime import ModelGuard
 from willow.cascades.selection import DEFAULT_BUDGETS, candidates_for
 from willow.cascades.splits import cut_distinct
 from willow.compiler.codegen import RUNTIME, layout_cascade, materialize, stack_expression
+from willow.compiler.compile_budget import budget_refusal
 from willow.compiler.compile_pass import CompilationResult
 from willow.compiler.execution import StatementRunner
 from willow.compiler.graph import PipelineGraph
@@ -54,8 +59,9 @@ from willow.errors import CalibrationError
 from willow.gpu.residency import resident_operators
 from willow.rows import permute_rows, take_rows
 from willow.topk.approximate import ApproximateScorer
-from willow.topk.codegen import build_topk_source
+from willow.topk.codegen import build_prefix_source, build_topk_source
 from willow.topk.plan import RatioRow, TopKCandidate, TopKPlan
+from willow.topk.prefix import PREFIX, PrefixChoice, prefix_candidates
 from willow.topk.ranking import (
     bootstrap_precision,
     bootstrap_weights,
@@ -252,6 +258,25 @@ def _expected_cost(
     return costs.kept_seconds_per_row + features + approx_seconds + candidate_fraction * full_path
 
 
+def _model_deferred(compilation: CompilationResult | None, model: Any, options: TopKOptions) -> str | None:
+    """Why the prefix filter's kernels must wait (compile=True's budget deferred the model to the
+    background, whose ``compile="eager"`` calibration then considers the prefix), else ``None``.
+    A model compiled during calibration shares its kernels (the same groups for large models)."""
+    if not options.compile:
+        return None
+    if compilation is not None:
+        if any(obj is model for obj, _ in compilation.deferred):
+            return "deferred past compile=True's time budget (compiled in the background)"
+        if any(node.statement is None and node.recipe[0] is model for node in compilation.nodes):
+            return None
+    return budget_refusal(model, _node_budget(options))
+
+
+def _key(candidate: TopKCandidate) -> tuple[tuple[str, ...], int]:
+    """A candidate's key among the fitted filters: its groups and prefix trees."""
+    return candidate.groups, candidate.trees
+
+
 def _scores_from_call(graph: PipelineGraph, spec: ScoreSpec) -> bool:
     """Whether the candidates' scores can come from the graph's own model call (compiled or
     not): it calls the method the score needs, with the features as its only argument."""
@@ -345,28 +370,52 @@ def calibrate_topk(
             replace(plan, reason=reason, **changes), python_costs, spec, fingerprint, scorer
         )
 
-    if graph.stack is None:
-        return exact(" ".join(graph.notes) or "the model reads a single feature group.")
-    check_stacker(graph, ns_tune)
-    check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
-    progress.stage("importance")
-    importances = _score_importance(
-        graph, runner, ns_tune, model, spec, full_tune, options.importance_repeats, options.random_state
-    )
-    plan = replace(plan, importances=importances)
-    progress.stage("candidates")
-    subsets = candidates_for(list(graph.group_names), costs, importances, options)
-    ns_train, _ = runner.run_all(arguments_for(train))
-    target = training_target(spec, spec(model, ns_train[graph.model_call.feature_variable]))
     rng = np.random.default_rng(options.random_state)
     tune_weights = bootstrap_weights(n_tune, query_size, options.bootstrap_repeats, rng)
 
-    fused = _fused_full(compilation, graph, spec)
+    def tune(approx_scores: np.ndarray) -> list[RatioRow]:
+        return tune_ratios(
+            full_tune, approx_scores, tune_weights, fractions, options.precision_target, options.confidence
+        )
+
+    only_prefix = isinstance(options.approximate_model, str) and options.approximate_model == PREFIX
+    prefixes: list[PrefixChoice] = []
+    prefix_note = "approximate_model= is a fitted-model template: no ensemble-prefix filter."
+    deferred = _model_deferred(compilation, model, options)
+    if deferred:
+        prefix_note = f"no ensemble-prefix filter during calibration: the model's kernels are {deferred}"
+    elif options.compile and (options.approximate_model is None or only_prefix):
+        progress.stage("prefix")
+        prefixes, prefix_note = prefix_candidates(
+            model, spec, features_tune, full_tune, tune, plan, costs, score_seconds
+        )
+    elif not options.compile:
+        prefix_note = "compile=False: no ensemble-prefix filter (its kernels are compiled)."
+    results: list[TopKCandidate] = [p.candidate for p in prefixes]
+    fitted: dict[Any, tuple[Any, Any, list[RatioRow]]] = {
+        _key(p.candidate): (p.estimator, None, p.rows) for p in prefixes
+    }
+    if only_prefix and not prefixes:
+        return exact(f"approximate_model='prefix': {prefix_note}")
+    if graph.stack is None and not prefixes:
+        return exact(" ".join([*graph.notes, prefix_note]))
+    subsets: list[tuple[str, ...]] = []
     fused_seconds = None
-    if fused is not None:
-        fused_seconds = median_seconds(lambda: fused.operator(ns_tune[fused.text])) / n_tune
-    results: list[TopKCandidate] = []
-    fitted: dict[tuple[str, ...], tuple[Any, Any, list[RatioRow]]] = {}
+    if graph.stack is not None and not only_prefix:
+        check_stacker(graph, ns_tune)
+        check_row_aligned(graph, ns_tune, [g.variable for g in graph.groups], n_tune)
+        progress.stage("importance")
+        importances = _score_importance(
+            graph, runner, ns_tune, model, spec, full_tune, options.importance_repeats, options.random_state
+        )
+        plan = replace(plan, importances=importances)
+        progress.stage("candidates")
+        subsets = candidates_for(list(graph.group_names), costs, importances, options)
+        ns_train, _ = runner.run_all(arguments_for(train))
+        target = training_target(spec, spec(model, ns_train[graph.model_call.feature_variable]))
+        fused = _fused_full(compilation, graph, spec)
+        if fused is not None:
+            fused_seconds = median_seconds(lambda: fused.operator(ns_tune[fused.text])) / n_tune
     template_name = "-"
     for subset in subsets:
         layout = layout_cascade(graph, subset)
@@ -395,9 +444,7 @@ def calibrate_topk(
             continue
         tune_features = eval(expression, ns_tune)
         approx_tune = np.asarray(estimator.predict(tune_features), dtype=np.float64).reshape(-1)
-        rows = tune_ratios(
-            full_tune, approx_tune, tune_weights, fractions, options.precision_target, options.confidence
-        )
+        rows = tune(approx_tune)
         candidate_plan = replace(plan, approximate=True, ratios=tuple(rows))
         ratio = candidate_plan.ratio_for(reference)
         approx_seconds = (
@@ -416,21 +463,30 @@ def calibrate_topk(
                 subset, ratio, expected, original / expected if expected > 0 else math.inf, approx_seconds
             )
         )
-        fitted[subset] = (estimator, layout, rows)
+        fitted[(subset, 0)] = (estimator, layout, rows)
     plan = replace(plan, candidates=tuple(results), approximate_model=template_name)
-    usable = [r for r in results if r.groups in fitted]
+    usable = [r for r in results if _key(r) in fitted]
     if not usable:
         return exact("no candidate's approximate model could be fitted.")
     best = min(usable, key=lambda r: r.expected_seconds_per_row)
-    if best.expected_seconds_per_row >= original:
+    if best.expected_seconds_per_row >= original and not (
+        only_prefix and best.ratio_at_reference * reference < 1
+    ):
         return exact(
             f"no candidate is expected to be cheaper than scoring every row at K/N={reference:.4g} "
             f"(best {best.expected_seconds_per_row * 1e6:.2f} vs {original * 1e6:.2f} us/row)."
         )
-    estimator, layout, rows = fitted[best.groups]
+    estimator, layout, rows = fitted[_key(best)]
     approximate = ApproximateScorer(estimator)
     expected = best.expected_seconds_per_row
-    if options.compile:
+    if best.trees:
+        plan = replace(
+            plan,
+            prefix_trees=best.trees,
+            model_trees=estimator.model_trees,
+            approximate_model=f"ensemble prefix ({best.trees} of {estimator.model_trees} trees)",
+        )
+    elif options.compile:
         expected = _compile_filter(
             approximate, graph, fn, compilation, spec, ns_tune, best, costs, options, reference, score_seconds
         )
@@ -444,7 +500,13 @@ def calibrate_topk(
         expected_speedup=original / expected,
         compiled_nodes=len(compilation.nodes) if compilation is not None else 0,
         approximate_kernel=(
-            "fused" if approximate.fused else "compiled" if approximate.compiled else "python"
+            "staged tree kernels"
+            if best.trees
+            else "fused"
+            if approximate.fused
+            else "compiled"
+            if approximate.compiled
+            else "python"
         ),
     )
 
@@ -453,8 +515,13 @@ def calibrate_topk(
     holdout_arguments = arguments_for(holdout)
     ns_holdout, _ = runner.run_all(holdout_arguments)
     full_holdout = spec(model, ns_holdout[graph.model_call.feature_variable])
-    expression = compile(ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval")
-    approx_holdout = approximate.scores(eval(expression, ns_holdout))
+    if best.trees:
+        approx_holdout = approximate.scores(ns_holdout[graph.model_call.feature_variable])
+    else:
+        expression = compile(
+            ast.Expression(body=stack_expression(graph, best.groups)), graph.filename, "eval"
+        )
+        approx_holdout = approximate.scores(eval(expression, ns_holdout))
     holdout_weights = bootstrap_weights(
         len(holdout), query_size, options.bootstrap_repeats, rng, double=False
     )
@@ -575,7 +642,6 @@ def build_topk(
     With ``compilation``, ``graph`` is the compiled graph: its kernels (and a fused text kernel,
     when the score comes from the model call) serve the filter's groups and the candidates.
     """
-    layout = layout_cascade(graph, plan.selected)
     objects = compilation.guarded if compilation is not None else ()
     runtime = TopKRuntime(
         plan,
@@ -588,13 +654,16 @@ def build_topk(
     )
     from_call = _scores_from_call(graph, score)
     fused = _fused_full(compilation, graph, score)
-    source = build_topk_source(
-        graph,
-        layout,
-        [expr for expr, _ in objects],
-        fused,
-        from_call,
-        approximate.fused and fused is not None,
-    )
+    if plan.prefix_trees:
+        source = build_prefix_source(graph, [expr for expr, _ in objects], from_call)
+    else:
+        source = build_topk_source(
+            graph,
+            layout_cascade(graph, plan.selected),
+            [expr for expr, _ in objects],
+            fused,
+            from_call,
+            approximate.fused and fused is not None,
+        )
     runtime.ops = resident_operators(source, runtime.ops)  # device values between device nodes
     return materialize(source, fn, runtime, f"{graph.function_name} top-k")

@@ -30,7 +30,7 @@ from willow.compiler.codegen import (
 )
 from willow.compiler.graph import PipelineGraph
 
-__all__ = ["build_topk_source"]
+__all__ = ["build_topk_source", "build_prefix_source"]
 
 
 def build_topk_source(
@@ -56,37 +56,8 @@ def build_topk_source(
     local = unique_names(
         graph, ["k", "n_rows", "n_candidates", "approx_features", "approx_scores", "candidates"]
     )
-    k = local["k"]
-    exact = ast.Return(value=forward_call(original, "exact", k))
     model_expr = graph.model_call.model
-    guard_late = model_defined_in_body(graph)
-    not_same_model = ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_model", copy.deepcopy(model_expr)))
-
-    body: list[ast.stmt] = [
-        assign_node(
-            local["n_rows"], runtime_call("count_rows", **{p: name_node(p) for p in graph.row_parameters})
-        ),
-        assign_node(
-            local["n_candidates"], runtime_call("candidate_count", name_node(k), name_node(local["n_rows"]))
-        ),
-    ]
-    too_many = ast.Compare(
-        left=name_node(local["n_candidates"]), ops=[ast.GtE()], comparators=[name_node(local["n_rows"])]
-    )
-    if guarded:
-        objects = [ast.parse(expr, mode="eval").body for expr in guarded]
-        not_same_model = ast.BoolOp(
-            op=ast.Or(),
-            values=[
-                not_same_model,
-                ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects)),
-            ],
-        )
-    test = too_many if guard_late else ast.BoolOp(op=ast.Or(), values=[too_many, not_same_model])
-    body.append(ast.If(test=test, body=[exact], orelse=[]))
-    body += [copy.deepcopy(graph.statements[i].node) for i in layout.every_row]
-    if guard_late:
-        body.append(ast.If(test=not_same_model, body=[copy.deepcopy(exact)], orelse=[]))
+    body = _prologue(graph, original, local, guarded, [graph.statements[i].node for i in layout.every_row])
     if approximate_fused:
         # the statement defining the fused text, if a statement does (the vectorizers' are fused)
         body += [
@@ -127,6 +98,61 @@ def build_topk_source(
         else:
             features = ast.Name(id=graph.model_call.feature_variable, ctx=ast.Load())
             scores = runtime_call("score", copy.deepcopy(model_expr), features)
+    return _finish(graph, original, local, body, scores)
+
+
+def _prologue(
+    graph: PipelineGraph,
+    original: ast.FunctionDef,
+    local: dict[str, str],
+    guarded: Sequence[str],
+    every_row: Sequence[ast.stmt],
+) -> list[ast.stmt]:
+    """Count the rows and candidates, answer exactly when the candidates would be every row or
+    the model (or a compiled fitted object) changed, and run the ``every_row`` statements."""
+    k = local["k"]
+    exact = ast.Return(value=forward_call(original, "exact", k))
+    model_expr = graph.model_call.model
+    guard_late = model_defined_in_body(graph)
+    not_same_model = ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_model", copy.deepcopy(model_expr)))
+
+    body: list[ast.stmt] = [
+        assign_node(
+            local["n_rows"], runtime_call("count_rows", **{p: name_node(p) for p in graph.row_parameters})
+        ),
+        assign_node(
+            local["n_candidates"], runtime_call("candidate_count", name_node(k), name_node(local["n_rows"]))
+        ),
+    ]
+    too_many = ast.Compare(
+        left=name_node(local["n_candidates"]), ops=[ast.GtE()], comparators=[name_node(local["n_rows"])]
+    )
+    if guarded:
+        objects = [ast.parse(expr, mode="eval").body for expr in guarded]
+        not_same_model = ast.BoolOp(
+            op=ast.Or(),
+            values=[
+                not_same_model,
+                ast.UnaryOp(op=ast.Not(), operand=runtime_call("same_objects", *objects)),
+            ],
+        )
+    test = too_many if guard_late else ast.BoolOp(op=ast.Or(), values=[too_many, not_same_model])
+    body.append(ast.If(test=test, body=[exact], orelse=[]))
+    body += [copy.deepcopy(node) for node in every_row]
+    if guard_late:
+        body.append(ast.If(test=not_same_model, body=[copy.deepcopy(exact)], orelse=[]))
+    return body
+
+
+def _finish(
+    graph: PipelineGraph,
+    original: ast.FunctionDef,
+    local: dict[str, str],
+    body: list[ast.stmt],
+    scores: ast.expr,
+) -> ast.FunctionDef:
+    """``body`` and ``return _willow.best_of(candidates, <scores>, k)`` as the top-K function."""
+    k = local["k"]
     body.append(
         ast.Return(value=runtime_call("best_of", name_node(local["candidates"]), scores, name_node(k)))
     )
@@ -143,3 +169,38 @@ def build_topk_source(
     )
     ast.fix_missing_locations(func)
     return func
+
+
+def build_prefix_source(
+    graph: PipelineGraph, guarded: Sequence[str] = (), score_from_call: bool = False
+) -> ast.FunctionDef:
+    """The top-K function of an ensemble-prefix plan (:mod:`willow.topk.prefix`) as an AST.
+
+    Every statement runs on every row (the prefix reads every feature); the approximate scores
+    are the prefix's on the model's feature matrix, whose candidate rows are then scored by the
+    (possibly compiled) model call, or ``_willow.score(model, X)`` without ``score_from_call``.
+    Needs no stacking step, so it also serves a model reading one feature matrix.
+    """
+    original = ast.parse(graph.source).body[0]
+    assert isinstance(original, ast.FunctionDef)
+    local = unique_names(graph, ["k", "n_rows", "n_candidates", "approx_scores", "candidates"])
+    body = _prologue(graph, original, local, guarded, [st.node for st in graph.statements])
+    features = graph.model_call.feature_variable
+    body += [
+        assign_node(local["approx_scores"], runtime_call("approximate_scores", name_node(features))),
+        assign_node(
+            local["candidates"],
+            runtime_call("candidates", name_node(local["approx_scores"]), name_node(local["n_candidates"])),
+        ),
+        assign_node(
+            features,
+            runtime_call(
+                "take_rows", name_node(features), name_node(local["candidates"]), name_node(local["n_rows"])
+            ),
+        ),
+    ]
+    if score_from_call:
+        scores = runtime_call("score_output", copy.deepcopy(graph.model_call.node.value))
+    else:
+        scores = runtime_call("score", copy.deepcopy(graph.model_call.model), name_node(features))
+    return _finish(graph, original, local, body, scores)

@@ -42,6 +42,12 @@ class TopKCandidate:
     expected_speedup: float
     approximate_seconds_per_row: float
     note: str = ""
+    trees: int = 0  # an ensemble-prefix filter: the first ``trees`` trees of the model (no groups)
+
+    @property
+    def label(self) -> str:
+        """The groups joined by ``+``, or ``prefix <trees> trees``."""
+        return f"prefix {self.trees} trees" if self.trees else "+".join(self.groups)
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,9 @@ class TopKPlan(FeaturePlan):
     model on ``selected`` groups, keeps the best rows as candidates (how many:
     :meth:`candidate_count`, from the ``ratios`` tuned on a grid of K/N fractions), runs the full
     pipeline on them and returns their exact top K; whenever the candidates would be all N rows,
-    every row is scored exactly. With ``approximate`` False every query is
+    every row is scored exactly. With ``prefix_trees`` > 0 the approximate score is the model's
+    own, from its first ``prefix_trees`` of ``model_trees`` trees on every feature
+    (:mod:`willow.topk.prefix`), and ``selected`` is empty. With ``approximate`` False every query is
     answered exactly and ``reason`` says why. Costs are seconds per row.
 
     The guarantee (``guarantee``, in words) holds for queries of ``query_size`` rows drawn like
@@ -71,6 +79,8 @@ class TopKPlan(FeaturePlan):
     verified: bool
     candidates: tuple[TopKCandidate, ...] = field(default_factory=tuple)
     approximate_kernel: str = "python"
+    prefix_trees: int = 0
+    model_trees: int = 0
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -135,7 +145,13 @@ class TopKPlan(FeaturePlan):
     def table(self) -> str:
         """The plan as readable text: groups, costs, importances, the ratio table, the guarantee."""
         lines = []
-        if self.approximate:
+        if self.approximate and self.prefix_trees:
+            lines.append(
+                f"Top-K plan: approximate scores from the model's first {self.prefix_trees} of "
+                f"{self.model_trees} trees on every feature (ensemble prefix); keep ceil(c*K) "
+                "candidates, score them with the full model, return their exact top K."
+            )
+        elif self.approximate:
             lines.append(
                 f"Top-K plan: approximate scores from {', '.join(self.selected)}; keep ceil(c*K) "
                 "candidates, score them with the full pipeline, return their exact top K."
@@ -172,10 +188,16 @@ class TopKPlan(FeaturePlan):
                 f"  expected top-K cost at K/N={self.reference_fraction:.4g}  "
                 f"{self.expected_seconds_per_row * 1e6:10.2f} us/row ({self.expected_speedup:.2f}x)"
             )
-        lines.append(
-            f"  approximate model {self.approximate_model}, trained on the full model's scores "
-            f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
-        )
+        if self.approximate and self.prefix_trees:
+            lines.append(
+                f"  approximate model {self.approximate_model}: not trained, the ensemble's own first "
+                f"trees ({self.tune_rows} tune / {self.holdout_rows} holdout rows)"
+            )
+        else:
+            lines.append(
+                f"  approximate model {self.approximate_model}, trained on the full model's scores "
+                f"({self.train_rows} train / {self.tune_rows} tune / {self.holdout_rows} holdout rows)"
+            )
         if self.duplicate_rows:
             lines.append(
                 f"  duplicate rows: {self.duplicate_rows} calibration rows repeat another row's inputs; "
@@ -192,7 +214,7 @@ class TopKPlan(FeaturePlan):
             lines.append("  candidates (tune split):")
             lines.append(f"    {'groups':<36} {'c@ref':>8} {'us/row':>9} {'speedup':>8}")
             for c in self.candidates:
-                name = "+".join(c.groups)
+                name = c.label
                 name = name if len(name) <= 36 else name[:33] + "..."
                 lines.append(
                     f"    {name:<36} {c.ratio_at_reference:>8.3g} {c.expected_seconds_per_row * 1e6:>9.2f} "
