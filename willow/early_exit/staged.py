@@ -23,6 +23,20 @@ no decision):
   within rounding of a tie on the full path, where the library's own tie rule decides.
 * approximate: the margin of the estimate (``|estimate|`` for binary, the gap between the top two
   for multiclass) exceeds the stage's threshold ``thresholds[s]`` (``inf``: exact exits only).
+
+**Regression** (:meth:`StagedTreeModel.with_regression`: a regressor's ``predict``, one output
+column whose value is the answer, judged within a ``tolerance``). A row leaving after stage ``s``
+is given ``partial + offsets[s] + slopes[s] * (partial - previous)`` (``previous``: its partial
+score after the stage before; defaults ``center`` and 0: the calibration fits both on tune rows,
+extrapolating how far a row still moving keeps moving) and the rules are:
+
+* exact (stage-level, the same for every row; a float tolerance and an identity output
+  conversion): every row leaves after the first stage where the remaining trees' leaf-value
+  bounds keep the final value within ``tolerance`` of the estimate,
+  ``(rest_high - rest_low) / 2 / divisor + guard <= tolerance``. A proof: no statistics.
+* approximate: the row's score has settled, ``|partial_s - partial_{s-1}| <= thresholds[s]``
+  (how far the row moved over the last stage; before the first stage it is the base score),
+  run by :func:`_settle_rows`, a separate compiled pass so the classifier rule stays as it was.
 """
 
 from __future__ import annotations
@@ -133,6 +147,11 @@ class StagedTreeModel:
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self.stops: tuple[int, ...] = (len(ensemble.trees),)
         self.thresholds: tuple[float, ...] = ()
+        # regression (see the module doc): the tolerance exact exits keep, the exit estimates' offsets
+        self.regression = False
+        self.tolerance: float | None = None
+        self.offsets: tuple[float, ...] = ()
+        self.slopes: tuple[float, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -151,9 +170,17 @@ class StagedTreeModel:
         snapped.add(self.n_trees)
         return tuple(sorted(snapped))
 
-    def with_stages(self, stops: Sequence[int], thresholds: Sequence[float] | None = None) -> StagedTreeModel:
+    def with_stages(
+        self,
+        stops: Sequence[int],
+        thresholds: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
+        slopes: Sequence[float] | None = None,
+    ) -> StagedTreeModel:
         """Set the stage stops (snapped, see :meth:`snap`) and thresholds (default: exact exits
-        only); returns ``self``."""
+        only); for regression also the exit estimates' offsets and slopes (raw units, one per
+        stage but the last; default the remaining trees' leaf-bound centers and 0); returns
+        ``self``."""
         snapped = self.snap(stops)
         if thresholds is None:
             thresholds = (float("inf"),) * (len(snapped) - 1)
@@ -162,9 +189,53 @@ class StagedTreeModel:
                 f"Expected one threshold per stage but the last ({len(snapped) - 1} for stops {snapped}), "
                 f"got {len(thresholds)}."
             )
+        if offsets is None:
+            offsets = tuple(float(self.center(stop)[0]) for stop in snapped[:-1]) if self.regression else ()
+        if slopes is None:
+            slopes = (0.0,) * len(offsets)
+        if self.regression and not len(offsets) == len(slopes) == len(snapped) - 1:
+            raise ValueError(
+                f"Expected one offset and slope per stage but the last, got {len(offsets)} and {len(slopes)}."
+            )
         self.stops = snapped
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.offsets = tuple(float(o) for o in offsets)
+        self.slopes = tuple(float(o) for o in slopes)
         return self
+
+    def with_regression(self, tolerance: float | None) -> StagedTreeModel:
+        """Use the regression rules (module doc) for one output column judged within
+        ``tolerance`` (a float: exact exits where the bounds prove it; ``None``: a callable
+        tolerance, settled-score exits only); returns ``self``. Call before :meth:`with_stages`."""
+        if self.ensemble.n_outputs != 1:
+            raise NotLowerable(
+                f"{self.name}: regression early exit needs one output column, the ensemble has "
+                f"{self.ensemble.n_outputs}."
+            )
+        self.regression = True
+        self.tolerance = None if tolerance is None else float(tolerance)
+        self._linear = self.linear_output
+        return self
+
+    @property
+    def linear_output(self) -> bool:
+        """Whether the output conversion is the identity on raw scores (so a bound on the raw
+        score is a bound on the output: exact regression exits need it)."""
+        probe = np.array([[-1.5], [0.0], [2.25]])
+        try:
+            converted = np.asarray(self._finish(probe.copy()), dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return False
+        return bool(np.array_equal(converted, probe.reshape(-1)))
+
+    def settled_stop(self, stop: int) -> bool:
+        """Regression, exact: whether the trees after ``stop`` provably keep every row's output
+        within ``tolerance`` of ``partial + center`` (the same for every row)."""
+        if self.tolerance is None or stop >= self.n_trees:
+            return stop >= self.n_trees
+        half = float(self._rest_high[stop, 0] - self._rest_low[stop, 0]) / 2.0
+        divisor = float(self.ensemble.divisor)
+        return self._linear and (half + self.guard) / divisor <= self.tolerance
 
     # ------------------------------------------------------------------ rules
 
@@ -233,6 +304,7 @@ class StagedTreeModel:
         rows, buffer = data, None
         scores = np.empty((n, self.ensemble.n_outputs))
         scores[:] = self._base
+        previous = np.full(n, self._base[0]) if self.regression else None
         group, m = 0, n
         last = len(self.stops) - 1
         for s, stop in enumerate(self.stops):
@@ -245,6 +317,12 @@ class StagedTreeModel:
                 return
             if buffer is None:
                 buffer = np.empty_like(data)
+            if self.regression:
+                m = self._settle(rows, buffer, scores, previous, active, m, out, stage, s, stop, rows is data)
+                rows = buffer[:m]
+                if m == 0:
+                    return
+                continue
             m = _exit_rows(
                 rows, buffer, scores, active, m, out, stage, s, self._rest_low[stop], self._rest_high[stop],
                 self.guard, self.thresholds[s], rows is data,
@@ -252,6 +330,43 @@ class StagedTreeModel:
             rows = buffer[:m]
             if m == 0:
                 return
+
+    def _settle(self, rows, buffer, scores, previous, active, m, out, stage, s, stop, fresh) -> int:  # noqa: ANN001
+        """One regression stage's exits (:func:`_settle_rows`): everyone after a settled stop,
+        whose estimate is then always ``partial + center`` (what the bounds' proof is about)."""
+        threshold = self.thresholds[s]
+        settled = self.settled_stop(stop)
+        offset = float(self.center(stop)[0]) if settled else self.offsets[s]
+        return _settle_rows(
+            rows, buffer, scores, previous, active, m, out, stage, s, offset, 0.0 if settled else self.slopes[s],
+            threshold if np.isfinite(threshold) else -1.0, settled, fresh,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _settle_rows(
+    rows, buffer, scores, previous, active, m, out, stage, s, offset, slope, threshold, everyone, fresh
+):
+    """One regression stage's exits over the first ``m`` running rows: a row leaves when
+    ``everyone`` (the bounds settle every row) or its score moved at most ``threshold`` since
+    the previous stage (``previous``), with the estimate ``score + offset + slope * moved``
+    (``everyone``: the caller passes the leaf-bound center and slope 0); the others move to
+    the front as in :func:`_exit_rows`, their score becoming ``previous``. Returns how many run."""
+    kept = 0
+    for i in range(m):
+        p = scores[i, 0]
+        moved = p - previous[i]
+        if everyone or abs(moved) <= threshold:
+            out[active[i], 0] = p + offset + slope * moved
+            stage[active[i]] = s
+        else:
+            if kept != i or fresh:
+                buffer[kept, :] = rows[i, :]
+                scores[kept, 0] = p
+                active[kept] = active[i]
+            previous[kept] = p
+            kept += 1
+    return kept
 
 
 @numba.njit(cache=True, nogil=True)
