@@ -67,12 +67,12 @@ LAMBDAS = np.geomspace(0.05, 60.0, 120)
 #: Threshold profiles across stages: ``sigma[s] * (stop_s / n_trees) ** beta`` (beta < 0 asks
 #: early stages for larger margins than ``sigma`` alone, beta > 0 for smaller ones).
 PROFILES = (-0.5, 0.0, 0.5, 1.0)
-#: Offsets of a regressor's exit estimate tried (each schedule with each; the cheapest on the tune
-#: rows wins): ``"median"`` of what the remaining trees added on the tune rows, or ``"center"``
-#: of their leaf-value bounds. Measured (benchmarks.early_exit, see its docstring): the median
-#: wins on both price and a synthetic make_regression LightGBM: a regressor's leaf values are
-#: not symmetric around 0 late in boosting, so the bounds' midpoint is biased by up to a few
-#: leaves' worth of value, while the median follows where rows actually end up.
+#: How a regressor's exit estimate adds what the remaining trees will (each schedule is tuned with
+#: each; the cheapest on the tune rows wins): ``"linear"`` (``offset + slope * moved``, least
+#: squares on the tune rows), ``"median"`` (the tune rows' median of what the rest added) or
+#: ``"center"`` (the rest's leaf-bound midpoint). Only ``"linear"`` by default: it measured best on
+#: price and make_regression (see :mod:`willow.early_exit.staged`), and each extra candidate
+#: raises the Bonferroni level every candidate is tuned at.
 CORRECTIONS = ("linear",)
 #: What reaching one more stage costs a row (gathering it into the next batch, testing its exit),
 #: in trees of the ensemble: how schedules with more stages are charged when choosing one.
@@ -152,9 +152,10 @@ def agreeing_rows(output: np.ndarray, reference: np.ndarray, method: str) -> np.
 class _Stages:
     """What one schedule's exits depend on, per exit stage ``s`` and tune row.
 
-    Regression (``settle``): ``margins`` holds how far each row's score moved over stage ``s``
-    (a row leaves when it is at most the threshold), ``agrees[s]`` whether its estimate after
-    stage ``s`` (``partial + offsets[s]``) is within tolerance of the full ensemble's output."""
+    Regression (``settle``): ``margins`` holds how far each row's score moved over stage ``s``'s
+    last kernel group (a row leaves when it is at most the threshold), ``agrees[s]`` whether its
+    estimate after stage ``s`` (``partial + offsets[s] + slopes[s] * moved``) is within
+    tolerance of the full ensemble's output."""
 
     stops: tuple[int, ...]
     margins: np.ndarray  # (S - 1, n)
@@ -199,7 +200,8 @@ def _regression_stages(
     correction: str,
 ) -> _Stages:
     """:class:`_Stages` of a regressor's schedule: per stage, each tune row's movement over the
-    stage and whether its estimate is within tolerance (``within(original, approx)``) of the
+    stage's last kernel group (:meth:`~willow.early_exit.staged.StagedTreeModel.lookback`; its
+    partial scores must be in ``partial``) and whether its estimate is within tolerance (``within(original, approx)``) of the
     full ensemble's output. ``correction``: how the estimate adds what the remaining trees will,
     ``"linear"`` (``offset + slope * moved``, least squares on the tune rows: a row still moving
     keeps moving the same way), ``"median"`` (the tune rows' median of what they added) or
@@ -208,12 +210,12 @@ def _regression_stages(
     final = partial[staged.n_trees]
     divisor = staged.ensemble.divisor
     reference = np.asarray(staged._finish(final / divisor), dtype=np.float64)
-    previous = np.full(final.shape, staged._base[0])
     movement, exact, agrees, sigma, offsets, slopes = [], [], [], [], [], []
     for stop in stops[:-1]:
+        back = staged.lookback(stop)
+        previous = partial[back] if back else np.full(final.shape, staged._base[0])
         signed = (partial[stop] - previous)[:, 0]
         moved = np.abs(signed)
-        previous = partial[stop]
         settled = staged.settled_stop(stop)
         rest = final[:, 0] - partial[stop][:, 0]
         offset, slope = float(staged.center(stop)[0]), 0.0
@@ -341,10 +343,9 @@ def calibrate_early_exit(
     :mod:`willow.cascades.tolerance`: a float ``t`` for ``|approx - original| <= t``, or a
     callable ``(original, approx) -> bool per row``): ``accuracy_target=1.0`` (a float
     tolerance) exits every row once the bounds prove its output within ``t``; below it, rows whose
-    score settled leave with the estimate ``partial + offset``, the offset per stage one of
-    ``corrections`` (``"median"``: the tune rows' median of what the remaining trees added;
-    ``"center"``: the leaf-bound midpoint; both are tried, see :data:`CORRECTIONS`), and the plan
-    is proven on "within tolerance" agreement. ``options`` go to
+    score settled (moved little over the stage's last trees) leave with an estimate per
+    ``corrections`` (:data:`CORRECTIONS`: by default ``partial + offset + slope * moved``, fitted
+    on the tune rows), and the plan is proven on "within tolerance" agreement. ``options`` go to
     :func:`~willow.early_exit.staged.stage_tree_model` (unless ``staged`` is given). Raises
     :class:`~willow.errors.CalibrationError` when the holdout part is too small to prove the
     target, :class:`EarlyExitToleranceError` (a ``ValueError``) for ``tolerance=`` given for a
@@ -388,7 +389,10 @@ def calibrate_early_exit(
         settled = next((stop for stop in staged.group_ends if staged.settled_stop(stop)), staged.n_trees)
         schedules_stops.append(staged.snap([settled]))
     schedules_stops = list(dict.fromkeys(c for c in schedules_stops if len(c) > 1)) or [(staged.n_trees,)]
-    all_stops = sorted({stop for c in schedules_stops for stop in c})
+    all_stops = {stop for c in schedules_stops for stop in c}
+    if within is not None:  # and where each stop's movement is measured from
+        all_stops |= {staged.lookback(stop) for stop in all_stops} - {0}
+    all_stops = sorted(all_stops)
     partial = dict(zip(all_stops, staged.partial_scores(X_tune, all_stops)))
     if within is None:
         candidates = [_stages(staged, stops, partial) for stops in schedules_stops]

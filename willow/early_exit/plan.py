@@ -24,8 +24,9 @@ class EarlyExitPlan:
     ``regression``: a regressor's ``predict`` judged within a tolerance (``tolerance``: the float
     one, ``None`` for a callable; ``tolerance_text`` says which): exact exits are stages after
     which the bounds keep every row within ``tolerance``, approximate ones rows whose score moved
-    at most ``thresholds[s]`` over stage ``s``; an exiting row's value is its partial raw score
-    plus ``offsets[s] + slopes[s] * moved`` (``moved``: its change over stage ``s``). ``agreement`` then counts rows within tolerance of the full ensemble.
+    at most ``thresholds[s]`` over stage ``s``'s last kernel group; an exiting row's value is its
+    partial raw score plus ``offsets[s] + slopes[s] * moved`` (``moved``: that change).
+    ``agreement`` then counts rows within tolerance of the full ensemble.
     """
 
     model: str
