@@ -1,12 +1,13 @@
 """Benchmark: staged early exit inside a tree ensemble against the compiled full ensemble.
 
     python -m benchmarks.early_exit [--trees 500 --leaves 63 --features 100] [--quick] [--out FILE]
-        [--workloads synthetic credit music price credit-end-to-end] [--scale full]
+        [--workloads synthetic credit music price synthetic-regression credit-end-to-end] [--scale full]
         [--end-to-end-scale quick]
 
 Besides the synthetic model (``synthetic``) it measures the credit and music workloads' models on
-their own features (the same table), price (a regressor: the leaf-bound figure, exits within
-``tolerance=`` are not built) and credit end to end (see :mod:`benchmarks.early_exit_workloads`).
+their own features (the same table), price (a regressor: exits within ``tolerance=`` $50,000,
+agreement within it; ``synthetic-regression``: the same on a make_regression LightGBM) and credit
+end to end (see :mod:`benchmarks.early_exit_workloads`, which has their figures).
 
 The model is an LGBMClassifier (``--trees`` x ``--leaves``) on ``make_classification`` data with
 ``--features`` features; it is trained on its own rows, calibrated (:func:`willow.early_exit.
