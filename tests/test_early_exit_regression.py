@@ -172,6 +172,8 @@ def test_tolerance_refusals(staged):
     classifier = lgb.LGBMClassifier(n_estimators=3, num_leaves=4, verbose=-1).fit(X_TRAIN, Y_TRAIN > 0)
     with pytest.raises(EarlyExitToleranceError, match="Remove tolerance="):
         calibrate_early_exit(classifier, X, accuracy_target=1.0, tolerance=0.5)
+    integer = calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages, tolerance=10)
+    assert integer.plan.tolerance == 10.0 and integer.plan.exact and integer.plan.trees_per_row < 16
     with pytest.raises(ValueError, match="finite number > 0"):
         calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages, tolerance=-1.0)
 

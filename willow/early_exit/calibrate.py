@@ -358,6 +358,8 @@ def calibrate_early_exit(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}.")
     within = _check_tolerance(model, method, tolerance, accuracy_target)
+    if within is not None:
+        tolerance = check_tolerance(tolerance)  # a number as a float
     if staged is None:
         staged = stage_tree_model(model, method, **options)
     if within is not None:
