@@ -14,21 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn import ensemble as sk_ensemble
+from test_early_exit import CAT, N_FEATURES
+from test_early_exit import _data as _rows
 
 from willow.early_exit import EarlyExitPlan, ModelCascade, calibrate_early_exit, stage_tree_model
 from willow.early_exit.calibrate import EarlyExitToleranceError, _exits, _regression_stages
 from willow.errors import WillowError
 
-N_FEATURES = 5
-CAT = 4
 BUILD = dict(n_jobs=1)
 
 
 def _data(n: int, seed: int, nan: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, N_FEATURES))
-    X[:, CAT] = rng.integers(0, 6, n)
-    filled = X.copy()
+    """test_early_exit's rows (NaN where ``nan``) and a regression target from their values."""
+    filled = _rows(n, seed, nan=False)[0]
+    rng = np.random.default_rng(seed + 1000)
+    X = filled.copy()
     if nan:
         X[rng.random(X.shape) < 0.08] = np.nan
     y = 3.0 * filled[:, 0] + np.sin(2 * filled[:, 1]) - filled[:, 2] ** 2 + (filled[:, CAT] % 3 == 1)
