@@ -1,7 +1,8 @@
 """Benchmark: staged early exit inside a tree ensemble against the compiled full ensemble.
 
     python -m benchmarks.early_exit [--trees 500 --leaves 63 --features 100] [--quick] [--out FILE]
-        [--workloads synthetic credit music price synthetic-regression credit-end-to-end] [--scale full]
+        [--workloads synthetic credit music price synthetic-regression credit-end-to-end
+        price-end-to-end] [--scale full]
         [--end-to-end-scale quick]
 
 Besides the synthetic model (``synthetic``) it measures the credit and music workloads' models on
@@ -50,7 +51,15 @@ from typing import Any
 import numpy as np
 
 TARGETS = (1.0, 0.999, 0.99)
-WORKLOADS = ("synthetic", "credit", "music", "price", "synthetic-regression", "credit-end-to-end")
+WORKLOADS = (
+    "synthetic",
+    "credit",
+    "music",
+    "price",
+    "synthetic-regression",
+    "credit-end-to-end",
+    "price-end-to-end",
+)
 
 
 def build_model(
@@ -242,6 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
             "credit", args.end_to_end_scale, args.accuracy_target, args.repeats
         )
         print("\n" + workloads.markdown(credit), flush=True)
+    if "price-end-to-end" in args.workloads:
+        price_e2e = results["price end to end"] = workloads.price_end_to_end(
+            args.end_to_end_scale, args.accuracy_target, args.repeats
+        )
+        print("\n" + workloads.markdown(price_e2e), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)
