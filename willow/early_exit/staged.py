@@ -381,7 +381,6 @@ def _settle_rows(
                 buffer[kept, :] = rows[i, :]
                 scores[kept, 0] = p
                 active[kept] = active[i]
-            previous[kept] = p
             kept += 1
     return kept
 
