@@ -42,6 +42,9 @@ LGB = dict(n_estimators=40, num_leaves=6, min_child_samples=5, learning_rate=0.1
 def _models() -> dict[str, object]:
     return {
         "lgb": lgb.LGBMRegressor(**LGB).fit(X_TRAIN, Y_TRAIN, categorical_feature=[CAT]),
+        "hgb": sk_ensemble.HistGradientBoostingRegressor(
+            max_iter=30, max_leaf_nodes=5, categorical_features=[CAT], random_state=0
+        ).fit(X_TRAIN, Y_TRAIN),
         "rf": sk_ensemble.RandomForestRegressor(n_estimators=16, max_depth=4, random_state=0).fit(
             X_TRAIN, Y_TRAIN
         ),
@@ -62,7 +65,7 @@ def _halfway_tolerance(stages) -> float:
     )
 
 
-@pytest.mark.parametrize("name", ["lgb", "rf"])
+@pytest.mark.parametrize("name", ["lgb", "hgb", "rf"])
 def test_exact_regression_exits_stay_within_tolerance(staged, name):
     model, stages = staged[name]
     tolerance = _halfway_tolerance(stages)
