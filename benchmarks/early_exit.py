@@ -1,12 +1,14 @@
 """Benchmark: staged early exit inside a tree ensemble against the compiled full ensemble.
 
     python -m benchmarks.early_exit [--trees 500 --leaves 63 --features 100] [--quick] [--out FILE]
-        [--workloads synthetic credit music price credit-end-to-end] [--scale full]
+        [--workloads synthetic credit music price synthetic-regression credit-end-to-end
+        price-end-to-end] [--scale full]
         [--end-to-end-scale quick]
 
 Besides the synthetic model (``synthetic``) it measures the credit and music workloads' models on
-their own features (the same table), price (a regressor: the leaf-bound figure, exits within
-``tolerance=`` are not built) and credit end to end (see :mod:`benchmarks.early_exit_workloads`).
+their own features (the same table), price (a regressor: exits within ``tolerance=`` $50,000,
+agreement within it; ``synthetic-regression``: the same on a make_regression LightGBM) and credit
+end to end (see :mod:`benchmarks.early_exit_workloads`, which has their figures).
 
 The model is an LGBMClassifier (``--trees`` x ``--leaves``) on ``make_classification`` data with
 ``--features`` features; it is trained on its own rows, calibrated (:func:`willow.early_exit.
@@ -49,7 +51,15 @@ from typing import Any
 import numpy as np
 
 TARGETS = (1.0, 0.999, 0.99)
-WORKLOADS = ("synthetic", "credit", "music", "price", "credit-end-to-end")
+WORKLOADS = (
+    "synthetic",
+    "credit",
+    "music",
+    "price",
+    "synthetic-regression",
+    "credit-end-to-end",
+    "price-end-to-end",
+)
 
 
 def build_model(
@@ -73,11 +83,17 @@ def build_model(
 
 
 def measure_targets(
-    model: Any, X_cal: Any, X_test: np.ndarray, targets: list[float], repeats: int
+    model: Any,
+    X_cal: Any,
+    X_test: np.ndarray,
+    targets: list[float],
+    repeats: int,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Staged early exit on ``model.predict`` calibrated on ``X_cal`` for each of ``targets``,
     measured on ``X_test`` against willow's compiled full ensemble (medians of interleaved runs):
-    speedup, stops, thresholds, exit fractions, trees per row, test agreement, holdout bound."""
+    speedup, stops, thresholds, exit fractions, trees per row, test agreement, holdout bound.
+    ``tolerance``: a regressor, whose exits and agreement are within it (no cheap model first)."""
     from benchmarks.measure import time_batches
     from willow.compiler.lowering.trees import lower_tree_model
     from willow.early_exit import calibrate_early_exit, stage_tree_model
@@ -90,6 +106,12 @@ def measure_targets(
     compile_seconds = time.perf_counter() - start
     reference = model.predict(X_test)
     assert np.array_equal(compiled(X_test), reference)
+
+    def agreement(output: np.ndarray) -> float:
+        if tolerance is None:
+            return round(float((output == reference).mean()), 5)
+        return round(float((np.abs(output - reference) <= tolerance).mean()), 5)
+
     cascades = {}
     results: dict[str, Any] = {
         "calibration_rows": len(X_cal),
@@ -100,13 +122,15 @@ def measure_targets(
     for target in targets:
         start = time.perf_counter()
         try:
-            cascades[target] = calibrate_early_exit(model, X_cal, accuracy_target=target, staged=staged)
+            cascades[target] = calibrate_early_exit(
+                model, X_cal, accuracy_target=target, staged=staged, tolerance=tolerance
+            )
         except CalibrationError as exc:  # too few holdout rows to ever prove this target
             results["targets"][str(target)] = {"n/a": str(exc)}
             continue
         results["targets"][str(target)] = {"calibration_seconds": round(time.perf_counter() - start, 2)}
     cheap = {}  # cheap model first (a distilled model in front of the ensemble), below 1.0
-    for target in cascades:
+    for target in cascades if tolerance is None else ():
         if target < 1.0:
             start = time.perf_counter()
             try:
@@ -137,7 +161,7 @@ def measure_targets(
             thresholds=[None if np.isinf(t) else round(t, 4) for t in plan.thresholds],
             exit_fractions=[round(float(f), 4) for f in fractions],
             trees_per_row=round(float(np.dot(fractions, plan.stops)), 1),
-            agreement=round(float((output == reference).mean()), 5),
+            agreement=agreement(output),
             exact=plan.exact,
             holdout_agreement=round(plan.agreement, 5),
             holdout_lower_bound=None if plan.lower_bound is None else round(plan.lower_bound, 5),
@@ -208,12 +232,18 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = workloads.inside_the_model(name, args.scale, args.targets, args.repeats)
             print("\n" + _markdown(results[name]), flush=True)
     if "price" in args.workloads:
-        price = results["price"] = workloads.price_truncation(args.scale)
+        price = results["price"] = workloads.price_inside(args.scale, args.targets, args.repeats)
+        print("\n" + _markdown(price), flush=True)
         print(
-            f"\n{price['model']}: regression exits within tolerance= are not built; the leaf-value "
-            f"bounds keep every prediction within ${price['tolerance']:,.0f} only after "
-            f"{price['trees_needed']} of {price['n_trees']} trees ({price['bound_speedup']}x at most); "
-            f"half-width of what the remaining trees can add after k trees: {price['half_width_after']}",
+            f"(leaf bounds alone: every row within tolerance after {price['bound_trees']} trees)", flush=True
+        )
+    if "synthetic-regression" in args.workloads:
+        regression = results["synthetic regression"] = workloads.synthetic_regression(
+            args.targets, args.repeats, rows=4_000 if args.quick else 10_000
+        )
+        print("\n" + _markdown(regression), flush=True)
+        print(
+            f"(leaf bounds alone: every row within tolerance after {regression['bound_trees']} trees)",
             flush=True,
         )
     if "credit-end-to-end" in args.workloads:
@@ -221,6 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
             "credit", args.end_to_end_scale, args.accuracy_target, args.repeats
         )
         print("\n" + workloads.markdown(credit), flush=True)
+    if "price-end-to-end" in args.workloads:
+        price_e2e = results["price end to end"] = workloads.price_end_to_end(
+            args.end_to_end_scale, args.accuracy_target, args.repeats
+        )
+        print("\n" + workloads.markdown(price_e2e), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)

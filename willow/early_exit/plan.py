@@ -20,6 +20,13 @@ class EarlyExitPlan:
     ``lower_bound`` (one-sided Clopper-Pearson at ``confidence``) were measured on holdout rows
     that played no part in choosing the plan. ``exit_fractions[s]``: holdout rows leaving after
     stage ``s``; ``trees_per_row``: their mean number of trees evaluated.
+
+    ``regression``: a regressor's ``predict`` judged within a tolerance (``tolerance``: the float
+    one, ``None`` for a callable; ``tolerance_text`` says which): exact exits are stages after
+    which the bounds keep every row within ``tolerance``, approximate ones rows whose score moved
+    at most ``thresholds[s]`` over stage ``s``'s last kernel group; an exiting row's value is its
+    partial raw score plus ``offsets[s] + slopes[s] * moved`` (``moved``: that change).
+    ``agreement`` then counts rows within tolerance of the full ensemble.
     """
 
     model: str
@@ -38,6 +45,18 @@ class EarlyExitPlan:
     seconds_per_row: float | None = None
     full_seconds_per_row: float | None = None
     reason: str = ""
+    regression: bool = False
+    tolerance: float | None = None
+    tolerance_text: str = ""
+    offsets: tuple[float, ...] = ()
+    slopes: tuple[float, ...] = ()
+
+    @property
+    def within(self) -> str:
+        """ "within tolerance t" (regression) or "" (decisions)."""
+        if not self.regression:
+            return ""
+        return f"within tolerance {self.tolerance:g}" if self.tolerance is not None else "within tolerance"
 
     @property
     def expected_speedup(self) -> float | None:
@@ -48,8 +67,14 @@ class EarlyExitPlan:
 
     def table(self) -> str:
         """The plan as text: stages, thresholds, exit fractions and the guarantee."""
-        kind = "exact (leaf-value bounds)" if self.exact else "approximate (margin thresholds)"
+        if self.regression:
+            kind = "exact (leaf-value bounds)" if self.exact else "approximate (settled-score thresholds)"
+            kind += f", {self.within}"
+        else:
+            kind = "exact (leaf-value bounds)" if self.exact else "approximate (margin thresholds)"
         lines = [f"Model cascade inside {self.model}: staged early exit, {kind}."]
+        if self.regression:
+            lines.append(f"  agreement: {self.tolerance_text}")
         if self.reason:
             lines.append(self.reason)
         lines.append(f"  {'stage':>5} {'trees':>7} {'threshold':>11} {'exits':>8}")
@@ -69,11 +94,17 @@ class EarlyExitPlan:
                 f"{self.full_seconds_per_row * 1e6:.2f} us/row on {self.tune_rows} tune rows "
                 f"({self.expected_speedup:.2f}x)"
             )
-        if self.exact:
+        if self.exact and self.regression:
+            lines.append(
+                f"  exact: the bounds keep every row {self.within} of the full ensemble (holdout "
+                f"{self.agreement:.4f})"
+            )
+        elif self.exact:
             lines.append(f"  exact: holdout decisions identical to the full ensemble ({self.agreement:.4f})")
         else:
             lines.append(
-                f"  agreement with the full ensemble {self.agreement:.4f} on {self.holdout_rows} holdout "
+                f"  agreement{' ' + self.within if self.regression else ''} with the full ensemble "
+                f"{self.agreement:.4f} on {self.holdout_rows} holdout "
                 f"rows; lower {self.confidence:.0%} bound {self.lower_bound:.4f} "
                 f"(target {self.accuracy_target})"
             )

@@ -2,7 +2,9 @@
 
 When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
 classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
-``predict``), the model itself may be the cost left to cut:
+``predict``), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
+``tolerance=`` (:func:`_consider_regression`: a model cascade alone, within the tolerance), the
+model itself may be the cost left to cut:
 
 * no feature cascade serves: :func:`consider_model_cascade` records the model's input on the
   calibration rows (through the compiled pipeline itself), calibrates early exit on it
@@ -49,7 +51,7 @@ from willow.cascades.bounds import clopper_pearson_lower
 from willow.compiler.lowering.base import NotLowerable
 from willow.compiler.speed_gate import GATE_MARGIN, GATE_REPEATS, faster_beyond_noise, interleaved_samples
 from willow.early_exit import behind as cheap_behind
-from willow.early_exit.calibrate import ModelCascade, calibrate_early_exit
+from willow.early_exit.calibrate import EarlyExitToleranceError, ModelCascade, calibrate_early_exit
 from willow.early_exit.distilled import DistilledCascade, DistilledPlan, calibrate_distilled
 from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.staged import stage_tree_model
@@ -133,15 +135,21 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     compilation = result.compilation
     node = model_node(compilation)
     mode = getattr(options, "early_exit", "exact")
+    tolerance = getattr(options, "tolerance", None)
+    regression = (
+        result.output.classes is None and result.output.decision == "numbers" and tolerance is not None
+    )
     if (
         not options.cascade
         or mode is False
         or result.function is None
         or node is None
-        or result.output.decision != "model"
-        or result.output.classes is None
+        or (result.output.decision != "model" and not regression)
+        or (result.output.classes is None and not regression)
     ):
         return result
+    if regression:
+        return _consider_regression(result, fn, arguments, options, mode, tolerance)
     # a feature cascade's uncertain rows must reach the model's own operator (not a fused kernel)
     if result.plan.cascade and (result.layout is None or result.approximate is None or compilation.fused):
         return result
@@ -202,6 +210,52 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     return with_cascade(_noted(result, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
 
 
+def _consider_regression(
+    result: Any, fn: Any, arguments: dict[str, Any], options: Any, mode: Any, tolerance: Any
+) -> Any:
+    """A regressor's pipeline with ``tolerance=``: a model cascade within the tolerance (exact
+    exits from the leaf bounds with ``early_exit="exact"``, settled-score exits proven at the
+    target with ``early_exit=True``) when the function returns the model's ``predict`` itself (a
+    tolerance on anything computed from it says nothing about the model's output) of a compiled
+    tree ensemble, and no feature cascade serves (regressors' model cascades are not combined with
+    feature cascades). Otherwise ``result``, with a note when a model cascade could not apply."""
+    compilation = result.compilation
+    node = model_node(compilation)
+    model, method = node.recipe
+    if method != "predict" or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
+        return result
+    if result.plan.cascade:
+        return _noted(result, "No model cascade: a regressor's is not combined with a feature cascade.")
+    if compilation.graph.post is not None:
+        return _noted(
+            result,
+            "No model cascade: the function computes its return value from the model's predictions, so "
+            "tolerance= on the returned value bounds nothing about the model's own output.",
+        )
+    target = options.accuracy_target if mode is True else 1.0
+    if target >= 1.0 and callable(tolerance):
+        return _noted(
+            result,
+            'No model cascade: exact exits (early_exit="exact") need a float tolerance; with a callable '
+            "tolerance pass early_exit=True (settled-score exits proven at accuracy_target).",
+        )
+    inputs = recorded(result, fn, arguments, model, cascade=False)
+    if len(inputs) != 1:
+        return result
+    try:
+        cascade = _fast_enough(
+            _calibrate(model, method, inputs[0], target, options, tolerance=tolerance), options
+        )
+    except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
+        return _noted(result, f"No model cascade: {str(exc).rstrip('.')}.")
+    plan = cascade.plan
+    note = (
+        f"Instead, a model cascade inside {plan.model} serves: staged early exit {plan.within} after "
+        f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
+    )
+    return with_cascade(_noted(result, note), fn, cascade, feature_cascade=False)
+
+
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
     """The candidate results whose serving function measured fastest on the calibration call
     (side by side), and a note with the measured costs."""
@@ -247,10 +301,17 @@ def _calibrate_cheap(
 
 
 def _calibrate(
-    model: Any, method: str, X: Any, target: float, options: Any, staged: dict[str, Any] | None = None
+    model: Any,
+    method: str,
+    X: Any,
+    target: float,
+    options: Any,
+    staged: dict[str, Any] | None = None,
+    tolerance: Any = None,
 ) -> ModelCascade:
-    """Early exit for ``model.method`` calibrated on ``X``; ``staged`` (a dict) keeps the staged
-    model between calls, so several calibrations of one model share its kernels."""
+    """Early exit for ``model.method`` calibrated on ``X`` (a regressor's within ``tolerance``);
+    ``staged`` (a dict) keeps the staged model between calls, so several calibrations of one
+    model share its kernels."""
     staged = {} if staged is None else staged
     if "model" not in staged:
         staged["model"] = stage_tree_model(model, method)
@@ -262,6 +323,7 @@ def _calibrate(
         confidence=options.confidence,
         random_state=options.random_state,
         staged=staged["model"],
+        tolerance=tolerance,
     )
 
 

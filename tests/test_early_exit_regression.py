@@ -1,0 +1,245 @@
+"""Staged early exit for regressors, within ``tolerance=`` (willow.early_exit, issue 16).
+
+Small ensembles (tens of trees, a handful of leaves; stages every few trees), rows with NaN and
+a LightGBM categorical feature. Exact mode must keep every row within the tolerance of the
+library's own prediction; approximate mode must meet the bound it reports.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import ensemble as sk_ensemble
+from test_early_exit import CAT, N_FEATURES
+from test_early_exit import _data as _rows
+
+from willow.early_exit import EarlyExitPlan, ModelCascade, calibrate_early_exit, stage_tree_model
+from willow.early_exit.calibrate import EarlyExitToleranceError, _exits, _regression_stages
+from willow.errors import WillowError
+
+BUILD = dict(n_jobs=1)
+
+
+def _data(n: int, seed: int, nan: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """test_early_exit's rows (NaN where ``nan``) and a regression target from their values."""
+    filled = _rows(n, seed, nan=False)[0]
+    rng = np.random.default_rng(seed + 1000)
+    X = filled.copy()
+    if nan:
+        X[rng.random(X.shape) < 0.08] = np.nan
+    y = 3.0 * filled[:, 0] + np.sin(2 * filled[:, 1]) - filled[:, 2] ** 2 + (filled[:, CAT] % 3 == 1)
+    return X, y + 0.1 * rng.standard_normal(n)
+
+
+X_TRAIN, Y_TRAIN = _data(600, 0)
+LGB = dict(n_estimators=40, num_leaves=6, min_child_samples=5, learning_rate=0.1, verbose=-1, random_state=0)
+
+
+def _models() -> dict[str, object]:
+    return {
+        "lgb": lgb.LGBMRegressor(**LGB).fit(X_TRAIN, Y_TRAIN, categorical_feature=[CAT]),
+        "hgb": sk_ensemble.HistGradientBoostingRegressor(
+            max_iter=30, max_leaf_nodes=5, categorical_features=[CAT], random_state=0
+        ).fit(X_TRAIN, Y_TRAIN),
+        "rf": sk_ensemble.RandomForestRegressor(n_estimators=16, max_depth=4, random_state=0).fit(
+            X_TRAIN, Y_TRAIN
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def staged():
+    """name -> (model, staged predict); each ensemble's kernels compiled once."""
+    return {name: (model, stage_tree_model(model, "predict", **BUILD)) for name, model in _models().items()}
+
+
+def _halfway_tolerance(stages) -> float:
+    """A tolerance the leaf bounds reach about halfway through the ensemble."""
+    stop = stages.group_ends[len(stages.group_ends) // 2]
+    return (
+        float(stages._rest_high[stop, 0] - stages._rest_low[stop, 0]) / 2.0 / stages.ensemble.divisor * 1.01
+    )
+
+
+@pytest.mark.parametrize("name", ["lgb", "hgb", "rf"])
+def test_exact_regression_exits_stay_within_tolerance(staged, name):
+    model, stages = staged[name]
+    tolerance = _halfway_tolerance(stages)
+    stages.with_regression(tolerance).with_stages(stages.group_ends)
+    X = _data(300, 1)[0]
+    output, exit_stage = stages.run(X)
+    expected = model.predict(X)
+    assert np.abs(output - expected).max() <= tolerance
+    # not vacuous: every row left early, with a value that is not the library's
+    assert (exit_stage < len(stages.stops) - 1).all() and not np.allclose(output, expected, atol=1e-9)
+    frame = pd.DataFrame(X, columns=[f"Column_{i}" for i in range(N_FEATURES)]) if name == "lgb" else X
+    for rows in (frame, X[:1], X[7:8]):
+        assert np.abs(stages(rows) - model.predict(rows)).max() <= tolerance
+    with pytest.raises(ValueError):  # as the library
+        stages(X[:0])
+
+
+def test_calibrated_exact_plan_is_within_tolerance(staged):
+    model, stages = staged["lgb"]
+    tolerance = _halfway_tolerance(stages)
+    cascade = calibrate_early_exit(
+        model, _data(400, 2)[0], accuracy_target=1.0, staged=stages, tolerance=tolerance
+    )
+    plan = cascade.plan
+    assert plan.exact and plan.regression and plan.tolerance == tolerance and plan.lower_bound is None
+    assert plan.trees_per_row < plan.n_trees
+    fresh = _data(300, 3)[0]
+    assert np.abs(cascade(fresh) - model.predict(fresh)).max() <= tolerance
+    assert f"within tolerance {tolerance:g}" in plan.table()
+
+
+def test_serving_exits_where_tuning_predicted(staged):
+    """The compiled settled-score pass (serving) and the NumPy simulation (tuning) pick the same
+    exit stage for every row and the same within-tolerance agreement."""
+    model, stages = staged["lgb"]
+    tolerance = 0.3
+    stages.with_regression(tolerance)
+    X = _data(400, 4)[0]
+    stops = stages.snap([4, 10, 20])
+    needed = sorted(set(stops) | {stages.lookback(stop) for stop in stops} - {0})
+    partial = dict(zip(needed, stages.partial_scores(X, needed)))
+    reference = model.predict(X)
+
+    def within(original, approx):
+        return np.abs(original - approx) <= tolerance
+
+    simulated = _regression_stages(stages, stops, partial, within, "linear")
+    thresholds = 1.0 * simulated.sigma
+    first, agrees = _exits(simulated, thresholds)
+    output, exit_stage = stages.with_stages(stops, thresholds, simulated.offsets, simulated.slopes).run(X)
+    np.testing.assert_array_equal(exit_stage, first)
+    assert 0 < (first < len(stops) - 1).mean() < 1
+    np.testing.assert_array_equal(within(reference, output), agrees)
+    assert any(slope != 0.0 for slope in simulated.slopes)
+
+
+def test_approximate_plan_meets_its_proof_and_round_trips(staged):
+    model, stages = staged["lgb"]
+    tolerance = 0.25
+    X = _data(1200, 5)[0]
+    cascade = calibrate_early_exit(
+        model, X, accuracy_target=0.95, staged=stages, tolerance=tolerance, repeats=1
+    )
+    plan = cascade.plan
+    assert not plan.exact and plan.regression, plan.table()
+    assert plan.lower_bound >= 0.95 and plan.agreement >= plan.lower_bound
+    assert plan.trees_per_row < plan.n_trees and plan.holdout_rows + plan.tune_rows == 1200
+    fresh = _data(600, 6)[0]
+    output, exit_stage = cascade.run(fresh)
+    assert (np.abs(output - model.predict(fresh)) <= tolerance).mean() >= 0.9
+    assert (exit_stage < len(plan.stops) - 1).any()
+    table = plan.table()
+    assert (
+        "settled-score" in table and f"within tolerance {tolerance:g}" in table and "lower 95% bound" in table
+    )
+    copy = pickle.loads(pickle.dumps(plan))
+    assert isinstance(copy, EarlyExitPlan) and copy == plan
+    rebuilt = ModelCascade.from_plan(model, "predict", copy, **BUILD)
+    np.testing.assert_array_equal(rebuilt.run(fresh)[0], output)
+
+
+def test_callable_tolerance_is_approximate_only(staged):
+    model, stages = staged["lgb"]
+
+    def relative(original, approx):
+        return np.abs(approx - original) <= 0.1 * np.maximum(np.abs(original), 1.0)
+
+    X = _data(1200, 7)[0]
+    cascade = calibrate_early_exit(
+        model, X, accuracy_target=0.95, staged=stages, tolerance=relative, repeats=1
+    )
+    plan = cascade.plan
+    assert plan.regression and plan.tolerance is None and "relative" in plan.tolerance_text
+    assert plan.exact or plan.lower_bound >= 0.95
+    fresh = _data(400, 8)[0]
+    assert relative(model.predict(fresh), cascade(fresh)).mean() >= 0.9
+    with pytest.raises(EarlyExitToleranceError, match="needs a float tolerance"):
+        calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages, tolerance=relative)
+
+
+def test_tolerance_refusals(staged):
+    model, stages = staged["rf"]
+    X = _data(200, 9)[0]
+    with pytest.raises(EarlyExitToleranceError, match="it needs tolerance=") as missing:
+        calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages)
+    assert isinstance(missing.value, WillowError) and isinstance(missing.value, ValueError)
+    classifier = lgb.LGBMClassifier(n_estimators=3, num_leaves=4, verbose=-1).fit(X_TRAIN, Y_TRAIN > 0)
+    with pytest.raises(EarlyExitToleranceError, match="Remove tolerance="):
+        calibrate_early_exit(classifier, X, accuracy_target=1.0, tolerance=0.5)
+    integer = calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages, tolerance=10)
+    assert integer.plan.tolerance == 10.0 and integer.plan.exact and integer.plan.trees_per_row < 16
+    with pytest.raises(ValueError, match="finite number > 0"):
+        calibrate_early_exit(model, X, accuracy_target=1.0, staged=stages, tolerance=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the planner: @willow.optimize(tolerance=...) serves a regressor's model cascade
+
+
+def regress(model, X):
+    return model.predict(X)
+
+
+def doubled(model, X):
+    values = model.predict(X)
+    return values * 2.0
+
+
+def _serving_cascade(pipeline):
+    from willow.early_exit.planner import _cascade_of
+
+    return _cascade_of(pipeline._compilation)
+
+
+def test_optimize_serves_a_regressor_model_cascade_and_keeps_it(staged, tmp_path):
+    import willow
+
+    model, stages = staged["lgb"]
+    tolerance = _halfway_tolerance(stages)
+    pipeline = willow.optimize(regress, tolerance=tolerance, accuracy_target=1.0, require_faster=False)
+    pipeline.calibrate(model, _data(400, 10)[0])
+    cascade = _serving_cascade(pipeline)
+    assert isinstance(cascade, ModelCascade), pipeline.explain()
+    assert cascade.plan.exact and cascade.plan.regression  # early_exit="exact": the leaf bounds' proof
+    assert f"within tolerance {tolerance:g}" in pipeline.explain()
+    fresh = _data(600, 11)[0]
+    expected = model.predict(fresh)
+    served = pipeline(model, fresh)
+    assert np.abs(served - expected).max() <= tolerance and not np.array_equal(served, expected)
+    np.testing.assert_array_equal(pipeline(model, fresh[:1]), model.predict(fresh[:1]))  # full model
+    path = tmp_path / "plan.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, regress), pickle.loads(pickle.dumps(pipeline))):
+        assert _serving_cascade(copy).plan == cascade.plan
+        np.testing.assert_array_equal(copy(model, fresh), served)
+
+    approximate = willow.optimize(
+        regress, tolerance=0.25, accuracy_target=0.95, require_faster=False, early_exit=True
+    )
+    approximate.calibrate(model, _data(1200, 12)[0])
+    plan = _serving_cascade(approximate).plan
+    assert plan.regression and (plan.exact or plan.lower_bound >= 0.95), approximate.explain()
+    assert (np.abs(approximate(model, fresh) - expected) <= 0.25).mean() >= 0.9
+
+
+def test_no_regressor_model_cascade_when_the_function_changes_the_predictions(staged):
+    import willow
+
+    model, stages = staged["lgb"]
+    pipeline = willow.optimize(
+        doubled, tolerance=_halfway_tolerance(stages), accuracy_target=1.0, require_faster=False
+    )
+    pipeline.calibrate(model, _data(300, 13)[0])
+    assert _serving_cascade(pipeline) is None
+    assert "computes its return value from the model's predictions" in pipeline.plan_.reason
+    fresh = _data(200, 14)[0]
+    np.testing.assert_allclose(pipeline(model, fresh), 2.0 * model.predict(fresh), rtol=1e-12)
