@@ -106,6 +106,9 @@ class ServedTier:
     function: Callable | None
     source: str | None
     serving: Callable | None  # ``function``, behind a monitor with ``monitor=``; None: the original
+    # the tier's own compiled pipeline (its model operator may be its own model cascade:
+    # willow.early_exit.tiers); None: the pipeline's
+    compilation: CompilationResult | None = None
 
 
 # ---------------------------------------------------------------------------------------- targets
@@ -211,20 +214,31 @@ def _missed_its_bound(plan: CascadePlan) -> bool:
 
 
 def serve_tiers(
-    pipeline: Any, results: Sequence[tuple[CascadePlan, ApproximateModel | None, Callable | None, str | None]]
+    pipeline: Any,
+    results: Sequence[
+        tuple[CascadePlan, ApproximateModel | None, Callable | None, str | None, CompilationResult | None]
+    ],
 ) -> tuple[ServedTier, ...]:
-    """The looser tiers ``(plan, approximate, function, source)`` as served by ``pipeline``
-    (each cascade behind its own monitor when the pipeline has ``monitor=``)."""
+    """The looser tiers ``(plan, approximate, function, source, compilation)`` as served by
+    ``pipeline`` (each cascade behind its own monitor when the pipeline has ``monitor=``;
+    ``compilation``: the tier's compiled pipeline, ``None`` for the pipeline's)."""
     served = []
-    for plan, approximate, function, source in results:
+    for plan, approximate, function, source, compilation in results:
         serving = function
         if pipeline.monitor is not None and plan.cascade and function is not None:
             from willow import monitor
 
             serving = monitor.attach(
-                pipeline, plan, pipeline._output, pipeline._fingerprint, function, pipeline._compilation
+                pipeline,
+                plan,
+                pipeline._output,
+                pipeline._fingerprint,
+                function,
+                compilation or pipeline._compilation,
             )
-        served.append(ServedTier(plan.accuracy_target, plan, approximate, function, source, serving))
+        served.append(
+            ServedTier(plan.accuracy_target, plan, approximate, function, source, serving, compilation)
+        )
     return tuple(served)
 
 
@@ -316,17 +330,21 @@ def restore(
     graph: PipelineGraph | None,
     original: Callable | None,
     compilation: CompilationResult | None,
+    compilations: Sequence[CompilationResult | None] = (),
 ) -> None:
     """Install the looser tiers of a saved ``state`` on ``pipeline`` (after its strictest plan):
     generate each tier's serving function again on ``graph`` (with ``graph=None`` only the plans,
-    for a plan whose serving is rebuilt at the first call)."""
+    for a plan whose serving is rebuilt at the first call). ``compilations``: per looser tier,
+    its own compiled pipeline (a model cascade of its own, :mod:`willow.early_exit.tiers`), or
+    ``None`` (or none given) for ``compilation``."""
     saved = state.get("tiers")
     if not saved:
         pipeline._tiers = ()
         return
     models = saved["models"]
     rebuilt = []
-    for plan, index in zip(saved["plans"], saved["model_of"]):
+    for number, (plan, index) in enumerate(zip(saved["plans"], saved["model_of"])):
+        own = compilations[number] if number < len(compilations) else None
         if index is None:
             approximate = None
         elif index == _SAME_AS_STRICTEST:
@@ -346,9 +364,9 @@ def restore(
                 approximate if plan.cascade else None,
                 state["output"],
                 ModelGuard(state["model_fingerprint"]),
-                compilation,
+                own or compilation,
             )
-        rebuilt.append((plan, approximate, function, source))
+        rebuilt.append((plan, approximate, function, source, own))
     pipeline._tiers = serve_tiers(pipeline, rebuilt)
 
 
