@@ -71,7 +71,7 @@ def test_each_tier_serves_its_own_model_cascade_proven_at_its_target(model, appr
     assert strict.full is loose.full and strict.staged._kernels is loose.staged._kernels
     fresh = _data(700, 42)[0]
     expected = model.predict(fresh)
-    for target, plan in zip(TIERS, plans):
+    for target in TIERS:
         served = pipeline.tier(target)(model, fresh)
         np.testing.assert_array_equal(served, _operator_of(pipeline, target)(fresh))
         assert (served == expected).mean() >= target - 0.05
@@ -97,7 +97,9 @@ def test_tiers_keep_their_model_cascades_through_save_load_and_pickle(model, app
     for copy in (willow.load(path, model_pipeline), pickle.loads(pickle.dumps(pipeline))):
         assert early_exit_tiers.served_plans(copy) == plans
         for target in TIERS:
-            np.testing.assert_array_equal(copy.tier(target)(model, fresh), pipeline.tier(target)(model, fresh))
+            np.testing.assert_array_equal(
+                copy.tier(target)(model, fresh), pipeline.tier(target)(model, fresh)
+            )
         assert "Tier 0.9: Model cascade inside" in copy.explain()
         strict, loose = _operator(copy._compilation), _operator(copy._tiers[0].compilation)
         assert strict is not loose and strict.full is loose.full
