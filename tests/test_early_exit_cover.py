@@ -162,3 +162,24 @@ def test_dask_serves_the_model_cascade_like_the_original(model, exact):
     served = _operator(call.pipeline._compilation)
     assert call.pipeline is not exact and isinstance(served, ModelCascade)
     assert served.plan == _operator(exact._compilation).plan
+
+
+def test_uncompiled_pipelines_say_why_no_model_cascade_serves(model):
+    """compile=False keeps the model call as the library's own: there is no compiled operator for
+    a model cascade to replace, so none serves, the plan says why and what to do, and outputs
+    are the library's."""
+    for early_exit in ("exact", True):
+        pipeline = willow.optimize(
+            model_pipeline, accuracy_target=TIERS, early_exit=early_exit, compile=False, **FAST
+        )
+        pipeline.calibrate(model, _data(1000, 49)[0])
+        assert early_exit_tiers.served_plans(pipeline) == (None, None)
+        for tier in pipeline.tiers_:
+            assert "with compile=False the model call stays LGBMClassifier.predict" in tier.plan.reason
+            assert "Optimize with compile=True" in tier.plan.reason
+        assert "Optimize with compile=True" in pipeline.explain()
+        fresh = _data(300, 50)[0]
+        np.testing.assert_array_equal(pipeline(model, fresh), model.predict(fresh))
+    off = willow.optimize(model_pipeline, accuracy_target=0.9, early_exit=False, compile=False, **FAST)
+    off.calibrate(model, _data(400, 51)[0])
+    assert "compile=False" not in off.plan_.reason

@@ -279,7 +279,9 @@ class OptimizedPipeline:
 
             def job() -> Any:
                 results = tiers.calibrate(graph, fn, arguments, y, cascade_options, self.accuracy_target)
-                return early_exit_tiers.consider_model_cascades(results, fn, arguments, cascade_options)
+                return early_exit_tiers.consider_model_cascades(
+                    results, fn, arguments, cascade_options, graph
+                )
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -328,7 +330,7 @@ class OptimizedPipeline:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
             result = tiers.calibrate(graph, fn, arguments, y, self._options(), self.accuracy_target)
-            result = early_exit_tiers.consider_model_cascades(result, fn, arguments, self._options())
+            result = early_exit_tiers.consider_model_cascades(result, fn, arguments, self._options(), graph)
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self

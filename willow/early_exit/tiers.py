@@ -16,11 +16,13 @@ proof reaches the stricter target, hence theirs; and they serve one plan, so the
 groups them (:func:`plan_keys`).
 
 :func:`saved_state` and :func:`compilations` save and rebuild the looser tiers' model cascades
-(plan files and pickles); :func:`explain_lines` shows each tier's.
+(plan files and pickles); :func:`explain_lines` shows each tier's. With ``compile=False`` there is
+no compiled model call to replace: :func:`uncompiled_note` says so in the plan's reason.
 """
 
 from __future__ import annotations
 
+import ast
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +31,7 @@ from willow.early_exit.wiring import model_node, with_model_operator
 
 __all__ = [
     "consider_model_cascades",
+    "uncompiled_note",
     "served_plans",
     "plan_keys",
     "saved_state",
@@ -38,10 +41,15 @@ __all__ = [
 
 
 def consider_model_cascades(
-    results: list[Any], fn: Any, arguments: dict[str, Any], options: Any
+    results: list[Any], fn: Any, arguments: dict[str, Any], options: Any, graph: Any = None
 ) -> list[Any]:
     """A calibration's results (one per accuracy tier, strictest first), each considered for a
-    model cascade at its own target (see the module docstring); one result per tier."""
+    model cascade at its own target (see the module docstring); one result per tier. ``graph``
+    (the calibrated :class:`~willow.compiler.graph.PipelineGraph`): with ``compile=False``, a
+    plan that a model cascade could have served says so (:func:`uncompiled_note`)."""
+    note = uncompiled_note(results[0], fn, arguments, options, graph) if results else ""
+    if note:
+        return [planner._noted(result, note) for result in results]
     staged: dict[str, Any] = {}  # one staged model for every tier's calibrations
     served: list[Any] = []
     planned: dict[Any, int] = {}  # question -> the tier that planned it
@@ -55,6 +63,40 @@ def consider_model_cascades(
         tier_options = replace(options, accuracy_target=target)
         served.append(planner.consider_model_cascade(result, fn, arguments, tier_options, staged))
     return served
+
+
+def uncompiled_note(result: Any, fn: Any, arguments: dict[str, Any], options: Any, graph: Any) -> str:
+    """Why no model cascade serves a ``compile=False`` pipeline that one could serve compiled
+    (a tree-ensemble classifier's ``predict`` labels as the output), and what to do; ``""``
+    otherwise. A model cascade replaces the compiled model call's operator
+    (:func:`~willow.early_exit.wiring.with_model_operator`); uncompiled, the model call stays the
+    library's own Python call, so there is no operator to replace."""
+    if (
+        options.compile
+        or graph is None
+        or not options.cascade
+        or getattr(options, "early_exit", "exact") is False
+        or result.output.decision != "model"
+        or result.output.classes is None
+        or graph.model_call.method != "predict"
+    ):
+        return ""
+    from willow.compiler.execution import StatementRunner
+    from willow.compiler.lowering.trees import TREE_LOWERINGS
+
+    try:
+        namespace = StatementRunner(graph, fn).namespace(arguments)
+        model = eval(compile(ast.Expression(body=graph.model_call.model), "<willow>", "eval"), namespace)
+    except Exception:  # noqa: BLE001 - the model is found the same way at serving; no note then
+        return ""
+    if type(model) not in TREE_LOWERINGS:
+        return ""
+    return (
+        f"No model cascade (early_exit={getattr(options, 'early_exit', 'exact')!r}): with compile=False "
+        f"the model call stays {type(model).__name__}.predict in Python, and a model cascade (staged "
+        "early exit inside the tree ensemble, or a cheap model first) takes the place of the compiled "
+        "model call. Optimize with compile=True to have one considered."
+    )
 
 
 def _question(result: Any, target: float, options: Any) -> tuple[Any, ...]:
