@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from equivalence import assert_same_as_original
 from test_early_exit import CAT, LGB, X_TRAIN, Y_BIN, _data, model_pipeline
+from test_early_exit import tabular as tabular  # noqa: F401 (a fixture)
 
 import willow
 from willow.early_exit import ModelCascade, planner
@@ -183,3 +184,45 @@ def test_uncompiled_pipelines_say_why_no_model_cascade_serves(model):
     off = willow.optimize(model_pipeline, accuracy_target=0.9, early_exit=False, compile=False, **FAST)
     off.calibrate(model, _data(400, 51)[0])
     assert "compile=False" not in off.plan_.reason
+
+
+def test_tiers_with_feature_cascades_keep_their_own_model_operators(tabular, monkeypatch):
+    """The strict tier's feature cascade sends its uncertain rows to an exact model cascade of its
+    own (the combined plan); the loose tier's feature cascade answers nearly every row, too few
+    reach the model to tune one, so its uncertain rows reach the full compiled ensemble: the
+    strict tier's swap did not reach it. Every row is the tier's approximate answer where
+    confident, the library's label elsewhere."""
+    import pipelines
+
+    from willow.compiler.profiling import CostProfile
+    from willow.serve.endpoint import _same_plans
+
+    # the cascade's cost estimate must beat the whole pipeline's, which is near it on this tiny
+    # model and noisy on a loaded machine: the pipeline is taken as 3x its measured cost here
+    measured = CostProfile.total_seconds_per_row
+    monkeypatch.setattr(CostProfile, "total_seconds_per_row", property(lambda c: 3 * measured.fget(c)))
+    model, cheap, extra, features, (_, calibration, test) = tabular
+    targets = (0.97, 0.9)
+    pipeline = willow.optimize(pipelines.numpy_pipeline, **{**FAST, "accuracy_target": targets})
+    pipeline.calibrate(model, cheap[calibration], extra[calibration])
+    strict, loose = pipeline.tiers_
+    assert strict.plan.cascade and "Serving: combined" in strict.plan.reason, strict.plan.reason
+    assert loose.plan.cascade and "Serving: feature cascade" in loose.plan.reason, loose.plan.reason
+    assert strict.plan.threshold != loose.plan.threshold
+    plans = early_exit_tiers.served_plans(pipeline)
+    assert plans[0] is not None and plans[0].exact and plans[1] is None
+    operators = [_operator(pipeline._compilation), _operator(pipeline._tiers[0].compilation)]
+    assert operators[0].plan is plans[0] and not isinstance(operators[1], ModelCascade)
+    assert operators[0].full is operators[1]  # the one compiled full ensemble
+    assert _same_plans(pipeline, 2) == (0, 1)
+    library = model.predict(features[test])
+    copy = pickle.loads(pickle.dumps(pipeline))
+    assert early_exit_tiers.served_plans(copy) == plans
+    for tier, approximate in zip(pipeline.tiers_, (pipeline._approximate, pipeline._tiers[0].approximate)):
+        approx, confidence = approximate.predict_with_confidence(cheap[test] * 1.0)
+        expected = np.where(confidence >= tier.plan.threshold, approx, library)
+        assert (
+            tier.target == loose.target or (confidence < tier.plan.threshold).any()
+        )  # rows reach the model cascade
+        for served in (pipeline, copy):
+            np.testing.assert_array_equal(served.tier(tier.target)(model, cheap[test], extra[test]), expected)

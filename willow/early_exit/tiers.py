@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from willow.early_exit import planner
+from willow.early_exit.plan import EarlyExitPlan
 from willow.early_exit.wiring import model_node, with_model_operator
 
 __all__ = [
@@ -143,11 +144,17 @@ def served_plans(pipeline: Any) -> tuple[Any, ...]:
     )
 
 
-def plan_keys(pipeline: Any) -> tuple[str | None, ...]:
-    """Per declared tier, a key equal for tiers whose model cascades are the same (its table:
-    stages, thresholds, exits and figures; plain text, so equal after save/load), ``None``
-    without one."""
-    return tuple(None if plan is None else plan.table() for plan in served_plans(pipeline))
+def plan_keys(pipeline: Any) -> tuple[Any, ...]:
+    """Per declared tier, a key equal for tiers served by the same model cascade (its stages and
+    thresholds, or its cheap model's kind, threshold and figures: plain values, so equal after
+    save/load), ``None`` without one."""
+    return tuple(None if plan is None else _plan_key(plan) for plan in served_plans(pipeline))
+
+
+def _plan_key(plan: Any) -> tuple[Any, ...]:
+    if isinstance(plan, EarlyExitPlan):
+        return ("staged early exit", plan.model, plan.n_trees, plan.stops, plan.thresholds)
+    return ("cheap model first", plan.model, plan.kind, plan.threshold, plan.exit_fraction, plan.fit_rows)
 
 
 def saved_state(pipeline: Any) -> dict[str, Any]:
@@ -168,17 +175,23 @@ def compilations(state: dict[str, Any], compilation: Any) -> tuple[Any, ...]:
     strictest = planner._cascade_of(compilation)
     # the full compiled ensemble, under whatever serves the strictest tier
     base = compilation if strictest is None else with_model_operator(compilation, strictest.full)
-    rebuilt: dict[str, Any] = {} if strictest is None else {strictest.plan.table(): compilation}
+    rebuilt: dict[Any, Any] = {} if strictest is None else {_same(strictest.plan): compilation}
     own = []
     for plan in plans:
         if plan is None:
             own.append(base if strictest is not None else None)
             continue
-        key = plan.table()
+        key = _same(plan)
         if key not in rebuilt:
             rebuilt[key] = planner.restore(base, {"early_exit": plan})
         own.append(rebuilt[key])
     return tuple(own)
+
+
+def _same(plan: Any) -> Any:
+    """Equal for plans one rebuilt cascade serves: the staged plan itself (plain data), or the
+    very cheap-model plan (its fitted model is not compared)."""
+    return plan if isinstance(plan, EarlyExitPlan) else id(plan)
 
 
 def explain_lines(pipeline: Any) -> list[str]:
