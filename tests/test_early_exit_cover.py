@@ -165,22 +165,52 @@ def test_dask_serves_the_model_cascade_like_the_original(model, exact):
     assert served.plan == _operator(exact._compilation).plan
 
 
-def test_uncompiled_pipelines_say_why_no_model_cascade_serves(model):
-    """compile=False keeps the model call as the library's own: there is no compiled operator for
-    a model cascade to replace, so none serves, the plan says why and what to do, and outputs
-    are the library's."""
-    for early_exit in ("exact", True):
-        pipeline = willow.optimize(
-            model_pipeline, accuracy_target=TIERS, early_exit=early_exit, compile=False, **FAST
-        )
-        pipeline.calibrate(model, _data(1000, 49)[0])
-        assert early_exit_tiers.served_plans(pipeline) == (None, None)
-        for tier in pipeline.tiers_:
-            assert "with compile=False the model call stays LGBMClassifier.predict" in tier.plan.reason
-            assert "Optimize with compile=True" in tier.plan.reason
-        assert "Optimize with compile=True" in pipeline.explain()
-        fresh = _data(300, 50)[0]
-        np.testing.assert_array_equal(pipeline(model, fresh), model.predict(fresh))
+def test_uncompiled_pipelines_serve_a_staged_model_in_place_of_the_library_call(model, tmp_path):
+    """compile=False, early_exit=True: the model call is the only operator, the library's own
+    call, and each tier's staged model takes its place (every other statement stays Python);
+    small batches are the library's call, so exact; plan files and pickles keep it."""
+    from willow.early_exit.uncompiled import LibraryCall
+
+    pipeline = willow.optimize(model_pipeline, accuracy_target=TIERS, early_exit=True, compile=False, **FAST)
+    pipeline.calibrate(model, _data(1000, 49)[0])
+    plans = early_exit_tiers.served_plans(pipeline)
+    assert all(p is not None for p in plans), pipeline.explain()
+    fresh = _data(600, 50)[0]
+    library = model.predict(fresh)
+    for index, (tier, plan) in enumerate(zip(pipeline.tiers_, plans)):
+        assert "in place of the uncompiled LGBMClassifier.predict call" in tier.plan.reason
+        assert plan.accuracy_target == tier.target and (plan.exact or plan.lower_bound >= tier.target)
+        compilation = pipeline._compilation if index == 0 else pipeline._tiers[index - 1].compilation
+        assert [n.statement for n in compilation.nodes] == [None]  # nothing else is compiled
+        cascade = _operator(compilation)
+        assert isinstance(cascade, ModelCascade) and isinstance(cascade.full, LibraryCall)
+        served = pipeline.tier(tier.target)(model, fresh)
+        np.testing.assert_array_equal(served, cascade.run(fresh)[0])
+        assert (served == library).mean() >= tier.target - 0.05
+        np.testing.assert_array_equal(pipeline.tier(tier.target)(model, fresh[:1]), library[:1])
+    assert "in place of the uncompiled" in pipeline.explain()
+    path = tmp_path / "uncompiled.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, model_pipeline), pickle.loads(pickle.dumps(pipeline))):
+        assert early_exit_tiers.served_plans(copy) == plans
+        for target in TIERS:
+            np.testing.assert_array_equal(
+                copy.tier(target)(model, fresh), pipeline.tier(target)(model, fresh)
+            )
+
+
+def test_uncompiled_pipelines_say_why_no_exact_model_cascade_serves(model):
+    """compile=False with early_exit="exact" (the default): nothing is compiled, so no model
+    cascade serves; the plan says why and what to do, and outputs are the library's."""
+    pipeline = willow.optimize(model_pipeline, accuracy_target=TIERS, compile=False, **FAST)
+    pipeline.calibrate(model, _data(1000, 49)[0])
+    assert early_exit_tiers.served_plans(pipeline) == (None, None)
+    for tier in pipeline.tiers_:
+        assert "the model call stays LGBMClassifier.predict in Python" in tier.plan.reason
+        assert "Optimize with compile=True" in tier.plan.reason
+    assert "Optimize with compile=True" in pipeline.explain()
+    fresh = _data(300, 50)[0]
+    np.testing.assert_array_equal(pipeline(model, fresh), model.predict(fresh))
     off = willow.optimize(model_pipeline, accuracy_target=0.9, early_exit=False, compile=False, **FAST)
     off.calibrate(model, _data(400, 51)[0])
     assert "compile=False" not in off.plan_.reason

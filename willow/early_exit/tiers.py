@@ -17,7 +17,8 @@ groups them (:func:`plan_keys`).
 
 :func:`saved_state` and :func:`compilations` save and rebuild the looser tiers' model cascades
 (plan files and pickles); :func:`explain_lines` shows each tier's. With ``compile=False`` there is
-no compiled model call to replace: :func:`uncompiled_note` says so in the plan's reason.
+no compiled model call to replace: with ``early_exit=True`` a staged model takes the library call's
+place (:mod:`willow.early_exit.uncompiled`), otherwise the plan's reason says why none serves.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from typing import Any
 
 from willow.early_exit import planner
 from willow.early_exit.plan import EarlyExitPlan
+from willow.early_exit.uncompiled import consider_uncompiled
 from willow.early_exit.wiring import model_node, with_model_operator
 
 __all__ = [
     "consider_model_cascades",
-    "uncompiled_note",
+    "uncompiled_model",
     "served_plans",
     "plan_keys",
     "saved_state",
@@ -46,11 +48,9 @@ def consider_model_cascades(
 ) -> list[Any]:
     """A calibration's results (one per accuracy tier, strictest first), each considered for a
     model cascade at its own target (see the module docstring); one result per tier. ``graph``
-    (the calibrated :class:`~willow.compiler.graph.PipelineGraph`): with ``compile=False``, a
-    plan that a model cascade could have served says so (:func:`uncompiled_note`)."""
-    note = uncompiled_note(results[0], fn, arguments, options, graph) if results else ""
-    if note:
-        return [planner._noted(result, note) for result in results]
+    (the calibrated :class:`~willow.compiler.graph.PipelineGraph`): with ``compile=False``, see
+    :func:`uncompiled_model` and :mod:`willow.early_exit.uncompiled`."""
+    model = uncompiled_model(results[0], fn, arguments, options, graph) if results else None
     staged: dict[str, Any] = {}  # one staged model for every tier's calibrations
     served: list[Any] = []
     planned: dict[Any, int] = {}  # question -> the tier that planned it
@@ -58,20 +58,23 @@ def consider_model_cascades(
         target = result.plan.accuracy_target
         key = _question(result, target, options)
         if key in planned:
-            served.append(_as_stricter(result, served[planned[key]]))
+            stricter = planned[key]
+            served.append(_as_stricter(result, served[stricter], results[stricter].plan.reason))
             continue
         planned[key] = len(served)
         tier_options = replace(options, accuracy_target=target)
-        served.append(planner.consider_model_cascade(result, fn, arguments, tier_options, staged))
+        if model is None:
+            served.append(planner.consider_model_cascade(result, fn, arguments, tier_options, staged))
+        elif getattr(options, "early_exit", "exact") is True and not result.plan.cascade:
+            served.append(consider_uncompiled(result, fn, arguments, tier_options, graph, model, staged))
+        else:
+            served.append(planner._noted(result, _uncompiled_note(model, options, result.plan.cascade)))
     return served
 
 
-def uncompiled_note(result: Any, fn: Any, arguments: dict[str, Any], options: Any, graph: Any) -> str:
-    """Why no model cascade serves a ``compile=False`` pipeline that one could serve compiled
-    (a tree-ensemble classifier's ``predict`` labels as the output), and what to do; ``""``
-    otherwise. A model cascade replaces the compiled model call's operator
-    (:func:`~willow.early_exit.wiring.with_model_operator`); uncompiled, the model call stays the
-    library's own Python call, so there is no operator to replace."""
+def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: Any, graph: Any) -> Any:
+    """With ``compile=False``, the model of a pipeline that a model cascade could serve compiled
+    (a tree-ensemble classifier's ``predict`` labels are the output); ``None`` otherwise."""
     if (
         options.compile
         or graph is None
@@ -81,22 +84,29 @@ def uncompiled_note(result: Any, fn: Any, arguments: dict[str, Any], options: An
         or result.output.classes is None
         or graph.model_call.method != "predict"
     ):
-        return ""
+        return None
     from willow.compiler.execution import StatementRunner
     from willow.compiler.lowering.trees import TREE_LOWERINGS
 
     try:
         namespace = StatementRunner(graph, fn).namespace(arguments)
         model = eval(compile(ast.Expression(body=graph.model_call.model), "<willow>", "eval"), namespace)
-    except Exception:  # noqa: BLE001 - the model is found the same way at serving; no note then
-        return ""
-    if type(model) not in TREE_LOWERINGS:
-        return ""
+    except Exception:  # noqa: BLE001 - no model found: nothing to say about it
+        return None
+    return model if type(model) in TREE_LOWERINGS else None
+
+
+def _uncompiled_note(model: Any, options: Any, feature_cascade: bool) -> str:
+    """Why no model cascade serves an uncompiled pipeline, and what to do."""
+    name = f"{type(model).__name__}.predict"
+    if feature_cascade:
+        why = f"the feature cascade's uncertain rows call {name} in Python"
+    else:
+        why = f"the model call stays {name} in Python (early_exit=True puts a staged model in its place)"
     return (
-        f"No model cascade (early_exit={getattr(options, 'early_exit', 'exact')!r}): with compile=False "
-        f"the model call stays {type(model).__name__}.predict in Python, and a model cascade (staged "
-        "early exit inside the tree ensemble, or a cheap model first) takes the place of the compiled "
-        "model call. Optimize with compile=True to have one considered."
+        f"No model cascade (early_exit={getattr(options, 'early_exit', 'exact')!r}, compile=False): {why}, and a model "
+        "cascade takes the place of the compiled model call. Optimize with compile=True to have one "
+        "considered."
     )
 
 
@@ -111,12 +121,12 @@ def _question(result: Any, target: float, options: Any) -> tuple[Any, ...]:
     return (exits, tuple(plan.selected), plan.threshold, id(result.approximate))
 
 
-def _as_stricter(result: Any, stricter: Any) -> Any:
+def _as_stricter(result: Any, stricter: Any, asked: str) -> Any:
     """``result`` (a looser tier) serving what ``stricter`` (a stricter tier asked the same
-    question) serves: its model cascade and plan, at this tier's target; unchanged when no model
-    cascade serves there."""
+    question; ``asked``: its reason before) serves: its model cascade and plan, at this tier's
+    target; when no model cascade serves there, ``result`` with the same note."""
     if planner._cascade_of(stricter.compilation) is None:
-        return result
+        return planner._noted(result, stricter.plan.reason.removeprefix(asked).strip())
     own = result.plan
     borrowed = stricter.plan
     reason = (
