@@ -65,10 +65,15 @@ def consider_model_cascades(
         tier_options = replace(options, accuracy_target=target)
         if model is None:
             served.append(planner.consider_model_cascade(result, fn, arguments, tier_options, staged))
-        elif getattr(options, "early_exit", "exact") is True and not result.plan.cascade:
+        elif (
+            getattr(options, "early_exit", "exact") is True
+            and not result.plan.cascade
+            and not results[0].plan.cascade
+        ):
             served.append(consider_uncompiled(result, fn, arguments, tier_options, graph, model, staged))
         else:
-            served.append(planner._noted(result, _uncompiled_note(model, options, result.plan.cascade)))
+            why = _uncompiled_note(model, options, result.plan.cascade, results[0].plan.cascade)
+            served.append(planner._noted(result, why))
     return served
 
 
@@ -96,11 +101,15 @@ def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: A
     return model if type(model) in TREE_LOWERINGS else None
 
 
-def _uncompiled_note(model: Any, options: Any, feature_cascade: bool) -> str:
-    """Why no model cascade serves an uncompiled pipeline, and what to do."""
+def _uncompiled_note(model: Any, options: Any, feature_cascade: bool, strictest_cascade: bool) -> str:
+    """Why no model cascade serves an uncompiled pipeline, and what to do. A looser tier gets
+    none either when the strictest tier serves a feature cascade: a saved plan rebuilds the tiers
+    from the strictest tier's compiled operators, of which an uncompiled feature cascade has none."""
     name = f"{type(model).__name__}.predict"
     if feature_cascade:
         why = f"the feature cascade's uncertain rows call {name} in Python"
+    elif strictest_cascade:
+        why = f"the strictest tier serves an uncompiled feature cascade, so {name} stays a Python call"
     else:
         why = f"the model call stays {name} in Python (early_exit=True puts a staged model in its place)"
     return (
