@@ -78,6 +78,9 @@ def test_each_tier_serves_its_own_model_cascade_proven_at_its_target(model, appr
         assert (served == expected).mean() >= target - 0.05
     text = pipeline.explain()
     assert "Tier 0.9: Model cascade inside LGBMClassifier.predict" in text, text
+    # the tier table reports the looser tier's proven bound, not "exact"
+    assert pipeline.tiers_[1].lower_bound == plans[1].lower_bound
+    assert f"{plans[1].lower_bound:.4f}" in text and "model cascade only" in text
     from willow.serve.endpoint import _same_plans
 
     assert _same_plans(pipeline, 2) == (0, 1)  # two plans of different cost: the scaler may step
