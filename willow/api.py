@@ -790,7 +790,10 @@ def optimize(
         change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
         ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
         cascade), and also tries a distilled cheap model first (:mod:`willow.early_exit.distilled`),
-        serving whichever measured fastest; ``False`` never.
+        serving whichever measured fastest; ``False`` never. Accuracy tiers each get their own, at
+        their own target (:mod:`willow.early_exit.tiers`). With ``compile=False``, ``True`` puts
+        the staged model (its own compiled kernels) in place of the library's model call where no
+        feature cascade serves (:mod:`willow.early_exit.uncompiled`).
     options : all of the above as one :class:`willow.options.Options` (checked when built), in
         place of the keyword arguments: pass one or the other.
     """
