@@ -33,6 +33,7 @@ from willow.compiler.graph import PipelineGraph
 from willow.compiler.profiling import CostProfile
 from willow.compiler.tracing import source_fingerprint, trace_pipeline
 from willow.early_exit import planner as early_exit_planner
+from willow.early_exit import tiers as early_exit_tiers
 from willow.errors import (
     ModelChangedWarning,
     NotCalibratedError,
@@ -278,7 +279,9 @@ class OptimizedPipeline:
 
             def job() -> Any:
                 results = tiers.calibrate(graph, fn, arguments, y, cascade_options, self.accuracy_target)
-                return early_exit_planner.consider_model_cascades(results, fn, arguments, cascade_options)
+                return early_exit_tiers.consider_model_cascades(
+                    results, fn, arguments, cascade_options, graph
+                )
 
             def install(result: Any) -> None:
                 self._install_result(result)
@@ -327,7 +330,7 @@ class OptimizedPipeline:
             graph, front = self._front_end(arguments)
             fn = front.function if front is not None else self.__wrapped__
             result = tiers.calibrate(graph, fn, arguments, y, self._options(), self.accuracy_target)
-            result = early_exit_planner.consider_model_cascades(result, fn, arguments, self._options())
+            result = early_exit_tiers.consider_model_cascades(result, fn, arguments, self._options(), graph)
         except UnsupportedPipelineError as exc:
             self._fall_back(exc)
             return self
@@ -352,7 +355,7 @@ class OptimizedPipeline:
             result.compilation,
         )
         self._tiers = tiers.serve_tiers(
-            self, [(r.plan, r.approximate, r.function, r.source) for r in results[1:]]
+            self, [(r.plan, r.approximate, r.function, r.source, r.compilation) for r in results[1:]]
         )
 
     def _front_end(self, arguments: dict[str, Any]) -> tuple[PipelineGraph, FrontEnd | None]:
@@ -534,7 +537,7 @@ class OptimizedPipeline:
         lines += ["", self.costs_.table(), "", self.plan_.table(), ""]
         if isinstance(self.accuracy_target, tuple):
             lines += [tiers.table(self), ""]
-        lines += early_exit_planner.explain_lines(self._compilation if self._serving else None)
+        lines += early_exit_tiers.explain_lines(self)
         if self.query != "topk":
             lines += topk_query.explain_lines(self) + [""]
         if self.generated_source_:
@@ -625,6 +628,7 @@ class OptimizedPipeline:
             )
             if self._serving:
                 state.update(early_exit_planner.saved_state(self._compilation))
+                state.update(early_exit_tiers.saved_state(self))
         return state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -788,7 +792,10 @@ def optimize(
         change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
         ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
         cascade), and also tries a distilled cheap model first (:mod:`willow.early_exit.distilled`),
-        serving whichever measured fastest; ``False`` never.
+        serving whichever measured fastest; ``False`` never. Accuracy tiers each get their own, at
+        their own target (:mod:`willow.early_exit.tiers`). With ``compile=False``, ``True`` puts
+        the staged model (its own compiled kernels) in place of the library's model call where no
+        feature cascade serves (:mod:`willow.early_exit.uncompiled`).
     options : all of the above as one :class:`willow.options.Options` (checked when built), in
         place of the keyword arguments: pass one or the other.
     """
@@ -927,4 +934,6 @@ def _restore_plan(pipeline: OptimizedPipeline, graph: PipelineGraph, original: C
         source,
         compilation,
     )
-    tiers.restore(pipeline, state, graph, original, compilation)
+    tiers.restore(
+        pipeline, state, graph, original, compilation, early_exit_tiers.compilations(state, compilation)
+    )

@@ -73,8 +73,8 @@ class TierResult:
     """One accuracy tier as calibrated: what ``pipeline.tiers_`` lists, strictest first.
 
     ``lower_bound`` is the proven one-sided Clopper-Pearson bound of the served plan's agreement
-    with the original on the holdout rows (0 when the tier runs without a cascade, which is
-    exact); ``measured_speedup`` the served plan's speed over the original on those rows
+    with the original on the holdout rows (without a feature cascade: the bound of an approximate
+    model cascade serving the model call, else 0: the tier is exact); ``measured_speedup`` the served plan's speed over the original on those rows
     (``None`` when not measured: the original serves); ``early_fraction`` the fraction of
     holdout rows its approximate model answered.
     """
@@ -86,10 +86,12 @@ class TierResult:
     plan: CascadePlan
 
     @classmethod
-    def of(cls, target: float, plan: CascadePlan) -> TierResult:
+    def of(cls, target: float, plan: CascadePlan, model_bound: float | None = None) -> TierResult:
+        """``model_bound``: the proven bound of an approximate model cascade serving the tier's
+        model call (:mod:`willow.early_exit`), where no feature cascade serves."""
         return cls(
             target=target,
-            lower_bound=plan.lower_bound if plan.cascade else 0.0,
+            lower_bound=plan.lower_bound if plan.cascade else (model_bound or 0.0),
             measured_speedup=plan.measured_speedup,
             early_fraction=plan.confident_fraction if plan.cascade else 0.0,
             plan=plan,
@@ -106,6 +108,9 @@ class ServedTier:
     function: Callable | None
     source: str | None
     serving: Callable | None  # ``function``, behind a monitor with ``monitor=``; None: the original
+    # the tier's own compiled pipeline (its model operator may be its own model cascade:
+    # willow.early_exit.tiers); None: the pipeline's
+    compilation: CompilationResult | None = None
 
 
 # ---------------------------------------------------------------------------------------- targets
@@ -211,20 +216,31 @@ def _missed_its_bound(plan: CascadePlan) -> bool:
 
 
 def serve_tiers(
-    pipeline: Any, results: Sequence[tuple[CascadePlan, ApproximateModel | None, Callable | None, str | None]]
+    pipeline: Any,
+    results: Sequence[
+        tuple[CascadePlan, ApproximateModel | None, Callable | None, str | None, CompilationResult | None]
+    ],
 ) -> tuple[ServedTier, ...]:
-    """The looser tiers ``(plan, approximate, function, source)`` as served by ``pipeline``
-    (each cascade behind its own monitor when the pipeline has ``monitor=``)."""
+    """The looser tiers ``(plan, approximate, function, source, compilation)`` as served by
+    ``pipeline`` (each cascade behind its own monitor when the pipeline has ``monitor=``;
+    ``compilation``: the tier's compiled pipeline, ``None`` for the pipeline's)."""
     served = []
-    for plan, approximate, function, source in results:
+    for plan, approximate, function, source, compilation in results:
         serving = function
         if pipeline.monitor is not None and plan.cascade and function is not None:
             from willow import monitor
 
             serving = monitor.attach(
-                pipeline, plan, pipeline._output, pipeline._fingerprint, function, pipeline._compilation
+                pipeline,
+                plan,
+                pipeline._output,
+                pipeline._fingerprint,
+                function,
+                compilation or pipeline._compilation,
             )
-        served.append(ServedTier(plan.accuracy_target, plan, approximate, function, source, serving))
+        served.append(
+            ServedTier(plan.accuracy_target, plan, approximate, function, source, serving, compilation)
+        )
     return tuple(served)
 
 
@@ -233,9 +249,21 @@ def tier_results(pipeline: Any) -> tuple[TierResult, ...]:
     plan = pipeline.plan_  # NotCalibratedError before calibrate()
     if not isinstance(plan, CascadePlan):
         return ()  # top-K plans have no accuracy tiers
-    first = TierResult.of(plan.accuracy_target, plan)
+    strictest = pipeline.__dict__.get("_compilation") if pipeline.__dict__.get("_serving") else None
+    first = TierResult.of(plan.accuracy_target, plan, _model_call_bound(strictest))
     looser = pipeline.__dict__.get("_tiers", ())
-    return (first,) + tuple(TierResult.of(t.target, t.plan) for t in looser)
+    return (first,) + tuple(
+        TierResult.of(t.target, t.plan, _model_call_bound(t.compilation or strictest)) for t in looser
+    )
+
+
+def _model_call_bound(compilation: CompilationResult | None) -> float | None:
+    """The proven lower bound of the operator serving ``compilation``'s model call when it is
+    approximate (a model cascade with margin exits or a cheap model first carries its ``plan``);
+    ``None`` when that call is exact."""
+    node = None if compilation is None else next((n for n in compilation.nodes if n.statement is None), None)
+    plan = getattr(getattr(node, "operator", None), "plan", None)
+    return None if plan is None or getattr(plan, "exact", True) else plan.lower_bound
 
 
 def tier_index(pipeline: Any, target: Any) -> int:
@@ -316,17 +344,21 @@ def restore(
     graph: PipelineGraph | None,
     original: Callable | None,
     compilation: CompilationResult | None,
+    compilations: Sequence[CompilationResult | None] = (),
 ) -> None:
     """Install the looser tiers of a saved ``state`` on ``pipeline`` (after its strictest plan):
     generate each tier's serving function again on ``graph`` (with ``graph=None`` only the plans,
-    for a plan whose serving is rebuilt at the first call)."""
+    for a plan whose serving is rebuilt at the first call). ``compilations``: per looser tier,
+    its own compiled pipeline (a model cascade of its own, :mod:`willow.early_exit.tiers`), or
+    ``None`` (or none given) for ``compilation``."""
     saved = state.get("tiers")
     if not saved:
         pipeline._tiers = ()
         return
     models = saved["models"]
     rebuilt = []
-    for plan, index in zip(saved["plans"], saved["model_of"]):
+    for number, (plan, index) in enumerate(zip(saved["plans"], saved["model_of"])):
+        own = compilations[number] if number < len(compilations) else None
         if index is None:
             approximate = None
         elif index == _SAME_AS_STRICTEST:
@@ -346,9 +378,9 @@ def restore(
                 approximate if plan.cascade else None,
                 state["output"],
                 ModelGuard(state["model_fingerprint"]),
-                compilation,
+                own or compilation,
             )
-        rebuilt.append((plan, approximate, function, source))
+        rebuilt.append((plan, approximate, function, source, own))
     pipeline._tiers = serve_tiers(pipeline, rebuilt)
 
 
@@ -370,9 +402,12 @@ def table(pipeline: Any) -> str:
             what = f"cascade on {'+'.join(r.plan.selected)}, threshold {r.plan.threshold:.4g}"
             if r.plan.reason.startswith("serves the "):
                 what += f" (the {r.plan.reason.split(' ', 3)[2]} tier's)"
+        elif r.lower_bound > 0:  # no feature cascade; a model cascade proven at this bound
+            what = "model cascade only (see its table): " + r.plan.reason
+            what = what if len(what) <= 90 else what[:87] + "..."
         else:
             what = "no cascade: " + r.plan.reason
             what = what if len(what) <= 90 else what[:87] + "..."
-        bound = f"{r.lower_bound:.4f}" if r.plan.cascade else "exact"
+        bound = f"{r.lower_bound:.4f}" if r.plan.cascade or r.lower_bound > 0 else "exact"
         lines.append(f"  {r.target:>8g} {bound:>8} {speedup:>9} {r.early_fraction:>8.2%}  {what}")
     return "\n".join(lines)

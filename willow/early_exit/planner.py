@@ -61,7 +61,6 @@ from willow.rows import n_rows
 
 __all__ = [
     "choose_plan",
-    "consider_model_cascades",
     "consider_model_cascade",
     "saved_state",
     "restore",
@@ -115,23 +114,16 @@ def _comparison(samples: dict[str, list[float]], incumbent: str, chosen: str) ->
     )
 
 
-def consider_model_cascades(
-    results: list[Any], fn: Any, arguments: dict[str, Any], options: Any
-) -> list[Any]:
-    """A calibration's results (one per accuracy tier, strictest first) with a model cascade
-    considered for a single target; several tiers share one compiled ensemble, whose model
-    operator a model cascade replaces, so tiered pipelines keep their feature cascades only."""
-    if len(results) != 1:
-        return results
-    return [consider_model_cascade(results[0], fn, arguments, options)]
-
-
-def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], options: Any) -> Any:
+def consider_model_cascade(
+    result: Any, fn: Any, arguments: dict[str, Any], options: Any, staged: dict[str, Any] | None = None
+) -> Any:
     """``result`` (a :class:`~willow.cascades.calibration.CalibrationResult`), serving a model
     cascade inside the tree ensemble (alone, or behind the feature cascade) when one applies and
     proves faster; otherwise unchanged (with a note in the plan's reason when one was tried).
     ``arguments``: the calibration call's arguments by name; ``options``: the
-    :class:`~willow.cascades.calibration.CascadeOptions`."""
+    :class:`~willow.cascades.calibration.CascadeOptions`; ``staged``: a dict keeping the staged
+    model between calls, so that several calibrations of one model (tiers) share its kernels."""
+    staged = {} if staged is None else staged
     compilation = result.compilation
     node = model_node(compilation)
     mode = getattr(options, "early_exit", "exact")
@@ -161,14 +153,14 @@ def consider_model_cascade(result: Any, fn: Any, arguments: dict[str, Any], opti
     # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
     target = options.accuracy_target if mode is True else 1.0
     if result.plan.cascade:
-        return _consider_combined(result, fn, arguments, options, target)
+        return _consider_combined(result, fn, arguments, options, target, staged)
     inputs = recorded(result, fn, arguments, model, cascade=False)
     if len(inputs) != 1:
         return result
     served: dict[str, Any] = {}
     notes = []
     try:
-        cascade = _calibrate(model, method, inputs[0], target, options)
+        cascade = _calibrate(model, method, inputs[0], target, options, staged)
         plan = cascade.plan
         if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
             notes.append(
@@ -377,7 +369,9 @@ def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
     return feature >= MIN_GAIN * combined, feature >= MIN_GAIN * alone
 
 
-def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float) -> Any:
+def _consider_combined(
+    result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float, shared: dict[str, Any]
+) -> Any:
     """Compare the feature cascade, the combined plan and the model cascade alone (see the
     module docstring) and return the result serving the one chosen, its reason saying why."""
     from willow.cascades.calibration import call_with
@@ -388,7 +382,6 @@ def _consider_combined(result: Any, fn: Any, arguments: dict[str, Any], options:
     full = getattr(result.compilation.operators, node.attribute)  # the compiled full ensemble
     candidates: dict[str, Any] = {"feature cascade": result}
     notes = []
-    shared: dict[str, Any] = {}  # one staged model for both calibrations
     could_combine, could_alone = _could_pay_off(result.plan, result.costs)
     could_combine |= not options.require_faster
     could_alone |= not options.require_faster

@@ -381,8 +381,9 @@ def _same_plans(pipeline: Any, n_tiers: int) -> tuple[int, ...]:
     """For each tier, the index of the strictest tier that serves the same plan (itself when none
     does), so that the accuracy scaler does not step between tiers that cost the same: tiers
     without a cascade all run the full pipeline, and a looser tier that inherited a stricter
-    tier's cascade (:mod:`willow.cascades.tiers`) runs that cascade. Tiers whose ``tiers_`` entries
-    carry no willow plan are taken to differ."""
+    tier's cascade (:mod:`willow.cascades.tiers`) runs that cascade, unless their model cascades
+    differ (:func:`willow.early_exit.tiers.plan_keys`). Tiers whose ``tiers_`` entries carry no
+    willow plan are taken to differ."""
     keys: list[Any] = []
     with contextlib.suppress(AttributeError):
         for tier in getattr(pipeline, "tiers_", None) or ():
@@ -393,6 +394,11 @@ def _same_plans(pipeline: Any, n_tiers: int) -> tuple[int, ...]:
                 keys.append(("full pipeline",))
             else:
                 keys.append(("cascade", tuple(plan.selected), plan.method, plan.threshold, plan.trained_on))
+    from willow.early_exit.tiers import plan_keys
+
+    models = plan_keys(pipeline)  # and the model cascade serving each tier (its own per tier)
+    if len(models) == len(keys):
+        keys = [(key, model) for key, model in zip(keys, models)]
     if len(keys) != n_tiers:
         return tuple(range(n_tiers))
     return tuple(keys.index(key) for key in keys)
