@@ -398,7 +398,7 @@ def tabular():
     return model, cheap, extra, features, parts
 
 
-def test_feature_cascade_with_a_model_cascade_behind_it(tabular):
+def test_feature_cascade_with_a_model_cascade_behind_it(tabular, cascade_pays):
     """The combined plan: the feature cascade's uncertain rows go to an exact model cascade, so
     every row is the approximate model's answer where confident and the library's own label
     elsewhere (identical to the feature cascade alone), and the feature cascade's proof holds."""
@@ -425,7 +425,9 @@ def test_feature_cascade_with_a_model_cascade_behind_it(tabular):
     assert (stage < stage.max()).any()  # the rows behind the feature cascade do leave early
 
 
-def test_the_model_cascade_alone_replaces_a_feature_cascade_it_beats(tabular, monkeypatch, tmp_path):
+def test_the_model_cascade_alone_replaces_a_feature_cascade_it_beats(
+    tabular, monkeypatch, tmp_path, cascade_pays
+):
     """When the model cascade alone measures cheapest (timings fixed here), it serves instead of
     the feature cascade: the plan says "no cascade" and, exact, returns the library's labels."""
     import pipelines

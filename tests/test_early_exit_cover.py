@@ -219,7 +219,7 @@ def test_uncompiled_pipelines_say_why_no_exact_model_cascade_serves(model):
     assert "compile=False" not in off.plan_.reason
 
 
-def test_tiers_with_feature_cascades_keep_their_own_model_operators(tabular, monkeypatch):
+def test_tiers_with_feature_cascades_keep_their_own_model_operators(tabular, cascade_pays):
     """The strict tier's feature cascade sends its uncertain rows to an exact model cascade of its
     own (the combined plan); the loose tier's feature cascade answers nearly every row, too few
     reach the model to tune one, so its uncertain rows reach the full compiled ensemble: the
@@ -227,13 +227,8 @@ def test_tiers_with_feature_cascades_keep_their_own_model_operators(tabular, mon
     confident, the library's label elsewhere."""
     import pipelines
 
-    from willow.compiler.profiling import CostProfile
     from willow.serve.endpoint import _same_plans
 
-    # the cascade's cost estimate must beat the whole pipeline's, which is near it on this tiny
-    # model and noisy on a loaded machine: the pipeline is taken as 3x its measured cost here
-    measured = CostProfile.total_seconds_per_row
-    monkeypatch.setattr(CostProfile, "total_seconds_per_row", property(lambda c: 3 * measured.fget(c)))
     model, cheap, extra, features, (_, calibration, test) = tabular
     targets = (0.97, 0.9)
     pipeline = willow.optimize(pipelines.numpy_pipeline, **{**FAST, "accuracy_target": targets})

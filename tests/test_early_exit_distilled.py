@@ -150,7 +150,7 @@ def test_optimize_serves_cheap_model_first_and_keeps_it(models, monkeypatch, tmp
         assert "Cheap model first" in copy.explain()
 
 
-def test_cheap_model_first_behind_the_feature_cascade(tabular, monkeypatch, tmp_path):  # noqa: F811
+def test_cheap_model_first_behind_the_feature_cascade(tabular, monkeypatch, tmp_path, cascade_pays):  # noqa: F811
     """The three-stage plan (timings fixed here so that it serves): every row is the feature
     cascade's answer where it is confident, else the cheap model's own label where it is sure,
     else the library's label; the whole pipeline meets the bound proven on the feature cascade's
