@@ -281,6 +281,9 @@ def test_optimize_tunes_an_approximate_model_cascade(staged, monkeypatch):
     plan = _serving_cascade(pipeline).plan
     assert not plan.exact and plan.lower_bound >= 0.95, plan.table()
     assert "approximate (margin thresholds)" in pipeline.explain()
+    # the pipeline's own plan carries the model cascade's holdout figures, not the exact pipeline's
+    assert (pipeline.plan_.lower_bound, pipeline.plan_.agreement) == (plan.lower_bound, plan.agreement)
+    assert pipeline.plan_.holdout_rows == plan.holdout_rows
     fresh = _data(600, 24)[0]
     assert (pipeline(model, fresh) == model.predict(fresh)).mean() >= 0.9
 

@@ -199,7 +199,9 @@ def consider_model_cascade(
             f"Instead, a model cascade inside {plan.model} serves: staged early exit after "
             f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
         )
-    return with_cascade(_noted(result, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
+    # the plan's figures become the model cascade's own (holdout agreement and bound)
+    alone = _without_feature_cascade(result, served[chosen])
+    return with_cascade(_noted(alone, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
 
 
 def _consider_regression(
@@ -245,7 +247,9 @@ def _consider_regression(
         f"Instead, a model cascade inside {plan.model} serves: staged early exit {plan.within} after "
         f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees (see below)."
     )
-    return with_cascade(_noted(result, note), fn, cascade, feature_cascade=False)
+    return with_cascade(
+        _noted(_without_feature_cascade(result, cascade), note), fn, cascade, feature_cascade=False
+    )
 
 
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:

@@ -92,4 +92,6 @@ def consider_uncompiled(
         f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees, its own compiled kernels "
         f"({measured}; see below)."
     )
-    return replace(served, plan=replace(planner._noted(result, note).plan, measured_speedup=speedup))
+    # the plan's figures become the model cascade's own (holdout agreement and bound)
+    alone = planner._noted(planner._without_feature_cascade(result, cascade), note)
+    return replace(served, plan=replace(alone.plan, measured_speedup=speedup))
