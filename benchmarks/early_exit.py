@@ -19,26 +19,25 @@ medians of interleaved runs in one process), the exit fraction per stage and the
 row on the test rows, the agreement with LightGBM's own ``predict`` there, and the plan's proven
 holdout bound. ``--quick``: 100 trees x 31 leaves, 4,000 calibration and test rows.
 
-Measured on the shared 2-core development machine (2026-12-03; the default run under a load
-average of ~14 from other processes, so read the ratios, measured side by side, not the rates):
+Measured on the shared 2-core development machine, quiet (2026-12-03 22:05 UTC, load 0.5-1.4,
+``--scale full --end-to-end-scale full``; the workloads' figures are in
+:mod:`benchmarks.early_exit_workloads`):
 
 | model | target | speedup vs compiled | trees/row | test agreement | holdout bound |
 |---|---|---|---|---|---|
-| 500 x 63, 20,000 calibration / 10,000 test rows | 1.0 | 1.08x | 437 | 1.0000 | exact |
-| | 0.999 | 1.03x (exact exits: no margins qualified) | 437 | 1.0000 | exact |
-| | 0.99 | 5.08x | 59.4 | 0.9944 | 0.9920 |
-| 100 x 31 (``--quick``), 4,000 / 4,000 rows | 1.0 | 1.03x | 85.8 | 1.0000 | exact |
-| | 0.99 | 2.06x | 43.9 | 0.9970 | 0.9969 |
+| 500 x 63, 20,000 calibration / 10,000 test rows | 1.0 | 1.09x | 437 | 1.0000 | exact |
+| | 0.999 | 1.11x (exact exits: no margins qualified) | 437 | 1.0000 | exact |
+| | 0.99 | **5.04x** | 59.4 | 0.9944 | 0.9920 |
+| | 0.99 cheap model first (LightGBM 40 x 15, answers 58.5%) | 2.00x | | 0.9946 | 0.9935 |
+
+Earlier, loaded (load ~14): ``--quick`` (100 x 31, 4,000 / 4,000 rows) 1.03x exact, 2.06x at 0.99
+(43.9 trees per row, 0.9970, bound 0.9969).
 
 At 0.99 on the 500 x 63 model 43% of the test rows left after 20 trees, 27% after 35, 16%
 after 65, 7% after 125, 5% after 250 and 2% ran all 500. Exact exits start after ~375 trees.
-
 Below 1.0 each target also reports **cheap model first** (:func:`willow.early_exit.
 calibrate_distilled`: a distilled logistic regression or small LightGBM in front of the ensemble,
-proven on the same holdout half). Rerun on the same machine, 2026-12-03 18:49-19:07 UTC, load
-~10 (``--targets 1.0 0.99``): 500 x 63 exact 1.08x (437 trees per row), 0.99 staged **5.15x**
-(59.4 trees per row, test agreement 0.9944, holdout bound 0.9920), 0.99 cheap model first 1.94x
-(LightGBM 40 x 15 answering 58.5% of test rows, agreement 0.9946, bound 0.9935).
+proven on the same holdout half).
 """
 
 from __future__ import annotations

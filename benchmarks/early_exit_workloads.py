@@ -18,39 +18,31 @@
   music; also the fewest trees the bounds alone need. ``synthetic-regression`` does the same on a
   make_regression LightGBM (200 x 31, tolerance 0.25 standard deviations of the target).
 
-Measured on the shared 2-core machine (2026-12-03, load ~14; full scale, medians; price and
-synthetic-regression: 7 interleaved runs, speedup over the compiled full ensemble, agreement
-within the tolerance):
+Measured on the shared 2-core machine, quiet (2026-12-03 22:05 UTC, load 0.5-1.4; ``python -m
+benchmarks.early_exit --scale full --end-to-end-scale full``; medians of 7 interleaved runs,
+speedup over the compiled full ensemble; price and synthetic-regression: agreement within the
+tolerance):
 
 | workload | target 1.0 | 0.999 | 0.99 (trees/row, test agreement, holdout bound) |
 |---|---|---|---|
-| credit, inside the model (200 trees) | 1.01x | 1.03x (exact only) | 1.32x (141, 0.9976, 0.9968) |
-| music, inside the model (150 trees) | 0.74x | 0.89x (exact only) | 1.72x (62, 0.9963, 0.9961) |
-| price (200 trees, within $50,000) | 1.06x / 0.97x (170 trees, every row) | 1.06x / 1.25x (exact only) | 4.73x / 4.05x (52.6, 0.9952, 0.9933) |
-| make_regression 200 x 31 (within 37.6) | 1.12x / 1.08x (160 trees) | 1.08x / 1.13x (exact only) | 2.98x / 2.87x (50.0, 0.9984, 0.9959) |
+| credit, inside the model (200 trees) | 0.94x | 0.98x (exact only) | 1.21x (141, 0.9976, 0.9968) |
+| music, inside the model (150 trees) | 0.85x | 0.90x (exact only) | 1.51x (62, 0.9963, 0.9961) |
+| price (200 trees, within $50,000) | 1.07x (170 trees, every row) | 1.07x (exact only) | 2.46x (52.6, 0.9952, 0.9933) |
+| make_regression 200 x 31 (within 37.6) | 1.11x (160 trees) | 1.11x (exact only) | 2.88x (50.0, 0.9984, 0.9959) |
 
-(two runs, 21:47 and 21:54 UTC, load 4.1-4.5; the same plan serves 1.0 and 0.999, so their
-difference, up to 0.28x, is the timing noise of this loaded machine. Above 200 / 52.6 = 3.8x at
-0.99 on price: the staged kernels over fewer trees per row also measured faster per tree than
-the full ensemble's; rerun quietly: ``python -m benchmarks.early_exit --workloads price
-synthetic-regression price-end-to-end --scale full --end-to-end-scale full``)
+End to end, same run: credit cascades + compiled 11.89x the original, ``early_exit="exact"``
+13.51x, ``True`` 12.85x (each serving the feature cascade its calibration chose); price compiled
+7.65x, ``"exact"`` 8.08x, ``True`` 11.32x (agreement within $50,000 0.9952).
 
 price at 0.99: 95.6% of the test rows left after 50 trees, 3.7% after 100, 0.5% after 150,
 0.2% after 180, none ran all 200; the bounds alone need 167 trees (the exact plan snaps to 170).
 At 0.999 no settled-score thresholds qualified on 4,500 tune rows (the exact plan serves).
 
 **price end to end** (``price-end-to-end``: the workload's pipeline, which returns
-``model.predict``, with ``tolerance=50_000``, accuracy_target 0.99; full scale, 5,000 test rows,
-21:51 UTC, load ~3.5, 7 interleaved runs): original 62.9 ms; compiled (``early_exit=False``)
-5.02x; ``early_exit="exact"`` 5.40x, serving the compiled pipeline (its 170-tree exact plan did not
-measure 1.2x the full ensemble); **``early_exit=True`` 9.92x**, agreement within $50,000 0.9952,
-serving the model cascade (96% of rows leave after 50 trees, 3% after 100, 1% after 150). At
-quick scale (3,000 calibration rows) ``True`` gave 5.19x against 4.36x compiled (exits spread
-later: 44% after 50 trees, 37% after 100).
+``model.predict``, with ``tolerance=50_000``, accuracy_target 0.99; full scale, 5,000 test rows):
+see the figures above; with ``early_exit=True`` 96% of rows leave after 50 trees, 3% after 100,
+1% after 150.
 
-Credit end to end (8,000 test rows, original 0.389 s): feature cascade + compiled 8.05x;
-``early_exit="exact"`` 7.29x and ``True`` 7.78x, both serving the feature cascade alone (the
-planner found the model cascades behind it at 0.66-0.93x the full ensemble).
 """
 
 from __future__ import annotations
