@@ -266,7 +266,8 @@ def tabular():
     y = 3.0 * cheap[:, 0] + 1.5 * cheap[:, 1] + 2.0 * (cheap[:, 0] > 1) * extra[:, 0]
     parts = np.split(np.arange(len(y)), [800, 2200])
     features = np.hstack([cheap, pipelines.slow_features(extra)])
-    model = lgb.LGBMRegressor(**LGB).fit(features[parts[0]], y[parts[0]])
+    # n_jobs=1: the approximate and error models are its clones (10 fits); threads only contend
+    model = lgb.LGBMRegressor(**LGB, n_jobs=1).fit(features[parts[0]], y[parts[0]])
     return model, cheap, extra, features, parts
 
 
@@ -283,39 +284,45 @@ def slow_group_costs(monkeypatch):
     )
 
 
-def _feature_cascade_outputs(pipeline, cheap, extra, full):
-    """What the feature cascade alone serves: the approximate model's value where confident
-    (on the group it selected: ``a`` the cheap one, ``b`` the slow one), the full model's
-    elsewhere; and which rows reach the model."""
+def _feature_cascade_outputs(plan, approximate, cheap, extra, full):
+    """What a feature cascade (``plan``, ``approximate``) alone serves: the approximate model's
+    value where confident (on the group it selected: ``a`` the cheap one, ``b`` the slow one), the
+    full model's elsewhere; and which rows reach the model."""
     import pipelines
 
-    (group,) = pipeline.plan_.selected
+    (group,) = plan.selected
     inputs = {"a": cheap * 1.0, "b": pipelines.slow_features(extra)}[group]
-    approx, confidence = pipeline._approximate.predict_with_confidence(inputs)
-    uncertain = confidence < pipeline.plan_.threshold
+    approx, confidence = approximate.predict_with_confidence(inputs)
+    uncertain = confidence < plan.threshold
     return np.where(uncertain, full, approx), uncertain
 
 
-def test_a_regressor_feature_cascade_sends_its_uncertain_rows_to_an_exact_model_cascade(
-    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs
+@pytest.mark.parametrize("cheapest", ["combined", "model cascade"])
+def test_a_regressor_feature_cascade_and_its_model_cascades(
+    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs, cheapest
 ):
-    """The combined plan for a regressor, chosen by the planner's comparison (timings fixed:
-    the combined plan measures cheapest): rows the feature cascade answers keep its answer, the
-    rest get the exact-within-tolerance model cascade's, so every row agrees with the original
-    wherever the feature cascade's did (its proof holds); save/load and pickle keep it."""
+    """The planner's comparison for a regressor, timings fixed so that ``cheapest`` measures
+    cheapest. The combined plan: rows the feature cascade answers keep its answer, the rest get
+    the exact-within-tolerance model cascade's, so every row agrees with the original wherever
+    the feature cascade's did (its proof holds). The model cascade alone: every row within the
+    tolerance. Save/load and pickle keep either."""
     import pipelines
+    from equivalence import assert_same_as_original
 
     import willow
     from willow.cascades import calibration
     from willow.early_exit import calibrate, planner
 
-    def combined_cheapest(fns, repeats):  # each still runs: a failing candidate must fail here too
+    candidates = ["feature cascade", "combined", "model cascade"]
+
+    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
         for fn in fns:
             fn()
-        return [[1.0 if i == 1 else 3.0] * repeats for i in range(len(fns))]
+        assert len(fns) == len(candidates)
+        return [[1.0 if name == cheapest else 3.0] * repeats for name in candidates]
 
     monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
-    monkeypatch.setattr(planner, "interleaved_samples", combined_cheapest)
+    monkeypatch.setattr(planner, "interleaved_samples", fixed)
     monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)  # whatever the model cascade measured itself
     monkeypatch.setattr(planner, "MIN_GAIN", 0.0)
     model, cheap, extra, features, (_, rows, test) = tabular
@@ -324,35 +331,35 @@ def test_a_regressor_feature_cascade_sends_its_uncertain_rows_to_an_exact_model_
     )
     pipeline.calibrate(model, cheap[rows], extra[rows])
     plan = pipeline.plan_
-    assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
-    assert "Serving: combined (faster beyond the timing noise)" in plan.reason, plan.reason
+    assert f"Serving: {cheapest} (faster beyond the timing noise)" in plan.reason, plan.reason
     cascade = _serving_cascade(pipeline)
     assert cascade.plan.exact and cascade.plan.regression and cascade.plan.tolerance == WIDE
     assert f"within tolerance {WIDE:g}" in pipeline.explain()
-    library = model.predict(features[test])
-    alone, uncertain = _feature_cascade_outputs(pipeline, cheap[test], extra[test], library)
-    assert 20 <= uncertain.sum() < len(test)
-    assert (plan.selected, pipeline.plan_.confident_fraction > 0.5) == (("a",), True)
     # the test's few uncertain rows through the stages (as a large batch's), not the full model
     monkeypatch.setattr(calibrate, "SMALL_BATCH_ROWS", 0)
+    library = model.predict(features[test])
     served = pipeline(model, cheap[test], extra[test])
-    np.testing.assert_array_equal(served[~uncertain], alone[~uncertain])  # the feature cascade's
+    if cheapest == "combined":
+        assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
+        assert plan.selected == ("a",) and plan.confident_fraction > 0.5
+        alone, uncertain = _feature_cascade_outputs(
+            plan, pipeline._approximate, cheap[test], extra[test], library
+        )
+        assert 20 <= uncertain.sum() < len(test)
+        np.testing.assert_array_equal(served[~uncertain], alone[~uncertain])  # the feature cascade's
+        assert (np.abs(served - library) <= WIDE).mean() >= 0.9
+    else:
+        assert not plan.cascade and plan.lower_bound >= 0.97, plan.table()  # the exact exits' proof
+        uncertain = np.ones(len(test), dtype=bool)
     assert np.abs(served[uncertain] - library[uncertain]).max() <= WIDE  # the model cascade's
     assert not np.allclose(served[uncertain], library[uncertain], rtol=0, atol=1e-9)  # it exits early
-    assert (np.abs(served - library) <= WIDE).mean() >= 0.9
-    path = tmp_path / "combined.willow"
+    path = tmp_path / "plan.willow"
     pipeline.save(path)
     for copy in (willow.load(path, pipelines.numpy_pipeline), pickle.loads(pickle.dumps(pipeline))):
         assert _serving_cascade(copy).plan == cascade.plan
         np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), served)
-        for n in (0, 1):  # 0 rows: LightGBM's own ValueError
-            from equivalence import assert_same_as_original
-
-            if n == 0:
-                assert_same_as_original(copy, model, cheap[test][:0], extra[test][:0])
-            else:
-                one = copy(model, cheap[test][:1], extra[test][:1])
-                assert abs(one[0] - library[0]) <= WIDE and (uncertain[0] or one[0] == alone[0])
+        np.testing.assert_array_equal(copy(model, cheap[test][:1], extra[test][:1]), served[:1])
+        assert_same_as_original(copy, model, cheap[test][:0], extra[test][:0])  # LightGBM's ValueError
 
 
 def within_wide(original, approx):
@@ -377,8 +384,50 @@ def test_a_callable_tolerance_gets_no_combined_plan(tabular, cascade_pays, slow_
     assert "no combined plan (a callable tolerance" in plan.reason, plan.reason
     assert "no model cascade alone" in plan.reason and "needs a float tolerance" in plan.reason
     library = model.predict(features[test])
-    alone, _ = _feature_cascade_outputs(pipeline, cheap[test], extra[test], library)
+    alone, _ = _feature_cascade_outputs(plan, pipeline._approximate, cheap[test], extra[test], library)
     np.testing.assert_allclose(pipeline(model, cheap[test], extra[test]), alone, rtol=1e-9, atol=1e-12)
+
+
+def test_regressor_tiers_with_a_feature_cascade_keep_their_own_plans(
+    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs
+):
+    """Tiers (0.99, 0.95): no feature cascade reaches 0.99, so the model cascade alone serves that
+    tier; the 0.95 tier's feature cascade sends its uncertain rows to a model cascade (combined).
+    Each tier within the tolerance where its plan says so; save/load and pickle keep both."""
+    import pipelines
+
+    import willow
+    from willow.early_exit import calibrate, tiers
+
+    model, cheap, extra, features, (_, rows, test) = tabular
+    pipeline = willow.optimize(
+        pipelines.numpy_pipeline, tolerance=WIDE, accuracy_target=(0.99, 0.95), require_faster=False, **FAST
+    )
+    pipeline.calibrate(model, cheap[rows], extra[rows])
+    strict, loose = pipeline.tiers_
+    assert not strict.plan.cascade and "Instead, a model cascade inside" in strict.plan.reason, (
+        strict.plan.reason
+    )
+    assert loose.plan.cascade and "Serving: combined" in loose.plan.reason, loose.plan.reason
+    plans = tiers.served_plans(pipeline)
+    assert all(p is not None and p.exact and p.regression and p.tolerance == WIDE for p in plans)
+    monkeypatch.setattr(calibrate, "SMALL_BATCH_ROWS", 0)  # the few uncertain rows through the stages
+    library = model.predict(features[test])
+    served = {
+        tier.target: pipeline.tier(tier.target)(model, cheap[test], extra[test]) for tier in pipeline.tiers_
+    }
+    assert np.abs(served[0.99] - library).max() <= WIDE and not np.allclose(served[0.99], library)
+    alone, uncertain = _feature_cascade_outputs(
+        loose.plan, pipeline._tiers[0].approximate, cheap[test], extra[test], library
+    )
+    np.testing.assert_array_equal(served[0.95][~uncertain], alone[~uncertain])
+    assert uncertain.any() and np.abs(served[0.95][uncertain] - library[uncertain]).max() <= WIDE
+    path = tmp_path / "tiers.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, pipelines.numpy_pipeline), pickle.loads(pickle.dumps(pipeline))):
+        assert tiers.served_plans(copy) == plans
+        for target, expected in served.items():
+            np.testing.assert_array_equal(copy.tier(target)(model, cheap[test], extra[test]), expected)
 
 
 @pytest.fixture(scope="module")
