@@ -297,15 +297,18 @@ def _feature_cascade_outputs(plan, approximate, cheap, extra, full):
     return np.where(uncertain, full, approx), uncertain
 
 
-@pytest.mark.parametrize("cheapest", ["combined", "model cascade"])
+@pytest.mark.parametrize(
+    "cheapest, early_exit", [("combined", "exact"), ("model cascade", "exact"), ("combined", True)]
+)
 def test_a_regressor_feature_cascade_and_its_model_cascades(
-    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs, cheapest
+    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs, cheapest, early_exit
 ):
     """The planner's comparison for a regressor, timings fixed so that ``cheapest`` measures
     cheapest. The combined plan: rows the feature cascade answers keep its answer, the rest get
     the exact-within-tolerance model cascade's, so every row agrees with the original wherever
-    the feature cascade's did (its proof holds). The model cascade alone: every row within the
-    tolerance. Save/load and pickle keep either."""
+    the feature cascade's did (its proof holds); with ``early_exit=True`` too (settled-score exits
+    behind a feature cascade would need a joint proof). The model cascade alone: every row within
+    the tolerance. Save/load and pickle keep either."""
     import pipelines
     from equivalence import assert_same_as_original
 
@@ -327,7 +330,12 @@ def test_a_regressor_feature_cascade_and_its_model_cascades(
     monkeypatch.setattr(planner, "MIN_GAIN", 0.0)
     model, cheap, extra, features, (_, rows, test) = tabular
     pipeline = willow.optimize(
-        pipelines.numpy_pipeline, tolerance=WIDE, accuracy_target=0.97, require_faster=True, **FAST
+        pipelines.numpy_pipeline,
+        tolerance=WIDE,
+        accuracy_target=0.97,
+        require_faster=True,
+        early_exit=early_exit,
+        **FAST,
     )
     pipeline.calibrate(model, cheap[rows], extra[rows])
     plan = pipeline.plan_

@@ -3,8 +3,10 @@
 When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
 classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
 ``predict``), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
-``tolerance=`` (:func:`_consider_regression`: a model cascade alone, within the tolerance), the
-model itself may be the cost left to cut:
+``tolerance=`` (:func:`_consider_regression`: model cascades within the tolerance; alone, or
+compared with the feature cascade as below, without cheap model first, the combined plan only
+for a float tolerance: :func:`_regression_behind` says why its proof holds), the model itself
+may be the cost left to cut:
 
 * no feature cascade serves: :func:`consider_model_cascade` records the model's input on the
   calibration rows (through the compiled pipeline itself), calibrates early exit on it
