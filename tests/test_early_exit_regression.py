@@ -460,6 +460,7 @@ def tiered(staged):
 def test_each_regressor_tier_serves_its_own_model_cascade(staged, tiered, tmp_path):
     import willow
     from willow.early_exit import tiers
+    from willow.early_exit.planner import _cascade_of
 
     model, _ = staged["lgb"]
     plans = tiers.served_plans(tiered)
@@ -469,6 +470,9 @@ def test_each_regressor_tier_serves_its_own_model_cascade(staged, tiered, tmp_pa
         assert plan.exact or plan.lower_bound >= target, plan.table()
     assert plans[0] != plans[1] and not plans[1].exact and plans[1].trees_per_row < plans[1].n_trees
     assert "Tier 0.95: Model cascade inside LGBMRegressor.predict" in tiered.explain()
+    # one tier's swap left the other's operator alone; both share the staged model's kernels
+    strict, loose = (_cascade_of(c) for c in (tiered._compilation, tiered._tiers[0].compilation))
+    assert strict is not loose and strict.staged._kernels is loose.staged._kernels
     fresh = _data(600, 21)[0]
     library = model.predict(fresh)
     served = {target: tiered.tier(target)(model, fresh) for target in (0.99, 0.95)}
