@@ -194,6 +194,12 @@ def doubled(model, X):
     return values * 2.0
 
 
+def _cascade_of(compilation):
+    from willow.early_exit.planner import _cascade_of
+
+    return _cascade_of(compilation)
+
+
 def _serving_cascade(pipeline):
     from willow.early_exit.planner import _cascade_of
 
@@ -460,7 +466,6 @@ def tiered(staged):
 def test_each_regressor_tier_serves_its_own_model_cascade(staged, tiered, tmp_path):
     import willow
     from willow.early_exit import tiers
-    from willow.early_exit.planner import _cascade_of
 
     model, _ = staged["lgb"]
     plans = tiers.served_plans(tiered)
@@ -512,3 +517,43 @@ def test_dask_serves_a_regressor_model_cascade_like_one_process(staged, tiered):
     assert (
         call.pipeline is not tiered and _serving_cascade(call.pipeline).plan == _serving_cascade(tiered).plan
     )
+
+
+def test_uncompiled_regressor_pipelines_serve_a_staged_model(staged, tmp_path):
+    """compile=False, early_exit=True: each tier's staged regressor (its own compiled kernels)
+    takes the place of the library's predict call, within the tolerance as its plan proves;
+    small batches are the library's call; plan files and pickles keep it. With
+    early_exit="exact" nothing is compiled, so the plan says why none serves."""
+    import willow
+    from willow.early_exit import tiers
+    from willow.early_exit.uncompiled import LibraryCall
+
+    model, _ = staged["lgb"]
+    options = dict(tolerance=TOLERANCE, compile=False, require_faster=False, **FAST)
+    pipeline = willow.optimize(regress, accuracy_target=(0.99, 0.95), early_exit=True, **options)
+    pipeline.calibrate(model, _data(1600, 20)[0])
+    plans = tiers.served_plans(pipeline)
+    assert all(p is not None and p.regression and p.tolerance == TOLERANCE for p in plans), pipeline.explain()
+    fresh = _data(600, 23)[0]
+    library = model.predict(fresh)
+    for index, (tier, plan) in enumerate(zip(pipeline.tiers_, plans)):
+        assert "in place of the uncompiled LGBMRegressor.predict call" in tier.plan.reason, tier.plan.reason
+        assert plan.accuracy_target == tier.target and (plan.exact or plan.lower_bound >= tier.target)
+        compilation = pipeline._compilation if index == 0 else pipeline._tiers[index - 1].compilation
+        assert isinstance(_cascade_of(compilation).full, LibraryCall)
+        served = pipeline.tier(tier.target)(model, fresh)
+        assert (np.abs(served - library) <= TOLERANCE).mean() >= (1.0 if plan.exact else 0.9)
+        np.testing.assert_array_equal(pipeline.tier(tier.target)(model, fresh[:1]), library[:1])
+    assert not plans[1].exact and plans[1].trees_per_row < plans[0].trees_per_row
+    path = tmp_path / "uncompiled.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, regress), pickle.loads(pickle.dumps(pipeline))):
+        assert tiers.served_plans(copy) == plans
+        for target in (0.99, 0.95):
+            np.testing.assert_array_equal(
+                copy.tier(target)(model, fresh), pipeline.tier(target)(model, fresh)
+            )
+    exact = willow.optimize(regress, accuracy_target=0.95, **options)
+    exact.calibrate(model, _data(400, 24)[0])
+    assert "Optimize with compile=True" in exact.plan_.reason and tiers.served_plans(exact) == (None,)
+    np.testing.assert_array_equal(exact(model, fresh), library)
