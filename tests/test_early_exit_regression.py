@@ -194,6 +194,12 @@ def doubled(model, X):
     return values * 2.0
 
 
+def _cascade_of(compilation):
+    from willow.early_exit.planner import _cascade_of
+
+    return _cascade_of(compilation)
+
+
 def _serving_cascade(pipeline):
     from willow.early_exit.planner import _cascade_of
 
@@ -243,3 +249,311 @@ def test_no_regressor_model_cascade_when_the_function_changes_the_predictions(st
     assert "computes its return value from the model's predictions" in pipeline.plan_.reason
     fresh = _data(200, 14)[0]
     np.testing.assert_allclose(pipeline(model, fresh), 2.0 * model.predict(fresh), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# regressors' model cascades where classifiers' work: behind a feature cascade, tiers, Dask
+
+FAST = dict(confidence=0.9, cost_repeats=2, importance_repeats=1)
+TOLERANCE = 0.5
+WIDE = 1.0  # the feature cascades' tolerance (tabular's slow group moves some rows by more)
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    """A LightGBM regressor behind tests/pipelines.numpy_pipeline (a cheap feature group that
+    decides the target, except where ``cheap[:, 0] > 1``: there the slow group moves it, so the
+    cheap group's error model knows which rows are uncertain): ``(model, cheap, extra,
+    features, (train, calibration, test))``."""
+    import pipelines
+    from conftest import make_tabular
+
+    cheap, extra, _ = make_tabular(2600, seed=7)
+    y = 3.0 * cheap[:, 0] + 1.5 * cheap[:, 1] + 2.0 * (cheap[:, 0] > 1) * extra[:, 0]
+    parts = np.split(np.arange(len(y)), [800, 2200])
+    features = np.hstack([cheap, pipelines.slow_features(extra)])
+    # n_jobs=1: the approximate and error models are its clones (10 fits); threads only contend
+    model = lgb.LGBMRegressor(**LGB, n_jobs=1).fit(features[parts[0]], y[parts[0]])
+    return model, cheap, extra, features, parts
+
+
+@pytest.fixture
+def slow_group_costs(monkeypatch):
+    """Computing tabular's slow group ``b`` taken as 1 ms a row more than measured, so that the
+    cascade on the cheap group ``a`` is chosen whatever the machine's load (which group serves
+    is not what these tests check)."""
+    from willow.compiler.profiling import CostProfile
+
+    measured = CostProfile.features_cost
+    monkeypatch.setattr(
+        CostProfile, "features_cost", lambda c, groups: measured(c, groups) + 1e-3 * ("b" in set(groups))
+    )
+
+
+def _feature_cascade_outputs(plan, approximate, cheap, extra, full):
+    """What a feature cascade (``plan``, ``approximate``) alone serves: the approximate model's
+    value where confident (on the group it selected: ``a`` the cheap one, ``b`` the slow one), the
+    full model's elsewhere; and which rows reach the model."""
+    import pipelines
+
+    (group,) = plan.selected
+    inputs = {"a": cheap * 1.0, "b": pipelines.slow_features(extra)}[group]
+    approx, confidence = approximate.predict_with_confidence(inputs)
+    uncertain = confidence < plan.threshold
+    return np.where(uncertain, full, approx), uncertain
+
+
+@pytest.mark.parametrize(
+    "cheapest, early_exit", [("combined", "exact"), ("model cascade", "exact"), ("combined", True)]
+)
+def test_a_regressor_feature_cascade_and_its_model_cascades(
+    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs, cheapest, early_exit
+):
+    """The planner's comparison for a regressor, timings fixed so that ``cheapest`` measures
+    cheapest. The combined plan: rows the feature cascade answers keep its answer, the rest get
+    the exact-within-tolerance model cascade's, so every row agrees with the original wherever
+    the feature cascade's did (its proof holds); with ``early_exit=True`` too (settled-score exits
+    behind a feature cascade would need a joint proof). The model cascade alone: every row within
+    the tolerance. Save/load and pickle keep either."""
+    import pipelines
+    from equivalence import assert_same_as_original
+
+    import willow
+    from willow.cascades import calibration
+    from willow.early_exit import calibrate, planner
+
+    candidates = ["feature cascade", "combined", "model cascade"]
+
+    def fixed(fns, repeats):  # each still runs: a failing candidate must fail here too
+        for fn in fns:
+            fn()
+        assert len(fns) == len(candidates)
+        return [[1.0 if name == cheapest else 3.0] * repeats for name in candidates]
+
+    monkeypatch.setattr(calibration, "interleaved_seconds", lambda fns, r: [3.0, 1.0, 2.0][: len(fns)])
+    monkeypatch.setattr(planner, "interleaved_samples", fixed)
+    monkeypatch.setattr(planner, "MIN_SPEEDUP", 0.0)  # whatever the model cascade measured itself
+    monkeypatch.setattr(planner, "MIN_GAIN", 0.0)
+    model, cheap, extra, features, (_, rows, test) = tabular
+    pipeline = willow.optimize(
+        pipelines.numpy_pipeline,
+        tolerance=WIDE,
+        accuracy_target=0.97,
+        require_faster=True,
+        early_exit=early_exit,
+        **FAST,
+    )
+    pipeline.calibrate(model, cheap[rows], extra[rows])
+    plan = pipeline.plan_
+    assert f"Serving: {cheapest} (faster beyond the timing noise)" in plan.reason, plan.reason
+    cascade = _serving_cascade(pipeline)
+    assert cascade.plan.exact and cascade.plan.regression and cascade.plan.tolerance == WIDE
+    assert f"within tolerance {WIDE:g}" in pipeline.explain()
+    # the test's few uncertain rows through the stages (as a large batch's), not the full model
+    monkeypatch.setattr(calibrate, "SMALL_BATCH_ROWS", 0)
+    library = model.predict(features[test])
+    served = pipeline(model, cheap[test], extra[test])
+    if cheapest == "combined":
+        assert plan.cascade and plan.lower_bound >= 0.97, plan.table()
+        assert plan.selected == ("a",) and plan.confident_fraction > 0.5
+        alone, uncertain = _feature_cascade_outputs(
+            plan, pipeline._approximate, cheap[test], extra[test], library
+        )
+        assert 20 <= uncertain.sum() < len(test)
+        np.testing.assert_array_equal(served[~uncertain], alone[~uncertain])  # the feature cascade's
+        assert (np.abs(served - library) <= WIDE).mean() >= 0.9
+    else:
+        assert not plan.cascade and plan.lower_bound >= 0.97, plan.table()  # the exact exits' proof
+        uncertain = np.ones(len(test), dtype=bool)
+    assert np.abs(served[uncertain] - library[uncertain]).max() <= WIDE  # the model cascade's
+    assert not np.allclose(served[uncertain], library[uncertain], rtol=0, atol=1e-9)  # it exits early
+    path = tmp_path / "plan.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, pipelines.numpy_pipeline), pickle.loads(pickle.dumps(pipeline))):
+        assert _serving_cascade(copy).plan == cascade.plan
+        np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), served)
+        np.testing.assert_array_equal(copy(model, cheap[test][:1], extra[test][:1]), served[:1])
+        assert_same_as_original(copy, model, cheap[test][:0], extra[test][:0])  # LightGBM's ValueError
+
+
+def within_wide(original, approx):
+    return np.abs(approx - original) <= WIDE
+
+
+def test_a_callable_tolerance_gets_no_combined_plan(tabular, cascade_pays, slow_group_costs):
+    """Near the full model's value does not imply agreeing under a callable tolerance, so no
+    model cascade goes behind the feature cascade (and exact exits need a float): the feature
+    cascade serves, its uncertain rows answered by the full compiled ensemble."""
+    import pipelines
+
+    import willow
+
+    model, cheap, extra, features, (_, rows, test) = tabular
+    pipeline = willow.optimize(
+        pipelines.numpy_pipeline, tolerance=within_wide, accuracy_target=0.97, require_faster=False, **FAST
+    )
+    pipeline.calibrate(model, cheap[rows], extra[rows])
+    plan = pipeline.plan_
+    assert plan.cascade and _serving_cascade(pipeline) is None, pipeline.explain()
+    assert "no combined plan (a callable tolerance" in plan.reason, plan.reason
+    assert "no model cascade alone" in plan.reason and "needs a float tolerance" in plan.reason
+    library = model.predict(features[test])
+    alone, _ = _feature_cascade_outputs(plan, pipeline._approximate, cheap[test], extra[test], library)
+    np.testing.assert_allclose(pipeline(model, cheap[test], extra[test]), alone, rtol=1e-9, atol=1e-12)
+
+
+def test_regressor_tiers_with_a_feature_cascade_keep_their_own_plans(
+    tabular, monkeypatch, tmp_path, cascade_pays, slow_group_costs
+):
+    """Tiers (0.99, 0.95): no feature cascade reaches 0.99, so the model cascade alone serves that
+    tier; the 0.95 tier's feature cascade sends its uncertain rows to a model cascade (combined).
+    Each tier within the tolerance where its plan says so; save/load and pickle keep both."""
+    import pipelines
+
+    import willow
+    from willow.early_exit import calibrate, tiers
+
+    model, cheap, extra, features, (_, rows, test) = tabular
+    pipeline = willow.optimize(
+        pipelines.numpy_pipeline, tolerance=WIDE, accuracy_target=(0.99, 0.95), require_faster=False, **FAST
+    )
+    pipeline.calibrate(model, cheap[rows], extra[rows])
+    strict, loose = pipeline.tiers_
+    assert not strict.plan.cascade and "Instead, a model cascade inside" in strict.plan.reason, (
+        strict.plan.reason
+    )
+    assert loose.plan.cascade and "Serving: combined" in loose.plan.reason, loose.plan.reason
+    plans = tiers.served_plans(pipeline)
+    assert all(p is not None and p.exact and p.regression and p.tolerance == WIDE for p in plans)
+    monkeypatch.setattr(calibrate, "SMALL_BATCH_ROWS", 0)  # the few uncertain rows through the stages
+    library = model.predict(features[test])
+    served = {
+        tier.target: pipeline.tier(tier.target)(model, cheap[test], extra[test]) for tier in pipeline.tiers_
+    }
+    assert np.abs(served[0.99] - library).max() <= WIDE and not np.allclose(served[0.99], library)
+    alone, uncertain = _feature_cascade_outputs(
+        loose.plan, pipeline._tiers[0].approximate, cheap[test], extra[test], library
+    )
+    np.testing.assert_array_equal(served[0.95][~uncertain], alone[~uncertain])
+    assert uncertain.any() and np.abs(served[0.95][uncertain] - library[uncertain]).max() <= WIDE
+    path = tmp_path / "tiers.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, pipelines.numpy_pipeline), pickle.loads(pickle.dumps(pipeline))):
+        assert tiers.served_plans(copy) == plans
+        for target, expected in served.items():
+            np.testing.assert_array_equal(copy.tier(target)(model, cheap[test], extra[test]), expected)
+
+
+@pytest.fixture(scope="module")
+def tiered(staged):
+    """``regress`` with tiers (0.99, 0.95) and settled-score exits: each tier its own model
+    cascade within the tolerance (no feature cascade: the model reads one group)."""
+    import willow
+
+    model, _ = staged["lgb"]
+    pipeline = willow.optimize(
+        regress,
+        tolerance=TOLERANCE,
+        accuracy_target=(0.99, 0.95),
+        early_exit=True,
+        require_faster=False,
+        **FAST,
+    )
+    pipeline.calibrate(model, _data(1600, 20)[0])
+    return pipeline
+
+
+def test_each_regressor_tier_serves_its_own_model_cascade(staged, tiered, tmp_path):
+    import willow
+    from willow.early_exit import tiers
+
+    model, _ = staged["lgb"]
+    plans = tiers.served_plans(tiered)
+    assert len(plans) == 2 and all(p is not None for p in plans), tiered.explain()
+    for plan, target in zip(plans, (0.99, 0.95)):
+        assert plan.regression and plan.tolerance == TOLERANCE and plan.accuracy_target == target
+        assert plan.exact or plan.lower_bound >= target, plan.table()
+    assert plans[0] != plans[1] and not plans[1].exact and plans[1].trees_per_row < plans[1].n_trees
+    assert "Tier 0.95: Model cascade inside LGBMRegressor.predict" in tiered.explain()
+    # one tier's swap left the other's operator alone; both share the staged model's kernels
+    strict, loose = (_cascade_of(c) for c in (tiered._compilation, tiered._tiers[0].compilation))
+    assert strict is not loose and strict.staged._kernels is loose.staged._kernels
+    fresh = _data(600, 21)[0]
+    library = model.predict(fresh)
+    served = {target: tiered.tier(target)(model, fresh) for target in (0.99, 0.95)}
+    assert np.abs(served[0.99] - library).max() <= TOLERANCE  # exact within the tolerance
+    assert (np.abs(served[0.95] - library) <= TOLERANCE).mean() >= 0.9
+    assert not np.array_equal(served[0.95], served[0.99])
+    path = tmp_path / "tiers.willow"
+    tiered.save(path)
+    for copy in (willow.load(path, regress), pickle.loads(pickle.dumps(tiered))):
+        assert tiers.served_plans(copy) == plans
+        for target in (0.99, 0.95):
+            np.testing.assert_array_equal(copy.tier(target)(model, fresh), served[target])
+            np.testing.assert_array_equal(copy.tier(target)(model, fresh[:1]), library[:1])  # full model
+            with pytest.raises(ValueError):  # 0 rows: as the library
+                copy.tier(target)(model, fresh[:0])
+
+
+def test_dask_serves_a_regressor_model_cascade_like_one_process(staged, tiered):
+    pytest.importorskip("dask")
+    import dask
+    import dask.dataframe as dd
+
+    import willow.dask
+
+    model, _ = staged["lgb"]
+    frame = pd.DataFrame(_data(420, 22)[0], columns=[f"Column_{i}" for i in range(N_FEATURES)])
+    edges = (0, 300, 300, 301, 420)  # partitions of 300 (through the stages), 0, 1 and 119 rows
+    parts = [dask.delayed(frame.iloc[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    ddf = dd.from_delayed(parts, meta=frame.iloc[:0])
+    willow.dask._CACHE.clear()
+    computed = willow.dask.predict(tiered, ddf, model).compute(scheduler="synchronous")
+    single = np.concatenate([tiered(model, frame.iloc[a:b]) for a, b in zip(edges[:-1], edges[1:]) if b > a])
+    np.testing.assert_array_equal(computed.to_numpy(), single)
+    assert computed.index.equals(frame.index)
+    assert np.abs(computed.to_numpy() - model.predict(frame)).max() <= TOLERANCE
+    (call,) = willow.dask._CACHE.values()  # the pickled pipeline, rebuilt with its model cascade
+    assert (
+        call.pipeline is not tiered and _serving_cascade(call.pipeline).plan == _serving_cascade(tiered).plan
+    )
+
+
+def test_uncompiled_regressor_pipelines_serve_a_staged_model(staged, tmp_path):
+    """compile=False, early_exit=True: each tier's staged regressor (its own compiled kernels)
+    takes the place of the library's predict call, within the tolerance as its plan proves;
+    small batches are the library's call; plan files and pickles keep it. With
+    early_exit="exact" nothing is compiled, so the plan says why none serves."""
+    import willow
+    from willow.early_exit import tiers
+    from willow.early_exit.uncompiled import LibraryCall
+
+    model, _ = staged["lgb"]
+    options = dict(tolerance=TOLERANCE, compile=False, require_faster=False, **FAST)
+    pipeline = willow.optimize(regress, accuracy_target=(0.99, 0.95), early_exit=True, **options)
+    pipeline.calibrate(model, _data(1600, 20)[0])
+    plans = tiers.served_plans(pipeline)
+    assert all(p is not None and p.regression and p.tolerance == TOLERANCE for p in plans), pipeline.explain()
+    fresh = _data(600, 23)[0]
+    library = model.predict(fresh)
+    for index, (tier, plan) in enumerate(zip(pipeline.tiers_, plans)):
+        assert "in place of the uncompiled LGBMRegressor.predict call" in tier.plan.reason, tier.plan.reason
+        assert plan.accuracy_target == tier.target and (plan.exact or plan.lower_bound >= tier.target)
+        compilation = pipeline._compilation if index == 0 else pipeline._tiers[index - 1].compilation
+        assert isinstance(_cascade_of(compilation).full, LibraryCall)
+        served = pipeline.tier(tier.target)(model, fresh)
+        assert (np.abs(served - library) <= TOLERANCE).mean() >= (1.0 if plan.exact else 0.9)
+        np.testing.assert_array_equal(pipeline.tier(tier.target)(model, fresh[:1]), library[:1])
+    assert not plans[1].exact and plans[1].trees_per_row < plans[0].trees_per_row
+    path = tmp_path / "uncompiled.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, regress), pickle.loads(pickle.dumps(pipeline))):
+        assert tiers.served_plans(copy) == plans
+        for target in (0.99, 0.95):
+            np.testing.assert_array_equal(
+                copy.tier(target)(model, fresh), pipeline.tier(target)(model, fresh)
+            )
+    exact = willow.optimize(regress, accuracy_target=0.95, **options)
+    exact.calibrate(model, _data(400, 24)[0])
+    assert "Optimize with compile=True" in exact.plan_.reason and tiers.served_plans(exact) == (None,)
+    np.testing.assert_array_equal(exact(model, fresh), library)

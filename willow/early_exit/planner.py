@@ -3,8 +3,10 @@
 When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
 classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
 ``predict``), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
-``tolerance=`` (:func:`_consider_regression`: a model cascade alone, within the tolerance), the
-model itself may be the cost left to cut:
+``tolerance=`` (:func:`_consider_regression`: model cascades within the tolerance; alone, or
+compared with the feature cascade as below, without cheap model first, the combined plan only
+for a float tolerance: :func:`_regression_behind` says why its proof holds), the model itself
+may be the cost left to cut:
 
 * no feature cascade serves: :func:`consider_model_cascade` records the model's input on the
   calibration rows (through the compiled pipeline itself), calibrates early exit on it
@@ -141,7 +143,7 @@ def consider_model_cascade(
     ):
         return result
     if regression:
-        return _consider_regression(result, fn, arguments, options, mode, tolerance)
+        return _consider_regression(result, fn, arguments, options, mode, tolerance, staged)
     # a feature cascade's uncertain rows must reach the model's own operator (not a fused kernel)
     if result.plan.cascade and (result.layout is None or result.approximate is None or compilation.fused):
         return result
@@ -205,21 +207,27 @@ def consider_model_cascade(
 
 
 def _consider_regression(
-    result: Any, fn: Any, arguments: dict[str, Any], options: Any, mode: Any, tolerance: Any
+    result: Any,
+    fn: Any,
+    arguments: dict[str, Any],
+    options: Any,
+    mode: Any,
+    tolerance: Any,
+    staged: dict[str, Any] | None = None,
 ) -> Any:
     """A regressor's pipeline with ``tolerance=``: a model cascade within the tolerance (exact
     exits from the leaf bounds with ``early_exit="exact"``, settled-score exits proven at the
     target with ``early_exit=True``) when the function returns the model's ``predict`` itself (a
     tolerance on anything computed from it says nothing about the model's output) of a compiled
-    tree ensemble, and no feature cascade serves (regressors' model cascades are not combined with
-    feature cascades). Otherwise ``result``, with a note when a model cascade could not apply."""
+    tree ensemble. When a feature cascade serves, the plans are compared as a classifier's
+    (:func:`_consider_combined`, see :func:`_regression_behind` for what may stand behind it).
+    Otherwise ``result``, with a note when a model cascade could not apply. ``staged``: as
+    :func:`consider_model_cascade`'s (tiers share one staged model)."""
     compilation = result.compilation
     node = model_node(compilation)
     model, method = node.recipe
     if method != "predict" or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
         return result
-    if result.plan.cascade:
-        return _noted(result, "No model cascade: a regressor's is not combined with a feature cascade.")
     if compilation.graph.post is not None:
         return _noted(
             result,
@@ -227,6 +235,11 @@ def _consider_regression(
             "tolerance= on the returned value bounds nothing about the model's own output.",
         )
     target = options.accuracy_target if mode is True else 1.0
+    if result.plan.cascade:
+        # the feature cascade's uncertain rows must reach the model's own operator (not a fused kernel)
+        if result.layout is None or result.approximate is None or compilation.fused:
+            return _noted(result, "No model cascade: the feature cascade does not call the model's operator.")
+        return _consider_combined(result, fn, arguments, options, target, staged or {}, tolerance)
     if target >= 1.0 and callable(tolerance):
         return _noted(
             result,
@@ -238,7 +251,7 @@ def _consider_regression(
         return result
     try:
         cascade = _fast_enough(
-            _calibrate(model, method, inputs[0], target, options, tolerance=tolerance), options
+            _calibrate(model, method, inputs[0], target, options, staged, tolerance=tolerance), options
         )
     except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         return _noted(result, f"No model cascade: {str(exc).rstrip('.')}.")
@@ -250,6 +263,29 @@ def _consider_regression(
     return with_cascade(
         _noted(_without_feature_cascade(result, cascade), note), fn, cascade, feature_cascade=False
     )
+
+
+def _regression_behind(tolerance: Any) -> None:
+    """Whether a regressor's exact model cascade may stand behind its feature cascade (the
+    combined plan): raises :class:`CalibrationError` saying why not.
+
+    Why the feature cascade's holdout proof still holds with a float tolerance ``t``: a row agrees
+    when ``|served - original| <= t``. A row the feature cascade answers is served as before. A row
+    it passes on was served the full ensemble's prediction (it agreed: ``0 <= t``); behind it, the
+    model cascade's exits are exact within ``t`` (the remaining trees' leaf bounds prove
+    ``|estimate - full| <= t``, rounding guarded: :mod:`willow.early_exit.staged`), so it agrees
+    still. Every row that agreed agrees, so the combined plan's agreement is at least the feature
+    cascade's on any rows, and the feature cascade's Clopper-Pearson bound bounds it too (checked on
+    the calibration rows besides: :func:`_consider_combined`). A callable tolerance implies no such
+    thing (``f(original, approx)`` for an ``approx`` near ``original`` may be False), and exact exits
+    need a number, so there is no combined plan. Settled-score (approximate) exits behind the feature
+    cascade would need a joint proof of the two plans' errors on the holdout rows; not built."""
+    if callable(tolerance):
+        raise CalibrationError(
+            "a callable tolerance: being near the full model's prediction does not imply agreeing "
+            "under it, so the feature cascade's proof would not cover the model cascade's exits, and "
+            "exact exits need a float tolerance"
+        )
 
 
 def _cheapest(candidates: dict[str, Any], arguments: dict[str, Any], options: Any) -> tuple[str, str]:
@@ -374,12 +410,21 @@ def _could_pay_off(plan: Any, costs: Any) -> tuple[bool, bool]:
 
 
 def _consider_combined(
-    result: Any, fn: Any, arguments: dict[str, Any], options: Any, target: float, shared: dict[str, Any]
+    result: Any,
+    fn: Any,
+    arguments: dict[str, Any],
+    options: Any,
+    target: float,
+    shared: dict[str, Any],
+    tolerance: Any = None,
 ) -> Any:
     """Compare the feature cascade, the combined plan and the model cascade alone (see the
-    module docstring) and return the result serving the one chosen, its reason saying why."""
+    module docstring) and return the result serving the one chosen, its reason saying why.
+    ``tolerance``: a regressor's (``tolerance=``): its model cascades exit within it, the
+    combined plan's outputs must agree within it with the feature cascade's
+    (:func:`_regression_behind` says why its proof then holds) and cheap model first (labels
+    only) is not a candidate."""
     from willow.cascades.calibration import call_with
-    from willow.cascades.outputs import same_output
 
     node = model_node(result.compilation)
     model, method = node.recipe
@@ -405,14 +450,24 @@ def _consider_combined(
                 f"{sum(n_rows(X) for X in hard)} calibration rows reached the full model behind the "
                 f"feature cascade, fewer than the {MIN_COMBINED_ROWS} a model cascade is tuned on"
             )
-        # exact exits only: the outputs stay the feature cascade's, whose proof then holds as is
-        behind = _fast_enough(_calibrate(model, method, hard[0], 1.0, options, shared), options)
+        if tolerance is not None:
+            _regression_behind(tolerance)
+        # exact exits only: the outputs stay the feature cascade's (a regressor's: within the
+        # tolerance of them), whose proof then holds as is
+        behind = _fast_enough(
+            _calibrate(model, method, hard[0], 1.0, options, shared, tolerance=tolerance), options
+        )
         combined = with_cascade(result, fn, behind, True)
         expected = call_with(result.function.__wrapped__, arguments)
-        if not same_output(call_with(combined.function.__wrapped__, arguments), expected):
-            raise CalibrationError("the combined plan did not reproduce the feature cascade's outputs")
+        if not _agrees(
+            result.output, call_with(combined.function.__wrapped__, arguments), expected, tolerance
+        ):
+            raise CalibrationError(
+                "the combined plan did not reproduce the feature cascade's outputs"
+                + ("" if tolerance is None else " within the tolerance")
+            )
         candidates["combined"] = combined
-    except (CalibrationError, NotLowerable) as exc:
+    except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         notes.append(f"no combined plan ({str(exc).rstrip('.')})")
     every = recorded(result, fn, arguments, model, cascade=False) if could_alone else []
     try:
@@ -420,11 +475,13 @@ def _consider_combined(
             raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
-        alone = _fast_enough(_calibrate(model, method, every[0], target, options, shared), options)
+        alone = _fast_enough(
+            _calibrate(model, method, every[0], target, options, shared, tolerance=tolerance), options
+        )
         candidates["model cascade"] = with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
-    except (CalibrationError, NotLowerable) as exc:
+    except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
-    if target < 1.0:  # cheap model first on every row, instead of the feature cascade
+    if target < 1.0 and tolerance is None:  # cheap model first on every row, instead of the feature cascade
         try:
             if not could_alone:
                 raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")
@@ -477,6 +534,23 @@ def _consider_combined(
             ),
         )
     return _noted(served, note)
+
+
+def _agrees(output: Any, served: Any, expected: Any, tolerance: Any) -> bool:
+    """Whether the function output ``served`` is ``expected`` (the feature cascade's): the same
+    (:func:`~willow.cascades.outputs.same_output`), or with a regressor's ``tolerance`` of the
+    same type and index and within the tolerance on every row (``output``: the result's
+    :class:`~willow.cascades.tolerance.ToleranceSpec`)."""
+    from willow.cascades.outputs import same_output
+
+    if tolerance is None:
+        return same_output(served, expected)
+    index = getattr(expected, "index", None)
+    return (
+        type(served) is type(expected)
+        and (index is None or index.equals(served.index))
+        and bool(output.agreement(served, expected).all())
+    )
 
 
 def _noted(result: Any, note: str) -> Any:

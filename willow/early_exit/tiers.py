@@ -79,14 +79,22 @@ def consider_model_cascades(
 
 def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: Any, graph: Any) -> Any:
     """With ``compile=False``, the model of a pipeline that a model cascade could serve compiled
-    (a tree-ensemble classifier's ``predict`` labels are the output); ``None`` otherwise."""
+    (a tree-ensemble classifier's ``predict`` labels are the output, or with ``tolerance=`` a
+    tree-ensemble regressor's ``predict`` returned as it is); ``None`` otherwise."""
+    classifier = result.output.decision == "model" and result.output.classes is not None
+    regressor = (
+        result.output.decision == "numbers"
+        and result.output.classes is None
+        and getattr(options, "tolerance", None) is not None
+        and graph is not None
+        and graph.post is None
+    )
     if (
         options.compile
         or graph is None
         or not options.cascade
         or getattr(options, "early_exit", "exact") is False
-        or result.output.decision != "model"
-        or result.output.classes is None
+        or not (classifier or regressor)
         or graph.model_call.method != "predict"
     ):
         return None

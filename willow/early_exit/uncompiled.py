@@ -10,6 +10,9 @@ library's call answering small batches (``ModelCascade.full``). It serves when i
 least :data:`~willow.early_exit.planner.MIN_SPEEDUP` times as fast as the original on the
 calibration call (or ``require_faster=False``).
 
+A regressor's ``predict`` returned as it is with ``tolerance=`` is served the same way, its
+exits within the tolerance (:func:`~willow.early_exit.tiers.uncompiled_model`).
+
 Only where no feature cascade serves: a feature cascade's generated code calls the model in
 Python for its uncertain rows. A saved plan keeps the model call as a compiled node, so loading
 it compiles the full ensemble (whose tree kernels the staged model shares through the kernel
@@ -23,6 +26,7 @@ from typing import Any
 
 from willow.compiler.lowering.base import NotLowerable
 from willow.early_exit import planner
+from willow.early_exit.calibrate import EarlyExitToleranceError
 from willow.early_exit.wiring import recorded, with_cascade
 from willow.errors import CalibrationError
 
@@ -68,8 +72,12 @@ def consider_uncompiled(
         inputs = recorded(plain, fn, arguments, model, cascade=False)
         if len(inputs) != 1:
             raise CalibrationError("the pipeline did not call the model once")
-        cascade = planner._calibrate(model, method, inputs[0], options.accuracy_target, options, staged)
-    except (CalibrationError, NotLowerable) as exc:
+        # a regressor's within its tolerance= (a classifier's labels take none)
+        tolerance = getattr(options, "tolerance", None)
+        cascade = planner._calibrate(
+            model, method, inputs[0], options.accuracy_target, options, staged, tolerance=tolerance
+        )
+    except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         return planner._noted(result, f"No model cascade (compile=False): {str(exc).rstrip('.')}.")
     served = with_cascade(plain, fn, cascade, feature_cascade=False)
     original, staged_seconds = interleaved_seconds(
@@ -88,7 +96,7 @@ def consider_uncompiled(
     plan = cascade.plan
     note = (
         f"Instead, a model cascade serves in place of the uncompiled {plan.model} call (compile=False: "
-        f"every other statement stays Python): staged early exit after "
+        f"every other statement stays Python): staged early exit {plan.within + ' ' if plan.within else ''}after "
         f"{', '.join(map(str, plan.stops[:-1]))} of {plan.n_trees} trees, its own compiled kernels "
         f"({measured}; see below)."
     )
