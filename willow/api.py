@@ -785,13 +785,16 @@ def optimize(
         holdout proof. Refused (:class:`~willow.cascades.tolerance.ToleranceError`) for functions
         that return labels. A callable is saved by name (define it at module level); see
         :mod:`willow.cascades.tolerance`.
-    early_exit : when no feature cascade serves and the model is a compiled tree-ensemble
-        classifier judged on its labels, a model cascade inside the ensemble (staged early exit,
-        :mod:`willow.early_exit`) may serve instead, if it measured at least 1.2x faster than the
-        full ensemble: ``"exact"`` (default) exits a row only where the remaining trees cannot
-        change its decision, so outputs stay identical; ``True`` also exits on margins tuned to
-        ``accuracy_target`` and proven on holdout rows (labels then agree at the target, like a
-        cascade), and also tries a distilled cheap model first (:mod:`willow.early_exit.distilled`),
+    early_exit : when the model is a compiled tree-ensemble classifier judged on its labels (or
+        a tree regressor whose ``predict`` the function returns, with ``tolerance=``), a model
+        cascade inside the ensemble (staged early exit, :mod:`willow.early_exit`) may serve
+        instead of the full ensemble (alone if it measured at least 1.2x faster, or behind a
+        feature cascade if the pipeline measured faster beyond the timing noise):
+        ``"exact"`` (default) exits a row only where the remaining trees cannot change its
+        decision (a regressor's value: move it by more than the tolerance), so outputs stay
+        identical (within the tolerance); ``True`` also exits on margins (a regressor: settled
+        scores) tuned to ``accuracy_target`` and proven on holdout rows, like a cascade, and for
+        classifiers also tries a distilled cheap model first (:mod:`willow.early_exit.distilled`),
         serving whichever measured fastest; ``False`` never. Accuracy tiers each get their own, at
         their own target (:mod:`willow.early_exit.tiers`). With ``compile=False``, ``True`` puts
         the staged model (its own compiled kernels) in place of the library's model call where no
