@@ -30,6 +30,7 @@ from sklearn.svm import LinearSVC
 from willow.compiler.lowering import linear_templates
 from willow.compiler.lowering.astgen import compile_module, kernel_module, specialize
 from willow.compiler.lowering.base import CompiledOperator, NotLowerable
+from willow.compiler.lowering.signatures import compile_locked, readonly_array
 
 __all__ = [
     "LinearSpec",
@@ -159,6 +160,45 @@ def cpu_kernels(spec: LinearSpec) -> tuple[Any, str]:
     return compile_module(module_ast, f"linear_{spec.head}")
 
 
+DENSE_TYPES = (readonly_array(np.float64, 2), readonly_array(np.float64, 2), readonly_array(np.float64, 1))
+"""The one signature of the dense score kernels: ``X`` (C-ordered float64, see
+:func:`validated_rows`: writable or read-only, as pandas 3's ``to_numpy()`` gives it), ``coef_t``,
+``intercept``."""
+
+
+def csr_types(indices: np.dtype, indptr: np.dtype) -> tuple[Any, ...]:
+    """The signature of the CSR score kernels for one pair of index dtypes (scipy's int32 or int64)."""
+    return (
+        readonly_array(np.float64, 1),
+        readonly_array(indices, 1),
+        readonly_array(indptr, 1),
+        readonly_array(np.float64, 2),
+        readonly_array(np.float64, 1),
+    )
+
+
+def locked_dense(kernel: Any) -> Any:
+    """``kernel`` (a dense score kernel) compiled for :data:`DENSE_TYPES` on its first use, then
+    locked: writable and read-only rows run one specialization."""
+    if not kernel.overloads:
+        compile_locked(kernel, DENSE_TYPES)
+    return kernel
+
+
+_CSR_INDEX_DTYPES: dict[Any, set[tuple[np.dtype, np.dtype]]] = {}
+
+
+def locked_csr(kernel: Any, indices: np.ndarray, indptr: np.ndarray) -> Any:
+    """``kernel`` (a CSR score kernel) with a signature for these index dtypes, compiled on the
+    first batch that brings them (writable and read-only arrays run it)."""
+    dtypes = (indices.dtype, indptr.dtype)
+    compiled = _CSR_INDEX_DTYPES.setdefault(kernel, set())
+    if dtypes not in compiled:
+        compile_locked(kernel, csr_types(*dtypes))
+        compiled.add(dtypes)
+    return kernel
+
+
 def validated_rows(spec: LinearSpec, X: Any) -> Any:
     """``X`` as the kernels read it (CSR, or C-ordered float64 rows), refused as scikit-learn
     refuses it: wrong width, no rows, NaN or infinity."""
@@ -203,10 +243,13 @@ def lower_linear_model(model: Any, method: str) -> CompiledOperator:
         # on a busy machine a parallel region waits for its slowest, descheduled thread)
         parallel = values.size * coef_t.shape[1] >= PARALLEL_MIN_WORK
         if sp.issparse(X):
-            run_csr = csr_scores if parallel else csr_serial
-            scores = run_csr(X.data.astype(np.float64, copy=False), X.indices, X.indptr, coef_t, intercept)
+            # scipy's arrays are contiguous (no copy); ascontiguousarray only guards the signature
+            indices, indptr = np.ascontiguousarray(X.indices), np.ascontiguousarray(X.indptr)
+            run_csr = locked_csr(csr_scores if parallel else csr_serial, indices, indptr)
+            data = np.ascontiguousarray(X.data, dtype=np.float64)
+            scores = run_csr(data, indices, indptr, coef_t, intercept)
         else:
-            scores = (dense_scores if parallel else dense_serial)(X, coef_t, intercept)
+            scores = locked_dense(dense_scores if parallel else dense_serial)(X, coef_t, intercept)
         return finish_output(spec, head(scores))
 
     return CompiledOperator(name=f"{spec.model_name}.{method}", source=source, function=run)
