@@ -137,8 +137,9 @@ def expression_kernels(rows: int) -> dict[str, Any]:
         if name.startswith("willow_kernel_expression_"):
             kernel = sys.modules[name].kernel
             kernels[f"expression.{name.rsplit('_', 1)[-1][:8]}"] = kernel
-            if getattr(kernel, "willow_any_layout", None) is not None:  # see signatures.LayoutKernel
-                kernels[f"expression.{name.rsplit('_', 1)[-1][:8]} (any layout)"] = kernel.willow_any_layout
+            for key, twin in getattr(kernel, "willow_twins", {}).items():  # signatures.LayoutKernel
+                layouts = "".join(layout for layout, _ in key)
+                kernels[f"expression.{name.rsplit('_', 1)[-1][:8]} (twin {layouts})"] = twin
     return kernels
 
 

@@ -17,8 +17,11 @@ aligned arrays of the dtype they were compiled for.
 has (generated array expressions: NumPy's C order, pandas' Fortran-ordered frames, strided
 slices). C and Fortran layouts are different machine code (the contiguous axis is known at compile
 time, which is what lets LLVM vectorize), so it compiles one signature per combination of C/F
-layouts a call brings, still with read-only inputs (writable and read-only arrays share it), and
-one "any layout" signature for everything else, in a second dispatcher of the same function.
+layouts a call brings, still with read-only inputs (writable and read-only arrays share it). A
+call with a strided (or unaligned) array gets the same kind of signature, its strided arrays typed
+any layout ("A"), in a second dispatcher of the same function: one any-layout signature for every
+call measured 1.2-1.9x slower than the C/F code on lookups and 1-D arithmetic
+(``benchmarks/kernel_signatures.py`` describes the probe).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 from numba import from_dtype, typeof, types
 
-__all__ = ["compile_locked", "readonly_array", "writable_array", "LayoutKernel", "any_layout_twin"]
+__all__ = ["compile_locked", "readonly_array", "writable_array", "LayoutKernel", "twin_dispatcher"]
 
 _LOCK = threading.Lock()
 
@@ -73,74 +76,91 @@ def _layout(array: np.ndarray) -> str:
 
 
 class LayoutKernel:
-    """Calls ``dispatcher`` with one compiled signature per combination of C/Fortran layouts of its
-    array arguments (read-only typed except the arrays at ``written`` positions, negative ones
-    counted from the end, so writable and read-only inputs share it), and calls with any other array (strided, unaligned) through one
-    signature that types every array as any layout, unaligned, in a second dispatcher of the same
-    function (sharing its disk cache).
+    """Calls ``dispatcher`` with one compiled signature per combination of its array arguments'
+    layouts, typed read-only except the arrays at ``written`` positions (negative ones counted from
+    the end), so writable and read-only inputs share it.
 
+    Combinations of C/Fortran-ordered, aligned arrays live in ``dispatcher`` itself, locked: a call
+    that matches costs what calling the dispatcher costs (its type match stays in C) plus this
+    wrapper (~0.2 us). A combination with a strided or unaligned array gets a dispatcher of its
+    own (a *twin* of the same function, sharing its disk cache), chosen in Python after the locked
+    dispatcher refused the call (~1 us more): a locked dispatcher holding both a C and an
+    any-layout signature refuses a writable C array as ambiguous, both conversions being equal.
     Signatures are compiled on the first call that needs them (from the disk cache when there).
-    A call that matches a compiled signature costs what calling the dispatcher costs: the locked
-    dispatcher's type match stays in C; the first call of a new combination, and every call of the
-    any-layout kind, pay a rejected match first (tens of microseconds of typing in Python). The two
-    kinds live in separate dispatchers because a locked dispatcher holding both a C and an
-    any-layout signature refuses a writable C array as ambiguous (both convert equally).
     """
 
     def __init__(self, dispatcher: Any, written: Collection[int] = (0,)) -> None:
         self.dispatcher = dispatcher
         self.written = frozenset(written)
-        self.any_layout: Any = None
         self._locked = False  # Numba locks a dispatcher only once it has a signature
 
     @property
+    def twins(self) -> dict[tuple[tuple[str, bool], ...], Any]:
+        """The twin dispatchers, by the layout and alignment of each array argument."""
+        return getattr(self.dispatcher, "willow_twins", {})
+
+    @property
     def signatures(self) -> list[tuple[types.Type, ...]]:
-        """Every compiled signature, the exact-layout ones first."""
-        twin = [] if self.any_layout is None else list(self.any_layout.signatures)
-        return list(self.dispatcher.signatures) + twin
+        """Every compiled signature, the C/F ones (``dispatcher``'s) first."""
+        return list(self.dispatcher.signatures) + [s for twin in self.twins.values() for s in twin.signatures]
 
     def __call__(self, *args: Any) -> Any:
-        if not self._locked:
-            return self._first_call(args)
-        try:
-            return self.dispatcher(*args)
-        except TypeError:  # no compiled signature takes these arguments (yet)
-            return self._first_call(args)
+        if self._locked:
+            try:
+                return self.dispatcher(*args)
+            except TypeError:  # no compiled signature takes these arguments (yet)
+                pass
+        return self._other_call(args)
 
-    def _signature(self, args: Sequence[Any], exact: bool) -> tuple[types.Type, ...]:
+    def _signature(self, args: Sequence[Any]) -> tuple[types.Type, ...]:
         signature = []
         for position, value in enumerate(args):
             if isinstance(value, np.ndarray):
-                layout, aligned = (_layout(value), True) if exact else ("A", False)
-                dtype = from_dtype(value.dtype)
                 readonly = position not in self.written and position - len(args) not in self.written
-                signature.append(types.Array(dtype, value.ndim, layout, readonly=readonly, aligned=aligned))
+                signature.append(
+                    types.Array(
+                        from_dtype(value.dtype),
+                        value.ndim,
+                        _layout(value),
+                        readonly=readonly,
+                        aligned=bool(value.flags.aligned),
+                    )
+                )
             else:
                 signature.append(typeof(value))
         return tuple(signature)
 
-    def _first_call(self, args: Sequence[Any]) -> Any:
-        arrays = [value for value in args if isinstance(value, np.ndarray)]
-        if all(value.flags.aligned and _layout(value) != "A" for value in arrays):
-            compile_locked(self.dispatcher, self._signature(args, exact=True))
+    def _other_call(self, args: Sequence[Any]) -> Any:
+        """A call the locked dispatcher does not take: a new C/F combination, or a strided one."""
+        key = tuple(
+            (_layout(value), bool(value.flags.aligned)) for value in args if isinstance(value, np.ndarray)
+        )
+        if all(layout != "A" and aligned for layout, aligned in key):
+            compile_locked(self.dispatcher, self._signature(args))
             self._locked = True
             return self.dispatcher(*args)
-        if self.any_layout is None:
-            self.any_layout = any_layout_twin(self.dispatcher)
-        compile_locked(self.any_layout, self._signature(args, exact=False))
-        return self.any_layout(*args)
+        twin = self.twins.get(key)
+        if twin is not None:
+            try:  # compiled already unless a dtype or scalar type is new
+                return twin(*args)
+            except TypeError:
+                pass
+        else:
+            twin = twin_dispatcher(self.dispatcher, key)
+        compile_locked(twin, self._signature(args))
+        return twin(*args)
 
 
-def any_layout_twin(dispatcher: Any) -> Any:
-    """The second dispatcher of ``dispatcher``'s function (same options and disk cache) that
-    :class:`LayoutKernel` compiles its any-layout signature in; one per dispatcher, kept on it."""
+def twin_dispatcher(dispatcher: Any, key: Any) -> Any:
+    """The dispatcher of ``dispatcher``'s function (same options and disk cache) that a
+    :class:`LayoutKernel` compiles ``key``'s signatures in; one per key, kept on ``dispatcher``."""
     from numba.core.caching import NullCache
 
     from willow.compiler.kernel_cache import harden
 
     with _LOCK:
-        twin = getattr(dispatcher, "willow_any_layout", None)
-        if twin is None:
+        twins = dispatcher.__dict__.setdefault("willow_twins", {})
+        if key not in twins:
             twin = type(dispatcher)(
                 dispatcher.py_func,
                 locals=dict(dispatcher.locals),
@@ -149,5 +169,5 @@ def any_layout_twin(dispatcher: Any) -> Any:
             if not isinstance(dispatcher._cache, NullCache):
                 twin.enable_caching()
                 harden(twin)
-            dispatcher.willow_any_layout = twin
-    return twin
+            twins[key] = twin
+        return twins[key]
