@@ -78,7 +78,9 @@ def linear_kernels(rows: int) -> dict[str, Any]:
             module, _ = cpu_kernels(linear_spec(model, method))
             head = linear_spec(model, method).head
             for name in ("dense_scores", "dense_scores_serial", "csr_scores", "csr_scores_serial", head):
-                kernels[f"linear[{head}].{name}"] = getattr(module, name)
+                kernel = getattr(module, name)  # labelled by its generated module: shared ones once
+                generated = kernel.py_func.__module__.removeprefix("willow_kernel_").rsplit("_", 1)[0]
+                kernels[f"{generated}.{name}"] = kernel
     linear.PARALLEL_MIN_WORK = threshold
     return kernels
 
