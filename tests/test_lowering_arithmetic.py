@@ -203,3 +203,46 @@ def test_row_chunks_on_worker_threads_equal_one_thread(monkeypatch, source):
     np.testing.assert_array_equal(got, expected)
     assert got.flags.f_contiguous == expected.flags.f_contiguous
     assert got.flags.c_contiguous == expected.flags.c_contiguous
+
+
+def test_one_signature_per_layout_combination_whatever_the_write_flag():
+    """Writable and read-only operands (pandas 3's to_numpy() is read-only) run one signature per
+    combination of C/Fortran layouts, strided operands one per combination with any-layout ("A")
+    arrays, in a dispatcher of its own (see signatures.LayoutKernel). Every result equals numpy's, in numpy's memory order."""
+    rng = np.random.default_rng(4)
+    m, w = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    m[2, 1] = np.nan
+
+    def read_only(array):
+        array = array.copy(order="K")
+        array.setflags(write=False)
+        return array
+
+    source = "m * 2.0 - w"
+    run, operator = compile_expression(source, {**NS, "m": m, "w": w}, row_names=("m", "w"))
+    firsts = (
+        m,
+        read_only(m),
+        np.asfortranarray(m),
+        read_only(np.asfortranarray(m)),
+        pd.DataFrame(m).to_numpy(),
+    )
+    cases = [(a, b) for a in firsts for b in (w, np.asfortranarray(w), read_only(w))]
+    cases += [(m[::2], w[::2].copy()), (read_only(m)[:, ::-1], w), (m[1:2], w[1:2]), (m[:0], w[:0])]
+    for first, second in cases:
+        values = {"m": first, "w": second}
+        expected, got = original(source, NS, values), run(values)
+        assert (got.flags.c_contiguous, got.flags.f_contiguous) == (
+            expected.flags.c_contiguous,
+            expected.flags.f_contiguous,
+        )
+        np.testing.assert_array_equal(got, expected)
+    cells = dict(zip(operator.function.__code__.co_freevars, operator.function.__closure__))
+    kernel = cells["kernel"].cell_contents
+    exact = kernel.dispatcher.signatures
+    # (out, m, w): C C C, C C F, C F C, F F F; read-only and writable operands share each
+    assert len(exact) == 4, exact
+    assert len({tuple(t.layout for t in s if hasattr(t, "layout")) for s in exact}) == 4
+    assert all(s[0].mutable and not any(t.mutable for t in s[4:]) for s in exact), exact
+    # strided operands: (out, m, w) C A C for both strided calls, their own dispatcher
+    assert [[t.layout for t in s if hasattr(t, "layout")] for s in kernel.signatures[4:]] == [["C", "A", "C"]]

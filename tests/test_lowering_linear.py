@@ -128,3 +128,29 @@ def test_parallel_and_serial_kernels_agree(method, monkeypatch):
         operator = lower(model, method)
         for X in (dense, sparse):
             assert_same(method, operator(X), getattr(model, method)(X))
+
+
+def test_one_signature_per_kernel_for_writable_read_only_and_fortran_rows():
+    # pandas 3's to_numpy() is read-only, NumPy's arrays writable, a frame's values Fortran-ordered:
+    # Numba types the flag, so without a locked read-only signature the score kernels compiled once
+    # per kind (see willow/compiler/lowering/signatures.py). Rows of every kind give sklearn's result.
+    from willow.compiler.lowering.linear import cpu_kernels, linear_spec
+
+    model = fitted("logistic", 2)
+    operator = lower(model, "predict_proba")
+    dense, sparse = data(n_rows=30, seed=3)
+    read_only = dense.copy()
+    read_only.setflags(write=False)
+    read_only_csr = sp.csr_matrix(dense)
+    for array in (read_only_csr.data, read_only_csr.indices, read_only_csr.indptr):
+        array.setflags(write=False)
+    batches = [dense, read_only, np.asfortranarray(dense), pd.DataFrame(dense).to_numpy()]
+    batches += [dense.astype(np.float32), read_only[:1], sparse, read_only_csr, sparse.astype(np.float32)]
+    for X in batches:
+        assert_same("predict_proba", operator(X), model.predict_proba(X))
+    module, _ = cpu_kernels(linear_spec(model, "predict_proba"))
+    for kernel in (module.dense_scores_serial, module.csr_scores_serial):
+        assert len(kernel.signatures) == 1, kernel.signatures
+        assert not any(t.mutable for t in kernel.signatures[0]), kernel.signatures
+    with pytest.raises(TypeError):  # locked: another kind of argument is refused, not compiled
+        module.dense_scores_serial(dense[:, :2].astype(np.float32), dense, dense[0])

@@ -236,3 +236,23 @@ def test_string_key_paths_agree_with_pandas_on_large_batches():
     ):
         _check(source, [keys, keys.astype(object), keys.iloc[:10]])
     _check("STRING_TABLE.reindex(rows).to_numpy(dtype=float)", [keys.to_numpy(dtype=object)])
+
+
+def test_dense_position_kernel_compiles_once_per_key_dtype():
+    # a frame's column (read-only under pandas 3), a NumPy array and a strided slice of the same
+    # dtype run one signature (any layout, read-only); an int32 column adds one, nothing else does
+    from willow.compiler.lowering.lookups import dense_rows_kernel
+
+    index = KeyIndex.build(pd.Index([3, 1, 4, 15, 9]), "t")
+    keys = np.array([3, 1, 99, 9, -5, 4, 15, 15], dtype=np.int64)
+    read_only = keys.copy()
+    read_only.setflags(write=False)
+    frame = pd.DataFrame({"k": keys, "k32": keys.astype(np.int32)})
+    expected = np.asarray(index.index.get_indexer(keys), dtype=np.int64)
+    for value in (frame["k"], keys, read_only, frame.to_numpy()[:, 0], frame["k32"]):
+        np.testing.assert_array_equal(index.rows(value), expected)
+    np.testing.assert_array_equal(index.rows(keys[::3]), expected[::3])
+    key_dtypes = [signature[0].dtype for signature in dense_rows_kernel.signatures]
+    assert len(key_dtypes) == len(set(key_dtypes)), dense_rows_kernel.signatures
+    assert {str(d) for d in key_dtypes} >= {"int64", "int32"}
+    assert all(not s[0].mutable and s[0].layout == "A" for s in dense_rows_kernel.signatures)

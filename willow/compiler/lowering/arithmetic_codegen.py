@@ -32,6 +32,7 @@ from willow.compiler.lowering.arithmetic import (
 )
 from willow.compiler.lowering.astgen import call, compile_module, const, name, runtime_digest
 from willow.compiler.lowering.base import CompiledOperator, device_expression_compiler
+from willow.compiler.lowering.signatures import LayoutKernel
 
 __all__ = ["lower_expression", "compile_expression", "call_arguments", "values_per_row"]
 
@@ -296,11 +297,13 @@ def compile_expression(
             return compiled
     module_ast = _kernel_source(expression)
     module, source = compile_module(module_ast, "expression")
-    kernel = module.kernel
     prepare = _prepare(expression)
     fallback = _fallback(expression, node, namespace)
 
     scratch_row = isinstance(expression.root, Reduce)  # the last argument: one row's elements
+    # one signature per combination of C/F layouts, read-only operands (see LayoutKernel): the
+    # kernel writes ``out`` and the scratch row, and reads everything else
+    kernel = LayoutKernel(module.kernel, written=(0, -1) if scratch_row else (0,))
 
     def run(*values: Any) -> Any:
         args = prepare(*values)
