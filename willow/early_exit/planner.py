@@ -101,19 +101,21 @@ def choose_plan(samples: dict[str, list[float]], incumbent: str) -> str:
     return cheapest
 
 
-def _comparison(samples: dict[str, list[float]], incumbent: str, chosen: str) -> str:
+def _comparison(samples: dict[str, list[float]], incumbent: str, chosen: str) -> tuple[str, bool]:
     """What the sign test of ``chosen`` (or, when ``incumbent`` stayed, the cheapest other plan)
-    against ``incumbent`` found, for the plan's reason."""
+    against ``incumbent`` found, for the plan's reason, and whether ``chosen`` (not ``incumbent``)
+    ran faster than it beyond the timing noise."""
     others = [name for name in samples if name != incumbent]
     if not others:
-        return ""
+        return "", False
     challenger = chosen if chosen != incumbent else min(others, key=lambda n: float(np.median(samples[n])))
     verdict = faster_beyond_noise(samples[incumbent], samples[challenger])
-    return (
+    note = (
         f"{challenger} ran at least {verdict.margin:.0%} faster than the {incumbent} beside it in "
         f"{verdict.wins} of {verdict.pairs} interleaved pairs (median ratio {verdict.ratio_median:.3f}, "
         f"{verdict.speedup:.2f}x); the sign test needs {verdict.needed}"
     )
+    return note, chosen != incumbent and verdict.faster
 
 
 def consider_model_cascade(
@@ -213,7 +215,7 @@ def _consider_regression(
     options: Any,
     mode: Any,
     tolerance: Any,
-    staged: dict[str, Any] | None = None,
+    staged: dict[str, Any],
 ) -> Any:
     """A regressor's pipeline with ``tolerance=``: a model cascade within the tolerance (exact
     exits from the leaf bounds with ``early_exit="exact"``, settled-score exits proven at the
@@ -239,7 +241,7 @@ def _consider_regression(
         # the feature cascade's uncertain rows must reach the model's own operator (not a fused kernel)
         if result.layout is None or result.approximate is None or compilation.fused:
             return _noted(result, "No model cascade: the feature cascade does not call the model's operator.")
-        return _consider_combined(result, fn, arguments, options, target, staged or {}, tolerance)
+        return _consider_combined(result, fn, arguments, options, target, staged, tolerance)
     if target >= 1.0 and callable(tolerance):
         return _noted(
             result,
@@ -504,14 +506,10 @@ def _consider_combined(
     samples, rows, costs = _timed(candidates, arguments, options)
     if options.require_faster:
         chosen = choose_plan(samples, "feature cascade")
-        compared = _comparison(samples, "feature cascade", chosen)
+        compared, beat = _comparison(samples, "feature cascade", chosen)
     else:  # the model cascade behind the feature cascade, where built, whatever the timing
         chosen = "combined" if "combined" in candidates else "feature cascade"
-        compared = ""
-    beat = (
-        chosen != "feature cascade"
-        and faster_beyond_noise(samples["feature cascade"], samples[chosen]).faster
-    )
+        compared, beat = "", False
     note = (
         f"Plans compared on the {rows} calibration rows (median us/row): {costs}"
         f"{'; ' + '; '.join(notes) if notes else ''}{'; ' + compared if compared else ''}. Serving: {chosen}"
