@@ -311,6 +311,10 @@ def proba_pipeline(model, X):
     return model.predict_proba(X)
 
 
+def threshold_pipeline(model, X):
+    return model.predict_proba(X)[:, 1] > 0.5
+
+
 def test_no_model_cascade_when_the_function_returns_probabilities(staged):
     """Exits keep a row's class, not its probabilities: a function returning predict_proba keeps
     the full ensemble (found when a served exact model cascade changed a real-world pipeline's
@@ -324,8 +328,18 @@ def test_no_model_cascade_when_the_function_returns_probabilities(staged):
         )
         pipeline.calibrate(model, _data(600, 26)[0])
         assert "Model cascade inside" not in pipeline.explain()
+        # asked for (early_exit=True), the plan says why none was tried
+        assert ("No model cascade: the function returns" in pipeline.plan_.reason) == (early_exit is True)
         fresh = _data(300, 27)[0]
         np.testing.assert_allclose(pipeline(model, fresh), model.predict_proba(fresh), rtol=1e-9, atol=1e-12)
+    # a decision derived from probabilities is not the model's labels: none either, and said so
+    pipeline = willow.optimize(
+        threshold_pipeline, accuracy_target=0.95, require_faster=False, early_exit=True
+    )
+    pipeline.calibrate(model, _data(600, 26)[0])
+    assert "[:, 1] > t" in pipeline.plan_.reason, pipeline.plan_.reason
+    fresh = _data(300, 27)[0]
+    np.testing.assert_array_equal(pipeline(model, fresh), model.predict_proba(fresh)[:, 1] > 0.5)
 
 
 def test_no_model_cascade_when_cascades_are_off(staged):

@@ -135,14 +135,12 @@ def consider_model_cascade(
     regression = (
         result.output.classes is None and result.output.decision == "numbers" and tolerance is not None
     )
-    if (
-        not options.cascade
-        or mode is False
-        or result.function is None
-        or node is None
-        or (result.output.decision != "model" and not regression)
-        or (result.output.classes is None and not regression)
-    ):
+    if not options.cascade or mode is False or result.function is None or node is None:
+        return result
+    ensemble = hasattr(getattr(compilation.operators, node.attribute), "ensemble")
+    if result.output.decision != "model" and not regression:
+        return _noted(result, _not_labels(result.output.decision)) if mode is True and ensemble else result
+    if result.output.classes is None and not regression:
         return result
     if regression:
         return _consider_regression(result, fn, arguments, options, mode, tolerance, staged)
@@ -152,8 +150,10 @@ def consider_model_cascade(
     model, method = node.recipe
     # only labels: an exited row keeps its proven class but its probabilities or scores are
     # estimates, so a function returning predict_proba / decision_function would change
-    if method != "predict" or not hasattr(getattr(compilation.operators, node.attribute), "ensemble"):
+    if not ensemble:
         return result
+    if method != "predict":
+        return _noted(result, _not_labels(method)) if mode is True else result
     # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
     target = options.accuracy_target if mode is True else 1.0
     if result.plan.cascade:
@@ -206,6 +206,24 @@ def consider_model_cascade(
     # the plan's figures become the model cascade's own (holdout agreement and bound)
     alone = _without_feature_cascade(result, served[chosen])
     return with_cascade(_noted(alone, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
+
+
+def _not_labels(returned: str) -> str:
+    """Why a model cascade was asked for (``early_exit=True``) but none was tried: what the
+    function returns (``returned``: the output's decision kind or the model method it returns)
+    is not what model cascades keep, a classifier's ``predict`` labels or a regressor's
+    ``predict`` within ``tolerance=`` (an exited row keeps its class, not its probabilities)."""
+    what = {
+        "post": "a value derived from the model's output (such as predict_proba(X)[:, 1] > t)",
+        "numbers": "numbers (probabilities or scores)",
+        "predict_proba": "the model's probabilities (predict_proba)",
+        "decision_function": "the model's scores (decision_function)",
+    }.get(returned, f"the model's {returned} output")
+    return (
+        f"No model cascade: the function returns {what}, and model cascades keep a classifier's "
+        "predict labels (or a regressor's predict within tolerance=). Return model.predict(X) to "
+        "let one serve (a regressor's numbers: pass tolerance=)."
+    )
 
 
 def _consider_regression(
