@@ -41,9 +41,9 @@ def sms():
 
 @pytest.fixture
 def cascade_pays(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The compiled pipeline's measured cost per row taken as 3x what it measured, so that a
-    feature cascade on a tiny test model is expected to pay whatever the machine's load: a test
-    of what happens once a feature cascade serves must not depend on that noisy comparison."""
+    """The pipeline's measured cost per row taken as 3x what it measured, so that a feature
+    cascade (or a top-K plan) on a tiny test model is expected to pay whatever the machine's
+    load: a test of what happens once one serves must not depend on that noisy comparison."""
     from willow.compiler.profiling import CostProfile
 
     measured = CostProfile.total_seconds_per_row

@@ -257,7 +257,7 @@ def test_progress_without_tqdm_prints_one_line_per_stage(monkeypatch, capsys, li
     assert set(stages) <= set(progress.STAGES) and len(stages) == len(set(stages))
 
 
-def test_a_top_k_plan_compiles_its_deferred_model_in_the_background(monkeypatch):
+def test_a_top_k_plan_compiles_its_deferred_model_in_the_background(monkeypatch, cascade_pays):
     cheap, extra, y = make_tabular(3_000, seed=5)
     X = np.hstack([cheap[:800], pipelines.slow_features(extra[:800])])
     model = lgb.LGBMRegressor(n_estimators=20, num_leaves=7, verbose=-1).fit(X, y[:800].astype(float))

@@ -111,7 +111,7 @@ def test_arguments_and_globals_build_the_same_plan(toxic, text_parts):
     np.testing.assert_array_equal(plain(model, batch), toxic(model, words, chars, batch))
 
 
-def test_a_cascade_over_arguments_routes_rows_like_the_original(text_parts):
+def test_a_cascade_over_arguments_routes_rows_like_the_original(text_parts, cascade_pays):
     model, words, chars, calibration, batch = text_parts
     pipeline = willow.optimize(
         fp.toxic_nested, accuracy_target=0.8, confidence=0.8, cost_repeats=1, require_faster=False
