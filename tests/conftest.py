@@ -50,6 +50,18 @@ def cascade_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CostProfile, "total_seconds_per_row", property(lambda c: 3 * measured.fget(c)))
 
 
+@pytest.fixture
+def kernels_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every compiled kernel kept whatever it measured against the Python it replaces: on a tiny
+    test model (an elementwise product, a 30-tree ensemble) that per-statement race is a coin
+    flip on a loaded machine, and a test of what the kernels compute must not depend on it."""
+    from willow.cascades import calibration
+
+    monkeypatch.setattr(
+        calibration, "keep_faster", lambda compilation, graph, python, compiled: (compilation, compiled)
+    )
+
+
 def make_tabular(n: int, seed: int = 0, n_classes: int = 2):
     """Rows with an informative cheap block and a weaker wide block, plus labels.
 

@@ -191,7 +191,7 @@ def tree_rank(model, cheap, costly):
     return model.predict(X)
 
 
-def test_compiled_tree_regressor_plan_equals_the_plan_without_kernels():
+def test_compiled_tree_regressor_plan_equals_the_plan_without_kernels(kernels_kept):
     from lightgbm import LGBMRegressor
     from sklearn.linear_model import Ridge
 
