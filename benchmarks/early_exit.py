@@ -52,6 +52,7 @@ import numpy as np
 TARGETS = (1.0, 0.999, 0.99)
 WORKLOADS = (
     "synthetic",
+    "synthetic-threshold",
     "credit",
     "music",
     "price",
@@ -88,25 +89,35 @@ def measure_targets(
     targets: list[float],
     repeats: int,
     tolerance: float | None = None,
+    decision: float | None = None,
 ) -> dict[str, Any]:
     """Staged early exit on ``model.predict`` calibrated on ``X_cal`` for each of ``targets``,
     measured on ``X_test`` against willow's compiled full ensemble (medians of interleaved runs):
     speedup, stops, thresholds, exit fractions, trees per row, test agreement, holdout bound.
-    ``tolerance``: a regressor, whose exits and agreement are within it (no cheap model first)."""
+    ``tolerance``: a regressor, whose exits and agreement are within it (no cheap model first).
+    ``decision``: a threshold ``t``: the decision is ``predict_proba(X)[:, 1] > t`` (exits keep
+    its side; agreement on it; no cheap model first, which answers labels)."""
     from benchmarks.measure import time_batches
     from willow.compiler.lowering.trees import lower_tree_model
     from willow.early_exit import calibrate_early_exit, stage_tree_model
     from willow.early_exit.distilled import calibrate_distilled
     from willow.errors import CalibrationError
 
+    method = "predict" if decision is None else "predict_proba"
     start = time.perf_counter()
-    compiled = lower_tree_model(model, "predict")
-    staged = stage_tree_model(model, "predict")
+    compiled = lower_tree_model(model, method)
+    staged = stage_tree_model(model, method)
     compile_seconds = time.perf_counter() - start
-    reference = model.predict(X_test)
-    assert np.array_equal(compiled(X_test), reference)
+    if decision is None:
+        reference = model.predict(X_test)
+        assert np.array_equal(compiled(X_test), reference)
+    else:
+        reference = model.predict_proba(X_test)[:, 1] > decision
+        assert np.array_equal(compiled(X_test)[:, 1] > decision, reference)
 
     def agreement(output: np.ndarray) -> float:
+        if decision is not None:
+            return round(float(((output[:, 1] > decision) == reference).mean()), 5)
         if tolerance is None:
             return round(float((output == reference).mean()), 5)
         return round(float((np.abs(output - reference) <= tolerance).mean()), 5)
@@ -122,14 +133,15 @@ def measure_targets(
         start = time.perf_counter()
         try:
             cascades[target] = calibrate_early_exit(
-                model, X_cal, accuracy_target=target, staged=staged, tolerance=tolerance
-            )
+                model, X_cal, method=method, accuracy_target=target, staged=staged, tolerance=tolerance,
+                decision=None if decision is None else (1, decision),
+            )  # fmt: skip
         except CalibrationError as exc:  # too few holdout rows to ever prove this target
             results["targets"][str(target)] = {"n/a": str(exc)}
             continue
         results["targets"][str(target)] = {"calibration_seconds": round(time.perf_counter() - start, 2)}
     cheap = {}  # cheap model first (a distilled model in front of the ensemble), below 1.0
-    for target in cascades if tolerance is None else ():
+    for target in cascades if tolerance is None and decision is None else ():
         if target < 1.0:
             start = time.perf_counter()
             try:
@@ -206,6 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", default="full", help="the workloads' scale: smoke, quick or full")
     parser.add_argument("--accuracy-target", type=float, default=0.99, help="end to end (credit)")
     parser.add_argument("--end-to-end-scale", default="quick", help="credit end to end: its scale")
+    parser.add_argument(
+        "--threshold", type=float, default=0.3,
+        help="synthetic-threshold: the same model deciding predict_proba(X)[:, 1] > THRESHOLD",
+    )  # fmt: skip
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -213,19 +229,23 @@ def main(argv: list[str] | None = None) -> dict:
         args.calibration_rows, args.test_rows, args.repeats = 4_000, 4_000, 5
 
     results: dict[str, Any] = {}
-    if "synthetic" in args.workloads:
+    if {"synthetic", "synthetic-threshold"} & set(args.workloads):
         start = time.perf_counter()
         model, rest = build_model(args.trees, args.leaves, args.features, args.train_rows)
         X_cal = rest[: args.calibration_rows]
         X_test = np.ascontiguousarray(rest[args.calibration_rows : args.calibration_rows + args.test_rows])
         train_seconds = time.perf_counter() - start
-        synthetic = measure_targets(model, X_cal, X_test, args.targets, args.repeats)
-        synthetic["model"] = (
-            f"LGBMClassifier {args.trees} trees x {args.leaves} leaves, {args.features} features"
-        )
-        synthetic["train_seconds"] = round(train_seconds, 1)
-        results["synthetic"] = synthetic
-        print(_markdown(synthetic), flush=True)
+        described = f"LGBMClassifier {args.trees} trees x {args.leaves} leaves, {args.features} features"
+        for name, decision in (("synthetic", None), ("synthetic-threshold", args.threshold)):
+            if name not in args.workloads:
+                continue
+            measured = measure_targets(model, X_cal, X_test, args.targets, args.repeats, decision=decision)
+            measured["model"] = described + (
+                "" if decision is None else f", deciding predict_proba(X)[:, 1] > {decision:g}"
+            )
+            measured["train_seconds"] = round(train_seconds, 1)
+            results[name.replace("-", " ")] = measured
+            print(("\n" if decision is not None else "") + _markdown(measured), flush=True)
     for name in ("credit", "music"):
         if name in args.workloads:
             results[name] = workloads.inside_the_model(name, args.scale, args.targets, args.repeats)

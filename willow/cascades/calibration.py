@@ -884,13 +884,17 @@ def build_cascade(
     )
     exprs = [expr for expr, _ in objects]
     fused = compilation.fused if compilation is not None else None
+    threshold_source = getattr(output, "threshold_source", None)
     if layout is not None:
         use_fused = fused if approximate is not None and approximate.fused else None
-        func_ast = build_cascade_source(
-            graph, layout, threshold, exprs, use_fused, getattr(output, "threshold_source", None)
-        )
+        func_ast = build_cascade_source(graph, layout, threshold, exprs, use_fused, threshold_source)
     else:
-        func_ast = build_compiled_source(graph, exprs, fused)
+        # an operator calibrated for the output's threshold (a thresholded model cascade) holds
+        # only while the threshold does
+        reads = compilation is not None and any(
+            getattr(op, "reads_threshold", False) for op in vars(compilation.operators).values()
+        )
+        func_ast = build_compiled_source(graph, exprs, fused, threshold_source if reads else None)
     runtime.ops = resident_operators(func_ast, runtime.ops)  # device values between device nodes
     function, source = materialize(func_ast, fn, runtime, graph.function_name)
     return with_original_errors(function, original), source

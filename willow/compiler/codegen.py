@@ -304,16 +304,18 @@ def _ops_call(attribute: str, *args: ast.expr) -> ast.Call:
 
 
 def build_compiled_source(
-    graph: PipelineGraph, guarded: Sequence[str] = (), fused: Any = None
+    graph: PipelineGraph, guarded: Sequence[str] = (), fused: Any = None, threshold_source: str | None = None
 ) -> ast.FunctionDef:
     """The pipeline without a cascade: the (compiled) statements in their original order.
 
     With ``fused`` (a :class:`~willow.compiler.compile_pass.FusedText`), the vectorizer
-    statements, the stacking and the model call become one fused kernel call on the text.
+    statements, the stacking and the model call become one fused kernel call on the text. With
+    ``threshold_source`` (a compiled operator calibrated for the threshold the output is compared
+    to, read from that expression), the original runs when the threshold is not that one.
     """
     original_def = _original_def(graph)
     local = unique_names(graph, ["n_rows"])
-    head, body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"])
+    head, body, guard, guard_late = _prelude(graph, original_def, guarded, local["n_rows"], threshold_source)
     if guard_late:
         head.insert(0, guard)
     if fused is None:

@@ -104,6 +104,7 @@ class ModelCascade:
         if plan.regression:
             self.staged.with_regression(plan.tolerance)
         self.staged.with_stages(plan.stops, plan.thresholds, plan.offsets or None, plan.slopes or None)
+        self.staged.with_cut(plan.cut)
         self.plan = plan
         self.full = full
         self.name = f"{staged.name}, staged early exit"
@@ -126,6 +127,13 @@ class ModelCascade:
     def __repr__(self) -> str:
         return f"ModelCascade({self.plan.model!r}, stops={self.plan.stops}, exact={self.plan.exact})"
 
+    @property
+    def reads_threshold(self) -> bool:
+        """Whether its exits keep a thresholded output's side (``plan.decision``): they hold for
+        that threshold only, so the serving function guards it (the original runs when a
+        threshold read from a name changes)."""
+        return self.plan.decision is not None
+
     def __call__(self, X: Any) -> np.ndarray:
         if self.full is not None and n_rows(X) <= SMALL_BATCH_ROWS:
             return self.full(X)
@@ -136,16 +144,29 @@ class ModelCascade:
         return self.staged.run(X)
 
 
-def agreeing_rows(output: np.ndarray, reference: np.ndarray, method: str) -> np.ndarray:
+def agreeing_rows(
+    output: np.ndarray, reference: np.ndarray, method: str, decision: tuple[int | None, float] | None = None
+) -> np.ndarray:
     """Per row, whether two outputs of ``method`` agree on the decision: equal labels for
     ``predict``; otherwise equal arg-max (probabilities, multiclass scores) or equal sign (one
-    raw score or binary ``decision_function``)."""
+    raw score or binary ``decision_function``); with ``decision = (column, t)`` the same side of
+    ``output[:, column] > t`` (``column`` ``None``: a 1-D output)."""
     output, reference = np.asarray(output), np.asarray(reference)
+    if decision is not None:
+        return thresholded(output, decision) == thresholded(reference, decision)
     if method == "predict":
         return output == reference
     if output.ndim == 2 and output.shape[1] > 1:
         return np.argmax(output, axis=1) == np.argmax(reference, axis=1)
     return (output.reshape(len(output), -1)[:, 0] > 0) == (reference.reshape(len(reference), -1)[:, 0] > 0)
+
+
+def thresholded(output: np.ndarray, decision: tuple[int | None, float]) -> np.ndarray:
+    """``output[:, column] > t`` (``output > t`` for ``column`` ``None``), the decision a function
+    returning a thresholded model output makes; ``decision = (column, t)``."""
+    column, threshold = decision
+    values = np.asarray(output)
+    return (values.reshape(len(values)) if column is None else values[:, column]) > threshold
 
 
 @dataclass(frozen=True)
@@ -173,14 +194,14 @@ def _stages(staged: StagedTreeModel, stops: tuple[int, ...], partial: dict[int, 
     margin_rows, exact_rows, decision_rows, sigma = [], [], [], []
     for stop in stops[:-1]:
         estimate = partial[stop] + staged.center(stop)
-        margin_rows.append(margins(estimate))
+        margin_rows.append(margins(estimate, staged.cut, staged.guard))
         exact_rows.append(staged.exact_exits(partial[stop], stop))
-        decision_rows.append(decisions(estimate))
+        decision_rows.append(decisions(estimate, staged.cut))
         # how much the rest of the trees moves the margin-relevant scores, typically
         change = final - estimate
         spread = float(np.sqrt(np.mean(np.var(change, axis=0)) * (1 if final.shape[1] == 1 else 2)))
         sigma.append(spread if spread > 0 else 1e-12)
-    decision_rows.append(decisions(final))
+    decision_rows.append(decisions(final, staged.cut))
     n = final.shape[0]
     shape = (len(stops) - 1, n)
     return _Stages(
@@ -332,6 +353,7 @@ def calibrate_early_exit(
     staged: StagedTreeModel | None = None,
     tolerance: float | Callable | None = None,
     corrections: Sequence[str] = CORRECTIONS,
+    decision: tuple[int | None, float] | None = None,
     **options: Any,
 ) -> ModelCascade:
     """Calibrate staged early exit for ``getattr(model, method)`` on the rows of ``X``.
@@ -346,7 +368,13 @@ def calibrate_early_exit(
     score settled (moved little over the stage's last trees) leave with an estimate per
     ``corrections`` (:data:`CORRECTIONS`: by default ``partial + offset + slope * moved``, fitted
     on the tune rows), and the plan is proven on "within tolerance" agreement. ``options`` go to
-    :func:`~willow.early_exit.staged.stage_tree_model` (unless ``staged`` is given). Raises
+    :func:`~willow.early_exit.staged.stage_tree_model` (unless ``staged`` is given).
+
+    ``decision = (column, t)``: the caller decides by ``model.method(X)[:, column] > t``
+    (``column`` ``None``: a 1-D output), as a function returning ``predict_proba(X)[:, 1] > t``
+    does; a binary ensemble's exits then keep that decision (its raw-score cut, see
+    :meth:`~willow.early_exit.staged.StagedTreeModel.cut_for`) and plans are proven on it.
+    Raises
     :class:`~willow.errors.CalibrationError` when the holdout part is too small to prove the
     target, :class:`EarlyExitToleranceError` (a ``ValueError``) for ``tolerance=`` given for a
     classifier, missing for a regressor or a callable at ``accuracy_target=1.0``,
@@ -372,6 +400,7 @@ def calibrate_early_exit(
             )
     else:
         staged.regression = False
+    staged.with_cut(0.0 if decision is None else _decision_cut(staged, model, method, decision))
     n = n_rows(X)
     _, tune, holdout, _ = cut_distinct(n, 0, int(round(n * tune_fraction)), random_state, row_groups([X], n))
     if (
@@ -423,7 +452,7 @@ def calibrate_early_exit(
         )
     prove = dict(
         staged=staged, model=model, method=method, X_holdout=X_holdout, accuracy_target=accuracy_target,
-        confidence=confidence, tune_rows=len(tune), tolerance=tolerance, within=within,
+        confidence=confidence, tune_rows=len(tune), tolerance=tolerance, within=within, decision=decision,
     )  # fmt: skip
     plan = _prove(
         choice=best, seconds_per_row=seconds, full_seconds_per_row=full_seconds, reason=reason, **prove
@@ -448,6 +477,24 @@ def calibrate_early_exit(
         )
         assert plan is not None
     return ModelCascade(staged, plan)
+
+
+def _decision_cut(
+    staged: StagedTreeModel, model: Any, method: str, decision: tuple[int | None, float]
+) -> float:
+    """The raw-score cut of ``decision = (column, t)`` on ``model.method``'s output, checked to
+    be a binary classifier's probabilities or scores (:meth:`StagedTreeModel.cut_for` checks the
+    ensemble has one output column)."""
+    where = "willow/early_exit/calibrate.py:calibrate_early_exit"
+    if getattr(model, "classes_", None) is None or method not in ("predict_proba", "decision_function"):
+        raise ValueError(
+            f"decision= thresholds a classifier's predict_proba or decision_function output, got "
+            f"method={method!r} of {type(model).__name__} ({where}). Pass decision=None for its labels."
+        )
+    column, threshold = decision
+    if not math.isfinite(float(threshold)):
+        raise ValueError(f"decision= needs a finite threshold, got {threshold!r} ({where}).")
+    return staged.cut_for(column, float(threshold))
 
 
 def _check_tolerance(
@@ -518,6 +565,7 @@ def _prove(
     reason: str = "",
     tolerance: Any = None,
     within: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    decision: tuple[int | None, float] | None = None,
 ) -> EarlyExitPlan | None:
     """The plan for ``choice`` with its holdout figures, or ``None`` when it misses the target.
 
@@ -529,7 +577,7 @@ def _prove(
     output, exit_stage = staged.with_stages(stops, thresholds, offsets, slopes).run(X_holdout)
     reference = getattr(model, method)(X_holdout)
     if within is None:
-        agrees = agreeing_rows(output, reference, method)
+        agrees = agreeing_rows(output, reference, method, decision)
     else:
         agrees = within(np.asarray(reference, dtype=np.float64), np.asarray(output, dtype=np.float64))
     n = len(agrees)
@@ -564,4 +612,7 @@ def _prove(
         tolerance_text="" if within is None else describe_tolerance(tolerance),
         offsets=offsets,
         slopes=slopes,
+        cut=staged.cut,
+        decision=decision,
+        method=method,
     )

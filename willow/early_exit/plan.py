@@ -27,6 +27,11 @@ class EarlyExitPlan:
     at most ``thresholds[s]`` over stage ``s``'s last kernel group; an exiting row's value is its
     partial raw score plus ``offsets[s] + slopes[s] * moved`` (``moved``: that change).
     ``agreement`` then counts rows within tolerance of the full ensemble.
+
+    ``decision = (column, t)``: the function decides by ``method``'s ``output[:, column] > t``
+    (``predict_proba(X)[:, 1] > t``; ``column`` ``None`` for a 1-D output): a binary ensemble's
+    rows decide by ``raw > cut`` (raw units before the divisor), and ``agreement`` counts rows
+    on the same side of ``t`` as the full ensemble.
     """
 
     model: str
@@ -50,6 +55,9 @@ class EarlyExitPlan:
     tolerance_text: str = ""
     offsets: tuple[float, ...] = ()
     slopes: tuple[float, ...] = ()
+    cut: float = 0.0
+    decision: tuple[int | None, float] | None = None
+    method: str = "predict"
 
     @property
     def within(self) -> str:
@@ -75,6 +83,13 @@ class EarlyExitPlan:
         lines = [f"Model cascade inside {self.model}: staged early exit, {kind}."]
         if self.regression:
             lines.append(f"  agreement: {self.tolerance_text}")
+        if self.decision is not None:
+            column, threshold = self.decision
+            picked = "" if column is None else f"[:, {column}]"
+            lines.append(
+                f"  decision: {self.method}(X){picked} > {threshold:g}, a raw score above or below "
+                f"{self.cut:.6g} (exits keep that side)"
+            )
         if self.reason:
             lines.append(self.reason)
         lines.append(f"  {'stage':>5} {'trees':>7} {'threshold':>11} {'exits':>8}")

@@ -2,7 +2,10 @@
 
 When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
 classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
-``predict``), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
+``predict``) or, for a binary one, a decision made by one comparison of its probability or score
+with a threshold (:func:`thresholded_decision`: ``predict_proba(X)[:, 1] > t``; model cascades
+exit on the threshold's side, and cheap model first, whose cheap model answers labels, is not a
+candidate), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
 ``tolerance=`` (:func:`_consider_regression`: model cascades within the tolerance; alone, or
 compared with the feature cascade as below, without cheap model first, the combined plan only
 for a float tolerance: :func:`_regression_behind` says why its proof holds), the model itself
@@ -138,7 +141,8 @@ def consider_model_cascade(
     if not options.cascade or mode is False or result.function is None or node is None:
         return result
     ensemble = hasattr(getattr(compilation.operators, node.attribute), "ensemble")
-    if result.output.decision != "model" and not regression:
+    decision = thresholded_decision(result.output)
+    if result.output.decision != "model" and not regression and decision is None:
         return _noted(result, _not_labels(result.output.decision)) if mode is True and ensemble else result
     if result.output.classes is None and not regression:
         return result
@@ -152,19 +156,19 @@ def consider_model_cascade(
     # estimates, so a function returning predict_proba / decision_function would change
     if not ensemble:
         return result
-    if method != "predict":
+    if method != "predict" and decision is None:
         return _noted(result, _not_labels(method)) if mode is True else result
     # "exact": exits the remaining trees cannot overturn only, so outputs stay identical
     target = options.accuracy_target if mode is True else 1.0
     if result.plan.cascade:
-        return _consider_combined(result, fn, arguments, options, target, staged)
+        return _consider_combined(result, fn, arguments, options, target, staged, decision=decision)
     inputs = recorded(result, fn, arguments, model, cascade=False)
     if len(inputs) != 1:
         return result
     served: dict[str, Any] = {}
     notes = []
     try:
-        cascade = _calibrate(model, method, inputs[0], target, options, staged)
+        cascade = _calibrate(model, method, inputs[0], target, options, staged, decision=decision)
         plan = cascade.plan
         if options.require_faster and not (plan.expected_speedup or 0.0) >= MIN_SPEEDUP:
             notes.append(
@@ -177,7 +181,9 @@ def consider_model_cascade(
             served["model cascade"] = cascade
     except (CalibrationError, NotLowerable) as exc:
         notes.append(f"No model cascade either: {exc}")
-    if target < 1.0:  # cheap answers are proven at the target, never identical
+    if target < 1.0 and decision is not None:
+        notes.append(f"No cheap model first: {_CHEAP_LABELS}.")
+    elif target < 1.0:  # cheap answers are proven at the target, never identical
         full = getattr(compilation.operators, node.attribute)
         try:
             served[CHEAP] = _fast_enough(
@@ -208,21 +214,51 @@ def consider_model_cascade(
     return with_cascade(_noted(alone, " ".join([*notes, note])), fn, served[chosen], feature_cascade=False)
 
 
+def thresholded_decision(output: Any) -> tuple[int | None, float] | None:
+    """``(column, t)`` when the function returns a decision made by thresholding a binary
+    classifier's probabilities or score once (``predict_proba(X)[:, c] > t``,
+    ``np.where(decision_function(X) > t, ...)``: :attr:`~willow.cascades.outputs.OutputSpec.
+    margin_threshold`), which a model cascade keeps by exiting on that side of ``t``; else
+    ``None``. The model's output is used in that one comparison only, so the returned value
+    depends on the model through the comparison alone (:func:`~willow.cascades.outputs.
+    find_margin`), and a threshold read from a name is guarded at serving time (the original
+    runs when it changes)."""
+    if output.decision != "post" or output.margin_threshold is None:
+        return None
+    if output.method not in ("predict_proba", "decision_function"):
+        return None
+    if output.classes is None or len(output.classes) != 2:
+        return None
+    return output.margin_column, float(output.margin_threshold)
+
+
+#: Why cheap model first is not a candidate for a thresholded output.
+_CHEAP_LABELS = (
+    "its cheap model answers labels, not the probabilities or scores a thresholded output "
+    "compares (only staged early exit keeps them on the threshold's side)"
+)
+
+
 def _not_labels(returned: str) -> str:
     """Why a model cascade was asked for (``early_exit=True``) but none was tried: what the
     function returns (``returned``: the output's decision kind or the model method it returns)
-    is not what model cascades keep, a classifier's ``predict`` labels or a regressor's
-    ``predict`` within ``tolerance=`` (an exited row keeps its class, not its probabilities)."""
+    is not what model cascades keep, a classifier's ``predict`` labels, a binary classifier's
+    probability or score compared once with a threshold, or a regressor's ``predict`` within
+    ``tolerance=`` (an exited row keeps its class, not its probabilities)."""
     what = {
-        "post": "a value derived from the model's output (such as predict_proba(X)[:, 1] > t)",
+        "post": (
+            "a value derived from the model's output other than one comparison of a binary "
+            "classifier's probability or score with a threshold"
+        ),
         "numbers": "numbers (probabilities or scores)",
         "predict_proba": "the model's probabilities (predict_proba)",
         "decision_function": "the model's scores (decision_function)",
     }.get(returned, f"the model's {returned} output")
     return (
         f"No model cascade: the function returns {what}, and model cascades keep a classifier's "
-        "predict labels (or a regressor's predict within tolerance=). Return model.predict(X) to "
-        "let one serve (a regressor's numbers: pass tolerance=)."
+        "predict labels, a binary classifier's predict_proba(X)[:, c] > t (or decision_function(X) > t), "
+        "or a regressor's predict within tolerance=. Return one of those to let one serve (a "
+        "regressor's numbers: pass tolerance=)."
     )
 
 
@@ -360,8 +396,10 @@ def _calibrate(
     options: Any,
     staged: dict[str, Any] | None = None,
     tolerance: Any = None,
+    decision: tuple[int | None, float] | None = None,
 ) -> ModelCascade:
-    """Early exit for ``model.method`` calibrated on ``X`` (a regressor's within ``tolerance``);
+    """Early exit for ``model.method`` calibrated on ``X`` (a regressor's within ``tolerance``;
+    a thresholded output's on the side of ``decision``, see :func:`thresholded_decision`);
     ``staged`` (a dict) keeps the staged model between calls, so several calibrations of one
     model share its kernels."""
     staged = {} if staged is None else staged
@@ -376,6 +414,7 @@ def _calibrate(
         random_state=options.random_state,
         staged=staged["model"],
         tolerance=tolerance,
+        decision=decision,
     )
 
 
@@ -437,13 +476,15 @@ def _consider_combined(
     target: float,
     shared: dict[str, Any],
     tolerance: Any = None,
+    decision: tuple[int | None, float] | None = None,
 ) -> Any:
     """Compare the feature cascade, the combined plan and the model cascade alone (see the
     module docstring) and return the result serving the one chosen, its reason saying why.
     ``tolerance``: a regressor's (``tolerance=``): its model cascades exit within it, the
     combined plan's outputs must agree within it with the feature cascade's
     (:func:`_regression_behind` says why its proof then holds) and cheap model first (labels
-    only) is not a candidate."""
+    only) is not a candidate. ``decision``: a thresholded output's (:func:`thresholded_decision`):
+    model cascades exit on its side, and cheap model first is not a candidate either."""
     from willow.cascades.calibration import call_with
 
     node = model_node(result.compilation)
@@ -475,7 +516,8 @@ def _consider_combined(
         # exact exits only: the outputs stay the feature cascade's (a regressor's: within the
         # tolerance of them), whose proof then holds as is
         behind = _fast_enough(
-            _calibrate(model, method, hard[0], 1.0, options, shared, tolerance=tolerance), options
+            _calibrate(model, method, hard[0], 1.0, options, shared, tolerance=tolerance, decision=decision),
+            options,
         )
         combined = with_cascade(result, fn, behind, True)
         expected = call_with(result.function.__wrapped__, arguments)
@@ -496,12 +538,17 @@ def _consider_combined(
         if len(every) != 1:
             raise CalibrationError("the compiled pipeline did not call the model once")
         alone = _fast_enough(
-            _calibrate(model, method, every[0], target, options, shared, tolerance=tolerance), options
+            _calibrate(
+                model, method, every[0], target, options, shared, tolerance=tolerance, decision=decision
+            ),
+            options,
         )
         candidates["model cascade"] = with_cascade(_without_feature_cascade(result, alone), fn, alone, False)
     except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         notes.append(f"no model cascade alone ({str(exc).rstrip('.')})")
-    if target < 1.0 and tolerance is None:  # cheap model first on every row, instead of the feature cascade
+    if target < 1.0 and decision is not None:
+        notes.append(f"no cheap model first ({_CHEAP_LABELS})")
+    elif target < 1.0 and tolerance is None:  # cheap model first on every row, instead of the feature cascade
         try:
             if not could_alone:
                 raise CalibrationError(f"it could not be {MIN_GAIN:.2f}x as fast, by the cost estimates")

@@ -24,6 +24,13 @@ no decision):
 * approximate: the margin of the estimate (``|estimate|`` for binary, the gap between the top two
   for multiclass) exceeds the stage's threshold ``thresholds[s]`` (``inf``: exact exits only).
 
+**A thresholded output** (:meth:`StagedTreeModel.with_cut`: a function returning
+``model.predict_proba(X)[:, c] > t`` or ``model.decision_function(X) > t`` of one output column)
+moves the binary decision from 0 to ``cut``, the raw score at which the output conversion
+crosses ``t`` (:meth:`StagedTreeModel.cut_for`, by bisection on the conversion itself): the rules
+above compare ``partial - cut``, and an approximate exit also needs ``|estimate - cut| > guard``,
+so an exited row's estimate converts to a value on its decided side of ``t``.
+
 **Regression** (:meth:`StagedTreeModel.with_regression`: a regressor's ``predict``, one output
 column whose value is the answer, judged within a ``tolerance``). A row leaving after stage ``s``
 is given ``partial + offsets[s] + slopes[s] * moved`` (``moved = partial - previous``,
@@ -93,19 +100,21 @@ def leaf_bounds(ensemble: TreeEnsemble) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def margins(estimate: np.ndarray) -> np.ndarray:
-    """How far each row's raw-score estimate is from changing its decision: ``|score|`` for one
-    output (threshold 0), the gap between the two largest scores otherwise."""
+def margins(estimate: np.ndarray, cut: float = 0.0, guard: float = 0.0) -> np.ndarray:
+    """How far each row's raw-score estimate is from changing its decision: ``|score - cut|``
+    for one output (0 where it is at most ``guard``: such a row never exits on its margin), the
+    gap between the two largest scores otherwise."""
     if estimate.shape[1] == 1:
-        return np.abs(estimate[:, 0])
+        distance = np.abs(estimate[:, 0] - cut)
+        return np.where(distance > guard, distance, 0.0) if guard > 0 else distance
     top_two = np.partition(estimate, -2, axis=1)[:, -2:]
     return top_two[:, 1] - top_two[:, 0]
 
 
-def decisions(scores: np.ndarray) -> np.ndarray:
-    """The decision a raw score implies: ``score > 0`` for one output, the arg-max otherwise."""
+def decisions(scores: np.ndarray, cut: float = 0.0) -> np.ndarray:
+    """The decision a raw score implies: ``score > cut`` for one output, the arg-max otherwise."""
     if scores.shape[1] == 1:
-        return (scores[:, 0] > 0).astype(np.int64)
+        return (scores[:, 0] > cut).astype(np.int64)
     return np.argmax(scores, axis=1)
 
 
@@ -154,6 +163,7 @@ class StagedTreeModel:
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self.stops: tuple[int, ...] = (len(ensemble.trees),)
         self.thresholds: tuple[float, ...] = ()
+        self.cut = 0.0  # the binary decision's raw score (see with_cut)
         # regression (see the module doc): the tolerance exact exits keep, the exit estimates' offsets
         self.regression = False
         self.tolerance: float | None = None
@@ -224,6 +234,57 @@ class StagedTreeModel:
         self._linear = self.linear_output
         return self
 
+    def cut_for(self, column: int | None, threshold: float) -> float:
+        """The raw score (before the divisor) at which output ``column`` (``None``: a 1-D
+        output) of the conversion crosses ``threshold``: rows above it and rows below it fall on
+        either side of ``output > threshold``. Found by bisection on the conversion itself (a
+        sigmoid of any scale, an identity), so it needs one output column whose conversion is
+        monotonic; raises :class:`NotLowerable` otherwise, or when no raw score reaches
+        ``threshold`` (every row then makes the same decision)."""
+        if self.ensemble.n_outputs != 1:
+            raise NotLowerable(
+                f"{self.name}: a thresholded output moves a binary decision, but the ensemble has "
+                f"{self.ensemble.n_outputs} output columns (multiclass): return model.predict(X) instead."
+            )
+
+        def value(raw: float) -> float:
+            with np.errstate(over="ignore"):  # a sigmoid far out: exp overflows to 0 or 1, as meant
+                out = np.asarray(self._finish(np.array([[raw]], dtype=np.float64)), dtype=np.float64)
+            return float(out.reshape(-1)[0] if column is None else out.reshape(1, -1)[0, column])
+
+        low, high = -1.0, 1.0
+        while not min(value(low), value(high)) < threshold < max(value(low), value(high)) and high < 1e6:
+            low, high = low * 4, high * 4
+        rising = value(high) > value(low)
+        probes = np.linspace(low, high, 9)
+        values = [value(r) for r in probes]
+        if not all((b >= a) if rising else (b <= a) for a, b in zip(values, values[1:])):
+            raise NotLowerable(f"{self.name}: its output conversion is not monotonic in the raw score.")
+        if not min(values[0], values[-1]) < threshold < max(values[0], values[-1]):
+            raise NotLowerable(
+                f"{self.name}: no raw score within +-{high:g} puts column {column} across the threshold "
+                f"{threshold:g}, so every row decides the same way."
+            )
+        # invariant: value(below) <= threshold < value(above) (below > above when falling)
+        below, above = (low, high) if rising else (high, low)
+        for _ in range(200):
+            middle = (below + above) / 2.0
+            if middle in (below, above):
+                break
+            if value(middle) > threshold:
+                above = middle
+            else:
+                below = middle
+        return float(above) * float(self.ensemble.divisor)
+
+    def with_cut(self, cut: float) -> StagedTreeModel:
+        """Decide binary rows by ``raw > cut`` (raw units before the divisor, from
+        :meth:`cut_for`) instead of ``raw > 0``; returns ``self``."""
+        if self.ensemble.n_outputs != 1 and cut != 0.0:
+            raise NotLowerable(f"{self.name}: a decision cut needs one output column.")
+        self.cut = float(cut)
+        return self
+
     @property
     def linear_output(self) -> bool:
         """Whether the output conversion is the identity on raw scores (so a bound on the raw
@@ -262,7 +323,7 @@ class StagedTreeModel:
         low = partial + self._rest_low[stop]
         high = partial + self._rest_high[stop]
         if partial.shape[1] == 1:
-            return (low[:, 0] > self.guard) | (high[:, 0] < -self.guard)
+            return (low[:, 0] - self.cut > self.guard) | (high[:, 0] - self.cut < -self.guard)
         top = np.argmax(low, axis=1)
         rows = np.arange(partial.shape[0])
         best_low = low[rows, top]
@@ -341,7 +402,7 @@ class StagedTreeModel:
                 continue
             m = _exit_rows(
                 rows, buffer, scores, active, m, out, stage, s, self._rest_low[stop], self._rest_high[stop],
-                self.guard, self.thresholds[s], rows is data,
+                self.guard, self.thresholds[s], self.cut, rows is data,
             )  # fmt: skip
             rows = buffer[:m]
             if m == 0:
@@ -385,20 +446,27 @@ def _settle_rows(
 
 
 @numba.njit(cache=True, nogil=True)
-def _exit_rows(rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, fresh):
+def _exit_rows(
+    rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, cut, fresh
+):
     """One stage's exits over the first ``m`` running rows: a leaving row's estimate goes to
     ``out[active[i]]`` and ``s`` to ``stage[active[i]]``; the others move to the front of
     ``buffer``, ``scores`` and ``active`` (in order; ``fresh``: ``rows`` is not yet ``buffer``'s
     prefix, so every kept row is copied). Returns how many still run. The same rules
-    as :meth:`StagedTreeModel.exact_exits` and :func:`margins`, row by row."""
+    as :meth:`StagedTreeModel.exact_exits` and :func:`margins` (one output: decided by ``cut``),
+    row by row."""
     width = scores.shape[1]
     kept = 0
     for i in range(m):
         leave = False
         if width == 1:
-            p = scores[i, 0]
-            estimate = p + (rest_low[0] + rest_high[0]) / 2.0
-            leave = p + rest_low[0] > guard or p + rest_high[0] < -guard or abs(estimate) > threshold
+            p = scores[i, 0] - cut
+            distance = abs(p + (rest_low[0] + rest_high[0]) / 2.0)
+            leave = (
+                p + rest_low[0] > guard
+                or p + rest_high[0] < -guard
+                or (distance > threshold and distance > guard)
+            )
         else:
             top = 0
             for c in range(1, width):

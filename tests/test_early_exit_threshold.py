@@ -1,0 +1,260 @@
+"""Model cascades for a thresholded output: ``predict_proba(X)[:, c] > t`` (and
+``decision_function(X) > t``) of a binary tree ensemble, the way users write a decision.
+
+Exits keep the row on its side of ``t`` (the raw-score cut found on the model's own output
+conversion), so exact mode must return the library's decisions and approximate mode must meet
+the bound it reports, judged on those decisions, not on labels.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from sklearn import ensemble as sk_ensemble
+
+import willow
+from willow.compiler.lowering.base import NotLowerable
+from willow.early_exit import ModelCascade, calibrate_early_exit, stage_tree_model
+from willow.early_exit.calibrate import thresholded
+
+N_FEATURES = 5
+CAT = 4
+BUILD = dict(n_jobs=1)
+THRESHOLDS = ((1, 0.3), (0, 0.8), (1, 0.5))
+
+
+def _data(n: int, seed: int, nan: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, N_FEATURES))
+    X[:, CAT] = rng.integers(0, 6, n)
+    filled = X.copy()
+    if nan:
+        X[rng.random(X.shape) < 0.08] = np.nan
+    score = 2.5 * filled[:, 0] + filled[:, 1] - 0.7 * filled[:, 2] + (filled[:, CAT] % 3 == 1)
+    return X, (score + 0.8 * rng.standard_normal(n) > 0.4).astype(int)
+
+
+X_TRAIN, Y_TRAIN = _data(600, 0)
+X_FINITE, Y_FINITE = _data(600, 0, nan=False)
+LGB = dict(n_estimators=40, num_leaves=6, min_child_samples=5, verbose=-1, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """name -> (fitted binary classifier, rows it accepts for calibration, fresh rows)."""
+    return {
+        "lgb_cat": (
+            lgb.LGBMClassifier(**LGB).fit(X_TRAIN, Y_TRAIN, categorical_feature=[CAT]),
+            _data(1600, 1)[0],
+            _data(500, 2)[0],
+        ),
+        "gb": (
+            sk_ensemble.GradientBoostingClassifier(n_estimators=30, max_depth=2, random_state=0).fit(
+                X_FINITE, Y_FINITE
+            ),
+            _data(1600, 1, nan=False)[0],
+            _data(500, 2, nan=False)[0],
+        ),
+        "hgb_cat": (
+            sk_ensemble.HistGradientBoostingClassifier(
+                max_iter=30, max_leaf_nodes=5, categorical_features=[CAT], random_state=0
+            ).fit(X_TRAIN, Y_TRAIN),
+            _data(1600, 1)[0],
+            _data(500, 2)[0],
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------- the raw-score cut
+
+
+def test_the_cut_is_where_the_library_output_crosses_the_threshold(models):
+    model, _, _ = models["lgb_cat"]
+    staged = stage_tree_model(model, "predict_proba", **BUILD)
+    for t in (0.05, 0.3, 0.5, 0.9):
+        logit = np.log(t / (1 - t))
+        assert staged.cut_for(1, t) == pytest.approx(logit, abs=1e-9)
+        assert staged.cut_for(0, t) == pytest.approx(-logit, abs=1e-9)  # p0 > t: raw < -logit(t)
+    gb, _, _ = models["gb"]
+    scores = stage_tree_model(gb, "decision_function", **BUILD)
+    assert scores.cut_for(None, 0.7) == pytest.approx(0.7, abs=1e-9)  # an identity conversion
+
+
+def test_no_cut_for_a_threshold_no_output_reaches_or_a_multiclass_ensemble(models):
+    model, _, _ = models["lgb_cat"]
+    staged = stage_tree_model(model, "predict_proba", **BUILD)
+    with pytest.raises(NotLowerable, match="every row decides the same way"):
+        staged.cut_for(1, 1.0)
+    multiclass = lgb.LGBMClassifier(**{**LGB, "n_estimators": 6}).fit(X_TRAIN, np.arange(len(X_TRAIN)) % 3)
+    with pytest.raises(NotLowerable, match="multiclass"):
+        stage_tree_model(multiclass, "predict_proba", **BUILD).cut_for(1, 0.5)
+    with pytest.raises(ValueError, match="decision= thresholds a classifier's predict_proba"):
+        calibrate_early_exit(model, X_TRAIN, method="predict", decision=(1, 0.5), **BUILD)
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+@pytest.mark.parametrize("name", ["lgb_cat", "gb", "hgb_cat"])
+def test_exact_exits_keep_every_thresholded_decision(models, name):
+    model, rows, fresh = models[name]
+    staged = stage_tree_model(model, "predict_proba", **BUILD)
+    for decision in THRESHOLDS:
+        cascade = calibrate_early_exit(
+            model, rows, method="predict_proba", accuracy_target=1.0, decision=decision, staged=staged
+        )
+        assert cascade.plan.exact and cascade.plan.decision == decision
+        for batch in (fresh, fresh[:1], np.vstack([fresh] * 3)):
+            output, stage = cascade.run(batch)
+            expected = thresholded(model.predict_proba(batch), decision)
+            np.testing.assert_array_equal(thresholded(output, decision), expected)
+        assert stage.min() < len(cascade.plan.stops) - 1 or name == "gb", cascade.plan.table()
+
+
+def test_exact_exits_on_a_one_column_score(models):
+    model, rows, fresh = models["gb"]
+    cascade = calibrate_early_exit(
+        model, rows, method="decision_function", accuracy_target=1.0, decision=(None, 0.7), **BUILD
+    )
+    np.testing.assert_array_equal(cascade(fresh) > 0.7, model.decision_function(fresh) > 0.7)
+
+
+def test_approximate_exits_meet_their_bound_on_the_thresholded_decision(models):
+    model, rows, fresh = models["lgb_cat"]
+    decision = (1, 0.3)
+    cascade = calibrate_early_exit(
+        model, rows, method="predict_proba", accuracy_target=0.95, decision=decision, **BUILD
+    )
+    plan = cascade.plan
+    assert not plan.exact and plan.lower_bound >= 0.95, plan.table()
+    assert plan.trees_per_row < plan.n_trees
+    agrees = thresholded(cascade(fresh), decision) == thresholded(model.predict_proba(fresh), decision)
+    assert agrees.mean() >= 0.9
+    # judged on the thresholded decision, not the label: at t = 0.3 they differ on many rows
+    labels = model.predict(fresh) == 1
+    assert (labels != thresholded(model.predict_proba(fresh), decision)).any()
+    assert "decision: predict_proba(X)[:, 1] > 0.3" in plan.table()
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def flagged(model, X):
+    return model.predict_proba(X)[:, 1] > 0.3
+
+
+def named(model, X):
+    proba = model.predict_proba(X)
+    return np.where(proba[:, 0] >= 0.8, "ham", "spam")
+
+
+CUTOFF = 0.3
+
+
+def flagged_at_cutoff(model, X):
+    return model.predict_proba(X)[:, 1] > CUTOFF
+
+
+def two_thresholds(model, X):
+    p = model.predict_proba(X)[:, 1]
+    return np.where(p > 0.8, 2, 0) + (p > 0.4)
+
+
+def _serving_cascade(pipeline) -> ModelCascade:
+    from willow.early_exit.planner import _cascade_of
+
+    cascade = _cascade_of(pipeline._compilation)
+    assert isinstance(cascade, ModelCascade), pipeline.explain()
+    return cascade
+
+
+@pytest.mark.parametrize("fn", [flagged, named])
+def test_optimize_serves_an_exact_model_cascade_for_a_thresholded_output(models, fn, tmp_path):
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(fn, accuracy_target=0.95, require_faster=False, compile="eager")
+    pipeline.calibrate(model, rows)
+    plan = _serving_cascade(pipeline).plan
+    assert plan.exact and plan.method == "predict_proba", plan.table()
+    assert "decision: predict_proba(X)[:, " in pipeline.explain()
+    for batch in (fresh, fresh[:1], fresh[:7]):
+        np.testing.assert_array_equal(pipeline(model, batch), fn(model, batch))
+    path = tmp_path / "plan.willow"
+    pipeline.save(path)
+    for copy in (willow.load(path, fn), pickle.loads(pickle.dumps(pipeline))):
+        assert _serving_cascade(copy).plan == plan
+        np.testing.assert_array_equal(copy(model, fresh), fn(model, fresh))
+
+
+def test_optimize_tunes_an_approximate_model_cascade_for_a_thresholded_output(models):
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(
+        flagged, accuracy_target=0.95, require_faster=False, early_exit=True, compile="eager"
+    )
+    pipeline.calibrate(model, rows)
+    plan = _serving_cascade(pipeline).plan
+    assert not plan.exact and plan.lower_bound >= 0.95 and plan.decision == (1, 0.3), plan.table()
+    assert "No cheap model first: its cheap model answers labels" in pipeline.plan_.reason
+    assert (pipeline.plan_.lower_bound, pipeline.plan_.agreement) == (plan.lower_bound, plan.agreement)
+    assert (pipeline(model, fresh) == flagged(model, fresh)).mean() >= 0.9
+
+
+def test_a_threshold_read_from_a_name_is_guarded(models, monkeypatch):
+    """The cut is the threshold's at calibration: when the name changes, the original runs."""
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(flagged_at_cutoff, accuracy_target=1.0, require_faster=False, compile="eager")
+    pipeline.calibrate(model, rows)
+    assert _serving_cascade(pipeline).plan.decision == (1, 0.3)
+    np.testing.assert_array_equal(pipeline(model, fresh), flagged_at_cutoff(model, fresh))
+    monkeypatch.setitem(globals(), "CUTOFF", 0.7)
+    with pytest.warns(willow.ModelChangedWarning, match="now 0.7, but its cascade was proven for 0.3"):
+        served = pipeline(model, fresh)
+    np.testing.assert_array_equal(served, model.predict_proba(fresh)[:, 1] > 0.7)
+
+
+def test_no_model_cascade_for_two_thresholds_or_multiclass(models):
+    """The returned value must depend on the model through one comparison (two thresholds do
+    not), of a binary classifier; early_exit=True says why none was tried."""
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(
+        two_thresholds, accuracy_target=0.95, require_faster=False, early_exit=True, compile="eager"
+    )
+    pipeline.calibrate(model, rows)
+    assert "Model cascade inside" not in pipeline.explain()
+    assert "other than one comparison" in pipeline.plan_.reason, pipeline.plan_.reason
+    np.testing.assert_array_equal(pipeline(model, fresh), two_thresholds(model, fresh))
+
+
+def flagged_features(model, cheap, extra):
+    import pipelines
+
+    X = np.hstack([cheap * 1.0, pipelines.slow_features(extra)])
+    return model.predict_proba(X)[:, 1] > 0.35
+
+
+def test_a_feature_cascade_with_a_thresholded_model_cascade_behind_it(cascade_pays):
+    """The combined plan for a thresholded output: the rows the feature cascade passes on meet
+    an exact model cascade on the same side of the threshold, so its outputs are the feature
+    cascade's (the planner checks so on the calibration rows) and its proof stands."""
+    import pipelines
+    from conftest import make_tabular
+
+    cheap, extra, y = make_tabular(2600, seed=7)
+    features = np.hstack([cheap, pipelines.slow_features(extra)])
+    model = lgb.LGBMClassifier(**LGB).fit(features[:800], y[:800])
+    pipeline = willow.optimize(
+        flagged_features, accuracy_target=0.97, confidence=0.9, require_faster=False, compile="eager"
+    )
+    pipeline.calibrate(model, cheap[800:2200], extra[800:2200])
+    plan = pipeline.plan_
+    assert plan.cascade and plan.lower_bound >= 0.97 and "Serving: combined" in plan.reason, plan.reason
+    behind = _serving_cascade(pipeline).plan
+    assert behind.exact and behind.decision == (1, 0.35)
+    test = slice(2200, None)
+    served = pipeline(model, cheap[test], extra[test])
+    assert (served == flagged_features(model, cheap[test], extra[test])).mean() >= 0.9
+    copy = pickle.loads(pickle.dumps(pipeline))
+    np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), served)
+    np.testing.assert_array_equal(pipeline(model, cheap[test][:1], extra[test][:1]), served[:1])
