@@ -58,6 +58,20 @@ def models():
             _data(1600, 1, nan=False)[0],
             _data(500, 2, nan=False)[0],
         ),
+        "rf": (
+            sk_ensemble.RandomForestClassifier(n_estimators=24, max_depth=4, random_state=0).fit(
+                X_TRAIN, Y_TRAIN
+            ),
+            _data(1600, 1)[0],
+            _data(500, 2)[0],
+        ),
+        "rf_multiclass": (  # class votes averaged column by column: a threshold on one class
+            sk_ensemble.RandomForestClassifier(n_estimators=24, max_depth=4, random_state=0).fit(
+                X_TRAIN, Y_TRAIN + (X_TRAIN[:, 1] > 0.5)
+            ),
+            _data(1600, 1)[0],
+            _data(500, 2)[0],
+        ),
         "hgb_cat": (
             sk_ensemble.HistGradientBoostingClassifier(
                 max_iter=30, max_leaf_nodes=5, categorical_features=[CAT], random_state=0
@@ -89,7 +103,7 @@ def test_no_cut_for_a_threshold_no_output_reaches_or_a_multiclass_ensemble(model
     with pytest.raises(NotLowerable, match="every row decides the same way"):
         staged.cut_for(1, 1.0)
     multiclass = lgb.LGBMClassifier(**{**LGB, "n_estimators": 6}).fit(X_TRAIN, np.arange(len(X_TRAIN)) % 3)
-    with pytest.raises(NotLowerable, match="multiclass"):
+    with pytest.raises(NotLowerable, match="softmax"):
         stage_tree_model(multiclass, "predict_proba", **BUILD).cut_for(1, 0.5)
     with pytest.raises(ValueError, match="decision= thresholds a classifier's predict_proba"):
         calibrate_early_exit(model, X_TRAIN, method="predict", decision=(1, 0.5), **BUILD)
@@ -98,7 +112,7 @@ def test_no_cut_for_a_threshold_no_output_reaches_or_a_multiclass_ensemble(model
 # ---------------------------------------------------------------------------- calibration
 
 
-@pytest.mark.parametrize("name", ["lgb_cat", "gb", "hgb_cat"])
+@pytest.mark.parametrize("name", ["lgb_cat", "gb", "hgb_cat", "rf", "rf_multiclass"])
 def test_exact_exits_keep_every_thresholded_decision(models, name):
     model, rows, fresh = models[name]
     staged = stage_tree_model(model, "predict_proba", **BUILD)
@@ -112,6 +126,14 @@ def test_exact_exits_keep_every_thresholded_decision(models, name):
             expected = thresholded(model.predict_proba(batch), decision)
             np.testing.assert_array_equal(thresholded(output, decision), expected)
         assert stage.min() < len(cascade.plan.stops) - 1 or name == "gb", cascade.plan.table()
+
+
+def test_a_forest_cut_is_its_averaged_vote(models):
+    model, _, _ = models["rf"]
+    staged = stage_tree_model(model, "predict_proba", **BUILD)
+    assert staged.raw_column(1) == 1 and staged.ensemble.n_outputs == 2
+    # proba[:, 1] is the mean of the trees' class-1 fractions: the cut is t times the tree count
+    assert staged.cut_for(1, 0.3) == pytest.approx(0.3 * staged.ensemble.divisor, rel=1e-12)
 
 
 def test_exact_exits_on_a_one_column_score(models):
@@ -258,3 +280,39 @@ def test_a_feature_cascade_with_a_thresholded_model_cascade_behind_it(cascade_pa
     copy = pickle.loads(pickle.dumps(pipeline))
     np.testing.assert_array_equal(copy(model, cheap[test], extra[test]), served)
     np.testing.assert_array_equal(pipeline(model, cheap[test][:1], extra[test][:1]), served[:1])
+
+
+def booster_flags(model, X):
+    return model.predict(X) > 0.4
+
+
+def expensive(model, X):
+    return np.where(model.predict(X) > 1.0, "review", "pass")
+
+
+@pytest.mark.parametrize("kind", ["booster", "regressor"])
+def test_models_without_classes_keep_a_thresholded_prediction(kind):
+    """A LightGBM Booster's probabilities and a regressor's numbers, thresholded once: exits
+    keep each row's side (no tolerance= needed: the decision is what is judged)."""
+    X, y = _data(600, 0, nan=False)
+    target = 2.5 * X[:, 0] + X[:, 1]
+    if kind == "booster":
+        params = {"objective": "binary", "num_leaves": 6, "min_data_in_leaf": 5, "verbose": -1}
+        model, fn = lgb.train(params, lgb.Dataset(X, y), 40), booster_flags
+    else:
+        model, fn = lgb.LGBMRegressor(**LGB).fit(X, target), expensive
+    rows, fresh = _data(1600, 1, nan=False)[0], _data(500, 2, nan=False)[0]
+    for early_exit, target_accuracy in (("exact", 0.95), (True, 0.95)):
+        pipeline = willow.optimize(
+            fn, accuracy_target=target_accuracy, require_faster=False, early_exit=early_exit, compile="eager"
+        )
+        pipeline.calibrate(model, rows)
+        plan = _serving_cascade(pipeline).plan
+        assert plan.method == "predict" and plan.decision[0] is None and not plan.regression, plan.table()
+        served = pipeline(model, fresh)
+        if plan.exact:
+            np.testing.assert_array_equal(served, fn(model, fresh))
+        else:
+            assert plan.lower_bound >= target_accuracy and (served == fn(model, fresh)).mean() >= 0.9
+    with pytest.raises(ValueError, match="Pass one or the other"):
+        calibrate_early_exit(model, rows, decision=(None, 0.4), tolerance=0.1, **BUILD)

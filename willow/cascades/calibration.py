@@ -917,7 +917,12 @@ def describe_output(
     what the cascade is judged on: what the function returns from it."""
     output = OutputSpec.from_output(graph.model_call.method, raw, model)
     margin = None
-    if graph.post is not None and output.method in ("predict_proba", "decision_function"):
+    # a threshold on probabilities or scores, or on the numbers of a model without classes (a
+    # regressor's, a LightGBM Booster's probabilities): what model cascades may keep the side of
+    thresholdable = output.method in ("predict_proba", "decision_function") or (
+        output.method == "predict" and output.classes is None
+    )
+    if graph.post is not None and thresholdable:
         assigned = set().union(*(st.defines for st in graph.statements)) if graph.statements else set()
         margin = find_margin(graph.post.statements, graph.post.variable, ns, output.n_columns, assigned)
     return output.judged_on(runner.post(ns, raw), raw, margin)

@@ -104,7 +104,7 @@ class ModelCascade:
         if plan.regression:
             self.staged.with_regression(plan.tolerance)
         self.staged.with_stages(plan.stops, plan.thresholds, plan.offsets or None, plan.slopes or None)
-        self.staged.with_cut(plan.cut)
+        self.staged.with_cut(plan.cut, None if plan.decision is None else plan.decision[0])
         self.plan = plan
         self.full = full
         self.name = f"{staged.name}, staged early exit"
@@ -194,14 +194,14 @@ def _stages(staged: StagedTreeModel, stops: tuple[int, ...], partial: dict[int, 
     margin_rows, exact_rows, decision_rows, sigma = [], [], [], []
     for stop in stops[:-1]:
         estimate = partial[stop] + staged.center(stop)
-        margin_rows.append(margins(estimate, staged.cut, staged.guard))
+        margin_rows.append(margins(estimate, staged.cut, staged.guard, staged.cut_column))
         exact_rows.append(staged.exact_exits(partial[stop], stop))
-        decision_rows.append(decisions(estimate, staged.cut))
+        decision_rows.append(decisions(estimate, staged.cut, staged.cut_column))
         # how much the rest of the trees moves the margin-relevant scores, typically
         change = final - estimate
         spread = float(np.sqrt(np.mean(np.var(change, axis=0)) * (1 if final.shape[1] == 1 else 2)))
         sigma.append(spread if spread > 0 else 1e-12)
-    decision_rows.append(decisions(final, staged.cut))
+    decision_rows.append(decisions(final, staged.cut, staged.cut_column))
     n = final.shape[0]
     shape = (len(stops) - 1, n)
     return _Stages(
@@ -385,7 +385,13 @@ def calibrate_early_exit(
         raise ValueError(f"accuracy_target must be in (0, 1], got {accuracy_target!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}.")
-    within = _check_tolerance(model, method, tolerance, accuracy_target)
+    if decision is not None and tolerance is not None:
+        raise EarlyExitToleranceError(
+            "tolerance= applies to a regressor's predict returned as numbers; decision= judges a "
+            "thresholded output on its side of the threshold. Pass one or the other."
+        )
+    # a thresholded output is judged on its decisions: a regressor's needs no tolerance then
+    within = None if decision is not None else _check_tolerance(model, method, tolerance, accuracy_target)
     if within is not None:
         tolerance = check_tolerance(tolerance)  # a number as a float
     if staged is None:
@@ -400,7 +406,10 @@ def calibrate_early_exit(
             )
     else:
         staged.regression = False
-    staged.with_cut(0.0 if decision is None else _decision_cut(staged, model, method, decision))
+    if decision is None:
+        staged.with_cut(0.0)
+    else:
+        staged.with_cut(_decision_cut(staged, model, method, decision), decision[0])
     n = n_rows(X)
     _, tune, holdout, _ = cut_distinct(n, 0, int(round(n * tune_fraction)), random_state, row_groups([X], n))
     if (
@@ -483,13 +492,17 @@ def _decision_cut(
     staged: StagedTreeModel, model: Any, method: str, decision: tuple[int | None, float]
 ) -> float:
     """The raw-score cut of ``decision = (column, t)`` on ``model.method``'s output, checked to
-    be a binary classifier's probabilities or scores (:meth:`StagedTreeModel.cut_for` checks the
-    ensemble has one output column)."""
+    be a classifier's probabilities or scores, or the numbers a model without classes predicts
+    (a regressor, a LightGBM Booster's probabilities) (:meth:`StagedTreeModel.cut_for` checks
+    that one raw column decides it)."""
     where = "willow/early_exit/calibrate.py:calibrate_early_exit"
-    if getattr(model, "classes_", None) is None or method not in ("predict_proba", "decision_function"):
+    classifier = getattr(model, "classes_", None) is not None
+    allowed = ("predict_proba", "decision_function") if classifier else ("predict",)
+    if method not in allowed:
         raise ValueError(
-            f"decision= thresholds a classifier's predict_proba or decision_function output, got "
-            f"method={method!r} of {type(model).__name__} ({where}). Pass decision=None for its labels."
+            f"decision= thresholds {'a classifier' if classifier else 'a model'}'s "
+            f"{' or '.join(allowed)} output, got method={method!r} of {type(model).__name__} ({where}). "
+            + ("Pass decision=None for its labels." if classifier else f"Use method={allowed[0]!r}.")
         )
     column, threshold = decision
     if not math.isfinite(float(threshold)):

@@ -144,7 +144,7 @@ def consider_model_cascade(
     decision = thresholded_decision(result.output)
     if result.output.decision != "model" and not regression and decision is None:
         return _noted(result, _not_labels(result.output.decision)) if mode is True and ensemble else result
-    if result.output.classes is None and not regression:
+    if result.output.classes is None and not regression and decision is None:
         return result
     if regression:
         return _consider_regression(result, fn, arguments, options, mode, tolerance, staged)
@@ -215,21 +215,23 @@ def consider_model_cascade(
 
 
 def thresholded_decision(output: Any) -> tuple[int | None, float] | None:
-    """``(column, t)`` when the function returns a decision made by thresholding a binary
-    classifier's probabilities or score once (``predict_proba(X)[:, c] > t``,
+    """``(column, t)`` when the function returns a decision made by thresholding a classifier's
+    probabilities or score once (``predict_proba(X)[:, c] > t``,
     ``np.where(decision_function(X) > t, ...)``: :attr:`~willow.cascades.outputs.OutputSpec.
-    margin_threshold`), which a model cascade keeps by exiting on that side of ``t``; else
-    ``None``. The model's output is used in that one comparison only, so the returned value
+    margin_threshold`), or the numbers a model without classes predicts (``regressor.predict(X)
+    > t``, a LightGBM ``Booster``'s probabilities), which a model cascade keeps by exiting on that side of ``t`` where one
+    raw score decides it (binary boosting, a forest's class votes:
+    :meth:`~willow.early_exit.staged.StagedTreeModel.cut_for` says where not); else ``None``. The model's output is used in that one comparison only, so the returned value
     depends on the model through the comparison alone (:func:`~willow.cascades.outputs.
     find_margin`), and a threshold read from a name is guarded at serving time (the original
     runs when it changes)."""
     if output.decision != "post" or output.margin_threshold is None:
         return None
-    if output.method not in ("predict_proba", "decision_function"):
-        return None
-    if output.classes is None or len(output.classes) != 2:
-        return None
-    return output.margin_column, float(output.margin_threshold)
+    if output.classes is not None and output.method in ("predict_proba", "decision_function"):
+        return output.margin_column, float(output.margin_threshold)
+    if output.classes is None and output.method == "predict" and output.margin_column is None:
+        return None, float(output.margin_threshold)  # a regressor's or a Booster's numbers
+    return None
 
 
 #: Why cheap model first is not a candidate for a thresholded output.
@@ -242,12 +244,12 @@ _CHEAP_LABELS = (
 def _not_labels(returned: str) -> str:
     """Why a model cascade was asked for (``early_exit=True``) but none was tried: what the
     function returns (``returned``: the output's decision kind or the model method it returns)
-    is not what model cascades keep, a classifier's ``predict`` labels, a binary classifier's
-    probability or score compared once with a threshold, or a regressor's ``predict`` within
+    is not what model cascades keep, a classifier's ``predict`` labels, its probability or score
+    compared once with a threshold, or a regressor's ``predict`` within
     ``tolerance=`` (an exited row keeps its class, not its probabilities)."""
     what = {
         "post": (
-            "a value derived from the model's output other than one comparison of a binary "
+            "a value derived from the model's output other than one comparison of a "
             "classifier's probability or score with a threshold"
         ),
         "numbers": "numbers (probabilities or scores)",
@@ -256,7 +258,7 @@ def _not_labels(returned: str) -> str:
     }.get(returned, f"the model's {returned} output")
     return (
         f"No model cascade: the function returns {what}, and model cascades keep a classifier's "
-        "predict labels, a binary classifier's predict_proba(X)[:, c] > t (or decision_function(X) > t), "
+        "predict labels, its predict_proba(X)[:, c] > t (or decision_function(X) > t), "
         "or a regressor's predict within tolerance=. Return one of those to let one serve (a "
         "regressor's numbers: pass tolerance=)."
     )

@@ -25,11 +25,14 @@ no decision):
   for multiclass) exceeds the stage's threshold ``thresholds[s]`` (``inf``: exact exits only).
 
 **A thresholded output** (:meth:`StagedTreeModel.with_cut`: a function returning
-``model.predict_proba(X)[:, c] > t`` or ``model.decision_function(X) > t`` of one output column)
-moves the binary decision from 0 to ``cut``, the raw score at which the output conversion
-crosses ``t`` (:meth:`StagedTreeModel.cut_for`, by bisection on the conversion itself): the rules
-above compare ``partial - cut``, and an approximate exit also needs ``|estimate - cut| > guard``,
-so an exited row's estimate converts to a value on its decided side of ``t``.
+``model.predict_proba(X)[:, c] > t`` or ``model.decision_function(X) > t``) is decided by one raw
+column against ``cut``, the raw score at which the output conversion crosses ``t``
+(:meth:`StagedTreeModel.cut_for`, by bisection on the conversion itself): column 0 of a
+one-output ensemble (binary boosting, whatever ``c``), or column ``c`` of an ensemble whose
+conversion treats each column alone (a random forest's averaged class votes; never a softmax).
+The binary rules above then apply to that column, comparing ``partial - cut``; an approximate exit
+also needs ``|estimate - cut| > guard``, so an exited row's estimate converts to a value on its
+decided side of ``t``.
 
 **Regression** (:meth:`StagedTreeModel.with_regression`: a regressor's ``predict``, one output
 column whose value is the answer, judged within a ``tolerance``). A row leaving after stage ``s``
@@ -100,21 +103,32 @@ def leaf_bounds(ensemble: TreeEnsemble) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def margins(estimate: np.ndarray, cut: float = 0.0, guard: float = 0.0) -> np.ndarray:
+def _decided_column(width: int, column: int | None) -> int | None:
+    """The raw column a decision compares with a cut: ``column`` when given, column 0 of one
+    output, else ``None`` (the arg-max decides)."""
+    return column if column is not None else (0 if width == 1 else None)
+
+
+def margins(
+    estimate: np.ndarray, cut: float = 0.0, guard: float = 0.0, column: int | None = None
+) -> np.ndarray:
     """How far each row's raw-score estimate is from changing its decision: ``|score - cut|``
-    for one output (0 where it is at most ``guard``: such a row never exits on its margin), the
-    gap between the two largest scores otherwise."""
-    if estimate.shape[1] == 1:
-        distance = np.abs(estimate[:, 0] - cut)
+    of the decided column (``column``; column 0 for one output; 0 where it is at most ``guard``:
+    such a row never exits on its margin), else the gap between the two largest scores."""
+    decided = _decided_column(estimate.shape[1], column)
+    if decided is not None:
+        distance = np.abs(estimate[:, decided] - cut)
         return np.where(distance > guard, distance, 0.0) if guard > 0 else distance
     top_two = np.partition(estimate, -2, axis=1)[:, -2:]
     return top_two[:, 1] - top_two[:, 0]
 
 
-def decisions(scores: np.ndarray, cut: float = 0.0) -> np.ndarray:
-    """The decision a raw score implies: ``score > cut`` for one output, the arg-max otherwise."""
-    if scores.shape[1] == 1:
-        return (scores[:, 0] > cut).astype(np.int64)
+def decisions(scores: np.ndarray, cut: float = 0.0, column: int | None = None) -> np.ndarray:
+    """The decision a raw score implies: ``score > cut`` of the decided column (``column``;
+    column 0 for one output), the arg-max otherwise."""
+    decided = _decided_column(scores.shape[1], column)
+    if decided is not None:
+        return (scores[:, decided] > cut).astype(np.int64)
     return np.argmax(scores, axis=1)
 
 
@@ -163,7 +177,8 @@ class StagedTreeModel:
         self._base = np.asarray(ensemble.base, dtype=np.float64)
         self.stops: tuple[int, ...] = (len(ensemble.trees),)
         self.thresholds: tuple[float, ...] = ()
-        self.cut = 0.0  # the binary decision's raw score (see with_cut)
+        self.cut = 0.0  # the decided column's raw score (see with_cut)
+        self.cut_column: int | None = None  # None: column 0 of one output, else the arg-max
         # regression (see the module doc): the tolerance exact exits keep, the exit estimates' offsets
         self.regression = False
         self.tolerance: float | None = None
@@ -234,25 +249,50 @@ class StagedTreeModel:
         self._linear = self.linear_output
         return self
 
-    def cut_for(self, column: int | None, threshold: float) -> float:
-        """The raw score (before the divisor) at which output ``column`` (``None``: a 1-D
-        output) of the conversion crosses ``threshold``: rows above it and rows below it fall on
-        either side of ``output > threshold``. Found by bisection on the conversion itself (a
-        sigmoid of any scale, an identity), so it needs one output column whose conversion is
-        monotonic; raises :class:`NotLowerable` otherwise, or when no raw score reaches
-        ``threshold`` (every row then makes the same decision)."""
-        if self.ensemble.n_outputs != 1:
+    def raw_column(self, column: int | None) -> int:
+        """The raw column that output ``column`` (``None``: a 1-D output) is computed from
+        alone: 0 for one output; column ``column`` of several when the conversion treats each
+        column alone (a forest's averaged votes). Raises :class:`NotLowerable` for a conversion
+        mixing columns (a softmax)."""
+        width = self.ensemble.n_outputs
+        if width == 1:
+            return 0
+        if column is None or not 0 <= column < width:
+            raise NotLowerable(f"{self.name}: output column {column} is not one of its {width} raw columns.")
+        rng = np.random.default_rng(0)
+        probe = rng.uniform(-2.0, 2.0, size=(4, width))
+        moved = probe.copy()
+        others = [c for c in range(width) if c != column]
+        moved[:, others] += rng.uniform(-2.0, 2.0, size=(4, len(others)))
+        with np.errstate(all="ignore"):
+            a = np.asarray(self._finish(probe.copy()), dtype=np.float64)
+            b = np.asarray(self._finish(moved), dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != width or not np.array_equal(a[:, column], b[:, column]):
             raise NotLowerable(
-                f"{self.name}: a thresholded output moves a binary decision, but the ensemble has "
-                f"{self.ensemble.n_outputs} output columns (multiclass): return model.predict(X) instead."
+                f"{self.name}: its output column {column} depends on every class's score (a softmax), "
+                "so no single raw score decides a threshold on it: return model.predict(X) instead."
             )
+        return column
 
-        def value(raw: float) -> float:
+    def cut_for(self, column: int | None, threshold: float) -> float:
+        """The raw score (before the divisor) of :meth:`raw_column` at which output ``column``
+        (``None``: a 1-D output) of the conversion crosses ``threshold``: rows above it and rows
+        below it fall on either side of ``output > threshold``. Found by bisection on the
+        conversion itself (a sigmoid of any scale, an identity, a forest's average), so the
+        conversion must be monotonic in that raw score; raises :class:`NotLowerable` otherwise,
+        or when no raw score reaches ``threshold`` (every row then makes the same decision)."""
+        raw = self.raw_column(column)
+        width = self.ensemble.n_outputs
+        divisor = float(self.ensemble.divisor)
+
+        def value(score: float) -> float:
+            row = np.zeros((1, width), dtype=np.float64)
+            row[0, raw] = score
             with np.errstate(over="ignore"):  # a sigmoid far out: exp overflows to 0 or 1, as meant
-                out = np.asarray(self._finish(np.array([[raw]], dtype=np.float64)), dtype=np.float64)
+                out = np.asarray(self._finish(row), dtype=np.float64)
             return float(out.reshape(-1)[0] if column is None else out.reshape(1, -1)[0, column])
 
-        low, high = -1.0, 1.0
+        low, high = -divisor, divisor
         while not min(value(low), value(high)) < threshold < max(value(low), value(high)) and high < 1e6:
             low, high = low * 4, high * 4
         rising = value(high) > value(low)
@@ -275,14 +315,16 @@ class StagedTreeModel:
                 above = middle
             else:
                 below = middle
-        return float(above) * float(self.ensemble.divisor)
+        return float(above) * divisor
 
-    def with_cut(self, cut: float) -> StagedTreeModel:
-        """Decide binary rows by ``raw > cut`` (raw units before the divisor, from
-        :meth:`cut_for`) instead of ``raw > 0``; returns ``self``."""
-        if self.ensemble.n_outputs != 1 and cut != 0.0:
-            raise NotLowerable(f"{self.name}: a decision cut needs one output column.")
+    def with_cut(self, cut: float, column: int | None = None) -> StagedTreeModel:
+        """Decide rows by ``raw[:, raw_column(column)] > cut`` (raw units before the divisor,
+        from :meth:`cut_for`; ``column``: the thresholded output column) instead of the default
+        rule (``raw > 0`` for one output, the arg-max otherwise); ``with_cut(0.0)`` restores the
+        default. Returns ``self``."""
+        width = self.ensemble.n_outputs
         self.cut = float(cut)
+        self.cut_column = None if width == 1 or (column is None and cut == 0.0) else self.raw_column(column)
         return self
 
     @property
@@ -322,8 +364,9 @@ class StagedTreeModel:
         """Rows whose decision the trees after ``stop`` provably cannot change."""
         low = partial + self._rest_low[stop]
         high = partial + self._rest_high[stop]
-        if partial.shape[1] == 1:
-            return (low[:, 0] - self.cut > self.guard) | (high[:, 0] - self.cut < -self.guard)
+        decided = _decided_column(partial.shape[1], self.cut_column)
+        if decided is not None:
+            return (low[:, decided] - self.cut > self.guard) | (high[:, decided] - self.cut < -self.guard)
         top = np.argmax(low, axis=1)
         rows = np.arange(partial.shape[0])
         best_low = low[rows, top]
@@ -402,7 +445,7 @@ class StagedTreeModel:
                 continue
             m = _exit_rows(
                 rows, buffer, scores, active, m, out, stage, s, self._rest_low[stop], self._rest_high[stop],
-                self.guard, self.thresholds[s], self.cut, rows is data,
+                self.guard, self.thresholds[s], self.cut, _column_code(self.ensemble.n_outputs, self.cut_column), rows is data,
             )  # fmt: skip
             rows = buffer[:m]
             if m == 0:
@@ -447,24 +490,24 @@ def _settle_rows(
 
 @numba.njit(cache=True, nogil=True)
 def _exit_rows(
-    rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, cut, fresh
+    rows, buffer, scores, active, m, out, stage, s, rest_low, rest_high, guard, threshold, cut, column, fresh
 ):
     """One stage's exits over the first ``m`` running rows: a leaving row's estimate goes to
     ``out[active[i]]`` and ``s`` to ``stage[active[i]]``; the others move to the front of
     ``buffer``, ``scores`` and ``active`` (in order; ``fresh``: ``rows`` is not yet ``buffer``'s
     prefix, so every kept row is copied). Returns how many still run. The same rules
-    as :meth:`StagedTreeModel.exact_exits` and :func:`margins` (one output: decided by ``cut``),
-    row by row."""
+    as :meth:`StagedTreeModel.exact_exits` and :func:`margins`, row by row: ``column`` >= 0 is
+    the raw column compared with ``cut``, -1 the arg-max rule."""
     width = scores.shape[1]
     kept = 0
     for i in range(m):
         leave = False
-        if width == 1:
-            p = scores[i, 0] - cut
-            distance = abs(p + (rest_low[0] + rest_high[0]) / 2.0)
+        if column >= 0:
+            p = scores[i, column] - cut
+            distance = abs(p + (rest_low[column] + rest_high[column]) / 2.0)
             leave = (
-                p + rest_low[0] > guard
-                or p + rest_high[0] < -guard
+                p + rest_low[column] > guard
+                or p + rest_high[column] < -guard
                 or (distance > threshold and distance > guard)
             )
         else:
@@ -496,6 +539,12 @@ def _exit_rows(
                 active[kept] = active[i]
             kept += 1
     return kept
+
+
+def _column_code(width: int, column: int | None) -> int:
+    """:func:`_exit_rows`' ``column``: the decided raw column, or -1 for the arg-max rule."""
+    decided = _decided_column(width, column)
+    return -1 if decided is None else decided
 
 
 def default_group_nodes(ensemble: TreeEnsemble) -> int:
