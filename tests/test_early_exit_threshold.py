@@ -316,3 +316,34 @@ def test_models_without_classes_keep_a_thresholded_prediction(kind):
             assert plan.lower_bound >= target_accuracy and (served == fn(model, fresh)).mean() >= 0.9
     with pytest.raises(ValueError, match="Pass one or the other"):
         calibrate_early_exit(model, rows, decision=(None, 0.4), tolerance=0.1, **BUILD)
+
+
+def test_each_accuracy_tier_keeps_the_threshold(models):
+    from willow.early_exit import tiers
+
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(
+        flagged, accuracy_target=(0.97, 0.9), early_exit=True, require_faster=False, compile="eager"
+    )
+    pipeline.calibrate(model, rows)
+    plans = tiers.served_plans(pipeline)
+    assert [p.decision for p in plans] == [(1, 0.3)] * 2, pipeline.explain()
+    expected = flagged(model, fresh)
+    for plan, target in zip(plans, (0.97, 0.9)):
+        assert plan.exact or plan.lower_bound >= target, plan.table()
+        assert (pipeline.tier(target)(model, fresh) == expected).mean() >= target - 0.05
+
+
+def test_an_uncompiled_pipeline_serves_a_thresholded_model_cascade(models):
+    """compile=False, early_exit=True: the staged model (its own kernels) takes the place of the
+    library's predict_proba call, on the threshold's side."""
+    model, rows, fresh = models["lgb_cat"]
+    pipeline = willow.optimize(
+        flagged, accuracy_target=0.95, require_faster=False, early_exit=True, compile=False
+    )
+    pipeline.calibrate(model, rows)
+    plan = _serving_cascade(pipeline).plan
+    assert plan.decision == (1, 0.3) and (plan.exact or plan.lower_bound >= 0.95), pipeline.plan_.reason
+    assert "compile=False" in pipeline.plan_.reason
+    assert (pipeline(model, fresh) == flagged(model, fresh)).mean() >= 0.9
+    np.testing.assert_array_equal(pipeline(model, fresh[:3]), flagged(model, fresh[:3]))  # the library's call

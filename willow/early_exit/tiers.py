@@ -79,8 +79,10 @@ def consider_model_cascades(
 
 def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: Any, graph: Any) -> Any:
     """With ``compile=False``, the model of a pipeline that a model cascade could serve compiled
-    (a tree-ensemble classifier's ``predict`` labels are the output, or with ``tolerance=`` a
+    (a tree-ensemble classifier's ``predict`` labels are the output, a thresholded output
+    (:func:`~willow.early_exit.planner.thresholded_decision`), or with ``tolerance=`` a
     tree-ensemble regressor's ``predict`` returned as it is); ``None`` otherwise."""
+    thresholded = planner.thresholded_decision(result.output) is not None
     classifier = result.output.decision == "model" and result.output.classes is not None
     regressor = (
         result.output.decision == "numbers"
@@ -94,8 +96,8 @@ def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: A
         or graph is None
         or not options.cascade
         or getattr(options, "early_exit", "exact") is False
-        or not (classifier or regressor)
-        or graph.model_call.method != "predict"
+        or not (classifier or regressor or thresholded)
+        or (graph.model_call.method != "predict" and not thresholded)
     ):
         return None
     from willow.compiler.execution import StatementRunner

@@ -11,7 +11,8 @@ least :data:`~willow.early_exit.planner.MIN_SPEEDUP` times as fast as the origin
 calibration call (or ``require_faster=False``).
 
 A regressor's ``predict`` returned as it is with ``tolerance=`` is served the same way, its
-exits within the tolerance (:func:`~willow.early_exit.tiers.uncompiled_model`).
+exits within the tolerance, and so is a thresholded output (``predict_proba(X)[:, 1] > t``), its
+exits on the threshold's side (:func:`~willow.early_exit.tiers.uncompiled_model`).
 
 Only where no feature cascade serves: a feature cascade's generated code calls the model in
 Python for its uncertain rows. A saved plan keeps the model call as a compiled node, so loading
@@ -72,11 +73,14 @@ def consider_uncompiled(
         inputs = recorded(plain, fn, arguments, model, cascade=False)
         if len(inputs) != 1:
             raise CalibrationError("the pipeline did not call the model once")
-        # a regressor's within its tolerance= (a classifier's labels take none)
-        tolerance = getattr(options, "tolerance", None)
+        # a thresholded output keeps its side of the threshold; a regressor's numbers stay
+        # within its tolerance= (a classifier's labels take none)
+        decision = planner.thresholded_decision(result.output)
+        tolerance = None if decision is not None else getattr(options, "tolerance", None)
         cascade = planner._calibrate(
-            model, method, inputs[0], options.accuracy_target, options, staged, tolerance=tolerance
-        )
+            model, method, inputs[0], options.accuracy_target, options, staged, tolerance=tolerance,
+            decision=decision,
+        )  # fmt: skip
     except (CalibrationError, NotLowerable, EarlyExitToleranceError) as exc:
         return planner._noted(result, f"No model cascade (compile=False): {str(exc).rstrip('.')}.")
     served = with_cascade(plain, fn, cascade, feature_cascade=False)
