@@ -30,6 +30,11 @@ Measured on the shared 2-core development machine, quiet (2026-12-03 22:05 UTC, 
 | | 0.99 | **5.04x** | 59.4 | 0.9944 | 0.9920 |
 | | 0.99 cheap model first (LightGBM 40 x 15, answers 58.5%) | 2.00x | | 0.9946 | 0.9935 |
 
+``--workloads synthetic synthetic-threshold`` (2026-12-04 03:47 UTC, quiet): the same 500 x 63
+model deciding ``predict_proba(X)[:, 1] > 0.3`` (``--threshold``; exits keep that side, agreement
+on that decision): exact 1.12x (436.9 trees), 0.999 1.10x (exact only), 0.99 **3.82x** (98.1
+trees, 0.9949, bound 0.9937); its labels in the same run 1.12x / 1.13x / 5.04x.
+
 Earlier, loaded (load ~14): ``--quick`` (100 x 31, 4,000 / 4,000 rows) 1.03x exact, 2.06x at 0.99
 (43.9 trees per row, 0.9970, bound 0.9969).
 
