@@ -347,3 +347,38 @@ def test_an_uncompiled_pipeline_serves_a_thresholded_model_cascade(models):
     assert "compile=False" in pipeline.plan_.reason
     assert (pipeline(model, fresh) == flagged(model, fresh)).mean() >= 0.9
     np.testing.assert_array_equal(pipeline(model, fresh[:3]), flagged(model, fresh[:3]))  # the library's call
+
+
+def probability(model, X):
+    return model.predict_proba(X)[:, 1]
+
+
+@pytest.mark.parametrize("fn", [flagged, named, probability])
+def test_dask_serves_a_thresholded_model_cascade_like_the_original(models, fn):
+    """willow.dask's default meta is what the function returns (booleans, strings, one
+    probability per row), not the model's output (two probability columns)."""
+    pytest.importorskip("dask")
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    import willow.dask
+
+    model, rows, fresh = models["lgb_cat"]
+    columns = model.booster_.feature_name()
+    pipeline = willow.optimize(fn, accuracy_target=1.0, require_faster=False, compile="eager")
+    pipeline.calibrate(model, pd.DataFrame(rows, columns=columns))
+    if fn is not probability:  # numbers: exits would change them, so no model cascade
+        assert _serving_cascade(pipeline).plan.decision is not None
+    frame = pd.DataFrame(fresh[:420], columns=columns)
+    edges = (0, 300, 300, 301, 420)  # partitions of 300 (through the stages), 0, 1 and 119 rows
+    parts = [dask.delayed(frame.iloc[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    ddf = dd.from_delayed(parts, meta=frame.iloc[:0])
+    willow.dask._CACHE.clear()
+    computed = willow.dask.predict(pipeline, ddf, model).compute(scheduler="synchronous")
+    expected = fn(model, frame)
+    if fn is probability:
+        np.testing.assert_allclose(computed.to_numpy(), expected, rtol=1e-9, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(computed.to_numpy(), expected)
+    assert computed.index.equals(frame.index)

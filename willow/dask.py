@@ -153,6 +153,12 @@ def _default_meta(pipeline: OptimizedPipeline) -> pd.Series | pd.DataFrame:
             "pass meta= (e.g. pd.Series(dtype='int64') for labels, or an empty DataFrame with one "
             "column per class for predict_proba), or calibrate the pipeline first."
         )
+    returned = getattr(output, "returned", None)  # what the function returns, not the model
+    if returned is not None:
+        dtype, width = returned
+        if width is None:
+            return pd.Series(np.empty(0, dtype=np.dtype(dtype)), name=pipeline.__name__)
+        return pd.DataFrame(np.empty((0, width), dtype=np.dtype(dtype)), columns=list(range(width)))
     if output.n_columns is None:
         return pd.Series(np.empty(0, dtype=output.dtype), name=pipeline.__name__)
     classes = output.classes if output.classes is not None else range(output.n_columns)

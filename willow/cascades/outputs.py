@@ -45,6 +45,9 @@ class OutputSpec:
     margin_column: int | None = None
     margin_threshold: float | None = None
     threshold_source: str | None = None
+    # what the function itself returned on calibration rows, when it is not the model's output:
+    # (dtype string, columns per row or None for one value per row); see judged_on
+    returned: tuple[str, int | None] | None = None
 
     @classmethod
     def from_output(cls, method: str, output: Any, model: Any) -> OutputSpec:
@@ -131,11 +134,18 @@ class OutputSpec:
             decision = "numbers"
         else:
             decision = "post"
+        shape = None if values.ndim <= 1 else int(np.prod(values.shape[1:]))
+        kind = None if wrapped else (values.dtype.str, shape)
         if decision != "post" or margin is None:
-            return replace(self, decision=decision)
+            return replace(self, decision=decision, returned=kind)
         column, threshold, source = margin
         return replace(
-            self, decision=decision, margin_column=column, margin_threshold=threshold, threshold_source=source
+            self,
+            decision=decision,
+            margin_column=column,
+            margin_threshold=threshold,
+            threshold_source=source,
+            returned=kind,
         )
 
     def describe(self) -> str:

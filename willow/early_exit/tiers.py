@@ -72,7 +72,9 @@ def consider_model_cascades(
         ):
             served.append(consider_uncompiled(result, fn, arguments, tier_options, graph, model, staged))
         else:
-            why = _uncompiled_note(model, options, result.plan.cascade, results[0].plan.cascade)
+            why = _uncompiled_note(
+                model, options, result.plan.cascade, results[0].plan.cascade, graph.model_call.method
+            )
             served.append(planner._noted(result, why))
     return served
 
@@ -111,11 +113,14 @@ def uncompiled_model(result: Any, fn: Any, arguments: dict[str, Any], options: A
     return model if type(model) in TREE_LOWERINGS else None
 
 
-def _uncompiled_note(model: Any, options: Any, feature_cascade: bool, strictest_cascade: bool) -> str:
+def _uncompiled_note(
+    model: Any, options: Any, feature_cascade: bool, strictest_cascade: bool, method: str = "predict"
+) -> str:
     """Why no model cascade serves an uncompiled pipeline, and what to do. A looser tier gets
     none either when the strictest tier serves a feature cascade: a saved plan rebuilds the tiers
-    from the strictest tier's compiled operators, of which an uncompiled feature cascade has none."""
-    name = f"{type(model).__name__}.predict"
+    from the strictest tier's compiled operators, of which an uncompiled feature cascade has none.
+    ``method``: the model method the pipeline calls."""
+    name = f"{type(model).__name__}.{method}"
     if feature_cascade:
         why = f"the feature cascade's uncertain rows call {name} in Python"
     elif strictest_cascade:
