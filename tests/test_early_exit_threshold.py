@@ -1,5 +1,6 @@
 """Model cascades for a thresholded output: ``predict_proba(X)[:, c] > t`` (and
-``decision_function(X) > t``) of a binary tree ensemble, the way users write a decision.
+``decision_function(X) > t``, ``regressor.predict(X) > t``) of a tree ensemble, the way users
+write a decision.
 
 Exits keep the row on its side of ``t`` (the raw-score cut found on the model's own output
 conversion), so exact mode must return the library's decisions and approximate mode must meet
@@ -14,27 +15,24 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 from sklearn import ensemble as sk_ensemble
+from test_early_exit import CAT, _serving_cascade
+from test_early_exit import _data as _rows
 
 import willow
 from willow.compiler.lowering.base import NotLowerable
-from willow.early_exit import ModelCascade, calibrate_early_exit, stage_tree_model
+from willow.early_exit import calibrate_early_exit, stage_tree_model
 from willow.early_exit.calibrate import thresholded
 
-N_FEATURES = 5
-CAT = 4
 BUILD = dict(n_jobs=1)
 THRESHOLDS = ((1, 0.3), (0, 0.8), (1, 0.5))
 
 
 def _data(n: int, seed: int, nan: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, N_FEATURES))
-    X[:, CAT] = rng.integers(0, 6, n)
-    filled = X.copy()
-    if nan:
-        X[rng.random(X.shape) < 0.08] = np.nan
-    score = 2.5 * filled[:, 0] + filled[:, 1] - 0.7 * filled[:, 2] + (filled[:, CAT] % 3 == 1)
-    return X, (score + 0.8 * rng.standard_normal(n) > 0.4).astype(int)
+    """test_early_exit's rows (NaN, a categorical column), their binary labels flipped on 10%
+    of rows, so that probabilities are not all near 0 or 1 and thresholds move decisions."""
+    X, labels, _ = _rows(n, seed, nan)
+    flip = np.random.default_rng(seed + 1000).random(n) < 0.1
+    return X, np.where(flip, 1 - labels, labels)
 
 
 X_TRAIN, Y_TRAIN = _data(600, 0)
@@ -183,14 +181,6 @@ def flagged_at_cutoff(model, X):
 def two_thresholds(model, X):
     p = model.predict_proba(X)[:, 1]
     return np.where(p > 0.8, 2, 0) + (p > 0.4)
-
-
-def _serving_cascade(pipeline) -> ModelCascade:
-    from willow.early_exit.planner import _cascade_of
-
-    cascade = _cascade_of(pipeline._compilation)
-    assert isinstance(cascade, ModelCascade), pipeline.explain()
-    return cascade
 
 
 @pytest.mark.parametrize("fn", [flagged, named])
