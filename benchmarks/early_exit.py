@@ -63,6 +63,7 @@ WORKLOADS = (
     "price",
     "synthetic-regression",
     "credit-end-to-end",
+    "credit-threshold-end-to-end",
     "price-end-to-end",
 )
 
@@ -275,6 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
             "credit", args.end_to_end_scale, args.accuracy_target, args.repeats
         )
         print("\n" + workloads.markdown(credit), flush=True)
+    if "credit-threshold-end-to-end" in args.workloads:
+        above = results["credit threshold end to end"] = workloads.end_to_end(
+            "credit", args.end_to_end_scale, args.accuracy_target, args.repeats, threshold=args.threshold
+        )
+        print("\n" + workloads.markdown(above), flush=True)
     if "price-end-to-end" in args.workloads:
         price_e2e = results["price end to end"] = workloads.price_end_to_end(
             args.end_to_end_scale, args.accuracy_target, args.repeats
