@@ -181,3 +181,22 @@ def test_dask_mode_scores_the_tiled_test_split_identically(tmp_path, monkeypatch
     assert result["name"] == "toxic" and result["rows"] == 1000 and result["pipeline_pickle_bytes"] > 0
     assert [(d["workers"], d["identical"]) for d in result["dask"]] == [(1, True)]
     assert "| toxic | 1,000 |" in (tmp_path / "dask.md").read_text()
+
+
+def test_early_exit_benchmark_runs_labels_and_a_thresholded_decision():
+    """``python -m benchmarks.early_exit`` on a tiny synthetic model: the labels and the
+    ``predict_proba(X)[:, 1] > t`` workloads report exact plans with identical decisions and
+    approximate plans within their proven bound."""
+    from benchmarks import early_exit
+
+    arguments = "--trees 20 --leaves 7 --features 10 --train-rows 2000 --calibration-rows 2000 "
+    arguments += "--test-rows 1000 --repeats 2 --targets 1.0 0.95 --workloads synthetic synthetic-threshold"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = early_exit.main(arguments.split())
+    assert set(results) == {"synthetic", "synthetic threshold"}
+    assert "deciding predict_proba(X)[:, 1] > 0.3" in printed.getvalue()
+    for workload in results.values():
+        exact, approximate = workload["targets"]["1.0"], workload["targets"]["0.95"]
+        assert exact["exact"] and exact["agreement"] == 1.0
+        assert approximate["exact"] or approximate["holdout_lower_bound"] >= 0.95
+        assert sum(exact["exit_fractions"]) == pytest.approx(1.0, abs=1e-3)
