@@ -372,7 +372,8 @@ def calibrate_early_exit(
 
     ``decision = (column, t)``: the caller decides by ``model.method(X)[:, column] > t``
     (``column`` ``None``: a 1-D output), as a function returning ``predict_proba(X)[:, 1] > t``
-    does; a binary ensemble's exits then keep that decision (its raw-score cut, see
+    does (for a model without classes: ``method="predict"``, column ``None``); exits then keep
+    that decision (the raw-score cut of one raw column, see
     :meth:`~willow.early_exit.staged.StagedTreeModel.cut_for`) and plans are proven on it.
     Raises
     :class:`~willow.errors.CalibrationError` when the holdout part is too small to prove the

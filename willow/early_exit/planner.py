@@ -2,10 +2,10 @@
 
 When calibration ends with a compiled pipeline whose model call is a compiled tree-ensemble
 classifier and whose output is the model's labels (``OutputSpec.decision == "model"``,
-``predict``) or, for a binary one, a decision made by one comparison of its probability or score
-with a threshold (:func:`thresholded_decision`: ``predict_proba(X)[:, 1] > t``; model cascades
-exit on the threshold's side, and cheap model first, whose cheap model answers labels, is not a
-candidate), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
+``predict``) or a decision made by one comparison of its probability or score (or a model
+without classes' prediction) with a threshold (:func:`thresholded_decision`:
+``predict_proba(X)[:, 1] > t``; model cascades exit on the threshold's side, and cheap model
+first, whose cheap model answers labels, is not a candidate), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
 ``tolerance=`` (:func:`_consider_regression`: model cascades within the tolerance; alone, or
 compared with the feature cascade as below, without cheap model first, the combined plan only
 for a float tolerance: :func:`_regression_behind` says why its proof holds), the model itself
@@ -215,16 +215,17 @@ def consider_model_cascade(
 
 
 def thresholded_decision(output: Any) -> tuple[int | None, float] | None:
-    """``(column, t)`` when the function returns a decision made by thresholding a classifier's
-    probabilities or score once (``predict_proba(X)[:, c] > t``,
-    ``np.where(decision_function(X) > t, ...)``: :attr:`~willow.cascades.outputs.OutputSpec.
-    margin_threshold`), or the numbers a model without classes predicts (``regressor.predict(X)
-    > t``, a LightGBM ``Booster``'s probabilities), which a model cascade keeps by exiting on that side of ``t`` where one
-    raw score decides it (binary boosting, a forest's class votes:
-    :meth:`~willow.early_exit.staged.StagedTreeModel.cut_for` says where not); else ``None``. The model's output is used in that one comparison only, so the returned value
-    depends on the model through the comparison alone (:func:`~willow.cascades.outputs.
-    find_margin`), and a threshold read from a name is guarded at serving time (the original
-    runs when it changes)."""
+    """``(column, t)`` when the function returns a decision made by thresholding once a
+    classifier's probabilities or score (``predict_proba(X)[:, c] > t``,
+    ``np.where(decision_function(X) > t, ...)``) or the numbers a model without classes predicts
+    (``regressor.predict(X) > t``, a LightGBM ``Booster``'s probabilities): the comparison
+    :attr:`~willow.cascades.outputs.OutputSpec.margin_threshold` describes. A model cascade keeps
+    such a decision by exiting on its side of ``t`` wherever one raw score decides it (binary
+    boosting, a forest's class votes; :meth:`~willow.early_exit.staged.StagedTreeModel.cut_for`
+    refuses the rest). The model's output is used in that one comparison only
+    (:func:`~willow.cascades.outputs.find_margin`), so the returned value depends on the model
+    through it alone, and a threshold read from a name is guarded at serving time (the original
+    runs when it changes). ``None`` for any other output."""
     if output.decision != "post" or output.margin_threshold is None:
         return None
     if output.classes is not None and output.method in ("predict_proba", "decision_function"):

@@ -285,14 +285,14 @@ class StagedTreeModel:
         width = self.ensemble.n_outputs
         divisor = float(self.ensemble.divisor)
 
-        def value(score: float) -> float:
+        def value(score: float) -> float:  # the conversion of a raw score after the divisor
             row = np.zeros((1, width), dtype=np.float64)
             row[0, raw] = score
             with np.errstate(over="ignore"):  # a sigmoid far out: exp overflows to 0 or 1, as meant
                 out = np.asarray(self._finish(row), dtype=np.float64)
             return float(out.reshape(-1)[0] if column is None else out.reshape(1, -1)[0, column])
 
-        low, high = -divisor, divisor
+        low, high = -1.0, 1.0
         while not min(value(low), value(high)) < threshold < max(value(low), value(high)) and high < 1e6:
             low, high = low * 4, high * 4
         rising = value(high) > value(low)
