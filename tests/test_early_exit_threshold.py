@@ -213,17 +213,23 @@ def test_optimize_tunes_an_approximate_model_cascade_for_a_thresholded_output(mo
     assert (pipeline(model, fresh) == flagged(model, fresh)).mean() >= 0.9
 
 
-def test_a_threshold_read_from_a_name_is_guarded(models, monkeypatch):
-    """The cut is the threshold's at calibration: when the name changes, the original runs."""
+def test_a_threshold_read_from_a_name_is_guarded(models, monkeypatch, tmp_path):
+    """The cut is the threshold's at calibration: when the name changes, the original runs (a
+    reloaded plan too)."""
     model, rows, fresh = models["lgb_cat"]
     pipeline = willow.optimize(flagged_at_cutoff, accuracy_target=1.0, require_faster=False, compile="eager")
     pipeline.calibrate(model, rows)
     assert _serving_cascade(pipeline).plan.decision == (1, 0.3)
     np.testing.assert_array_equal(pipeline(model, fresh), flagged_at_cutoff(model, fresh))
+    path = tmp_path / "cutoff.willow"
+    pipeline.save(path)
+    loaded = willow.load(path, flagged_at_cutoff)
+    assert "same_threshold(CUTOFF)" in loaded.generated_source_
     monkeypatch.setitem(globals(), "CUTOFF", 0.7)
-    with pytest.warns(willow.ModelChangedWarning, match="now 0.7, but its cascade was proven for 0.3"):
-        served = pipeline(model, fresh)
-    np.testing.assert_array_equal(served, model.predict_proba(fresh)[:, 1] > 0.7)
+    for served_by in (pipeline, loaded):
+        with pytest.warns(willow.ModelChangedWarning, match="now 0.7, but its cascade was proven for 0.3"):
+            served = served_by(model, fresh)
+        np.testing.assert_array_equal(served, model.predict_proba(fresh)[:, 1] > 0.7)
 
 
 def test_no_model_cascade_for_two_thresholds_or_multiclass(models):
