@@ -305,6 +305,7 @@ def test_models_without_classes_keep_a_thresholded_prediction(kind):
         pipeline.calibrate(model, rows)
         plan = _serving_cascade(pipeline).plan
         assert plan.method == "predict" and plan.decision[0] is None and not plan.regression, plan.table()
+        assert "a thresholded prediction of a model without classes gets none" in pipeline.plan_.reason
         served = pipeline(model, fresh)
         if plan.exact:
             np.testing.assert_array_equal(served, fn(model, fresh))

@@ -498,6 +498,13 @@ def _cascade_refusal(measured: _Measured, options: CascadeOptions, targets: Sequ
         if problem:
             return problem
     if measured.output.classes is None and options.tolerance is None:
+        if measured.output.decision == "post" and measured.output.margin_threshold is not None:
+            return (
+                f"the model ({type(measured.model).__name__}) has no classes_, and feature cascades "
+                "approximate a classifier: a thresholded prediction of a model without classes gets "
+                "none (a model cascade inside a tree ensemble may still keep its decision, "
+                "willow.early_exit)."
+            )
         return (
             f"the model ({type(measured.model).__name__}) has no classes_: classification cascades need a "
             "classifier. For a regressor, pass tolerance= to cascade it within a tolerance of the "
