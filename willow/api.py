@@ -785,10 +785,10 @@ def optimize(
         holdout proof. Refused (:class:`~willow.cascades.tolerance.ToleranceError`) for functions
         that return labels. A callable is saved by name (define it at module level); see
         :mod:`willow.cascades.tolerance`.
-    early_exit : when the model is a compiled tree-ensemble classifier judged on its labels or,
-        binary, on one comparison of its probability or score with a threshold
-        (``predict_proba(X)[:, 1] > t``: exits keep each row's side of ``t``), or a tree
-        regressor whose ``predict`` the function returns, with ``tolerance=``, a model
+    early_exit : when the model is a compiled tree ensemble whose labels the function returns,
+        or whose output it compares once with a threshold (``predict_proba(X)[:, 1] > t``,
+        ``regressor.predict(X) > t``: exits keep each row's side of ``t``), or a tree regressor
+        whose ``predict`` the function returns, with ``tolerance=``, a model
         cascade inside the ensemble (staged early exit, :mod:`willow.early_exit`) may serve
         instead of the full ensemble (alone if it measured at least 1.2x faster, or behind a
         feature cascade if the pipeline measured faster beyond the timing noise):

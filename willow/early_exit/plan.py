@@ -29,9 +29,10 @@ class EarlyExitPlan:
     ``agreement`` then counts rows within tolerance of the full ensemble.
 
     ``decision = (column, t)``: the function decides by ``method``'s ``output[:, column] > t``
-    (``predict_proba(X)[:, 1] > t``; ``column`` ``None`` for a 1-D output): a binary ensemble's
-    rows decide by ``raw > cut`` (raw units before the divisor), and ``agreement`` counts rows
-    on the same side of ``t`` as the full ensemble.
+    (``predict_proba(X)[:, 1] > t``; ``column`` ``None`` for a 1-D output): rows decide by one
+    raw column against ``cut`` (raw units before the divisor; the only column of boosting, the
+    class's own of a forest), and ``agreement`` counts rows on the same side of ``t`` as the full
+    ensemble.
     """
 
     model: str

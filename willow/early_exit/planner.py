@@ -5,11 +5,12 @@ classifier and whose output is the model's labels (``OutputSpec.decision == "mod
 ``predict``) or a decision made by one comparison of its probability or score (or a model
 without classes' prediction) with a threshold (:func:`thresholded_decision`:
 ``predict_proba(X)[:, 1] > t``; model cascades exit on the threshold's side, and cheap model
-first, whose cheap model answers labels, is not a candidate), or a compiled tree-ensemble regressor's ``predict`` returned as it is with
-``tolerance=`` (:func:`_consider_regression`: model cascades within the tolerance; alone, or
-compared with the feature cascade as below, without cheap model first, the combined plan only
-for a float tolerance: :func:`_regression_behind` says why its proof holds), the model itself
-may be the cost left to cut:
+first, whose cheap model answers labels, is not a candidate), or a compiled tree-ensemble
+regressor's ``predict`` returned as it is with ``tolerance=`` (:func:`_consider_regression`:
+model cascades within the tolerance; alone, or compared with the feature cascade as below,
+without cheap model first, the combined plan only for a float tolerance:
+:func:`_regression_behind` says why its proof holds), the model itself may be the cost left to
+cut:
 
 * no feature cascade serves: :func:`consider_model_cascade` records the model's input on the
   calibration rows (through the compiled pipeline itself), calibrates early exit on it

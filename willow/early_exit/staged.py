@@ -25,7 +25,8 @@ no decision):
   for multiclass) exceeds the stage's threshold ``thresholds[s]`` (``inf``: exact exits only).
 
 **A thresholded output** (:meth:`StagedTreeModel.with_cut`: a function returning
-``model.predict_proba(X)[:, c] > t`` or ``model.decision_function(X) > t``) is decided by one raw
+``model.predict_proba(X)[:, c] > t``, ``model.decision_function(X) > t`` or, for a model without
+classes, ``model.predict(X) > t``) is decided by one raw
 column against ``cut``, the raw score at which the output conversion crosses ``t``
 (:meth:`StagedTreeModel.cut_for`, by bisection on the conversion itself): column 0 of a
 one-output ensemble (binary boosting, whatever ``c``), or column ``c`` of an ensemble whose
