@@ -294,9 +294,11 @@ class StagedTreeModel:
             return float(out.reshape(-1)[0] if column is None else out.reshape(1, -1)[0, column])
 
         low, high = -1.0, 1.0
-        while not min(value(low), value(high)) < threshold < max(value(low), value(high)) and high < 1e6:
+        ends = (value(low), value(high))
+        while not min(ends) < threshold < max(ends) and high < 1e6:
             low, high = low * 4, high * 4
-        rising = value(high) > value(low)
+            ends = (value(low), value(high))
+        rising = ends[1] > ends[0]
         probes = np.linspace(low, high, 9)
         values = [value(r) for r in probes]
         if not all((b >= a) if rising else (b <= a) for a, b in zip(values, values[1:])):
