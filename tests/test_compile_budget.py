@@ -21,7 +21,6 @@ from sklearn.linear_model import LogisticRegression
 
 import willow
 from willow import api, progress
-from willow.cascades import calibration
 from willow.compiler import background, compile_budget, speed_gate
 from willow.compiler.compile_pass import CompilationWarning
 
@@ -161,6 +160,10 @@ def test_a_superseded_background_compilation_never_installs():
 
 
 def fixed_samples(monkeypatch, original, compiled):
+    """The speed gate's timings fixed to ``original`` and ``compiled``. Its tests also request
+    ``kernels_kept`` (every kernel kept whatever it measured per statement: a loaded machine can
+    time one slower), so they see only the whole-pipeline gate."""
+
     def timed(fns, repeats):
         assert len(fns) == 2 and repeats >= 7
         for fn in fns:  # both still run: a failing function must fail here too
@@ -168,11 +171,6 @@ def fixed_samples(monkeypatch, original, compiled):
         return [list(original), list(compiled)]
 
     monkeypatch.setattr(speed_gate, "interleaved_samples", timed)
-    # every kernel is kept whatever it measured per statement (a loaded machine can time one
-    # slower), so these tests see only the whole-pipeline gate
-    monkeypatch.setattr(
-        calibration, "keep_faster", lambda compilation, graph, python, compiled: (compilation, compiled)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +181,7 @@ def linear():
     return model, (cheap[600:1800], extra[600:1800]), (cheap[1800:], extra[1800:])
 
 
-def test_a_compiled_plan_within_the_noise_is_not_served(monkeypatch, linear):
+def test_a_compiled_plan_within_the_noise_is_not_served(monkeypatch, linear, kernels_kept):
     model, (cc, ce), (xc, xe) = linear
     fixed_samples(
         monkeypatch, [0.010, 0.011, 0.010, 0.012, 0.010, 0.011, 0.010], [0.009, 0.0115] * 3 + [0.01]
@@ -201,7 +199,7 @@ def test_a_compiled_plan_within_the_noise_is_not_served(monkeypatch, linear):
     assert served.plan_.compiled_nodes > 0 and served.generated_source_ is not None
 
 
-def test_a_compiled_plan_faster_beyond_the_noise_is_served(monkeypatch, linear):
+def test_a_compiled_plan_faster_beyond_the_noise_is_served(monkeypatch, linear, kernels_kept):
     model, (cc, ce), (xc, xe) = linear
     fixed_samples(monkeypatch, [0.010] * 7, [0.004, 0.005, 0.004, 0.006, 0.004, 0.005, 0.004])
     pipeline = willow.optimize(pipelines.numpy_pipeline, **OPTIONS, compile=True)
