@@ -18,21 +18,23 @@
   music; also the fewest trees the bounds alone need. ``synthetic-regression`` does the same on a
   make_regression LightGBM (200 x 31, tolerance 0.25 standard deviations of the target).
 
-Measured on the shared 2-core machine, quiet (2026-12-03 22:05 UTC, load 0.5-1.4; ``python -m
-benchmarks.early_exit --scale full --end-to-end-scale full``; medians of 7 interleaved runs,
+Measured on the shared 2-core machine, quiet (2026-12-04 04:54 UTC, load 0.7-1.7; ``python -m
+benchmarks.early_exit --workloads credit music price synthetic-regression --scale full``; medians of 7 interleaved runs,
 speedup over the compiled full ensemble; price and synthetic-regression: agreement within the
 tolerance):
 
 | workload | target 1.0 | 0.999 | 0.99 (trees/row, test agreement, holdout bound) |
 |---|---|---|---|
-| credit, inside the model (200 trees) | 0.94x | 0.98x (exact only) | 1.21x (141, 0.9976, 0.9968) |
-| music, inside the model (150 trees) | 0.85x | 0.90x (exact only) | 1.51x (62, 0.9963, 0.9961) |
-| price (200 trees, within $50,000) | 1.07x (170 trees, every row) | 1.07x (exact only) | 2.46x (52.6, 0.9952, 0.9933) |
-| make_regression 200 x 31 (within 37.6) | 1.11x (160 trees) | 1.11x (exact only) | 2.88x (50.0, 0.9984, 0.9959) |
+| credit, inside the model (200 trees) | 0.97x | 0.96x (exact only) | 1.18x (141, 0.9976, 0.9968) |
+| music, inside the model (150 trees) | 0.83x | 0.86x (exact only) | 1.48x (62, 0.9963, 0.9961) |
+| price (200 trees, within $50,000) | 1.04x (170 trees, every row) | 1.06x (exact only) | 2.15x (52.6, 0.9952, 0.9933) |
+| make_regression 200 x 31 (within 37.6) | 0.98x (160 trees) | 0.99x (exact only) | 2.48x (50.0, 0.9984, 0.9959) |
 
-End to end, same run: credit cascades + compiled 11.89x the original, ``early_exit="exact"``
-13.51x, ``True`` 12.85x (each serving the feature cascade its calibration chose); price compiled
-7.65x, ``"exact"`` 8.08x, ``True`` 11.32x (agreement within $50,000 0.9952).
+End to end (``--end-to-end-scale full``, 2026-12-04 03:38-04:55 UTC, quiet): credit, four runs,
+cascades + compiled 10.05-11.04x the original, ``early_exit="exact"`` 11.37-13.50x, ``True``
+11.16-12.40x (each serving the feature cascade its calibration chose; see the README for every
+figure); price compiled 6.82x, ``"exact"`` 7.04x, ``True`` 10.94x (agreement within $50,000
+0.9952).
 
 price at 0.99: 95.6% of the test rows left after 50 trees, 3.7% after 100, 0.5% after 150,
 0.2% after 180, none ran all 200; the bounds alone need 167 trees (the exact plan snaps to 170).
